@@ -1,0 +1,412 @@
+//! The node's promise keeper: a pure, level-triggered reconciler from the
+//! tasks the cluster placed on this node and the containers the runtime
+//! shows, to runtime actions and status reports.
+//!
+//! It never reads a clock or touches the runtime: the node process feeds it
+//! `now`, what it observed, and the results of the actions it asked for, and
+//! executes the [`Action`]s it returns. Because it only keeps what it can
+//! rebuild from the cluster's task statuses and the runtime's containers, an
+//! agent that restarts picks up where it was without restarting anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_types::{DesiredState, Promise, RestartPolicy, Task, TaskState, TaskStatus};
+
+/// A container as the runtime shows it, keyed by container id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Running,
+    /// Exited (or created and never started, reported as exit code -1).
+    Exited {
+        exit_code: i32,
+    },
+}
+
+/// What the node process must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create and start the container of `task_id` for `attempt`, removing a
+    /// container of an earlier attempt first when `replace` is set.
+    Run {
+        task_id: String,
+        attempt: u32,
+        replace: bool,
+    },
+    /// Stop (SIGTERM, grace, SIGKILL) and remove a container.
+    Destroy { container_id: String, grace_ms: u64 },
+}
+
+/// How an [`Action`] ended, fed back through [`Reconciler::on_result`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionResult {
+    Ran {
+        task_id: String,
+        attempt: u32,
+        result: Result<(), String>,
+    },
+    Destroyed {
+        container_id: String,
+        result: Result<Option<i32>, String>,
+    },
+}
+
+/// What one step decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    pub actions: Vec<Action>,
+    /// Statuses that changed since they were last reported.
+    pub reports: Vec<(String, TaskStatus)>,
+    /// When the reconciler wants to run again even if nothing happens.
+    pub wake_at_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Local {
+    attempt: u32,
+    state: TaskState,
+    promise: Promise,
+    message: String,
+    exit_code: Option<i32>,
+    restarts: u32,
+    started_at_ms: Option<u64>,
+    /// Set while in back-off: when the next attempt may start.
+    restart_at_ms: Option<u64>,
+    /// An action for this task is running; nothing else is started for it.
+    in_flight: bool,
+    /// A failure to start still waits for its restart decision.
+    undecided_failure: bool,
+    reported: Option<TaskStatus>,
+}
+
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    tasks: BTreeMap<String, Local>,
+    /// Containers being destroyed that belong to no known task.
+    destroying: BTreeSet<String>,
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One level-triggered pass. `desired` are the tasks placed on this node;
+    /// `observed` every shoal container the runtime has, by container id.
+    pub fn step(
+        &mut self,
+        desired: &[&Task],
+        observed: &BTreeMap<String, Observed>,
+        now_ms: u64,
+    ) -> Step {
+        let mut step = Step::default();
+        let wanted: BTreeSet<&str> = desired.iter().map(|task| task.id.as_str()).collect();
+        self.tasks
+            .retain(|id, local| wanted.contains(id.as_str()) || local.in_flight);
+
+        for task in desired {
+            let container = observed.get(&task.id).copied();
+            let local = self
+                .tasks
+                .entry(task.id.clone())
+                .or_insert_with(|| Local::resume(&task.status, container, now_ms, task));
+            if local.in_flight {
+                continue;
+            }
+            match task.desired {
+                DesiredState::Running => keep_running(task, local, container, now_ms, &mut step),
+                DesiredState::Stopped => keep_stopped(task, local, container, &mut step),
+            }
+            if let Some(at) = local.restart_at_ms {
+                step.wake_at_ms = Some(step.wake_at_ms.map_or(at, |wake| wake.min(at)));
+            }
+        }
+
+        for container_id in observed.keys() {
+            if !wanted.contains(container_id.as_str())
+                && self.destroying.insert(container_id.clone())
+            {
+                step.actions.push(Action::Destroy {
+                    container_id: container_id.clone(),
+                    grace_ms: 10_000,
+                });
+            }
+        }
+        self.collect_reports(now_ms, &mut step);
+        step
+    }
+
+    /// Records how an action ended; the next [`step`](Self::step) acts on it.
+    pub fn on_result(&mut self, result: ActionResult, now_ms: u64) -> Vec<(String, TaskStatus)> {
+        match result {
+            ActionResult::Ran {
+                task_id,
+                attempt,
+                result,
+            } => {
+                if let Some(local) = self.tasks.get_mut(&task_id) {
+                    if local.attempt == attempt {
+                        local.in_flight = false;
+                        match result {
+                            Ok(()) => {
+                                local.state = TaskState::Running;
+                                local.promise = Promise::Kept;
+                                local.message = "running".into();
+                                local.started_at_ms = Some(now_ms);
+                                local.exit_code = None;
+                            }
+                            Err(error) => {
+                                local.state = TaskState::Failed;
+                                local.promise = Promise::Broken;
+                                local.message = format!("could not start: {error}");
+                                local.undecided_failure = true;
+                                local.exit_code = None;
+                                local.started_at_ms = None;
+                            }
+                        }
+                    }
+                }
+            }
+            ActionResult::Destroyed {
+                container_id,
+                result,
+            } => {
+                self.destroying.remove(&container_id);
+                if let Some(local) = self.tasks.get_mut(&container_id) {
+                    local.in_flight = false;
+                    match result {
+                        Ok(exit_code) => {
+                            local.state = TaskState::Stopped;
+                            local.promise = Promise::Kept;
+                            local.message = "stopped".into();
+                            local.exit_code = exit_code.or(local.exit_code);
+                        }
+                        Err(error) => {
+                            // Stay in stopping; the next step tries again.
+                            local.message = format!("could not stop: {error}");
+                            local.promise = Promise::Broken;
+                        }
+                    }
+                }
+            }
+        }
+        let mut step = Step::default();
+        self.collect_reports(now_ms, &mut step);
+        step.reports
+    }
+
+    fn collect_reports(&mut self, now_ms: u64, step: &mut Step) {
+        for (id, local) in &mut self.tasks {
+            let status = TaskStatus {
+                attempt: local.attempt,
+                state: local.state,
+                promise: local.promise,
+                message: local.message.clone(),
+                container_id: (local.attempt > 0 && local.state != TaskState::Stopped)
+                    .then(|| id.clone()),
+                exit_code: local.exit_code,
+                restarts: local.restarts,
+                started_at_ms: local.started_at_ms,
+                updated_at_ms: now_ms,
+            };
+            let changed = local.reported.as_ref().is_none_or(|reported| {
+                TaskStatus {
+                    updated_at_ms: now_ms,
+                    ..reported.clone()
+                } != status
+            });
+            if changed {
+                local.reported = Some(status.clone());
+                step.reports.push((id.clone(), status));
+            }
+        }
+    }
+}
+
+impl Local {
+    /// Rebuilds what the node knew of a task from the cluster's record of it
+    /// and the container the runtime still has (after an agent restart).
+    fn resume(status: &TaskStatus, container: Option<Observed>, now_ms: u64, task: &Task) -> Local {
+        let mut local = Local {
+            attempt: status.attempt,
+            state: status.state,
+            promise: status.promise,
+            message: status.message.clone(),
+            exit_code: status.exit_code,
+            restarts: status.restarts,
+            started_at_ms: status.started_at_ms,
+            restart_at_ms: None,
+            in_flight: false,
+            undecided_failure: false,
+            reported: Some(status.clone()),
+        };
+        // A container that runs is adopted as it is, never restarted.
+        if container == Some(Observed::Running) {
+            if local.state.is_terminal() || local.attempt == 0 {
+                // The container was restarted before its report was committed.
+                local.attempt += 1;
+            }
+            local.state = TaskState::Running;
+            local.promise = Promise::Kept;
+            local.message = "running".into();
+            local.started_at_ms = local.started_at_ms.or(Some(now_ms));
+        }
+        if local.state.is_terminal() && task.desired == DesiredState::Running {
+            local.restart_at_ms = restart_delay_ms(task, &local).map(|delay| now_ms + delay);
+        }
+        local
+    }
+}
+
+fn keep_running(
+    task: &Task,
+    local: &mut Local,
+    container: Option<Observed>,
+    now_ms: u64,
+    step: &mut Step,
+) {
+    match (local.state, container) {
+        (TaskState::Running, Some(Observed::Running)) => {}
+        (state, Some(Observed::Running)) if !state.is_terminal() => {
+            local.state = TaskState::Running;
+            local.promise = Promise::Kept;
+            local.message = "running".into();
+        }
+        (TaskState::Running | TaskState::Starting | TaskState::Preparing, exited) => {
+            let exit_code = match exited {
+                Some(Observed::Exited { exit_code }) => Some(exit_code),
+                _ => None,
+            };
+            let ran_ms = local
+                .started_at_ms
+                .map_or(0, |start| now_ms.saturating_sub(start));
+            if ran_ms > task.spec.restart.backoff_max.0 {
+                local.restarts = 0;
+            }
+            local.exit_code = exit_code;
+            local.state = if exit_code == Some(0) {
+                TaskState::Exited
+            } else {
+                TaskState::Failed
+            };
+            local.message = match exit_code {
+                Some(code) => format!("exited with code {code}"),
+                None => "the container disappeared".into(),
+            };
+            after_exit(task, local, now_ms);
+        }
+        (TaskState::Pending, _) => start(task, local, container.is_some(), step),
+        (state, _) if state.is_terminal() => {
+            if local.undecided_failure {
+                local.undecided_failure = false;
+                after_exit(task, local, now_ms);
+            } else if local.restart_at_ms.is_some_and(|at| at <= now_ms) {
+                local.restart_at_ms = None;
+                local.restarts += 1;
+                start(task, local, container.is_some(), step);
+            }
+        }
+        // Stopping under a desired `running` only happens when a stop failed
+        // before the cluster changed its mind: try the container again.
+        _ => start(task, local, container.is_some(), step),
+    }
+}
+
+/// Decides, once a task's process has ended, whether and when it restarts.
+fn after_exit(task: &Task, local: &mut Local, now_ms: u64) {
+    match restart_delay_ms(task, local) {
+        Some(delay) => {
+            local.restart_at_ms = Some(now_ms + delay);
+            local.promise = Promise::Broken;
+            local.message = format!(
+                "{}; restarting in {} (restart {})",
+                local.message,
+                format_ms(delay),
+                local.restarts + 1
+            );
+        }
+        None => {
+            local.restart_at_ms = None;
+            let completed = local.exit_code == Some(0);
+            local.promise = if completed {
+                Promise::Kept
+            } else {
+                Promise::Broken
+            };
+            local.message = format!(
+                "{}; restart policy {:?} does not restart it",
+                local.message, task.spec.restart.policy
+            );
+        }
+    }
+}
+
+fn restart_delay_ms(task: &Task, local: &Local) -> Option<u64> {
+    let restart = task.spec.restart;
+    let wanted = match restart.policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => local.exit_code != Some(0),
+        RestartPolicy::Never => false,
+    };
+    wanted.then(|| {
+        let doubling = 1_u64
+            .checked_shl(local.restarts.min(32))
+            .unwrap_or(u64::MAX);
+        restart
+            .backoff_initial
+            .0
+            .saturating_mul(doubling)
+            .min(restart.backoff_max.0)
+    })
+}
+
+fn start(task: &Task, local: &mut Local, replace: bool, step: &mut Step) {
+    local.attempt += 1;
+    local.state = TaskState::Preparing;
+    local.promise = Promise::Pending;
+    local.message = "creating the container".into();
+    local.exit_code = None;
+    local.started_at_ms = None;
+    local.in_flight = true;
+    step.actions.push(Action::Run {
+        task_id: task.id.clone(),
+        attempt: local.attempt,
+        replace,
+    });
+}
+
+fn keep_stopped(task: &Task, local: &mut Local, container: Option<Observed>, step: &mut Step) {
+    local.restart_at_ms = None;
+    match container {
+        Some(_) => {
+            local.in_flight = true;
+            if local.state.rank() < TaskState::Stopping.rank() {
+                local.state = TaskState::Stopping;
+            }
+            local.promise = Promise::Pending;
+            local.message = "stopping".into();
+            step.actions.push(Action::Destroy {
+                container_id: task.id.clone(),
+                grace_ms: task.spec.stop_grace_period.0,
+            });
+        }
+        None if local.state != TaskState::Stopped => {
+            local.state = TaskState::Stopped;
+            local.promise = Promise::Kept;
+            local.message = "stopped".into();
+        }
+        None => {}
+    }
+}
+
+fn format_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

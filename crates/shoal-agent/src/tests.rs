@@ -1,0 +1,307 @@
+use std::collections::BTreeMap;
+
+use shoal_types::{parse_app, DesiredState, Promise, RestartPolicy, Task, TaskState, TaskStatus};
+
+use super::*;
+
+fn task(policy: RestartPolicy) -> Task {
+    let spec = parse_app(b"name: web\nservices:\n  - name: hello\n    image: busybox\n    restart: {backoff_initial: 1s, backoff_max: 8s}\n")
+        .expect("valid spec");
+    let mut service = spec.services[0].clone();
+    service.restart.policy = policy;
+    Task {
+        id: "web.hello.0.1".into(),
+        app: "web".into(),
+        service: "hello".into(),
+        slot: 0,
+        app_version: 1,
+        node: "a".into(),
+        desired: DesiredState::Running,
+        spec: service,
+        created_at_ms: 0,
+        status: TaskStatus::pending(0),
+    }
+}
+
+fn observed(state: Option<Observed>) -> BTreeMap<String, Observed> {
+    state
+        .map(|state| BTreeMap::from([("web.hello.0.1".to_string(), state)]))
+        .unwrap_or_default()
+}
+
+fn ran(reconciler: &mut Reconciler, attempt: u32, now_ms: u64) -> Vec<(String, TaskStatus)> {
+    reconciler.on_result(
+        ActionResult::Ran {
+            task_id: "web.hello.0.1".into(),
+            attempt,
+            result: Ok(()),
+        },
+        now_ms,
+    )
+}
+
+#[test]
+fn a_new_task_is_started_once_and_reported_running() {
+    let task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    let step = reconciler.step(&[&task], &observed(None), 0);
+    assert_eq!(
+        step.actions,
+        vec![Action::Run {
+            task_id: task.id.clone(),
+            attempt: 1,
+            replace: false
+        }]
+    );
+    assert_eq!(step.reports[0].1.state, TaskState::Preparing);
+    // While the action runs, nothing else is asked for.
+    assert!(reconciler
+        .step(&[&task], &observed(None), 10)
+        .actions
+        .is_empty());
+    let reports = ran(&mut reconciler, 1, 20);
+    assert_eq!(reports[0].1.state, TaskState::Running);
+    assert_eq!(reports[0].1.promise, Promise::Kept);
+    let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 30);
+    assert!(step.actions.is_empty() && step.reports.is_empty());
+}
+
+#[test]
+fn an_exited_task_restarts_with_doubling_back_off_up_to_the_cap() {
+    let task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    ran(&mut reconciler, 1, 0);
+    let mut now = 100;
+    let mut delays = Vec::new();
+    for attempt in 1..=6 {
+        let step = reconciler.step(
+            &[&task],
+            &observed(Some(Observed::Exited { exit_code: 1 })),
+            now,
+        );
+        assert!(
+            step.actions.is_empty(),
+            "no restart before the back-off ends"
+        );
+        let (_, status) = &step.reports[0];
+        assert_eq!(
+            (status.state, status.promise),
+            (TaskState::Failed, Promise::Broken)
+        );
+        assert!(
+            status.message.contains("exited with code 1; restarting in"),
+            "{}",
+            status.message
+        );
+        let wake = step.wake_at_ms.expect("a wake-up for the restart");
+        delays.push(wake - now);
+        assert!(reconciler
+            .step(
+                &[&task],
+                &observed(Some(Observed::Exited { exit_code: 1 })),
+                wake - 1
+            )
+            .actions
+            .is_empty());
+        let step = reconciler.step(
+            &[&task],
+            &observed(Some(Observed::Exited { exit_code: 1 })),
+            wake,
+        );
+        assert_eq!(
+            step.actions,
+            vec![Action::Run {
+                task_id: task.id.clone(),
+                attempt: attempt + 1,
+                replace: true
+            }]
+        );
+        now = wake + 10;
+        ran(&mut reconciler, attempt + 1, now);
+        now += 100;
+    }
+    assert_eq!(delays, vec![1000, 2000, 4000, 8000, 8000, 8000]);
+}
+
+#[test]
+fn a_task_that_ran_longer_than_the_cap_starts_its_back_off_over() {
+    let task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    ran(&mut reconciler, 1, 0);
+    let step = reconciler.step(
+        &[&task],
+        &observed(Some(Observed::Exited { exit_code: 1 })),
+        100,
+    );
+    let wake = step.wake_at_ms.expect("restart planned");
+    reconciler.step(
+        &[&task],
+        &observed(Some(Observed::Exited { exit_code: 1 })),
+        wake,
+    );
+    ran(&mut reconciler, 2, wake);
+    let later = wake + 60_000;
+    let step = reconciler.step(
+        &[&task],
+        &observed(Some(Observed::Exited { exit_code: 1 })),
+        later,
+    );
+    assert_eq!(step.wake_at_ms, Some(later + 1000));
+}
+
+#[test]
+fn on_failure_keeps_a_task_that_exited_cleanly() {
+    let task = task(RestartPolicy::OnFailure);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    ran(&mut reconciler, 1, 0);
+    let step = reconciler.step(
+        &[&task],
+        &observed(Some(Observed::Exited { exit_code: 0 })),
+        50,
+    );
+    let status = &step.reports[0].1;
+    assert_eq!(
+        (status.state, status.promise),
+        (TaskState::Exited, Promise::Kept)
+    );
+    assert_eq!(step.wake_at_ms, None);
+    assert!(reconciler
+        .step(
+            &[&task],
+            &observed(Some(Observed::Exited { exit_code: 0 })),
+            99_999
+        )
+        .actions
+        .is_empty());
+}
+
+#[test]
+fn never_leaves_a_failed_task_failed_and_says_why() {
+    let task = task(RestartPolicy::Never);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    let reports = reconciler.on_result(
+        ActionResult::Ran {
+            task_id: task.id.clone(),
+            attempt: 1,
+            result: Err("image docker.io/library/nope:latest is not on this node".into()),
+        },
+        5,
+    );
+    assert_eq!(reports[0].1.state, TaskState::Failed);
+    let step = reconciler.step(&[&task], &observed(None), 10);
+    assert!(step.actions.is_empty());
+    let status = &step.reports[0].1;
+    assert_eq!(status.promise, Promise::Broken);
+    assert!(
+        status.message.contains("does not restart"),
+        "{}",
+        status.message
+    );
+}
+
+#[test]
+fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
+    let mut task = task(RestartPolicy::Always);
+    task.status = TaskStatus {
+        attempt: 3,
+        state: TaskState::Running,
+        promise: Promise::Kept,
+        message: "running".into(),
+        container_id: Some(task.id.clone()),
+        exit_code: None,
+        restarts: 2,
+        started_at_ms: Some(5),
+        updated_at_ms: 5,
+    };
+    let mut reconciler = Reconciler::new();
+    let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 1000);
+    assert!(step.actions.is_empty(), "{:?}", step.actions);
+    assert!(
+        step.reports.is_empty(),
+        "nothing changed: {:?}",
+        step.reports
+    );
+}
+
+#[test]
+fn stopping_destroys_the_container_then_reports_stopped() {
+    let mut task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    ran(&mut reconciler, 1, 0);
+    task.desired = DesiredState::Stopped;
+    let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 10);
+    assert_eq!(
+        step.actions,
+        vec![Action::Destroy {
+            container_id: task.id.clone(),
+            grace_ms: 10_000
+        }]
+    );
+    assert_eq!(step.reports[0].1.state, TaskState::Stopping);
+    let reports = reconciler.on_result(
+        ActionResult::Destroyed {
+            container_id: task.id.clone(),
+            result: Ok(Some(143)),
+        },
+        20,
+    );
+    assert_eq!(reports[0].1.state, TaskState::Stopped);
+    assert_eq!(reports[0].1.container_id, None);
+    assert!(reconciler
+        .step(&[&task], &observed(None), 30)
+        .actions
+        .is_empty());
+}
+
+#[test]
+fn containers_of_unknown_tasks_are_destroyed_once() {
+    let mut reconciler = Reconciler::new();
+    let orphans = BTreeMap::from([("old.app.0.9".to_string(), Observed::Running)]);
+    let step = reconciler.step(&[], &orphans, 0);
+    assert_eq!(
+        step.actions,
+        vec![Action::Destroy {
+            container_id: "old.app.0.9".into(),
+            grace_ms: 10_000
+        }]
+    );
+    assert!(reconciler.step(&[], &orphans, 1).actions.is_empty());
+}
+
+#[test]
+fn every_report_moves_forward() {
+    let task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    let mut last: Option<TaskStatus> = None;
+    let mut check = |reports: Vec<(String, TaskStatus)>| {
+        for (_, status) in reports {
+            if let Some(previous) = &last {
+                assert!(status.may_follow(previous), "{previous:?} -> {status:?}");
+            }
+            last = Some(status);
+        }
+    };
+    let mut now = 0;
+    for round in 0..5 {
+        let step = reconciler.step(&[&task], &observed(None), now);
+        check(step.reports);
+        for action in step.actions {
+            if let Action::Run { attempt, .. } = action {
+                check(ran(&mut reconciler, attempt, now));
+            }
+        }
+        now += 10;
+        let step = reconciler.step(
+            &[&task],
+            &observed(Some(Observed::Exited { exit_code: round })),
+            now,
+        );
+        check(step.reports);
+        now = step.wake_at_ms.unwrap_or(now) + 1;
+    }
+}

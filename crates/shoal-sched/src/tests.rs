@@ -1,0 +1,230 @@
+use shoal_state::{Command, Entry, Outcome, State};
+use shoal_types::{parse_app, Node, NodeStatus, TaskState, TaskStatus};
+
+use super::reconcile;
+
+struct Cluster {
+    state: State,
+    index: u64,
+}
+
+impl Cluster {
+    fn with_nodes(names: &[&str]) -> Self {
+        let mut cluster = Cluster {
+            state: State::default(),
+            index: 0,
+        };
+        for name in names {
+            cluster.apply(Command::RegisterNode {
+                node: Node {
+                    name: name.to_string(),
+                    addr: format!("{name}:7950"),
+                    os: "Linux".into(),
+                    arch: "x86_64".into(),
+                    cpus: 2,
+                    memory_total_bytes: 1 << 30,
+                    labels: Default::default(),
+                    started_at_ms: 0,
+                    status: NodeStatus::Alive,
+                },
+            });
+        }
+        cluster
+    }
+
+    fn apply(&mut self, command: Command) -> Outcome {
+        self.index += 1;
+        let outcome = self
+            .state
+            .apply(self.index, &Entry::new(self.index * 10, command))
+            .expect("command applies");
+        self.state.check_invariants().expect("invariants hold");
+        outcome
+    }
+
+    fn put(&mut self, yaml: &str) {
+        let spec = parse_app(yaml.as_bytes()).expect("valid spec");
+        self.apply(Command::PutApp { spec });
+    }
+
+    /// Runs the scheduler once and applies its plan.
+    fn schedule(&mut self) -> shoal_state::Plan {
+        let plan = reconcile(&self.state);
+        if let Outcome::PlanApplied { rejected, .. } =
+            self.apply(Command::ApplyPlan { plan: plan.clone() })
+        {
+            assert!(rejected.is_empty(), "fresh plan rejected: {rejected:?}");
+        }
+        plan
+    }
+
+    fn report_all(&mut self, state: TaskState) {
+        let mut by_node: std::collections::BTreeMap<String, Vec<(String, TaskStatus)>> =
+            Default::default();
+        for task in self.state.tasks.values() {
+            let status = TaskStatus {
+                attempt: 1,
+                state,
+                ..task.status.clone()
+            };
+            by_node
+                .entry(task.node.clone())
+                .or_default()
+                .push((task.id.clone(), status));
+        }
+        for (node, statuses) in by_node {
+            self.apply(Command::ReportTasks { node, statuses });
+        }
+    }
+
+    fn running_per_node(&self) -> Vec<(String, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for task in self.state.tasks.values() {
+            if task.desired == shoal_types::DesiredState::Running {
+                *counts.entry(task.node.clone()).or_insert(0) += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+}
+
+const WEB: &str = "name: web\nservices:\n  - name: hello\n    image: busybox\n    replicas: 3\n";
+
+#[test]
+fn places_every_replica_spread_over_nodes() {
+    let mut cluster = Cluster::with_nodes(&["a", "b"]);
+    cluster.put(WEB);
+    let plan = cluster.schedule();
+    assert_eq!(plan.place.len(), 3);
+    assert_eq!(
+        cluster.running_per_node(),
+        vec![("a".into(), 2), ("b".into(), 1)]
+    );
+}
+
+#[test]
+fn a_scheduled_state_needs_no_further_plan() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    assert!(reconcile(&cluster.state).is_empty());
+}
+
+#[test]
+fn scaling_down_stops_the_highest_slots() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    cluster.put(&WEB.replace("replicas: 3", "replicas: 1"));
+    let plan = cluster.schedule();
+    assert!(plan.place.is_empty());
+    let stopped: Vec<u32> = plan
+        .stop
+        .iter()
+        .map(|id| cluster.state.tasks[id].slot)
+        .collect();
+    assert_eq!(stopped, vec![1, 2]);
+}
+
+#[test]
+fn a_changed_spec_replaces_every_task() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    cluster.put(&format!("{WEB}    env: {{COLOR: blue}}\n"));
+    let plan = cluster.schedule();
+    assert_eq!((plan.place.len(), plan.stop.len()), (3, 3));
+    for placement in &plan.place {
+        assert_eq!(placement.app_version, 2);
+    }
+}
+
+#[test]
+fn an_unchanged_spec_changes_nothing() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    let spec = parse_app(WEB.as_bytes()).expect("valid");
+    let outcome = cluster.apply(Command::PutApp { spec });
+    assert_eq!(
+        outcome,
+        Outcome::AppPut {
+            version: 1,
+            changed: false
+        }
+    );
+    assert!(reconcile(&cluster.state).is_empty());
+}
+
+#[test]
+fn removed_apps_are_stopped_then_forgotten() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    cluster.apply(Command::RemoveApp { name: "web".into() });
+    let plan = cluster.schedule();
+    assert_eq!(plan.stop.len(), 3);
+    assert!(
+        plan.remove.is_empty(),
+        "tasks are forgotten only once stopped"
+    );
+    cluster.report_all(TaskState::Stopped);
+    let plan = cluster.schedule();
+    assert_eq!(plan.remove.len(), 3);
+    assert!(cluster.state.tasks.is_empty());
+}
+
+#[test]
+fn without_a_live_node_replicas_stay_unplaced_with_a_reason() {
+    let mut cluster = Cluster::with_nodes(&[]);
+    cluster.put(WEB);
+    let plan = reconcile(&cluster.state);
+    assert!(plan.place.is_empty());
+    assert_eq!(plan.unplaced.len(), 3);
+    assert_eq!(plan.unplaced[0].reason, "no node is alive");
+}
+
+#[test]
+fn a_stale_plan_is_rejected_where_it_no_longer_fits() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    let stale = reconcile(&cluster.state);
+    cluster.schedule();
+    let outcome = cluster.apply(Command::ApplyPlan { plan: stale });
+    match outcome {
+        Outcome::PlanApplied {
+            placed, rejected, ..
+        } => {
+            assert!(placed.is_empty());
+            assert_eq!(rejected.len(), 3);
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    assert_eq!(cluster.state.tasks.len(), 3);
+}
+
+#[test]
+fn status_reports_only_move_forward() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    cluster.report_all(TaskState::Running);
+    let id = cluster.state.tasks.keys().next().expect("a task").clone();
+    let backwards = TaskStatus {
+        attempt: 1,
+        state: TaskState::Starting,
+        ..cluster.state.tasks[&id].status.clone()
+    };
+    let outcome = cluster.apply(Command::ReportTasks {
+        node: "a".into(),
+        statuses: vec![(id.clone(), backwards)],
+    });
+    assert_eq!(
+        outcome,
+        Outcome::TasksReported {
+            accepted: 0,
+            stale: 1
+        }
+    );
+    assert_eq!(cluster.state.tasks[&id].status.state, TaskState::Running);
+}

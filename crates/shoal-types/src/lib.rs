@@ -1,0 +1,19 @@
+//! shoal's domain model: what users declare (apps of services), what the
+//! cluster decides (tasks placed on nodes) and what nodes report.
+//!
+//! Pure: no clock, no I/O. Parsing and validation return errors that name the
+//! field path and the fix.
+
+pub mod node;
+pub mod quantity;
+pub mod spec;
+mod stellar;
+pub mod task;
+
+pub use node::{Node, NodeStatus};
+pub use quantity::{parse_cpu_millis, parse_memory_bytes};
+pub use spec::{
+    parse_app, AppSpec, Port, Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError,
+    UserSpec, SPEC_BYTES_MAX,
+};
+pub use task::{DesiredState, Promise, Task, TaskState, TaskStatus};

@@ -1,0 +1,168 @@
+//! Tasks: one replica of a service placed on one node. The cluster writes
+//! `desired` (and never the status); the node writes `status` (and never the
+//! placement). Within one attempt a status only moves forward; a restart is a
+//! new attempt of the same task, so the node can keep its promise locally,
+//! also when it is cut off from the cluster.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::ServiceSpec;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// `APP.SERVICE.SLOT.SERIAL`: readable, unique across the cluster's life;
+    /// also the containerd container id of the task.
+    pub id: String,
+    pub app: String,
+    pub service: String,
+    /// Replica index in `0..replicas`.
+    pub slot: u32,
+    /// The app version whose spec this task runs.
+    pub app_version: u64,
+    pub node: String,
+    pub desired: DesiredState,
+    /// The service spec of `app_version`, so that a node can run the task
+    /// without the app (which may have moved on).
+    pub spec: ServiceSpec,
+    pub created_at_ms: u64,
+    pub status: TaskStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Placed; the node has not taken it up yet.
+    Pending,
+    /// The node is checking the image and creating the container.
+    Preparing,
+    /// The container's process is being started.
+    Starting,
+    Running,
+    /// Being stopped on purpose (SIGTERM, grace period, SIGKILL).
+    Stopping,
+    /// The process exited with code 0.
+    Exited,
+    /// The process exited with another code, or could not be started.
+    Failed,
+    /// Stopped on purpose; the container is gone.
+    Stopped,
+}
+
+impl TaskState {
+    /// Position in the forward-only order; the three end states share one.
+    pub fn rank(self) -> u8 {
+        match self {
+            TaskState::Pending => 0,
+            TaskState::Preparing => 1,
+            TaskState::Starting => 2,
+            TaskState::Running => 3,
+            TaskState::Stopping => 4,
+            TaskState::Exited | TaskState::Failed | TaskState::Stopped => 5,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self.rank() == 5
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Preparing => "preparing",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Stopping => "stopping",
+            TaskState::Exited => "exited",
+            TaskState::Failed => "failed",
+            TaskState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Whether the node keeps its promise to hold the task in its desired state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Promise {
+    /// On its way to the desired state.
+    Pending,
+    Kept,
+    /// Not kept; `TaskStatus::message` says why.
+    Broken,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// Which run of the task this is; a restart is attempt + 1.
+    pub attempt: u32,
+    pub state: TaskState,
+    pub promise: Promise,
+    /// Why the task is in this state, in words for people.
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Restarts since the task last ran for longer than its back-off cap.
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+impl TaskStatus {
+    pub fn pending(now_ms: u64) -> Self {
+        TaskStatus {
+            attempt: 0,
+            state: TaskState::Pending,
+            promise: Promise::Pending,
+            message: "waiting for the node to take it up".into(),
+            container_id: None,
+            exit_code: None,
+            restarts: 0,
+            started_at_ms: None,
+            updated_at_ms: now_ms,
+        }
+    }
+
+    /// Whether `self` may replace `previous`: a later attempt, or the same
+    /// attempt in a later state (or the same state with new details).
+    pub fn may_follow(&self, previous: &TaskStatus) -> bool {
+        if self.attempt != previous.attempt {
+            return self.attempt > previous.attempt;
+        }
+        self.state == previous.state || self.state.rank() > previous.state.rank()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(attempt: u32, state: TaskState) -> TaskStatus {
+        TaskStatus {
+            attempt,
+            state,
+            ..TaskStatus::pending(0)
+        }
+    }
+
+    #[test]
+    fn states_only_move_forward_within_an_attempt() {
+        let running = status(1, TaskState::Running);
+        assert!(status(1, TaskState::Failed).may_follow(&running));
+        assert!(status(1, TaskState::Running).may_follow(&running));
+        assert!(!status(1, TaskState::Starting).may_follow(&running));
+        assert!(!status(1, TaskState::Exited).may_follow(&status(1, TaskState::Failed)));
+        assert!(status(2, TaskState::Preparing).may_follow(&status(1, TaskState::Failed)));
+        assert!(!status(0, TaskState::Running).may_follow(&running));
+    }
+}
