@@ -13,7 +13,7 @@ pub mod task;
 pub use node::{Node, NodeStatus};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
-    parse_app, AppSpec, Port, Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError,
-    UserSpec, SPEC_BYTES_MAX,
+    app_schema, check_dns_label, parse_app, AppSpec, FieldError, Port, Protocol, RestartPolicy,
+    RestartSpec, ServiceSpec, SpecError, UserSpec, SPEC_BYTES_MAX,
 };
 pub use task::{DesiredState, Promise, Task, TaskState, TaskStatus};

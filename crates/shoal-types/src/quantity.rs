@@ -43,9 +43,11 @@ pub fn parse_memory_bytes(text: &str) -> Result<u64, String> {
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
         "Ti" => 1 << 40,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "`{text}` has an unknown unit `{unit}`; use bytes or one of Ki, Mi, Gi, Ti, k, M, G, T"
-        )),
+        ))
+        }
     };
     let value: f64 = number
         .parse()

@@ -4,6 +4,7 @@
 //! new attempt of the same task, so the node can keep its promise locally,
 //! also when it is cut off from the cluster.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::ServiceSpec;
@@ -28,14 +29,16 @@ pub struct Task {
     pub status: TaskStatus,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DesiredState {
     Running,
     Stopped,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Placed; the node has not taken it up yet.
@@ -56,7 +59,7 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    /// Position in the forward-only order; the three end states share one.
+    /// Position in the forward-only order.
     pub fn rank(self) -> u8 {
         match self {
             TaskState::Pending => 0,
@@ -64,12 +67,15 @@ impl TaskState {
             TaskState::Starting => 2,
             TaskState::Running => 3,
             TaskState::Stopping => 4,
-            TaskState::Exited | TaskState::Failed | TaskState::Stopped => 5,
+            TaskState::Exited | TaskState::Failed => 5,
+            // A task that exited is still stopped (its container removed)
+            // when the cluster no longer wants it.
+            TaskState::Stopped => 6,
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        self.rank() == 5
+        self.rank() >= 5
     }
 
     pub fn as_str(self) -> &'static str {
@@ -87,7 +93,7 @@ impl TaskState {
 }
 
 /// Whether the node keeps its promise to hold the task in its desired state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Promise {
     /// On its way to the desired state.
@@ -163,6 +169,8 @@ mod tests {
         assert!(!status(1, TaskState::Starting).may_follow(&running));
         assert!(!status(1, TaskState::Exited).may_follow(&status(1, TaskState::Failed)));
         assert!(status(2, TaskState::Preparing).may_follow(&status(1, TaskState::Failed)));
+        assert!(status(1, TaskState::Stopped).may_follow(&status(1, TaskState::Failed)));
+        assert!(!status(1, TaskState::Failed).may_follow(&status(1, TaskState::Stopped)));
         assert!(!status(0, TaskState::Running).may_follow(&running));
     }
 }

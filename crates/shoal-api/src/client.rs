@@ -1,0 +1,189 @@
+//! The typed client the CLI uses; one method per route.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::Stream;
+use serde::de::DeserializeOwned;
+
+use crate::wire::{AppView, ApplyResponse, ErrorBody, ImageView, NodeView, TaskView, VersionInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the shoal node at {addr}: {source}; start one with `shoal dev` or point --addr / SHOAL_ADDR at a node")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The node answered with an error.
+    #[error("{message}")]
+    Api {
+        status: u16,
+        message: String,
+        body: Option<ErrorBody>,
+    },
+    #[error("unexpected answer from the node: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    addr: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `addr` is `host:port` or a full `http://host:port` URL.
+    pub fn new(addr: &str) -> Result<Self> {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        Ok(Client {
+            base,
+            addr: addr.to_string(),
+            http,
+        })
+    }
+
+    pub async fn version(&self) -> Result<VersionInfo> {
+        self.get("/v1/version").await
+    }
+    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
+        self.get("/v1/nodes").await
+    }
+    pub async fn apps(&self) -> Result<Vec<AppView>> {
+        self.get("/v1/apps").await
+    }
+    pub async fn app(&self, name: &str) -> Result<AppView> {
+        self.get(&format!("/v1/apps/{name}")).await
+    }
+    pub async fn tasks(&self, app: Option<&str>) -> Result<Vec<TaskView>> {
+        match app {
+            Some(app) => self.get(&format!("/v1/tasks?app={app}")).await,
+            None => self.get("/v1/tasks").await,
+        }
+    }
+    pub async fn images(&self) -> Result<Vec<ImageView>> {
+        self.get("/v1/images").await
+    }
+
+    /// Sends a spec file's bytes as they are; the node parses and validates.
+    pub async fn apply(&self, spec: Vec<u8>) -> Result<ApplyResponse> {
+        let request = self.http.post(self.url("/v1/apps")).body(spec);
+        self.send(request).await
+    }
+
+    pub async fn remove_app(&self, name: &str) -> Result<()> {
+        let request = self.http.delete(self.url(&format!("/v1/apps/{name}")));
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        check(response).await.map(|_| ())
+    }
+
+    /// Streams an image archive from a file to the node.
+    pub async fn import_image(&self, archive: &Path, name: Option<&str>) -> Result<Vec<ImageView>> {
+        let file = tokio::fs::File::open(archive).await.map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("opening {}: {error}", archive.display()),
+            )
+        })?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let mut request = self.http.post(self.url("/v1/images")).body(body);
+        if let Some(name) = name {
+            request = request.query(&[("name", name)]);
+        }
+        self.send(request).await
+    }
+
+    /// The log text of a task or service, as a stream of chunks.
+    pub async fn logs(
+        &self,
+        target: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<impl Stream<Item = reqwest::Result<bytes_alias::Bytes>>> {
+        let mut query = vec![("follow", follow.to_string())];
+        if let Some(tail) = tail {
+            query.push(("tail", tail.to_string()));
+        }
+        let request = self
+            .http
+            .get(self.url(&format!("/v1/logs/{target}")))
+            .query(&query);
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        Ok(check(response).await?.bytes_stream())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(
+            self.http
+                .get(self.url(path))
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        let response = check(response).await?;
+        response
+            .json()
+            .await
+            .map_err(|error| ClientError::Protocol(error.to_string()))
+    }
+}
+
+mod bytes_alias {
+    pub use axum::body::Bytes;
+}
+
+async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
+    let message = match &body {
+        Some(body) => body.error.clone(),
+        None if text.is_empty() => format!("the node answered {status}"),
+        None => format!("the node answered {status}: {text}"),
+    };
+    Err(ClientError::Api {
+        status: status.as_u16(),
+        message,
+        body,
+    })
+}

@@ -1,0 +1,110 @@
+//! The OpenAPI 3.1 description of the API, served at `/openapi.json`. Paths
+//! are listed here; every body schema is generated from the wire types, so
+//! the two cannot drift apart.
+
+use schemars::generate::SchemaSettings;
+use serde_json::{json, Value};
+use shoal_types::AppSpec;
+
+use crate::wire::{AppView, ApplyResponse, ErrorBody, ImageView, NodeView, TaskView, VersionInfo};
+
+pub fn document() -> Value {
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
+    let mut refs = serde_json::Map::new();
+    let mut add = |name: &str, schema: schemars::Schema| {
+        refs.insert(name.to_string(), schema.to_value());
+    };
+    add("VersionInfo", generator.subschema_for::<VersionInfo>());
+    add("NodeList", generator.subschema_for::<Vec<NodeView>>());
+    add("AppList", generator.subschema_for::<Vec<AppView>>());
+    add("AppView", generator.subschema_for::<AppView>());
+    add("AppSpec", generator.subschema_for::<AppSpec>());
+    add("ApplyResponse", generator.subschema_for::<ApplyResponse>());
+    add("TaskList", generator.subschema_for::<Vec<TaskView>>());
+    add("ImageList", generator.subschema_for::<Vec<ImageView>>());
+    add("ErrorBody", generator.subschema_for::<ErrorBody>());
+    let schemas = generator.take_definitions(true);
+    let body = |name: &str| refs[name].clone();
+    let ok = |description: &str, name: &str| json!({"description": description, "content": {"application/json": {"schema": body(name)}}});
+    let error = json!({"description": "the request failed; `error` says why and what to do",
+        "content": {"application/json": {"schema": body("ErrorBody")}}});
+    let name_param =
+        json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "shoal",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The API every shoal node serves. Any node answers any call."
+        },
+        "paths": {
+            "/v1/version": {"get": {"summary": "Version and commit of this node", "responses": {"200": ok("version", "VersionInfo")}}},
+            "/v1/nodes": {"get": {"summary": "The cluster's nodes", "responses": {"200": ok("nodes", "NodeList"), "default": error}}},
+            "/v1/apps": {
+                "get": {"summary": "Every app", "responses": {"200": ok("apps", "AppList"), "default": error}},
+                "post": {
+                    "summary": "Create or update an app",
+                    "description": "The body is an app spec in YAML or JSON (native or Stellar's application config), at most 1 MiB. A spec equal to the current one changes nothing. A rejected spec changes nothing and is answered with 422 and the fields at fault.",
+                    "requestBody": {"required": true, "content": {
+                        "application/json": {"schema": body("AppSpec")},
+                        "application/yaml": {"schema": body("AppSpec")}
+                    }},
+                    "responses": {"200": ok("applied", "ApplyResponse"), "422": error.clone(), "default": error}
+                }
+            },
+            "/v1/apps/{name}": {
+                "parameters": name_param,
+                "get": {"summary": "One app", "responses": {"200": ok("the app", "AppView"), "404": error.clone(), "default": error}},
+                "delete": {"summary": "Remove an app and stop its tasks", "responses": {"204": {"description": "removed"}, "404": error.clone(), "default": error}}
+            },
+            "/v1/tasks": {"get": {
+                "summary": "Tasks, optionally of one app",
+                "parameters": [{"name": "app", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": {"200": ok("tasks", "TaskList"), "default": error}
+            }},
+            "/v1/logs/{target}": {"get": {
+                "summary": "stdout and stderr of a task (APP.SERVICE.SLOT.SERIAL) or of every task of a service (APP.SERVICE)",
+                "parameters": [
+                    {"name": "target", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "follow", "in": "query", "required": false, "schema": {"type": "boolean"}},
+                    {"name": "tail", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}
+                ],
+                "responses": {"200": {"description": "log text", "content": {"text/plain": {"schema": {"type": "string"}}}}, "404": error.clone(), "default": error}
+            }},
+            "/v1/images": {
+                "get": {"summary": "Images on this node", "responses": {"200": ok("images", "ImageList"), "default": error}},
+                "post": {
+                    "summary": "Import an OCI image layout or `docker save` tarball into this node",
+                    "parameters": [{"name": "name", "in": "query", "required": false, "schema": {"type": "string"}, "description": "name for an archive that carries none, or to rename"}],
+                    "requestBody": {"required": true, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+                    "responses": {"200": ok("imported images", "ImageList"), "default": error}
+                }
+            },
+            "/v1/schema/app.json": {"get": {"summary": "JSON Schema of the app spec", "responses": {"200": {"description": "schema"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+        },
+        "components": {"schemas": schemas}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_reference_resolves() {
+        let document = super::document();
+        let text = document.to_string();
+        let schemas = document["components"]["schemas"]
+            .as_object()
+            .expect("components.schemas");
+        for reference in text.split("\"$ref\":\"").skip(1) {
+            let target = reference.split('"').next().unwrap_or_default();
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("reference {target} outside components"));
+            assert!(schemas.contains_key(name), "{target} does not resolve");
+        }
+        assert!(document["paths"]["/v1/apps"]["post"]["requestBody"].is_object());
+    }
+}

@@ -1,0 +1,265 @@
+//! The routes, over a [`Backend`] the node implements. Handlers only decode,
+//! call the backend and encode; every decision is the backend's.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde::Deserialize;
+use shoal_types::{FieldError, SpecError, SPEC_BYTES_MAX};
+use tokio::io::AsyncWriteExt;
+
+use crate::wire::{AppView, ApplyResponse, ErrorBody, ImageView, NodeView, TaskView, VersionInfo};
+
+/// Largest image archive accepted by `POST /v1/images`, in bytes.
+pub const IMAGE_ARCHIVE_BYTES_MAX: u64 = 8 << 30;
+
+/// An error answered to the caller, never a panic.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            errors: Vec::new(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(error: SpecError) -> Self {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!("invalid app spec:\n{error}"),
+            errors: error.errors,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.message,
+            errors: self.errors,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+/// A stream of log bytes; it ends when the logs end (or, when following,
+/// when the task is gone or the client hangs up).
+pub type LogStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogOptions {
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines of each task.
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
+/// What the node offers the API. Any node answers any call.
+pub trait Backend: Send + Sync + 'static {
+    fn version(&self) -> VersionInfo;
+    fn nodes(&self) -> impl Future<Output = ApiResult<Vec<NodeView>>> + Send;
+    /// Validates and applies a spec (YAML or JSON, native or Stellar).
+    fn apply(&self, body: Bytes) -> impl Future<Output = ApiResult<ApplyResponse>> + Send;
+    fn apps(&self) -> impl Future<Output = ApiResult<Vec<AppView>>> + Send;
+    fn app(&self, name: String) -> impl Future<Output = ApiResult<AppView>> + Send;
+    fn remove_app(&self, name: String) -> impl Future<Output = ApiResult<()>> + Send;
+    fn tasks(&self, app: Option<String>) -> impl Future<Output = ApiResult<Vec<TaskView>>> + Send;
+    /// Logs of a task (`APP.SERVICE.SLOT.SERIAL`) or of every task of a
+    /// service (`APP.SERVICE`).
+    fn logs(
+        &self,
+        target: String,
+        options: LogOptions,
+    ) -> impl Future<Output = ApiResult<LogStream>> + Send;
+    fn images(&self) -> impl Future<Output = ApiResult<Vec<ImageView>>> + Send;
+    /// Where uploads are spooled before import.
+    fn upload_dir(&self) -> PathBuf;
+    fn import_image(
+        &self,
+        archive: PathBuf,
+        name: Option<String>,
+    ) -> impl Future<Output = ApiResult<Vec<ImageView>>> + Send;
+}
+
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    let images = Router::new()
+        .route("/v1/images", get(images::<B>).post(import_image::<B>))
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/v1/version", get(version::<B>))
+        .route("/v1/nodes", get(nodes::<B>))
+        .route("/v1/apps", get(apps::<B>).post(apply::<B>))
+        .route("/v1/apps/{name}", get(app::<B>).delete(remove_app::<B>))
+        .route("/v1/tasks", get(tasks::<B>))
+        .route("/v1/logs/{target}", get(logs::<B>))
+        .route("/v1/schema/app.json", get(app_schema))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(SPEC_BYTES_MAX + 1))
+        .merge(images)
+        .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
+        .with_state(backend)
+}
+
+async fn version<B: Backend>(State(backend): State<Arc<B>>) -> Json<VersionInfo> {
+    Json(backend.version())
+}
+
+async fn nodes<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<NodeView>>> {
+    backend.nodes().await.map(Json)
+}
+
+async fn apply<B: Backend>(
+    State(backend): State<Arc<B>>,
+    body: Bytes,
+) -> ApiResult<Json<ApplyResponse>> {
+    backend.apply(body).await.map(Json)
+}
+
+async fn apps<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<AppView>>> {
+    backend.apps().await.map(Json)
+}
+
+async fn app<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AppView>> {
+    backend.app(name).await.map(Json)
+}
+
+async fn remove_app<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    backend
+        .remove_app(name)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct TaskQuery {
+    app: Option<String>,
+}
+
+async fn tasks<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(query): Query<TaskQuery>,
+) -> ApiResult<Json<Vec<TaskView>>> {
+    backend.tasks(query.app).await.map(Json)
+}
+
+async fn logs<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(target): Path<String>,
+    Query(options): Query<LogOptions>,
+) -> ApiResult<Response> {
+    let stream = backend.logs(target, options).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn images<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<ImageView>>> {
+    backend.images().await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct ImportQuery {
+    name: Option<String>,
+}
+
+/// Spools the archive to disk (bounded), then hands it to the backend.
+async fn import_image<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(query): Query<ImportQuery>,
+    request: Request,
+) -> ApiResult<Json<Vec<ImageView>>> {
+    let dir = backend.upload_dir();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|error| ApiError::internal(format!("creating {}: {error}", dir.display())))?;
+    let path = dir.join(format!("upload-{}.tar", unique_suffix()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|error| ApiError::internal(format!("creating {}: {error}", path.display())))?;
+        let mut stream = request.into_body().into_data_stream();
+        let mut written: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|error| ApiError::bad_request(format!("reading upload: {error}")))?;
+            written += chunk.len() as u64;
+            if written > IMAGE_ARCHIVE_BYTES_MAX {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("image archive is larger than {IMAGE_ARCHIVE_BYTES_MAX} bytes"),
+                ));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|error| ApiError::internal(format!("writing upload: {error}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|error| ApiError::internal(format!("writing upload: {error}")))?;
+        if written == 0 {
+            return Err(ApiError::bad_request("empty body: send the image archive"));
+        }
+        backend.import_image(path.clone(), query.name).await
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    result.map(Json)
+}
+
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn app_schema() -> Json<serde_json::Value> {
+    Json(shoal_types::app_schema())
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}

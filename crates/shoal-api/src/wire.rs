@@ -1,0 +1,133 @@
+//! Bodies on the wire. Listings are JSON arrays of these.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use shoal_types::{AppSpec, DesiredState, FieldError, NodeStatus, Promise, Task, TaskState};
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct VersionInfo {
+    pub version: String,
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct NodeView {
+    pub name: String,
+    pub addr: String,
+    pub status: NodeStatus,
+    /// `voter` or `learner` in the cluster's consensus.
+    pub role: String,
+    pub os: String,
+    pub arch: String,
+    pub uptime_s: u64,
+    pub cpus: u32,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceView {
+    pub name: String,
+    pub image: String,
+    pub replicas: u32,
+    /// Tasks of the service whose promise is kept and that run.
+    pub running: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct AppView {
+    pub name: String,
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub services: Vec<ServiceView>,
+    pub spec: AppSpec,
+    /// Replicas the scheduler could not place, and why.
+    #[serde(default)]
+    pub unplaced: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TaskView {
+    pub id: String,
+    pub app: String,
+    pub service: String,
+    pub slot: u32,
+    pub app_version: u64,
+    pub node: String,
+    pub image: String,
+    pub desired: DesiredState,
+    pub state: TaskState,
+    pub promise: Promise,
+    pub message: String,
+    /// The containerd container id, while a container exists.
+    pub container_id: Option<String>,
+    pub exit_code: Option<i32>,
+    pub attempt: u32,
+    pub restarts: u32,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+impl From<&Task> for TaskView {
+    fn from(task: &Task) -> Self {
+        TaskView {
+            id: task.id.clone(),
+            app: task.app.clone(),
+            service: task.service.clone(),
+            slot: task.slot,
+            app_version: task.app_version,
+            node: task.node.clone(),
+            image: task.spec.image.clone(),
+            desired: task.desired,
+            state: task.status.state,
+            promise: task.status.promise,
+            message: task.status.message.clone(),
+            container_id: task.status.container_id.clone(),
+            exit_code: task.status.exit_code,
+            attempt: task.status.attempt,
+            restarts: task.status.restarts,
+            created_at_ms: task.created_at_ms,
+            started_at_ms: task.status.started_at_ms,
+            updated_at_ms: task.status.updated_at_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ApplyResponse {
+    pub app: String,
+    pub version: u64,
+    /// False when the spec equals the one already applied.
+    pub changed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ImageView {
+    pub name: String,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub created_s: Option<i64>,
+}
+
+/// Every error answer: a message for people, and for a rejected spec the
+/// fields at fault.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<FieldErrorSchema>")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct FieldErrorSchema {
+    path: String,
+    message: String,
+}

@@ -1,0 +1,374 @@
+//! [`Runtime`] in memory, for unit tests and the simulator. It keeps the
+//! containerd driver's contract (same errors, same idempotency, same image
+//! parsing for `import`) and adds knobs to play the container's part:
+//! make a process exit, choose how it reacts to SIGTERM, write its output,
+//! or make the next call fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::image::{self, Archive, ExecConfig, Limits, ProcessSpec};
+use crate::{
+    validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ImageInfo, Result, Runtime,
+    RuntimeError, LABEL_TASK,
+};
+
+/// Exit code of a process killed by SIGTERM (128 + 15), as runc reports it.
+pub const SIGTERM_EXIT_CODE: i32 = 143;
+/// Exit code of a process killed by SIGKILL (128 + 9).
+pub const SIGKILL_EXIT_CODE: i32 = 137;
+
+/// The operations a failure can be injected into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FakeOp {
+    EnsureReady,
+    Run,
+    Stop,
+    Remove,
+    List,
+    Images,
+    Import,
+}
+
+#[derive(Clone, Debug)]
+struct FakeImage {
+    info: ImageInfo,
+    exec: ExecConfig,
+}
+
+#[derive(Clone, Debug)]
+struct FakeContainer {
+    config: ContainerConfig,
+    process: ProcessSpec,
+    status: ContainerStatus,
+    /// What the process exits with on SIGTERM; `None`: it ignores SIGTERM.
+    sigterm_exit_code: Option<i32>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    images: BTreeMap<String, FakeImage>,
+    containers: BTreeMap<String, FakeContainer>,
+    snapshots: BTreeSet<String>,
+    failures: Vec<(FakeOp, String)>,
+    next_pid: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update below is a single assignment; a panic cannot leave
+        // the state half-changed.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take_failure(&self, op: FakeOp) -> Result<()> {
+        let mut state = self.state();
+        match state.failures.iter().position(|(o, _)| *o == op) {
+            Some(i) => Err(RuntimeError::Containerd(state.failures.remove(i).1)),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes `name` known with busybox-like defaults (`sh`, standard PATH);
+    /// returns its normalized name.
+    pub fn add_image(&self, name: &str) -> String {
+        let exec = ExecConfig {
+            env: Some(vec![image::DEFAULT_PATH_ENV.to_string()]),
+            cmd: Some(vec!["sh".to_string()]),
+            ..ExecConfig::default()
+        };
+        self.add_image_with_config(name, exec, 0)
+    }
+
+    /// Makes `name` known with the given process defaults and size.
+    pub fn add_image_with_config(&self, name: &str, exec: ExecConfig, size_bytes: u64) -> String {
+        let name = image::normalize_name(name).unwrap_or_else(|_| name.to_string());
+        let info = ImageInfo {
+            name: name.clone(),
+            digest: image::sha256_digest(name.as_bytes()),
+            size_bytes,
+            created_s: Some(image::now_epoch_s()),
+        };
+        self.state()
+            .images
+            .insert(name.clone(), FakeImage { info, exec });
+        name
+    }
+
+    /// Makes a running container's process exit with `code`; false when it
+    /// was not running.
+    pub fn exit(&self, id: &str, code: i32) -> bool {
+        match self.state().containers.get_mut(id) {
+            Some(c) if matches!(c.status, ContainerStatus::Running { .. }) => {
+                c.status = ContainerStatus::Stopped { exit_code: code };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How the container's process answers SIGTERM: exit with the code, or
+    /// (`None`) ignore it until SIGKILL. The default is dying of it (143).
+    pub fn on_sigterm(&self, id: &str, exit_code: Option<i32>) -> bool {
+        match self.state().containers.get_mut(id) {
+            Some(c) => {
+                c.sigterm_exit_code = exit_code;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes the next call of `op` fail with `RuntimeError::Containerd(message)`
+    /// without doing anything.
+    pub fn fail_next(&self, op: FakeOp, message: impl Into<String>) {
+        self.state().failures.push((op, message.into()));
+    }
+
+    /// The process the container runs, as resolved from its config and image.
+    pub fn process(&self, id: &str) -> Option<ProcessSpec> {
+        self.state().containers.get(id).map(|c| c.process.clone())
+    }
+
+    pub fn config(&self, id: &str) -> Option<ContainerConfig> {
+        self.state().containers.get(id).map(|c| c.config.clone())
+    }
+
+    /// Whether the container's rootfs snapshot exists (from `run` until `remove`).
+    pub fn snapshot_exists(&self, id: &str) -> bool {
+        self.state().snapshots.contains(id)
+    }
+
+    /// Appends `text` to the container's log, as if its process printed it.
+    pub fn append_log(&self, id: &str, text: &str) -> Result<()> {
+        let path = self
+            .config(id)
+            .map(|c| c.log_path)
+            .ok_or_else(|| RuntimeError::ContainerNotFound(id.to_string()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| RuntimeError::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            })?;
+        file.write_all(text.as_bytes())
+            .map_err(|source| RuntimeError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            })
+    }
+}
+
+impl Runtime for FakeRuntime {
+    async fn ensure_ready(&self) -> Result<()> {
+        self.take_failure(FakeOp::EnsureReady)
+    }
+
+    async fn run(&self, config: &ContainerConfig) -> Result<u32> {
+        self.take_failure(FakeOp::Run)?;
+        validate_config(config)?;
+        let name = image::normalize_name(&config.image).unwrap_or_else(|_| config.image.clone());
+        let exec = match self.state().images.get(&name) {
+            Some(image) => image.exec.clone(),
+            None => return Err(RuntimeError::ImageNotFound(config.image.clone())),
+        };
+        let process = image::resolve_process(config, &exec)?;
+        if self.state().containers.contains_key(&config.id) {
+            return Err(RuntimeError::ContainerExists(config.id.clone()));
+        }
+        // Like the shim, create the log so readers find it from the start.
+        if let Some(dir) = config.log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.log_path)
+            .map_err(|source| RuntimeError::Io {
+                context: format!("opening {}", config.log_path.display()),
+                source,
+            })?;
+
+        let mut state = self.state();
+        if state.containers.contains_key(&config.id) {
+            return Err(RuntimeError::ContainerExists(config.id.clone()));
+        }
+        state.next_pid = state.next_pid.max(1000) + 1;
+        let pid = state.next_pid;
+        state.snapshots.insert(config.id.clone());
+        state.containers.insert(
+            config.id.clone(),
+            FakeContainer {
+                config: config.clone(),
+                process,
+                status: ContainerStatus::Running { pid },
+                sigterm_exit_code: Some(SIGTERM_EXIT_CODE),
+            },
+        );
+        Ok(pid)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<Option<i32>> {
+        self.take_failure(FakeOp::Stop)?;
+        {
+            let mut state = self.state();
+            let Some(c) = state.containers.get_mut(id) else {
+                return Ok(None);
+            };
+            match c.status {
+                ContainerStatus::Created => return Ok(None),
+                ContainerStatus::Stopped { exit_code } => return Ok(Some(exit_code)),
+                ContainerStatus::Running { .. } => {}
+            }
+            if let Some(code) = c.sigterm_exit_code {
+                c.status = ContainerStatus::Stopped { exit_code: code };
+                return Ok(Some(code));
+            }
+        }
+        // Ignores SIGTERM: it gets the whole grace period, as with containerd,
+        // and may still exit by itself meanwhile.
+        tokio::time::sleep(grace).await;
+        let mut state = self.state();
+        let Some(c) = state.containers.get_mut(id) else {
+            return Ok(None);
+        };
+        match c.status {
+            ContainerStatus::Stopped { exit_code } => Ok(Some(exit_code)),
+            _ => {
+                c.status = ContainerStatus::Stopped {
+                    exit_code: SIGKILL_EXIT_CODE,
+                };
+                Ok(Some(SIGKILL_EXIT_CODE))
+            }
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.take_failure(FakeOp::Remove)?;
+        let mut state = self.state();
+        state.containers.remove(id);
+        state.snapshots.remove(id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>> {
+        self.take_failure(FakeOp::List)?;
+        Ok(self
+            .state()
+            .containers
+            .values()
+            .filter(|c| c.config.labels.contains_key(LABEL_TASK))
+            .map(|c| ContainerInfo {
+                id: c.config.id.clone(),
+                image: image::normalize_name(&c.config.image)
+                    .unwrap_or_else(|_| c.config.image.clone()),
+                labels: c.config.labels.clone(),
+                status: c.status.clone(),
+            })
+            .collect())
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>> {
+        self.take_failure(FakeOp::Images)?;
+        Ok(self
+            .state()
+            .images
+            .values()
+            .map(|i| i.info.clone())
+            .collect())
+    }
+
+    async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {
+        self.take_failure(FakeOp::Import)?;
+        let images = tokio::task::spawn_blocking(move || {
+            Archive::extract(&archive, Limits::default())?.images(name.as_deref())
+        })
+        .await
+        .map_err(|e| RuntimeError::Containerd(format!("reading the archive: {e}")))??;
+        let mut infos = Vec::new();
+        let mut state = self.state();
+        for image in images {
+            for name in &image.names {
+                let info = ImageInfo {
+                    name: name.clone(),
+                    digest: image.target.digest.clone(),
+                    size_bytes: image.size_bytes(),
+                    created_s: Some(image::now_epoch_s()),
+                };
+                let exec = image.config_file.config.clone().unwrap_or_default();
+                state.images.insert(
+                    name.clone(),
+                    FakeImage {
+                        info: info.clone(),
+                        exec,
+                    },
+                );
+                infos.push(info);
+            }
+        }
+        Ok(infos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str, image: &str, dir: &std::path::Path) -> ContainerConfig {
+        ContainerConfig {
+            id: id.into(),
+            image: image.into(),
+            command: None,
+            args: None,
+            env: BTreeMap::new(),
+            working_dir: None,
+            user: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            labels: BTreeMap::from([(LABEL_TASK.to_string(), "t".to_string())]),
+            log_path: dir.join("log"),
+            hostname: "h".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn injected_failures_hit_once_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new();
+        fake.add_image("busybox");
+        fake.fail_next(FakeOp::Run, "boom");
+        let c = config("a", "busybox", dir.path());
+        assert!(matches!(fake.run(&c).await, Err(RuntimeError::Containerd(m)) if m == "boom"));
+        assert!(fake.list().await.unwrap().is_empty());
+        fake.run(&c).await.unwrap();
+        assert_eq!(fake.list().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn knobs_apply_only_to_known_containers() {
+        let fake = FakeRuntime::new();
+        assert!(!fake.exit("nope", 1));
+        assert!(!fake.on_sigterm("nope", None));
+        assert!(fake.append_log("nope", "x").is_err());
+        assert_eq!(fake.add_image("busybox:1"), "docker.io/library/busybox:1");
+    }
+}

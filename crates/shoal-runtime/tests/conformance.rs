@@ -1,0 +1,878 @@
+//! One behaviour suite for every `Runtime`: each check is written once,
+//! generic over a `Backend`, and instantiated for the fake driver and for
+//! containerd. The containerd half needs `SHOAL_E2E=1`, root, a running
+//! containerd 1.6+ with runc, and /bin/busybox; every test gets its own
+//! containerd namespace, purged (with the namespace) when the test ends,
+//! pass or fail.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{
+    ListSnapshotsRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    DeleteContentRequest, DeleteImageRequest, DeleteNamespaceRequest, DeleteRequest,
+    ListContainersRequest, ListContentRequest, ListImagesRequest, ListRequest,
+};
+use containerd_client::tonic::{Code, Request};
+use containerd_client::with_namespace;
+use shoal_runtime::containerd::{Containerd, DEFAULT_SNAPSHOTTER, DEFAULT_SOCKET};
+use shoal_runtime::fake::FakeRuntime;
+use shoal_runtime::image::{sha256_digest, write_rootfs_layout};
+use shoal_runtime::{
+    ContainerConfig, ContainerStatus, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(50);
+
+/// What the suite asks a container's process to do. The command is the same
+/// for every backend; the fake, which runs nothing, plays the part through
+/// its knobs in `Backend::after_run`.
+#[derive(Clone, Debug)]
+enum Prog {
+    /// Runs until killed, ignoring SIGTERM (pid 1 without a handler does).
+    Sleep,
+    /// Exits with the code on SIGTERM.
+    TrapTerm(i32),
+    /// Exits at once with the code.
+    Exit(i32),
+    /// Prints $FOO, its cwd, uid:gid and first two arguments, then exits 0.
+    Report,
+    /// Prints "out" on stdout and "err" on stderr, then exits 0.
+    BothStreams,
+    /// Prints its cgroup memory limit and CPU quota, then exits 0.
+    Limits,
+}
+
+const REPORT_SCRIPT: &str =
+    "echo FOO=$FOO; echo CWD=$(pwd); echo ID=$(id -u):$(id -g); echo ARGS=$0,$1";
+const LIMITS_SCRIPT: &str = "echo MEM=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max); \
+     echo CPU=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max)";
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+impl Prog {
+    fn command(&self) -> (Vec<String>, Option<Vec<String>>) {
+        let sh = |script: String| strings(&["sh", "-c", &script]);
+        match self {
+            Prog::Sleep => (strings(&["sleep", "3600"]), None),
+            Prog::TrapTerm(code) => (
+                sh(format!(
+                    "trap 'exit {code}' TERM; while true; do sleep 0.05; done"
+                )),
+                None,
+            ),
+            Prog::Exit(code) => (sh(format!("exit {code}")), None),
+            Prog::Report => (
+                strings(&["sh", "-c"]),
+                Some(strings(&[REPORT_SCRIPT, "a0", "a1"])),
+            ),
+            Prog::BothStreams => (sh("echo out; echo err >&2".into()), None),
+            Prog::Limits => (sh(LIMITS_SCRIPT.into()), None),
+        }
+    }
+}
+
+trait Backend: Send + Sync {
+    type R: Runtime;
+    fn rt(&self) -> &Self::R;
+    fn dir(&self) -> &Path;
+    /// An image present in the runtime.
+    fn image(&self) -> &str;
+    async fn after_run(&self, id: &str, prog: &Prog);
+    async fn snapshot_exists(&self, id: &str) -> bool;
+}
+
+fn config<B: Backend>(b: &B, id: &str, prog: &Prog) -> ContainerConfig {
+    let (command, args) = prog.command();
+    ContainerConfig {
+        id: id.to_string(),
+        image: b.image().to_string(),
+        command: Some(command),
+        args,
+        env: BTreeMap::new(),
+        working_dir: None,
+        user: None,
+        cpu_millis: None,
+        memory_bytes: None,
+        labels: BTreeMap::from([
+            (LABEL_TASK.to_string(), format!("task-{id}")),
+            (LABEL_ATTEMPT.to_string(), "1".to_string()),
+        ]),
+        log_path: b.dir().join("logs").join(format!("{id}.log")),
+        hostname: id.to_string(),
+    }
+}
+
+async fn run<B: Backend>(b: &B, config: &ContainerConfig, prog: &Prog) -> u32 {
+    let pid = b
+        .rt()
+        .run(config)
+        .await
+        .unwrap_or_else(|e| panic!("run {}: {e}", config.id));
+    b.after_run(&config.id, prog).await;
+    pid
+}
+
+async fn status<B: Backend>(b: &B, id: &str) -> Option<ContainerStatus> {
+    b.rt()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(|c| c.status)
+}
+
+async fn wait_stopped<B: Backend>(b: &B, id: &str) -> i32 {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if let Some(ContainerStatus::Stopped { exit_code }) = status(b, id).await {
+            return exit_code;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!(
+        "{id} did not stop within {WAIT:?}: {:?}",
+        status(b, id).await
+    )
+}
+
+/// The log once it contains `needle` (the shim may copy output a little
+/// after the process exits).
+async fn wait_log(path: &Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) || start.elapsed() > WAIT {
+            return log;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The suite
+
+async fn run_then_list_shows_running<B: Backend>(b: &B) {
+    let c = config(b, "running", &Prog::Sleep);
+    let pid = run(b, &c, &Prog::Sleep).await;
+    assert!(pid > 0);
+    let list = b.rt().list().await.unwrap();
+    let info = list
+        .iter()
+        .find(|i| i.id == "running")
+        .expect("container listed");
+    assert_eq!(info.status, ContainerStatus::Running { pid });
+    assert_eq!(info.labels, c.labels);
+    assert_eq!(info.image, b.image());
+    b.rt().remove("running").await.unwrap();
+}
+
+async fn same_id_is_refused<B: Backend>(b: &B) {
+    let c = config(b, "twice", &Prog::Sleep);
+    run(b, &c, &Prog::Sleep).await;
+    assert!(
+        matches!(b.rt().run(&c).await, Err(RuntimeError::ContainerExists(id)) if id == "twice")
+    );
+    // The first one is untouched.
+    assert!(matches!(
+        status(b, "twice").await,
+        Some(ContainerStatus::Running { .. })
+    ));
+    b.rt().remove("twice").await.unwrap();
+}
+
+async fn missing_image_is_refused<B: Backend>(b: &B) {
+    let mut c = config(b, "noimage", &Prog::Sleep);
+    c.image = "docker.io/library/not-imported:1".into();
+    assert!(matches!(b.rt().run(&c).await, Err(RuntimeError::ImageNotFound(i)) if i == c.image));
+    assert_eq!(status(b, "noimage").await, None);
+    assert!(!b.snapshot_exists("noimage").await);
+}
+
+async fn invalid_config_is_refused<B: Backend>(b: &B) {
+    let mut c = config(b, "bad/id", &Prog::Sleep);
+    assert!(matches!(
+        b.rt().run(&c).await,
+        Err(RuntimeError::InvalidConfig(_))
+    ));
+    c.id = "relative-log".into();
+    c.log_path = PathBuf::from("logs/x.log");
+    assert!(matches!(
+        b.rt().run(&c).await,
+        Err(RuntimeError::InvalidConfig(_))
+    ));
+    assert!(b.rt().list().await.unwrap().is_empty());
+}
+
+async fn stop_returns_exit_code<B: Backend>(b: &B) {
+    let prog = Prog::TrapTerm(7);
+    run(b, &config(b, "graceful", &prog), &prog).await;
+    assert_eq!(
+        b.rt()
+            .stop("graceful", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    assert_eq!(
+        status(b, "graceful").await,
+        Some(ContainerStatus::Stopped { exit_code: 7 })
+    );
+    // Idempotent: stopping again reports the same exit.
+    assert_eq!(
+        b.rt()
+            .stop("graceful", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    b.rt().remove("graceful").await.unwrap();
+}
+
+async fn stop_escalates_to_sigkill<B: Backend>(b: &B) {
+    run(b, &config(b, "stubborn", &Prog::Sleep), &Prog::Sleep).await;
+    let grace = Duration::from_millis(300);
+    let start = Instant::now();
+    assert_eq!(b.rt().stop("stubborn", grace).await.unwrap(), Some(137));
+    assert!(
+        start.elapsed() >= grace,
+        "SIGKILL came before the grace period ended"
+    );
+    assert_eq!(
+        status(b, "stubborn").await,
+        Some(ContainerStatus::Stopped { exit_code: 137 })
+    );
+    b.rt().remove("stubborn").await.unwrap();
+}
+
+async fn missing_ids_are_not_errors<B: Backend>(b: &B) {
+    assert_eq!(
+        b.rt()
+            .stop("never-was", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        None
+    );
+    b.rt().remove("never-was").await.unwrap();
+}
+
+async fn remove_forgets_everything<B: Backend>(b: &B) {
+    let c = config(b, "doomed", &Prog::Sleep);
+    run(b, &c, &Prog::Sleep).await;
+    assert!(b.snapshot_exists("doomed").await);
+    // Still running: remove kills it.
+    b.rt().remove("doomed").await.unwrap();
+    assert_eq!(status(b, "doomed").await, None);
+    assert!(!b.snapshot_exists("doomed").await);
+    b.rt().remove("doomed").await.unwrap();
+    assert_eq!(
+        b.rt().stop("doomed", Duration::from_secs(1)).await.unwrap(),
+        None
+    );
+    // The id is free again.
+    run(b, &c, &Prog::Sleep).await;
+    b.rt().remove("doomed").await.unwrap();
+}
+
+async fn process_exits_by_itself<B: Backend>(b: &B) {
+    let prog = Prog::Exit(3);
+    run(b, &config(b, "quitter", &prog), &prog).await;
+    assert_eq!(wait_stopped(b, "quitter").await, 3);
+    assert_eq!(
+        b.rt()
+            .stop("quitter", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    b.rt().remove("quitter").await.unwrap();
+}
+
+async fn env_args_cwd_user_reach_the_process<B: Backend>(b: &B) {
+    let mut c = config(b, "report", &Prog::Report);
+    c.env.insert("FOO".into(), "bar baz".into());
+    c.working_dir = Some("/tmp".into());
+    c.user = Some((1000, 1001));
+    run(b, &c, &Prog::Report).await;
+    assert_eq!(wait_stopped(b, "report").await, 0);
+    let log = wait_log(&c.log_path, "ARGS=").await;
+    for line in ["FOO=bar baz", "CWD=/tmp", "ID=1000:1001", "ARGS=a0,a1"] {
+        assert!(
+            log.lines().any(|l| l == line),
+            "{line:?} missing from log:\n{log}"
+        );
+    }
+    b.rt().remove("report").await.unwrap();
+}
+
+async fn log_gets_stdout_and_stderr<B: Backend>(b: &B) {
+    let c = config(b, "chatty", &Prog::BothStreams);
+    run(b, &c, &Prog::BothStreams).await;
+    wait_stopped(b, "chatty").await;
+    let log = wait_log(&c.log_path, "err").await;
+    assert!(log.lines().any(|l| l == "out"), "stdout missing:\n{log}");
+    assert!(log.lines().any(|l| l == "err"), "stderr missing:\n{log}");
+    b.rt().remove("chatty").await.unwrap();
+}
+
+async fn limits_reach_the_cgroup<B: Backend>(b: &B) {
+    let mut c = config(b, "limited", &Prog::Limits);
+    c.memory_bytes = Some(64 << 20);
+    c.cpu_millis = Some(500);
+    run(b, &c, &Prog::Limits).await;
+    wait_stopped(b, "limited").await;
+    let log = wait_log(&c.log_path, "CPU=").await;
+    assert!(
+        log.lines().any(|l| l == "MEM=67108864"),
+        "memory limit missing:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l == "CPU=50000"),
+        "cpu quota missing:\n{log}"
+    );
+    b.rt().remove("limited").await.unwrap();
+}
+
+async fn list_skips_unlabelled_containers<B: Backend>(b: &B) {
+    let mut c = config(b, "stranger", &Prog::Sleep);
+    c.labels.clear();
+    run(b, &c, &Prog::Sleep).await;
+    assert_eq!(status(b, "stranger").await, None);
+    b.rt().remove("stranger").await.unwrap();
+    assert!(!b.snapshot_exists("stranger").await);
+}
+
+async fn import_rootfs_layout<B: Backend>(b: &B) {
+    let rootfs = busybox_rootfs(b.dir());
+    let archive = b.dir().join("layout.tar");
+    write_rootfs_layout(&rootfs, "shoal-layout:v2", File::create(&archive).unwrap()).unwrap();
+    let infos = b.rt().import(archive, None).await.unwrap();
+    assert_eq!(infos.len(), 1);
+    assert_eq!(infos[0].name, "docker.io/library/shoal-layout:v2");
+    assert!(infos[0].size_bytes > 0);
+    let listed = b.rt().images().await.unwrap();
+    let listed = listed
+        .iter()
+        .find(|i| i.name == infos[0].name)
+        .expect("imported image listed");
+    assert_eq!(listed.digest, infos[0].digest);
+    assert_eq!(listed.size_bytes, infos[0].size_bytes);
+
+    let prog = Prog::Exit(4);
+    let mut c = config(b, "from-layout", &prog);
+    c.image = "shoal-layout:v2".into(); // normalized by the runtime
+    run(b, &c, &prog).await;
+    assert_eq!(wait_stopped(b, "from-layout").await, 4);
+    b.rt().remove("from-layout").await.unwrap();
+}
+
+async fn import_docker_save<B: Backend>(b: &B) {
+    let archive = docker_save(b.dir(), &["shoal-save:v1"]);
+    let infos = b.rt().import(archive, None).await.unwrap();
+    assert_eq!(
+        infos.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["docker.io/library/shoal-save:v1"]
+    );
+    assert!(b
+        .rt()
+        .images()
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.name == "docker.io/library/shoal-save:v1"));
+
+    let prog = Prog::Exit(5);
+    let mut c = config(b, "from-save", &prog);
+    c.image = "docker.io/library/shoal-save:v1".into();
+    run(b, &c, &prog).await;
+    assert_eq!(wait_stopped(b, "from-save").await, 5);
+    b.rt().remove("from-save").await.unwrap();
+
+    // Unnamed archives need a name, which then wins.
+    let unnamed = docker_save(b.dir(), &[]);
+    assert!(matches!(
+        b.rt().import(unnamed.clone(), None).await,
+        Err(RuntimeError::InvalidImage(_))
+    ));
+    let infos = b
+        .rt()
+        .import(unnamed, Some("named:1".into()))
+        .await
+        .unwrap();
+    assert_eq!(infos[0].name, "docker.io/library/named:1");
+}
+
+async fn import_rejects_garbage<B: Backend>(b: &B) {
+    let junk = b.dir().join("junk.tar");
+    std::fs::write(
+        &junk,
+        b"definitely not a tar archive, not even close to 512 bytes",
+    )
+    .unwrap();
+    assert!(matches!(
+        b.rt().import(junk, None).await,
+        Err(RuntimeError::InvalidImage(_))
+    ));
+    let missing = b.rt().import(b.dir().join("missing.tar"), None).await;
+    assert!(matches!(missing, Err(RuntimeError::Io { .. })));
+}
+
+// ---------------------------------------------------------------------------
+// Images built by hand
+
+/// A busybox root filesystem from the host's static busybox (a stand-in
+/// file where there is none: the fake never runs it).
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join(format!("rootfs-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    for d in ["bin", "etc", "tmp", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let busybox = Path::new("/bin/busybox");
+    if busybox.exists() {
+        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+        let status = std::process::Command::new(busybox)
+            .args(["--install", "-s"])
+            .arg(root.join("bin"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "busybox --install failed");
+        // On merged-/usr hosts the applet links point at /usr/bin/busybox.
+        std::os::unix::fs::symlink("/bin/busybox", root.join("usr/bin/busybox")).unwrap();
+    } else {
+        std::fs::write(root.join("bin/busybox"), b"stand-in").unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    root
+}
+
+/// A `docker save` archive of the busybox rootfs: manifest.json, a Docker
+/// config, one uncompressed layer tar.
+fn docker_save(dir: &Path, tags: &[&str]) -> PathBuf {
+    let rootfs = busybox_rootfs(dir);
+    let mut layer = Vec::new();
+    {
+        let mut builder = tar::Builder::new(&mut layer);
+        builder.follow_symlinks(false);
+        builder.append_dir_all(".", &rootfs).unwrap();
+        builder.finish().unwrap();
+    }
+    let diff_id = sha256_digest(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": { "Env": ["PATH=/bin"], "Cmd": ["sh"], "Entrypoint": null, "WorkingDir": "" },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "history": [{ "created_by": "hand" }]
+    })
+    .to_string();
+    let config_name = format!("{}.json", &sha256_digest(config.as_bytes())[7..]);
+    let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": tags, "Layers": ["0123/layer.tar"] }]).to_string();
+
+    let path = dir.join(format!("save-{}.tar", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let mut out = tar::Builder::new(File::create(&path).unwrap());
+    for (name, data) in [
+        ("0123/layer.tar", layer.as_slice()),
+        (config_name.as_str(), config.as_bytes()),
+        ("manifest.json", manifest.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        out.append_data(&mut header, name, data).unwrap();
+    }
+    out.finish().unwrap();
+    path
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+// ---------------------------------------------------------------------------
+// The fake backend
+
+struct FakeBackend {
+    rt: FakeRuntime,
+    dir: tempfile::TempDir,
+    image: String,
+}
+
+impl FakeBackend {
+    fn new() -> Self {
+        let rt = FakeRuntime::new();
+        let image = rt.add_image("shoal-busybox:test");
+        FakeBackend {
+            rt,
+            dir: tempfile::tempdir().unwrap(),
+            image,
+        }
+    }
+}
+
+impl Backend for FakeBackend {
+    type R = FakeRuntime;
+    fn rt(&self) -> &FakeRuntime {
+        &self.rt
+    }
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    fn image(&self) -> &str {
+        &self.image
+    }
+
+    async fn after_run(&self, id: &str, prog: &Prog) {
+        let process = self.rt.process(id).unwrap();
+        let config = self.rt.config(id).unwrap();
+        let output = match prog {
+            Prog::Sleep => {
+                self.rt.on_sigterm(id, None);
+                return;
+            }
+            Prog::TrapTerm(code) => {
+                self.rt.on_sigterm(id, Some(*code));
+                return;
+            }
+            Prog::Exit(code) => {
+                self.rt.exit(id, *code);
+                return;
+            }
+            Prog::Report => {
+                let env_foo = process
+                    .env
+                    .iter()
+                    .find_map(|e| e.strip_prefix("FOO="))
+                    .unwrap_or("");
+                format!(
+                    "FOO={env_foo}\nCWD={}\nID={}:{}\nARGS={},{}\n",
+                    process.cwd, process.uid, process.gid, process.args[3], process.args[4]
+                )
+            }
+            Prog::BothStreams => "out\nerr\n".to_string(),
+            Prog::Limits => format!(
+                "MEM={}\nCPU={}\n",
+                config.memory_bytes.map_or("max".into(), |m| m.to_string()),
+                config
+                    .cpu_millis
+                    .map_or("-1".into(), |c| (c * 100).to_string())
+            ),
+        };
+        self.rt.append_log(id, &output).unwrap();
+        self.rt.exit(id, 0);
+    }
+
+    async fn snapshot_exists(&self, id: &str) -> bool {
+        self.rt.snapshot_exists(id)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The containerd backend
+
+struct CdBackend {
+    rt: Containerd,
+    image: String,
+    dir: tempfile::TempDir,
+    /// Last, so the runtime's connection closes before the purge.
+    _purge: NamespacePurge,
+}
+
+impl CdBackend {
+    async fn setup(test: &str) -> Option<Self> {
+        if std::env::var("SHOAL_E2E").as_deref() != Ok("1") {
+            println!("skipped {test} against containerd: set SHOAL_E2E=1 (needs root and containerd at {DEFAULT_SOCKET})");
+            return None;
+        }
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let namespace = format!(
+            "shoal-test-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        // Armed before anything exists in containerd.
+        let purge = NamespacePurge(namespace.clone());
+        let rt = Containerd::connect(Path::new(DEFAULT_SOCKET), &namespace, DEFAULT_SNAPSHOTTER)
+            .await
+            .unwrap_or_else(|e| panic!("{e} (is containerd running?)"));
+        rt.ensure_ready().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("busybox.tar");
+        write_rootfs_layout(
+            &busybox_rootfs(dir.path()),
+            "shoal-busybox:test",
+            File::create(&archive).unwrap(),
+        )
+        .unwrap();
+        let image = rt.import(archive, None).await.unwrap().remove(0).name;
+        Some(CdBackend {
+            rt,
+            image,
+            dir,
+            _purge: purge,
+        })
+    }
+}
+
+impl Backend for CdBackend {
+    type R = Containerd;
+    fn rt(&self) -> &Containerd {
+        &self.rt
+    }
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    fn image(&self) -> &str {
+        &self.image
+    }
+    async fn after_run(&self, _id: &str, _prog: &Prog) {}
+
+    async fn snapshot_exists(&self, id: &str) -> bool {
+        let request = StatSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.into(),
+            key: id.into(),
+        };
+        match SnapshotsClient::new(self.rt.channel())
+            .stat(with_namespace!(request, self.rt.namespace()))
+            .await
+        {
+            Ok(_) => true,
+            Err(s) if s.code() == Code::NotFound => false,
+            Err(s) => panic!("stat snapshot {id}: {s}"),
+        }
+    }
+}
+
+/// Deletes everything in a test namespace, then the namespace, when dropped,
+/// also while a failed test unwinds. Runs on its own thread and connection
+/// because the test's runtime may be the one unwinding.
+struct NamespacePurge(String);
+
+impl Drop for NamespacePurge {
+    fn drop(&mut self) {
+        let namespace = self.0.clone();
+        let result = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(purge(&namespace))
+        })
+        .join();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cleaning up namespace {}: {e}", self.0),
+            Err(_) => eprintln!("cleaning up namespace {} panicked", self.0),
+        }
+    }
+}
+
+async fn purge(ns: &str) -> Result<(), String> {
+    let rt = Containerd::connect(Path::new(DEFAULT_SOCKET), ns, DEFAULT_SNAPSHOTTER)
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = rt.channel();
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: containerd_client::tonic::Status| format!("{what}: {}", e.message())
+    };
+
+    let containers = ContainersClient::new(channel.clone())
+        .list(with_namespace!(
+            ListContainersRequest { filters: vec![] },
+            ns
+        ))
+        .await
+        .map_err(err("listing containers"))?
+        .into_inner()
+        .containers;
+    for c in containers {
+        rt.remove(&c.id).await.map_err(|e| e.to_string())?;
+    }
+
+    let mut images = ImagesClient::new(channel.clone());
+    let list = images
+        .list(with_namespace!(ListImagesRequest { filters: vec![] }, ns))
+        .await
+        .map_err(err("listing images"))?;
+    for image in list.into_inner().images {
+        let request = DeleteImageRequest {
+            name: image.name,
+            sync: true,
+            target: None,
+        };
+        images
+            .delete(with_namespace!(request, ns))
+            .await
+            .map_err(err("deleting image"))?;
+    }
+
+    let mut leases = LeasesClient::new(channel.clone());
+    let list = leases
+        .list(with_namespace!(ListRequest { filters: vec![] }, ns))
+        .await
+        .map_err(err("listing leases"))?;
+    for lease in list.into_inner().leases {
+        leases
+            .delete(with_namespace!(
+                DeleteRequest {
+                    id: lease.id,
+                    sync: true
+                },
+                ns
+            ))
+            .await
+            .map_err(err("deleting lease"))?;
+    }
+
+    // Garbage collection usually took the snapshots with the images; remove
+    // what is left leaves first, a layer of the stack per round.
+    let mut snapshots = SnapshotsClient::new(channel.clone());
+    for _round in 0..100 {
+        let request = ListSnapshotsRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.into(),
+            filters: vec![],
+        };
+        let mut stream = snapshots
+            .list(with_namespace!(request, ns))
+            .await
+            .map_err(err("listing snapshots"))?
+            .into_inner();
+        let mut all = Vec::new();
+        while let Some(batch) = stream.message().await.map_err(err("listing snapshots"))? {
+            all.extend(batch.info);
+        }
+        if all.is_empty() {
+            break;
+        }
+        for leaf in all
+            .iter()
+            .filter(|s| !all.iter().any(|o| o.parent == s.name))
+        {
+            let request = RemoveSnapshotRequest {
+                snapshotter: DEFAULT_SNAPSHOTTER.into(),
+                key: leaf.name.clone(),
+            };
+            let _ = snapshots.remove(with_namespace!(request, ns)).await;
+        }
+    }
+
+    let mut content = ContentClient::new(channel.clone());
+    let mut stream = content
+        .list(with_namespace!(ListContentRequest { filters: vec![] }, ns))
+        .await
+        .map_err(err("listing content"))?
+        .into_inner();
+    let mut digests = Vec::new();
+    while let Some(batch) = stream.message().await.map_err(err("listing content"))? {
+        digests.extend(batch.info.into_iter().map(|i| i.digest));
+    }
+    for digest in digests {
+        let _ = content
+            .delete(with_namespace!(DeleteContentRequest { digest }, ns))
+            .await;
+    }
+
+    NamespacesClient::new(channel)
+        .delete(with_namespace!(
+            DeleteNamespaceRequest {
+                name: ns.to_string()
+            },
+            ns
+        ))
+        .await
+        .map_err(err("deleting the namespace"))?;
+
+    // runc leaves the parent cgroups of /shoal/<namespace>/<id> behind.
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join("shoal").join(ns));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Instantiation
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod fake {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&super::FakeBackend::new()).await;
+                }
+            )*
+        }
+        mod containerd {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(backend) = super::CdBackend::setup(stringify!($name)).await {
+                        super::$name(&backend).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    run_then_list_shows_running,
+    same_id_is_refused,
+    missing_image_is_refused,
+    invalid_config_is_refused,
+    stop_returns_exit_code,
+    stop_escalates_to_sigkill,
+    missing_ids_are_not_errors,
+    remove_forgets_everything,
+    process_exits_by_itself,
+    env_args_cwd_user_reach_the_process,
+    log_gets_stdout_and_stderr,
+    limits_reach_the_cgroup,
+    list_skips_unlabelled_containers,
+    import_rootfs_layout,
+    import_docker_save,
+    import_rejects_garbage,
+);
+
+/// Cost of `run`: 20 sequential runs (each removed after), against containerd.
+/// `SHOAL_E2E=1 cargo test -p shoal-runtime --test conformance run_timing -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "timing report, run by hand"]
+async fn run_timing() {
+    let Some(b) = CdBackend::setup("run_timing").await else {
+        return;
+    };
+    let runs = 20;
+    let (mut run_total, mut remove_total) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..runs {
+        let c = config(&b, &format!("timed-{i}"), &Prog::Sleep);
+        let start = Instant::now();
+        b.rt.run(&c).await.unwrap();
+        run_total += start.elapsed();
+        let start = Instant::now();
+        b.rt.remove(&c.id).await.unwrap();
+        remove_total += start.elapsed();
+    }
+    println!(
+        "run: {:?} per container, remove (with SIGKILL): {:?} per container, over {runs}",
+        run_total / runs,
+        remove_total / runs
+    );
+}

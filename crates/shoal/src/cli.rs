@@ -1,0 +1,227 @@
+//! The command line: one subcommand per job.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "shoal", about = "A masterless container orchestrator", version = crate::commands::version::LONG)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// Address of any shoal node's API.
+    #[arg(
+        long,
+        env = "SHOAL_ADDR",
+        default_value = "127.0.0.1:7950",
+        global = true
+    )]
+    pub addr: String,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args, Clone)]
+pub struct Output {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print the version and git commit of this binary.
+    Version,
+    /// Run a node of a cluster in the foreground.
+    Agent(AgentArgs),
+    /// Run a one-node cluster on this machine in the foreground, for trying shoal out.
+    Dev(DevArgs),
+    /// Create or update an app from a spec file, and follow it until it runs.
+    Apply(ApplyArgs),
+    /// List apps.
+    Apps(ListArgs),
+    /// Look at one app.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// List tasks, of every app or of one.
+    Ps(PsArgs),
+    /// Print the output of a task or of every task of a service.
+    Logs(LogsArgs),
+    /// Remove an app and stop its containers.
+    Rm(RmArgs),
+    /// List the cluster's nodes.
+    Nodes(ListArgs),
+    /// List the images on the node.
+    Images(ListArgs),
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Name of this node; unique in the cluster.
+    #[arg(long, env = "SHOAL_NAME")]
+    pub name: Option<String>,
+    /// Where the node keeps its state, logs and uploads.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "/var/lib/shoal")]
+    pub data_dir: PathBuf,
+    /// Address other nodes and clients reach this node at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise: String,
+    /// Address to bind the API to (defaults to the advertised address).
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Port of the API and node-to-node RPC.
+    #[arg(long, default_value_t = shoal_api::DEFAULT_API_PORT)]
+    pub api_port: u16,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Node labels, KEY=VALUE; repeat for more.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where the node keeps its state, logs and uploads.
+    #[arg(long, default_value = "/var/lib/shoal-dev")]
+    pub data_dir: PathBuf,
+    /// Address of the API.
+    #[arg(long, default_value = "127.0.0.1:7950")]
+    pub api: String,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct RuntimeArgs {
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub containerd_socket: PathBuf,
+    /// containerd namespace of this node's containers (one per node when
+    /// several nodes share a host).
+    #[arg(long, default_value = "shoal")]
+    pub containerd_namespace: String,
+    /// containerd snapshotter for container filesystems.
+    #[arg(long, default_value = "overlayfs")]
+    pub snapshotter: String,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The app spec, YAML or JSON (`-` reads standard input).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Return once the spec is accepted, without following the rollout.
+    #[arg(long)]
+    pub detach: bool,
+    /// Give up following after this long (e.g. 90s, 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Show an app's spec, services and tasks.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Only tasks of this app.
+    pub app: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// A task id (APP.SERVICE.SLOT.SERIAL) or APP.SERVICE for all its tasks.
+    pub target: String,
+    /// Keep printing new output.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines of each task.
+    #[arg(long)]
+    pub tail: Option<usize>,
+    #[command(flatten)]
+    pub node: Target,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    pub app: String,
+    /// Return once removal is accepted, without waiting for containers to stop.
+    #[arg(long)]
+    pub detach: bool,
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Load an image into the node: an OCI layout or `docker save` tarball,
+    /// or (with --rootfs) a root filesystem directory made into a one-layer image.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The tarball (OCI image layout or `docker save`).
+    #[arg(required_unless_present = "rootfs", conflicts_with = "rootfs")]
+    pub file: Option<PathBuf>,
+    /// Make a one-layer image of this root filesystem directory.
+    #[arg(long, requires = "name")]
+    pub rootfs: Option<PathBuf>,
+    /// Image name, e.g. `busybox:latest`; required with --rootfs.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("`{text}` is not a duration ({error}); write e.g. 90s or 5m"))
+}

@@ -1,0 +1,102 @@
+//! `shoal agent` and `shoal dev`: the node process in the foreground.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use shoal_runtime::containerd::Containerd;
+
+use crate::cli::{AgentArgs, DevArgs, RuntimeArgs};
+use crate::node::{self, NodeConfig};
+
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let name = match args.name {
+        Some(name) => name,
+        None => hostname()?,
+    };
+    shoal_types::check_dns_label(&name).map_err(|message| anyhow::anyhow!("--name: {message}"))?;
+    let bind_host = args.bind.unwrap_or_else(|| args.advertise.clone());
+    let bind = resolve(&format!("{bind_host}:{}", args.api_port)).context("--bind")?;
+    let config = NodeConfig {
+        name,
+        data_dir: args.data_dir,
+        bind,
+        advertise: format!("{}:{}", args.advertise, args.api_port),
+        labels: args.labels.into_iter().collect(),
+    };
+    start(config, args.runtime).await
+}
+
+pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let bind = resolve(&args.api).context("--api")?;
+    let config = NodeConfig {
+        name: hostname().unwrap_or_else(|_| "dev".into()),
+        data_dir: args.data_dir,
+        bind,
+        advertise: bind.to_string(),
+        labels: Default::default(),
+    };
+    eprintln!(
+        "shoal dev: a one-node cluster; API on http://{bind} (try `shoal nodes`, `shoal apply -f app.yaml`); Ctrl-C stops the node, its containers keep running"
+    );
+    start(config, args.runtime).await
+}
+
+async fn start(config: NodeConfig, runtime: RuntimeArgs) -> anyhow::Result<ExitCode> {
+    let containerd = Containerd::connect(
+        &runtime.containerd_socket,
+        &runtime.containerd_namespace,
+        &runtime.snapshotter,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to containerd at {} (is it running? start it with `containerd &`)",
+            runtime.containerd_socket.display()
+        )
+    })?;
+    node::run(config, containerd).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("`{addr}` resolves to no address"))
+}
+
+/// The host name, made into a DNS label.
+fn hostname() -> anyhow::Result<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name; give --name")?;
+    let name: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').chars().take(63).collect::<String>();
+    if shoal_types::check_dns_label(&name).is_ok() {
+        Ok(name)
+    } else {
+        Ok(format!(
+            "node-{}",
+            name.trim_start_matches(|c: char| !c.is_ascii_lowercase())
+        )
+        .chars()
+        .take(63)
+        .collect())
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,45 @@
+//! One module per subcommand; `run` dispatches.
+
+pub mod agent;
+pub mod apply;
+pub mod apps;
+pub mod images;
+pub mod logs;
+pub mod nodes;
+pub mod ps;
+pub mod rm;
+pub mod version;
+
+use std::process::ExitCode;
+
+use crate::cli::{AppCommand, Cli, Command, ImageCommand};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Version => version::run(),
+        Command::Agent(args) => agent::run_agent(args).await,
+        Command::Dev(args) => agent::run_dev(args).await,
+        Command::Apply(args) => apply::run(args).await,
+        Command::Apps(args) => apps::list(args).await,
+        Command::App {
+            command:
+                AppCommand::Inspect {
+                    name,
+                    output,
+                    target,
+                },
+        } => apps::inspect(name, output, target).await,
+        Command::Ps(args) => ps::run(args).await,
+        Command::Logs(args) => logs::run(args).await,
+        Command::Rm(args) => rm::run(args).await,
+        Command::Nodes(args) => nodes::run(args).await,
+        Command::Images(args) => images::list(args).await,
+        Command::Image {
+            command: ImageCommand::Import(args),
+        } => images::import(args).await,
+    }
+}
+
+pub fn client(target: &crate::cli::Target) -> anyhow::Result<shoal_api::client::Client> {
+    Ok(shoal_api::client::Client::new(&target.addr)?)
+}

@@ -1,0 +1,44 @@
+use std::process::ExitCode;
+
+use shoal_api::wire::TaskView;
+
+use crate::cli::PsArgs;
+use crate::output::{print_list, since};
+
+pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
+    let client = super::client(&args.target)?;
+    if let Some(app) = &args.app {
+        // A typo'd app name is an error, not an empty list.
+        client.app(app).await?;
+    }
+    let tasks = client.tasks(args.app.as_deref()).await?;
+    print_list(
+        args.output.format,
+        &tasks,
+        HEADER,
+        tasks.iter().map(row).collect(),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub const HEADER: &[&str] = &[
+    "TASK", "NODE", "STATE", "PROMISE", "RESTARTS", "AGE", "MESSAGE",
+];
+
+pub fn row(task: &TaskView) -> Vec<String> {
+    let state = match (task.state, task.desired) {
+        (state, shoal_types::DesiredState::Stopped) if !state.is_terminal() => {
+            format!("{} → stopped", state.as_str())
+        }
+        (state, _) => state.as_str().to_string(),
+    };
+    vec![
+        task.id.clone(),
+        task.node.clone(),
+        state,
+        format!("{:?}", task.promise).to_lowercase(),
+        task.restarts.to_string(),
+        since(task.started_at_ms.unwrap_or(task.created_at_ms)),
+        task.message.clone(),
+    ]
+}

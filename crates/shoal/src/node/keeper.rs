@@ -1,0 +1,218 @@
+//! The promise keeper: drives the pure [`Reconciler`] with what the runtime
+//! shows and the cluster wants, executes its actions concurrently, and
+//! reports task statuses back to the cluster in batches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_agent::{Action, ActionResult, Observed, Reconciler};
+use shoal_runtime::{
+    ContainerConfig, ContainerStatus, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
+};
+use shoal_state::Command;
+use shoal_types::{Task, TaskStatus};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::Shared;
+use crate::output::now_ms;
+
+/// How often the runtime is looked at when nothing else happens (how soon
+/// an exited container is noticed).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Runtime actions in flight at once.
+const ACTIONS_IN_FLIGHT_MAX: usize = 16;
+/// Results waiting to be folded in.
+const RESULTS_QUEUE_MAX: usize = 1024;
+/// Statuses in one report command.
+const REPORT_BATCH_MAX: usize = 1024;
+
+pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
+    let mut reconciler = Reconciler::new();
+    let mut changes = shared.consensus.subscribe();
+    let (results_tx, mut results_rx) = mpsc::channel::<ActionResult>(RESULTS_QUEUE_MAX);
+    let permits = Arc::new(Semaphore::new(ACTIONS_IN_FLIGHT_MAX));
+    let mut runtime_failing = false;
+    loop {
+        changes.borrow_and_update();
+        let observed = match shared.runtime.list().await {
+            Ok(containers) => {
+                if runtime_failing {
+                    tracing::info!("container runtime reachable again");
+                    runtime_failing = false;
+                }
+                observe(containers)
+            }
+            Err(error) => {
+                if !runtime_failing {
+                    tracing::warn!(%error, "cannot list containers; keeping promises as they are");
+                    runtime_failing = true;
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
+        };
+        let desired: Vec<Task> = shared
+            .consensus
+            .read()
+            .tasks_on(&shared.config.name)
+            .cloned()
+            .collect();
+        let now = now_ms();
+        let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
+        report(&shared, step.reports).await;
+        for action in step.actions {
+            let (shared, results, permits) = (shared.clone(), results_tx.clone(), permits.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let result = execute(&shared, action).await;
+                let _ = results.send(result).await;
+            });
+        }
+
+        let wake = step
+            .wake_at_ms
+            .map(|at| Duration::from_millis(at.saturating_sub(now)))
+            .unwrap_or(POLL_INTERVAL)
+            .min(POLL_INTERVAL);
+        tokio::select! {
+            Some(result) = results_rx.recv() => {
+                let mut reports = reconciler.on_result(result, now_ms());
+                while let Ok(more) = results_rx.try_recv() {
+                    reports.extend(reconciler.on_result(more, now_ms()));
+                }
+                report(&shared, reports).await;
+            }
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+fn observe(containers: Vec<shoal_runtime::ContainerInfo>) -> BTreeMap<String, Observed> {
+    containers
+        .into_iter()
+        .map(|container| {
+            let observed = match container.status {
+                ContainerStatus::Running { .. } => Observed::Running,
+                ContainerStatus::Stopped { exit_code } => Observed::Exited { exit_code },
+                ContainerStatus::Created => Observed::Exited { exit_code: -1 },
+            };
+            (container.id, observed)
+        })
+        .collect()
+}
+
+async fn report<R>(shared: &Shared<R>, reports: Vec<(String, TaskStatus)>) {
+    for batch in reports.chunks(REPORT_BATCH_MAX) {
+        let command = Command::ReportTasks {
+            node: shared.config.name.clone(),
+            statuses: batch.to_vec(),
+        };
+        if let Err(error) = shared.consensus.propose(now_ms(), command).await {
+            // The reconciler only re-reports changes; a lost batch is sent
+            // again when the task's status next changes.
+            tracing::warn!(%error, "reporting task statuses");
+        }
+    }
+}
+
+async fn execute<R: Runtime>(shared: &Shared<R>, action: Action) -> ActionResult {
+    match action {
+        Action::Run {
+            task_id,
+            attempt,
+            replace,
+        } => {
+            let task = shared.consensus.read().tasks.get(&task_id).cloned();
+            let result = match task {
+                Some(task) => run_task(shared, &task, attempt, replace).await,
+                None => Err("the task is gone".to_string()),
+            };
+            ActionResult::Ran {
+                task_id,
+                attempt,
+                result,
+            }
+        }
+        Action::Destroy {
+            container_id,
+            grace_ms,
+        } => {
+            let runtime = &shared.runtime;
+            let result = async {
+                let exit_code = runtime
+                    .stop(&container_id, Duration::from_millis(grace_ms))
+                    .await?;
+                runtime.remove(&container_id).await?;
+                Ok::<_, RuntimeError>(exit_code)
+            }
+            .await
+            .map_err(|error| error.to_string());
+            ActionResult::Destroyed {
+                container_id,
+                result,
+            }
+        }
+    }
+}
+
+async fn run_task<R: Runtime>(
+    shared: &Shared<R>,
+    task: &Task,
+    attempt: u32,
+    replace: bool,
+) -> Result<(), String> {
+    let config = container_config(shared, task, attempt);
+    if replace {
+        shared
+            .runtime
+            .remove(&task.id)
+            .await
+            .map_err(|error| error.to_string())?;
+    }
+    match shared.runtime.run(&config).await {
+        Ok(_pid) => Ok(()),
+        // Left over from a crash between create and report: start afresh.
+        Err(RuntimeError::ContainerExists(_)) => {
+            shared
+                .runtime
+                .remove(&task.id)
+                .await
+                .map_err(|error| error.to_string())?;
+            shared
+                .runtime
+                .run(&config)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        }
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn container_config<R>(shared: &Shared<R>, task: &Task, attempt: u32) -> ContainerConfig {
+    let spec = &task.spec;
+    let labels = BTreeMap::from([
+        (LABEL_TASK.to_string(), task.id.clone()),
+        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+        ("io.shoal.app".to_string(), task.app.clone()),
+        ("io.shoal.service".to_string(), task.service.clone()),
+    ]);
+    ContainerConfig {
+        id: task.id.clone(),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        working_dir: spec.working_dir.clone(),
+        user: spec.user.map(|user| (user.uid, user.gid)),
+        cpu_millis: spec.resources.cpu.map(|cpu| cpu.0),
+        memory_bytes: spec.resources.memory.map(|memory| memory.0),
+        labels,
+        log_path: shared.logs_dir().join(format!("{}.log", task.id)),
+        hostname: format!("{}-{}", task.service, task.slot),
+    }
+}

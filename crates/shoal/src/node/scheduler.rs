@@ -1,0 +1,54 @@
+//! The scheduler loop: whenever the state changes, compute a plan from it
+//! and propose the plan. The state machine re-checks the plan on apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_state::{Command, Outcome};
+
+use super::Shared;
+use crate::output::now_ms;
+
+/// Even with no change, the scheduler looks again this often.
+const IDLE_INTERVAL: Duration = Duration::from_secs(5);
+
+pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
+    let mut changes = shared.consensus.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let plan = shoal_sched::reconcile(&shared.consensus.read());
+        if let Ok(mut unplaced) = shared.unplaced.lock() {
+            unplaced.clone_from(&plan.unplaced);
+        }
+        if !plan.is_empty() {
+            let progressed = match shared
+                .consensus
+                .propose(now_ms(), Command::ApplyPlan { plan })
+                .await
+            {
+                Ok(Outcome::PlanApplied {
+                    placed,
+                    stopped,
+                    removed,
+                    rejected,
+                }) => {
+                    if !rejected.is_empty() {
+                        tracing::debug!(?rejected, "parts of a plan no longer fit");
+                    }
+                    !placed.is_empty() || stopped > 0 || removed > 0
+                }
+                Ok(_) => false,
+                Err(error) => {
+                    tracing::warn!(%error, "proposing a plan");
+                    false
+                }
+            };
+            // A plan that changed something may enable the next one: plan
+            // again at once; one that changed nothing waits for news.
+            if progressed {
+                continue;
+            }
+        }
+        let _ = tokio::time::timeout(IDLE_INTERVAL, changes.changed()).await;
+    }
+}
