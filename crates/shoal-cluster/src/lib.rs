@@ -94,7 +94,9 @@ impl Inner {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let outcome = state.apply(index, &entry);
             debug_assert_eq!(state.check_invariants(), Ok(()));
-            let snapshot = index.is_multiple_of(SNAPSHOT_EVERY_ENTRIES).then(|| state.snapshot());
+            let snapshot = index
+                .is_multiple_of(SNAPSHOT_EVERY_ENTRIES)
+                .then(|| state.snapshot());
             (outcome, snapshot)
         };
         if let Some(bytes) = snapshot {

@@ -240,6 +240,9 @@ fn build_spec(config: &ContainerConfig, process: &ProcessSpec, cgroups_path: &st
             .bounding(caps.clone())
             .effective(caps.clone())
             .permitted(caps)
+            // Nothing carries over exec or to non-root users, as in Docker.
+            .inheritable(oci_spec::runtime::Capabilities::new())
+            .ambient(oci_spec::runtime::Capabilities::new())
             .build()
             .map_err(oci)?,
     ));

@@ -1482,6 +1482,101 @@ mod tests {
         assert!(archive.images(None).is_err());
     }
 
+    /// index.json → multi-platform index → manifest, named only by a bare
+    /// tag; the other platform's manifest is not in the archive.
+    #[test]
+    fn nested_index_resolves_to_host_platform() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = b"not really a tar, never unpacked here".to_vec();
+        let config = format!(
+            r#"{{"architecture":"{}","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            host_arch(),
+            sha256_digest(&layer)
+        );
+        let desc = |media_type: &str, bytes: &[u8]| Descriptor {
+            media_type: media_type.into(),
+            digest: sha256_digest(bytes),
+            size: bytes.len() as u64,
+            ..Descriptor::default()
+        };
+        let layer_desc = desc(MEDIA_OCI_LAYER_GZIP, &layer);
+        let config_desc = desc(MEDIA_OCI_CONFIG, config.as_bytes());
+        let manifest = manifest_json(&config_desc, std::slice::from_ref(&layer_desc)).unwrap();
+        let platform = |arch: &str| {
+            Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: None,
+            })
+        };
+        let other = Descriptor {
+            platform: platform("s390x"),
+            ..desc(MEDIA_OCI_MANIFEST, b"elsewhere")
+        };
+        let host = Descriptor {
+            platform: platform(host_arch()),
+            ..desc(MEDIA_OCI_MANIFEST, &manifest)
+        };
+        let nested = serde_json::to_vec(&ManifestDoc {
+            schema_version: 2,
+            media_type: Some(MEDIA_OCI_INDEX.into()),
+            manifests: vec![other.clone(), host.clone()],
+            ..ManifestDoc::default()
+        })
+        .unwrap();
+        let nested_desc = Descriptor {
+            annotations: BTreeMap::from([(ANNOTATION_REF_NAME.to_string(), "v1".to_string())]),
+            ..desc(MEDIA_OCI_INDEX, &nested)
+        };
+        let index = serde_json::to_vec(&ManifestDoc {
+            schema_version: 2,
+            manifests: vec![nested_desc.clone()],
+            ..ManifestDoc::default()
+        })
+        .unwrap();
+
+        let path = dir.path().join("multi.tar");
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        add("index.json", &index);
+        for bytes in [&nested[..], &manifest[..], config.as_bytes(), &layer[..]] {
+            add(
+                &format!("blobs/sha256/{}", &sha256_digest(bytes)[7..]),
+                bytes,
+            );
+        }
+        b.finish().unwrap();
+        drop(b);
+
+        let archive = Archive::extract(&path, Limits::default()).unwrap();
+        // A bare tag is no name.
+        assert!(archive.images(None).is_err());
+        let images = archive.images(Some("multi:v1")).unwrap();
+        let image = &images[0];
+        assert_eq!(image.target.digest, nested_desc.digest);
+        assert_eq!(image.manifest.digest, host.digest);
+        assert_eq!(image.layers, std::slice::from_ref(&layer_desc));
+        let order: Vec<&str> = image.blobs.iter().map(|b| b.desc.digest.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                &layer_desc.digest,
+                &config_desc.digest,
+                &host.digest,
+                &nested_desc.digest
+            ]
+        );
+        let index_labels = &image.blobs[3].labels;
+        assert_eq!(index_labels[&format!("{GC_REF_CONTENT}.m.0")], other.digest);
+        assert_eq!(index_labels[&format!("{GC_REF_CONTENT}.m.1")], host.digest);
+    }
+
     #[test]
     fn garbage_is_rejected() {
         let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -321,7 +322,9 @@ async fn env_args_cwd_user_reach_the_process<B: Backend>(b: &B) {
 }
 
 async fn log_gets_stdout_and_stderr<B: Backend>(b: &B) {
-    let c = config(b, "chatty", &Prog::BothStreams);
+    let mut c = config(b, "chatty", &Prog::BothStreams);
+    // Characters that mean something in the file:// URI given to the shim.
+    c.log_path = b.dir().join("odd dir %20 #1").join("chatty?.log");
     run(b, &c, &Prog::BothStreams).await;
     wait_stopped(b, "chatty").await;
     let log = wait_log(&c.log_path, "err").await;
@@ -361,9 +364,15 @@ async fn import_rootfs_layout<B: Backend>(b: &B) {
     let rootfs = busybox_rootfs(b.dir());
     let archive = b.dir().join("layout.tar");
     write_rootfs_layout(&rootfs, "shoal-layout:v2", File::create(&archive).unwrap()).unwrap();
-    let infos = b.rt().import(archive, None).await.unwrap();
+    let infos = b.rt().import(archive.clone(), None).await.unwrap();
     assert_eq!(infos.len(), 1);
     assert_eq!(infos[0].name, "docker.io/library/shoal-layout:v2");
+    // Importing again finds everything in place and changes nothing.
+    let again = b.rt().import(archive, None).await.unwrap();
+    assert_eq!(
+        (&again[0].name, &again[0].digest),
+        (&infos[0].name, &infos[0].digest)
+    );
     assert!(infos[0].size_bytes > 0);
     let listed = b.rt().images().await.unwrap();
     let listed = listed
@@ -382,7 +391,7 @@ async fn import_rootfs_layout<B: Backend>(b: &B) {
 }
 
 async fn import_docker_save<B: Backend>(b: &B) {
-    let archive = docker_save(b.dir(), &["shoal-save:v1"]);
+    let archive = docker_save(b.dir(), &["shoal-save:v1"], false);
     let infos = b.rt().import(archive, None).await.unwrap();
     assert_eq!(
         infos.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
@@ -404,7 +413,7 @@ async fn import_docker_save<B: Backend>(b: &B) {
     b.rt().remove("from-save").await.unwrap();
 
     // Unnamed archives need a name, which then wins.
-    let unnamed = docker_save(b.dir(), &[]);
+    let unnamed = docker_save(b.dir(), &[], false);
     assert!(matches!(
         b.rt().import(unnamed.clone(), None).await,
         Err(RuntimeError::InvalidImage(_))
@@ -415,6 +424,28 @@ async fn import_docker_save<B: Backend>(b: &B) {
         .await
         .unwrap();
     assert_eq!(infos[0].name, "docker.io/library/named:1");
+}
+
+async fn import_gzip_layers<B: Backend>(b: &B) {
+    let archive = docker_save(b.dir(), &["shoal-gzip:v1", "shoal-gzip:latest"], true);
+    let mut infos = b.rt().import(archive, None).await.unwrap();
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<_> = infos.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "docker.io/library/shoal-gzip:latest",
+            "docker.io/library/shoal-gzip:v1"
+        ]
+    );
+    assert_eq!(infos[0].digest, infos[1].digest);
+
+    let prog = Prog::Exit(6);
+    let mut c = config(b, "from-gzip", &prog);
+    c.image = "shoal-gzip".into();
+    run(b, &c, &prog).await;
+    assert_eq!(wait_stopped(b, "from-gzip").await, 6);
+    b.rt().remove("from-gzip").await.unwrap();
 }
 
 async fn import_rejects_garbage<B: Backend>(b: &B) {
@@ -462,8 +493,8 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
 }
 
 /// A `docker save` archive of the busybox rootfs: manifest.json, a Docker
-/// config, one uncompressed layer tar.
-fn docker_save(dir: &Path, tags: &[&str]) -> PathBuf {
+/// config, one layer tar (gzip-compressed if asked, as older Dockers did).
+fn docker_save(dir: &Path, tags: &[&str], gzip: bool) -> PathBuf {
     let rootfs = busybox_rootfs(dir);
     let mut layer = Vec::new();
     {
@@ -473,6 +504,11 @@ fn docker_save(dir: &Path, tags: &[&str]) -> PathBuf {
         builder.finish().unwrap();
     }
     let diff_id = sha256_digest(&layer);
+    if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&layer).unwrap();
+        layer = encoder.finish().unwrap();
+    }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -848,8 +884,50 @@ suite!(
     list_skips_unlabelled_containers,
     import_rootfs_layout,
     import_docker_save,
+    import_gzip_layers,
     import_rejects_garbage,
 );
+
+/// containerd only: an image whose snapshots are gone (imported without
+/// unpacking, or garbage-collected) is unpacked again by `run`.
+#[tokio::test]
+async fn containerd_run_unpacks_missing_snapshots() {
+    let Some(b) = CdBackend::setup("containerd_run_unpacks_missing_snapshots").await else {
+        return;
+    };
+    let mut snapshots = SnapshotsClient::new(b.rt.channel());
+    let ns = b.rt.namespace();
+    let request = ListSnapshotsRequest {
+        snapshotter: DEFAULT_SNAPSHOTTER.into(),
+        filters: vec![],
+    };
+    let mut stream = snapshots
+        .list(with_namespace!(request, ns))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(batch) = stream.message().await.unwrap() {
+        names.extend(batch.info.into_iter().map(|i| i.name));
+    }
+    assert_eq!(names.len(), 1, "one-layer image, one snapshot: {names:?}");
+    for name in &names {
+        let request = RemoveSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.into(),
+            key: name.clone(),
+        };
+        snapshots
+            .remove(with_namespace!(request, ns))
+            .await
+            .unwrap();
+    }
+
+    let prog = Prog::Exit(0);
+    run(&b, &config(&b, "unpacked", &prog), &prog).await;
+    assert_eq!(wait_stopped(&b, "unpacked").await, 0);
+    assert!(b.snapshot_exists(&names[0]).await);
+    b.rt.remove("unpacked").await.unwrap();
+}
 
 /// Cost of `run`: 20 sequential runs (each removed after), against containerd.
 /// `SHOAL_E2E=1 cargo test -p shoal-runtime --test conformance run_timing -- --ignored --nocapture`
@@ -875,4 +953,37 @@ async fn run_timing() {
         run_total / runs,
         remove_total / runs
     );
+}
+
+/// containerd only (the fake runs no binaries): a run that fails after the
+/// container was created leaves nothing behind, and the id stays usable.
+#[tokio::test]
+async fn containerd_failed_run_leaves_nothing() {
+    let Some(b) = CdBackend::setup("containerd_failed_run_leaves_nothing").await else {
+        return;
+    };
+    let mut c = config(&b, "broken", &Prog::Sleep);
+    c.command = Some(vec!["/no/such/binary".into()]);
+    let err =
+        b.rt.run(&c)
+            .await
+            .expect_err("a missing binary cannot start");
+    assert!(matches!(err, RuntimeError::Containerd(_)), "{err}");
+    assert_eq!(status(&b, "broken").await, None);
+    assert!(!b.snapshot_exists("broken").await);
+    let containers = ContainersClient::new(b.rt.channel())
+        .list(with_namespace!(
+            ListContainersRequest { filters: vec![] },
+            b.rt.namespace()
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(containers.is_empty(), "{containers:?}");
+
+    let prog = Prog::Exit(0);
+    run(&b, &config(&b, "broken", &prog), &prog).await;
+    assert_eq!(wait_stopped(&b, "broken").await, 0);
+    b.rt.remove("broken").await.unwrap();
 }

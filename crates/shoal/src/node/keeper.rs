@@ -20,8 +20,10 @@ use crate::output::now_ms;
 /// How often the runtime is looked at when nothing else happens (how soon
 /// an exited container is noticed).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Runtime actions in flight at once.
-const ACTIONS_IN_FLIGHT_MAX: usize = 16;
+/// Containers being created and started at once (each costs CPU).
+const RUNS_IN_FLIGHT_MAX: usize = 16;
+/// Containers being stopped at once (mostly waiting out grace periods).
+const DESTROYS_IN_FLIGHT_MAX: usize = 512;
 /// Results waiting to be folded in.
 const RESULTS_QUEUE_MAX: usize = 1024;
 /// Statuses in one report command.
@@ -31,7 +33,8 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
     let mut reconciler = Reconciler::new();
     let mut changes = shared.consensus.subscribe();
     let (results_tx, mut results_rx) = mpsc::channel::<ActionResult>(RESULTS_QUEUE_MAX);
-    let permits = Arc::new(Semaphore::new(ACTIONS_IN_FLIGHT_MAX));
+    let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
+    let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
     let mut runtime_failing = false;
     loop {
         changes.borrow_and_update();
@@ -62,7 +65,11 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
         let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
         report(&shared, step.reports).await;
         for action in step.actions {
-            let (shared, results, permits) = (shared.clone(), results_tx.clone(), permits.clone());
+            let permits = match action {
+                Action::Run { .. } => run_permits.clone(),
+                Action::Destroy { .. } => destroy_permits.clone(),
+            };
+            let (shared, results) = (shared.clone(), results_tx.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;

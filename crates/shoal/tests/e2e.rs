@@ -1,0 +1,300 @@
+//! End-to-end tests of the real `shoal` binary against the real containerd
+//! and runc. They run when `SHOAL_E2E=1` (the test command sets it) and
+//! need root and a running containerd; each test has its own data dir,
+//! API port and containerd namespace, and removes everything it made.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{e2e_enabled, Node};
+use serde_json::Value;
+
+const HELLO: &str = r#"
+name: demo
+services:
+  - name: hello
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do echo hello from $(hostname); sleep 1; done"]
+    replicas: 3
+    resources: {cpu: 100m, memory: 32Mi}
+    restart: {backoff_initial: 1s, backoff_max: 8s}
+"#;
+
+#[test]
+fn deployed_replicas_run_as_containerd_containers() {
+    let Some(node) = Node::start_or_skip("deploy") else {
+        return;
+    };
+    node.apply_ok(HELLO);
+    let tasks = node.tasks();
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    let running = node.containerd_running_tasks();
+    for task in &tasks {
+        assert_eq!(task["state"], "running", "{task}");
+        assert_eq!(task["node"], node.name.as_str());
+        let container = task["container_id"].as_str().expect("container id");
+        assert!(
+            running.contains_key(container),
+            "{container} not running in containerd: {running:?}"
+        );
+    }
+    // Limits from the spec reach the container's cgroup.
+    let task = &tasks[0];
+    let pid = running[task["container_id"].as_str().expect("id")];
+    let cgroup =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup of the task");
+    assert!(
+        cgroup.contains(&node.namespace),
+        "cgroup path names the namespace: {cgroup}"
+    );
+    // Logs of the service come back through the API.
+    let logs = node.wait_for("logs of every replica", || {
+        let text = node.shoal_ok(&["logs", "demo.hello"]);
+        (text.contains("hello from hello-0") && text.contains("hello from hello-2")).then_some(text)
+    });
+    assert!(
+        logs.contains("demo.hello.0."),
+        "lines carry their task: {logs}"
+    );
+}
+
+#[test]
+fn a_killed_container_is_restarted_with_growing_back_off() {
+    let Some(node) = Node::start_or_skip("restart") else {
+        return;
+    };
+    node.apply_ok(&HELLO.replace("replicas: 3", "replicas: 1"));
+    let id = node.tasks()[0]["id"].as_str().expect("id").to_string();
+    let mut delays = Vec::new();
+    for round in 1..=2u64 {
+        let pid = node.containerd_running_tasks()[&id];
+        let killed = std::time::Instant::now();
+        harness::kill(pid);
+        let task = node.wait_for("the task to fail and wait", || {
+            let task = node.task(&id);
+            (task["state"] == "failed").then_some(task)
+        });
+        assert!(
+            task["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("exited with code 137; restarting in"),
+            "{task}"
+        );
+        let task = node.wait_for("the task to run again", || {
+            let task = node.task(&id);
+            (task["state"] == "running" && task["restarts"] == round).then_some(task)
+        });
+        delays.push(killed.elapsed());
+        assert_eq!(task["attempt"], round + 1, "{task}");
+        let new_pid = node.containerd_running_tasks()[&id];
+        assert_ne!(new_pid, pid, "a new process runs");
+    }
+    // The back-off doubles: 1 s, then 2 s (a lower bound, not a speed test).
+    assert!(delays[0] >= Duration::from_secs(1), "{delays:?}");
+    assert!(delays[1] >= Duration::from_secs(2), "{delays:?}");
+}
+
+#[test]
+fn rm_removes_containers_and_their_snapshots() {
+    let Some(node) = Node::start_or_skip("rm") else {
+        return;
+    };
+    node.apply_ok(HELLO);
+    let ids: Vec<String> = node
+        .tasks()
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect();
+    let snapshots = node.ctr(&["snapshots", "ls"]);
+    for id in &ids {
+        assert!(
+            snapshots.contains(id.as_str()),
+            "snapshot of {id} exists while it runs"
+        );
+    }
+    node.shoal_ok(&["rm", "demo"]);
+    assert!(node.tasks().is_empty());
+    assert_eq!(node.ctr(&["containers", "ls", "-q"]).trim(), "");
+    let snapshots = node.ctr(&["snapshots", "ls"]);
+    for id in &ids {
+        assert!(
+            !snapshots.contains(id.as_str()),
+            "snapshot of {id} is left: {snapshots}"
+        );
+    }
+    let error = node.shoal_err(&["app", "inspect", "demo"]);
+    assert!(error.contains("app `demo` not found"), "{error}");
+}
+
+#[test]
+fn a_restarted_agent_adopts_its_containers() {
+    let Some(mut node) = Node::start_or_skip("adopt") else {
+        return;
+    };
+    node.apply_ok(HELLO);
+    let before = node.containerd_running_tasks();
+    let tasks_before = node.tasks();
+    node.kill_agent();
+    node.start_agent();
+    // Give the keeper time to look at the runtime and decide.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = node.containerd_running_tasks();
+    assert_eq!(before, after, "same containers with the same processes");
+    let tasks_after = node.tasks();
+    for (old, new) in tasks_before.iter().zip(&tasks_after) {
+        assert_eq!(old["id"], new["id"]);
+        assert_eq!(new["state"], "running", "{new}");
+        assert_eq!(old["attempt"], new["attempt"], "not restarted: {new}");
+    }
+    assert_eq!(
+        node.ctr(&["containers", "ls", "-q"]).lines().count(),
+        3,
+        "none duplicated"
+    );
+}
+
+#[test]
+fn invalid_specs_are_rejected_and_change_nothing() {
+    let Some(node) = Node::start_or_skip("invalid") else {
+        return;
+    };
+    node.apply_ok(&HELLO.replace("replicas: 3", "replicas: 1"));
+    let before: Value = node.shoal_json(&["app", "inspect", "demo"]);
+    let cases = [
+        (
+            HELLO.replace("replicas: 3", "replicas: -1"),
+            "services[0].replicas: must be ≥ 0, got -1",
+        ),
+        (
+            HELLO.replace("name: hello", "name: Hello_World"),
+            "services[0].name: `Hello_World` is not a DNS label",
+        ),
+        (
+            HELLO.replace("replicas: 3", "replicas: 3\n    colour: red"),
+            "services[0].colour: unknown field `colour`",
+        ),
+        (
+            HELLO.replace("memory: 32Mi", "memory: 32 apples"),
+            "services[0].resources.memory",
+        ),
+        (
+            HELLO.replace("shoal.test/busybox:latest", "'not an image!'"),
+            "services[0].image",
+        ),
+        (
+            format!("{HELLO}  - name: hello\n    image: busybox\n"),
+            "services[1].name: `hello` is already the name of services[0]",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let error = node.apply_err(&spec);
+        assert!(
+            error.contains(expected),
+            "expected `{expected}` in: {error}"
+        );
+    }
+    let huge = format!("{HELLO}# {}\n", "x".repeat(2 << 20));
+    let error = node.apply_err(&huge);
+    assert!(error.contains("limit"), "{error}");
+    let after: Value = node.shoal_json(&["app", "inspect", "demo"]);
+    assert_eq!(before["version"], after["version"]);
+    assert_eq!(before["spec"], after["spec"]);
+    assert_eq!(node.tasks().len(), 1);
+}
+
+#[test]
+fn a_stellar_app_config_is_deployed_as_it_is() {
+    let Some(node) = Node::start_or_skip("stellar") else {
+        return;
+    };
+    node.import_rootfs_with(
+        "docker.io/library/redis:alpine",
+        &[("usr/local/bin/redis-server", "#!/bin/sh\ntrap 'exit 0' TERM\necho ready to accept connections\nwhile true; do sleep 1; done\n")],
+    );
+    let stellar = r#"{"name":"example","labels":["env=prod"],"services":[{"name":"redis","image":"docker.io/library/redis:alpine","runtime":"io.containerd.runtime.v1.linux","process":{"uid":0,"gid":0,"args":["redis-server"]},"labels":["env=prod"],"network":true}]}"#;
+    node.apply_ok(stellar);
+    let tasks = node.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["app"], "example");
+    assert_eq!(tasks[0]["state"], "running");
+    node.wait_for("redis-server's output", || {
+        node.shoal_ok(&["logs", "example.redis"])
+            .contains("ready to accept connections")
+            .then_some(())
+    });
+    let app: Value = node.shoal_json(&["app", "inspect", "example"]);
+    assert_eq!(app["spec"]["labels"]["env"], "prod");
+}
+
+#[test]
+fn a_missing_image_is_a_clear_task_error() {
+    let Some(node) = Node::start_or_skip("noimage") else {
+        return;
+    };
+    let spec = HELLO.replace("shoal.test/busybox:latest", "example.org/nothing:1.0");
+    let error = node.apply_err(&spec);
+    assert!(
+        error.contains("example.org/nothing:1.0 is not on this node"),
+        "{error}"
+    );
+    let task = &node.tasks()[0];
+    assert_eq!(task["promise"], "broken", "{task}");
+}
+
+#[test]
+fn listings_have_the_documented_json_fields() {
+    let Some(node) = Node::start_or_skip("listings") else {
+        return;
+    };
+    let nodes: Value = node.shoal_json(&["nodes"]);
+    let this = &nodes[0];
+    for field in [
+        "name",
+        "addr",
+        "status",
+        "role",
+        "os",
+        "uptime_s",
+        "cpus",
+        "memory_total_bytes",
+        "memory_used_bytes",
+    ] {
+        assert!(
+            !this[field].is_null(),
+            "nodes -o json lacks {field}: {this}"
+        );
+    }
+    assert_eq!(this["status"], "alive");
+    assert_eq!(this["role"], "voter");
+    node.apply_ok(&HELLO.replace("replicas: 3", "replicas: 1"));
+    let task = &node.tasks()[0];
+    for field in ["id", "app", "service", "node", "state", "container_id"] {
+        assert!(!task[field].is_null(), "ps -o json lacks {field}: {task}");
+    }
+    let images: Value = node.shoal_json(&["images"]);
+    assert!(
+        images.as_array().is_some_and(|list| list
+            .iter()
+            .any(|i| i["name"] == "shoal.test/busybox:latest")),
+        "{images}"
+    );
+    let table = node.shoal_ok(&["nodes"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    let version = node.shoal_ok(&["version"]);
+    assert!(
+        version.starts_with("shoal 0.") && version.contains("commit"),
+        "{version}"
+    );
+    let openapi: Value = serde_json::from_str(&harness::http_get(node.api_port, "/openapi.json"))
+        .expect("openapi JSON");
+    assert_eq!(openapi["openapi"], "3.1.0");
+}
+
+#[test]
+fn e2e_switch_is_reported() {
+    if !e2e_enabled() {
+        eprintln!("end-to-end tests skipped: set SHOAL_E2E=1 (the test command does) to run them against containerd");
+    }
+}

@@ -1,0 +1,339 @@
+//! Starts real `shoal agent` processes for end-to-end tests and cleans up
+//! after them: the agent (by its own pid), and every container, snapshot,
+//! image and the namespace it made in containerd.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest wait for anything a test waits on.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn e2e_enabled() -> bool {
+    std::env::var("SHOAL_E2E").is_ok_and(|value| value == "1")
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+pub struct Node {
+    pub name: String,
+    pub namespace: String,
+    pub api_port: u16,
+    pub data_dir: tempfile::TempDir,
+    pub scratch: tempfile::TempDir,
+    agent: Option<Child>,
+}
+
+impl Node {
+    /// A running agent with the busybox test image imported, or `None` (and
+    /// a note) when end-to-end tests are switched off.
+    pub fn start_or_skip(test: &str) -> Option<Node> {
+        if !e2e_enabled() {
+            eprintln!("skipped {test}: set SHOAL_E2E=1 to run end-to-end tests");
+            return None;
+        }
+        let serial = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut node = Node {
+            name: format!("e2e-{test}"),
+            namespace: format!("shoal-e2e-{}-{serial}-{test}", std::process::id()),
+            api_port: free_port(),
+            data_dir: tempfile::tempdir().expect("data dir"),
+            scratch: tempfile::tempdir().expect("scratch dir"),
+            agent: None,
+        };
+        node.start_agent();
+        node.import_rootfs_with("shoal.test/busybox:latest", &[]);
+        Some(node)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = std::fs::File::create(self.scratch.path().join("agent.log")).expect("agent log");
+        let child = Command::new(binary())
+            .args(["agent", "--name", &self.name, "--advertise", "127.0.0.1"])
+            .args(["--api-port", &self.api_port.to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--containerd-namespace", &self.namespace])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start shoal agent");
+        self.agent = Some(child);
+        self.wait_for("the agent's API", || {
+            let output = self.shoal(&["nodes", "-o", "json"]);
+            output.status.success().then_some(())
+        });
+    }
+
+    /// kill -9 of the agent process this test started.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .env("SHOAL_ADDR", self.addr())
+            .output()
+            .expect("run shoal")
+    }
+
+    pub fn shoal_ok(&self, args: &[&str]) -> String {
+        let output = self.shoal(args);
+        assert!(
+            output.status.success(),
+            "shoal {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn shoal_err(&self, args: &[&str]) -> String {
+        let output = self.shoal(args);
+        assert!(
+            !output.status.success(),
+            "shoal {args:?} succeeded but should not have"
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    pub fn shoal_json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.shoal_ok(&args)).expect("JSON output")
+    }
+
+    fn apply(&self, spec: &str) -> Output {
+        let path = self.scratch.path().join(format!(
+            "spec-{}.yaml",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, spec).expect("write spec");
+        self.shoal(&[
+            "apply",
+            "-f",
+            path.to_str().expect("utf-8 path"),
+            "--timeout",
+            "60s",
+        ])
+    }
+
+    pub fn apply_ok(&self, spec: &str) -> String {
+        let output = self.apply(spec);
+        assert!(
+            output.status.success(),
+            "apply failed: {}{}\nagent log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.agent_log()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn apply_err(&self, spec: &str) -> String {
+        let output = self.apply(spec);
+        assert!(
+            !output.status.success(),
+            "apply succeeded but should not have"
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    pub fn tasks(&self) -> Vec<Value> {
+        match self.shoal_json(&["ps"]) {
+            Value::Array(tasks) => tasks,
+            other => panic!("ps -o json is not an array: {other}"),
+        }
+    }
+
+    pub fn task(&self, id: &str) -> Value {
+        self.tasks()
+            .into_iter()
+            .find(|task| task["id"] == id)
+            .unwrap_or_else(|| panic!("task {id} is gone"))
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.scratch.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Polls `check` until it gives a value, for at most [`WAIT_MAX`].
+    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "gave up waiting for {what}\nagent log:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ctr` as an independent witness of what containerd holds.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let output = Command::new("ctr")
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .output()
+            .expect("run ctr");
+        assert!(
+            output.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Running containerd tasks: container id → pid.
+    pub fn containerd_running_tasks(&self) -> BTreeMap<String, u32> {
+        self.ctr(&["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                match fields.as_slice() {
+                    [id, pid, "RUNNING"] => Some((id.to_string(), pid.parse().ok()?)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Imports a busybox root filesystem (plus `extra` files) as `name`.
+    pub fn import_rootfs_with(&self, name: &str, extra: &[(&str, &str)]) {
+        let rootfs = self.scratch.path().join(format!(
+            "rootfs-{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&rootfs)
+            .status()
+            .expect("run busybox-rootfs.sh");
+        assert!(status.success(), "busybox-rootfs.sh failed");
+        for (path, content) in extra {
+            let file = rootfs.join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&file, content).expect("write extra file");
+            set_executable(&file);
+        }
+        self.shoal_ok(&[
+            "image",
+            "import",
+            "--rootfs",
+            rootfs.to_str().expect("utf-8"),
+            "--name",
+            name,
+        ]);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent();
+        cleanup_namespace(&self.namespace);
+    }
+}
+
+fn set_executable(path: &PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+}
+
+/// Removes every task, container, snapshot and image of a namespace, then
+/// the namespace.
+pub fn cleanup_namespace(namespace: &str) {
+    let ctr = |args: &[&str]| -> String {
+        Command::new("ctr")
+            .args(["--namespace", namespace])
+            .args(args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for id in ctr(&["containers", "ls", "-q"]).lines() {
+        ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+        let started = Instant::now();
+        while ctr(&["tasks", "ls"]).contains(&format!("{id} "))
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            ctr(&["tasks", "delete", id]);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ctr(&["containers", "delete", id]);
+    }
+    for image in ctr(&["images", "ls", "-q"]).lines() {
+        ctr(&["images", "rm", "--sync", image]);
+    }
+    // Snapshots go from the leaves up: repeat while any are removable.
+    for _ in 0..16 {
+        let keys: Vec<String> = ctr(&["snapshots", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+            .collect();
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            ctr(&["snapshots", "rm", &key]);
+        }
+    }
+    let _ = Command::new("ctr")
+        .args(["namespaces", "remove", namespace])
+        .output();
+    // runc leaves the namespace's parent cgroup (/shoal/<namespace>) behind.
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for hierarchy in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join("shoal").join(namespace));
+        }
+    }
+}
+
+pub fn kill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A plain HTTP GET with std only, to check what the API serves.
+pub fn http_get(port: u16, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
