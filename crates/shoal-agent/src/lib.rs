@@ -194,6 +194,16 @@ impl Reconciler {
         step.reports
     }
 
+    /// Forgets that these statuses were reported (their report was lost),
+    /// so the next step reports them again.
+    pub fn unreport(&mut self, task_ids: impl IntoIterator<Item = String>) {
+        for id in task_ids {
+            if let Some(local) = self.tasks.get_mut(&id) {
+                local.reported = None;
+            }
+        }
+    }
+
     fn collect_reports(&mut self, now_ms: u64, step: &mut Step) {
         for (id, local) in &mut self.tasks {
             let status = TaskStatus {

@@ -305,3 +305,20 @@ fn every_report_moves_forward() {
         now = step.wake_at_ms.unwrap_or(now) + 1;
     }
 }
+
+#[test]
+fn a_lost_report_is_sent_again() {
+    let task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    let reports = ran(&mut reconciler, 1, 5);
+    assert_eq!(reports.len(), 1);
+    assert!(reconciler
+        .step(&[&task], &observed(Some(Observed::Running)), 6)
+        .reports
+        .is_empty());
+    reconciler.unreport(reports.into_iter().map(|(id, _)| id));
+    let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 7);
+    assert_eq!(step.reports.len(), 1);
+    assert_eq!(step.reports[0].1.state, TaskState::Running);
+}

@@ -156,6 +156,38 @@ fn a_restarted_agent_adopts_its_containers() {
 }
 
 #[test]
+fn a_stopped_agent_leaves_its_containers_running_and_followers_do_not_hold_it() {
+    let Some(mut node) = Node::start_or_skip("sigterm") else {
+        return;
+    };
+    node.apply_ok(&HELLO.replace("replicas: 3", "replicas: 1"));
+    let before = node.containerd_running_tasks();
+    let mut follower = node.shoal_spawn(&["logs", "-f", "demo.hello"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let took = node.terminate_agent();
+    assert!(
+        took < Duration::from_secs(10),
+        "the agent took {took:?} to stop"
+    );
+    // The follower sees its stream end with the node.
+    let _ = follower.kill();
+    let output = follower.wait_with_output().expect("follower output");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("hello from hello-0"));
+    assert_eq!(
+        node.containerd_running_tasks(),
+        before,
+        "containers outlive the agent"
+    );
+    node.start_agent();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        node.containerd_running_tasks(),
+        before,
+        "and are adopted again"
+    );
+}
+
+#[test]
 fn invalid_specs_are_rejected_and_change_nothing() {
     let Some(node) = Node::start_or_skip("invalid") else {
         return;

@@ -63,7 +63,9 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
             .collect();
         let now = now_ms();
         let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
-        report(&shared, step.reports).await;
+        if let Some(lost) = report(&shared, step.reports).await {
+            reconciler.unreport(lost);
+        }
         for action in step.actions {
             let permits = match action {
                 Action::Run { .. } => run_permits.clone(),
@@ -90,7 +92,9 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
                 while let Ok(more) = results_rx.try_recv() {
                     reports.extend(reconciler.on_result(more, now_ms()));
                 }
-                report(&shared, reports).await;
+                if let Some(lost) = report(&shared, reports).await {
+                    reconciler.unreport(lost);
+                }
             }
             _ = changes.changed() => {}
             _ = tokio::time::sleep(wake) => {}
@@ -112,18 +116,20 @@ fn observe(containers: Vec<shoal_runtime::ContainerInfo>) -> BTreeMap<String, Ob
         .collect()
 }
 
-async fn report<R>(shared: &Shared<R>, reports: Vec<(String, TaskStatus)>) {
+/// Proposes the reports in batches; returns the ids whose report was lost.
+async fn report<R>(shared: &Shared<R>, reports: Vec<(String, TaskStatus)>) -> Option<Vec<String>> {
+    let mut lost = Vec::new();
     for batch in reports.chunks(REPORT_BATCH_MAX) {
         let command = Command::ReportTasks {
             node: shared.config.name.clone(),
             statuses: batch.to_vec(),
         };
         if let Err(error) = shared.consensus.propose(now_ms(), command).await {
-            // The reconciler only re-reports changes; a lost batch is sent
-            // again when the task's status next changes.
-            tracing::warn!(%error, "reporting task statuses");
+            tracing::warn!(%error, "reporting task statuses; will report them again");
+            lost.extend(batch.iter().map(|(id, _)| id.clone()));
         }
     }
+    (!lost.is_empty()).then_some(lost)
 }
 
 async fn execute<R: Runtime>(shared: &Shared<R>, action: Action) -> ActionResult {

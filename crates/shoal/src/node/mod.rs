@@ -20,6 +20,9 @@ use shoal_types::{Node, NodeStatus};
 
 use crate::output::now_ms;
 
+/// How long requests in flight may finish once the node is told to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct NodeConfig {
     pub name: String,
     pub data_dir: PathBuf,
@@ -78,11 +81,20 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
     let keeper = tokio::spawn(keeper::run(shared.clone()));
     let router = shoal_api::server::router(Arc::new(backend::NodeBackend(shared.clone())));
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async {
+        let _ = stop_rx.await;
+    });
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
     tokio::select! {
-        result = server => result.context("API server")?,
+        result = &mut server => result.context("API server")?,
         result = scheduler => anyhow::bail!("scheduler loop ended: {result:?}"),
         result = keeper => anyhow::bail!("promise keeper ended: {result:?}"),
+        () = shutdown_signal() => {
+            let _ = stop_tx.send(());
+            // Requests in flight get a moment; followers of logs do not hold the node up.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+        }
     }
     tracing::info!("node stopping; its containers keep running and are adopted on restart");
     Ok(())

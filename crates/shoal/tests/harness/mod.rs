@@ -87,6 +87,38 @@ impl Node {
         }
     }
 
+    /// SIGTERM to the agent this test started; returns how long it took to exit.
+    pub fn terminate_agent(&mut self) -> Duration {
+        let mut child = self.agent.take().expect("an agent runs");
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        loop {
+            if child.try_wait().expect("wait for the agent").is_some() {
+                return started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn shoal_spawn(&self, args: &[&str]) -> Child {
+        Command::new(binary())
+            .args(args)
+            .env("SHOAL_ADDR", self.addr())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn shoal")
+    }
+
     pub fn shoal(&self, args: &[&str]) -> Output {
         Command::new(binary())
             .args(args)
