@@ -6,6 +6,8 @@
 //! only then answers the proposer. On one node it is its own log; the
 //! cluster's Raft takes its place behind the same `propose`.
 
+pub mod membership;
+pub mod raft;
 mod store;
 
 use std::path::Path;

@@ -1,0 +1,1 @@
+//! Membership by SWIM gossip (foca); see mod docs to come.

@@ -1,0 +1,1 @@
+//! Consensus by Raft (openraft) over the state machine; see mod docs to come.
