@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::Stream;
 use serde::de::DeserializeOwned;
 
-use crate::wire::{AppView, ApplyResponse, ErrorBody, ImageView, NodeView, TaskView, VersionInfo};
+use crate::wire::{
+    AppView, ApplyResponse, ClusterInfo, ErrorBody, ImageView, NodeView, TaskView, VersionInfo,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -59,6 +61,17 @@ impl Client {
 
     pub async fn version(&self) -> Result<VersionInfo> {
         self.get("/v1/version").await
+    }
+    pub async fn cluster(&self) -> Result<ClusterInfo> {
+        self.get("/v1/cluster").await
+    }
+    pub async fn leave(&self) -> Result<()> {
+        let request = self.http.post(self.url("/v1/node/leave"));
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        check(response).await.map(|_| ())
     }
     pub async fn nodes(&self) -> Result<Vec<NodeView>> {
         self.get("/v1/nodes").await
@@ -116,8 +129,9 @@ impl Client {
         target: &str,
         follow: bool,
         tail: Option<usize>,
+        local: bool,
     ) -> Result<impl Stream<Item = reqwest::Result<bytes_alias::Bytes>>> {
-        let mut query = vec![("follow", follow.to_string())];
+        let mut query = vec![("follow", follow.to_string()), ("local", local.to_string())];
         if let Some(tail) = tail {
             query.push(("tail", tail.to_string()));
         }

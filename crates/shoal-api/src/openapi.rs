@@ -6,7 +6,9 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
 use shoal_types::AppSpec;
 
-use crate::wire::{AppView, ApplyResponse, ErrorBody, ImageView, NodeView, TaskView, VersionInfo};
+use crate::wire::{
+    AppView, ApplyResponse, ClusterInfo, ErrorBody, ImageView, NodeView, TaskView, VersionInfo,
+};
 
 pub fn document() -> Value {
     let mut settings = SchemaSettings::draft2020_12();
@@ -17,6 +19,7 @@ pub fn document() -> Value {
         refs.insert(name.to_string(), schema.to_value());
     };
     add("VersionInfo", generator.subschema_for::<VersionInfo>());
+    add("ClusterInfo", generator.subschema_for::<ClusterInfo>());
     add("NodeList", generator.subschema_for::<Vec<NodeView>>());
     add("AppList", generator.subschema_for::<Vec<AppView>>());
     add("AppView", generator.subschema_for::<AppView>());
@@ -42,6 +45,8 @@ pub fn document() -> Value {
         "paths": {
             "/v1/version": {"get": {"summary": "Version and commit of this node", "responses": {"200": ok("version", "VersionInfo")}}},
             "/v1/nodes": {"get": {"summary": "The cluster's nodes", "responses": {"200": ok("nodes", "NodeList"), "default": error}}},
+            "/v1/cluster": {"get": {"summary": "The cluster's identity, voters and leader, as a joining node asks", "responses": {"200": ok("cluster", "ClusterInfo"), "default": error}}},
+            "/v1/node/leave": {"post": {"summary": "The answering node leaves the cluster: its work moves away, then it stops", "responses": {"202": {"description": "leaving"}, "default": error}}},
             "/v1/apps": {
                 "get": {"summary": "Every app", "responses": {"200": ok("apps", "AppList"), "default": error}},
                 "post": {
@@ -69,7 +74,8 @@ pub fn document() -> Value {
                 "parameters": [
                     {"name": "target", "in": "path", "required": true, "schema": {"type": "string"}},
                     {"name": "follow", "in": "query", "required": false, "schema": {"type": "boolean"}},
-                    {"name": "tail", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}
+                    {"name": "tail", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "local", "in": "query", "required": false, "schema": {"type": "boolean"}, "description": "only tasks of the answering node"}
                 ],
                 "responses": {"200": {"description": "log text", "content": {"text/plain": {"schema": {"type": "string"}}}}, "404": error.clone(), "default": error}
             }},

@@ -17,7 +17,9 @@ use serde::Deserialize;
 use shoal_types::{FieldError, SpecError, SPEC_BYTES_MAX};
 use tokio::io::AsyncWriteExt;
 
-use crate::wire::{AppView, ApplyResponse, ErrorBody, ImageView, NodeView, TaskView, VersionInfo};
+use crate::wire::{
+    AppView, ApplyResponse, ClusterInfo, ErrorBody, ImageView, NodeView, TaskView, VersionInfo,
+};
 
 /// Largest image archive accepted by `POST /v1/images`, in bytes.
 pub const IMAGE_ARCHIVE_BYTES_MAX: u64 = 8 << 30;
@@ -84,11 +86,22 @@ pub struct LogOptions {
     /// Only the last N lines of each task.
     #[serde(default)]
     pub tail: Option<usize>,
+    /// Only tasks of the answering node (what nodes ask each other).
+    #[serde(default)]
+    pub local: bool,
 }
 
 /// What the node offers the API. Any node answers any call.
 pub trait Backend: Send + Sync + 'static {
     fn version(&self) -> VersionInfo;
+    /// The cluster's identity, for nodes that join.
+    fn cluster(&self) -> impl Future<Output = ApiResult<ClusterInfo>> + Send;
+    /// This node leaves the cluster: its work moves away, then it stops.
+    fn leave(&self) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Routes the backend serves besides the API (node-to-node RPC).
+    fn extra_routes(&self) -> Router {
+        Router::new()
+    }
     fn nodes(&self) -> impl Future<Output = ApiResult<Vec<NodeView>>> + Send;
     /// Validates and applies a spec (YAML or JSON, native or Stellar).
     fn apply(&self, body: Bytes) -> impl Future<Output = ApiResult<ApplyResponse>> + Send;
@@ -117,9 +130,12 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let images = Router::new()
         .route("/v1/images", get(images::<B>).post(import_image::<B>))
         .layer(DefaultBodyLimit::disable());
+    let extra = backend.extra_routes();
     Router::new()
         .route("/v1/version", get(version::<B>))
         .route("/v1/nodes", get(nodes::<B>))
+        .route("/v1/cluster", get(cluster::<B>))
+        .route("/v1/node/leave", axum::routing::post(leave::<B>))
         .route("/v1/apps", get(apps::<B>).post(apply::<B>))
         .route("/v1/apps/{name}", get(app::<B>).delete(remove_app::<B>))
         .route("/v1/tasks", get(tasks::<B>))
@@ -128,12 +144,21 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(SPEC_BYTES_MAX + 1))
         .merge(images)
-        .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .with_state(backend)
+        .merge(extra)
+        .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
 }
 
 async fn version<B: Backend>(State(backend): State<Arc<B>>) -> Json<VersionInfo> {
     Json(backend.version())
+}
+
+async fn cluster<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<ClusterInfo>> {
+    backend.cluster().await.map(Json)
+}
+
+async fn leave<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<StatusCode> {
+    backend.leave().await.map(|()| StatusCode::ACCEPTED)
 }
 
 async fn nodes<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<NodeView>>> {

@@ -17,8 +17,11 @@ pub struct NodeView {
     pub name: String,
     pub addr: String,
     pub status: NodeStatus,
-    /// `voter` or `learner` in the cluster's consensus.
+    /// `voter` or `learner` in the cluster's consensus (`-` when not a member).
     pub role: String,
+    /// Whether this node leads the consensus now.
+    #[serde(default)]
+    pub leader: bool,
     pub os: String,
     pub arch: String,
     pub uptime_s: u64,
@@ -130,4 +133,18 @@ pub struct ErrorBody {
 struct FieldErrorSchema {
     path: String,
     message: String,
+}
+
+/// What a node tells another that wants to join its cluster.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterInfo {
+    /// Identity of the cluster, carried by every gossip packet.
+    pub cluster_id: String,
+    /// The answering node.
+    pub name: String,
+    /// Where the answering node gossips (UDP).
+    pub gossip_addr: String,
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
 }

@@ -30,11 +30,20 @@ pub fn reconcile(state: &State) -> Plan {
     // What each slot of the current version already has.
     let mut filled: BTreeSet<(&str, &str, u32)> = BTreeSet::new();
     for task in state.tasks.values() {
-        let keep = state
-            .apps
-            .get(&task.app)
-            .and_then(|app| app.spec.services.iter().find(|s| s.name == task.service))
-            .is_some_and(|service| task.slot < service.replicas && task.spec.same_task_as(service));
+        // A task on a node that is not alive is lost: its slot is free
+        // (and the node stops it if it comes back).
+        let node_alive = state
+            .nodes
+            .get(&task.node)
+            .is_some_and(|node| node.status == NodeStatus::Alive);
+        let keep = node_alive
+            && state
+                .apps
+                .get(&task.app)
+                .and_then(|app| app.spec.services.iter().find(|s| s.name == task.service))
+                .is_some_and(|service| {
+                    task.slot < service.replicas && task.spec.same_task_as(service)
+                });
         match task.desired {
             DesiredState::Running if keep => {
                 filled.insert((&task.app, &task.service, task.slot));

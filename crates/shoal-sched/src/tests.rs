@@ -228,3 +228,54 @@ fn status_reports_only_move_forward() {
     );
     assert_eq!(cluster.state.tasks[&id].status.state, TaskState::Running);
 }
+
+#[test]
+fn tasks_of_a_dead_node_are_placed_again_on_live_ones() {
+    let mut cluster = Cluster::with_nodes(&["a", "b", "c"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    let on_b: Vec<String> = cluster.state.tasks_on("b").map(|t| t.id.clone()).collect();
+    assert_eq!(on_b.len(), 1);
+    cluster.apply(Command::SetNodeStatus {
+        name: "b".into(),
+        status: NodeStatus::Dead,
+    });
+    let plan = cluster.schedule();
+    assert_eq!(plan.stop, on_b, "the lost task no longer wants to run");
+    assert_eq!(plan.place.len(), 1);
+    assert_ne!(plan.place[0].node, "b");
+    assert_eq!(
+        cluster.running_per_node(),
+        vec![("a".into(), 2), ("c".into(), 1)]
+    );
+    // Back alive, b stops what it ran; the replacement stays.
+    cluster.apply(Command::SetNodeStatus {
+        name: "b".into(),
+        status: NodeStatus::Alive,
+    });
+    assert!(reconcile(&cluster.state).place.is_empty());
+}
+
+#[test]
+fn forgetting_a_dead_node_forgets_its_tasks() {
+    let mut cluster = Cluster::with_nodes(&["a", "b"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    let error = cluster
+        .state
+        .clone()
+        .apply(99, &Entry::new(0, Command::ForgetNode { name: "b".into() }))
+        .expect_err("b is alive");
+    assert_eq!(
+        error.to_string(),
+        "node `b` is alive; only a node that is not can be forgotten"
+    );
+    cluster.apply(Command::SetNodeStatus {
+        name: "b".into(),
+        status: NodeStatus::Left,
+    });
+    cluster.schedule();
+    let outcome = cluster.apply(Command::ForgetNode { name: "b".into() });
+    assert_eq!(outcome, Outcome::NodeForgotten { tasks: 1 });
+    assert!(cluster.state.tasks_on("b").next().is_none());
+}

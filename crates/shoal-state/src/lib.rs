@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{AppSpec, DesiredState, Node, Task, TaskStatus};
+use shoal_types::{AppSpec, DesiredState, Node, NodeStatus, Task, TaskStatus};
 
 /// Version of the [`Command`] encoding written into every entry. A node
 /// refuses entries of a version it does not know instead of guessing.
@@ -54,6 +54,16 @@ pub enum Command {
     /// A scheduler's decision, re-checked against the state it lands on.
     ApplyPlan {
         plan: Plan,
+    },
+    /// The cluster's verdict on a node's liveness (from gossip, by the
+    /// leader): tasks on a node that is not alive are placed again elsewhere.
+    SetNodeStatus {
+        name: String,
+        status: NodeStatus,
+    },
+    /// Forget a node that is not alive, with every task placed on it.
+    ForgetNode {
+        name: String,
     },
     /// A node reports what became of the tasks placed on it.
     ReportTasks {
@@ -113,6 +123,12 @@ pub struct App {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     NodeRegistered,
+    NodeStatusSet {
+        changed: bool,
+    },
+    NodeForgotten {
+        tasks: usize,
+    },
     AppPut {
         version: u64,
         changed: bool,
@@ -137,6 +153,10 @@ pub enum ApplyError {
     UnknownVersion(u32),
     #[error("app `{0}` not found")]
     AppNotFound(String),
+    #[error("node `{0}` not found")]
+    NodeNotFound(String),
+    #[error("node `{0}` is alive; only a node that is not can be forgotten")]
+    NodeAlive(String),
     #[error("{0}")]
     TooLarge(String),
 }
@@ -170,6 +190,30 @@ impl State {
             Command::RegisterNode { node } => {
                 self.nodes.insert(node.name.clone(), node.clone());
                 Ok(Outcome::NodeRegistered)
+            }
+            Command::SetNodeStatus { name, status } => {
+                let node = self
+                    .nodes
+                    .get_mut(name)
+                    .ok_or_else(|| ApplyError::NodeNotFound(name.clone()))?;
+                let changed = node.status != *status;
+                node.status = *status;
+                Ok(Outcome::NodeStatusSet { changed })
+            }
+            Command::ForgetNode { name } => {
+                match self.nodes.get(name) {
+                    None => return Err(ApplyError::NodeNotFound(name.clone())),
+                    Some(node) if node.status == NodeStatus::Alive => {
+                        return Err(ApplyError::NodeAlive(name.clone()))
+                    }
+                    Some(_) => {}
+                }
+                self.nodes.remove(name);
+                let before = self.tasks.len();
+                self.tasks.retain(|_, task| &task.node != name);
+                Ok(Outcome::NodeForgotten {
+                    tasks: before - self.tasks.len(),
+                })
             }
             Command::PutApp { spec } => Ok(self.put_app(spec, now_ms)),
             Command::RemoveApp { name } => {
@@ -333,7 +377,7 @@ impl State {
             ));
         }
         match self.nodes.get(&placement.node) {
-            Some(node) if node.status == shoal_types::NodeStatus::Alive => {}
+            Some(node) if node.status == NodeStatus::Alive => {}
             Some(node) => return Err(format!("{what}: node is {}", node.status.as_str())),
             None => return Err(format!("{what}: no such node")),
         }

@@ -10,7 +10,7 @@ pub mod spec;
 mod stellar;
 pub mod task;
 
-pub use node::{Node, NodeStatus};
+pub use node::{consensus_id, Node, NodeStatus};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
     app_schema, check_dns_label, parse_app, AppSpec, FieldError, Port, Protocol, RestartPolicy,

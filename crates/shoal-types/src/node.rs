@@ -40,3 +40,21 @@ impl NodeStatus {
         }
     }
 }
+
+/// The node's id in the cluster's consensus, derived from its unique name
+/// (64-bit FNV-1a), so that every node computes the same id for a name.
+pub fn consensus_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn consensus_ids_are_stable_and_distinct() {
+        assert_eq!(super::consensus_id(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(super::consensus_id("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(super::consensus_id("n1"), super::consensus_id("n2"));
+    }
+}

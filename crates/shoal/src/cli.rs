@@ -68,6 +68,20 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Act on the node you talk to.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// The node leaves the cluster: its work moves to other nodes, then it stops.
+    Leave {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -87,6 +101,16 @@ pub struct AgentArgs {
     /// Port of the API and node-to-node RPC.
     #[arg(long, default_value_t = shoal_api::DEFAULT_API_PORT)]
     pub api_port: u16,
+    /// Port of gossip (UDP).
+    #[arg(long, default_value_t = 7946)]
+    pub gossip_port: u16,
+    /// A node of the cluster to join, HOST or HOST:API_PORT; repeat for more.
+    /// Not needed when the data dir already belongs to a cluster.
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// Voters the cluster aims for (3 from 3 nodes on, 5 from 5 on, never more than this).
+    #[arg(long, default_value_t = 5)]
+    pub voters_max: usize,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Node labels, KEY=VALUE; repeat for more.
@@ -102,6 +126,9 @@ pub struct DevArgs {
     /// Address of the API.
     #[arg(long, default_value = "127.0.0.1:7950")]
     pub api: String,
+    /// Port of gossip (UDP) on the API's host.
+    #[arg(long, default_value_t = 7946)]
+    pub gossip_port: u16,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

@@ -18,11 +18,29 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     shoal_types::check_dns_label(&name).map_err(|message| anyhow::anyhow!("--name: {message}"))?;
     let bind_host = args.bind.unwrap_or_else(|| args.advertise.clone());
     let bind = resolve(&format!("{bind_host}:{}", args.api_port)).context("--bind")?;
+    let gossip_bind = resolve(&format!("{bind_host}:{}", args.gossip_port)).context("--bind")?;
+    let gossip_advertise =
+        resolve(&format!("{}:{}", args.advertise, args.gossip_port)).context("--advertise")?;
+    let peers = args
+        .peers
+        .iter()
+        .map(|peer| {
+            if peer.contains(':') {
+                peer.clone()
+            } else {
+                format!("{peer}:{}", args.api_port)
+            }
+        })
+        .collect();
     let config = NodeConfig {
         name,
         data_dir: args.data_dir,
         bind,
         advertise: format!("{}:{}", args.advertise, args.api_port),
+        gossip_bind,
+        gossip_advertise,
+        peers,
+        voters_max: args.voters_max,
         labels: args.labels.into_iter().collect(),
     };
     start(config, args.runtime).await
@@ -31,11 +49,16 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let bind = resolve(&args.api).context("--api")?;
+    let gossip = SocketAddr::new(bind.ip(), args.gossip_port);
     let config = NodeConfig {
         name: hostname().unwrap_or_else(|_| "dev".into()),
         data_dir: args.data_dir,
         bind,
         advertise: bind.to_string(),
+        gossip_bind: gossip,
+        gossip_advertise: gossip,
+        peers: Vec::new(),
+        voters_max: 5,
         labels: Default::default(),
     };
     eprintln!(

@@ -7,7 +7,11 @@ use crate::cli::LogsArgs;
 
 pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let client = super::client(&args.node)?;
-    let mut stream = Box::pin(client.logs(&args.target, args.follow, args.tail).await?);
+    let mut stream = Box::pin(
+        client
+            .logs(&args.target, args.follow, args.tail, false)
+            .await?,
+    );
     let mut stdout = tokio::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| anyhow::anyhow!("log stream broke off: {error}"))?;

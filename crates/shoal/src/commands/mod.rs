@@ -12,7 +12,7 @@ pub mod version;
 
 use std::process::ExitCode;
 
-use crate::cli::{AppCommand, Cli, Command, ImageCommand};
+use crate::cli::{AppCommand, Cli, Command, ImageCommand, NodeCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -37,6 +37,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image {
             command: ImageCommand::Import(args),
         } => images::import(args).await,
+        Command::Node {
+            command: NodeCommand::Leave { target },
+        } => {
+            client(&target)?.leave().await?;
+            println!("the node is leaving: its work moves to other nodes, then it stops");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

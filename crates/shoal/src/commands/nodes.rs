@@ -20,7 +20,11 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
                     bytes(node.memory_total_bytes)
                 ),
                 node.status.as_str().to_string(),
-                node.role.clone(),
+                if node.leader {
+                    format!("{} (leader)", node.role)
+                } else {
+                    node.role.clone()
+                },
             ]
         })
         .collect();

@@ -6,17 +6,26 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use shoal_api::server::{ApiError, ApiResult, Backend, LogOptions, LogStream};
 use shoal_api::wire::{
-    AppView, ApplyResponse, ImageView, NodeView, ServiceView, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ImageView, NodeView, ServiceView, TaskView, VersionInfo,
 };
-use shoal_cluster::ProposeError;
+use shoal_cluster::membership::MemberStatus;
+use shoal_cluster::raft::ProposeError;
 use shoal_runtime::Runtime;
 use shoal_state::{ApplyError, Command, Outcome, State};
-use shoal_types::{DesiredState, TaskState};
+use shoal_types::{consensus_id, DesiredState, NodeStatus, TaskState};
 
-use super::{host, Shared};
+use super::Shared;
 use crate::output::now_ms;
 
 pub struct NodeBackend<R>(pub Arc<Shared<R>>);
+
+impl<R> NodeBackend<R> {
+    /// Waits until this node's state holds every write acknowledged
+    /// before the call (reads are linearizable).
+    async fn fresh(&self) -> ApiResult<()> {
+        self.0.raft.linearizable_read().await.map_err(propose_error)
+    }
+}
 
 fn propose_error(error: ProposeError) -> ApiError {
     match error {
@@ -84,31 +93,113 @@ impl<R: Runtime> Backend for NodeBackend<R> {
     }
 
     async fn nodes(&self) -> ApiResult<Vec<NodeView>> {
+        self.fresh().await?;
         let shared = &self.0;
         let now = now_ms();
-        let (_, used) = host::memory();
-        let state = shared.consensus.read();
-        Ok(state
-            .nodes
-            .values()
-            .map(|node| NodeView {
-                name: node.name.clone(),
-                addr: node.addr.clone(),
-                status: node.status,
-                role: "voter".into(),
-                os: node.os.clone(),
-                arch: node.arch.clone(),
-                uptime_s: now.saturating_sub(node.started_at_ms) / 1000,
-                cpus: node.cpus,
-                memory_total_bytes: node.memory_total_bytes,
-                memory_used_bytes: if node.name == shared.config.name {
-                    used
+        let raft = shared.raft.status();
+        let members = shared.membership.members();
+        let state = shared.raft.read();
+        let mut names: Vec<&str> = state.nodes.keys().map(String::as_str).collect();
+        for member in &members {
+            if !state.nodes.contains_key(&member.facts.name) && !member.facts.name.is_empty() {
+                names.push(&member.facts.name);
+            }
+        }
+        let views = names
+            .into_iter()
+            .map(|name| {
+                let recorded = state.nodes.get(name);
+                let member = members.iter().find(|member| member.facts.name == name);
+                let id = consensus_id(name);
+                let role = if raft.voters.contains(&id) {
+                    "voter"
+                } else if raft.learners.contains(&id) {
+                    "learner"
                 } else {
-                    0
-                },
-                labels: node.labels.clone(),
+                    "-"
+                };
+                // Gossip knows liveness first; the state has the verdict
+                // that moves work.
+                let status = match member.map(|m| m.status) {
+                    Some(MemberStatus::Alive) => NodeStatus::Alive,
+                    Some(MemberStatus::Suspect) => NodeStatus::Suspect,
+                    Some(MemberStatus::Dead) => NodeStatus::Dead,
+                    Some(MemberStatus::Left) => NodeStatus::Left,
+                    None => recorded.map_or(NodeStatus::Dead, |node| node.status),
+                };
+                let facts = member.map(|m| &m.facts);
+                let started_at_ms = facts
+                    .map(|f| f.started_at_ms)
+                    .or(recorded.map(|n| n.started_at_ms))
+                    .unwrap_or(now);
+                NodeView {
+                    name: name.to_string(),
+                    addr: facts
+                        .map(|f| f.api_addr.clone())
+                        .or(recorded.map(|n| n.addr.clone()))
+                        .unwrap_or_default(),
+                    status,
+                    role: role.to_string(),
+                    leader: raft.leader == Some(id),
+                    os: facts
+                        .map(|f| f.os.clone())
+                        .or(recorded.map(|n| n.os.clone()))
+                        .unwrap_or_default(),
+                    arch: facts
+                        .map(|f| f.arch.clone())
+                        .or(recorded.map(|n| n.arch.clone()))
+                        .unwrap_or_default(),
+                    uptime_s: if status == NodeStatus::Alive || status == NodeStatus::Suspect {
+                        now.saturating_sub(started_at_ms) / 1000
+                    } else {
+                        0
+                    },
+                    cpus: facts
+                        .map(|f| f.cpus)
+                        .or(recorded.map(|n| n.cpus))
+                        .unwrap_or(0),
+                    memory_total_bytes: facts
+                        .map(|f| f.memory_total_bytes)
+                        .or(recorded.map(|n| n.memory_total_bytes))
+                        .unwrap_or(0),
+                    memory_used_bytes: facts.map(|f| f.memory_used_bytes).unwrap_or(0),
+                    labels: facts
+                        .map(|f| f.labels.clone())
+                        .or(recorded.map(|n| n.labels.clone()))
+                        .unwrap_or_default(),
+                }
             })
-            .collect())
+            .collect();
+        Ok(views)
+    }
+
+    async fn cluster(&self) -> ApiResult<ClusterInfo> {
+        let shared = &self.0;
+        let raft = shared.raft.status();
+        let name_of = |id: &u64| {
+            raft.nodes
+                .get(id)
+                .map(|node| node.name.clone())
+                .unwrap_or_else(|| id.to_string())
+        };
+        Ok(ClusterInfo {
+            cluster_id: shared.cluster_id.clone(),
+            name: shared.config.name.clone(),
+            gossip_addr: shared.config.gossip_advertise.to_string(),
+            leader: raft.leader.as_ref().map(name_of),
+            voters: raft.voters.iter().map(name_of).collect(),
+            learners: raft.learners.iter().map(name_of).collect(),
+        })
+    }
+
+    async fn leave(&self) -> ApiResult<()> {
+        let shared = self.0.clone();
+        tokio::spawn(super::cluster::leave(shared));
+        Ok(())
+    }
+
+    fn extra_routes(&self) -> axum::Router {
+        self.0.raft.router()
     }
 
     async fn apply(&self, body: Bytes) -> ApiResult<ApplyResponse> {
@@ -116,7 +207,7 @@ impl<R: Runtime> Backend for NodeBackend<R> {
         let name = spec.name.clone();
         match self
             .0
-            .consensus
+            .raft
             .propose(now_ms(), Command::PutApp { spec })
             .await
         {
@@ -131,13 +222,14 @@ impl<R: Runtime> Backend for NodeBackend<R> {
     }
 
     async fn apps(&self) -> ApiResult<Vec<AppView>> {
+        self.fresh().await?;
         let unplaced = self
             .0
             .unplaced
             .lock()
             .map(|u| u.clone())
             .unwrap_or_default();
-        let state = self.0.consensus.read();
+        let state = self.0.raft.read();
         Ok(state
             .apps
             .keys()
@@ -146,19 +238,20 @@ impl<R: Runtime> Backend for NodeBackend<R> {
     }
 
     async fn app(&self, name: String) -> ApiResult<AppView> {
+        self.fresh().await?;
         let unplaced = self
             .0
             .unplaced
             .lock()
             .map(|u| u.clone())
             .unwrap_or_default();
-        app_view(&self.0.consensus.read(), &name, &unplaced)
+        app_view(&self.0.raft.read(), &name, &unplaced)
             .ok_or_else(|| ApiError::not_found(format!("app `{name}` not found; see `shoal apps`")))
     }
 
     async fn remove_app(&self, name: String) -> ApiResult<()> {
         self.0
-            .consensus
+            .raft
             .propose(now_ms(), Command::RemoveApp { name })
             .await
             .map(|_| ())
@@ -166,12 +259,26 @@ impl<R: Runtime> Backend for NodeBackend<R> {
     }
 
     async fn tasks(&self, app: Option<String>) -> ApiResult<Vec<TaskView>> {
-        let state = self.0.consensus.read();
+        self.fresh().await?;
+        let state = self.0.raft.read();
         let mut tasks: Vec<TaskView> = state
             .tasks
             .values()
             .filter(|task| app.as_ref().is_none_or(|app| &task.app == app))
-            .map(TaskView::from)
+            .map(|task| {
+                let mut view = TaskView::from(task);
+                // A task on a node that is not alive is lost until it is
+                // replaced and its node comes back or is forgotten.
+                let node_alive = state
+                    .nodes
+                    .get(&task.node)
+                    .is_some_and(|n| n.status == NodeStatus::Alive);
+                if !node_alive && !task.status.state.is_terminal() {
+                    view.message =
+                        format!("lost: node {} is not alive ({})", task.node, view.message);
+                }
+                view
+            })
             .collect();
         tasks.sort_by(|a, b| {
             (&a.app, &a.service, a.slot, &a.id).cmp(&(&b.app, &b.service, b.slot, &b.id))

@@ -31,7 +31,7 @@ const REPORT_BATCH_MAX: usize = 1024;
 
 pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
     let mut reconciler = Reconciler::new();
-    let mut changes = shared.consensus.subscribe();
+    let mut changes = shared.raft.subscribe();
     let (results_tx, mut results_rx) = mpsc::channel::<ActionResult>(RESULTS_QUEUE_MAX);
     let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
     let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
@@ -56,7 +56,7 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
             }
         };
         let desired: Vec<Task> = shared
-            .consensus
+            .raft
             .read()
             .tasks_on(&shared.config.name)
             .cloned()
@@ -124,7 +124,7 @@ async fn report<R>(shared: &Shared<R>, reports: Vec<(String, TaskStatus)>) -> Op
             node: shared.config.name.clone(),
             statuses: batch.to_vec(),
         };
-        if let Err(error) = shared.consensus.propose(now_ms(), command).await {
+        if let Err(error) = shared.raft.propose(now_ms(), command).await {
             tracing::warn!(%error, "reporting task statuses; will report them again");
             lost.extend(batch.iter().map(|(id, _)| id.clone()));
         }
@@ -139,7 +139,7 @@ async fn execute<R: Runtime>(shared: &Shared<R>, action: Action) -> ActionResult
             attempt,
             replace,
         } => {
-            let task = shared.consensus.read().tasks.get(&task_id).cloned();
+            let task = shared.raft.read().tasks.get(&task_id).cloned();
             let result = match task {
                 Some(task) => run_task(shared, &task, attempt, replace).await,
                 None => Err("the task is gone".to_string()),

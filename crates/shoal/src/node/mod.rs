@@ -3,6 +3,7 @@
 //! all in one process that every node runs.
 
 mod backend;
+mod cluster;
 mod host;
 mod keeper;
 mod logs;
@@ -13,10 +14,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use shoal_cluster::Consensus;
+use shoal_cluster::membership::Membership;
+use shoal_cluster::raft::{RaftConfig, RaftNode};
 use shoal_runtime::Runtime;
-use shoal_state::Command;
-use shoal_types::{Node, NodeStatus};
+use shoal_types::consensus_id;
 
 use crate::output::now_ms;
 
@@ -30,95 +31,131 @@ pub struct NodeConfig {
     pub bind: SocketAddr,
     /// `host:port` other nodes and clients use.
     pub advertise: String,
+    /// Where gossip listens (UDP), and the address others send to.
+    pub gossip_bind: SocketAddr,
+    pub gossip_advertise: SocketAddr,
+    /// API addresses (`host:port`) of nodes to join through.
+    pub peers: Vec<String>,
+    /// Voters the cluster aims for once it has that many nodes.
+    pub voters_max: usize,
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What the loops and the API handlers share.
 pub struct Shared<R> {
     pub config: NodeConfig,
-    pub consensus: Consensus,
+    pub raft: RaftNode,
+    pub membership: Membership,
+    pub cluster_id: String,
     pub runtime: R,
     pub started_at_ms: u64,
     /// The scheduler's latest word on replicas it could not place.
     pub unplaced: Mutex<Vec<shoal_state::Unplaced>>,
+    pub http: reqwest::Client,
+    /// Set once `shoal node leave` was asked; the loops wind down.
+    pub leaving: tokio::sync::watch::Sender<bool>,
 }
 
 impl<R> Shared<R> {
     pub fn logs_dir(&self) -> PathBuf {
         self.config.data_dir.join("logs")
     }
+
+    pub fn node_id(&self) -> u64 {
+        consensus_id(&self.config.name)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.status().leader == Some(self.node_id())
+    }
 }
 
 pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("logs"))
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let consensus = Consensus::open(&config.data_dir)
-        .with_context(|| format!("opening the state in {}", config.data_dir.display()))?;
     runtime
         .ensure_ready()
         .await
         .context("preparing the container runtime")?;
+    let raft = RaftNode::open(RaftConfig::new(
+        consensus_id(&config.name),
+        config.name.clone(),
+        config.advertise.clone(),
+        config.data_dir.clone(),
+    ))
+    .await
+    .with_context(|| format!("opening the cluster state in {}", config.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding the API to {}", config.bind))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .context("HTTP client")?;
 
+    let (cluster_id, gossip_peers) = cluster::identify(&config, &raft, &http).await?;
     let started_at_ms = now_ms();
+    let membership = Membership::start(
+        cluster::membership_config(&config, &cluster_id, started_at_ms),
+        gossip_peers,
+    )
+    .await
+    .context("starting gossip")?;
+    let (leaving, _) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         config,
-        consensus,
+        raft,
+        membership,
+        cluster_id,
         runtime,
         started_at_ms,
         unplaced: Mutex::new(Vec::new()),
+        http,
+        leaving,
     });
-    register(&shared).await?;
-    tracing::info!(
-        node = %shared.config.name,
-        api = %shared.config.bind,
-        applied = shared.consensus.read().applied_index,
-        "node started"
-    );
 
-    let scheduler = tokio::spawn(scheduler::run(shared.clone()));
-    let keeper = tokio::spawn(keeper::run(shared.clone()));
-    let router = shoal_api::server::router(Arc::new(backend::NodeBackend(shared.clone())));
+    let backend = Arc::new(backend::NodeBackend(shared.clone()));
+    let router = shoal_api::server::router(backend);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async {
         let _ = stop_rx.await;
     });
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    tokio::select! {
-        result = &mut server => result.context("API server")?,
-        result = scheduler => anyhow::bail!("scheduler loop ended: {result:?}"),
-        result = keeper => anyhow::bail!("promise keeper ended: {result:?}"),
-        () = shutdown_signal() => {
-            let _ = stop_tx.send(());
-            // Requests in flight get a moment; followers of logs do not hold the node up.
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
-        }
-    }
-    tracing::info!("node stopping; its containers keep running and are adopted on restart");
-    Ok(())
-}
+    tracing::info!(
+        node = %shared.config.name,
+        api = %shared.config.bind,
+        gossip = %shared.config.gossip_bind,
+        cluster = %shared.cluster_id,
+        "node started"
+    );
 
-async fn register<R>(shared: &Shared<R>) -> anyhow::Result<()> {
-    let facts = host::facts();
-    let node = Node {
-        name: shared.config.name.clone(),
-        addr: shared.config.advertise.clone(),
-        os: facts.os,
-        arch: std::env::consts::ARCH.to_string(),
-        cpus: facts.cpus,
-        memory_total_bytes: facts.memory_total_bytes,
-        labels: shared.config.labels.clone(),
-        started_at_ms: shared.started_at_ms,
-        status: NodeStatus::Alive,
+    let registration = tokio::spawn(cluster::register(shared.clone()));
+    let duties = tokio::spawn(cluster::leader_duties(shared.clone()));
+    let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
+    let scheduler = tokio::spawn(scheduler::run(shared.clone()));
+    let keeper = tokio::spawn(keeper::run(shared.clone()));
+    let mut leaving = shared.leaving.subscribe();
+    let outcome = tokio::select! {
+        result = &mut server => result.context("API server"),
+        result = scheduler => Err(anyhow::anyhow!("scheduler loop ended: {result:?}")),
+        result = keeper => Err(anyhow::anyhow!("promise keeper ended: {result:?}")),
+        result = duties => Err(anyhow::anyhow!("leader duties ended: {result:?}")),
+        () = shutdown_signal() => Ok(()),
+        _ = leaving.wait_for(|left| *left) => {
+            tracing::info!("left the cluster");
+            Ok(())
+        }
     };
-    shared
-        .consensus
-        .propose(now_ms(), Command::RegisterNode { node })
-        .await
-        .context("registering this node")?;
-    Ok(())
+    registration.abort();
+    facts.abort();
+    let _ = stop_tx.send(());
+    // Requests in flight get a moment; followers of logs do not hold the node up.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+    shared.membership.shutdown().await;
+    shared.raft.shutdown().await;
+    tracing::info!("node stopped; its containers keep running and are adopted on restart");
+    outcome
 }
 
 async fn shutdown_signal() {

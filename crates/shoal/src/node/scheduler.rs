@@ -9,20 +9,24 @@ use shoal_state::{Command, Outcome};
 use super::Shared;
 use crate::output::now_ms;
 
-/// Even with no change, the scheduler looks again this often.
-const IDLE_INTERVAL: Duration = Duration::from_secs(5);
-
 pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
-    let mut changes = shared.consensus.subscribe();
+    // Leadership changes do not touch the state: look again this often.
+    const IDLE_INTERVAL: Duration = Duration::from_millis(500);
+    let mut changes = shared.raft.subscribe();
     loop {
         changes.borrow_and_update();
-        let plan = shoal_sched::reconcile(&shared.consensus.read());
+        // Only the leader schedules: one writer of placements.
+        if !shared.is_leader() {
+            let _ = tokio::time::timeout(IDLE_INTERVAL, changes.changed()).await;
+            continue;
+        }
+        let plan = shoal_sched::reconcile(&shared.raft.read());
         if let Ok(mut unplaced) = shared.unplaced.lock() {
             unplaced.clone_from(&plan.unplaced);
         }
         if !plan.is_empty() {
             let progressed = match shared
-                .consensus
+                .raft
                 .propose(now_ms(), Command::ApplyPlan { plan })
                 .await
             {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Longest wait for anything a test waits on.
-const WAIT_MAX: Duration = Duration::from_secs(60);
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+pub static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub fn e2e_enabled() -> bool {
     std::env::var("SHOAL_E2E").is_ok_and(|value| value == "1")
@@ -29,6 +31,7 @@ pub struct Node {
     pub name: String,
     pub namespace: String,
     pub api_port: u16,
+    pub gossip_port: u16,
     pub data_dir: tempfile::TempDir,
     pub scratch: tempfile::TempDir,
     agent: Option<Child>,
@@ -47,6 +50,7 @@ impl Node {
             name: format!("e2e-{test}"),
             namespace: format!("shoal-e2e-{}-{serial}-{test}", std::process::id()),
             api_port: free_port(),
+            gossip_port: free_port(),
             data_dir: tempfile::tempdir().expect("data dir"),
             scratch: tempfile::tempdir().expect("scratch dir"),
             agent: None,
@@ -65,6 +69,7 @@ impl Node {
         let child = Command::new(binary())
             .args(["agent", "--name", &self.name, "--advertise", "127.0.0.1"])
             .args(["--api-port", &self.api_port.to_string()])
+            .args(["--gossip-port", &self.gossip_port.to_string()])
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(["--containerd-namespace", &self.namespace])

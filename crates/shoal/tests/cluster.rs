@@ -1,0 +1,417 @@
+//! End-to-end tests of several real `shoal agent` processes on 127.X.Y.N
+//! addresses forming one cluster, with real containerd (SHOAL_E2E=1).
+
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use harness::cluster::Cluster;
+use serde_json::Value;
+
+const SLEEPERS: &str = r#"
+name: sleepers
+services:
+  - name: zz
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    replicas: 3
+"#;
+
+/// Voters and leader as node `index` sees them.
+fn roles(cluster: &Cluster, index: usize) -> Option<(BTreeSet<String>, Option<String>)> {
+    let nodes = cluster.nodes(index)?;
+    let voters = nodes
+        .iter()
+        .filter(|node| node["role"] == "voter")
+        .filter_map(|node| node["name"].as_str().map(str::to_string))
+        .collect();
+    let leader = nodes
+        .iter()
+        .find(|node| node["leader"] == true)
+        .and_then(|node| node["name"].as_str().map(str::to_string));
+    Some((voters, leader))
+}
+
+fn wait_voters(cluster: &Cluster, index: usize, count: usize) -> BTreeSet<String> {
+    cluster.wait_for(&format!("{count} voters and a leader"), || {
+        let (voters, leader) = roles(cluster, index)?;
+        (voters.len() == count && leader.is_some()).then_some(voters)
+    })
+}
+
+#[test]
+fn three_nodes_form_one_cluster_with_three_voters() {
+    let Some(cluster) = Cluster::start_or_skip("three", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    for index in 0..3 {
+        let nodes = cluster.nodes(index).expect("nodes");
+        assert_eq!(nodes.len(), 3, "node {index} lists {nodes:?}");
+        for node in &nodes {
+            assert_eq!(node["status"], "alive", "{node}");
+            assert!(
+                node["cpus"].as_u64().unwrap_or(0) > 0,
+                "facts travel by gossip: {node}"
+            );
+        }
+    }
+    // Any node answers any call: apply on one, see it on the others.
+    cluster.apply_ok(2, SLEEPERS);
+    for index in 0..3 {
+        let tasks = cluster.tasks(index);
+        assert_eq!(
+            tasks.iter().filter(|t| t["state"] == "running").count(),
+            3,
+            "{tasks:?}"
+        );
+    }
+    let nodes: BTreeSet<String> = cluster
+        .tasks(0)
+        .iter()
+        .map(|t| t["node"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(nodes.len(), 3, "one replica per node: {nodes:?}");
+    let logs = cluster.shoal_ok(0, &["logs", "sleepers.zz", "--tail", "1"]);
+    let _ = logs; // reaching every node's log endpoint is enough: the tasks print nothing
+}
+
+#[test]
+fn five_nodes_have_five_voters_over_their_zones() {
+    let zones: [&[&str]; 5] = [
+        &["zone=a"],
+        &["zone=b"],
+        &["zone=c"],
+        &["zone=a"],
+        &["zone=b"],
+    ];
+    let Some(cluster) = Cluster::start_or_skip("five", &zones) else {
+        return;
+    };
+    let voters = wait_voters(&cluster, 0, 5);
+    let nodes = cluster.nodes(0).expect("nodes");
+    let zones: BTreeSet<String> = nodes
+        .iter()
+        .filter(|node| voters.contains(node["name"].as_str().unwrap_or("")))
+        .filter_map(|node| node["labels"]["zone"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(zones, BTreeSet::from(["a".into(), "b".into(), "c".into()]));
+}
+
+#[test]
+fn four_nodes_keep_three_voters_spread_over_zones() {
+    let zones: [&[&str]; 4] = [&["zone=a"], &["zone=a"], &["zone=b"], &["zone=c"]];
+    let Some(cluster) = Cluster::start_or_skip("four", &zones) else {
+        return;
+    };
+    let voters = wait_voters(&cluster, 0, 3);
+    let nodes = cluster.nodes(0).expect("nodes");
+    let learners = nodes
+        .iter()
+        .filter(|node| node["role"] == "learner")
+        .count();
+    assert_eq!(learners, 1, "{nodes:?}");
+    let _ = voters;
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_writes_go_on() {
+    let Some(mut cluster) = Cluster::start_or_skip("failover", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let leader = cluster.leader(0).expect("a leader");
+    let leader_index = cluster.index_of(&leader);
+    let other = (leader_index + 1) % 3;
+    cluster.kill(leader_index);
+    let killed = Instant::now();
+    let spec =
+        "name: after\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0}]\n";
+    cluster.wait_for("a write after the leader died", || {
+        cluster.apply(other, spec).status.success().then_some(())
+    });
+    eprintln!(
+        "failover: a write succeeded {:?} after kill -9 of the leader",
+        killed.elapsed()
+    );
+    let new_leader = cluster.leader(other).expect("a new leader");
+    assert_ne!(new_leader, leader);
+    let apps = cluster.shoal_ok((other + 1) % 3, &["apps"]);
+    let _ = apps;
+}
+
+#[test]
+fn a_dead_node_s_tasks_run_elsewhere_and_it_stops_them_when_back() {
+    let Some(mut cluster) = Cluster::start_or_skip("moves", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    cluster.apply_ok(0, SLEEPERS);
+    let leader = cluster.leader(0).expect("leader");
+    // Kill a node that is not the leader, with its container running.
+    let victim = (0..3)
+        .find(|i| cluster.members[*i].name != leader)
+        .expect("a follower");
+    let victim_name = cluster.members[victim].name.clone();
+    let watcher = (0..3).find(|i| *i != victim).expect("another node");
+    cluster.kill(victim);
+    let killed = Instant::now();
+    cluster.wait_for("three replicas running on the live nodes", || {
+        let tasks = cluster.tasks(watcher);
+        let running: Vec<&Value> = tasks
+            .iter()
+            .filter(|t| {
+                t["desired"] == "running"
+                    && t["state"] == "running"
+                    && t["node"] != victim_name.as_str()
+            })
+            .collect();
+        (running.len() == 3).then_some(())
+    });
+    eprintln!(
+        "tasks moved: all replicas running elsewhere {:?} after kill -9 of a node",
+        killed.elapsed()
+    );
+    let nodes = cluster.nodes(watcher).expect("nodes");
+    let dead = nodes
+        .iter()
+        .find(|n| n["name"] == victim_name.as_str())
+        .expect("victim listed");
+    assert_eq!(dead["status"], "dead", "{dead}");
+    // The victim's container kept running while its agent was gone.
+    let namespace = cluster.members[victim].namespace.clone();
+    let ctr_tasks = std::process::Command::new("ctr")
+        .args(["-n", &namespace, "tasks", "ls"])
+        .output()
+        .expect("ctr");
+    assert!(
+        String::from_utf8_lossy(&ctr_tasks.stdout).contains("RUNNING"),
+        "promises are kept while cut off"
+    );
+    // Back, it stops what now runs elsewhere: three replicas in all.
+    cluster.start(victim, &[]);
+    cluster.wait_for("the returned node to stop its old container", || {
+        let out = std::process::Command::new("ctr")
+            .args(["-n", &namespace, "tasks", "ls"])
+            .output()
+            .ok()?;
+        (!String::from_utf8_lossy(&out.stdout).contains("RUNNING")).then_some(())
+    });
+    let tasks = cluster.tasks(victim);
+    let running = tasks
+        .iter()
+        .filter(|t| t["desired"] == "running" && t["state"] == "running")
+        .count();
+    assert_eq!(running, 3, "{tasks:?}");
+}
+
+#[test]
+fn a_whole_cluster_restarted_without_peers_comes_back_with_its_apps() {
+    let Some(mut cluster) = Cluster::start_or_skip("restart", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    cluster.apply_ok(1, SLEEPERS);
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    for index in 0..3 {
+        cluster.start(index, &[]);
+    }
+    wait_voters(&cluster, 2, 3);
+    cluster.wait_for("the app to run again", || {
+        let tasks = cluster.tasks(2);
+        (tasks
+            .iter()
+            .filter(|t| t["state"] == "running" && t["desired"] == "running")
+            .count()
+            == 3)
+            .then_some(())
+    });
+    let apps = cluster.shoal_ok(0, &["apps"]);
+    assert!(apps.contains("sleepers"), "{apps}");
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_across_repeated_kills() {
+    let Some(mut cluster) = Cluster::start_or_skip("history", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    // A client writes apps one after another (through any live node) while
+    // nodes are killed and restarted; every write it saw acknowledged must
+    // be in the final state of every node.
+    let mut acknowledged: BTreeMap<String, usize> = BTreeMap::new();
+    let mut attempted = 0;
+    let mut rounds = 0;
+    let mut seed: u64 = 0x5eed_u64 ^ u64::from(std::process::id());
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    while rounds < 4 {
+        let victim = (next() % 3) as usize;
+        cluster.kill(victim);
+        for _ in 0..8 {
+            attempted += 1;
+            let name = format!("w{attempted}");
+            let via = (victim + 1 + (next() % 2) as usize) % 3;
+            let spec = format!("name: {name}\nservices: [{{name: a, image: shoal.test/busybox:latest, replicas: 0}}]\n");
+            if cluster.apply(via, &spec).status.success() {
+                acknowledged.insert(name, via);
+            }
+        }
+        cluster.start(victim, &[]);
+        wait_voters(&cluster, victim, 3);
+        rounds += 1;
+    }
+    eprintln!(
+        "history: {} of {attempted} writes acknowledged across {rounds} kills",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= attempted / 2,
+        "most writes should succeed with a majority up"
+    );
+    for index in 0..3 {
+        let apps: Vec<Value> = match cluster.shoal_json(index, &["apps"]) {
+            Some(Value::Array(apps)) => apps,
+            other => panic!("apps on node {index}: {other:?}"),
+        };
+        let names: BTreeSet<&str> = apps.iter().filter_map(|app| app["name"].as_str()).collect();
+        for name in acknowledged.keys() {
+            assert!(
+                names.contains(name.as_str()),
+                "acknowledged write {name} missing on node {index}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_node_that_leaves_hands_its_work_over() {
+    let Some(cluster) = Cluster::start_or_skip("leave", &[&[], &[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    cluster.apply_ok(0, SLEEPERS);
+    let leaver = 3;
+    let name = cluster.members[leaver].name.clone();
+    cluster.shoal_ok(leaver, &["node", "leave"]);
+    cluster.wait_for("the node to be listed as left", || {
+        let nodes = cluster.nodes(0)?;
+        nodes
+            .iter()
+            .any(|n| n["name"] == name.as_str() && n["status"] == "left")
+            .then_some(())
+    });
+    cluster.wait_for("three replicas on the others", || {
+        let tasks = cluster.tasks(0);
+        let running = tasks
+            .iter()
+            .filter(|t| {
+                t["desired"] == "running" && t["state"] == "running" && t["node"] != name.as_str()
+            })
+            .count();
+        (running == 3).then_some(())
+    });
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10)
+        && cluster.shoal(leaver, &["version"]).status.success()
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !cluster.shoal(leaver, &["nodes"]).status.success(),
+        "the left node stopped"
+    );
+}
+
+#[test]
+fn a_partitioned_minority_refuses_writes_and_the_majority_goes_on() {
+    let Some(cluster) = Cluster::start_in_netns_or_skip("partition", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    cluster.apply_ok(0, SLEEPERS);
+    let netns = cluster.netns.as_ref().expect("netns cluster");
+    // Cut off a node that holds a replica, whoever leads.
+    let minority = 2;
+    let minority_name = cluster.members[minority].name.clone();
+    let namespace = cluster.members[minority].namespace.clone();
+    netns.cut(minority, &[0, 1]);
+    let cut = Instant::now();
+
+    // The majority goes on: it writes, declares the node dead and places
+    // its work elsewhere.
+    let spec =
+        "name: during\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0}]\n";
+    cluster.wait_for("a write on the majority", || {
+        cluster.apply(0, spec).status.success().then_some(())
+    });
+    cluster.wait_for("the replicas to run on the majority", || {
+        let tasks = cluster.tasks(0);
+        let running = tasks
+            .iter()
+            .filter(|t| {
+                t["desired"] == "running"
+                    && t["state"] == "running"
+                    && t["node"] != minority_name.as_str()
+            })
+            .count();
+        (running == 3).then_some(())
+    });
+    eprintln!(
+        "partition: majority runs all replicas {:?} after the cut",
+        cut.elapsed()
+    );
+
+    // The minority refuses writes, never leads, and keeps its container.
+    let refused = cluster.apply(
+        minority,
+        "name: lost\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0}]\n",
+    );
+    assert!(!refused.status.success(), "the minority accepted a write");
+    let nodes = cluster.nodes(minority).unwrap_or_default();
+    let me = nodes.iter().find(|n| n["name"] == minority_name.as_str());
+    assert!(
+        me.is_none_or(|me| me["leader"] != true),
+        "the minority leads: {nodes:?}"
+    );
+    let ctr_tasks = std::process::Command::new("ctr")
+        .args(["-n", &namespace, "tasks", "ls"])
+        .output()
+        .expect("ctr");
+    assert!(
+        String::from_utf8_lossy(&ctr_tasks.stdout).contains("RUNNING"),
+        "the cut-off node keeps its promise"
+    );
+
+    // Healed, every node holds the same state and the old replica stops.
+    netns.heal();
+    cluster.wait_for("the same apps everywhere", || {
+        let lists: Vec<Vec<String>> = (0..3)
+            .map(|index| match cluster.shoal_json(index, &["apps"]) {
+                Some(Value::Array(apps)) => apps
+                    .iter()
+                    .filter_map(|a| a["name"].as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        (lists[0].contains(&"during".to_string()) && lists.iter().all(|list| list == &lists[0]))
+            .then_some(())
+    });
+    cluster.wait_for("the rejoined node to stop its old container", || {
+        let out = std::process::Command::new("ctr")
+            .args(["-n", &namespace, "tasks", "ls"])
+            .output()
+            .ok()?;
+        (!String::from_utf8_lossy(&out.stdout).contains("RUNNING")).then_some(())
+    });
+    let apps = cluster.shoal_ok(minority, &["apps"]);
+    assert!(!apps.contains("lost"), "{apps}");
+}

@@ -1,0 +1,423 @@
+//! Several real `shoal agent` processes on one host, each on its own
+//! loopback address (127.X.Y.N), with its own data dir and containerd
+//! namespace, for cluster tests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{binary, cleanup_namespace, e2e_enabled, COUNTER, WAIT_MAX};
+
+pub struct Member {
+    pub name: String,
+    pub ip: String,
+    pub namespace: String,
+    pub data_dir: PathBuf,
+    pub labels: Vec<String>,
+    agent: Option<Child>,
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub scratch: tempfile::TempDir,
+    /// Set when the nodes live in network namespaces on a bridge.
+    pub netns: Option<Netns>,
+}
+
+/// The test's own hosts: one network namespace per node on a bridge, so
+/// that a partition is a matter of iptables rules inside a namespace.
+pub struct Netns {
+    pub bridge: String,
+    pub namespaces: Vec<String>,
+    pub subnet: String,
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        output.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Netns {
+    fn create(serial: u32, count: usize) -> Netns {
+        let tag = format!("{}{}", std::process::id() % 10_000, serial % 100);
+        let subnet = format!("10.{}.{}", 200 + std::process::id() % 50, serial % 250);
+        let bridge = format!("shb{tag}");
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{subnet}.254/24"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        let mut netns = Netns {
+            bridge,
+            namespaces: Vec::new(),
+            subnet,
+        };
+        for index in 1..=count {
+            let namespace = format!("shoal-e2e-{tag}-{index}");
+            let host_side = format!("shv{tag}{index}");
+            ip(&["netns", "add", &namespace]);
+            netns.namespaces.push(namespace.clone());
+            ip(&[
+                "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns",
+                &namespace,
+            ]);
+            ip(&["link", "set", &host_side, "master", &netns.bridge]);
+            ip(&["link", "set", &host_side, "up"]);
+            ip(&[
+                "-n",
+                &namespace,
+                "addr",
+                "add",
+                &format!("{}.{index}/24", netns.subnet),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &namespace, "link", "set", "eth0", "up"]);
+            ip(&["-n", &namespace, "link", "set", "lo", "up"]);
+        }
+        netns
+    }
+
+    /// Drops every packet between node `index` and the nodes in `others`.
+    pub fn cut(&self, index: usize, others: &[usize]) {
+        for other in others {
+            for (from, to) in [(index, *other), (*other, index)] {
+                let source = format!("{}.{}", self.subnet, to + 1);
+                let output = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &self.namespaces[from],
+                        "iptables",
+                        "-I",
+                        "INPUT",
+                        "-s",
+                        &source,
+                        "-j",
+                        "DROP",
+                    ])
+                    .output()
+                    .expect("run iptables");
+                assert!(
+                    output.status.success(),
+                    "iptables: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+
+    /// Removes every rule `cut` made.
+    pub fn heal(&self) {
+        for namespace in &self.namespaces {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", namespace, "iptables", "-F", "INPUT"])
+                .output();
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for namespace in &self.namespaces {
+            // The veth pair goes with the namespace, and the rules in it.
+            let _ = Command::new("ip")
+                .args(["netns", "delete", namespace])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .output();
+    }
+}
+
+impl Cluster {
+    /// `labels[i]` are node i's `--label` values. Node 0 forms the cluster;
+    /// the others join through it.
+    pub fn start_or_skip(test: &str, labels: &[&[&str]]) -> Option<Cluster> {
+        Self::start_with(test, labels, false)
+    }
+
+    /// The same, each node in a network namespace of its own on a bridge.
+    pub fn start_in_netns_or_skip(test: &str, labels: &[&[&str]]) -> Option<Cluster> {
+        Self::start_with(test, labels, true)
+    }
+
+    fn start_with(test: &str, labels: &[&[&str]], in_netns: bool) -> Option<Cluster> {
+        if !e2e_enabled() {
+            eprintln!("skipped {test}: set SHOAL_E2E=1 to run end-to-end tests");
+            return None;
+        }
+        let serial = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let netns = in_netns.then(|| Netns::create(serial, labels.len()));
+        let block = match &netns {
+            Some(netns) => netns.subnet.clone(),
+            None => format!("127.{}.{}", 100 + std::process::id() % 100, serial % 250),
+        };
+        let members = labels
+            .iter()
+            .enumerate()
+            .map(|(index, labels)| Member {
+                name: format!("{test}-{}", index + 1),
+                ip: format!("{block}.{}", index + 1),
+                namespace: format!(
+                    "shoal-e2e-{}-{serial}-{test}-{}",
+                    std::process::id(),
+                    index + 1
+                ),
+                data_dir: scratch.path().join(format!("node{}", index + 1)),
+                labels: labels.iter().map(|label| label.to_string()).collect(),
+                agent: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            members,
+            scratch,
+            netns,
+        };
+        for index in 0..cluster.members.len() {
+            let peers = if index == 0 {
+                vec![]
+            } else {
+                vec![cluster.members[0].ip.clone()]
+            };
+            cluster.start(index, &peers);
+        }
+        cluster.wait_for("every node to list every node", || {
+            let count = cluster.members.len();
+            (0..count)
+                .all(|index| {
+                    cluster.nodes(index).is_some_and(|nodes| {
+                        nodes
+                            .iter()
+                            .filter(|node| node["status"] == "alive")
+                            .count()
+                            == count
+                    })
+                })
+                .then_some(())
+        });
+        for index in 0..cluster.members.len() {
+            cluster.import_busybox(index);
+        }
+        Some(cluster)
+    }
+
+    pub fn addr(&self, index: usize) -> String {
+        format!("{}:7950", self.members[index].ip)
+    }
+
+    /// Starts node `index`'s agent, joining through `peers` (IPs).
+    pub fn start(&mut self, index: usize, peers: &[String]) {
+        let member = &self.members[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.path().join(format!("{}.log", member.name)))
+            .expect("agent log");
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the agent: the child's pid is the agent's.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &netns.namespaces[index], binary()]);
+                command
+            }
+            None => Command::new(binary()),
+        };
+        command
+            .args(["agent", "--name", &member.name, "--advertise", &member.ip])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--containerd-namespace", &member.namespace])
+            .env("SHOAL_LOG", "info,shoal=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for peer in peers {
+            command.args(["--peer", peer]);
+        }
+        for label in &member.labels {
+            command.args(["--label", label]);
+        }
+        let child = command.spawn().expect("start shoal agent");
+        self.members[index].agent = Some(child);
+        self.wait_for("the agent's API", || {
+            self.shoal(index, &["version"])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// kill -9 of node `index`'s agent (its containers keep running).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.members[index].agent.is_some()
+    }
+
+    pub fn shoal(&self, index: usize, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .env("SHOAL_ADDR", self.addr(index))
+            .output()
+            .expect("run shoal")
+    }
+
+    pub fn shoal_ok(&self, index: usize, args: &[&str]) -> String {
+        let output = self.shoal(index, args);
+        assert!(
+            output.status.success(),
+            "shoal {args:?} on node {index} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn shoal_json(&self, index: usize, args: &[&str]) -> Option<Value> {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let output = self.shoal(index, &args);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    pub fn nodes(&self, index: usize) -> Option<Vec<Value>> {
+        match self.shoal_json(index, &["nodes"])? {
+            Value::Array(nodes) => Some(nodes),
+            _ => None,
+        }
+    }
+
+    pub fn tasks(&self, index: usize) -> Vec<Value> {
+        match self.shoal_json(index, &["ps"]) {
+            Some(Value::Array(tasks)) => tasks,
+            other => panic!("ps -o json on node {index}: {other:?}"),
+        }
+    }
+
+    /// The name of the current leader, as node `index` sees it.
+    pub fn leader(&self, index: usize) -> Option<String> {
+        self.nodes(index)?
+            .into_iter()
+            .find(|node| node["leader"] == true)
+            .and_then(|node| node["name"].as_str().map(str::to_string))
+    }
+
+    pub fn index_of(&self, name: &str) -> usize {
+        self.members
+            .iter()
+            .position(|member| member.name == name)
+            .expect("a member of this name")
+    }
+
+    pub fn apply(&self, index: usize, spec: &str) -> Output {
+        let path = self.scratch.path().join(format!(
+            "spec-{}.yaml",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, spec).expect("write spec");
+        self.shoal(
+            index,
+            &[
+                "apply",
+                "-f",
+                path.to_str().expect("utf-8"),
+                "--timeout",
+                "60s",
+            ],
+        )
+    }
+
+    pub fn apply_ok(&self, index: usize, spec: &str) {
+        let output = self.apply(index, spec);
+        assert!(
+            output.status.success(),
+            "apply on node {index} failed: {}{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.logs()
+        );
+    }
+
+    pub fn import_busybox(&self, index: usize) {
+        let rootfs = self.scratch.path().join("rootfs");
+        if !rootfs.exists() {
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../scripts/busybox-rootfs.sh");
+            let status = Command::new("bash")
+                .arg(&script)
+                .arg(&rootfs)
+                .status()
+                .expect("busybox-rootfs.sh");
+            assert!(status.success());
+        }
+        self.shoal_ok(
+            index,
+            &[
+                "image",
+                "import",
+                "--rootfs",
+                rootfs.to_str().expect("utf-8"),
+                "--name",
+                "shoal.test/busybox:latest",
+            ],
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for member in &self.members {
+            let log =
+                std::fs::read_to_string(self.scratch.path().join(format!("{}.log", member.name)))
+                    .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            text.push_str(&format!("--- {} (last lines)\n", member.name));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "gave up waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+        for member in &self.members {
+            cleanup_namespace(&member.namespace);
+        }
+        // Network namespaces and the bridge go when `netns` drops.
+    }
+}
