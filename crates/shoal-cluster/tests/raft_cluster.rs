@@ -344,3 +344,96 @@ async fn three_nodes_replicate_fail_over_refuse_without_quorum_and_recover() {
     assert!(!nodes[lone].raft.read().apps.contains_key("alone"));
     nodes[lone].stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_are_forwarded_and_demoted_voters_stay_learners() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dir = tmp.path().join(format!("node-{id}"));
+        nodes.push(TestNode::start(id, listener, dir).await);
+    }
+    nodes[0].raft.initialize().await.expect("initialize");
+    for node in &nodes[1..] {
+        nodes[0]
+            .raft
+            .add_learner(node.id, format!("node-{}", node.id), node.addr.to_string())
+            .await
+            .expect("add learner");
+    }
+    eventually(Duration::from_secs(5), "learners know the leader", || {
+        nodes[1..]
+            .iter()
+            .all(|node| node.raft.status().leader == Some(1))
+    })
+    .await;
+    assert_eq!(nodes[1].raft.status().role, RaftRole::Learner);
+
+    // From a learner: forwarded to the leader.
+    nodes[1]
+        .raft
+        .change_voters([1, 2, 3].into())
+        .await
+        .expect("change voters from a learner");
+    eventually(Duration::from_secs(5), "three voters", || {
+        nodes
+            .iter()
+            .all(|node| node.raft.status().voters == [1, 2, 3].into())
+    })
+    .await;
+
+    // A voter left out stays a learner, and still gets the log.
+    nodes[2]
+        .raft
+        .change_voters([1, 2].into())
+        .await
+        .expect("change voters from a follower");
+    let status = nodes[0].raft.status();
+    assert_eq!(status.voters, [1, 2].into());
+    assert_eq!(status.learners, [3].into());
+    nodes[2]
+        .raft
+        .propose(now_ms(), put_app("web"))
+        .await
+        .expect("a write from a learner");
+    nodes[2].raft.linearizable_read().await.expect("read");
+    assert!(nodes[2].raft.read().apps.contains_key("web"));
+
+    // A voter must be a member first.
+    let error = nodes[1]
+        .raft
+        .change_voters([1, 4].into())
+        .await
+        .expect_err("4 is unknown");
+    assert!(!error.is_rejected());
+    assert!(
+        error.to_string().starts_with("membership change refused"),
+        "{error}"
+    );
+
+    // Dropping a learner, then a voter.
+    nodes[1]
+        .raft
+        .remove_nodes([3].into())
+        .await
+        .expect("remove a learner");
+    nodes[1]
+        .raft
+        .remove_nodes([2].into())
+        .await
+        .expect("remove a voter");
+    let status = nodes[0].raft.status();
+    assert_eq!(status.voters, [1].into());
+    assert!(status.learners.is_empty());
+    assert_eq!(status.nodes.keys().copied().collect::<Vec<_>>(), vec![1]);
+    // Node 1 alone is now the whole cluster and still takes writes.
+    nodes[0]
+        .raft
+        .propose(now_ms(), put_app("solo"))
+        .await
+        .expect("write on a cluster of one");
+    for node in &mut nodes {
+        node.stop().await;
+    }
+}

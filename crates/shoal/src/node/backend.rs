@@ -92,8 +92,9 @@ impl<R: Runtime> Backend for NodeBackend<R> {
         }
     }
 
+    /// From this node's own view (gossip and its applied state), so that a
+    /// node cut off from the majority still shows what it sees.
     async fn nodes(&self) -> ApiResult<Vec<NodeView>> {
-        self.fresh().await?;
         let shared = &self.0;
         let now = now_ms();
         let raft = shared.raft.status();
