@@ -33,6 +33,10 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// A node answers a write within its own bounds (a few seconds without a
+/// leader); this only guards against a node that does not answer at all.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -94,12 +98,19 @@ impl Client {
 
     /// Sends a spec file's bytes as they are; the node parses and validates.
     pub async fn apply(&self, spec: Vec<u8>) -> Result<ApplyResponse> {
-        let request = self.http.post(self.url("/v1/apps")).body(spec);
+        let request = self
+            .http
+            .post(self.url("/v1/apps"))
+            .body(spec)
+            .timeout(WRITE_TIMEOUT);
         self.send(request).await
     }
 
     pub async fn remove_app(&self, name: &str) -> Result<()> {
-        let request = self.http.delete(self.url(&format!("/v1/apps/{name}")));
+        let request = self
+            .http
+            .delete(self.url(&format!("/v1/apps/{name}")))
+            .timeout(WRITE_TIMEOUT);
         let response = request
             .send()
             .await

@@ -1,7 +1,7 @@
 //! The cluster's consensus: Raft (openraft 0.9) in front of the replicated
 //! [`State`].
 //!
-//! [`RaftNode`] has the shape of the single-node [`Consensus`](crate::Consensus):
+//! [`RaftNode`] is the one entry point for changes to the cluster state:
 //! `propose` a command and get its [`Outcome`] once a majority of voters has
 //! it on disk and it is applied; `read` the local state; `subscribe` to the
 //! applied index. A node that is not the leader forwards writes (and
@@ -345,9 +345,10 @@ impl RaftNode {
         .await
         .map_err(|error| RaftError::Stopped(error.to_string()))?;
         // A round trip through Raft's core: its metrics are loaded after it.
-        raft.is_initialized()
-            .await
-            .map_err(|error| RaftError::Stopped(error.to_string()))?;
+        if let Err(error) = raft.is_initialized().await {
+            let _ = raft.shutdown().await;
+            return Err(RaftError::Stopped(error.to_string()));
+        }
         // Come back with the state that was committed before the stop.
         if let Some(committed) = committed {
             let mut applied = applied.clone();
@@ -767,18 +768,29 @@ impl RaftNode {
     fn check_quorum(&self) -> Result<(), LocalError> {
         let inner = &self.inner;
         let window = Duration::from_millis(inner.config.election_timeout_max_ms * 2);
-        let metrics = inner.metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        for config in membership.get_joint_config() {
+        // Copy what is needed and let go of the metrics at once: a second
+        // borrow while openraft waits to publish new metrics deadlocks
+        // (the lock prefers writers).
+        let (term, configs): (u64, Vec<Vec<u64>>) = {
+            let metrics = inner.metrics.borrow();
+            let configs = metrics
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .iter()
+                .map(|config| config.iter().copied().collect())
+                .collect();
+            (metrics.current_term, configs)
+        };
+        for config in configs {
             let answered = config
                 .iter()
                 .filter(|id| **id == inner.id || inner.peers.answered_within(**id, window))
                 .count();
             if answered < config.len() / 2 + 1 {
                 return Err(LocalError::Failed(ProposeError::NoQuorum(format!(
-                    "leader {} (term {}) heard from {answered} of {} voters in the last {} ms and needs {}; {}",
+                    "leader {} (term {term}) heard from {answered} of {} voters in the last {} ms and needs {}; {}",
                     inner.id,
-                    metrics.current_term,
                     config.len(),
                     window.as_millis(),
                     config.len() / 2 + 1,

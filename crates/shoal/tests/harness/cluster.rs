@@ -384,7 +384,13 @@ impl Cluster {
             let log =
                 std::fs::read_to_string(self.scratch.path().join(format!("{}.log", member.name)))
                     .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            // openraft's own lines drown the node's: show the node's.
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|line| !line.contains("openraft::"))
+                .take(40)
+                .collect();
             text.push_str(&format!("--- {} (last lines)\n", member.name));
             for line in tail.into_iter().rev() {
                 text.push_str(line);
