@@ -23,6 +23,10 @@ use crate::output::now_ms;
 const DUTIES_INTERVAL: Duration = Duration::from_millis(500);
 /// A voter declared dead this long ago is replaced.
 const VOTER_DEAD_GRACE_MS: u64 = 2_000;
+/// Gossip's "dead" must hold this long before work moves: a node that
+/// refutes a stale suspicion comes back under a new identity, and the old
+/// one is briefly seen dead.
+const DEAD_CONFIRM_MS: u64 = 500;
 /// A dead or departed node is forgotten (with its tasks) this long after.
 const FORGET_AFTER_MS: u64 = 10 * 60 * 1000;
 /// How long a joining node keeps asking its peers for the cluster.
@@ -259,7 +263,10 @@ async fn leader_pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
     for member in &members {
         let wanted = match member.status {
             MemberStatus::Alive | MemberStatus::Suspect => NodeStatus::Alive,
-            MemberStatus::Dead => NodeStatus::Dead,
+            MemberStatus::Dead if now.saturating_sub(member.since_ms) >= DEAD_CONFIRM_MS => {
+                NodeStatus::Dead
+            }
+            MemberStatus::Dead => continue,
             MemberStatus::Left => NodeStatus::Left,
         };
         if recorded
@@ -405,6 +412,31 @@ pub fn choose_voters(
         let pick = candidates.remove(0);
         chosen.insert(pick);
     }
+    // Spread: a learner in a zone without a voter takes the place of a
+    // voter from the zone that has the most (never the leader).
+    for _ in 0..voters_max {
+        let mut zones: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for id in &chosen {
+            zones.entry(zone(id)).or_default().push(*id);
+        }
+        let newcomer = candidates
+            .iter()
+            .copied()
+            .find(|id| !zone(id).is_empty() && !zones.contains_key(&zone(id)));
+        let crowded = zones
+            .values()
+            .filter(|ids| ids.len() > 1)
+            .max_by_key(|ids| ids.len())
+            .and_then(|ids| ids.iter().copied().find(|id| *id != leader));
+        match (newcomer, crowded) {
+            (Some(newcomer), Some(crowded)) => {
+                chosen.remove(&crowded);
+                chosen.insert(newcomer);
+                candidates.retain(|id| *id != newcomer);
+            }
+            _ => break,
+        }
+    }
     if chosen.is_empty() {
         chosen.insert(leader);
     }
@@ -436,4 +468,103 @@ pub async fn leave<R>(shared: Arc<Shared<R>>) {
     }
     shared.membership.leave().await;
     shared.leaving.send_replace(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use shoal_cluster::membership::{Member, MemberStatus, NodeFacts};
+
+    use super::choose_voters;
+
+    fn member(id: u64, zone: &str, status: MemberStatus, since_ms: u64) -> Member {
+        let mut facts = NodeFacts {
+            name: format!("n{id}"),
+            raft_id: id,
+            ..NodeFacts::default()
+        };
+        if !zone.is_empty() {
+            facts.labels.insert("zone".into(), zone.into());
+        }
+        Member {
+            facts,
+            gossip_addr: "127.0.0.1:7946".parse().expect("address"),
+            status,
+            since_ms,
+        }
+    }
+
+    fn ids(list: &[u64]) -> BTreeSet<u64> {
+        list.iter().copied().collect()
+    }
+
+    #[test]
+    fn every_node_votes_until_three_then_three_then_five() {
+        let alive = |n: u64| {
+            (1..=n)
+                .map(|id| member(id, "", MemberStatus::Alive, 0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            choose_voters(1, &ids(&[1]), &ids(&[1, 2]), &alive(2), 5, 0),
+            ids(&[1, 2])
+        );
+        assert_eq!(
+            choose_voters(1, &ids(&[1, 2]), &ids(&[1, 2, 3, 4]), &alive(4), 5, 0),
+            ids(&[1, 2, 3])
+        );
+        assert_eq!(
+            choose_voters(
+                1,
+                &ids(&[1, 2, 3]),
+                &ids(&[1, 2, 3, 4, 5, 6]),
+                &alive(6),
+                5,
+                0
+            ),
+            ids(&[1, 2, 3, 4, 5])
+        );
+        assert_eq!(
+            choose_voters(1, &ids(&[1, 2, 3]), &ids(&[1, 2, 3, 4, 5]), &alive(5), 3, 0),
+            ids(&[1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn a_voter_dead_past_the_grace_is_replaced_by_a_live_learner() {
+        let members = vec![
+            member(1, "", MemberStatus::Alive, 0),
+            member(2, "", MemberStatus::Alive, 0),
+            member(3, "", MemberStatus::Dead, 10_000),
+            member(4, "", MemberStatus::Alive, 0),
+        ];
+        let voters = ids(&[1, 2, 3]);
+        let all = ids(&[1, 2, 3, 4]);
+        assert_eq!(
+            choose_voters(1, &voters, &all, &members, 5, 11_000),
+            voters,
+            "within the grace"
+        );
+        assert_eq!(
+            choose_voters(1, &voters, &all, &members, 5, 12_500),
+            ids(&[1, 2, 4])
+        );
+    }
+
+    #[test]
+    fn voters_spread_over_zones() {
+        let members = vec![
+            member(1, "a", MemberStatus::Alive, 0),
+            member(2, "a", MemberStatus::Alive, 0),
+            member(3, "b", MemberStatus::Alive, 0),
+            member(4, "c", MemberStatus::Alive, 0),
+        ];
+        let chosen = choose_voters(1, &ids(&[1, 2, 3]), &ids(&[1, 2, 3, 4]), &members, 5, 0);
+        assert_eq!(
+            chosen,
+            ids(&[1, 3, 4]),
+            "one voter per zone, the leader kept"
+        );
+    }
 }

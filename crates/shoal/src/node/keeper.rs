@@ -63,10 +63,20 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
             .collect();
         let now = now_ms();
         let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
+        if !step.actions.is_empty() || !step.reports.is_empty() {
+            tracing::debug!(
+                desired = desired.len(),
+                observed = observed.len(),
+                actions = step.actions.len(),
+                reports = step.reports.len(),
+                "promise keeper step"
+            );
+        }
         if let Some(lost) = report(&shared, step.reports).await {
             reconciler.unreport(lost);
         }
         for action in step.actions {
+            tracing::debug!(?action, "runtime action");
             let permits = match action {
                 Action::Run { .. } => run_permits.clone(),
                 Action::Destroy { .. } => destroy_permits.clone(),
@@ -88,6 +98,7 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
             .min(POLL_INTERVAL);
         tokio::select! {
             Some(result) = results_rx.recv() => {
+                tracing::debug!(?result, "runtime action done");
                 let mut reports = reconciler.on_result(result, now_ms());
                 while let Ok(more) = results_rx.try_recv() {
                     reports.extend(reconciler.on_result(more, now_ms()));

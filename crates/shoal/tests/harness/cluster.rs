@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{binary, cleanup_namespace, e2e_enabled, COUNTER, WAIT_MAX};
+use super::{binary, cleanup_namespace, e2e_enabled, COUNTER};
 
 pub struct Member {
     pub name: String,
@@ -400,19 +399,8 @@ impl Cluster {
         text
     }
 
-    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let started = Instant::now();
-        loop {
-            if let Some(value) = check() {
-                return value;
-            }
-            assert!(
-                started.elapsed() < WAIT_MAX,
-                "gave up waiting for {what}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    pub fn wait_for<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        super::poll_until(what, || self.logs(), check)
     }
 }
 
@@ -420,6 +408,21 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for index in 0..self.members.len() {
             self.kill(index);
+        }
+        if std::thread::panicking() {
+            // Keep the agents' whole logs for the post-mortem.
+            let keep = std::env::temp_dir().join(format!(
+                "shoal-e2e-logs-{}-{}",
+                self.members.first().map_or("cluster", |m| m.name.as_str()),
+                std::process::id()
+            ));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for member in &self.members {
+                    let name = format!("{}.log", member.name);
+                    let _ = std::fs::copy(self.scratch.path().join(&name), keep.join(&name));
+                }
+                eprintln!("agents' logs kept in {}", keep.display());
+            }
         }
         for member in &self.members {
             cleanup_namespace(&member.namespace);

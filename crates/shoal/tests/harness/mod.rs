@@ -213,19 +213,8 @@ impl Node {
     }
 
     /// Polls `check` until it gives a value, for at most [`WAIT_MAX`].
-    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let started = Instant::now();
-        loop {
-            if let Some(value) = check() {
-                return value;
-            }
-            assert!(
-                started.elapsed() < WAIT_MAX,
-                "gave up waiting for {what}\nagent log:\n{}",
-                self.agent_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn wait_for<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        poll_until(what, || format!("agent log:\n{}", self.agent_log()), check)
     }
 
     /// `ctr` as an independent witness of what containerd holds.
@@ -347,6 +336,27 @@ pub fn cleanup_namespace(namespace: &str) {
         for hierarchy in hierarchies.flatten() {
             let _ = std::fs::remove_dir(hierarchy.path().join("shoal").join(namespace));
         }
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value; after [`WAIT_MAX`]
+/// fails the test with `context()` (the agents' logs).
+pub fn poll_until<T>(
+    what: &str,
+    context: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "gave up waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
