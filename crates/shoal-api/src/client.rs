@@ -7,7 +7,8 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ErrorBody, ImageView, NodeView, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ErrorBody, ImageView, NodeView, TaskView,
+    VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,14 @@ impl Client {
     }
     pub async fn cluster(&self) -> Result<ClusterInfo> {
         self.get("/v1/cluster").await
+    }
+    pub async fn set_settings(&self, settings: &ClusterSettings) -> Result<ClusterInfo> {
+        let request = self
+            .http
+            .put(self.url("/v1/cluster/settings"))
+            .json(settings)
+            .timeout(WRITE_TIMEOUT);
+        self.send(request).await
     }
     pub async fn leave(&self) -> Result<()> {
         let request = self.http.post(self.url("/v1/node/leave"));

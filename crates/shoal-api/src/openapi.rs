@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use shoal_types::AppSpec;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ErrorBody, ImageView, NodeView, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ErrorBody, ImageView, NodeView, TaskView,
+    VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -20,6 +21,10 @@ pub fn document() -> Value {
     };
     add("VersionInfo", generator.subschema_for::<VersionInfo>());
     add("ClusterInfo", generator.subschema_for::<ClusterInfo>());
+    add(
+        "ClusterSettings",
+        generator.subschema_for::<ClusterSettings>(),
+    );
     add("NodeList", generator.subschema_for::<Vec<NodeView>>());
     add("AppList", generator.subschema_for::<Vec<AppView>>());
     add("AppView", generator.subschema_for::<AppView>());
@@ -46,6 +51,9 @@ pub fn document() -> Value {
             "/v1/version": {"get": {"summary": "Version and commit of this node", "responses": {"200": ok("version", "VersionInfo")}}},
             "/v1/nodes": {"get": {"summary": "The cluster's nodes", "responses": {"200": ok("nodes", "NodeList"), "default": error}}},
             "/v1/cluster": {"get": {"summary": "The cluster's identity, voters and leader, as a joining node asks", "responses": {"200": ok("cluster", "ClusterInfo"), "default": error}}},
+            "/v1/cluster/settings": {"put": {"summary": "Change cluster-wide settings (fields left out keep their value)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": body("ClusterSettings")}}},
+                "responses": {"200": ok("cluster", "ClusterInfo"), "default": error}}},
             "/v1/node/leave": {"post": {"summary": "The answering node leaves the cluster: its work moves away, then it stops", "responses": {"202": {"description": "leaving"}, "default": error}}},
             "/v1/apps": {
                 "get": {"summary": "Every app", "responses": {"200": ok("apps", "AppList"), "default": error}},

@@ -18,7 +18,8 @@ use shoal_types::{FieldError, SpecError, SPEC_BYTES_MAX};
 use tokio::io::AsyncWriteExt;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ErrorBody, ImageView, NodeView, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ErrorBody, ImageView, NodeView, TaskView,
+    VersionInfo,
 };
 
 /// Largest image archive accepted by `POST /v1/images`, in bytes.
@@ -96,6 +97,11 @@ pub trait Backend: Send + Sync + 'static {
     fn version(&self) -> VersionInfo;
     /// The cluster's identity, for nodes that join.
     fn cluster(&self) -> impl Future<Output = ApiResult<ClusterInfo>> + Send;
+    /// Changes cluster-wide settings (fields left out keep their value).
+    fn set_settings(
+        &self,
+        settings: ClusterSettings,
+    ) -> impl Future<Output = ApiResult<ClusterInfo>> + Send;
     /// This node leaves the cluster: its work moves away, then it stops.
     fn leave(&self) -> impl Future<Output = ApiResult<()>> + Send;
     /// Routes the backend serves besides the API (node-to-node RPC).
@@ -135,6 +141,10 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/version", get(version::<B>))
         .route("/v1/nodes", get(nodes::<B>))
         .route("/v1/cluster", get(cluster::<B>))
+        .route(
+            "/v1/cluster/settings",
+            axum::routing::put(set_settings::<B>),
+        )
         .route("/v1/node/leave", axum::routing::post(leave::<B>))
         .route("/v1/apps", get(apps::<B>).post(apply::<B>))
         .route("/v1/apps/{name}", get(app::<B>).delete(remove_app::<B>))
@@ -155,6 +165,18 @@ async fn version<B: Backend>(State(backend): State<Arc<B>>) -> Json<VersionInfo>
 
 async fn cluster<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<ClusterInfo>> {
     backend.cluster().await.map(Json)
+}
+
+async fn set_settings<B: Backend>(
+    State(backend): State<Arc<B>>,
+    body: Bytes,
+) -> ApiResult<Json<ClusterInfo>> {
+    let settings: ClusterSettings = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request(format!(
+            "settings: {error}; send e.g. {{\"voters_max\": 5}}"
+        ))
+    })?;
+    backend.set_settings(settings).await.map(Json)
 }
 
 async fn leave<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<StatusCode> {

@@ -147,4 +147,15 @@ pub struct ClusterInfo {
     pub leader: Option<String>,
     pub voters: Vec<String>,
     pub learners: Vec<String>,
+    pub settings: ClusterSettings,
+}
+
+/// Cluster-wide settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Voters the cluster aims for (1, 3, 5 or 7): every node up to 2
+    /// nodes, 3 from 3 nodes on, 5 from 5 on, never more than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voters_max: Option<u32>,
 }

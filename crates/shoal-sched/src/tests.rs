@@ -279,3 +279,39 @@ fn forgetting_a_dead_node_forgets_its_tasks() {
     assert_eq!(outcome, Outcome::NodeForgotten { tasks: 1 });
     assert!(cluster.state.tasks_on("b").next().is_none());
 }
+
+#[test]
+fn settings_change_through_the_log_and_bad_values_are_refused() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    assert_eq!(cluster.state.settings.voters_max, 5);
+    cluster.apply(Command::SetSettings {
+        voters_max: Some(3),
+    });
+    assert_eq!(cluster.state.settings.voters_max, 3);
+    for bad in [0, 4, 9] {
+        let error = cluster
+            .state
+            .clone()
+            .apply(
+                1000,
+                &Entry::new(
+                    0,
+                    Command::SetSettings {
+                        voters_max: Some(bad),
+                    },
+                ),
+            )
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .starts_with("voters_max: must be 1, 3, 5 or 7"),
+            "{error}"
+        );
+    }
+    cluster.apply(Command::SetSettings { voters_max: None });
+    assert_eq!(
+        cluster.state.settings.voters_max, 3,
+        "left out keeps its value"
+    );
+}

@@ -61,6 +61,10 @@ pub enum Command {
         name: String,
         status: NodeStatus,
     },
+    /// Change cluster-wide settings; fields left out keep their value.
+    SetSettings {
+        voters_max: Option<u32>,
+    },
     /// Forget a node that is not alive, with every task placed on it.
     ForgetNode {
         name: String,
@@ -126,6 +130,7 @@ pub enum Outcome {
     NodeStatusSet {
         changed: bool,
     },
+    SettingsSet,
     NodeForgotten {
         tasks: usize,
     },
@@ -155,6 +160,8 @@ pub enum ApplyError {
     AppNotFound(String),
     #[error("node `{0}` not found")]
     NodeNotFound(String),
+    #[error("{0}")]
+    InvalidSetting(String),
     #[error("node `{0}` is alive; only a node that is not can be forgotten")]
     NodeAlive(String),
     #[error("{0}")]
@@ -170,6 +177,22 @@ pub struct State {
     pub nodes: BTreeMap<String, Node>,
     /// Source of task id serials; only grows.
     pub task_serial: u64,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+/// Cluster-wide settings, changed through the log like everything else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Voters the cluster aims for: every node up to 2 nodes, then 3, then
+    /// 5 from 5 nodes on, never more than this. Odd, 1 to 7.
+    pub voters_max: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { voters_max: 5 }
+    }
 }
 
 impl State {
@@ -199,6 +222,17 @@ impl State {
                 let changed = node.status != *status;
                 node.status = *status;
                 Ok(Outcome::NodeStatusSet { changed })
+            }
+            Command::SetSettings { voters_max } => {
+                if let Some(voters) = voters_max {
+                    if !(1..=7).contains(voters) || voters % 2 == 0 {
+                        return Err(ApplyError::InvalidSetting(format!(
+                            "voters_max: must be 1, 3, 5 or 7 (an odd count keeps a majority), got {voters}"
+                        )));
+                    }
+                    self.settings.voters_max = *voters;
+                }
+                Ok(Outcome::SettingsSet)
             }
             Command::ForgetNode { name } => {
                 match self.nodes.get(name) {

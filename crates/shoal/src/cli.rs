@@ -68,10 +68,36 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Look at or change the cluster as a whole.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Act on the node you talk to.
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The cluster's id, leader, voters, learners and settings.
+    Info {
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Change cluster-wide settings.
+    Set {
+        /// Voters the cluster aims for: 1, 3, 5 or 7 (default 5).
+        #[arg(long)]
+        voters_max: Option<u32>,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -108,9 +134,6 @@ pub struct AgentArgs {
     /// Not needed when the data dir already belongs to a cluster.
     #[arg(long = "peer")]
     pub peers: Vec<String>,
-    /// Voters the cluster aims for (3 from 3 nodes on, 5 from 5 on, never more than this).
-    #[arg(long, default_value_t = 5)]
-    pub voters_max: usize,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Node labels, KEY=VALUE; repeat for more.

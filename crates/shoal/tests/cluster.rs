@@ -99,6 +99,17 @@ fn five_nodes_have_five_voters_over_their_zones() {
         return;
     };
     let voters = wait_voters(&cluster, 0, 5);
+    // The voter count is a cluster setting: lowered, voters step down.
+    let refused = cluster.shoal(1, &["cluster", "set", "--voters-max", "4"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("voters_max: must be 1, 3, 5 or 7"));
+    cluster.shoal_ok(1, &["cluster", "set", "--voters-max", "3"]);
+    wait_voters(&cluster, 2, 3);
+    cluster.shoal_ok(3, &["cluster", "set", "--voters-max", "5"]);
+    let info = cluster
+        .shoal_json(4, &["cluster", "info"])
+        .expect("cluster info");
+    assert_eq!(info["settings"]["voters_max"], 5, "{info}");
     let nodes = cluster.nodes(0).expect("nodes");
     let zones: BTreeSet<String> = nodes
         .iter()

@@ -40,7 +40,6 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         gossip_bind,
         gossip_advertise,
         peers,
-        voters_max: args.voters_max,
         labels: args.labels.into_iter().collect(),
     };
     start(config, args.runtime).await
@@ -58,7 +57,6 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         gossip_bind: gossip,
         gossip_advertise: gossip,
         peers: Vec::new(),
-        voters_max: 5,
         labels: Default::default(),
     };
     eprintln!(

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod apply;
 pub mod apps;
+pub mod cluster;
 pub mod images;
 pub mod logs;
 pub mod nodes;
@@ -12,7 +13,7 @@ pub mod version;
 
 use std::process::ExitCode;
 
-use crate::cli::{AppCommand, Cli, Command, ImageCommand, NodeCommand};
+use crate::cli::{AppCommand, Cli, ClusterCommand, Command, ImageCommand, NodeCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -37,6 +38,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image {
             command: ImageCommand::Import(args),
         } => images::import(args).await,
+        Command::Cluster {
+            command: ClusterCommand::Info { output, target },
+        } => cluster::show(client(&target)?.cluster().await?, output.format),
+        Command::Cluster {
+            command:
+                ClusterCommand::Set {
+                    voters_max,
+                    output,
+                    target,
+                },
+        } => {
+            if voters_max.is_none() {
+                anyhow::bail!("nothing to set: give --voters-max N");
+            }
+            let settings = shoal_api::wire::ClusterSettings { voters_max };
+            cluster::show(
+                client(&target)?.set_settings(&settings).await?,
+                output.format,
+            )
+        }
         Command::Node {
             command: NodeCommand::Leave { target },
         } => {

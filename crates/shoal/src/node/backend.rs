@@ -6,7 +6,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use shoal_api::server::{ApiError, ApiResult, Backend, LogOptions, LogStream};
 use shoal_api::wire::{
-    AppView, ApplyResponse, ClusterInfo, ImageView, NodeView, ServiceView, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ImageView, NodeView, ServiceView,
+    TaskView, VersionInfo,
 };
 use shoal_cluster::membership::MemberStatus;
 use shoal_cluster::raft::ProposeError;
@@ -190,7 +191,22 @@ impl<R: Runtime> Backend for NodeBackend<R> {
             leader: raft.leader.as_ref().map(name_of),
             voters: raft.voters.iter().map(name_of).collect(),
             learners: raft.learners.iter().map(name_of).collect(),
+            settings: ClusterSettings {
+                voters_max: Some(shared.raft.read().settings.voters_max),
+            },
         })
+    }
+
+    async fn set_settings(&self, settings: ClusterSettings) -> ApiResult<ClusterInfo> {
+        let command = Command::SetSettings {
+            voters_max: settings.voters_max,
+        };
+        self.0
+            .raft
+            .propose(now_ms(), command)
+            .await
+            .map_err(propose_error)?;
+        self.cluster().await
     }
 
     async fn leave(&self) -> ApiResult<()> {

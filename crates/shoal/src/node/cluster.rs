@@ -312,13 +312,14 @@ async fn leader_pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
     }
 
     // 3. Voters: replace dead ones, add learners up to the target, spread
-    // over zones.
+    // over zones, as many as the cluster setting allows.
+    let voters_max = shared.raft.read().settings.voters_max as usize;
     let wanted = choose_voters(
         shared.node_id(),
         &status.voters,
         &status.nodes.keys().copied().collect(),
         &members,
-        shared.config.voters_max,
+        voters_max,
         now,
     );
     if wanted != status.voters {
@@ -411,6 +412,24 @@ pub fn choose_voters(
         });
         let pick = candidates.remove(0);
         chosen.insert(pick);
+    }
+    // More than the setting allows (it went down): voters that do not answer
+    // step down first, then the most crowded zone gives one up; never the
+    // leader. Fewer live nodes never demote anyone: that would cost quorum.
+    while chosen.len() > voters_max.max(1) {
+        let mut zones: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for id in &chosen {
+            zones.entry(zone(id)).or_default().push(*id);
+        }
+        let quiet = chosen.iter().copied().find(|id| *id != leader && !live(id));
+        let crowded = zones
+            .values()
+            .max_by_key(|ids| ids.len())
+            .and_then(|ids| ids.iter().rev().copied().find(|id| *id != leader));
+        let Some(extra) = quiet.or(crowded) else {
+            break;
+        };
+        chosen.remove(&extra);
     }
     // Spread: a learner in a zone without a voter takes the place of a
     // voter from the zone that has the most (never the leader).
@@ -549,6 +568,20 @@ mod tests {
         assert_eq!(
             choose_voters(1, &voters, &all, &members, 5, 12_500),
             ids(&[1, 2, 4])
+        );
+    }
+
+    #[test]
+    fn a_dead_voter_within_its_grace_costs_no_live_voter_its_seat() {
+        let members = vec![
+            member(1, "", MemberStatus::Alive, 0),
+            member(2, "", MemberStatus::Alive, 0),
+            member(3, "", MemberStatus::Dead, 1_000),
+        ];
+        let voters = ids(&[1, 2, 3]);
+        assert_eq!(
+            choose_voters(1, &voters, &voters, &members, 5, 1_500),
+            voters
         );
     }
 

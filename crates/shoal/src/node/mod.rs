@@ -36,8 +36,6 @@ pub struct NodeConfig {
     pub gossip_advertise: SocketAddr,
     /// API addresses (`host:port`) of nodes to join through.
     pub peers: Vec<String>,
-    /// Voters the cluster aims for once it has that many nodes.
-    pub voters_max: usize,
     pub labels: std::collections::BTreeMap<String, String>,
 }
 

@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use shoal_api::wire::ClusterInfo;
+
+use crate::cli::Format;
+use crate::output::print_json;
+
+pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
+    if format == Format::Json {
+        print_json(&info)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Cluster:     {}", info.cluster_id);
+    println!(
+        "Leader:      {}",
+        info.leader.as_deref().unwrap_or("none (no quorum?)")
+    );
+    println!("Voters:      {}", info.voters.join(", "));
+    println!(
+        "Learners:    {}",
+        if info.learners.is_empty() {
+            "-".to_string()
+        } else {
+            info.learners.join(", ")
+        }
+    );
+    println!(
+        "Settings:    voters_max={}",
+        info.settings
+            .voters_max
+            .map_or("-".to_string(), |n| n.to_string())
+    );
+    println!("Answered by: {} (gossip {})", info.name, info.gossip_addr);
+    Ok(ExitCode::SUCCESS)
+}
