@@ -1003,12 +1003,20 @@ impl Containerd {
     async fn start(&self, config: &ContainerConfig, image: &ResolvedImage) -> Result<u32> {
         let rootfs = self.prepare_rootfs(&config.id, image).await?;
         let log = file_uri(&config.log_path);
+        // The same file under a second spelling: containerd 1.6's shim
+        // shares one writer when stdout and stderr are the same URI and
+        // closes it when the first stream ends, losing the other's tail.
+        // Two spellings give two appending writers on one file.
+        let stderr_path = match (config.log_path.parent(), config.log_path.file_name()) {
+            (Some(dir), Some(name)) => dir.join(".").join(name),
+            _ => config.log_path.clone(),
+        };
         let create = CreateTaskRequest {
             container_id: config.id.clone(),
             rootfs,
             stdin: String::new(),
-            stdout: log.clone(),
-            stderr: log,
+            stdout: log,
+            stderr: file_uri(&stderr_path),
             terminal: false,
             ..CreateTaskRequest::default()
         };
