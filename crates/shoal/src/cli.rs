@@ -130,6 +130,10 @@ pub struct AgentArgs {
     /// Port of gossip (UDP).
     #[arg(long, default_value_t = 7946)]
     pub gossip_port: u16,
+    /// How long a dead or departed node stays listed before the cluster
+    /// forgets it (and the tasks it had).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub forget_dead_after: std::time::Duration,
     /// A node of the cluster to join, HOST or HOST:API_PORT; repeat for more.
     /// Not needed when the data dir already belongs to a cluster.
     #[arg(long = "peer")]

@@ -452,3 +452,48 @@ fn a_partitioned_minority_refuses_writes_and_the_majority_goes_on() {
     let apps = cluster.shoal_ok(minority, &["apps"]);
     assert!(!apps.contains("lost"), "{apps}");
 }
+
+#[test]
+fn a_dead_node_is_forgotten_after_the_stated_time() {
+    let Some(mut cluster) = Cluster::start_or_skip("forget", &[&[], &[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    // Restart every agent with a short forget time (the default is 5 min).
+    for index in 0..4 {
+        cluster.members[index].extra_args = vec!["--forget-dead-after".into(), "3s".into()];
+        cluster.kill(index);
+    }
+    for index in 0..4 {
+        cluster.start(index, &[]);
+    }
+    wait_voters(&cluster, 0, 3);
+    let victim = (0..4)
+        .find(|index| {
+            cluster.nodes(0).is_some_and(|nodes| {
+                nodes.iter().any(|n| {
+                    n["name"] == cluster.members[*index].name.as_str() && n["role"] == "learner"
+                })
+            })
+        })
+        .expect("a learner");
+    let name = cluster.members[victim].name.clone();
+    cluster.kill(victim);
+    let killed = std::time::Instant::now();
+    cluster.wait_for("the dead node to be listed as dead", || {
+        let nodes = cluster.nodes((victim + 1) % 4)?;
+        nodes
+            .iter()
+            .any(|n| n["name"] == name.as_str() && n["status"] == "dead")
+            .then_some(())
+    });
+    cluster.wait_for("the dead node to be forgotten", || {
+        let nodes = cluster.nodes((victim + 1) % 4)?;
+        (nodes.len() == 3 && nodes.iter().all(|n| n["name"] != name.as_str())).then_some(())
+    });
+    assert!(
+        killed.elapsed() >= Duration::from_secs(3),
+        "forgotten no sooner than stated"
+    );
+    eprintln!("forgotten {:?} after kill -9", killed.elapsed());
+}

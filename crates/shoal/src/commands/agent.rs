@@ -40,6 +40,7 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         gossip_bind,
         gossip_advertise,
         peers,
+        forget_dead_after: args.forget_dead_after,
         labels: args.labels.into_iter().collect(),
     };
     start(config, args.runtime).await
@@ -57,6 +58,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         gossip_bind: gossip,
         gossip_advertise: gossip,
         peers: Vec::new(),
+        forget_dead_after: std::time::Duration::from_secs(300),
         labels: Default::default(),
     };
     eprintln!(

@@ -27,8 +27,6 @@ const VOTER_DEAD_GRACE_MS: u64 = 2_000;
 /// refutes a stale suspicion comes back under a new identity, and the old
 /// one is briefly seen dead.
 const DEAD_CONFIRM_MS: u64 = 500;
-/// A dead or departed node is forgotten (with its tasks) this long after.
-const FORGET_AFTER_MS: u64 = 10 * 60 * 1000;
 /// How long a joining node keeps asking its peers for the cluster.
 const JOIN_ATTEMPTS_MAX: u32 = 60;
 /// How often the node re-announces its facts (memory used changes).
@@ -161,6 +159,7 @@ pub fn membership_config(
         config.data_dir.join("peers.json"),
     );
     membership.advertise = config.gossip_advertise;
+    membership.dead_forget_after = config.forget_dead_after;
     membership
 }
 
@@ -291,13 +290,14 @@ async fn leader_pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
         .iter()
         .map(|member| member.facts.name.as_str())
         .collect();
+    let forget_after_ms = shared.config.forget_dead_after.as_millis() as u64;
     for (name, node_status) in &recorded {
         let stale = members
             .iter()
             .find(|member| &member.facts.name == name)
             .is_some_and(|member| {
                 member.status != MemberStatus::Alive
-                    && now.saturating_sub(member.since_ms) > FORGET_AFTER_MS
+                    && now.saturating_sub(member.since_ms) > forget_after_ms
             });
         if *node_status != NodeStatus::Alive && (stale || !gossiped.contains(name.as_str())) {
             shared

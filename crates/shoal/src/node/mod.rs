@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub gossip_advertise: SocketAddr,
     /// API addresses (`host:port`) of nodes to join through.
     pub peers: Vec<String>,
+    /// A dead or departed node is forgotten this long after.
+    pub forget_dead_after: std::time::Duration,
     pub labels: std::collections::BTreeMap<String, String>,
 }
 

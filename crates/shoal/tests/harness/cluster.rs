@@ -16,6 +16,8 @@ pub struct Member {
     pub namespace: String,
     pub data_dir: PathBuf,
     pub labels: Vec<String>,
+    /// More flags for this node's agent.
+    pub extra_args: Vec<String>,
     agent: Option<Child>,
 }
 
@@ -172,6 +174,7 @@ impl Cluster {
                 ),
                 data_dir: scratch.path().join(format!("node{}", index + 1)),
                 labels: labels.iter().map(|label| label.to_string()).collect(),
+                extra_args: Vec::new(),
                 agent: None,
             })
             .collect();
@@ -243,6 +246,7 @@ impl Cluster {
         for label in &member.labels {
             command.args(["--label", label]);
         }
+        command.args(&member.extra_args);
         let child = command.spawn().expect("start shoal agent");
         self.members[index].agent = Some(child);
         self.wait_for("the agent's API", || {
