@@ -72,9 +72,8 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
                 "promise keeper step"
             );
         }
-        if let Some(lost) = report(&shared, step.reports).await {
-            reconciler.unreport(lost);
-        }
+        // Actions first: reporting waits for the cluster, which a node cut
+        // off from it does not hear; its promises do not wait for that.
         for action in step.actions {
             tracing::debug!(?action, "runtime action");
             let permits = match action {
@@ -89,6 +88,9 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
                 let result = execute(&shared, action).await;
                 let _ = results.send(result).await;
             });
+        }
+        if let Some(lost) = report(&shared, step.reports).await {
+            reconciler.unreport(lost);
         }
 
         let wake = step
