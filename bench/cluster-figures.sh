@@ -57,6 +57,8 @@ done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 warn() { printf '\033[1;33mwarning: %s\033[0m\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
 die() { printf '\033[1;31merror: %s\033[0m\n' "$*" >&2; exit 1; }
 now() { echo "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
@@ -102,55 +104,6 @@ stop_agent() { # index; SIGTERM, then SIGKILL after 10 s
   PID[i]=""
 }
 
-rmdir_cgroups() { # path under each hierarchy, e.g. shoal/<namespace>
-  local d
-  for d in /sys/fs/cgroup/*/"$1"; do
-    [ -d "$d" ] || continue
-    find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-    [ -d "$d" ] && warn "could not remove cgroup $d"
-  done
-  return 0
-}
-
-# Removes every task, container, image, lease, blob and snapshot of a
-# containerd namespace, then the namespace and its cgroups.
-cleanup_namespace() { # namespace
-  local ns=$1 c ids id
-  c=(ctr -n "$ns")
-  if ctr namespaces ls -q 2>/dev/null | grep -qx "$ns"; then
-    ids=$("${c[@]}" containers ls -q 2>/dev/null || true)
-    for id in $ids; do
-      "${c[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
-    done
-    for id in $ids; do
-      for _ in $(seq 1 100); do
-        "${c[@]}" tasks delete -f "$id" >/dev/null 2>&1 || true
-        "${c[@]}" tasks ls -q 2>/dev/null | grep -qx "$id" || break
-        sleep 0.1
-      done
-      "${c[@]}" containers delete "$id" >/dev/null 2>&1 || true
-    done
-    for id in $("${c[@]}" images ls -q 2>/dev/null || true); do
-      "${c[@]}" images rm --sync "$id" >/dev/null 2>&1 || true
-    done
-    for id in $("${c[@]}" leases ls -q 2>/dev/null || true); do
-      "${c[@]}" leases rm "$id" >/dev/null 2>&1 || true
-    done
-    for id in $("${c[@]}" content ls -q 2>/dev/null || true); do
-      "${c[@]}" content rm "$id" >/dev/null 2>&1 || true
-    done
-    # Snapshots go from the leaves up: repeat while any are left.
-    for _ in $(seq 1 16); do
-      local keys
-      keys=$("${c[@]}" snapshots ls 2>/dev/null | awk 'NR > 1 { print $1 }')
-      [ -n "$keys" ] || break
-      for id in $keys; do "${c[@]}" snapshots rm "$id" >/dev/null 2>&1 || true; done
-    done
-    ctr namespaces remove "$ns" >/dev/null 2>&1 || warn "containerd namespace $ns is not empty; left it"
-  fi
-  rmdir_cgroups "shoal/$ns"
-}
-
 unmount_under() { # dir
   local m
   for m in $(findmnt -rn -o TARGET | grep "^$1/" | sort -r); do
@@ -165,7 +118,7 @@ cleanup_all() {
   [ -n "${WRK_PID:-}" ] && { kill -TERM "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null; }
   for i in "${NODES[@]}"; do stop_agent "$i"; done
   for i in "${NODES[@]}"; do
-    [ -f "$WORK/state/ns-$i" ] && cleanup_namespace "${NS[i]}"
+    [ -f "$WORK/state/ns-$i" ] && cleanup_namespace "${NS[i]}" "shoal/${NS[i]}"
   done
   if [ -n "$CONTAINERD_PID" ]; then
     kill -TERM "$CONTAINERD_PID" 2>/dev/null
@@ -315,7 +268,7 @@ for i in "${NODES[@]}"; do
   fi
   if ctr namespaces ls -q | grep -qx "${NS[i]}"; then
     warn "containerd namespace ${NS[i]} is left from an earlier run; cleaning it"
-    cleanup_namespace "${NS[i]}"
+    cleanup_namespace "${NS[i]}" "shoal/${NS[i]}"
   fi
 done
 
