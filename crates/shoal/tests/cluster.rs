@@ -187,16 +187,7 @@ fn a_dead_node_s_tasks_run_elsewhere_and_it_stops_them_when_back() {
     cluster.kill(victim);
     let killed = Instant::now();
     cluster.wait_for("three replicas running on the live nodes", || {
-        let tasks = cluster.tasks(watcher);
-        let running: Vec<&Value> = tasks
-            .iter()
-            .filter(|t| {
-                t["desired"] == "running"
-                    && t["state"] == "running"
-                    && t["node"] != victim_name.as_str()
-            })
-            .collect();
-        (running.len() == 3).then_some(())
+        (cluster.running_replicas(watcher, Some(&victim_name)) == 3).then_some(())
     });
     eprintln!(
         "tasks moved: all replicas running elsewhere {:?} after kill -9 of a node",
@@ -209,30 +200,16 @@ fn a_dead_node_s_tasks_run_elsewhere_and_it_stops_them_when_back() {
         .expect("victim listed");
     assert_eq!(dead["status"], "dead", "{dead}");
     // The victim's container kept running while its agent was gone.
-    let namespace = cluster.members[victim].namespace.clone();
-    let ctr_tasks = std::process::Command::new("ctr")
-        .args(["-n", &namespace, "tasks", "ls"])
-        .output()
-        .expect("ctr");
     assert!(
-        String::from_utf8_lossy(&ctr_tasks.stdout).contains("RUNNING"),
+        cluster.containerd_runs_a_task(victim),
         "promises are kept while cut off"
     );
     // Back, it stops what now runs elsewhere: three replicas in all.
     cluster.start(victim, &[]);
     cluster.wait_for("the returned node to stop its old container", || {
-        let out = std::process::Command::new("ctr")
-            .args(["-n", &namespace, "tasks", "ls"])
-            .output()
-            .ok()?;
-        (!String::from_utf8_lossy(&out.stdout).contains("RUNNING")).then_some(())
+        (!cluster.containerd_runs_a_task(victim)).then_some(())
     });
-    let tasks = cluster.tasks(victim);
-    let running = tasks
-        .iter()
-        .filter(|t| t["desired"] == "running" && t["state"] == "running")
-        .count();
-    assert_eq!(running, 3, "{tasks:?}");
+    assert_eq!(cluster.running_replicas(victim, None), 3);
 }
 
 #[test]
@@ -250,13 +227,7 @@ fn a_whole_cluster_restarted_without_peers_comes_back_with_its_apps() {
     }
     wait_voters(&cluster, 2, 3);
     cluster.wait_for("the app to run again", || {
-        let tasks = cluster.tasks(2);
-        (tasks
-            .iter()
-            .filter(|t| t["state"] == "running" && t["desired"] == "running")
-            .count()
-            == 3)
-            .then_some(())
+        (cluster.running_replicas(2, None) == 3).then_some(())
     });
     let apps = cluster.shoal_ok(0, &["apps"]);
     assert!(apps.contains("sleepers"), "{apps}");
@@ -338,14 +309,7 @@ fn a_node_that_leaves_hands_its_work_over() {
             .then_some(())
     });
     cluster.wait_for("three replicas on the others", || {
-        let tasks = cluster.tasks(0);
-        let running = tasks
-            .iter()
-            .filter(|t| {
-                t["desired"] == "running" && t["state"] == "running" && t["node"] != name.as_str()
-            })
-            .count();
-        (running == 3).then_some(())
+        (cluster.running_replicas(0, Some(&name)) == 3).then_some(())
     });
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10)
@@ -371,7 +335,6 @@ fn a_partitioned_minority_refuses_writes_and_the_majority_goes_on() {
     let minority = cluster.index_of(&cluster.leader(0).expect("a leader"));
     let majority = (minority + 1) % 3;
     let minority_name = cluster.members[minority].name.clone();
-    let namespace = cluster.members[minority].namespace.clone();
     let others: Vec<usize> = (0..3).filter(|index| *index != minority).collect();
     netns.cut(minority, &others);
     let cut = Instant::now();
@@ -384,16 +347,7 @@ fn a_partitioned_minority_refuses_writes_and_the_majority_goes_on() {
         cluster.apply(majority, spec).status.success().then_some(())
     });
     cluster.wait_for("the replicas to run on the majority", || {
-        let tasks = cluster.tasks(majority);
-        let running = tasks
-            .iter()
-            .filter(|t| {
-                t["desired"] == "running"
-                    && t["state"] == "running"
-                    && t["node"] != minority_name.as_str()
-            })
-            .count();
-        (running == 3).then_some(())
+        (cluster.running_replicas(majority, Some(&minority_name)) == 3).then_some(())
     });
     eprintln!(
         "partition: majority runs all replicas {:?} after the cut",
@@ -418,12 +372,8 @@ fn a_partitioned_minority_refuses_writes_and_the_majority_goes_on() {
     );
     let new_leader = cluster.leader(majority).expect("a leader in the majority");
     assert_ne!(new_leader, minority_name);
-    let ctr_tasks = std::process::Command::new("ctr")
-        .args(["-n", &namespace, "tasks", "ls"])
-        .output()
-        .expect("ctr");
     assert!(
-        String::from_utf8_lossy(&ctr_tasks.stdout).contains("RUNNING"),
+        cluster.containerd_runs_a_task(minority),
         "the cut-off node keeps its promise"
     );
 
@@ -443,11 +393,7 @@ fn a_partitioned_minority_refuses_writes_and_the_majority_goes_on() {
             .then_some(())
     });
     cluster.wait_for("the rejoined node to stop its old container", || {
-        let out = std::process::Command::new("ctr")
-            .args(["-n", &namespace, "tasks", "ls"])
-            .output()
-            .ok()?;
-        (!String::from_utf8_lossy(&out.stdout).contains("RUNNING")).then_some(())
+        (!cluster.containerd_runs_a_task(minority)).then_some(())
     });
     let apps = cluster.shoal_ok(minority, &["apps"]);
     assert!(!apps.contains("lost"), "{apps}");

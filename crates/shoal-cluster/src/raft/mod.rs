@@ -801,17 +801,22 @@ impl RaftNode {
         Ok(())
     }
 
-    /// "unreachable from node N: 1 (why), 2 (why)".
-    fn unreachable_voters(&self) -> String {
-        let inner = &self.inner;
-        let window = Duration::from_millis(inner.config.election_timeout_max_ms * 3);
-        let voters: Vec<u64> = inner
+    /// The voters of the current membership (the metrics borrow ends here).
+    fn voter_ids(&self) -> Vec<u64> {
+        self.inner
             .metrics
             .borrow()
             .membership_config
             .membership()
             .voter_ids()
-            .collect();
+            .collect()
+    }
+
+    /// "unreachable from node N: 1 (why), 2 (why)".
+    fn unreachable_voters(&self) -> String {
+        let inner = &self.inner;
+        let window = Duration::from_millis(inner.config.election_timeout_max_ms * 3);
+        let voters = self.voter_ids();
         let unreachable: Vec<String> = voters
             .iter()
             .filter(|id| **id != inner.id)
@@ -837,13 +842,7 @@ impl RaftNode {
         let inner = &self.inner;
         let window = Duration::from_millis(inner.config.election_timeout_max_ms * 3);
         let wait = inner.config.wait_max.as_millis();
-        let voters: Vec<u64> = inner
-            .metrics
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = self.voter_ids();
         let last = last_problem
             .map(|problem| format!("; last: {problem}"))
             .unwrap_or_default();

@@ -320,6 +320,25 @@ impl Cluster {
             .and_then(|node| node["name"].as_str().map(str::to_string))
     }
 
+    /// Tasks that want to run and run, as node `index` sees them, leaving
+    /// out those on the node named `except`.
+    pub fn running_replicas(&self, index: usize, except: Option<&str>) -> usize {
+        self.tasks(index)
+            .iter()
+            .filter(|t| t["desired"] == "running" && t["state"] == "running")
+            .filter(|t| except.is_none_or(|name| t["node"] != name))
+            .count()
+    }
+
+    /// Whether containerd runs any task in node `index`'s namespace (`ctr`
+    /// as an independent witness).
+    pub fn containerd_runs_a_task(&self, index: usize) -> bool {
+        Command::new("ctr")
+            .args(["-n", &self.members[index].namespace, "tasks", "ls"])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("RUNNING"))
+    }
+
     pub fn index_of(&self, name: &str) -> usize {
         self.members
             .iter()
