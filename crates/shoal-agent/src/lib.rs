@@ -342,22 +342,35 @@ fn after_exit(task: &Task, local: &mut Local, now_ms: u64) {
             } else {
                 Promise::Broken
             };
-            local.message = format!(
-                "{}; restart policy {:?} does not restart it",
-                local.message, task.spec.restart.policy
-            );
+            let restart = task.spec.restart;
+            local.message = match restart.attempts_max {
+                Some(most) if local.attempt >= most && restart_wanted(task, local) => format!(
+                    "{}; not restarted: {} of at most {most} attempts made",
+                    local.message, local.attempt
+                ),
+                _ if completed => format!("{}; completed", local.message),
+                _ => format!(
+                    "{}; restart policy {} does not restart it",
+                    local.message,
+                    restart.policy().as_str()
+                ),
+            };
         }
+    }
+}
+
+fn restart_wanted(task: &Task, local: &Local) -> bool {
+    match task.spec.restart.policy() {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => local.exit_code != Some(0),
+        RestartPolicy::Never => false,
     }
 }
 
 fn restart_delay_ms(task: &Task, local: &Local) -> Option<u64> {
     let restart = task.spec.restart;
-    let wanted = match restart.policy {
-        RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => local.exit_code != Some(0),
-        RestartPolicy::Never => false,
-    };
-    wanted.then(|| {
+    let attempts_left = restart.attempts_max.is_none_or(|most| local.attempt < most);
+    (restart_wanted(task, local) && attempts_left).then(|| {
         let doubling = 1_u64
             .checked_shl(local.restarts.min(32))
             .unwrap_or(u64::MAX);

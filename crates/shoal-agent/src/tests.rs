@@ -8,7 +8,7 @@ fn task(policy: RestartPolicy) -> Task {
     let spec = parse_app(b"name: web\nservices:\n  - name: hello\n    image: busybox\n    restart: {backoff_initial: 1s, backoff_max: 8s}\n")
         .expect("valid spec");
     let mut service = spec.services[0].clone();
-    service.restart.policy = policy;
+    service.restart.policy = Some(policy);
     Task {
         id: "web.hello.0.1".into(),
         app: "web".into(),

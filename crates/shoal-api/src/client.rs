@@ -7,8 +7,8 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ErrorBody, ImageView, NodeView, TaskView,
-    VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DrainRequest, ErrorBody, ImageView,
+    NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,48 @@ impl Client {
     }
     pub async fn nodes(&self) -> Result<Vec<NodeView>> {
         self.get("/v1/nodes").await
+    }
+    pub async fn taint_node(&self, name: &str, taint: &str) -> Result<NodeUpdate> {
+        let request = self
+            .http
+            .post(self.url(&format!("/v1/nodes/{name}/taints")))
+            .json(&TaintRequest {
+                taint: taint.to_string(),
+            })
+            .timeout(WRITE_TIMEOUT);
+        self.send(request).await
+    }
+    pub async fn untaint_node(
+        &self,
+        name: &str,
+        key: &str,
+        effect: Option<&str>,
+    ) -> Result<NodeUpdate> {
+        let mut request = self
+            .http
+            .delete(self.url(&format!("/v1/nodes/{name}/taints/{key}")))
+            .timeout(WRITE_TIMEOUT);
+        if let Some(effect) = effect {
+            request = request.query(&[("effect", effect)]);
+        }
+        self.send(request).await
+    }
+    pub async fn drain_node(&self, name: &str, drain: bool) -> Result<NodeUpdate> {
+        let request = self
+            .http
+            .put(self.url(&format!("/v1/nodes/{name}/drain")))
+            .json(&DrainRequest { drain })
+            .timeout(WRITE_TIMEOUT);
+        self.send(request).await
+    }
+    /// What applying the spec would do; nothing changes.
+    pub async fn plan(&self, spec: Vec<u8>) -> Result<PlanView> {
+        let request = self
+            .http
+            .post(self.url("/v1/plan"))
+            .body(spec)
+            .timeout(WRITE_TIMEOUT);
+        self.send(request).await
     }
     pub async fn apps(&self) -> Result<Vec<AppView>> {
         self.get("/v1/apps").await

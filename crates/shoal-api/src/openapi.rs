@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use shoal_types::AppSpec;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ErrorBody, ImageView, NodeView, TaskView,
-    VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DrainRequest, ErrorBody, ImageView,
+    NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -33,6 +33,10 @@ pub fn document() -> Value {
     add("TaskList", generator.subschema_for::<Vec<TaskView>>());
     add("ImageList", generator.subschema_for::<Vec<ImageView>>());
     add("ErrorBody", generator.subschema_for::<ErrorBody>());
+    add("TaintRequest", generator.subschema_for::<TaintRequest>());
+    add("DrainRequest", generator.subschema_for::<DrainRequest>());
+    add("NodeUpdate", generator.subschema_for::<NodeUpdate>());
+    add("PlanView", generator.subschema_for::<PlanView>());
     let schemas = generator.take_definitions(true);
     let body = |name: &str| refs[name].clone();
     let ok = |description: &str, name: &str| json!({"description": description, "content": {"application/json": {"schema": body(name)}}});
@@ -54,6 +58,27 @@ pub fn document() -> Value {
             "/v1/cluster/settings": {"put": {"summary": "Change cluster-wide settings (fields left out keep their value)",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": body("ClusterSettings")}}},
                 "responses": {"200": ok("cluster", "ClusterInfo"), "default": error}}},
+            "/v1/nodes/{name}/taints": {"post": {"summary": "Add a taint to a node (replacing one with the same key and effect); NoExecute moves away the work that does not tolerate it",
+                "parameters": name_param.clone(),
+                "requestBody": {"required": true, "content": {"application/json": {"schema": body("TaintRequest")}}},
+                "responses": {"200": ok("the node", "NodeUpdate"), "default": error}}},
+            "/v1/nodes/{name}/taints/{key}": {"delete": {"summary": "Remove a node's taints with this key (only those of `effect` when given)",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "effect", "in": "query", "required": false, "schema": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]}}
+                ],
+                "responses": {"200": ok("the node", "NodeUpdate"), "default": error}}},
+            "/v1/nodes/{name}/drain": {"put": {"summary": "Drain a node (no new work, its work moves away) or undo it",
+                "parameters": name_param.clone(),
+                "requestBody": {"required": true, "content": {"application/json": {"schema": body("DrainRequest")}}},
+                "responses": {"200": ok("the node", "NodeUpdate"), "default": error}}},
+            "/v1/plan": {"post": {"summary": "What applying an app spec would do, without changing anything",
+                "requestBody": {"required": true, "content": {
+                    "application/json": {"schema": body("AppSpec")},
+                    "application/yaml": {"schema": body("AppSpec")}
+                }},
+                "responses": {"200": ok("the plan", "PlanView"), "422": error.clone(), "default": error}}},
             "/v1/node/leave": {"post": {"summary": "The answering node leaves the cluster: its work moves away, then it stops", "responses": {"202": {"description": "leaving"}, "default": error}}},
             "/v1/apps": {
                 "get": {"summary": "Every app", "responses": {"200": ok("apps", "AppList"), "default": error}},

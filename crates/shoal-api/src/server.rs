@@ -18,8 +18,8 @@ use shoal_types::{FieldError, SpecError, SPEC_BYTES_MAX};
 use tokio::io::AsyncWriteExt;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ErrorBody, ImageView, NodeView, TaskView,
-    VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DrainRequest, ErrorBody, ImageView,
+    NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
 };
 
 /// Largest image archive accepted by `POST /v1/images`, in bytes.
@@ -109,6 +109,26 @@ pub trait Backend: Send + Sync + 'static {
         Router::new()
     }
     fn nodes(&self) -> impl Future<Output = ApiResult<Vec<NodeView>>> + Send;
+    /// Adds a taint (`KEY=VALUE:EFFECT`) to a node.
+    fn taint_node(
+        &self,
+        name: String,
+        taint: String,
+    ) -> impl Future<Output = ApiResult<NodeUpdate>> + Send;
+    /// Removes a node's taints with `key` (and `effect`, when given).
+    fn untaint_node(
+        &self,
+        name: String,
+        key: String,
+        effect: Option<String>,
+    ) -> impl Future<Output = ApiResult<NodeUpdate>> + Send;
+    fn drain_node(
+        &self,
+        name: String,
+        drain: bool,
+    ) -> impl Future<Output = ApiResult<NodeUpdate>> + Send;
+    /// What applying a spec would do, without doing it.
+    fn plan(&self, body: Bytes) -> impl Future<Output = ApiResult<PlanView>> + Send;
     /// Validates and applies a spec (YAML or JSON, native or Stellar).
     fn apply(&self, body: Bytes) -> impl Future<Output = ApiResult<ApplyResponse>> + Send;
     fn apps(&self) -> impl Future<Output = ApiResult<Vec<AppView>>> + Send;
@@ -140,6 +160,19 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     Router::new()
         .route("/v1/version", get(version::<B>))
         .route("/v1/nodes", get(nodes::<B>))
+        .route(
+            "/v1/nodes/{name}/taints",
+            axum::routing::post(taint_node::<B>),
+        )
+        .route(
+            "/v1/nodes/{name}/taints/{key}",
+            axum::routing::delete(untaint_node::<B>),
+        )
+        .route(
+            "/v1/nodes/{name}/drain",
+            axum::routing::put(drain_node::<B>),
+        )
+        .route("/v1/plan", axum::routing::post(plan::<B>))
         .route("/v1/cluster", get(cluster::<B>))
         .route(
             "/v1/cluster/settings",
@@ -196,6 +229,42 @@ async fn apply<B: Backend>(
 
 async fn apps<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<AppView>>> {
     backend.apps().await.map(Json)
+}
+
+async fn taint_node<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(name): Path<String>,
+    Json(request): Json<TaintRequest>,
+) -> ApiResult<Json<NodeUpdate>> {
+    backend.taint_node(name, request.taint).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct UntaintQuery {
+    effect: Option<String>,
+}
+
+async fn untaint_node<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path((name, key)): Path<(String, String)>,
+    Query(query): Query<UntaintQuery>,
+) -> ApiResult<Json<NodeUpdate>> {
+    backend
+        .untaint_node(name, key, query.effect)
+        .await
+        .map(Json)
+}
+
+async fn drain_node<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(name): Path<String>,
+    Json(request): Json<DrainRequest>,
+) -> ApiResult<Json<NodeUpdate>> {
+    backend.drain_node(name, request.drain).await.map(Json)
+}
+
+async fn plan<B: Backend>(State(backend): State<Arc<B>>, body: Bytes) -> ApiResult<Json<PlanView>> {
+    backend.plan(body).await.map(Json)
 }
 
 async fn app<B: Backend>(

@@ -30,15 +30,104 @@ pub struct NodeView {
     pub memory_used_bytes: u64,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Operators' taints (`KEY=VALUE:EFFECT`).
+    #[serde(default)]
+    pub taints: Vec<String>,
+    /// Whether the node is drained: no new work, its work moved away.
+    #[serde(default)]
+    pub drain: bool,
+    /// What tasks may request in all, and what the placed ones request.
+    #[serde(default)]
+    pub cpu_allocatable_millis: u64,
+    #[serde(default)]
+    pub memory_allocatable_bytes: u64,
+    #[serde(default)]
+    pub cpu_requested_millis: u64,
+    #[serde(default)]
+    pub memory_requested_bytes: u64,
+    /// Tasks the cluster wants running on the node.
+    #[serde(default)]
+    pub tasks: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceView {
     pub name: String,
     pub image: String,
+    /// `service`, `global` or `batch`.
+    #[serde(default)]
+    pub kind: shoal_types::Kind,
+    /// Tasks wanted: `replicas`, or for a global service the nodes it may run on.
     pub replicas: u32,
     /// Tasks of the service whose promise is kept and that run.
     pub running: u32,
+    /// Batch tasks that exited with 0.
+    #[serde(default)]
+    pub completed: u32,
+    /// Batch tasks that failed for good.
+    #[serde(default)]
+    pub failed: u32,
+}
+
+/// Tasks of a service that fit on no node now, and why.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct UnplacedView {
+    pub app: String,
+    pub service: String,
+    pub count: u32,
+    pub reason: String,
+}
+
+/// What applying a spec would do, computed without changing anything.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlanView {
+    pub app: String,
+    /// The app version the spec would become.
+    pub version: u64,
+    /// False when the spec equals the one applied.
+    pub changed: bool,
+    pub place: Vec<PlannedTask>,
+    /// Tasks that would stop, with their nodes.
+    pub stop: Vec<PlannedStop>,
+    pub unplaced: Vec<UnplacedView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlannedTask {
+    pub service: String,
+    pub slot: u32,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlannedStop {
+    pub task: String,
+    pub node: String,
+    /// Why: the spec changed, scaled down, the node is lost, drained, or a
+    /// higher priority needs the room.
+    pub reason: String,
+}
+
+/// Body of `POST /v1/nodes/{name}/taints`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaintRequest {
+    /// `KEY=VALUE:EFFECT` or `KEY:EFFECT`.
+    pub taint: String,
+}
+
+/// Body of `PUT /v1/nodes/{name}/drain`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    pub drain: bool,
+}
+
+/// The answer to a change of a node: whether anything changed, and the node.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct NodeUpdate {
+    pub changed: bool,
+    pub node: NodeView,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -49,9 +138,9 @@ pub struct AppView {
     pub updated_at_ms: u64,
     pub services: Vec<ServiceView>,
     pub spec: AppSpec,
-    /// Replicas the scheduler could not place, and why.
+    /// Tasks the scheduler could not place, and why.
     #[serde(default)]
-    pub unplaced: Vec<String>,
+    pub unplaced: Vec<UnplacedView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

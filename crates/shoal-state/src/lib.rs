@@ -5,10 +5,17 @@
 //! A single node applies its own log today; Raft orders the same entries
 //! across voters in a cluster.
 
-use std::collections::BTreeMap;
+pub mod fit;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{AppSpec, DesiredState, Node, NodeStatus, Task, TaskStatus};
+use shoal_types::{
+    AppSpec, DesiredState, Kind, Node, NodeStatus, ServiceSpec, Taint, TaintEffect, Task,
+    TaskStatus,
+};
+
+use fit::Request;
 
 /// Version of the [`Command`] encoding written into every entry. A node
 /// refuses entries of a version it does not know instead of guessing.
@@ -17,6 +24,10 @@ pub const COMMAND_VERSION: u32 = 1;
 pub const REPORTS_PER_COMMAND_MAX: usize = 4096;
 /// Placements accepted in one plan.
 pub const PLACEMENTS_PER_PLAN_MAX: usize = 100_000;
+/// Stops or removals accepted in one plan.
+pub const CHANGES_PER_PLAN_MAX: usize = 100_000;
+/// Unplaced groups (app, service, reason) recorded from one plan.
+pub const UNPLACED_MAX: usize = 10_000;
 
 /// One log entry: a command stamped by its proposer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +80,22 @@ pub enum Command {
     ForgetNode {
         name: String,
     },
+    /// Add a taint to a node, replacing one with the same key and effect.
+    TaintNode {
+        name: String,
+        taint: Taint,
+    },
+    /// Remove a node's taints with this key (and effect, when given).
+    UntaintNode {
+        name: String,
+        key: String,
+        effect: Option<TaintEffect>,
+    },
+    /// Drain a node (no new work; its work moves away) or undo that.
+    SetNodeDrain {
+        name: String,
+        drain: bool,
+    },
     /// A node reports what became of the tasks placed on it.
     ReportTasks {
         node: String,
@@ -85,14 +112,19 @@ pub struct Plan {
     pub stop: Vec<String>,
     /// Stopped tasks to forget.
     pub remove: Vec<String>,
-    /// Replicas that could not be placed, and why (not applied, shown to users).
+    /// Tasks that could not be placed, and why; recorded in the state as
+    /// they are for users to see (replacing the previous list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplaced: Vec<Unplaced>,
 }
 
 impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.place.is_empty() && self.stop.is_empty() && self.remove.is_empty()
+    /// Whether applying the plan to `state` would change nothing.
+    pub fn changes_nothing(&self, state: &State) -> bool {
+        self.place.is_empty()
+            && self.stop.is_empty()
+            && self.remove.is_empty()
+            && self.unplaced == state.unplaced
     }
 }
 
@@ -105,11 +137,12 @@ pub struct Placement {
     pub node: String,
 }
 
+/// Tasks of one service that fit nowhere, for one reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unplaced {
     pub app: String,
     pub service: String,
-    pub slot: u32,
+    pub count: u32,
     pub reason: String,
 }
 
@@ -133,6 +166,9 @@ pub enum Outcome {
     SettingsSet,
     NodeForgotten {
         tasks: usize,
+    },
+    NodeUpdated {
+        changed: bool,
     },
     AppPut {
         version: u64,
@@ -179,6 +215,9 @@ pub struct State {
     pub task_serial: u64,
     #[serde(default)]
     pub settings: Settings,
+    /// What the last plan could not place, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplaced: Vec<Unplaced>,
 }
 
 /// Cluster-wide settings, changed through the log like everything else.
@@ -211,8 +250,54 @@ impl State {
         let now_ms = entry.at_ms;
         match &entry.command {
             Command::RegisterNode { node } => {
-                self.nodes.insert(node.name.clone(), node.clone());
+                let mut node = node.clone();
+                // Taints and drain belong to operators, not to the node.
+                if let Some(known) = self.nodes.get(&node.name) {
+                    node.taints.clone_from(&known.taints);
+                    node.drain = known.drain;
+                } else {
+                    node.taints.clear();
+                    node.drain = false;
+                }
+                self.nodes.insert(node.name.clone(), node);
                 Ok(Outcome::NodeRegistered)
+            }
+            Command::TaintNode { name, taint } => {
+                let node = self.node_mut(name)?;
+                if node.taints.len() >= shoal_types::placement::TAINTS_MAX
+                    && !node
+                        .taints
+                        .iter()
+                        .any(|t| t.key == taint.key && t.effect == taint.effect)
+                {
+                    return Err(ApplyError::TooLarge(format!(
+                        "node `{name}` has {} taints, the limit; remove one first",
+                        node.taints.len()
+                    )));
+                }
+                let before = node.taints.clone();
+                node.taints
+                    .retain(|t| !(t.key == taint.key && t.effect == taint.effect));
+                node.taints.push(taint.clone());
+                node.taints.sort();
+                Ok(Outcome::NodeUpdated {
+                    changed: node.taints != before,
+                })
+            }
+            Command::UntaintNode { name, key, effect } => {
+                let node = self.node_mut(name)?;
+                let before = node.taints.len();
+                node.taints
+                    .retain(|t| !(&t.key == key && effect.is_none_or(|effect| effect == t.effect)));
+                Ok(Outcome::NodeUpdated {
+                    changed: node.taints.len() != before,
+                })
+            }
+            Command::SetNodeDrain { name, drain } => {
+                let node = self.node_mut(name)?;
+                let changed = node.drain != *drain;
+                node.drain = *drain;
+                Ok(Outcome::NodeUpdated { changed })
             }
             Command::SetNodeStatus { name, status } => {
                 let node = self
@@ -279,6 +364,12 @@ impl State {
         }
     }
 
+    fn node_mut(&mut self, name: &str) -> Result<&mut Node, ApplyError> {
+        self.nodes
+            .get_mut(name)
+            .ok_or_else(|| ApplyError::NodeNotFound(name.to_string()))
+    }
+
     fn put_app(&mut self, spec: &AppSpec, now_ms: u64) -> Outcome {
         match self.apps.get_mut(&spec.name) {
             Some(app) if &app.spec == spec => Outcome::AppPut {
@@ -312,14 +403,22 @@ impl State {
         }
     }
 
-    /// Re-checks every part of a plan against this state: placements must
-    /// name a live node and the current app version, and fill a slot that has
-    /// no running task of that version yet.
+    /// Re-checks every part of a plan against this state: stops and
+    /// removals first (they make room), then each placement must name the
+    /// current app version, a free slot and a node that admits the task
+    /// and has room for it, counting the placements before it.
     fn apply_plan(&mut self, plan: &Plan, now_ms: u64) -> Result<Outcome, ApplyError> {
         if plan.place.len() > PLACEMENTS_PER_PLAN_MAX {
             return Err(ApplyError::TooLarge(format!(
                 "{} placements in one plan, limit {PLACEMENTS_PER_PLAN_MAX}",
                 plan.place.len()
+            )));
+        }
+        if plan.stop.len() > CHANGES_PER_PLAN_MAX || plan.remove.len() > CHANGES_PER_PLAN_MAX {
+            return Err(ApplyError::TooLarge(format!(
+                "{} stops and {} removals in one plan, limit {CHANGES_PER_PLAN_MAX} each",
+                plan.stop.len(),
+                plan.remove.len()
             )));
         }
         let mut rejected = Vec::new();
@@ -348,83 +447,47 @@ impl State {
                 None => {}
             }
         }
-        let mut placed = Vec::new();
-        for placement in &plan.place {
-            match self.check_placement(placement) {
-                Ok(spec) => {
-                    self.task_serial += 1;
-                    let id = format!(
-                        "{}.{}.{}.{}",
-                        placement.app, placement.service, placement.slot, self.task_serial
-                    );
-                    let task = Task {
-                        id: id.clone(),
-                        app: placement.app.clone(),
-                        service: placement.service.clone(),
-                        slot: placement.slot,
-                        app_version: placement.app_version,
-                        node: placement.node.clone(),
-                        desired: DesiredState::Running,
-                        spec,
-                        created_at_ms: now_ms,
-                        status: TaskStatus::pending(now_ms),
-                    };
-                    self.tasks.insert(id.clone(), task);
-                    placed.push(id);
+        let mut new_tasks = Vec::new();
+        {
+            let mut occupancy = Occupancy::build(&self.tasks, &self.nodes, &self.apps);
+            for placement in &plan.place {
+                match check_placement(&self.apps, &self.nodes, &occupancy, placement) {
+                    Ok((app, service, node, spec)) => {
+                        occupancy.add(app, service, node, placement.slot, spec);
+                        self.task_serial += 1;
+                        let id = format!(
+                            "{}.{}.{}.{}",
+                            placement.app, placement.service, placement.slot, self.task_serial
+                        );
+                        new_tasks.push(Task {
+                            id,
+                            app: placement.app.clone(),
+                            service: placement.service.clone(),
+                            slot: placement.slot,
+                            app_version: placement.app_version,
+                            node: placement.node.clone(),
+                            desired: DesiredState::Running,
+                            spec: spec.clone(),
+                            created_at_ms: now_ms,
+                            status: TaskStatus::pending(now_ms),
+                        });
+                    }
+                    Err(reason) => rejected.push(reason),
                 }
-                Err(reason) => rejected.push(reason),
             }
         }
+        let mut placed = Vec::with_capacity(new_tasks.len());
+        for task in new_tasks {
+            placed.push(task.id.clone());
+            self.tasks.insert(task.id.clone(), task);
+        }
+        self.unplaced = plan.unplaced.iter().take(UNPLACED_MAX).cloned().collect();
         Ok(Outcome::PlanApplied {
             placed,
             stopped,
             removed,
             rejected,
         })
-    }
-
-    fn check_placement(&self, placement: &Placement) -> Result<shoal_types::ServiceSpec, String> {
-        let what = format!(
-            "place {}.{} slot {} on {}",
-            placement.app, placement.service, placement.slot, placement.node
-        );
-        let app = self
-            .apps
-            .get(&placement.app)
-            .ok_or_else(|| format!("{what}: app is gone"))?;
-        if app.version != placement.app_version {
-            return Err(format!(
-                "{what}: planned for version {} but the app is at version {}",
-                placement.app_version, app.version
-            ));
-        }
-        let spec = app
-            .spec
-            .services
-            .iter()
-            .find(|service| service.name == placement.service)
-            .ok_or_else(|| format!("{what}: service is gone"))?;
-        if placement.slot >= spec.replicas {
-            return Err(format!(
-                "{what}: the service has {} replicas",
-                spec.replicas
-            ));
-        }
-        match self.nodes.get(&placement.node) {
-            Some(node) if node.status == NodeStatus::Alive => {}
-            Some(node) => return Err(format!("{what}: node is {}", node.status.as_str())),
-            None => return Err(format!("{what}: no such node")),
-        }
-        let taken = self.tasks.values().any(|task| {
-            task.app == placement.app
-                && task.service == placement.service
-                && task.slot == placement.slot
-                && task.desired == DesiredState::Running
-        });
-        if taken {
-            return Err(format!("{what}: the slot already has a task"));
-        }
-        Ok(spec.clone())
     }
 
     /// The tasks placed on `node`, in id order.
@@ -438,6 +501,24 @@ impl State {
 
     pub fn restore(bytes: &[u8]) -> Result<State, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// Nodes whose tasks request more than they have to give, with what
+    /// they request. Empty unless a node re-registered with less room.
+    pub fn overcommitted_nodes(&self) -> Vec<(String, Request)> {
+        let tasks: Vec<&Task> = self.tasks.values().collect();
+        let usage = fit::usage_by_node(&tasks);
+        let mut over: Vec<(String, Request)> = usage
+            .into_iter()
+            .filter(|(name, used)| {
+                self.nodes.get(name).is_some_and(|node| {
+                    used.cpu_millis > node.cpu_allocatable_millis
+                        || used.memory_bytes > node.memory_allocatable_bytes
+                })
+            })
+            .collect();
+        over.sort_by(|a, b| a.0.cmp(&b.0));
+        over
     }
 
     /// Checks what must hold after every apply; the simulator and tests call
@@ -466,4 +547,181 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// What the desired-running tasks hold, indexed for checking placements.
+/// Keys borrow the names from the state's maps of nodes and apps.
+struct Occupancy<'a> {
+    used: HashMap<&'a str, Request>,
+    slots: HashSet<(&'a str, &'a str, u32)>,
+    /// Tasks per node of the services that need the count (global ones and
+    /// ones with a `max_per` spread).
+    per_node: HashMap<(&'a str, &'a str), HashMap<&'a str, u32>>,
+}
+
+fn counts_per_node(spec: &ServiceSpec) -> bool {
+    spec.kind == Kind::Global || spec.placement.spread.iter().any(|s| s.max_per.is_some())
+}
+
+impl<'a> Occupancy<'a> {
+    fn build(
+        tasks: &BTreeMap<String, Task>,
+        nodes: &'a BTreeMap<String, Node>,
+        apps: &'a BTreeMap<String, App>,
+    ) -> Self {
+        let mut occupancy = Occupancy {
+            used: HashMap::new(),
+            slots: HashSet::new(),
+            per_node: HashMap::new(),
+        };
+        for task in tasks.values() {
+            if task.desired != DesiredState::Running {
+                continue;
+            }
+            // Tasks of removed apps or services still hold their node's room
+            // until they stop; only their slots no longer matter.
+            let Some((node, _)) = nodes.get_key_value(&task.node) else {
+                continue;
+            };
+            occupancy
+                .used
+                .entry(node.as_str())
+                .or_default()
+                .add(Request::of(&task.spec));
+            let Some((app, service)) = apps.get_key_value(&task.app).and_then(|(name, app)| {
+                let service = app.spec.services.iter().find(|s| s.name == task.service)?;
+                Some((name.as_str(), service))
+            }) else {
+                continue;
+            };
+            occupancy
+                .slots
+                .insert((app, service.name.as_str(), task.slot));
+            if counts_per_node(service) || counts_per_node(&task.spec) {
+                *occupancy
+                    .per_node
+                    .entry((app, service.name.as_str()))
+                    .or_default()
+                    .entry(node.as_str())
+                    .or_default() += 1;
+            }
+        }
+        occupancy
+    }
+
+    fn add(
+        &mut self,
+        app: &'a str,
+        service: &'a ServiceSpec,
+        node: &'a Node,
+        slot: u32,
+        spec: &ServiceSpec,
+    ) {
+        self.used
+            .entry(node.name.as_str())
+            .or_default()
+            .add(Request::of(spec));
+        self.slots.insert((app, service.name.as_str(), slot));
+        if counts_per_node(service) {
+            *self
+                .per_node
+                .entry((app, service.name.as_str()))
+                .or_default()
+                .entry(node.name.as_str())
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Slots a global service may number its tasks with.
+pub const GLOBAL_SLOTS_MAX: u32 = 1_000_000;
+
+type Checked<'a> = (&'a str, &'a ServiceSpec, &'a Node, &'a ServiceSpec);
+
+fn check_placement<'a>(
+    apps: &'a BTreeMap<String, App>,
+    nodes: &'a BTreeMap<String, Node>,
+    occupancy: &Occupancy<'a>,
+    placement: &Placement,
+) -> Result<Checked<'a>, String> {
+    let what = format!(
+        "place {}.{} slot {} on {}",
+        placement.app, placement.service, placement.slot, placement.node
+    );
+    let (app_name, app) = apps
+        .get_key_value(&placement.app)
+        .ok_or_else(|| format!("{what}: app is gone"))?;
+    if app.version != placement.app_version {
+        return Err(format!(
+            "{what}: planned for version {} but the app is at version {}",
+            placement.app_version, app.version
+        ));
+    }
+    let spec = app
+        .spec
+        .services
+        .iter()
+        .find(|service| service.name == placement.service)
+        .ok_or_else(|| format!("{what}: service is gone"))?;
+    match spec.kind {
+        Kind::Global if placement.slot >= GLOBAL_SLOTS_MAX => {
+            return Err(format!("{what}: slot beyond {GLOBAL_SLOTS_MAX}"))
+        }
+        Kind::Global => {}
+        Kind::Service | Kind::Batch if placement.slot >= spec.replicas => {
+            return Err(format!(
+                "{what}: the service has {} replicas",
+                spec.replicas
+            ))
+        }
+        Kind::Service | Kind::Batch => {}
+    }
+    let node = nodes
+        .get(&placement.node)
+        .ok_or_else(|| format!("{what}: no such node"))?;
+    fit::admits(node, spec).map_err(|reject| format!("{what}: node is {reject}"))?;
+    let key = (app_name.as_str(), spec.name.as_str());
+    if occupancy.slots.contains(&(key.0, key.1, placement.slot)) {
+        return Err(format!("{what}: the slot already has a task"));
+    }
+    let per_node = occupancy.per_node.get(&key);
+    if spec.kind == Kind::Global
+        && per_node.is_some_and(|counts| counts.get(node.name.as_str()).is_some_and(|n| *n > 0))
+    {
+        return Err(format!("{what}: node is {}", fit::Reject::AlreadyRunsOne));
+    }
+    for spread in &spec.placement.spread {
+        let Some(max_per) = spread.max_per else {
+            continue;
+        };
+        let value = fit::spread_value(node, &spread.over);
+        let count: u32 = per_node.map_or(0, |counts| {
+            counts
+                .iter()
+                .filter(|(other, _)| {
+                    nodes
+                        .get(**other)
+                        .is_some_and(|other| fit::spread_value(other, &spread.over) == value)
+                })
+                .map(|(_, count)| *count)
+                .sum()
+        });
+        if count >= max_per {
+            return Err(format!(
+                "{what}: node is {}",
+                fit::Reject::SpreadLimit {
+                    over: spread.over.clone(),
+                    max_per
+                }
+            ));
+        }
+    }
+    let used = occupancy
+        .used
+        .get(node.name.as_str())
+        .copied()
+        .unwrap_or_default();
+    fit::fits(node, used, Request::of(spec))
+        .map_err(|reject| format!("{what}: node has {reject}"))?;
+    Ok((app_name.as_str(), spec, node, spec))
 }

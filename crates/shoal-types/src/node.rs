@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::placement::{
+    Labels, Taint, TaintEffect, LABEL_NODE_ARCH, LABEL_NODE_NAME, LABEL_NODE_OS,
+};
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
@@ -15,10 +19,52 @@ pub struct Node {
     pub arch: String,
     pub cpus: u32,
     pub memory_total_bytes: u64,
+    /// What tasks may request in all: the node's cpus and memory less the
+    /// reserve its operator keeps for the system (`--reserve-cpu`,
+    /// `--reserve-memory`).
+    #[serde(default)]
+    pub cpu_allocatable_millis: u64,
+    #[serde(default)]
+    pub memory_allocatable_bytes: u64,
+    /// Set by the node (`--label`); see [`Labels`] for the built-in ones.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub started_at_ms: u64,
     pub status: NodeStatus,
+    /// Set by operators (`shoal node taint`); kept when the node registers again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+    /// Set by operators (`shoal node drain`): no new work, and running work
+    /// moves away. Kept when the node registers again.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+impl Node {
+    /// The operating system as the `node.os` label has it: `linux`.
+    pub fn os_name(&self) -> &str {
+        self.os.split_whitespace().next().unwrap_or("")
+    }
+
+    /// Whether new work may be placed here at all (alive and not drained).
+    pub fn schedulable(&self) -> bool {
+        self.status == NodeStatus::Alive && !self.drain
+    }
+
+    pub fn has_taint_effect(&self, effect: TaintEffect) -> bool {
+        self.taints.iter().any(|taint| taint.effect == effect)
+    }
+}
+
+impl Labels for Node {
+    fn label(&self, key: &str) -> Option<&str> {
+        match key {
+            LABEL_NODE_NAME => Some(&self.name),
+            LABEL_NODE_ARCH => Some(&self.arch),
+            LABEL_NODE_OS => Some(self.os_name()),
+            _ => self.labels.get(key).map(String::as_str),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -13,6 +13,11 @@ use std::time::Duration;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::placement::{check_label_key, Affinity, Constraint, Spread, Toleration};
+use crate::placement::{
+    AFFINITIES_MAX, AFFINITY_WEIGHT_MAX, CONSTRAINTS_MAX, PRIORITY_MAX, SPREADS_MAX,
+    TOLERATIONS_MAX,
+};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 
 /// Largest spec body accepted, in bytes (API and CLI alike).
@@ -79,6 +84,74 @@ pub struct ServiceSpec {
     /// Whether the service gets a network (CNI) of its own; on by default.
     #[serde(default = "default_true")]
     pub network: bool,
+    /// `service` (keep `replicas` running), `global` (one task on every
+    /// node that may run it) or `batch` (run `replicas` tasks to completion).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: Kind,
+    /// 0 to 1000; when the cluster is full, a task may take the place of
+    /// tasks of a lower priority, which wait for room elsewhere.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(max = 1000))]
+    pub priority: u32,
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
+    pub placement: PlacementSpec,
+    /// Taints of nodes this service may run on anyway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// `replicas` tasks, replaced when they fail or their node does.
+    #[default]
+    Service,
+    /// One task on every node whose labels and taints allow it, following
+    /// nodes as they join and leave; `replicas` is ignored.
+    Global,
+    /// `replicas` tasks that run to completion: a task that exited with 0
+    /// is done and never runs again; a failed one is retried per `restart`.
+    Batch,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Rules and preferences for choosing nodes.
+pub struct PlacementSpec {
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub strategy: Strategy,
+    /// Every one must hold on a node for a task to be placed there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// Preferences, weighed against each other and the strategy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinities: Vec<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<Spread>,
+}
+
+impl PlacementSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == PlacementSpec::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Fill the fullest node that fits first, leaving whole nodes free.
+    #[default]
+    Binpack,
+    /// Prefer the emptiest node.
+    Spread,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl ServiceSpec {
@@ -129,20 +202,42 @@ pub enum RestartPolicy {
 /// restart, from `backoff_initial` up to `backoff_max`, and starts over once
 /// the task has run longer than `backoff_max`.
 pub struct RestartSpec {
-    #[serde(default)]
-    pub policy: RestartPolicy,
+    /// `always` by default; `on-failure` for batch jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RestartPolicy>,
     #[serde(default = "default_backoff_initial")]
     pub backoff_initial: Millis,
     #[serde(default = "default_backoff_max")]
     pub backoff_max: Millis,
+    /// Runs of a task at most (the first included); unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub attempts_max: Option<u32>,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+impl RestartSpec {
+    pub fn policy(&self) -> RestartPolicy {
+        self.policy.unwrap_or_default()
+    }
 }
 
 impl Default for RestartSpec {
     fn default() -> Self {
         RestartSpec {
-            policy: RestartPolicy::Always,
+            policy: None,
             backoff_initial: default_backoff_initial(),
             backoff_max: default_backoff_max(),
+            attempts_max: None,
         }
     }
 }
@@ -524,6 +619,40 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
             }
         }
         let restart = service.restart;
+        match (service.kind, restart.policy) {
+            (Kind::Batch, Some(RestartPolicy::Always)) => fail(
+                at("restart.policy"),
+                "a batch job runs to completion, so `always` would run it forever; use `on-failure` (the default for batch) or `never`".into(),
+            ),
+            (Kind::Batch, None) => service.restart.policy = Some(RestartPolicy::OnFailure),
+            (_, None) => service.restart.policy = Some(RestartPolicy::Always),
+            _ => {}
+        }
+        if restart.attempts_max == Some(0) {
+            fail(
+                at("restart.attempts_max"),
+                "must be at least 1 (the first run); leave it out for no limit".into(),
+            );
+        }
+        if service.priority > PRIORITY_MAX {
+            fail(
+                at("priority"),
+                format!(
+                    "must be between 0 and {PRIORITY_MAX}, got {}",
+                    service.priority
+                ),
+            );
+        }
+        validate_placement(&service.placement, &at("placement"), &mut fail);
+        if service.tolerations.len() > TOLERATIONS_MAX {
+            fail(
+                at("tolerations"),
+                format!(
+                    "at most {TOLERATIONS_MAX} tolerations, got {}",
+                    service.tolerations.len()
+                ),
+            );
+        }
         if restart.backoff_initial.0 == 0 || restart.backoff_initial.0 > BACKOFF_MS_MAX {
             fail(
                 at("restart.backoff_initial"),
@@ -575,6 +704,62 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
         Ok(())
     } else {
         Err(SpecError { errors })
+    }
+}
+
+fn validate_placement(
+    placement: &PlacementSpec,
+    path: &str,
+    fail: &mut impl FnMut(String, String),
+) {
+    if placement.constraints.len() > CONSTRAINTS_MAX {
+        fail(
+            format!("{path}.constraints"),
+            format!(
+                "at most {CONSTRAINTS_MAX} constraints, got {}",
+                placement.constraints.len()
+            ),
+        );
+    }
+    if placement.affinities.len() > AFFINITIES_MAX {
+        fail(
+            format!("{path}.affinities"),
+            format!(
+                "at most {AFFINITIES_MAX} affinities, got {}",
+                placement.affinities.len()
+            ),
+        );
+    }
+    for (index, affinity) in placement.affinities.iter().enumerate() {
+        if affinity.weight == 0 || affinity.weight.abs() > AFFINITY_WEIGHT_MAX {
+            fail(
+                format!("{path}.affinities[{index}].weight"),
+                format!(
+                    "must be between -{AFFINITY_WEIGHT_MAX} and {AFFINITY_WEIGHT_MAX} and not 0 (negative to avoid matching nodes), got {}",
+                    affinity.weight
+                ),
+            );
+        }
+    }
+    if placement.spread.len() > SPREADS_MAX {
+        fail(
+            format!("{path}.spread"),
+            format!(
+                "at most {SPREADS_MAX} spreads, got {}",
+                placement.spread.len()
+            ),
+        );
+    }
+    for (index, spread) in placement.spread.iter().enumerate() {
+        if let Err(message) = check_label_key(&spread.over) {
+            fail(format!("{path}.spread[{index}].over"), message);
+        }
+        if spread.max_per == Some(0) {
+            fail(
+                format!("{path}.spread[{index}].max_per"),
+                "must be at least 1; leave it out to spread evenly without a limit".into(),
+            );
+        }
     }
 }
 

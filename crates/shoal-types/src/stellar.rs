@@ -166,6 +166,10 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
             ports,
             stop_grace_period: crate::spec::Millis(10_000),
             network: service.network,
+            kind: Default::default(),
+            priority: 0,
+            placement: Default::default(),
+            tolerations: Vec::new(),
         });
     }
     if !errors.is_empty() {

@@ -82,3 +82,18 @@ fn a_body_over_the_limit_is_refused_before_parsing() {
     let error = parse_app(&body).expect_err("too large");
     assert!(error.to_string().contains("more than the limit"), "{error}");
 }
+
+/// Writes the expected form of `SHOAL_SPEC_WRITE` (a file in specs/valid)
+/// for review, when that variable is set.
+#[test]
+fn write_expected_form_on_request() {
+    let Ok(name) = std::env::var("SHOAL_SPEC_WRITE") else {
+        return;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/specs/valid")
+        .join(&name);
+    let spec = parse_app(&fs::read(&path).expect("read spec")).expect("valid spec");
+    let text = serde_json::to_string_pretty(&spec).expect("serializes");
+    fs::write(path.with_extension("expected.json"), text + "\n").expect("write");
+}

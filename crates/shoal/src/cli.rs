@@ -59,6 +59,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Remove an app and stop its containers.
     Rm(RmArgs),
+    /// Show what applying a spec would do (where tasks go, what stops, what
+    /// cannot be placed and why), without changing anything.
+    Plan(PlanArgs),
     /// List the cluster's nodes.
     Nodes(ListArgs),
     /// List the images on the node.
@@ -108,6 +111,37 @@ pub enum NodeCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Taint a node: KEY=VALUE:EFFECT or KEY:EFFECT, EFFECT one of NoSchedule,
+    /// PreferNoSchedule, NoExecute (which also moves away work that does
+    /// not tolerate it).
+    Taint {
+        /// The node's name (see `shoal nodes`).
+        name: String,
+        /// e.g. `gpu=true:NoSchedule`
+        taint: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a node's taints: KEY (every effect) or KEY:EFFECT.
+    Untaint {
+        name: String,
+        /// e.g. `gpu` or `gpu:NoSchedule`
+        taint: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move a node's work away and keep new work off it.
+    Drain {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let a drained node take work again.
+    Undrain {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -140,9 +174,23 @@ pub struct AgentArgs {
     pub peers: Vec<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-    /// Node labels, KEY=VALUE; repeat for more.
+    /// Node labels, KEY=VALUE; repeat for more. Constraints, affinities and
+    /// spreads match them (`zone` spreads voters too).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub reserve: ReserveArgs,
+}
+
+/// What the node keeps back from tasks for itself and the system.
+#[derive(Args, Clone)]
+pub struct ReserveArgs {
+    /// Cpu not offered to tasks, in cores (`0.5`) or millicores (`500m`).
+    #[arg(long, default_value = "100m", value_parser = parse_cpu)]
+    pub reserve_cpu: u64,
+    /// Memory not offered to tasks (`256Mi`, `1G`).
+    #[arg(long, default_value = "256Mi", value_parser = parse_memory)]
+    pub reserve_memory: u64,
 }
 
 #[derive(Args)]
@@ -158,6 +206,8 @@ pub struct DevArgs {
     pub gossip_port: u16,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub reserve: ReserveArgs,
 }
 
 #[derive(Args, Clone)]
@@ -185,6 +235,17 @@ pub struct ApplyArgs {
     /// Give up following after this long (e.g. 90s, 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The app spec, YAML or JSON (`-` reads standard input).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: Output,
     #[command(flatten)]
     pub target: Target,
 }
@@ -273,6 +334,14 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+fn parse_cpu(text: &str) -> Result<u64, String> {
+    shoal_types::parse_cpu_millis(text)
+}
+
+fn parse_memory(text: &str) -> Result<u64, String> {
+    shoal_types::parse_memory_bytes(text)
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

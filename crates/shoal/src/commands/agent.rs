@@ -42,6 +42,8 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         peers,
         forget_dead_after: args.forget_dead_after,
         labels: args.labels.into_iter().collect(),
+        reserve_cpu_millis: args.reserve.reserve_cpu,
+        reserve_memory_bytes: args.reserve.reserve_memory,
     };
     start(config, args.runtime).await
 }
@@ -60,6 +62,8 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         peers: Vec::new(),
         forget_dead_after: std::time::Duration::from_secs(300),
         labels: Default::default(),
+        reserve_cpu_millis: args.reserve.reserve_cpu,
+        reserve_memory_bytes: args.reserve.reserve_memory,
     };
     eprintln!(
         "shoal dev: a one-node cluster; API on http://{bind} (try `shoal nodes`, `shoal apply -f app.yaml`); Ctrl-C stops the node, its containers keep running"

@@ -30,7 +30,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     follow(&client, &applied.app, verb, applied.version, args.timeout).await
 }
 
-fn read_spec(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let mut body = Vec::new();
     let limit = SPEC_BYTES_MAX as u64 + 1;
     if path.as_os_str() == "-" {
@@ -63,7 +63,8 @@ async fn follow(
     loop {
         let view = client.app(app).await?;
         let wanted: u32 = view.services.iter().map(|s| s.replicas).sum();
-        let running: u32 = view.services.iter().map(|s| s.running).sum();
+        // A batch task that completed counts as done.
+        let running: u32 = view.services.iter().map(|s| s.running + s.completed).sum();
         bar.set_length(u64::from(wanted));
         bar.set_position(u64::from(running));
         bar.tick();
@@ -100,8 +101,11 @@ async fn follow(
             println!("app {app} {verb} (version {version}): {running}/{wanted} running");
             return Ok(ExitCode::SUCCESS);
         }
-        if let Some(reason) = view.unplaced.first() {
-            bar.set_message(format!("app {app}: cannot place: {reason}"));
+        if let Some(unplaced) = view.unplaced.first() {
+            bar.set_message(format!(
+                "app {app}: cannot place {} task(s) of {}: {}",
+                unplaced.count, unplaced.service, unplaced.reason
+            ));
         }
         if started.elapsed() > timeout {
             bar.abandon();

@@ -51,24 +51,36 @@ pub async fn inspect(name: String, output: Output, target: Target) -> anyhow::Re
         .services
         .iter()
         .map(|service| {
+            let progress = match service.kind {
+                shoal_types::Kind::Batch => format!(
+                    "{} running, {} completed, {} failed of {}",
+                    service.running, service.completed, service.failed, service.replicas
+                ),
+                _ => format!("{}/{}", service.running, service.replicas),
+            };
             vec![
                 format!("{}.{}", app.name, service.name),
+                format!("{:?}", service.kind).to_lowercase(),
                 service.image.clone(),
-                format!("{}/{}", service.running, service.replicas),
+                progress,
             ]
         })
         .collect();
-    for line in table(&["NAME", "IMAGE", "RUNNING"], services).lines() {
+    for line in table(&["NAME", "KIND", "IMAGE", "RUNNING"], services).lines() {
         println!("  {line}");
     }
     if !app.unplaced.is_empty() {
         println!("Not placed:");
-        for reason in &app.unplaced {
-            println!("  {reason}");
+        for unplaced in &app.unplaced {
+            println!(
+                "  {}.{}: {} task(s): {}",
+                unplaced.app, unplaced.service, unplaced.count, unplaced.reason
+            );
         }
     }
     println!("Tasks:");
-    let rows = tasks.iter().map(super::ps::row).collect();
+    let mut rows: Vec<Vec<String>> = tasks.iter().map(super::ps::row).collect();
+    rows.extend(app.unplaced.iter().map(super::ps::unplaced_row));
     for line in table(super::ps::HEADER, rows).lines() {
         println!("  {line}");
     }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod images;
 pub mod logs;
 pub mod nodes;
+pub mod plan;
 pub mod ps;
 pub mod rm;
 pub mod version;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ps(args) => ps::run(args).await,
         Command::Logs(args) => logs::run(args).await,
         Command::Rm(args) => rm::run(args).await,
+        Command::Plan(args) => plan::run(args).await,
         Command::Nodes(args) => nodes::run(args).await,
         Command::Images(args) => images::list(args).await,
         Command::Image {
@@ -65,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("the node is leaving: its work moves to other nodes, then it stops");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Node { command } => nodes::change(command).await,
     }
 }
 

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use crate::cli::ListArgs;
+use crate::cli::{ListArgs, NodeCommand};
 use crate::output::{age, bytes, print_list};
 
 pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
@@ -19,7 +19,17 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
                     bytes(node.memory_used_bytes),
                     bytes(node.memory_total_bytes)
                 ),
-                node.status.as_str().to_string(),
+                {
+                    let mut status = node.status.as_str().to_string();
+                    if node.drain {
+                        status.push_str(", drained");
+                    }
+                    if !node.taints.is_empty() {
+                        status.push_str(&format!(", tainted {}", node.taints.join(" ")));
+                    }
+                    status
+                },
+                node.tasks.to_string(),
                 if node.leader {
                     format!("{} (leader)", node.role)
                 } else {
@@ -39,9 +49,62 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
             "CPUS",
             "MEMORY (USED)",
             "STATUS",
+            "TASKS",
             "ROLE",
         ],
         rows,
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shoal node taint|untaint|drain|undrain`: one replicated change each.
+pub async fn change(command: NodeCommand) -> anyhow::Result<ExitCode> {
+    let (update, done) = match command {
+        NodeCommand::Taint {
+            name,
+            taint,
+            target,
+        } => {
+            // Checked here too, so a typo never reaches the cluster.
+            taint
+                .parse::<shoal_types::Taint>()
+                .map_err(|message| anyhow::anyhow!("TAINT: {message}"))?;
+            let update = super::client(&target)?.taint_node(&name, &taint).await?;
+            (update, format!("node {name} tainted {taint}"))
+        }
+        NodeCommand::Untaint {
+            name,
+            taint,
+            target,
+        } => {
+            let (key, effect) = match taint.split_once(':') {
+                Some((key, effect)) => (key, Some(effect)),
+                None => (taint.as_str(), None),
+            };
+            let update = super::client(&target)?
+                .untaint_node(&name, key, effect)
+                .await?;
+            (update, format!("node {name} untainted {taint}"))
+        }
+        NodeCommand::Drain { name, target } => {
+            let update = super::client(&target)?.drain_node(&name, true).await?;
+            (
+                update,
+                format!("node {name} drained: its work moves to other nodes"),
+            )
+        }
+        NodeCommand::Undrain { name, target } => {
+            let update = super::client(&target)?.drain_node(&name, false).await?;
+            (update, format!("node {name} takes work again"))
+        }
+        NodeCommand::Leave { .. } => {
+            anyhow::bail!("`shoal node leave` is not a change of another node")
+        }
+    };
+    if update.changed {
+        println!("{done}");
+    } else {
+        println!("{done} (it already was)");
+    }
     Ok(ExitCode::SUCCESS)
 }

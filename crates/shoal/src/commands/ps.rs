@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use shoal_api::wire::TaskView;
+use shoal_api::wire::{TaskView, UnplacedView};
 
 use crate::cli::PsArgs;
 use crate::output::{print_list, since};
@@ -12,18 +12,36 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         client.app(app).await?;
     }
     let tasks = client.tasks(args.app.as_deref()).await?;
-    print_list(
-        args.output.format,
-        &tasks,
-        HEADER,
-        tasks.iter().map(row).collect(),
-    )?;
+    let mut rows: Vec<Vec<String>> = tasks.iter().map(row).collect();
+    // Tasks that fit nowhere have no task id yet: one row per service, with why.
+    if args.output.format == crate::cli::Format::Table {
+        let apps = match &args.app {
+            Some(app) => vec![client.app(app).await?],
+            None => client.apps().await?,
+        };
+        for app in &apps {
+            rows.extend(app.unplaced.iter().map(unplaced_row));
+        }
+    }
+    print_list(args.output.format, &tasks, HEADER, rows)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub const HEADER: &[&str] = &[
     "TASK", "NODE", "STATE", "PROMISE", "RESTARTS", "AGE", "MESSAGE",
 ];
+
+pub fn unplaced_row(unplaced: &UnplacedView) -> Vec<String> {
+    vec![
+        format!("{}.{} ×{}", unplaced.app, unplaced.service, unplaced.count),
+        "-".into(),
+        "pending".into(),
+        "pending".into(),
+        "0".into(),
+        "-".into(),
+        format!("not placed: {}", unplaced.reason),
+    ]
+}
 
 pub fn row(task: &TaskView) -> Vec<String> {
     let state = match (task.state, task.desired) {

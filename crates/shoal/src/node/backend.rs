@@ -6,14 +6,16 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use shoal_api::server::{ApiError, ApiResult, Backend, LogOptions, LogStream};
 use shoal_api::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ImageView, NodeView, ServiceView,
-    TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ImageView, NodeUpdate, NodeView,
+    PlanView, PlannedStop, PlannedTask, ServiceView, TaskView, UnplacedView, VersionInfo,
 };
 use shoal_cluster::membership::MemberStatus;
 use shoal_cluster::raft::ProposeError;
 use shoal_runtime::Runtime;
+use shoal_state::fit::Request;
+use shoal_state::Entry;
 use shoal_state::{ApplyError, Command, Outcome, State};
-use shoal_types::{consensus_id, DesiredState, NodeStatus, TaskState};
+use shoal_types::{consensus_id, DesiredState, Kind, NodeStatus, Taint, TaintEffect, TaskState};
 
 use super::Shared;
 use crate::output::now_ms;
@@ -33,35 +35,70 @@ fn propose_error(error: ProposeError) -> ApiError {
         ProposeError::Rejected(ApplyError::AppNotFound(name)) => {
             ApiError::not_found(format!("app `{name}` not found; see `shoal apps`"))
         }
+        ProposeError::Rejected(ApplyError::NodeNotFound(name)) => {
+            ApiError::not_found(format!("node `{name}` not found; see `shoal nodes`"))
+        }
         ProposeError::Rejected(error) => ApiError::bad_request(error.to_string()),
         other => ApiError::unavailable(other.to_string()),
     }
 }
 
-fn app_view(state: &State, name: &str, unplaced: &[shoal_state::Unplaced]) -> Option<AppView> {
+fn unplaced_view(entry: &shoal_state::Unplaced) -> UnplacedView {
+    UnplacedView {
+        app: entry.app.clone(),
+        service: entry.service.clone(),
+        count: entry.count,
+        reason: entry.reason.clone(),
+    }
+}
+
+fn app_view(state: &State, name: &str) -> Option<AppView> {
     let app = state.apps.get(name)?;
     let services = app
         .spec
         .services
         .iter()
         .map(|service| {
-            let running = state
-                .tasks
-                .values()
-                .filter(|task| {
-                    task.app == app.spec.name
-                        && task.service == service.name
-                        && task.desired == DesiredState::Running
-                        && task.status.state == TaskState::Running
-                        && task.slot < service.replicas
-                        && task.spec.same_task_as(service)
-                })
-                .count() as u32;
+            let (mut running, mut completed, mut failed) = (0, 0, 0);
+            for task in state.tasks.values() {
+                let current = task.app == app.spec.name
+                    && task.service == service.name
+                    && task.desired == DesiredState::Running
+                    && task.spec.same_task_as(service);
+                if !current {
+                    continue;
+                }
+                match task.status.state {
+                    TaskState::Running => running += 1,
+                    TaskState::Exited if task.status.exit_code == Some(0) => completed += 1,
+                    _ if shoal_sched::batch_done(task) => failed += 1,
+                    _ => {}
+                }
+            }
+            let replicas = match service.kind {
+                Kind::Global => state
+                    .nodes
+                    .values()
+                    .filter(|node| shoal_state::fit::admits(node, service).is_ok())
+                    .count() as u32,
+                Kind::Service | Kind::Batch => service.replicas,
+            };
             ServiceView {
                 name: service.name.clone(),
                 image: service.image.clone(),
-                replicas: service.replicas,
+                kind: service.kind,
+                replicas,
                 running,
+                completed: if service.kind == Kind::Batch {
+                    completed
+                } else {
+                    0
+                },
+                failed: if service.kind == Kind::Batch {
+                    failed
+                } else {
+                    0
+                },
             }
         })
         .collect();
@@ -72,17 +109,64 @@ fn app_view(state: &State, name: &str, unplaced: &[shoal_state::Unplaced]) -> Op
         updated_at_ms: app.updated_at_ms,
         services,
         spec: app.spec.clone(),
-        unplaced: unplaced
+        unplaced: state
+            .unplaced
             .iter()
             .filter(|entry| entry.app == name)
-            .map(|entry| {
-                format!(
-                    "{}.{} replica {}: {}",
-                    entry.app, entry.service, entry.slot, entry.reason
-                )
-            })
+            .map(unplaced_view)
             .collect(),
     })
+}
+
+/// Why the scheduler stops a task, in words for `shoal plan`.
+fn stop_reason(state: &State, task: &shoal_types::Task) -> String {
+    let service = state
+        .apps
+        .get(&task.app)
+        .and_then(|app| app.spec.services.iter().find(|s| s.name == task.service));
+    let node = state.nodes.get(&task.node);
+    match (service, node) {
+        (None, _) => "the service is gone".into(),
+        (Some(service), _) if !task.spec.same_task_as(service) => "the spec changed".into(),
+        (_, None) => "its node is gone".into(),
+        (_, Some(node)) if node.status != NodeStatus::Alive => {
+            format!("node {} is {}", node.name, node.status.as_str())
+        }
+        (_, Some(node)) if node.drain => format!("node {} is drained", node.name),
+        (Some(service), _) if service.kind != Kind::Global && task.slot >= service.replicas => {
+            "scaled down".into()
+        }
+        (Some(service), Some(node)) => {
+            match shoal_state::fit::untolerated(node, service, |e| e == TaintEffect::NoExecute) {
+                Some(taint) => format!("node {} is tainted `{taint}`", node.name),
+                None => match shoal_state::fit::admits(node, service) {
+                    Err(reject) => format!("node {} is {reject}", node.name),
+                    Ok(()) => "a higher priority needs the room".into(),
+                },
+            }
+        }
+    }
+}
+
+impl<R: Runtime> NodeBackend<R> {
+    async fn node_update(&self, name: &str, command: Command) -> ApiResult<NodeUpdate> {
+        let outcome = self
+            .0
+            .raft
+            .propose(now_ms(), command)
+            .await
+            .map_err(propose_error)?;
+        let changed = matches!(outcome, Outcome::NodeUpdated { changed: true });
+        let node = self
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|node| node.name == name)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("node `{name}` not found; see `shoal nodes`"))
+            })?;
+        Ok(NodeUpdate { changed, node })
+    }
 }
 
 impl<R: Runtime> Backend for NodeBackend<R> {
@@ -102,6 +186,14 @@ impl<R: Runtime> Backend for NodeBackend<R> {
         let members = shared.membership.members();
         let state = shared.raft.read();
         let mut names: Vec<&str> = state.nodes.keys().map(String::as_str).collect();
+        let mut requested: std::collections::HashMap<&str, (Request, u32)> = Default::default();
+        for task in state.tasks.values() {
+            if task.desired == DesiredState::Running {
+                let entry = requested.entry(task.node.as_str()).or_default();
+                entry.0.add(Request::of(&task.spec));
+                entry.1 += 1;
+            }
+        }
         for member in &members {
             if !state.nodes.contains_key(&member.facts.name) && !member.facts.name.is_empty() {
                 names.push(&member.facts.name);
@@ -169,6 +261,15 @@ impl<R: Runtime> Backend for NodeBackend<R> {
                         .map(|f| f.labels.clone())
                         .or(recorded.map(|n| n.labels.clone()))
                         .unwrap_or_default(),
+                    taints: recorded
+                        .map(|n| n.taints.iter().map(Taint::to_string).collect())
+                        .unwrap_or_default(),
+                    drain: recorded.is_some_and(|n| n.drain),
+                    cpu_allocatable_millis: recorded.map_or(0, |n| n.cpu_allocatable_millis),
+                    memory_allocatable_bytes: recorded.map_or(0, |n| n.memory_allocatable_bytes),
+                    cpu_requested_millis: requested.get(name).map_or(0, |r| r.0.cpu_millis),
+                    memory_requested_bytes: requested.get(name).map_or(0, |r| r.0.memory_bytes),
+                    tasks: requested.get(name).map_or(0, |r| r.1),
                 }
             })
             .collect();
@@ -240,29 +341,108 @@ impl<R: Runtime> Backend for NodeBackend<R> {
 
     async fn apps(&self) -> ApiResult<Vec<AppView>> {
         self.fresh().await?;
-        let unplaced = self
-            .0
-            .unplaced
-            .lock()
-            .map(|u| u.clone())
-            .unwrap_or_default();
         let state = self.0.raft.read();
         Ok(state
             .apps
             .keys()
-            .filter_map(|name| app_view(&state, name, &unplaced))
+            .filter_map(|name| app_view(&state, name))
             .collect())
+    }
+
+    async fn taint_node(&self, name: String, taint: String) -> ApiResult<NodeUpdate> {
+        let taint: Taint = taint
+            .parse()
+            .map_err(|message: String| ApiError::bad_request(format!("taint: {message}")))?;
+        let command = Command::TaintNode {
+            name: name.clone(),
+            taint,
+        };
+        self.node_update(&name, command).await
+    }
+
+    async fn untaint_node(
+        &self,
+        name: String,
+        key: String,
+        effect: Option<String>,
+    ) -> ApiResult<NodeUpdate> {
+        let effect = effect
+            .map(|effect| effect.parse::<TaintEffect>())
+            .transpose()
+            .map_err(|message| ApiError::bad_request(format!("effect: {message}")))?;
+        shoal_types::placement::check_label_key(&key)
+            .map_err(|message| ApiError::bad_request(format!("key: {message}")))?;
+        let command = Command::UntaintNode {
+            name: name.clone(),
+            key,
+            effect,
+        };
+        self.node_update(&name, command).await
+    }
+
+    async fn drain_node(&self, name: String, drain: bool) -> ApiResult<NodeUpdate> {
+        let command = Command::SetNodeDrain {
+            name: name.clone(),
+            drain,
+        };
+        self.node_update(&name, command).await
+    }
+
+    async fn plan(&self, body: Bytes) -> ApiResult<PlanView> {
+        let spec = shoal_types::parse_app(&body)?;
+        let name = spec.name.clone();
+        self.fresh().await?;
+        let mut state = self.0.raft.read().clone();
+        let index = state.applied_index + 1;
+        let outcome = state
+            .apply(index, &Entry::new(now_ms(), Command::PutApp { spec }))
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        let Outcome::AppPut { version, changed } = outcome else {
+            return Err(ApiError::internal(format!(
+                "unexpected outcome {outcome:?}"
+            )));
+        };
+        let plan = shoal_sched::reconcile(&state);
+        let place = plan
+            .place
+            .iter()
+            .filter(|placement| placement.app == name)
+            .map(|placement| PlannedTask {
+                service: placement.service.clone(),
+                slot: placement.slot,
+                node: placement.node.clone(),
+            })
+            .collect();
+        let stop = plan
+            .stop
+            .iter()
+            .filter_map(|id| state.tasks.get(id))
+            .filter(|task| task.app == name)
+            .map(|task| PlannedStop {
+                task: task.id.clone(),
+                node: task.node.clone(),
+                reason: stop_reason(&state, task),
+            })
+            .collect();
+        let unplaced = plan
+            .unplaced
+            .iter()
+            .filter(|entry| entry.app == name)
+            .map(unplaced_view)
+            .collect();
+        Ok(PlanView {
+            app: name,
+            version,
+            changed,
+            place,
+            stop,
+            unplaced,
+        })
     }
 
     async fn app(&self, name: String) -> ApiResult<AppView> {
         self.fresh().await?;
-        let unplaced = self
-            .0
-            .unplaced
-            .lock()
-            .map(|u| u.clone())
-            .unwrap_or_default();
-        app_view(&self.0.raft.read(), &name, &unplaced)
+        app_view(&self.0.raft.read(), &name)
             .ok_or_else(|| ApiError::not_found(format!("app `{name}` not found; see `shoal apps`")))
     }
 

@@ -174,9 +174,16 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
         arch: facts.arch,
         cpus: facts.cpus,
         memory_total_bytes: facts.memory_total_bytes,
+        cpu_allocatable_millis: (u64::from(facts.cpus) * 1000)
+            .saturating_sub(shared.config.reserve_cpu_millis),
+        memory_allocatable_bytes: facts
+            .memory_total_bytes
+            .saturating_sub(shared.config.reserve_memory_bytes),
         labels: facts.labels,
         started_at_ms: facts.started_at_ms,
         status: NodeStatus::Alive,
+        taints: Vec::new(),
+        drain: false,
     };
     for attempt in 0..REGISTER_ATTEMPTS_MAX {
         match shared

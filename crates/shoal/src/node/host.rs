@@ -10,7 +10,7 @@ pub fn facts() -> Facts {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let (total, _) = memory();
     Facts {
-        os: format!("Linux ({})", release.trim()),
+        os: format!("linux ({})", release.trim()),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         memory_total_bytes: total,
     }

@@ -11,7 +11,7 @@ mod scheduler;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_cluster::membership::Membership;
@@ -39,6 +39,9 @@ pub struct NodeConfig {
     /// A dead or departed node is forgotten this long after.
     pub forget_dead_after: std::time::Duration,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Cpu (millicores) and memory (bytes) kept back from tasks for the system.
+    pub reserve_cpu_millis: u64,
+    pub reserve_memory_bytes: u64,
 }
 
 /// What the loops and the API handlers share.
@@ -49,8 +52,6 @@ pub struct Shared<R> {
     pub cluster_id: String,
     pub runtime: R,
     pub started_at_ms: u64,
-    /// The scheduler's latest word on replicas it could not place.
-    pub unplaced: Mutex<Vec<shoal_state::Unplaced>>,
     pub http: reqwest::Client,
     /// Set once `shoal node leave` was asked; the loops wind down.
     pub leaving: tokio::sync::watch::Sender<bool>,
@@ -110,7 +111,6 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
         cluster_id,
         runtime,
         started_at_ms,
-        unplaced: Mutex::new(Vec::new()),
         http,
         leaving,
     });

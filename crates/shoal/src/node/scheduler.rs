@@ -20,11 +20,12 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
             let _ = tokio::time::timeout(IDLE_INTERVAL, changes.changed()).await;
             continue;
         }
-        let plan = shoal_sched::reconcile(&shared.raft.read());
-        if let Ok(mut unplaced) = shared.unplaced.lock() {
-            unplaced.clone_from(&plan.unplaced);
-        }
-        if !plan.is_empty() {
+        let plan = {
+            let state = shared.raft.read();
+            let plan = shoal_sched::reconcile(&state);
+            (!plan.changes_nothing(&state)).then_some(plan)
+        };
+        if let Some(plan) = plan {
             let progressed = match shared
                 .raft
                 .propose(now_ms(), Command::ApplyPlan { plan })
