@@ -393,6 +393,17 @@ pub fn plugin_stdin_config(
     Ok(Value::Object(config))
 }
 
+/// A namespace that is gone (the task and its namespace were removed while
+/// we were down) is passed as empty, which the spec allows for DEL; the
+/// plugins then release what they hold outside of it.
+fn without_missing_netns(attachment: &Attachment) -> Attachment {
+    let mut attachment = attachment.clone();
+    if !attachment.netns.as_os_str().is_empty() && !attachment.netns.exists() {
+        attachment.netns = PathBuf::new();
+    }
+    attachment
+}
+
 /// What DEL needs after a crash, one file per container and network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CachedAttachment {
@@ -428,8 +439,9 @@ impl Cni {
     }
 
     /// Runs ADD through the list in order, caches the final result and
-    /// returns it. When a plugin fails, the plugins are torn down again (DEL
-    /// in reverse, best effort) and the ADD error is returned.
+    /// returns it. When a plugin fails, the plugins that ran (the failed one
+    /// included, it may have done half its work) get DEL in reverse, best
+    /// effort, and the ADD error is returned.
     pub fn add(
         &self,
         list: &NetworkConfigList,
@@ -450,9 +462,7 @@ impl Cni {
                     })
                 }
                 Err(add_error) => {
-                    if let Err(del_error) = self.del_plugins(list, attachment, prev.as_ref()) {
-                        tracing::warn!(%del_error, "cleaning up after a failed CNI ADD");
-                    }
+                    self.roll_back(list, attachment, prev.as_ref(), index + 1);
                     return Err(add_error);
                 }
             }
@@ -565,23 +575,36 @@ impl Cni {
         self.read_cache(network, container_id)
     }
 
+    /// DEL of every plugin in reverse; stops at the first error so that the
+    /// cache stays for the caller's retry.
     fn del_plugins(
         &self,
         list: &NetworkConfigList,
         attachment: &Attachment,
         prev: Option<&CniResult>,
     ) -> Result<(), CniError> {
-        // A namespace that is gone (the task and its namespace were removed
-        // while we were down) is passed as empty, which the spec allows for
-        // DEL; the plugins then release what they hold outside of it.
-        let mut attachment = attachment.clone();
-        if !attachment.netns.as_os_str().is_empty() && !attachment.netns.exists() {
-            attachment.netns = PathBuf::new();
-        }
+        let attachment = without_missing_netns(attachment);
         for index in (0..list.plugins.len()).rev() {
             self.exec_plugin("DEL", list, index, &attachment, prev)?;
         }
         Ok(())
+    }
+
+    /// DEL of the first `ran` plugins in reverse, going on past errors:
+    /// after a failed ADD there is no cache to retry from.
+    fn roll_back(
+        &self,
+        list: &NetworkConfigList,
+        attachment: &Attachment,
+        prev: Option<&CniResult>,
+        ran: usize,
+    ) {
+        let attachment = without_missing_netns(attachment);
+        for index in (0..ran.min(list.plugins.len())).rev() {
+            if let Err(del_error) = self.exec_plugin("DEL", list, index, &attachment, prev) {
+                tracing::warn!(%del_error, "rolling back a failed CNI ADD");
+            }
+        }
     }
 
     fn exec_plugin(
