@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -178,11 +178,24 @@ pub fn run_bounded(
         }
     };
 
-    // The child is gone, so its pipes are closed unless it left a grandchild
-    // holding them; the readers stop at the bound either way.
-    let collect = |reader: Option<thread::JoinHandle<Bounded>>, stream: &'static str| {
+    // The child is gone, so its pipes are closed, unless it left a
+    // grandchild holding them (a daemonizing plugin): then we stop waiting
+    // at the deadline and leave the reader to end with the grandchild.
+    let collect = |reader: Option<mpsc::Receiver<Bounded>>, stream: &'static str| {
         let bounded = match reader {
-            Some(handle) => handle.join().unwrap_or_default(),
+            Some(receiver) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match receiver.recv_timeout(left) {
+                    Ok(bounded) => bounded,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        return Err(ExecError::Timeout {
+                            program: program.to_owned(),
+                            timeout_ms: limits.timeout_ms,
+                        })
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Bounded::default(),
+                }
+            }
             None => Bounded::default(),
         };
         if bounded.overflowed {
@@ -212,10 +225,8 @@ struct Bounded {
 /// Reads up to `bytes_max` bytes (and one more to notice overflow) on a
 /// thread, then closes the pipe, so a flooding child gets EPIPE instead of
 /// filling our memory.
-fn read_bounded<R: Read + Send + 'static>(
-    reader: R,
-    bytes_max: usize,
-) -> thread::JoinHandle<Bounded> {
+fn read_bounded<R: Read + Send + 'static>(reader: R, bytes_max: usize) -> mpsc::Receiver<Bounded> {
+    let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
         let mut bytes = Vec::new();
         let limit = u64::try_from(bytes_max)
@@ -226,8 +237,10 @@ fn read_bounded<R: Read + Send + 'static>(
         let _ = reader.take(limit).read_to_end(&mut bytes);
         let overflowed = bytes.len() > bytes_max;
         bytes.truncate(bytes_max);
-        Bounded { bytes, overflowed }
-    })
+        // The caller may have stopped waiting; nobody to tell then.
+        let _ = sender.send(Bounded { bytes, overflowed });
+    });
+    receiver
 }
 
 /// The boundary through which `ip` and `iptables` are run.
@@ -365,6 +378,26 @@ mod tests {
     }
 
     #[test]
+    fn a_grandchild_holding_the_pipe_does_not_hold_us() {
+        let limits = ExecLimits {
+            timeout_ms: 300,
+            output_bytes_max: 1024,
+        };
+        let started = Instant::now();
+        // The shell exits at once; its background sleep keeps stdout open.
+        let err = run_bounded(
+            "sh",
+            &args(&["-c", "sleep 5 & echo started"]),
+            &[],
+            None,
+            limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
     fn output_beyond_the_bound_is_refused() {
         let limits = ExecLimits {
             timeout_ms: 5_000,
@@ -384,6 +417,11 @@ mod tests {
         );
         let ok = run_bounded("head", &args(&["-c", "10", "/dev/zero"]), &[], None, limits).unwrap();
         assert_eq!(ok.stdout.len(), 10);
+        // A child that never stops writing is cut off, not waited for.
+        let started = Instant::now();
+        let err = run_bounded("yes", &[], &[], None, limits).unwrap_err();
+        assert!(matches!(err, ExecError::OutputTooLarge { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]
