@@ -322,3 +322,42 @@ fn a_lost_report_is_sent_again() {
     assert_eq!(step.reports.len(), 1);
     assert_eq!(step.reports[0].1.state, TaskState::Running);
 }
+
+#[test]
+fn attempts_max_bounds_the_retries_of_a_failing_task() {
+    let mut task = task(RestartPolicy::OnFailure);
+    task.spec.restart.attempts_max = Some(2);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    ran(&mut reconciler, 1, 0);
+    let failed = observed(Some(Observed::Exited { exit_code: 3 }));
+    let step = reconciler.step(&[&task], &failed, 10);
+    assert!(
+        step.reports[0].1.message.contains("restarting in"),
+        "{step:?}"
+    );
+    // The second attempt starts after the back-off and fails too.
+    let step = reconciler.step(&[&task], &failed, 1_010);
+    assert!(
+        step.actions
+            .iter()
+            .any(|a| matches!(a, Action::Run { attempt: 2, .. })),
+        "{step:?}"
+    );
+    ran(&mut reconciler, 2, 1_010);
+    let step = reconciler.step(&[&task], &failed, 1_020);
+    let status = &step.reports[0].1;
+    assert_eq!(
+        (status.state, status.promise),
+        (TaskState::Failed, Promise::Broken)
+    );
+    assert!(
+        status.message.contains("2 of at most 2 attempts"),
+        "{status:?}"
+    );
+    // No third attempt, however long one waits.
+    assert!(reconciler
+        .step(&[&task], &failed, 999_999)
+        .actions
+        .is_empty());
+}

@@ -320,3 +320,40 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
         "left out keeps its value"
     );
 }
+
+#[test]
+fn two_plans_from_one_snapshot_never_over_commit_a_node() {
+    // One node with room for two tasks of 1 cpu; two apps scheduled from
+    // the same snapshot each think they have it.
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster
+        .put("name: one\nservices: [{name: s, image: busybox, replicas: 2, resources: {cpu: 1}}]");
+    let first = reconcile(&cluster.state);
+    cluster
+        .put("name: two\nservices: [{name: s, image: busybox, replicas: 2, resources: {cpu: 1}}]");
+    let second = reconcile(&cluster.state);
+    assert_eq!(first.place.len(), 2);
+    assert_eq!(
+        second.place.iter().filter(|p| p.app == "two").count(),
+        0,
+        "{second:?}"
+    );
+    // Force the race: a plan for `two` made before `one` was placed.
+    let stale_two = reconcile(&{
+        let mut before = cluster.state.clone();
+        before.apps.remove("one");
+        before
+    });
+    assert_eq!(stale_two.place.len(), 2, "{stale_two:?}");
+    cluster.apply(Command::ApplyPlan { plan: first });
+    let Outcome::PlanApplied {
+        placed, rejected, ..
+    } = cluster.apply(Command::ApplyPlan { plan: stale_two })
+    else {
+        panic!("plan outcome");
+    };
+    assert!(placed.is_empty(), "{placed:?}");
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(rejected[0].contains("less than 1 cpu free"), "{rejected:?}");
+    assert!(cluster.state.overcommitted_nodes().is_empty());
+}

@@ -443,3 +443,155 @@ fn a_dead_node_is_forgotten_after_the_stated_time() {
     );
     eprintln!("forgotten {:?} after kill -9", killed.elapsed());
 }
+
+/// Desired-running tasks of `service` per node, as node `index` sees them.
+fn placed(cluster: &Cluster, index: usize, service: &str) -> BTreeMap<String, usize> {
+    let mut per_node = BTreeMap::new();
+    for task in cluster.tasks(index) {
+        if task["service"] == service && task["desired"] == "running" {
+            *per_node
+                .entry(task["node"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+    }
+    per_node
+}
+
+fn running_on(cluster: &Cluster, index: usize, service: &str) -> BTreeMap<String, usize> {
+    let mut per_node = BTreeMap::new();
+    for task in cluster.tasks(index) {
+        if task["service"] == service && task["desired"] == "running" && task["state"] == "running"
+        {
+            *per_node
+                .entry(task["node"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+    }
+    per_node
+}
+
+const PLACED: &str = r#"
+name: placed
+services:
+  - name: pinned
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    replicas: 2
+    resources: {cpu: 100m, memory: 16Mi}
+    placement: {constraints: ["zone == b"]}
+  - name: agent
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    kind: global
+    tolerations: ["maint"]
+"#;
+
+const FREE: &str = r#"
+name: free
+services:
+  - name: web
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    replicas: 3
+"#;
+
+/// Constraints, taints, drain and a global service on real agents and
+/// containerd: work lands only where the rules allow, and moves when they
+/// change.
+#[test]
+fn placement_rules_hold_on_a_real_cluster() {
+    let Some(mut cluster) =
+        Cluster::start_or_skip("rules", &[&["zone=a"], &["zone=b"], &["zone=b"]])
+    else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let (a, b1, b2) = ("rules-1", "rules-2", "rules-3");
+
+    // `shoal plan` says where the tasks would go and changes nothing.
+    let spec_path = cluster.scratch.path().join("placed.yaml");
+    std::fs::write(&spec_path, PLACED).expect("write spec");
+    let plan = cluster
+        .shoal_json(1, &["plan", "-f", spec_path.to_str().expect("utf-8")])
+        .expect("plan");
+    let planned: Vec<&str> = plan["place"]
+        .as_array()
+        .expect("place")
+        .iter()
+        .filter(|task| task["service"] == "pinned")
+        .filter_map(|task| task["node"].as_str())
+        .collect();
+    assert_eq!(planned.len(), 2, "{plan}");
+    assert!(planned.iter().all(|node| *node != a), "{plan}");
+    assert!(cluster.tasks(0).is_empty(), "plan changed nothing");
+
+    // A constraint places work only on matching nodes; the global service
+    // runs once on every node.
+    cluster.apply_ok(0, PLACED);
+    let pinned = placed(&cluster, 0, "pinned");
+    assert_eq!(pinned.values().sum::<usize>(), 2, "{pinned:?}");
+    assert!(!pinned.contains_key(a), "zone == b only: {pinned:?}");
+    let one_each: BTreeMap<String, usize> =
+        [a, b1, b2].iter().map(|n| (n.to_string(), 1)).collect();
+    cluster.wait_for("the global service on every node", || {
+        (running_on(&cluster, 0, "agent") == one_each).then_some(())
+    });
+
+    // A taint keeps new work off its node.
+    cluster.shoal_ok(0, &["node", "taint", b2, "maint=yes:NoSchedule"]);
+    cluster.apply_ok(1, FREE);
+    let web = placed(&cluster, 0, "web");
+    assert_eq!(web.values().sum::<usize>(), 3, "{web:?}");
+    assert!(!web.contains_key(b2), "tainted node got work: {web:?}");
+    let nodes = cluster.nodes(0).expect("nodes");
+    let tainted = nodes.iter().find(|n| n["name"] == b2).expect("node listed");
+    assert_eq!(tainted["taints"][0], "maint=yes:NoSchedule", "{tainted}");
+    // A bad taint is refused with the fix, and changes nothing.
+    let bad = cluster.shoal(0, &["node", "taint", b2, "maint=yes:Sometimes"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("NoSchedule, PreferNoSchedule or NoExecute"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // Drain empties a node: its tasks stop (containerd runs none there) and
+    // what cannot go elsewhere waits with the reason.
+    cluster.shoal_ok(2, &["node", "drain", b1]);
+    let drained = cluster.index_of(b1);
+    cluster.wait_for("the drained node to run nothing", || {
+        let tasks = cluster.tasks(0);
+        let empty = !tasks
+            .iter()
+            .any(|t| t["node"] == b1 && (t["desired"] == "running" || t["state"] == "running"));
+        (empty && !cluster.containerd_runs_a_task(drained)).then_some(())
+    });
+    let ps = cluster.shoal_ok(0, &["ps", "placed"]);
+    assert!(
+        ps.contains("not placed")
+            && ps.contains("draining")
+            && ps.contains("tainted `maint=yes:NoSchedule`"),
+        "ps shows why pinned waits:\n{ps}"
+    );
+    let web = cluster.wait_for("web back to 3 replicas off the drained node", || {
+        let web = running_on(&cluster, 0, "web");
+        (web.values().sum::<usize>() == 3).then_some(web)
+    });
+    assert!(!web.contains_key(b1) && !web.contains_key(b2), "{web:?}");
+
+    // A global service follows a node that joins.
+    let joined = cluster.join(&["zone=c"]);
+    let name = cluster.members[joined].name.clone();
+    cluster.wait_for("the global service on the new node", || {
+        running_on(&cluster, 0, "agent")
+            .get(&name)
+            .is_some_and(|count| *count == 1)
+            .then_some(())
+    });
+
+    // Undrain: the constrained work comes back.
+    cluster.shoal_ok(0, &["node", "undrain", b1]);
+    cluster.wait_for("pinned running again on the undrained node", || {
+        (running_on(&cluster, 0, "pinned").get(b1) == Some(&2)).then_some(())
+    });
+}

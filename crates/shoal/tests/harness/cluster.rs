@@ -211,6 +211,33 @@ impl Cluster {
         Some(cluster)
     }
 
+    /// A new node (on 127.X.Y.N, not in a network namespace) joins through
+    /// node 0; returns its index.
+    pub fn join(&mut self, labels: &[&str]) -> usize {
+        assert!(self.netns.is_none(), "join is for clusters on 127.X.Y.N");
+        let index = self.members.len();
+        let first = &self.members[0];
+        let number = index + 1;
+        let base = |text: &str| {
+            text.rsplit_once(['-', '.'])
+                .map_or(String::new(), |(head, _)| head.to_string())
+        };
+        let member = Member {
+            name: format!("{}-{number}", base(&first.name)),
+            ip: format!("{}.{number}", base(&first.ip)),
+            namespace: format!("{}-{number}", base(&first.namespace)),
+            data_dir: self.scratch.path().join(format!("node{number}")),
+            labels: labels.iter().map(|label| label.to_string()).collect(),
+            extra_args: Vec::new(),
+            agent: None,
+        };
+        let peer = first.ip.clone();
+        self.members.push(member);
+        self.start(index, &[peer]);
+        self.import_busybox(index);
+        index
+    }
+
     pub fn addr(&self, index: usize) -> String {
         format!("{}:7950", self.members[index].ip)
     }
