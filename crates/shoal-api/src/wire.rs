@@ -36,6 +36,9 @@ pub struct NodeView {
     /// Whether the node is drained: no new work, its work moved away.
     #[serde(default)]
     pub drain: bool,
+    /// The node's subnet of the cluster CIDR, for its tasks' addresses.
+    #[serde(default)]
+    pub subnet: Option<String>,
     /// What tasks may request in all, and what the placed ones request.
     #[serde(default)]
     pub cpu_allocatable_millis: u64,
@@ -247,4 +250,11 @@ pub struct ClusterSettings {
     /// nodes, 3 from 3 nodes on, 5 from 5 on, never more than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voters_max: Option<u32>,
+    /// Where tasks' addresses come from (default 10.42.0.0/16); each node
+    /// gets a subnet of it. Changes only before nodes hold subnets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's subnet (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_prefix_len: Option<u8>,
 }

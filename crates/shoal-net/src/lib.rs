@@ -17,4 +17,6 @@ pub mod dns;
 pub mod exec;
 pub mod netns;
 pub mod routes;
-pub mod subnet;
+/// Node subnets are chosen by the replicated state machine, so the
+/// (pure) CIDR arithmetic lives with the domain types.
+pub use shoal_types::subnet;

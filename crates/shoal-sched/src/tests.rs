@@ -30,6 +30,7 @@ impl Cluster {
                     status: NodeStatus::Alive,
                     taints: Vec::new(),
                     drain: false,
+                    subnet: None,
                 },
             });
         }
@@ -291,6 +292,8 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
     assert_eq!(cluster.state.settings.voters_max, 5);
     cluster.apply(Command::SetSettings {
         voters_max: Some(3),
+        cluster_cidr: None,
+        node_prefix_len: None,
     });
     assert_eq!(cluster.state.settings.voters_max, 3);
     for bad in [0, 4, 9] {
@@ -303,6 +306,8 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
                     0,
                     Command::SetSettings {
                         voters_max: Some(bad),
+                        cluster_cidr: None,
+                        node_prefix_len: None,
                     },
                 ),
             )
@@ -314,7 +319,11 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
             "{error}"
         );
     }
-    cluster.apply(Command::SetSettings { voters_max: None });
+    cluster.apply(Command::SetSettings {
+        voters_max: None,
+        cluster_cidr: None,
+        node_prefix_len: None,
+    });
     assert_eq!(
         cluster.state.settings.voters_max, 3,
         "left out keeps its value"
@@ -356,4 +365,63 @@ fn two_plans_from_one_snapshot_never_over_commit_a_node() {
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(rejected[0].contains("less than 1 cpu free"), "{rejected:?}");
     assert!(cluster.state.overcommitted_nodes().is_empty());
+}
+
+#[test]
+fn every_node_gets_its_own_subnet_through_the_log() {
+    // Nodes registering one right after the other (as two joining at the
+    // same moment do: the log orders them) get different subnets.
+    let mut cluster = Cluster::with_nodes(&["a", "b", "c"]);
+    let subnet = |cluster: &Cluster, name: &str| cluster.state.nodes[name].subnet.clone();
+    assert_eq!(subnet(&cluster, "a").as_deref(), Some("10.42.0.0/24"));
+    assert_eq!(subnet(&cluster, "b").as_deref(), Some("10.42.1.0/24"));
+    assert_eq!(subnet(&cluster, "c").as_deref(), Some("10.42.2.0/24"));
+    // Registering again (a restart, new facts) keeps the subnet.
+    let mut again = cluster.state.nodes["b"].clone();
+    again.subnet = Some("10.99.0.0/24".into());
+    cluster.apply(Command::RegisterNode { node: again });
+    assert_eq!(subnet(&cluster, "b").as_deref(), Some("10.42.1.0/24"));
+    // A forgotten node's subnet goes to the next node that registers.
+    cluster.apply(Command::SetNodeStatus {
+        name: "b".into(),
+        status: NodeStatus::Dead,
+    });
+    cluster.apply(Command::ForgetNode { name: "b".into() });
+    let mut d = cluster.state.nodes["a"].clone();
+    d.name = "d".into();
+    d.subnet = None;
+    cluster.apply(Command::RegisterNode { node: d });
+    assert_eq!(subnet(&cluster, "d").as_deref(), Some("10.42.1.0/24"));
+    // The cluster CIDR cannot change under nodes that hold subnets.
+    let error = cluster
+        .state
+        .clone()
+        .apply(
+            1000,
+            &Entry::new(
+                0,
+                Command::SetSettings {
+                    voters_max: None,
+                    cluster_cidr: Some("10.50.0.0/16".into()),
+                    node_prefix_len: None,
+                },
+            ),
+        )
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("already holds subnet"),
+        "{error}"
+    );
+    let bad = Command::SetSettings {
+        voters_max: None,
+        cluster_cidr: Some("10.50.0.1/16".into()),
+        node_prefix_len: None,
+    };
+    let error = State::default()
+        .apply(1, &Entry::new(0, bad))
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("did you mean 10.50.0.0/16"),
+        "{error}"
+    );
 }

@@ -184,6 +184,7 @@ proptest! {
                 status: NodeStatus::Alive,
                 taints: Vec::new(),
                 drain: false,
+                subnet: None,
             }});
             if case.tainted {
                 let taint: Taint = "special=yes:NoSchedule".parse().expect("taint");

@@ -127,6 +127,7 @@ impl Run {
             status: NodeStatus::Alive,
             taints: Vec::new(),
             drain: false,
+            subnet: None,
         };
         self.apply(Command::RegisterNode { node });
         for taint in &spec.taints {

@@ -16,6 +16,7 @@ use shoal_types::{
 };
 
 use fit::Request;
+use shoal_types::subnet::Ipv4Cidr;
 
 /// Version of the [`Command`] encoding written into every entry. A node
 /// refuses entries of a version it does not know instead of guessing.
@@ -75,6 +76,10 @@ pub enum Command {
     /// Change cluster-wide settings; fields left out keep their value.
     SetSettings {
         voters_max: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster_cidr: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_prefix_len: Option<u8>,
     },
     /// Forget a node that is not alive, with every task placed on it.
     ForgetNode {
@@ -226,11 +231,29 @@ pub struct Settings {
     /// Voters the cluster aims for: every node up to 2 nodes, then 3, then
     /// 5 from 5 nodes on, never more than this. Odd, 1 to 7.
     pub voters_max: u32,
+    /// Where tasks' addresses come from: each node gets a subnet of this.
+    #[serde(default = "default_cluster_cidr")]
+    pub cluster_cidr: String,
+    /// Prefix length of each node's subnet (24: 254 addresses a node).
+    #[serde(default = "default_node_prefix_len")]
+    pub node_prefix_len: u8,
+}
+
+fn default_cluster_cidr() -> String {
+    shoal_types::subnet::CLUSTER_CIDR_DEFAULT.to_string()
+}
+
+fn default_node_prefix_len() -> u8 {
+    shoal_types::subnet::NODE_PREFIX_LEN_DEFAULT
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { voters_max: 5 }
+        Settings {
+            voters_max: 5,
+            cluster_cidr: default_cluster_cidr(),
+            node_prefix_len: default_node_prefix_len(),
+        }
     }
 }
 
@@ -251,13 +274,19 @@ impl State {
         match &entry.command {
             Command::RegisterNode { node } => {
                 let mut node = node.clone();
-                // Taints and drain belong to operators, not to the node.
+                // Taints and drain belong to operators, the subnet to the
+                // cluster: never to the node.
                 if let Some(known) = self.nodes.get(&node.name) {
                     node.taints.clone_from(&known.taints);
                     node.drain = known.drain;
+                    node.subnet.clone_from(&known.subnet);
                 } else {
                     node.taints.clear();
                     node.drain = false;
+                    node.subnet = None;
+                }
+                if node.subnet.is_none() {
+                    node.subnet = self.free_subnet().map(|subnet| subnet.to_string());
                 }
                 self.nodes.insert(node.name.clone(), node);
                 Ok(Outcome::NodeRegistered)
@@ -308,7 +337,37 @@ impl State {
                 node.status = *status;
                 Ok(Outcome::NodeStatusSet { changed })
             }
-            Command::SetSettings { voters_max } => {
+            Command::SetSettings {
+                voters_max,
+                cluster_cidr,
+                node_prefix_len,
+            } => {
+                if cluster_cidr.is_some() || node_prefix_len.is_some() {
+                    let cidr = cluster_cidr
+                        .as_deref()
+                        .unwrap_or(&self.settings.cluster_cidr);
+                    let prefix = node_prefix_len.unwrap_or(self.settings.node_prefix_len);
+                    let cluster = Ipv4Cidr::parse("cluster_cidr", cidr)
+                        .map_err(|error| ApplyError::InvalidSetting(error.to_string()))?;
+                    shoal_types::subnet::next_free_subnet(cluster, prefix, &Default::default())
+                        .map_err(|error| {
+                            ApplyError::InvalidSetting(format!("node_prefix_len: {error}"))
+                        })?;
+                    let changes = cluster.to_string() != self.settings.cluster_cidr
+                        || prefix != self.settings.node_prefix_len;
+                    if changes {
+                        if let Some(node) = self.nodes.values().find(|n| n.subnet.is_some()) {
+                            return Err(ApplyError::InvalidSetting(format!(
+                                "cluster_cidr: node `{}` already holds subnet {} of {}; the cluster CIDR and node prefix can only change before nodes hold subnets",
+                                node.name,
+                                node.subnet.as_deref().unwrap_or(""),
+                                self.settings.cluster_cidr
+                            )));
+                        }
+                    }
+                    self.settings.cluster_cidr = cluster.to_string();
+                    self.settings.node_prefix_len = prefix;
+                }
                 if let Some(voters) = voters_max {
                     if !(1..=7).contains(voters) || voters % 2 == 0 {
                         return Err(ApplyError::InvalidSetting(format!(
@@ -362,6 +421,18 @@ impl State {
                 Ok(Outcome::TasksReported { accepted, stale })
             }
         }
+    }
+
+    /// The next node subnet no node holds, if the cluster CIDR has one.
+    fn free_subnet(&self) -> Option<Ipv4Cidr> {
+        let cluster = Ipv4Cidr::parse("cluster_cidr", &self.settings.cluster_cidr).ok()?;
+        let taken: std::collections::BTreeSet<Ipv4Cidr> = self
+            .nodes
+            .values()
+            .filter_map(|node| node.subnet.as_deref())
+            .filter_map(|subnet| Ipv4Cidr::parse("subnet", subnet).ok())
+            .collect();
+        shoal_types::subnet::next_free_subnet(cluster, self.settings.node_prefix_len, &taken).ok()
     }
 
     fn node_mut(&mut self, name: &str) -> Result<&mut Node, ApplyError> {

@@ -9,6 +9,7 @@ pub mod placement;
 pub mod quantity;
 pub mod spec;
 mod stellar;
+pub mod subnet;
 pub mod task;
 
 pub use node::{consensus_id, Node, NodeStatus};

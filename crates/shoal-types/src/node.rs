@@ -38,6 +38,11 @@ pub struct Node {
     /// moves away. Kept when the node registers again.
     #[serde(default)]
     pub drain: bool,
+    /// The node's share of the cluster CIDR for its tasks' addresses,
+    /// chosen by the state machine when the node first registers and held
+    /// until the node is forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
 }
 
 impl Node {

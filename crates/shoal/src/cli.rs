@@ -97,6 +97,13 @@ pub enum ClusterCommand {
         /// Voters the cluster aims for: 1, 3, 5 or 7 (default 5).
         #[arg(long)]
         voters_max: Option<u32>,
+        /// Where tasks' addresses come from (default 10.42.0.0/16); only
+        /// before nodes hold subnets.
+        #[arg(long)]
+        cluster_cidr: Option<String>,
+        /// Prefix length of each node's subnet (default 24).
+        #[arg(long)]
+        node_prefix_len: Option<u8>,
         #[command(flatten)]
         output: Output,
         #[command(flatten)]

@@ -57,6 +57,20 @@ fn three_nodes_form_one_cluster_with_three_voters() {
             );
         }
     }
+    // Each node holds its own subnet of the cluster CIDR, chosen through the log.
+    let subnets: BTreeSet<String> = cluster
+        .nodes(1)
+        .expect("nodes")
+        .iter()
+        .filter_map(|node| node["subnet"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(subnets.len(), 3, "three different subnets: {subnets:?}");
+    assert!(
+        subnets
+            .iter()
+            .all(|s| s.starts_with("10.42.") && s.ends_with(".0/24")),
+        "{subnets:?}"
+    );
     // Any node answers any call: apply on one, see it on the others.
     cluster.apply_ok(2, SLEEPERS);
     for index in 0..3 {

@@ -24,10 +24,15 @@ pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
             info.learners.join(", ")
         }
     );
+    let settings = &info.settings;
     println!(
-        "Settings:    voters_max={}",
-        info.settings
+        "Settings:    voters_max={} cluster_cidr={} node_prefix_len={}",
+        settings
             .voters_max
+            .map_or("-".to_string(), |n| n.to_string()),
+        settings.cluster_cidr.as_deref().unwrap_or("-"),
+        settings
+            .node_prefix_len
             .map_or("-".to_string(), |n| n.to_string())
     );
     println!("Answered by: {} (gossip {})", info.name, info.gossip_addr);

@@ -47,14 +47,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command:
                 ClusterCommand::Set {
                     voters_max,
+                    cluster_cidr,
+                    node_prefix_len,
                     output,
                     target,
                 },
         } => {
-            if voters_max.is_none() {
-                anyhow::bail!("nothing to set: give --voters-max N");
+            if voters_max.is_none() && cluster_cidr.is_none() && node_prefix_len.is_none() {
+                anyhow::bail!(
+                    "nothing to set: give --voters-max N, --cluster-cidr CIDR or --node-prefix-len N"
+                );
             }
-            let settings = shoal_api::wire::ClusterSettings { voters_max };
+            let settings = shoal_api::wire::ClusterSettings {
+                voters_max,
+                cluster_cidr,
+                node_prefix_len,
+            };
             cluster::show(
                 client(&target)?.set_settings(&settings).await?,
                 output.format,

@@ -265,6 +265,7 @@ impl<R: Runtime> Backend for NodeBackend<R> {
                         .map(|n| n.taints.iter().map(Taint::to_string).collect())
                         .unwrap_or_default(),
                     drain: recorded.is_some_and(|n| n.drain),
+                    subnet: recorded.and_then(|n| n.subnet.clone()),
                     cpu_allocatable_millis: recorded.map_or(0, |n| n.cpu_allocatable_millis),
                     memory_allocatable_bytes: recorded.map_or(0, |n| n.memory_allocatable_bytes),
                     cpu_requested_millis: requested.get(name).map_or(0, |r| r.0.cpu_millis),
@@ -285,6 +286,7 @@ impl<R: Runtime> Backend for NodeBackend<R> {
                 .map(|node| node.name.clone())
                 .unwrap_or_else(|| id.to_string())
         };
+        let settings = shared.raft.read().settings.clone();
         Ok(ClusterInfo {
             cluster_id: shared.cluster_id.clone(),
             name: shared.config.name.clone(),
@@ -293,7 +295,9 @@ impl<R: Runtime> Backend for NodeBackend<R> {
             voters: raft.voters.iter().map(name_of).collect(),
             learners: raft.learners.iter().map(name_of).collect(),
             settings: ClusterSettings {
-                voters_max: Some(shared.raft.read().settings.voters_max),
+                voters_max: Some(settings.voters_max),
+                cluster_cidr: Some(settings.cluster_cidr),
+                node_prefix_len: Some(settings.node_prefix_len),
             },
         })
     }
@@ -301,6 +305,8 @@ impl<R: Runtime> Backend for NodeBackend<R> {
     async fn set_settings(&self, settings: ClusterSettings) -> ApiResult<ClusterInfo> {
         let command = Command::SetSettings {
             voters_max: settings.voters_max,
+            cluster_cidr: settings.cluster_cidr,
+            node_prefix_len: settings.node_prefix_len,
         };
         self.0
             .raft

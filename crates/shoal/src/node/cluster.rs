@@ -184,6 +184,7 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
         status: NodeStatus::Alive,
         taints: Vec::new(),
         drain: false,
+        subnet: None,
     };
     for attempt in 0..REGISTER_ATTEMPTS_MAX {
         match shared
