@@ -70,6 +70,8 @@ pub fn reconcile_with(state: &State, options: &Options) -> Plan {
     scheduler.plan
 }
 
+type LastService<'a> = Option<(&'a str, &'a str, Option<(&'a ServiceSpec, u64)>)>;
+
 /// One node as the scheduler sees it during a run.
 struct NodeInfo<'a> {
     node: &'a Node,
@@ -98,10 +100,16 @@ struct Scheduler<'a> {
     per_node: HashMap<(&'a str, &'a str), BTreeMap<u32, u32>>,
     /// Nodes admitting a set of constraints and tolerations, in index order.
     admitting: HashMap<(&'a [Constraint], &'a [Toleration]), Vec<u32>>,
+    /// Distinct label values among admitting nodes, per constraint set and label.
+    distinct: HashMap<(&'a [Constraint], &'a [Toleration], &'a str), usize>,
     /// Kept tasks per node, built on the first preemption.
     victims: Option<Vec<Vec<Victim<'a>>>>,
     stopped: HashSet<&'a str>,
+    /// The last (app, service) looked up and what was found.
+    last_service: std::cell::Cell<LastService<'a>>,
     preemptions: usize,
+    /// Most desired-running tasks on any node (an upper bound during a run).
+    most_tasks: u32,
     plan: Plan,
 }
 
@@ -130,6 +138,7 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+        let most_tasks = nodes.iter().map(|info| info.tasks).max().unwrap_or(0);
         Scheduler {
             state,
             options,
@@ -139,9 +148,12 @@ impl<'a> Scheduler<'a> {
             filled: HashSet::new(),
             per_node: HashMap::new(),
             admitting: HashMap::new(),
+            distinct: HashMap::new(),
             victims: None,
             stopped: HashSet::new(),
+            last_service: std::cell::Cell::new(None),
             preemptions: 0,
+            most_tasks,
             plan: Plan::default(),
         }
     }
@@ -169,14 +181,46 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The current spec and version of a task's service. Tasks come in id
+    /// order, so runs of them share a service: the last answer is kept.
+    fn service_of(&self, task: &Task) -> Option<(&'a ServiceSpec, u64)> {
+        if let Some((app, service, found)) = self.last_service.get() {
+            if app == task.app && service == task.service {
+                return found;
+            }
+        }
+        let state: &'a State = self.state;
+        let (app_name, found) = match state.apps.get_key_value(&task.app) {
+            Some((name, app)) => (
+                name.as_str(),
+                app.spec
+                    .services
+                    .iter()
+                    .find(|spec| spec.name == task.service)
+                    .map(|spec| (spec, app.version)),
+            ),
+            None => return None,
+        };
+        if let Some((spec, _)) = found {
+            self.last_service
+                .set(Some((app_name, spec.name.as_str(), found)));
+        }
+        found
+    }
+
     fn keeps(&self, task: &Task) -> bool {
-        let Some(service) = self.service(&task.app, &task.service) else {
+        let Some((service, version)) = self.service_of(task) else {
             return false;
         };
-        if !task.spec.same_task_as(service) {
+        // A task of the current version runs the current spec by
+        // construction; older ones run it when only `replicas` changed.
+        if task.app_version != version && !task.spec.same_task_as(service) {
             return false;
         }
-        let node = self.state.nodes.get(&task.node);
+        let node = self
+            .index
+            .get(task.node.as_str())
+            .map(|at| self.nodes[*at as usize].node);
         // A batch task that is done stays done, whatever became of its node.
         if service.kind == Kind::Batch && batch_done(task) {
             return task.slot < service.replicas;
@@ -235,6 +279,7 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    #[allow(dead_code)]
     fn service(&self, app: &str, service: &str) -> Option<&'a ServiceSpec> {
         let state: &'a State = self.state;
         state
@@ -330,6 +375,30 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// How many values of label `over` the nodes admitting `service` have;
+    /// counted once per set of constraints and tolerations.
+    fn distinct_values(
+        &mut self,
+        service: &'a ServiceSpec,
+        over: &'a str,
+        admitting: &[u32],
+    ) -> usize {
+        let key = (
+            service.placement.constraints.as_slice(),
+            service.tolerations.as_slice(),
+            over,
+        );
+        if let Some(count) = self.distinct.get(&key) {
+            return *count;
+        }
+        let values: HashSet<&str> = admitting
+            .iter()
+            .map(|at| fit::spread_value(self.nodes[*at as usize].node, over))
+            .collect();
+        self.distinct.insert(key, values.len());
+        values.len()
+    }
+
     fn admitting(&mut self, service: &'a ServiceSpec) -> Vec<u32> {
         let key = (
             service.placement.constraints.as_slice(),
@@ -388,6 +457,8 @@ impl<'a> Scheduler<'a> {
         let key = (app, service.name.as_str());
         let mut next_slot = 0;
         let mut lacking_room = Vec::new();
+        let mut limited: Vec<Reject> = Vec::new();
+        let mut context = SpreadContext::new(self, app, service, &admitting);
         for at in admitting {
             let has_one = self
                 .per_node
@@ -403,6 +474,11 @@ impl<'a> Scheduler<'a> {
                 lacking_room.push(at);
                 continue;
             }
+            // A global service's spread limits cap it below one per node.
+            if let Some(reject) = context.refuses(self.nodes[at as usize].node) {
+                limited.push(reject);
+                continue;
+            }
             while self
                 .filled
                 .contains(&(app, service.name.as_str(), next_slot))
@@ -410,6 +486,15 @@ impl<'a> Scheduler<'a> {
                 next_slot += 1;
             }
             self.place(app, version, service, next_slot, at, request);
+            context.placed(self, at);
+        }
+        if let Some(first) = limited.first() {
+            self.plan.unplaced.push(Unplaced {
+                app: app.to_string(),
+                service: service.name.clone(),
+                count: limited.len() as u32,
+                reason: format!("{} node(s) admit it but are {first}", limited.len()),
+            });
         }
         if !lacking_room.is_empty() {
             let names: Vec<&str> = lacking_room
@@ -454,6 +539,7 @@ impl<'a> Scheduler<'a> {
         let info = &mut self.nodes[at as usize];
         info.used.add(request);
         info.tasks += 1;
+        self.most_tasks = self.most_tasks.max(info.tasks);
         self.filled.insert((app, service.name.as_str(), slot));
         *self
             .per_node
@@ -476,7 +562,7 @@ impl<'a> Scheduler<'a> {
         if let Err(reject) = fit::fits(info.node, self.used(at), request) {
             return Some(reject);
         }
-        context.refuses(at)
+        context.refuses(self.nodes[at as usize].node)
     }
 
     /// The best node for one more task of `service`, if any has room.
@@ -576,7 +662,7 @@ impl<'a> Scheduler<'a> {
                 score += 10.0 * f64::from(affinity.weight) / 100.0;
             }
         }
-        score -= context.spread_penalty(at);
+        score -= context.spread_penalty(node);
         if fit::untolerated(node, service, |effect| {
             effect == TaintEffect::PreferNoSchedule
         })
@@ -628,7 +714,7 @@ impl<'a> Scheduler<'a> {
         let victims = self.victims.as_ref()?;
         let mut best: Option<((u32, usize), u32, Vec<&'a Task>)> = None;
         for &at in admitting {
-            if context.refuses(at).is_some() {
+            if context.refuses(self.nodes[at as usize].node).is_some() {
                 continue;
             }
             let info = &self.nodes[at as usize];
@@ -741,8 +827,6 @@ struct SpreadContext<'a> {
 struct SpreadRule<'a> {
     over: &'a str,
     max_per: Option<u32>,
-    /// Label value of every node (by index), for nodes that admit the service.
-    value_of: HashMap<u32, &'a str>,
     counts: HashMap<&'a str, u32>,
     /// Values present among admitting nodes; even spread aims over these.
     values: usize,
@@ -751,55 +835,42 @@ struct SpreadRule<'a> {
 
 impl<'a> SpreadContext<'a> {
     fn new(
-        scheduler: &Scheduler<'a>,
+        scheduler: &mut Scheduler<'a>,
         app: &'a str,
         service: &'a ServiceSpec,
         admitting: &[u32],
     ) -> Self {
-        let most_tasks = admitting
-            .iter()
-            .map(|at| scheduler.nodes[*at as usize].tasks)
-            .max()
-            .unwrap_or(0);
-        let own = scheduler.per_node.get(&(app, service.name.as_str()));
-        let rules = service
-            .placement
-            .spread
-            .iter()
-            .map(|spread| {
-                let over = spread.over.as_str();
-                let mut value_of = HashMap::new();
-                let mut present: HashSet<&str> = HashSet::new();
-                for &at in admitting {
-                    let value = fit::spread_value(scheduler.nodes[at as usize].node, over);
-                    value_of.insert(at, value);
-                    present.insert(value);
+        // The busiest node of all, not just of the admitting ones: a bound
+        // that costs nothing per service is enough to scale the penalty.
+        let most_tasks = scheduler.most_tasks;
+        let mut rules = Vec::with_capacity(service.placement.spread.len());
+        for spread in &service.placement.spread {
+            let over = spread.over.as_str();
+            let values = scheduler.distinct_values(service, over, admitting);
+            let mut counts: HashMap<&str, u32> = HashMap::new();
+            let mut total = 0;
+            if let Some(own) = scheduler.per_node.get(&(app, service.name.as_str())) {
+                for (at, count) in own {
+                    let value = fit::spread_value(scheduler.nodes[*at as usize].node, over);
+                    *counts.entry(value).or_default() += count;
+                    total += count;
                 }
-                let mut counts: HashMap<&str, u32> = HashMap::new();
-                let mut total = 0;
-                if let Some(own) = own {
-                    for (at, count) in own {
-                        let value = fit::spread_value(scheduler.nodes[*at as usize].node, over);
-                        *counts.entry(value).or_default() += count;
-                        total += count;
-                    }
-                }
-                SpreadRule {
-                    over,
-                    max_per: spread.max_per,
-                    value_of,
-                    counts,
-                    values: present.len().max(1),
-                    total,
-                }
-            })
-            .collect();
+            }
+            rules.push(SpreadRule {
+                over,
+                max_per: spread.max_per,
+                counts,
+                values: values.max(1),
+                total,
+            });
+        }
         SpreadContext { rules, most_tasks }
     }
 
-    fn refuses(&self, at: u32) -> Option<Reject> {
+    fn refuses(&self, node: &Node) -> Option<Reject> {
         for rule in &self.rules {
-            if let (Some(max_per), Some(value)) = (rule.max_per, rule.value_of.get(&at)) {
+            if let Some(max_per) = rule.max_per {
+                let value = fit::spread_value(node, rule.over);
                 if rule.counts.get(value).copied().unwrap_or(0) >= max_per {
                     return Some(Reject::SpreadLimit {
                         over: rule.over.to_string(),
@@ -812,12 +883,10 @@ impl<'a> SpreadContext<'a> {
     }
 
     /// How far above an even share the node's label values already are.
-    fn spread_penalty(&self, at: u32) -> f64 {
+    fn spread_penalty(&self, node: &Node) -> f64 {
         let mut penalty = 0.0;
         for rule in &self.rules {
-            let Some(value) = rule.value_of.get(&at) else {
-                continue;
-            };
+            let value = fit::spread_value(node, rule.over);
             let count = f64::from(rule.counts.get(value).copied().unwrap_or(0));
             let even = f64::from(rule.total) / rule.values as f64;
             penalty += 20.0 * (count - even).max(0.0) + 2.0 * count;
@@ -826,12 +895,12 @@ impl<'a> SpreadContext<'a> {
     }
 
     fn placed(&mut self, scheduler: &Scheduler<'a>, at: u32) {
-        self.most_tasks = self.most_tasks.max(scheduler.nodes[at as usize].tasks);
+        let info = &scheduler.nodes[at as usize];
+        self.most_tasks = self.most_tasks.max(info.tasks);
         for rule in &mut self.rules {
-            if let Some(value) = rule.value_of.get(&at) {
-                *rule.counts.entry(value).or_default() += 1;
-                rule.total += 1;
-            }
+            let value = fit::spread_value(info.node, rule.over);
+            *rule.counts.entry(value).or_default() += 1;
+            rule.total += 1;
         }
     }
 }

@@ -8,6 +8,11 @@ struct Cluster {
     index: u64,
 }
 
+fn cluster_node(name: &str) -> Node {
+    let mut cluster = Cluster::with_nodes(&[name]);
+    cluster.state.nodes.remove(name).expect("node")
+}
+
 impl Cluster {
     fn with_nodes(names: &[&str]) -> Self {
         let mut cluster = Cluster {
@@ -381,17 +386,36 @@ fn every_node_gets_its_own_subnet_through_the_log() {
     again.subnet = Some("10.99.0.0/24".into());
     cluster.apply(Command::RegisterNode { node: again });
     assert_eq!(subnet(&cluster, "b").as_deref(), Some("10.42.1.0/24"));
-    // A forgotten node's subnet goes to the next node that registers.
-    cluster.apply(Command::SetNodeStatus {
+    // A forgotten node's subnet is free again: new nodes take fresh ones
+    // first, and the hole once the cluster CIDR has no fresh one left.
+    let mut small = Cluster::with_nodes(&[]);
+    small.apply(Command::SetSettings {
+        voters_max: None,
+        cluster_cidr: Some("10.60.0.0/22".into()),
+        node_prefix_len: None,
+    });
+    let join = |cluster: &mut Cluster, name: &str| {
+        let mut node = cluster_node(name);
+        node.subnet = None;
+        cluster.apply(Command::RegisterNode { node });
+    };
+    for name in ["a", "b", "c"] {
+        join(&mut small, name);
+    }
+    small.apply(Command::SetNodeStatus {
         name: "b".into(),
         status: NodeStatus::Dead,
     });
-    cluster.apply(Command::ForgetNode { name: "b".into() });
-    let mut d = cluster.state.nodes["a"].clone();
-    d.name = "d".into();
-    d.subnet = None;
-    cluster.apply(Command::RegisterNode { node: d });
-    assert_eq!(subnet(&cluster, "d").as_deref(), Some("10.42.1.0/24"));
+    small.apply(Command::ForgetNode { name: "b".into() });
+    join(&mut small, "d");
+    assert_eq!(subnet(&small, "d").as_deref(), Some("10.60.3.0/24"));
+    join(&mut small, "e");
+    assert_eq!(subnet(&small, "e").as_deref(), Some("10.60.1.0/24"));
+    join(&mut small, "f");
+    assert_eq!(subnet(&small, "f"), None, "the cluster CIDR is full");
+    // The index survives a snapshot and restore.
+    let restored = State::restore(&small.state.snapshot()).expect("restore");
+    assert_eq!(restored.subnet_holders, small.state.subnet_holders);
     // The cluster CIDR cannot change under nodes that hold subnets.
     let error = cluster
         .state

@@ -223,6 +223,10 @@ pub struct State {
     /// What the last plan could not place, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplaced: Vec<Unplaced>,
+    /// Node subnets by network address, to find a free one without
+    /// looking at every node; rebuilt from `nodes` on restore.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subnet_holders: BTreeMap<u32, String>,
 }
 
 /// Cluster-wide settings, changed through the log like everything else.
@@ -286,7 +290,11 @@ impl State {
                     node.subnet = None;
                 }
                 if node.subnet.is_none() {
-                    node.subnet = self.free_subnet().map(|subnet| subnet.to_string());
+                    if let Some(subnet) = self.free_subnet() {
+                        node.subnet = Some(subnet.to_string());
+                        self.subnet_holders
+                            .insert(u32::from(subnet.network()), node.name.clone());
+                    }
                 }
                 self.nodes.insert(node.name.clone(), node);
                 Ok(Outcome::NodeRegistered)
@@ -386,7 +394,14 @@ impl State {
                     }
                     Some(_) => {}
                 }
-                self.nodes.remove(name);
+                if let Some(subnet) = self
+                    .nodes
+                    .remove(name)
+                    .and_then(|node| node.subnet)
+                    .and_then(|subnet| Ipv4Cidr::parse("subnet", &subnet).ok())
+                {
+                    self.subnet_holders.remove(&u32::from(subnet.network()));
+                }
                 let before = self.tasks.len();
                 self.tasks.retain(|_, task| &task.node != name);
                 Ok(Outcome::NodeForgotten {
@@ -426,13 +441,44 @@ impl State {
     /// The next node subnet no node holds, if the cluster CIDR has one.
     fn free_subnet(&self) -> Option<Ipv4Cidr> {
         let cluster = Ipv4Cidr::parse("cluster_cidr", &self.settings.cluster_cidr).ok()?;
+        let prefix = self.settings.node_prefix_len;
+        let size = 1u64 << (32 - u32::from(prefix.min(32)));
+        let start = u64::from(u32::from(cluster.network()));
+        let end = u64::from(u32::from(cluster.last())) + 1;
+        // Usually the block after the highest one held is free: O(log n).
+        let after_highest = self
+            .subnet_holders
+            .range(u32::from(cluster.network())..=u32::from(cluster.last()))
+            .next_back()
+            .map_or(start, |(network, _)| u64::from(*network) + size);
+        if after_highest + size <= end && prefix >= cluster.prefix_len() && prefix <= 30 {
+            let subnet =
+                Ipv4Cidr::containing(std::net::Ipv4Addr::from(after_highest as u32), prefix);
+            return Some(subnet);
+        }
+        // Else look for a hole left by a forgotten node, if there can be one.
+        let capacity = end.saturating_sub(start) / size;
+        if self.subnet_holders.len() as u64 >= capacity {
+            return None;
+        }
         let taken: std::collections::BTreeSet<Ipv4Cidr> = self
+            .subnet_holders
+            .keys()
+            .map(|network| Ipv4Cidr::containing(std::net::Ipv4Addr::from(*network), prefix))
+            .collect();
+        shoal_types::subnet::next_free_subnet(cluster, prefix, &taken).ok()
+    }
+
+    /// Rebuilds what is derived from the rest of the state.
+    fn reindex(&mut self) {
+        self.subnet_holders = self
             .nodes
             .values()
-            .filter_map(|node| node.subnet.as_deref())
-            .filter_map(|subnet| Ipv4Cidr::parse("subnet", subnet).ok())
+            .filter_map(|node| {
+                let subnet = Ipv4Cidr::parse("subnet", node.subnet.as_deref()?).ok()?;
+                Some((u32::from(subnet.network()), node.name.clone()))
+            })
             .collect();
-        shoal_types::subnet::next_free_subnet(cluster, self.settings.node_prefix_len, &taken).ok()
     }
 
     fn node_mut(&mut self, name: &str) -> Result<&mut Node, ApplyError> {
@@ -523,8 +569,8 @@ impl State {
             let mut occupancy = Occupancy::build(&self.tasks, &self.nodes, &self.apps);
             for placement in &plan.place {
                 match check_placement(&self.apps, &self.nodes, &occupancy, placement) {
-                    Ok((app, service, node, spec)) => {
-                        occupancy.add(app, service, node, placement.slot, spec);
+                    Ok((app, spec, node)) => {
+                        occupancy.add(app, spec, node, placement.slot);
                         self.task_serial += 1;
                         let id = format!(
                             "{}.{}.{}.{}",
@@ -571,7 +617,9 @@ impl State {
     }
 
     pub fn restore(bytes: &[u8]) -> Result<State, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let mut state: State = serde_json::from_slice(bytes)?;
+        state.reindex();
+        Ok(state)
     }
 
     /// Nodes whose tasks request more than they have to give, with what
@@ -625,13 +673,38 @@ impl State {
 struct Occupancy<'a> {
     used: HashMap<&'a str, Request>,
     slots: HashSet<(&'a str, &'a str, u32)>,
-    /// Tasks per node of the services that need the count (global ones and
-    /// ones with a `max_per` spread).
+    /// Tasks per node of global services (at most one each).
     per_node: HashMap<(&'a str, &'a str), HashMap<&'a str, u32>>,
+    /// Tasks per (service, index of a `max_per` spread, label value).
+    per_value: HashMap<(&'a str, &'a str, usize, &'a str), u32>,
 }
 
-fn counts_per_node(spec: &ServiceSpec) -> bool {
-    spec.kind == Kind::Global || spec.placement.spread.iter().any(|s| s.max_per.is_some())
+type PerNode<'a> = HashMap<(&'a str, &'a str), HashMap<&'a str, u32>>;
+type PerValue<'a> = HashMap<(&'a str, &'a str, usize, &'a str), u32>;
+
+/// Adds one task of `service` on `node` to the counts the rules need.
+fn count_task<'a>(
+    per_node: &mut PerNode<'a>,
+    per_value: &mut PerValue<'a>,
+    app: &'a str,
+    service: &'a ServiceSpec,
+    node: &'a Node,
+) {
+    if service.kind == Kind::Global {
+        *per_node
+            .entry((app, service.name.as_str()))
+            .or_default()
+            .entry(node.name.as_str())
+            .or_default() += 1;
+    }
+    for (index, spread) in service.placement.spread.iter().enumerate() {
+        if spread.max_per.is_some() {
+            let value = fit::spread_value(node, &spread.over);
+            *per_value
+                .entry((app, service.name.as_str(), index, value))
+                .or_default() += 1;
+        }
+    }
 }
 
 impl<'a> Occupancy<'a> {
@@ -644,6 +717,7 @@ impl<'a> Occupancy<'a> {
             used: HashMap::new(),
             slots: HashSet::new(),
             per_node: HashMap::new(),
+            per_value: HashMap::new(),
         };
         for task in tasks.values() {
             if task.desired != DesiredState::Running {
@@ -651,12 +725,12 @@ impl<'a> Occupancy<'a> {
             }
             // Tasks of removed apps or services still hold their node's room
             // until they stop; only their slots no longer matter.
-            let Some((node, _)) = nodes.get_key_value(&task.node) else {
+            let Some(node) = nodes.get(&task.node) else {
                 continue;
             };
             occupancy
                 .used
-                .entry(node.as_str())
+                .entry(node.name.as_str())
                 .or_default()
                 .add(Request::of(&task.spec));
             let Some((app, service)) = apps.get_key_value(&task.app).and_then(|(name, app)| {
@@ -668,46 +742,31 @@ impl<'a> Occupancy<'a> {
             occupancy
                 .slots
                 .insert((app, service.name.as_str(), task.slot));
-            if counts_per_node(service) || counts_per_node(&task.spec) {
-                *occupancy
-                    .per_node
-                    .entry((app, service.name.as_str()))
-                    .or_default()
-                    .entry(node.as_str())
-                    .or_default() += 1;
-            }
+            count_task(
+                &mut occupancy.per_node,
+                &mut occupancy.per_value,
+                app,
+                service,
+                node,
+            );
         }
         occupancy
     }
 
-    fn add(
-        &mut self,
-        app: &'a str,
-        service: &'a ServiceSpec,
-        node: &'a Node,
-        slot: u32,
-        spec: &ServiceSpec,
-    ) {
+    fn add(&mut self, app: &'a str, service: &'a ServiceSpec, node: &'a Node, slot: u32) {
         self.used
             .entry(node.name.as_str())
             .or_default()
-            .add(Request::of(spec));
+            .add(Request::of(service));
         self.slots.insert((app, service.name.as_str(), slot));
-        if counts_per_node(service) {
-            *self
-                .per_node
-                .entry((app, service.name.as_str()))
-                .or_default()
-                .entry(node.name.as_str())
-                .or_default() += 1;
-        }
+        count_task(&mut self.per_node, &mut self.per_value, app, service, node);
     }
 }
 
 /// Slots a global service may number its tasks with.
 pub const GLOBAL_SLOTS_MAX: u32 = 1_000_000;
 
-type Checked<'a> = (&'a str, &'a ServiceSpec, &'a Node, &'a ServiceSpec);
+type Checked<'a> = (&'a str, &'a ServiceSpec, &'a Node);
 
 fn check_placement<'a>(
     apps: &'a BTreeMap<String, App>,
@@ -761,22 +820,16 @@ fn check_placement<'a>(
     {
         return Err(format!("{what}: node is {}", fit::Reject::AlreadyRunsOne));
     }
-    for spread in &spec.placement.spread {
+    for (index, spread) in spec.placement.spread.iter().enumerate() {
         let Some(max_per) = spread.max_per else {
             continue;
         };
         let value = fit::spread_value(node, &spread.over);
-        let count: u32 = per_node.map_or(0, |counts| {
-            counts
-                .iter()
-                .filter(|(other, _)| {
-                    nodes
-                        .get(**other)
-                        .is_some_and(|other| fit::spread_value(other, &spread.over) == value)
-                })
-                .map(|(_, count)| *count)
-                .sum()
-        });
+        let count = occupancy
+            .per_value
+            .get(&(key.0, key.1, index, value))
+            .copied()
+            .unwrap_or(0);
         if count >= max_per {
             return Err(format!(
                 "{what}: node is {}",
@@ -794,5 +847,5 @@ fn check_placement<'a>(
         .unwrap_or_default();
     fit::fits(node, used, Request::of(spec))
         .map_err(|reject| format!("{what}: node has {reject}"))?;
-    Ok((app_name.as_str(), spec, node, spec))
+    Ok((app_name.as_str(), spec, node))
 }

@@ -158,10 +158,46 @@ impl ServiceSpec {
     /// Whether a task made from `self` can stand for `other`: everything but
     /// the replica count is the same, so scaling never restarts a task.
     pub fn same_task_as(&self, other: &ServiceSpec) -> bool {
-        ServiceSpec {
-            replicas: other.replicas,
-            ..self.clone()
-        } == *other
+        // Every field but `replicas`, named so that a new field cannot be
+        // forgotten here (the pattern stops compiling); no clone, as the
+        // scheduler asks this of every task in every round.
+        let ServiceSpec {
+            name,
+            image,
+            command,
+            args,
+            env,
+            working_dir,
+            user,
+            replicas: _,
+            resources,
+            restart,
+            labels,
+            ports,
+            stop_grace_period,
+            network,
+            kind,
+            priority,
+            placement,
+            tolerations,
+        } = self;
+        *name == other.name
+            && *image == other.image
+            && *command == other.command
+            && *args == other.args
+            && *env == other.env
+            && *working_dir == other.working_dir
+            && *user == other.user
+            && *resources == other.resources
+            && *restart == other.restart
+            && *labels == other.labels
+            && *ports == other.ports
+            && *stop_grace_period == other.stop_grace_period
+            && *network == other.network
+            && *kind == other.kind
+            && *priority == other.priority
+            && *placement == other.placement
+            && *tolerations == other.tolerations
     }
 }
 

@@ -1,0 +1,2 @@
+pub mod chaos;
+pub mod sched;

@@ -1,0 +1,37 @@
+//! The simulator's core: the real state machine (`shoal_state::State`) and
+//! scheduler (`shoal_sched`) driven over many simulated nodes in one
+//! process. Pure like the crates it drives: time is a virtual clock advanced
+//! by the step loop and randomness a seeded generator, so a seed replays
+//! exactly. The binary (`main.rs`) adds the wall clock and memory figures.
+//!
+//! - [`chaos`]: nodes join, fail and come back, apps are applied, scaled
+//!   and removed, and [`check`] verifies the invariants after every step.
+//! - [`bench`]: places many tasks on many nodes, for the benchmark.
+
+pub mod bench;
+pub mod chaos;
+pub mod check;
+pub mod cluster;
+pub mod rng;
+
+/// What went wrong in the simulator itself (not in what it checks).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("command {command} failed: {error}")]
+    Command {
+        command: String,
+        error: shoal_state::ApplyError,
+    },
+    #[error("generated spec is invalid: {0}")]
+    Spec(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// 64-bit FNV-1a: a hash that is the same in every process and release,
+/// unlike std's hashers, so a summary line can carry it.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
