@@ -17,7 +17,7 @@ fn task(policy: RestartPolicy) -> Task {
         app_version: 1,
         node: "a".into(),
         desired: DesiredState::Running,
-        spec: service,
+        spec: std::sync::Arc::new(service),
         created_at_ms: 0,
         status: TaskStatus::pending(0),
     }
@@ -326,7 +326,9 @@ fn a_lost_report_is_sent_again() {
 #[test]
 fn attempts_max_bounds_the_retries_of_a_failing_task() {
     let mut task = task(RestartPolicy::OnFailure);
-    task.spec.restart.attempts_max = Some(2);
+    std::sync::Arc::make_mut(&mut task.spec)
+        .restart
+        .attempts_max = Some(2);
     let mut reconciler = Reconciler::new();
     reconciler.step(&[&task], &observed(None), 0);
     ran(&mut reconciler, 1, 0);

@@ -20,7 +20,9 @@
 //! The state machine re-checks every placement on apply
 //! (`shoal_state::fit`), so a stale snapshot can never over-commit a node.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use shoal_state::{FastMap as HashMap, FastSet as HashSet};
 
 use shoal_state::fit::{self, Reject, Request};
 use shoal_state::{
@@ -145,12 +147,12 @@ impl<'a> Scheduler<'a> {
             rng: SplitMix(options.seed ^ state.applied_index.rotate_left(32)),
             nodes,
             index,
-            filled: HashSet::new(),
-            per_node: HashMap::new(),
-            admitting: HashMap::new(),
-            distinct: HashMap::new(),
+            filled: HashSet::default(),
+            per_node: HashMap::default(),
+            admitting: HashMap::default(),
+            distinct: HashMap::default(),
             victims: None,
-            stopped: HashSet::new(),
+            stopped: HashSet::default(),
             last_service: std::cell::Cell::new(None),
             preemptions: 0,
             most_tasks,
@@ -648,13 +650,13 @@ impl<'a> Scheduler<'a> {
         }
         // Replicas of one service on one node fail together; bin-packing
         // accepts that (`spread` over `node.name` says otherwise).
-        let same = self
-            .per_node
-            .get(&(app, service.name.as_str()))
-            .and_then(|counts| counts.get(&at))
-            .copied()
-            .unwrap_or(0);
         if !has_request || service.placement.strategy == Strategy::Spread {
+            let same = self
+                .per_node
+                .get(&(app, service.name.as_str()))
+                .and_then(|counts| counts.get(&at))
+                .copied()
+                .unwrap_or(0);
             score -= 5.0 * f64::from(same);
         }
         for affinity in &service.placement.affinities {
@@ -847,7 +849,7 @@ impl<'a> SpreadContext<'a> {
         for spread in &service.placement.spread {
             let over = spread.over.as_str();
             let values = scheduler.distinct_values(service, over, admitting);
-            let mut counts: HashMap<&str, u32> = HashMap::new();
+            let mut counts: HashMap<&str, u32> = HashMap::default();
             let mut total = 0;
             if let Some(own) = scheduler.per_node.get(&(app, service.name.as_str())) {
                 for (at, count) in own {

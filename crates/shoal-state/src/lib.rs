@@ -7,6 +7,13 @@
 
 pub mod fit;
 
+/// Hash maps for the hot paths of scheduling and applying plans: foldhash
+/// with a fixed seed is several times faster than SipHash on short string
+/// keys and hashes the same in every process (nothing here may depend on
+/// a random seed). Keys are names from the replicated state.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+pub type FastSet<K> = HashSet<K, foldhash::fast::FixedState>;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -567,6 +574,7 @@ impl State {
         let mut new_tasks = Vec::new();
         {
             let mut occupancy = Occupancy::build(&self.tasks, &self.nodes, &self.apps);
+            let mut shared: FastMap<(&str, &str), std::sync::Arc<ServiceSpec>> = FastMap::default();
             for placement in &plan.place {
                 match check_placement(&self.apps, &self.nodes, &occupancy, placement) {
                     Ok((app, spec, node)) => {
@@ -584,7 +592,10 @@ impl State {
                             app_version: placement.app_version,
                             node: placement.node.clone(),
                             desired: DesiredState::Running,
-                            spec: spec.clone(),
+                            spec: shared
+                                .entry((app, spec.name.as_str()))
+                                .or_insert_with(|| std::sync::Arc::new(spec.clone()))
+                                .clone(),
                             created_at_ms: now_ms,
                             status: TaskStatus::pending(now_ms),
                         });
@@ -671,16 +682,19 @@ impl State {
 /// What the desired-running tasks hold, indexed for checking placements.
 /// Keys borrow the names from the state's maps of nodes and apps.
 struct Occupancy<'a> {
-    used: HashMap<&'a str, Request>,
-    slots: HashSet<(&'a str, &'a str, u32)>,
+    used: FastMap<&'a str, Request>,
+    slots: FastSet<(&'a str, &'a str, u32)>,
     /// Tasks per node of global services (at most one each).
-    per_node: HashMap<(&'a str, &'a str), HashMap<&'a str, u32>>,
+    per_node: FastMap<(&'a str, &'a str), FastMap<&'a str, u32>>,
     /// Tasks per (service, index of a `max_per` spread, label value).
-    per_value: HashMap<(&'a str, &'a str, usize, &'a str), u32>,
+    per_value: FastMap<(&'a str, &'a str, usize, &'a str), u32>,
 }
 
-type PerNode<'a> = HashMap<(&'a str, &'a str), HashMap<&'a str, u32>>;
-type PerValue<'a> = HashMap<(&'a str, &'a str, usize, &'a str), u32>;
+/// An app's name and one of its services, when they still exist.
+type Found<'a> = Option<(&'a str, &'a ServiceSpec)>;
+
+type PerNode<'a> = FastMap<(&'a str, &'a str), FastMap<&'a str, u32>>;
+type PerValue<'a> = FastMap<(&'a str, &'a str, usize, &'a str), u32>;
 
 /// Adds one task of `service` on `node` to the counts the rules need.
 fn count_task<'a>(
@@ -714,11 +728,12 @@ impl<'a> Occupancy<'a> {
         apps: &'a BTreeMap<String, App>,
     ) -> Self {
         let mut occupancy = Occupancy {
-            used: HashMap::new(),
-            slots: HashSet::new(),
-            per_node: HashMap::new(),
-            per_value: HashMap::new(),
+            used: FastMap::default(),
+            slots: FastSet::default(),
+            per_node: FastMap::default(),
+            per_value: FastMap::default(),
         };
+        let mut last: Option<(&str, &str, Found<'a>)> = None;
         for task in tasks.values() {
             if task.desired != DesiredState::Running {
                 continue;
@@ -733,10 +748,19 @@ impl<'a> Occupancy<'a> {
                 .entry(node.name.as_str())
                 .or_default()
                 .add(Request::of(&task.spec));
-            let Some((app, service)) = apps.get_key_value(&task.app).and_then(|(name, app)| {
-                let service = app.spec.services.iter().find(|s| s.name == task.service)?;
-                Some((name.as_str(), service))
-            }) else {
+            // Tasks come in id order, so runs of them share a service.
+            let found = match last {
+                Some((app, service, found)) if app == task.app && service == task.service => found,
+                _ => {
+                    let found = apps.get_key_value(&task.app).and_then(|(name, app)| {
+                        let service = app.spec.services.iter().find(|s| s.name == task.service)?;
+                        Some((name.as_str(), service))
+                    });
+                    last = Some((task.app.as_str(), task.service.as_str(), found));
+                    found
+                }
+            };
+            let Some((app, service)) = found else {
                 continue;
             };
             occupancy

@@ -63,6 +63,10 @@ impl Node {
 
 impl Labels for Node {
     fn label(&self, key: &str) -> Option<&str> {
+        // Most keys are the node's own labels: skip the built-ins cheaply.
+        if !key.starts_with("node.") {
+            return self.labels.get(key).map(String::as_str);
+        }
         match key {
             LABEL_NODE_NAME => Some(&self.name),
             LABEL_NODE_ARCH => Some(&self.arch),

@@ -23,8 +23,9 @@ pub struct Task {
     pub node: String,
     pub desired: DesiredState,
     /// The service spec of `app_version`, so that a node can run the task
-    /// without the app (which may have moved on).
-    pub spec: ServiceSpec,
+    /// without the app (which may have moved on). Shared by the tasks of
+    /// one service placed together, as a million copies cost gigabytes.
+    pub spec: std::sync::Arc<ServiceSpec>,
     pub created_at_ms: u64,
     pub status: TaskStatus,
 }
