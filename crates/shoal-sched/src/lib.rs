@@ -28,6 +28,7 @@ use shoal_state::fit::{self, Reject, Request};
 use shoal_state::{
     Placement, Plan, State, Unplaced, CHANGES_PER_PLAN_MAX, PLACEMENTS_PER_PLAN_MAX,
 };
+use shoal_types::Labels;
 use shoal_types::{
     Constraint, DesiredState, Kind, Node, RestartPolicy, ServiceSpec, Strategy, TaintEffect, Task,
     TaskState, Toleration,
@@ -72,11 +73,18 @@ pub fn reconcile_with(state: &State, options: &Options) -> Plan {
     scheduler.plan
 }
 
-type LastService<'a> = Option<(&'a str, &'a str, Option<(&'a ServiceSpec, u64)>)>;
+/// A service's constraints and tolerations: what decides where it may run.
+type Rules<'a> = (&'a [Constraint], &'a [Toleration]);
+
+type LastService<'a> = Option<(&'a str, &'a str, Option<(&'a ServiceSpec, u64, u32)>)>;
 
 /// One node as the scheduler sees it during a run.
 struct NodeInfo<'a> {
     node: &'a Node,
+    /// Copied from the node, so that scoring reads one dense array.
+    allocatable: Request,
+    /// Whether the node has a `PreferNoSchedule` taint at all.
+    soft_tainted: bool,
     /// Requests of the desired-running tasks, as the plan changes them.
     used: Request,
     /// Desired-running tasks, counted as the plan adds and stops them.
@@ -97,13 +105,20 @@ struct Scheduler<'a> {
     nodes: Vec<NodeInfo<'a>>,
     index: HashMap<&'a str, u32>,
     /// Slots held by tasks the plan keeps.
-    filled: HashSet<(&'a str, &'a str, u32)>,
+    filled: HashSet<(u32, u32)>,
+    /// A number for each (app, service) of the current apps, so that the
+    /// hot sets key on numbers instead of hashing and comparing names.
+    service_ids: HashMap<(&'a str, &'a str), u32>,
     /// Kept tasks per service and node.
-    per_node: HashMap<(&'a str, &'a str), BTreeMap<u32, u32>>,
+    per_node: HashMap<u32, BTreeMap<u32, u32>>,
     /// Nodes admitting a set of constraints and tolerations, in index order.
-    admitting: HashMap<(&'a [Constraint], &'a [Toleration]), Vec<u32>>,
+    admitting: HashMap<Rules<'a>, std::rc::Rc<[u32]>>,
+    /// Label values of every node, per label key, built when a spread needs it.
+    columns: HashMap<&'a str, std::rc::Rc<Column<'a>>>,
+    /// Nodes by label value, per label key, built when a constraint needs it.
+    labels: HashMap<&'a str, std::rc::Rc<HashMap<&'a str, Vec<u32>>>>,
     /// Distinct label values among admitting nodes, per constraint set and label.
-    distinct: HashMap<(&'a [Constraint], &'a [Toleration], &'a str), usize>,
+    distinct: HashMap<(Rules<'a>, &'a str), usize>,
     /// Kept tasks per node, built on the first preemption.
     victims: Option<Vec<Vec<Victim<'a>>>>,
     stopped: HashSet<&'a str>,
@@ -117,11 +132,13 @@ struct Scheduler<'a> {
 
 impl<'a> Scheduler<'a> {
     fn new(state: &'a State, options: &'a Options) -> Self {
-        let mut nodes: Vec<NodeInfo> = state
+        let nodes: Vec<NodeInfo> = state
             .nodes
             .values()
             .map(|node| NodeInfo {
                 node,
+                allocatable: fit::allocatable(node),
+                soft_tainted: node.has_taint_effect(TaintEffect::PreferNoSchedule),
                 used: Request::default(),
                 tasks: 0,
             })
@@ -131,16 +148,20 @@ impl<'a> Scheduler<'a> {
             .enumerate()
             .map(|(at, info)| (info.node.name.as_str(), at as u32))
             .collect();
-        for task in state.tasks.values() {
-            if task.desired == DesiredState::Running {
-                if let Some(at) = index.get(task.node.as_str()) {
-                    let info = &mut nodes[*at as usize];
-                    info.used.add(Request::of(&task.spec));
-                    info.tasks += 1;
-                }
-            }
-        }
-        let most_tasks = nodes.iter().map(|info| info.tasks).max().unwrap_or(0);
+        let service_ids = state
+            .apps
+            .values()
+            .flat_map(|app| {
+                app.spec
+                    .services
+                    .iter()
+                    .map(move |service| (app.spec.name.as_str(), service.name.as_str()))
+            })
+            .enumerate()
+            .map(|(id, key)| (key, id as u32))
+            .collect();
+        // Node usage is counted in `classify_tasks`, in the same pass over
+        // the tasks (a pass is mostly cache misses; one is enough).
         Scheduler {
             state,
             options,
@@ -148,14 +169,17 @@ impl<'a> Scheduler<'a> {
             nodes,
             index,
             filled: HashSet::default(),
+            service_ids,
             per_node: HashMap::default(),
             admitting: HashMap::default(),
             distinct: HashMap::default(),
+            labels: HashMap::default(),
+            columns: HashMap::default(),
             victims: None,
             stopped: HashSet::default(),
             last_service: std::cell::Cell::new(None),
             preemptions: 0,
-            most_tasks,
+            most_tasks: 0,
             plan: Plan::default(),
         }
     }
@@ -166,10 +190,15 @@ impl<'a> Scheduler<'a> {
         for task in state.tasks.values() {
             match task.desired {
                 DesiredState::Running => {
-                    if self.keeps(task) {
-                        self.keep(task);
-                    } else {
-                        self.stop(task);
+                    let at = self.index.get(task.node.as_str()).copied();
+                    if let Some(at) = at {
+                        let info = &mut self.nodes[at as usize];
+                        info.used.add(Request::of(&task.spec));
+                        info.tasks += 1;
+                    }
+                    match self.keeps(task, at) {
+                        Some(sid) => self.keep(sid, task.slot, at),
+                        None => self.stop(task),
                     }
                 }
                 DesiredState::Stopped => {
@@ -181,11 +210,12 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+        self.most_tasks = self.nodes.iter().map(|info| info.tasks).max().unwrap_or(0);
     }
 
     /// The current spec and version of a task's service. Tasks come in id
     /// order, so runs of them share a service: the last answer is kept.
-    fn service_of(&self, task: &Task) -> Option<(&'a ServiceSpec, u64)> {
+    fn service_of(&self, task: &Task) -> Option<(&'a ServiceSpec, u64, u32)> {
         if let Some((app, service, found)) = self.last_service.get() {
             if app == task.app && service == task.service {
                 return found;
@@ -199,30 +229,42 @@ impl<'a> Scheduler<'a> {
                     .services
                     .iter()
                     .find(|spec| spec.name == task.service)
-                    .map(|spec| (spec, app.version)),
+                    .and_then(|spec| {
+                        let sid = self.service_ids.get(&(name.as_str(), spec.name.as_str()))?;
+                        Some((spec, app.version, *sid))
+                    }),
             ),
             None => return None,
         };
-        if let Some((spec, _)) = found {
+        if let Some((spec, _, _)) = found {
             self.last_service
                 .set(Some((app_name, spec.name.as_str(), found)));
         }
         found
     }
 
-    fn keeps(&self, task: &Task) -> bool {
-        let Some((service, version)) = self.service_of(task) else {
-            return false;
-        };
+    /// Whether the plan keeps a desired-running task (on node index `at`),
+    /// with its service's number when it does.
+    fn keeps(&self, task: &Task, at: Option<u32>) -> Option<u32> {
+        let (service, version, sid) = self.service_of(task)?;
+        self.keeps_as(task, at, service, version, sid)
+            .then_some(sid)
+    }
+
+    fn keeps_as(
+        &self,
+        task: &Task,
+        at: Option<u32>,
+        service: &'a ServiceSpec,
+        version: u64,
+        sid: u32,
+    ) -> bool {
         // A task of the current version runs the current spec by
         // construction; older ones run it when only `replicas` changed.
         if task.app_version != version && !task.spec.same_task_as(service) {
             return false;
         }
-        let node = self
-            .index
-            .get(task.node.as_str())
-            .map(|at| self.nodes[*at as usize].node);
+        let node = at.map(|at| self.nodes[at as usize].node);
         // A batch task that is done stays done, whatever became of its node.
         if service.kind == Kind::Batch && batch_done(task) {
             return task.slot < service.replicas;
@@ -246,26 +288,16 @@ impl<'a> Scheduler<'a> {
                 fit::admits(node, service).is_ok()
                     && !self
                         .per_node
-                        .get(&(task.app.as_str(), task.service.as_str()))
-                        .is_some_and(|counts| {
-                            self.index
-                                .get(task.node.as_str())
-                                .is_some_and(|at| counts.contains_key(at))
-                        })
+                        .get(&sid)
+                        .is_some_and(|counts| at.is_some_and(|at| counts.contains_key(&at)))
             }
         }
     }
 
-    fn keep(&mut self, task: &'a Task) {
-        self.filled
-            .insert((task.app.as_str(), task.service.as_str(), task.slot));
-        if let Some(at) = self.index.get(task.node.as_str()) {
-            *self
-                .per_node
-                .entry((task.app.as_str(), task.service.as_str()))
-                .or_default()
-                .entry(*at)
-                .or_default() += 1;
+    fn keep(&mut self, sid: u32, slot: u32, at: Option<u32>) {
+        self.filled.insert((sid, slot));
+        if let Some(at) = at {
+            *self.per_node.entry(sid).or_default().entry(at).or_default() += 1;
         }
     }
 
@@ -281,16 +313,12 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    #[allow(dead_code)]
-    fn service(&self, app: &str, service: &str) -> Option<&'a ServiceSpec> {
-        let state: &'a State = self.state;
-        state
-            .apps
-            .get(app)?
-            .spec
-            .services
-            .iter()
-            .find(|spec| spec.name == service)
+    /// The number of a current service (`u32::MAX` for one that is gone).
+    fn sid(&self, app: &str, service: &ServiceSpec) -> u32 {
+        self.service_ids
+            .get(&(app, service.name.as_str()))
+            .copied()
+            .unwrap_or(u32::MAX)
     }
 
     /// A node whose tasks request more than it has (it came back smaller)
@@ -333,11 +361,15 @@ impl<'a> Scheduler<'a> {
     }
 
     fn unkeep(&mut self, task: &'a Task) {
-        self.filled
-            .remove(&(task.app.as_str(), task.service.as_str(), task.slot));
+        let Some(&sid) = self
+            .service_ids
+            .get(&(task.app.as_str(), task.service.as_str()))
+        else {
+            return;
+        };
+        self.filled.remove(&(sid, task.slot));
         if let (Some(counts), Some(at)) = (
-            self.per_node
-                .get_mut(&(task.app.as_str(), task.service.as_str())),
+            self.per_node.get_mut(&sid),
             self.index.get(task.node.as_str()),
         ) {
             if let Some(count) = counts.get_mut(at) {
@@ -370,6 +402,10 @@ impl<'a> Scheduler<'a> {
             )
         });
         for (app, version, service) in services {
+            // A full plan leaves the rest to the next one, at no cost.
+            if self.plan.place.len() >= self.options.placements_max {
+                break;
+            }
             match service.kind {
                 Kind::Service | Kind::Batch => self.place_replicas(app, version, service),
                 Kind::Global => self.place_global(app, version, service),
@@ -386,22 +422,70 @@ impl<'a> Scheduler<'a> {
         admitting: &[u32],
     ) -> usize {
         let key = (
-            service.placement.constraints.as_slice(),
-            service.tolerations.as_slice(),
+            (
+                service.placement.constraints.as_slice(),
+                service.tolerations.as_slice(),
+            ),
             over,
         );
         if let Some(count) = self.distinct.get(&key) {
             return *count;
         }
-        let values: HashSet<&str> = admitting
-            .iter()
-            .map(|at| fit::spread_value(self.nodes[*at as usize].node, over))
-            .collect();
-        self.distinct.insert(key, values.len());
-        values.len()
+        let column = self.column(over);
+        let mut seen = vec![false; column.values.len()];
+        let mut count = 0;
+        for at in admitting {
+            let id = column.ids[*at as usize] as usize;
+            if !seen[id] {
+                seen[id] = true;
+                count += 1;
+            }
+        }
+        self.distinct.insert(key, count);
+        count
     }
 
-    fn admitting(&mut self, service: &'a ServiceSpec) -> Vec<u32> {
+    /// Nodes by their value of label `key`, in index order.
+    fn label_index(&mut self, key: &'a str) -> std::rc::Rc<HashMap<&'a str, Vec<u32>>> {
+        if let Some(index) = self.labels.get(key) {
+            return index.clone();
+        }
+        let mut index: HashMap<&'a str, Vec<u32>> = HashMap::default();
+        for (at, info) in self.nodes.iter().enumerate() {
+            if let Some(value) = info.node.label(key) {
+                index.entry(value).or_default().push(at as u32);
+            }
+        }
+        let index = std::rc::Rc::new(index);
+        self.labels.insert(key, index.clone());
+        index
+    }
+
+    /// Label `key` of every node as dense ids, built once per run and key.
+    fn column(&mut self, key: &'a str) -> std::rc::Rc<Column<'a>> {
+        if let Some(column) = self.columns.get(key) {
+            return column.clone();
+        }
+        let mut values: Vec<&'a str> = Vec::new();
+        let mut ids_of: HashMap<&'a str, u32> = HashMap::default();
+        let ids = self
+            .nodes
+            .iter()
+            .map(|info| {
+                let value = fit::spread_value(info.node, key);
+                *ids_of.entry(value).or_insert_with(|| {
+                    values.push(value);
+                    values.len() as u32 - 1
+                })
+            })
+            .collect();
+        let column = std::rc::Rc::new(Column { ids, values });
+        self.columns.insert(key, column.clone());
+        column
+    }
+
+    /// Shared, not copied: at 100,000 nodes a copy per service adds up.
+    fn admitting(&mut self, service: &'a ServiceSpec) -> std::rc::Rc<[u32]> {
         let key = (
             service.placement.constraints.as_slice(),
             service.tolerations.as_slice(),
@@ -409,16 +493,48 @@ impl<'a> Scheduler<'a> {
         if let Some(list) = self.admitting.get(&key) {
             return list.clone();
         }
-        let list: Vec<u32> = (0..self.nodes.len() as u32)
-            .filter(|at| fit::admits(self.nodes[*at as usize].node, service).is_ok())
-            .collect();
+        // A `KEY == VALUE` constraint narrows the search to the nodes with
+        // that label (indexed once per run and key), which at 100,000 nodes
+        // saves checking every node against every constraint set.
+        let narrowed =
+            service
+                .placement
+                .constraints
+                .iter()
+                .find_map(|constraint| match &constraint.op {
+                    shoal_types::placement::Operator::Equal(value) => {
+                        Some((constraint.key.as_str(), value.as_str()))
+                    }
+                    _ => None,
+                });
+        let list: std::rc::Rc<[u32]> = match narrowed {
+            Some((key, value)) => {
+                let index = self.label_index(key);
+                index
+                    .get(value)
+                    .map(|nodes| {
+                        nodes
+                            .iter()
+                            .copied()
+                            .filter(|at| {
+                                fit::admits(self.nodes[*at as usize].node, service).is_ok()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            None => (0..self.nodes.len() as u32)
+                .filter(|at| fit::admits(self.nodes[*at as usize].node, service).is_ok())
+                .collect(),
+        };
         self.admitting.insert(key, list.clone());
         list
     }
 
     fn place_replicas(&mut self, app: &'a str, version: u64, service: &'a ServiceSpec) {
+        let sid = self.sid(app, service);
         let missing: Vec<u32> = (0..service.replicas)
-            .filter(|slot| !self.filled.contains(&(app, service.name.as_str(), *slot)))
+            .filter(|slot| !self.filled.contains(&(sid, *slot)))
             .collect();
         if missing.is_empty() {
             return;
@@ -456,12 +572,12 @@ impl<'a> Scheduler<'a> {
     fn place_global(&mut self, app: &'a str, version: u64, service: &'a ServiceSpec) {
         let admitting = self.admitting(service);
         let request = Request::of(service);
-        let key = (app, service.name.as_str());
+        let key = self.sid(app, service);
         let mut next_slot = 0;
         let mut lacking_room = Vec::new();
         let mut limited: Vec<Reject> = Vec::new();
         let mut context = SpreadContext::new(self, app, service, &admitting);
-        for at in admitting {
+        for &at in admitting.iter() {
             let has_one = self
                 .per_node
                 .get(&key)
@@ -477,14 +593,11 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             // A global service's spread limits cap it below one per node.
-            if let Some(reject) = context.refuses(self.nodes[at as usize].node) {
+            if let Some(reject) = context.refuses(at) {
                 limited.push(reject);
                 continue;
             }
-            while self
-                .filled
-                .contains(&(app, service.name.as_str(), next_slot))
-            {
+            while self.filled.contains(&(key, next_slot)) {
                 next_slot += 1;
             }
             self.place(app, version, service, next_slot, at, request);
@@ -538,17 +651,13 @@ impl<'a> Scheduler<'a> {
         at: u32,
         request: Request,
     ) {
+        let sid = self.sid(app, service);
         let info = &mut self.nodes[at as usize];
         info.used.add(request);
         info.tasks += 1;
         self.most_tasks = self.most_tasks.max(info.tasks);
-        self.filled.insert((app, service.name.as_str(), slot));
-        *self
-            .per_node
-            .entry((app, service.name.as_str()))
-            .or_default()
-            .entry(at)
-            .or_default() += 1;
+        self.filled.insert((sid, slot));
+        *self.per_node.entry(sid).or_default().entry(at).or_default() += 1;
         self.plan.place.push(Placement {
             app: app.to_string(),
             service: service.name.clone(),
@@ -561,10 +670,10 @@ impl<'a> Scheduler<'a> {
     /// Why a node that admits the service cannot take one more task now.
     fn refuses(&self, at: u32, request: Request, context: &SpreadContext<'a>) -> Option<Reject> {
         let info = &self.nodes[at as usize];
-        if let Err(reject) = fit::fits(info.node, self.used(at), request) {
+        if let Err(reject) = fit::fits_within(info.allocatable, info.used, request) {
             return Some(reject);
         }
-        context.refuses(self.nodes[at as usize].node)
+        context.refuses(at)
     }
 
     /// The best node for one more task of `service`, if any has room.
@@ -634,11 +743,11 @@ impl<'a> Scheduler<'a> {
             let fullness = (share(
                 used.cpu_millis,
                 request.cpu_millis,
-                node.cpu_allocatable_millis,
+                info.allocatable.cpu_millis,
             ) + share(
                 used.memory_bytes,
                 request.memory_bytes,
-                node.memory_allocatable_bytes,
+                info.allocatable.memory_bytes,
             )) / 2.0;
             score += match service.placement.strategy {
                 Strategy::Binpack => 10.0 * fullness,
@@ -653,7 +762,7 @@ impl<'a> Scheduler<'a> {
         if !has_request || service.placement.strategy == Strategy::Spread {
             let same = self
                 .per_node
-                .get(&(app, service.name.as_str()))
+                .get(&self.sid(app, service))
                 .and_then(|counts| counts.get(&at))
                 .copied()
                 .unwrap_or(0);
@@ -664,11 +773,12 @@ impl<'a> Scheduler<'a> {
                 score += 10.0 * f64::from(affinity.weight) / 100.0;
             }
         }
-        score -= context.spread_penalty(node);
-        if fit::untolerated(node, service, |effect| {
-            effect == TaintEffect::PreferNoSchedule
-        })
-        .is_some()
+        score -= context.spread_penalty(at);
+        if info.soft_tainted
+            && fit::untolerated(node, service, |effect| {
+                effect == TaintEffect::PreferNoSchedule
+            })
+            .is_some()
         {
             score -= 50.0;
         }
@@ -716,7 +826,7 @@ impl<'a> Scheduler<'a> {
         let victims = self.victims.as_ref()?;
         let mut best: Option<((u32, usize), u32, Vec<&'a Task>)> = None;
         for &at in admitting {
-            if context.refuses(self.nodes[at as usize].node).is_some() {
+            if context.refuses(at).is_some() {
                 continue;
             }
             let info = &self.nodes[at as usize];
@@ -829,10 +939,20 @@ struct SpreadContext<'a> {
 struct SpreadRule<'a> {
     over: &'a str,
     max_per: Option<u32>,
-    counts: HashMap<&'a str, u32>,
+    /// The label's value id of every node, by node index.
+    column: std::rc::Rc<Column<'a>>,
+    /// Tasks per value id.
+    counts: HashMap<u32, u32>,
     /// Values present among admitting nodes; even spread aims over these.
     values: usize,
     total: u32,
+}
+
+/// One label's values for every node, as ids into `values`; nodes without
+/// the label share the id of "".
+struct Column<'a> {
+    ids: Vec<u32>,
+    values: Vec<&'a str>,
 }
 
 impl<'a> SpreadContext<'a> {
@@ -849,18 +969,19 @@ impl<'a> SpreadContext<'a> {
         for spread in &service.placement.spread {
             let over = spread.over.as_str();
             let values = scheduler.distinct_values(service, over, admitting);
-            let mut counts: HashMap<&str, u32> = HashMap::default();
+            let column = scheduler.column(over);
+            let mut counts: HashMap<u32, u32> = HashMap::default();
             let mut total = 0;
-            if let Some(own) = scheduler.per_node.get(&(app, service.name.as_str())) {
+            if let Some(own) = scheduler.per_node.get(&scheduler.sid(app, service)) {
                 for (at, count) in own {
-                    let value = fit::spread_value(scheduler.nodes[*at as usize].node, over);
-                    *counts.entry(value).or_default() += count;
+                    *counts.entry(column.ids[*at as usize]).or_default() += count;
                     total += count;
                 }
             }
             rules.push(SpreadRule {
                 over,
                 max_per: spread.max_per,
+                column,
                 counts,
                 values: values.max(1),
                 total,
@@ -869,11 +990,11 @@ impl<'a> SpreadContext<'a> {
         SpreadContext { rules, most_tasks }
     }
 
-    fn refuses(&self, node: &Node) -> Option<Reject> {
+    fn refuses(&self, at: u32) -> Option<Reject> {
         for rule in &self.rules {
             if let Some(max_per) = rule.max_per {
-                let value = fit::spread_value(node, rule.over);
-                if rule.counts.get(value).copied().unwrap_or(0) >= max_per {
+                let value = rule.column.ids[at as usize];
+                if rule.counts.get(&value).copied().unwrap_or(0) >= max_per {
                     return Some(Reject::SpreadLimit {
                         over: rule.over.to_string(),
                         max_per,
@@ -885,11 +1006,11 @@ impl<'a> SpreadContext<'a> {
     }
 
     /// How far above an even share the node's label values already are.
-    fn spread_penalty(&self, node: &Node) -> f64 {
+    fn spread_penalty(&self, at: u32) -> f64 {
         let mut penalty = 0.0;
         for rule in &self.rules {
-            let value = fit::spread_value(node, rule.over);
-            let count = f64::from(rule.counts.get(value).copied().unwrap_or(0));
+            let value = rule.column.ids[at as usize];
+            let count = f64::from(rule.counts.get(&value).copied().unwrap_or(0));
             let even = f64::from(rule.total) / rule.values as f64;
             penalty += 20.0 * (count - even).max(0.0) + 2.0 * count;
         }
@@ -897,10 +1018,9 @@ impl<'a> SpreadContext<'a> {
     }
 
     fn placed(&mut self, scheduler: &Scheduler<'a>, at: u32) {
-        let info = &scheduler.nodes[at as usize];
-        self.most_tasks = self.most_tasks.max(info.tasks);
+        self.most_tasks = self.most_tasks.max(scheduler.nodes[at as usize].tasks);
         for rule in &mut self.rules {
-            let value = fit::spread_value(info.node, rule.over);
+            let value = rule.column.ids[at as usize];
             *rule.counts.entry(value).or_default() += 1;
             rule.total += 1;
         }

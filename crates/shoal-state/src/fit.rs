@@ -107,14 +107,27 @@ pub fn untolerated<'a>(
 
 /// Whether `request` fits in what `node` has left after `used`.
 pub fn fits(node: &Node, used: Request, request: Request) -> Result<(), Reject> {
-    if used.cpu_millis.saturating_add(request.cpu_millis) > node.cpu_allocatable_millis
+    fits_within(allocatable(node), used, request)
+}
+
+/// What a node offers tasks in all.
+pub fn allocatable(node: &Node) -> Request {
+    Request {
+        cpu_millis: node.cpu_allocatable_millis,
+        memory_bytes: node.memory_allocatable_bytes,
+    }
+}
+
+/// Whether `request` fits in `allocatable` after `used`.
+pub fn fits_within(allocatable: Request, used: Request, request: Request) -> Result<(), Reject> {
+    if used.cpu_millis.saturating_add(request.cpu_millis) > allocatable.cpu_millis
         && request.cpu_millis > 0
     {
         return Err(Reject::Cpu {
             request_millis: request.cpu_millis,
         });
     }
-    if used.memory_bytes.saturating_add(request.memory_bytes) > node.memory_allocatable_bytes
+    if used.memory_bytes.saturating_add(request.memory_bytes) > allocatable.memory_bytes
         && request.memory_bytes > 0
     {
         return Err(Reject::Memory {

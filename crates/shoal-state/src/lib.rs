@@ -576,7 +576,7 @@ impl State {
             let mut occupancy = Occupancy::build(&self.tasks, &self.nodes, &self.apps);
             let mut shared: FastMap<(&str, &str), std::sync::Arc<ServiceSpec>> = FastMap::default();
             for placement in &plan.place {
-                match check_placement(&self.apps, &self.nodes, &occupancy, placement) {
+                match check_placement(&self.apps, &occupancy, placement) {
                     Ok((app, spec, node)) => {
                         occupancy.add(app, spec, node, placement.slot);
                         self.task_serial += 1;
@@ -688,6 +688,8 @@ struct Occupancy<'a> {
     per_node: FastMap<(&'a str, &'a str), FastMap<&'a str, u32>>,
     /// Tasks per (service, index of a `max_per` spread, label value).
     per_value: FastMap<(&'a str, &'a str, usize, &'a str), u32>,
+    /// The state's nodes by name, hashed.
+    nodes: FastMap<&'a str, &'a Node>,
 }
 
 /// An app's name and one of its services, when they still exist.
@@ -732,15 +734,21 @@ impl<'a> Occupancy<'a> {
             slots: FastSet::default(),
             per_node: FastMap::default(),
             per_value: FastMap::default(),
+            nodes: FastMap::default(),
         };
         let mut last: Option<(&str, &str, Found<'a>)> = None;
+        // Hashed: a BTreeMap lookup by name costs a dozen string compares.
+        let by_name: FastMap<&'a str, &'a Node> = nodes
+            .iter()
+            .map(|(name, node)| (name.as_str(), node))
+            .collect();
         for task in tasks.values() {
             if task.desired != DesiredState::Running {
                 continue;
             }
             // Tasks of removed apps or services still hold their node's room
             // until they stop; only their slots no longer matter.
-            let Some(node) = nodes.get(&task.node) else {
+            let Some(&node) = by_name.get(task.node.as_str()) else {
                 continue;
             };
             occupancy
@@ -774,6 +782,7 @@ impl<'a> Occupancy<'a> {
                 node,
             );
         }
+        occupancy.nodes = by_name;
         occupancy
     }
 
@@ -794,21 +803,25 @@ type Checked<'a> = (&'a str, &'a ServiceSpec, &'a Node);
 
 fn check_placement<'a>(
     apps: &'a BTreeMap<String, App>,
-    nodes: &'a BTreeMap<String, Node>,
     occupancy: &Occupancy<'a>,
     placement: &Placement,
 ) -> Result<Checked<'a>, String> {
-    let what = format!(
-        "place {}.{} slot {} on {}",
-        placement.app, placement.service, placement.slot, placement.node
-    );
+    // Only a refusal needs the words: no allocation on the way through.
+    let what = || {
+        format!(
+            "place {}.{} slot {} on {}",
+            placement.app, placement.service, placement.slot, placement.node
+        )
+    };
     let (app_name, app) = apps
         .get_key_value(&placement.app)
-        .ok_or_else(|| format!("{what}: app is gone"))?;
+        .ok_or_else(|| format!("{}: app is gone", what()))?;
     if app.version != placement.app_version {
         return Err(format!(
-            "{what}: planned for version {} but the app is at version {}",
-            placement.app_version, app.version
+            "{}: planned for version {} but the app is at version {}",
+            what(),
+            placement.app_version,
+            app.version
         ));
     }
     let spec = app
@@ -816,33 +829,39 @@ fn check_placement<'a>(
         .services
         .iter()
         .find(|service| service.name == placement.service)
-        .ok_or_else(|| format!("{what}: service is gone"))?;
+        .ok_or_else(|| format!("{}: service is gone", what()))?;
     match spec.kind {
         Kind::Global if placement.slot >= GLOBAL_SLOTS_MAX => {
-            return Err(format!("{what}: slot beyond {GLOBAL_SLOTS_MAX}"))
+            return Err(format!("{}: slot beyond {GLOBAL_SLOTS_MAX}", what()))
         }
         Kind::Global => {}
         Kind::Service | Kind::Batch if placement.slot >= spec.replicas => {
             return Err(format!(
-                "{what}: the service has {} replicas",
+                "{}: the service has {} replicas",
+                what(),
                 spec.replicas
             ))
         }
         Kind::Service | Kind::Batch => {}
     }
-    let node = nodes
-        .get(&placement.node)
-        .ok_or_else(|| format!("{what}: no such node"))?;
-    fit::admits(node, spec).map_err(|reject| format!("{what}: node is {reject}"))?;
+    let node = *occupancy
+        .nodes
+        .get(placement.node.as_str())
+        .ok_or_else(|| format!("{}: no such node", what()))?;
+    fit::admits(node, spec).map_err(|reject| format!("{}: node is {reject}", what()))?;
     let key = (app_name.as_str(), spec.name.as_str());
     if occupancy.slots.contains(&(key.0, key.1, placement.slot)) {
-        return Err(format!("{what}: the slot already has a task"));
+        return Err(format!("{}: the slot already has a task", what()));
     }
     let per_node = occupancy.per_node.get(&key);
     if spec.kind == Kind::Global
         && per_node.is_some_and(|counts| counts.get(node.name.as_str()).is_some_and(|n| *n > 0))
     {
-        return Err(format!("{what}: node is {}", fit::Reject::AlreadyRunsOne));
+        return Err(format!(
+            "{}: node is {}",
+            what(),
+            fit::Reject::AlreadyRunsOne
+        ));
     }
     for (index, spread) in spec.placement.spread.iter().enumerate() {
         let Some(max_per) = spread.max_per else {
@@ -856,7 +875,8 @@ fn check_placement<'a>(
             .unwrap_or(0);
         if count >= max_per {
             return Err(format!(
-                "{what}: node is {}",
+                "{}: node is {}",
+                what(),
                 fit::Reject::SpreadLimit {
                     over: spread.over.clone(),
                     max_per
@@ -870,6 +890,6 @@ fn check_placement<'a>(
         .copied()
         .unwrap_or_default();
     fit::fits(node, used, Request::of(spec))
-        .map_err(|reject| format!("{what}: node has {reject}"))?;
+        .map_err(|reject| format!("{}: node has {reject}", what()))?;
     Ok((app_name.as_str(), spec, node))
 }
