@@ -137,6 +137,9 @@ pub struct Containerd {
     snapshotter: String,
     /// Manifest digest → resolved image; content-addressed, so never stale.
     resolved: Mutex<HashMap<String, Arc<ResolvedImage>>>,
+    /// The logging binary the shim runs beside each container (see
+    /// [`crate::logwriter`]); without one, the shim's own `file://` log.
+    log_writer: Option<std::path::PathBuf>,
 }
 
 fn cd_err(what: impl std::fmt::Display) -> impl FnOnce(Status) -> RuntimeError {
@@ -328,7 +331,16 @@ impl Containerd {
             namespace_header,
             snapshotter: snapshotter.to_string(),
             resolved: Mutex::new(HashMap::new()),
+            log_writer: None,
         })
+    }
+
+    /// Logs through `binary` (a program that runs
+    /// [`crate::logwriter::run`] when started as `binary log-writer PATH`),
+    /// so that no stream loses its tail when a process exits.
+    pub fn with_log_writer(mut self, binary: std::path::PathBuf) -> Self {
+        self.log_writer = Some(binary);
+        self
     }
 
     pub fn namespace(&self) -> &str {
@@ -1002,21 +1014,17 @@ impl Containerd {
     /// Snapshot, task and start for a freshly created container.
     async fn start(&self, config: &ContainerConfig, image: &ResolvedImage) -> Result<u32> {
         let rootfs = self.prepare_rootfs(&config.id, image).await?;
-        let log = file_uri(&config.log_path);
-        // The same file under a second spelling: containerd 1.6's shim
-        // shares one writer when stdout and stderr are the same URI and
-        // closes it when the first stream ends, losing the other's tail.
-        // Two spellings give two appending writers on one file.
-        let stderr_path = match (config.log_path.parent(), config.log_path.file_name()) {
-            (Some(dir), Some(name)) => dir.join(".").join(name),
-            _ => config.log_path.clone(),
+        // The shim reads the scheme from stdout's URI and uses it for both.
+        let log = match &self.log_writer {
+            Some(binary) => crate::logwriter::binary_uri(binary, &config.log_path),
+            None => file_uri(&config.log_path),
         };
         let create = CreateTaskRequest {
             container_id: config.id.clone(),
             rootfs,
             stdin: String::new(),
-            stdout: log,
-            stderr: file_uri(&stderr_path),
+            stdout: log.clone(),
+            stderr: log,
             terminal: false,
             ..CreateTaskRequest::default()
         };

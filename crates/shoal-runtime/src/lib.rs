@@ -8,6 +8,7 @@
 pub mod containerd;
 pub mod fake;
 pub mod image;
+pub mod logwriter;
 
 use std::collections::BTreeMap;
 use std::future::Future;

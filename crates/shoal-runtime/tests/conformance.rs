@@ -644,6 +644,7 @@ impl CdBackend {
         let purge = NamespacePurge(namespace.clone());
         let rt = Containerd::connect(Path::new(DEFAULT_SOCKET), &namespace, DEFAULT_SNAPSHOTTER)
             .await
+            .map(|rt| rt.with_log_writer(env!("CARGO_BIN_EXE_shoal-log-writer").into()))
             .unwrap_or_else(|e| panic!("{e} (is containerd running?)"));
         rt.ensure_ready().await.unwrap();
         let dir = tempfile::tempdir().unwrap();

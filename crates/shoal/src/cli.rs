@@ -76,6 +76,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Run by containerd's shim beside each container: appends its stdout
+    /// (fd 3) and stderr (fd 4) to PATH.
+    #[command(hide = true)]
+    LogWriter { path: PathBuf },
     /// Act on the node you talk to.
     Node {
         #[command(subcommand)]

@@ -11,6 +11,17 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Run by containerd's shim for every container: no async runtime, no
+    // threads beyond the copy.
+    if let cli::Command::LogWriter { path } = &cli.command {
+        return match shoal_runtime::logwriter::run(path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("shoal log-writer: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -84,6 +84,9 @@ async fn start(config: NodeConfig, runtime: RuntimeArgs) -> anyhow::Result<ExitC
             runtime.containerd_socket.display()
         )
     })?;
+    // The shim runs this same binary as each container's log writer.
+    let this_binary = std::env::current_exe().context("finding this binary's path")?;
+    let containerd = containerd.with_log_writer(this_binary);
     node::run(config, containerd).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@ use crate::cli::{AppCommand, Cli, ClusterCommand, Command, ImageCommand, NodeCom
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Version => version::run(),
+        Command::LogWriter { .. } => anyhow::bail!("log-writer runs before the async runtime"),
         Command::Agent(args) => agent::run_agent(args).await,
         Command::Dev(args) => agent::run_dev(args).await,
         Command::Apply(args) => apply::run(args).await,
