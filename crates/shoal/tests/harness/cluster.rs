@@ -332,10 +332,20 @@ impl Cluster {
         }
     }
 
+    /// Tasks as node `index` sees them. A read may be refused while a
+    /// leader is being elected (the API answers 503 then, by design), so a
+    /// failed read is tried again for a while before the test fails.
     pub fn tasks(&self, index: usize) -> Vec<Value> {
-        match self.shoal_json(index, &["ps"]) {
-            Some(Value::Array(tasks)) => tasks,
-            other => panic!("ps -o json on node {index}: {other:?}"),
+        const READ_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+        let start = std::time::Instant::now();
+        loop {
+            match self.shoal_json(index, &["ps"]) {
+                Some(Value::Array(tasks)) => return tasks,
+                other if start.elapsed() > READ_RETRY_MAX => {
+                    panic!("ps -o json on node {index} for {READ_RETRY_MAX:?}: {other:?}")
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
         }
     }
 
