@@ -376,6 +376,18 @@ impl Cluster {
             .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("RUNNING"))
     }
 
+    /// Whether containerd runs the task `task_id` in node `index`'s namespace.
+    pub fn containerd_runs(&self, index: usize, task_id: &str) -> bool {
+        Command::new("ctr")
+            .args(["-n", &self.members[index].namespace, "tasks", "ls"])
+            .output()
+            .is_ok_and(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|line| line.starts_with(task_id) && line.contains("RUNNING"))
+            })
+    }
+
     pub fn index_of(&self, name: &str) -> usize {
         self.members
             .iter()
