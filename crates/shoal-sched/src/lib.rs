@@ -125,7 +125,8 @@ struct Scheduler<'a> {
     /// The last (app, service) looked up and what was found.
     last_service: std::cell::Cell<LastService<'a>>,
     preemptions: usize,
-    /// Most desired-running tasks on any node (an upper bound during a run).
+    /// Most desired-running tasks on any node (an upper bound during a run,
+    /// the scale of the count penalty for tasks that request nothing).
     most_tasks: u32,
     plan: Plan,
 }
@@ -148,15 +149,8 @@ impl<'a> Scheduler<'a> {
             .enumerate()
             .map(|(at, info)| (info.node.name.as_str(), at as u32))
             .collect();
-        let service_ids = state
-            .apps
-            .values()
-            .flat_map(|app| {
-                app.spec
-                    .services
-                    .iter()
-                    .map(move |service| (app.spec.name.as_str(), service.name.as_str()))
-            })
+        let service_ids = services_of(state)
+            .map(|(app, _, service)| (app, service.name.as_str()))
             .enumerate()
             .map(|(id, key)| (key, id as u32))
             .collect();
@@ -384,16 +378,7 @@ impl<'a> Scheduler<'a> {
     /// Places the missing slots of every service, higher priorities first.
     fn place_missing(&mut self) {
         let state = self.state;
-        let mut services: Vec<(&'a str, u64, &'a ServiceSpec)> = state
-            .apps
-            .values()
-            .flat_map(|app| {
-                app.spec
-                    .services
-                    .iter()
-                    .map(move |service| (app.spec.name.as_str(), app.version, service))
-            })
-            .collect();
+        let mut services: Vec<(&'a str, u64, &'a ServiceSpec)> = services_of(state).collect();
         services.sort_by_key(|(app, _, service)| {
             (
                 std::cmp::Reverse(service.priority),
@@ -552,7 +537,7 @@ impl<'a> Scheduler<'a> {
             match chosen {
                 Some(at) => {
                     self.place(app, version, service, *slot, at, request);
-                    context.placed(self, at);
+                    context.placed(at);
                 }
                 None => {
                     let left = (missing.len() - done) as u32;
@@ -601,7 +586,7 @@ impl<'a> Scheduler<'a> {
                 next_slot += 1;
             }
             self.place(app, version, service, next_slot, at, request);
-            context.placed(self, at);
+            context.placed(at);
         }
         if let Some(first) = limited.first() {
             self.plan.unplaced.push(Unplaced {
@@ -755,7 +740,7 @@ impl<'a> Scheduler<'a> {
             };
         } else {
             // Tasks that ask for nothing are spread by count.
-            score -= f64::from(info.tasks) / (1.0 + f64::from(context.most_tasks));
+            score -= f64::from(info.tasks) / (1.0 + f64::from(self.most_tasks));
         }
         // Replicas of one service on one node fail together; bin-packing
         // accepts that (`spread` over `node.name` says otherwise).
@@ -932,8 +917,6 @@ impl<'a> Scheduler<'a> {
 /// each label value holds, for the `max_per` rules and the evenness score.
 struct SpreadContext<'a> {
     rules: Vec<SpreadRule<'a>>,
-    /// Most tasks on any one admitting node, to scale the count penalty.
-    most_tasks: u32,
 }
 
 struct SpreadRule<'a> {
@@ -962,9 +945,6 @@ impl<'a> SpreadContext<'a> {
         service: &'a ServiceSpec,
         admitting: &[u32],
     ) -> Self {
-        // The busiest node of all, not just of the admitting ones: a bound
-        // that costs nothing per service is enough to scale the penalty.
-        let most_tasks = scheduler.most_tasks;
         let mut rules = Vec::with_capacity(service.placement.spread.len());
         for spread in &service.placement.spread {
             let over = spread.over.as_str();
@@ -987,7 +967,7 @@ impl<'a> SpreadContext<'a> {
                 total,
             });
         }
-        SpreadContext { rules, most_tasks }
+        SpreadContext { rules }
     }
 
     fn refuses(&self, at: u32) -> Option<Reject> {
@@ -1017,14 +997,23 @@ impl<'a> SpreadContext<'a> {
         penalty
     }
 
-    fn placed(&mut self, scheduler: &Scheduler<'a>, at: u32) {
-        self.most_tasks = self.most_tasks.max(scheduler.nodes[at as usize].tasks);
+    fn placed(&mut self, at: u32) {
         for rule in &mut self.rules {
             let value = rule.column.ids[at as usize];
             *rule.counts.entry(value).or_default() += 1;
             rule.total += 1;
         }
     }
+}
+
+/// Every service of every app, with its app's name and version.
+fn services_of(state: &State) -> impl Iterator<Item = (&str, u64, &ServiceSpec)> {
+    state.apps.values().flat_map(|app| {
+        app.spec
+            .services
+            .iter()
+            .map(move |service| (app.spec.name.as_str(), app.version, service))
+    })
 }
 
 /// Whether a batch task has finished for good: it succeeded, or it failed

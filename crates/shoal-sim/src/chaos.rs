@@ -433,17 +433,24 @@ impl Chaos {
         Some((name, spec))
     }
 
-    fn scale_service(&mut self) -> Result<(), String> {
-        let Some((_, mut spec)) = self.pick_app() else {
-            return self.create_app_if_room();
+    /// A random app's spec and the index of one of its services, or None
+    /// when there is no app.
+    fn pick_service(&mut self) -> Result<Option<(Value, usize)>, String> {
+        let Some((_, spec)) = self.pick_app() else {
+            return Ok(None);
         };
-        let Some(services) = spec["services"].as_array_mut() else {
+        let Some(count) = spec["services"].as_array().map(Vec::len) else {
             return Err("an app spec serialized without services".into());
         };
-        let at = self.rng.below(services.len() as u64) as usize;
-        let Some(service) = services.get_mut(at) else {
-            return Ok(());
+        let at = self.rng.below(count as u64) as usize;
+        Ok(Some((spec, at)))
+    }
+
+    fn scale_service(&mut self) -> Result<(), String> {
+        let Some((mut spec, at)) = self.pick_service()? else {
+            return self.create_app_if_room();
         };
+        let service = &mut spec["services"][at];
         let replicas = service["replicas"].as_u64().unwrap_or(1);
         let nodes = self.config.nodes as u64;
         let scaled = match self.rng.weighted(&[45, 45, 10]) {
@@ -462,16 +469,10 @@ impl Chaos {
     /// Changes a service so that its tasks must be replaced (new image or
     /// new requests).
     fn update_service(&mut self) -> Result<(), String> {
-        let Some((_, mut spec)) = self.pick_app() else {
+        let Some((mut spec, at)) = self.pick_service()? else {
             return self.create_app_if_room();
         };
-        let Some(services) = spec["services"].as_array_mut() else {
-            return Err("an app spec serialized without services".into());
-        };
-        let at = self.rng.below(services.len() as u64) as usize;
-        let Some(service) = services.get_mut(at) else {
-            return Ok(());
-        };
+        let service = &mut spec["services"][at];
         if self.rng.chance(500) {
             service["image"] = json!(format!("busybox:1.{}", self.rng.below(5)));
         } else {

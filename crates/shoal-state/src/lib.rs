@@ -231,8 +231,9 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplaced: Vec<Unplaced>,
     /// Node subnets by network address, to find a free one without
-    /// looking at every node; rebuilt from `nodes` on restore.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// looking at every node. Derived from `nodes`: not in snapshots,
+    /// rebuilt by [`State::restore`].
+    #[serde(skip)]
     pub subnet_holders: BTreeMap<u32, String>,
 }
 

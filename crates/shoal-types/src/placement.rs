@@ -329,12 +329,7 @@ fn split_pair(pair: &str) -> Result<(String, Option<String>), String> {
 
 /// Label keys: 1-253 characters of letters, digits, `.`, `-`, `_` and `/`.
 pub fn check_label_key(key: &str) -> Result<(), String> {
-    let valid = !key.is_empty()
-        && key.len() <= 253
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
-    if valid {
+    if !key.is_empty() && label_characters(key) {
         Ok(())
     } else {
         Err(format!(
@@ -344,17 +339,21 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
 }
 
 fn check_label_value(value: &str) -> Result<(), String> {
-    let valid = value.len() <= 253
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
-    if valid {
+    if label_characters(value) {
         Ok(())
     } else {
         Err(format!(
             "`{value}` is not a label value here: use up to 253 letters, digits, `.`, `-`, `_` and `/`"
         ))
     }
+}
+
+/// At most 253 letters, digits, `.`, `-`, `_` and `/`.
+fn label_characters(text: &str) -> bool {
+    text.len() <= 253
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
 }
 
 macro_rules! string_serde {

@@ -811,16 +811,8 @@ fn check_labels(
         );
     }
     for (key, value) in labels {
-        let valid_key = !key.is_empty()
-            && key.len() <= 253
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
-        if !valid_key {
-            fail(
-                format!("{path}.{key}"),
-                "label keys are 1-253 characters of letters, digits, `.`, `-`, `_` and `/`".into(),
-            );
+        if let Err(message) = check_label_key(key) {
+            fail(format!("{path}.{key}"), message);
         }
         if value.len() > 1024 {
             fail(

@@ -470,11 +470,20 @@ fn a_dead_node_is_forgotten_after_the_stated_time() {
     eprintln!("forgotten {:?} after kill -9", killed.elapsed());
 }
 
-/// Desired-running tasks of `service` per node, as node `index` sees them.
-fn placed(cluster: &Cluster, index: usize, service: &str) -> BTreeMap<String, usize> {
+/// Desired-running tasks of `service` per node, as node `index` sees them;
+/// with `running_only`, only those whose process runs.
+fn per_node(
+    cluster: &Cluster,
+    index: usize,
+    service: &str,
+    running_only: bool,
+) -> BTreeMap<String, usize> {
     let mut per_node = BTreeMap::new();
     for task in cluster.tasks(index) {
-        if task["service"] == service && task["desired"] == "running" {
+        let counted = task["service"] == service
+            && task["desired"] == "running"
+            && (!running_only || task["state"] == "running");
+        if counted {
             *per_node
                 .entry(task["node"].as_str().unwrap_or("").to_string())
                 .or_default() += 1;
@@ -483,17 +492,12 @@ fn placed(cluster: &Cluster, index: usize, service: &str) -> BTreeMap<String, us
     per_node
 }
 
+fn placed(cluster: &Cluster, index: usize, service: &str) -> BTreeMap<String, usize> {
+    per_node(cluster, index, service, false)
+}
+
 fn running_on(cluster: &Cluster, index: usize, service: &str) -> BTreeMap<String, usize> {
-    let mut per_node = BTreeMap::new();
-    for task in cluster.tasks(index) {
-        if task["service"] == service && task["desired"] == "running" && task["state"] == "running"
-        {
-            *per_node
-                .entry(task["node"].as_str().unwrap_or("").to_string())
-                .or_default() += 1;
-        }
-    }
-    per_node
+    per_node(cluster, index, service, true)
 }
 
 const PLACED: &str = r#"
@@ -619,5 +623,19 @@ fn placement_rules_hold_on_a_real_cluster() {
     cluster.shoal_ok(0, &["node", "undrain", b1]);
     cluster.wait_for("pinned running again on the undrained node", || {
         (running_on(&cluster, 0, "pinned").get(b1) == Some(&2)).then_some(())
+    });
+
+    // NoExecute moves running work that does not tolerate it off the node.
+    cluster.shoal_ok(1, &["node", "taint", a, "gone=yes:NoExecute"]);
+    let evicted = cluster.index_of(a);
+    cluster.wait_for("the NoExecute node to run nothing", || {
+        let tasks = cluster.tasks(0);
+        let empty = !tasks
+            .iter()
+            .any(|t| t["node"] == a && (t["desired"] == "running" || t["state"] == "running"));
+        (empty && !cluster.containerd_runs_a_task(evicted)).then_some(())
+    });
+    cluster.wait_for("web back to 3 replicas elsewhere", || {
+        (running_on(&cluster, 0, "web").values().sum::<usize>() == 3).then_some(())
     });
 }

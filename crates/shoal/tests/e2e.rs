@@ -330,3 +330,106 @@ fn e2e_switch_is_reported() {
         eprintln!("end-to-end tests skipped: set SHOAL_E2E=1 (the test command does) to run them against containerd");
     }
 }
+
+const JOBS: &str = r#"
+name: jobs
+services:
+  - name: ok
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "echo done"]
+    kind: batch
+    replicas: 2
+"#;
+
+const FLAKY: &str = r#"
+name: flaky
+services:
+  - name: bad
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "exit 3"]
+    kind: batch
+    replicas: 1
+    restart: {attempts_max: 2, backoff_initial: 100ms, backoff_max: 200ms}
+"#;
+
+/// Batch jobs run to completion in real containers: finished tasks are not
+/// run again, a failing one is retried `attempts_max` times and then stays
+/// failed; and a higher priority takes the room of a lower one, which waits
+/// with the reason.
+#[test]
+fn batch_jobs_complete_and_a_higher_priority_takes_the_room() {
+    let Some(node) = Node::start_or_skip("batch") else {
+        return;
+    };
+    let out = node.apply_ok(JOBS);
+    assert!(out.contains("2/2"), "{out}");
+    let app = node.shoal_json(&["app", "inspect", "jobs"]);
+    assert_eq!(app["services"][0]["completed"], 2, "{app}");
+    for task in node.tasks() {
+        assert_eq!(
+            (task["state"].as_str(), task["exit_code"].as_i64()),
+            (Some("exited"), Some(0)),
+            "{task}"
+        );
+        assert_eq!(
+            task["attempt"], 1,
+            "a finished task is not run again: {task}"
+        );
+    }
+    let error = node.apply_err(FLAKY);
+    assert!(
+        error.contains("exited with code 3") || error.contains("failed"),
+        "{error}"
+    );
+    let failed = node.wait_for("the flaky job to give up after 2 attempts", || {
+        let app = node.shoal_json(&["app", "inspect", "flaky"]);
+        (app["services"][0]["failed"] == 1).then_some(app)
+    });
+    let task = node
+        .tasks()
+        .into_iter()
+        .find(|task| task["app"] == "flaky")
+        .unwrap_or_else(|| panic!("flaky task: {failed}"));
+    assert_eq!(task["attempt"], 2, "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("2 of at most 2 attempts"),
+        "{task}"
+    );
+
+    // Priorities: each of two services asks for 60 % of the node's cpu.
+    let nodes = node.shoal_json(&["nodes"]);
+    let cpu = nodes[0]["cpu_allocatable_millis"]
+        .as_u64()
+        .expect("allocatable cpu");
+    let ask = cpu * 6 / 10;
+    let service = |app: &str, priority: u32| {
+        format!(
+            "name: {app}\nservices:\n  - name: s\n    image: shoal.test/busybox:latest\n    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n    priority: {priority}\n    resources: {{cpu: {ask}m}}\n"
+        )
+    };
+    node.apply_ok(&service("low", 0));
+    node.apply_ok(&service("high", 100));
+    node.wait_for("the low-priority task to be displaced", || {
+        let tasks = node.tasks();
+        let low_runs = tasks
+            .iter()
+            .any(|t| t["app"] == "low" && t["desired"] == "running");
+        let high_runs = tasks
+            .iter()
+            .any(|t| t["app"] == "high" && t["state"] == "running");
+        (!low_runs && high_runs).then_some(())
+    });
+    let ps = node.shoal_ok(&["ps", "low"]);
+    assert!(ps.contains("not placed") && ps.contains("cpu free"), "{ps}");
+    // Room again: the waiting task is placed when the high one goes.
+    node.shoal_ok(&["rm", "high"]);
+    node.wait_for("the low-priority task back", || {
+        node.tasks()
+            .iter()
+            .any(|t| t["app"] == "low" && t["state"] == "running")
+            .then_some(())
+    });
+}

@@ -72,10 +72,7 @@ pub async fn inspect(name: String, output: Output, target: Target) -> anyhow::Re
     if !app.unplaced.is_empty() {
         println!("Not placed:");
         for unplaced in &app.unplaced {
-            println!(
-                "  {}.{}: {} task(s): {}",
-                unplaced.app, unplaced.service, unplaced.count, unplaced.reason
-            );
+            println!("  {}", super::ps::unplaced_line(unplaced));
         }
     }
     println!("Tasks:");

@@ -52,10 +52,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     if !plan.unplaced.is_empty() {
         println!("Cannot place:");
         for unplaced in &plan.unplaced {
-            println!(
-                "  {}.{}: {} task(s): {}",
-                unplaced.app, unplaced.service, unplaced.count, unplaced.reason
-            );
+            println!("  {}", super::ps::unplaced_line(unplaced));
         }
     }
     Ok(ExitCode::SUCCESS)

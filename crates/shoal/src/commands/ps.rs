@@ -31,6 +31,14 @@ pub const HEADER: &[&str] = &[
     "TASK", "NODE", "STATE", "PROMISE", "RESTARTS", "AGE", "MESSAGE",
 ];
 
+/// One line for `app inspect` and `plan`: `APP.SERVICE: N task(s): REASON`.
+pub fn unplaced_line(unplaced: &UnplacedView) -> String {
+    format!(
+        "{}.{}: {} task(s): {}",
+        unplaced.app, unplaced.service, unplaced.count, unplaced.reason
+    )
+}
+
 pub fn unplaced_row(unplaced: &UnplacedView) -> Vec<String> {
     vec![
         format!("{}.{} ×{}", unplaced.app, unplaced.service, unplaced.count),
