@@ -40,7 +40,8 @@ use containerd_client::types::v1::{Process, Status as TaskStatus};
 use containerd_client::types::{Descriptor as CdDescriptor, Mount};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxResourcesBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, RootBuilder,
+    Spec, UserBuilder,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -51,7 +52,7 @@ use crate::image::{
 };
 use crate::{
     check_identifier, validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ImageInfo,
-    Result, Runtime, RuntimeError, LABEL_TASK,
+    NetworkMode, Result, Runtime, RuntimeError, LABEL_TASK,
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -298,7 +299,39 @@ fn build_spec(config: &ContainerConfig, process: &ProcessSpec, cgroups_path: &st
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_resources(Some(resources.build().map_err(oci)?));
     linux.set_cgroups_path(Some(PathBuf::from(cgroups_path)));
+    if let Some(namespaces) = linux.namespaces_mut() {
+        match &config.network {
+            NetworkMode::Isolated => {}
+            NetworkMode::Host => namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network),
+            NetworkMode::Path(path) => {
+                for namespace in namespaces.iter_mut() {
+                    if namespace.typ() == LinuxNamespaceType::Network {
+                        namespace.set_path(Some(path.clone()));
+                    }
+                }
+            }
+        }
+    }
     spec.set_linux(Some(linux));
+    if !config.mounts.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for mount in &config.mounts {
+            let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+            if mount.read_only {
+                options.push("ro".into());
+            }
+            mounts.push(
+                MountBuilder::default()
+                    .destination(mount.destination.clone())
+                    .typ("bind")
+                    .source(mount.source.clone())
+                    .options(options)
+                    .build()
+                    .map_err(oci)?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
     Ok(spec)
 }
 

@@ -347,6 +347,8 @@ mod tests {
             labels: BTreeMap::from([(LABEL_TASK.to_string(), "t".to_string())]),
             log_path: dir.join("log"),
             hostname: "h".into(),
+            network: Default::default(),
+            mounts: Vec::new(),
         }
     }
 

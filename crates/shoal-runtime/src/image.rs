@@ -1141,6 +1141,8 @@ mod tests {
             labels: BTreeMap::new(),
             log_path: PathBuf::from("/tmp/x.log"),
             hostname: "h".into(),
+            network: Default::default(),
+            mounts: Vec::new(),
         }
     }
 

@@ -49,6 +49,34 @@ pub struct ContainerConfig {
     /// stdout and stderr of the container's process are appended here.
     pub log_path: PathBuf,
     pub hostname: String,
+    /// Which network namespace the container's process lives in.
+    pub network: NetworkMode,
+    /// Host files or directories bind-mounted into the container (e.g. its
+    /// `/etc/resolv.conf`).
+    pub mounts: Vec<BindMount>,
+}
+
+/// The network namespace of a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// A new namespace of its own with nothing in it (loopback down).
+    #[default]
+    Isolated,
+    /// The node's own namespace: its interfaces, addresses and ports.
+    Host,
+    /// A namespace made beforehand, e.g. `/var/run/netns/shoal-TASK` that
+    /// CNI wired up.
+    Path(PathBuf),
+}
+
+/// A host path bind-mounted into a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    /// Absolute path on the host.
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    pub read_only: bool,
 }
 
 /// The status of one container as the runtime sees it.
@@ -123,6 +151,27 @@ pub fn validate_config(config: &ContainerConfig) -> Result<()> {
             "container {}: log path {} is not absolute",
             config.id,
             config.log_path.display()
+        )));
+    }
+    if let NetworkMode::Path(path) = &config.network {
+        if !path.is_absolute() {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "container {}: network namespace path {} is not absolute",
+                config.id,
+                path.display()
+            )));
+        }
+    }
+    if let Some(mount) = config
+        .mounts
+        .iter()
+        .find(|m| !m.source.is_absolute() || !m.destination.is_absolute())
+    {
+        return Err(RuntimeError::InvalidConfig(format!(
+            "container {}: mount {} -> {} needs absolute paths",
+            config.id,
+            mount.source.display(),
+            mount.destination.display()
         )));
     }
     if config

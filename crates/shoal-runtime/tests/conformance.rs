@@ -31,7 +31,8 @@ use shoal_runtime::containerd::{Containerd, DEFAULT_SNAPSHOTTER, DEFAULT_SOCKET}
 use shoal_runtime::fake::FakeRuntime;
 use shoal_runtime::image::{sha256_digest, write_rootfs_layout};
 use shoal_runtime::{
-    ContainerConfig, ContainerStatus, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
+    BindMount, ContainerConfig, ContainerStatus, NetworkMode, Runtime, RuntimeError, LABEL_ATTEMPT,
+    LABEL_TASK,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -115,6 +116,8 @@ fn config<B: Backend>(b: &B, id: &str, prog: &Prog) -> ContainerConfig {
         ]),
         log_path: b.dir().join("logs").join(format!("{id}.log")),
         hostname: id.to_string(),
+        network: Default::default(),
+        mounts: Vec::new(),
     }
 }
 
@@ -987,4 +990,61 @@ async fn containerd_failed_run_leaves_nothing() {
     run(&b, &config(&b, "broken", &prog), &prog).await;
     assert_eq!(wait_stopped(&b, "broken").await, 0);
     b.rt.remove("broken").await.unwrap();
+}
+
+/// containerd only: the container joins the network namespace it is given
+/// (or the host's), and bind mounts show the host file read-only.
+#[tokio::test]
+async fn containerd_network_modes_and_bind_mounts() {
+    let Some(b) = CdBackend::setup("containerd_network_modes_and_bind_mounts").await else {
+        return;
+    };
+    let inode = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .ino()
+    };
+    let netns = format!("shoal-conformance-{}", std::process::id());
+    let netns_path = format!("/var/run/netns/{netns}");
+    struct DeleteNetns(String);
+    impl Drop for DeleteNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let made = std::process::Command::new("ip")
+        .args(["netns", "add", &netns])
+        .status()
+        .expect("ip netns add");
+    assert!(made.success(), "ip netns add {netns}");
+    let _delete = DeleteNetns(netns.clone());
+    let resolv = b.dir().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 192.0.2.53\n").unwrap();
+    let script = "echo NS=$(stat -L -c %i /proc/self/ns/net); cat /etc/resolv.conf; \
+                  echo x 2>/dev/null >/etc/resolv.conf && echo WRITABLE || echo READONLY";
+    let cases = [
+        ("given", NetworkMode::Path(netns_path.clone().into()), inode(&netns_path)),
+        ("host", NetworkMode::Host, inode("/proc/self/ns/net")),
+    ];
+    for (id, network, expected) in cases {
+        let mut c = config(&b, id, &Prog::Exit(0));
+        c.command = Some(strings(&["sh", "-c", script]));
+        c.network = network;
+        c.mounts = vec![BindMount {
+            source: resolv.clone(),
+            destination: "/etc/resolv.conf".into(),
+            read_only: true,
+        }];
+        b.rt.run(&c).await.unwrap_or_else(|e| panic!("run {id}: {e}"));
+        assert_eq!(wait_stopped(&b, id).await, 0);
+        let log = wait_log(&c.log_path, "ONLY").await;
+        assert!(log.contains(&format!("NS={expected}\n")), "{id}: {log}");
+        assert!(log.contains("nameserver 192.0.2.53"), "{id}: {log}");
+        assert!(log.contains("READONLY"), "{id}: {log}");
+        b.rt.remove(id).await.unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "nameserver 192.0.2.53\n");
 }
