@@ -9,6 +9,7 @@
 //! agent that restarts picks up where it was without restarting anything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use shoal_types::{DesiredState, Promise, RestartPolicy, Task, TaskState, TaskStatus};
 
@@ -42,7 +43,8 @@ pub enum ActionResult {
     Ran {
         task_id: String,
         attempt: u32,
-        result: Result<(), String>,
+        /// The task's address on the cluster network, when it has one.
+        result: Result<Option<Ipv4Addr>, String>,
     },
     Destroyed {
         container_id: String,
@@ -69,6 +71,8 @@ struct Local {
     exit_code: Option<i32>,
     restarts: u32,
     started_at_ms: Option<u64>,
+    /// The task's address, from its network attachment.
+    address: Option<Ipv4Addr>,
     /// Set while in back-off: when the next attempt may start.
     restart_at_ms: Option<u64>,
     /// An action for this task is running; nothing else is started for it.
@@ -147,7 +151,8 @@ impl Reconciler {
                     if local.attempt == attempt {
                         local.in_flight = false;
                         match result {
-                            Ok(()) => {
+                            Ok(address) => {
+                                local.address = address;
                                 local.state = TaskState::Running;
                                 local.promise = Promise::Kept;
                                 local.message = "running".into();
@@ -179,6 +184,8 @@ impl Reconciler {
                             local.promise = Promise::Kept;
                             local.message = "stopped".into();
                             local.exit_code = exit_code.or(local.exit_code);
+                            // The network attachment went with the container.
+                            local.address = None;
                         }
                         Err(error) => {
                             // Stay in stopping; the next step tries again.
@@ -207,6 +214,7 @@ impl Reconciler {
     fn collect_reports(&mut self, now_ms: u64, step: &mut Step) {
         for (id, local) in &mut self.tasks {
             let status = TaskStatus {
+                address: local.address,
                 attempt: local.attempt,
                 state: local.state,
                 promise: local.promise,
@@ -244,6 +252,7 @@ impl Local {
             exit_code: status.exit_code,
             restarts: status.restarts,
             started_at_ms: status.started_at_ms,
+            address: status.address,
             restart_at_ms: None,
             in_flight: false,
             undecided_failure: false,

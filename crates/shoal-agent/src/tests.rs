@@ -29,12 +29,14 @@ fn observed(state: Option<Observed>) -> BTreeMap<String, Observed> {
         .unwrap_or_default()
 }
 
+const ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 42, 0, 7);
+
 fn ran(reconciler: &mut Reconciler, attempt: u32, now_ms: u64) -> Vec<(String, TaskStatus)> {
     reconciler.on_result(
         ActionResult::Ran {
             task_id: "web.hello.0.1".into(),
             attempt,
-            result: Ok(()),
+            result: Ok(Some(ADDRESS)),
         },
         now_ms,
     )
@@ -62,6 +64,7 @@ fn a_new_task_is_started_once_and_reported_running() {
     let reports = ran(&mut reconciler, 1, 20);
     assert_eq!(reports[0].1.state, TaskState::Running);
     assert_eq!(reports[0].1.promise, Promise::Kept);
+    assert_eq!(reports[0].1.address, Some(ADDRESS));
     let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 30);
     assert!(step.actions.is_empty() && step.reports.is_empty());
 }
@@ -207,6 +210,7 @@ fn never_leaves_a_failed_task_failed_and_says_why() {
 fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
     let mut task = task(RestartPolicy::Always);
     task.status = TaskStatus {
+        address: None,
         attempt: 3,
         state: TaskState::Running,
         promise: Promise::Kept,
@@ -252,6 +256,10 @@ fn stopping_destroys_the_container_then_reports_stopped() {
     );
     assert_eq!(reports[0].1.state, TaskState::Stopped);
     assert_eq!(reports[0].1.container_id, None);
+    assert_eq!(
+        reports[0].1.address, None,
+        "the address went with the container"
+    );
     assert!(reconciler
         .step(&[&task], &observed(None), 30)
         .actions

@@ -7,8 +7,8 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DrainRequest, ErrorBody, ImageView,
-    NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
+    ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,10 @@ impl Client {
     }
     pub async fn cluster(&self) -> Result<ClusterInfo> {
         self.get("/v1/cluster").await
+    }
+
+    pub async fn dns_records(&self) -> Result<Vec<DnsRecordView>> {
+        self.get("/v1/dns").await
     }
     pub async fn set_settings(&self, settings: &ClusterSettings) -> Result<ClusterInfo> {
         let request = self

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use shoal_types::AppSpec;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DrainRequest, ErrorBody, ImageView,
-    NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
+    ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -37,6 +37,7 @@ pub fn document() -> Value {
     add("DrainRequest", generator.subschema_for::<DrainRequest>());
     add("NodeUpdate", generator.subschema_for::<NodeUpdate>());
     add("PlanView", generator.subschema_for::<PlanView>());
+    add("DnsList", generator.subschema_for::<Vec<DnsRecordView>>());
     let schemas = generator.take_definitions(true);
     let body = |name: &str| refs[name].clone();
     let ok = |description: &str, name: &str| json!({"description": description, "content": {"application/json": {"schema": body(name)}}});
@@ -55,6 +56,7 @@ pub fn document() -> Value {
             "/v1/version": {"get": {"summary": "Version and commit of this node", "responses": {"200": ok("version", "VersionInfo")}}},
             "/v1/nodes": {"get": {"summary": "The cluster's nodes", "responses": {"200": ok("nodes", "NodeList"), "default": error}}},
             "/v1/cluster": {"get": {"summary": "The cluster's identity, voters and leader, as a joining node asks", "responses": {"200": ok("cluster", "ClusterInfo"), "default": error}}},
+            "/v1/dns": {"get": {"summary": "The records the cluster's DNS serves: SERVICE.APP.ZONE A records of running tasks, SRV records of named ports", "responses": {"200": ok("records", "DnsList"), "default": error}}},
             "/v1/cluster/settings": {"put": {"summary": "Change cluster-wide settings (fields left out keep their value)",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": body("ClusterSettings")}}},
                 "responses": {"200": ok("cluster", "ClusterInfo"), "default": error}}},

@@ -18,8 +18,8 @@ use shoal_types::{FieldError, SpecError, SPEC_BYTES_MAX};
 use tokio::io::AsyncWriteExt;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DrainRequest, ErrorBody, ImageView,
-    NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
+    ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
 };
 
 /// Largest image archive accepted by `POST /v1/images`, in bytes.
@@ -102,6 +102,8 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         settings: ClusterSettings,
     ) -> impl Future<Output = ApiResult<ClusterInfo>> + Send;
+    /// The records the cluster's DNS serves (every node serves the same).
+    fn dns_records(&self) -> impl Future<Output = ApiResult<Vec<DnsRecordView>>> + Send;
     /// This node leaves the cluster: its work moves away, then it stops.
     fn leave(&self) -> impl Future<Output = ApiResult<()>> + Send;
     /// Routes the backend serves besides the API (node-to-node RPC).
@@ -174,6 +176,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         )
         .route("/v1/plan", axum::routing::post(plan::<B>))
         .route("/v1/cluster", get(cluster::<B>))
+        .route("/v1/dns", get(dns_records::<B>))
         .route(
             "/v1/cluster/settings",
             axum::routing::put(set_settings::<B>),
@@ -198,6 +201,12 @@ async fn version<B: Backend>(State(backend): State<Arc<B>>) -> Json<VersionInfo>
 
 async fn cluster<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<ClusterInfo>> {
     backend.cluster().await.map(Json)
+}
+
+async fn dns_records<B: Backend>(
+    State(backend): State<Arc<B>>,
+) -> ApiResult<Json<Vec<DnsRecordView>>> {
+    backend.dns_records().await.map(Json)
 }
 
 async fn set_settings<B: Backend>(

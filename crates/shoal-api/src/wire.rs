@@ -242,6 +242,18 @@ pub struct ClusterInfo {
     pub settings: ClusterSettings,
 }
 
+/// One record the cluster's DNS serves (`shoal dns list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DnsRecordView {
+    /// Fully qualified, without the trailing dot: `web.demo.shoal`.
+    pub name: String,
+    /// `A` or `SRV`.
+    #[serde(rename = "type")]
+    pub record_type: String,
+    /// An IPv4 address, or `PRIORITY WEIGHT PORT TARGET` for SRV.
+    pub value: String,
+}
+
 /// Cluster-wide settings.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -257,4 +269,7 @@ pub struct ClusterSettings {
     /// Prefix length of each node's subnet (default 24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_prefix_len: Option<u8>,
+    /// The DNS zone of service names, `SERVICE.APP.ZONE` (default `shoal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_zone: Option<String>,
 }

@@ -398,10 +398,22 @@ pub fn plugin_stdin_config(
 /// plugins then release what they hold outside of it.
 fn without_missing_netns(attachment: &Attachment) -> Attachment {
     let mut attachment = attachment.clone();
-    if !attachment.netns.as_os_str().is_empty() && !attachment.netns.exists() {
+    if !attachment.netns.as_os_str().is_empty() && !is_namespace(&attachment.netns) {
         attachment.netns = PathBuf::new();
     }
     attachment
+}
+
+/// Whether `path` is a network namespace (a file of the nsfs filesystem,
+/// as a bind-mounted namespace is), not a missing path or the plain file
+/// left when the namespace's mount is gone (after a reboot, or made in
+/// another mount namespace).
+pub fn is_namespace(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(path), fs::metadata("/proc/self/ns/net")) {
+        (Ok(file), Ok(own)) => file.dev() == own.dev(),
+        _ => false,
+    }
 }
 
 /// What DEL needs after a crash, one file per container and network.

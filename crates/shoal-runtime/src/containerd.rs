@@ -40,8 +40,8 @@ use containerd_client::types::v1::{Process, Status as TaskStatus};
 use containerd_client::types::{Descriptor as CdDescriptor, Mount};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, RootBuilder,
-    Spec, UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 

@@ -1026,7 +1026,11 @@ async fn containerd_network_modes_and_bind_mounts() {
     let script = "echo NS=$(stat -L -c %i /proc/self/ns/net); cat /etc/resolv.conf; \
                   echo x 2>/dev/null >/etc/resolv.conf && echo WRITABLE || echo READONLY";
     let cases = [
-        ("given", NetworkMode::Path(netns_path.clone().into()), inode(&netns_path)),
+        (
+            "given",
+            NetworkMode::Path(netns_path.clone().into()),
+            inode(&netns_path),
+        ),
         ("host", NetworkMode::Host, inode("/proc/self/ns/net")),
     ];
     for (id, network, expected) in cases {
@@ -1038,7 +1042,9 @@ async fn containerd_network_modes_and_bind_mounts() {
             destination: "/etc/resolv.conf".into(),
             read_only: true,
         }];
-        b.rt.run(&c).await.unwrap_or_else(|e| panic!("run {id}: {e}"));
+        b.rt.run(&c)
+            .await
+            .unwrap_or_else(|e| panic!("run {id}: {e}"));
         assert_eq!(wait_stopped(&b, id).await, 0);
         let log = wait_log(&c.log_path, "ONLY").await;
         assert!(log.contains(&format!("NS={expected}\n")), "{id}: {log}");
@@ -1046,5 +1052,8 @@ async fn containerd_network_modes_and_bind_mounts() {
         assert!(log.contains("READONLY"), "{id}: {log}");
         b.rt.remove(id).await.unwrap();
     }
-    assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "nameserver 192.0.2.53\n");
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        "nameserver 192.0.2.53\n"
+    );
 }

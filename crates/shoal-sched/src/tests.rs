@@ -299,6 +299,7 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
         voters_max: Some(3),
         cluster_cidr: None,
         node_prefix_len: None,
+        dns_zone: None,
     });
     assert_eq!(cluster.state.settings.voters_max, 3);
     for bad in [0, 4, 9] {
@@ -313,6 +314,7 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
                         voters_max: Some(bad),
                         cluster_cidr: None,
                         node_prefix_len: None,
+                        dns_zone: None,
                     },
                 ),
             )
@@ -328,11 +330,50 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
         voters_max: None,
         cluster_cidr: None,
         node_prefix_len: None,
+        dns_zone: None,
     });
     assert_eq!(
         cluster.state.settings.voters_max, 3,
         "left out keeps its value"
     );
+}
+
+#[test]
+fn the_dns_zone_is_a_setting_and_a_refused_change_changes_nothing() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    assert_eq!(cluster.state.settings.dns_zone, "shoal");
+    cluster.apply(Command::SetSettings {
+        voters_max: None,
+        cluster_cidr: None,
+        node_prefix_len: None,
+        dns_zone: Some("cluster.internal".into()),
+    });
+    assert_eq!(cluster.state.settings.dns_zone, "cluster.internal");
+    for (zone, voters, field) in [
+        ("Bad_Zone", None, "dns_zone:"),
+        ("a..b", None, "dns_zone:"),
+        ("", None, "dns_zone:"),
+        ("fine", Some(4), "voters_max:"),
+    ] {
+        let before = cluster.state.settings.clone();
+        let mut state = cluster.state.clone();
+        let error = state
+            .apply(
+                1000,
+                &Entry::new(
+                    0,
+                    Command::SetSettings {
+                        voters_max: voters,
+                        cluster_cidr: None,
+                        node_prefix_len: None,
+                        dns_zone: Some(zone.into()),
+                    },
+                ),
+            )
+            .expect_err("refused");
+        assert!(error.to_string().starts_with(field), "{zone}: {error}");
+        assert_eq!(state.settings, before, "{zone}: nothing changed");
+    }
 }
 
 #[test]
@@ -393,6 +434,7 @@ fn every_node_gets_its_own_subnet_through_the_log() {
         voters_max: None,
         cluster_cidr: Some("10.60.0.0/22".into()),
         node_prefix_len: None,
+        dns_zone: None,
     });
     let join = |cluster: &mut Cluster, name: &str| {
         let mut node = cluster_node(name);
@@ -428,6 +470,7 @@ fn every_node_gets_its_own_subnet_through_the_log() {
                     voters_max: None,
                     cluster_cidr: Some("10.50.0.0/16".into()),
                     node_prefix_len: None,
+                    dns_zone: None,
                 },
             ),
         )
@@ -440,6 +483,7 @@ fn every_node_gets_its_own_subnet_through_the_log() {
         voters_max: None,
         cluster_cidr: Some("10.50.0.1/16".into()),
         node_prefix_len: None,
+        dns_zone: None,
     };
     let error = State::default()
         .apply(1, &Entry::new(0, bad))

@@ -87,6 +87,8 @@ pub enum Command {
         cluster_cidr: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node_prefix_len: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns_zone: Option<String>,
     },
     /// Forget a node that is not alive, with every task placed on it.
     ForgetNode {
@@ -249,6 +251,32 @@ pub struct Settings {
     /// Prefix length of each node's subnet (24: 254 addresses a node).
     #[serde(default = "default_node_prefix_len")]
     pub node_prefix_len: u8,
+    /// The DNS zone of service names: `SERVICE.APP.ZONE`.
+    #[serde(default = "default_dns_zone")]
+    pub dns_zone: String,
+}
+
+fn default_dns_zone() -> String {
+    DNS_ZONE_DEFAULT.to_string()
+}
+
+/// The DNS zone when none is set.
+pub const DNS_ZONE_DEFAULT: &str = "shoal";
+/// Longest DNS zone name: room is left for `_port._proto.service.app.`.
+pub const DNS_ZONE_CHARS_MAX: usize = 100;
+
+/// Checks a DNS zone name: DNS labels joined by `.`, e.g. `shoal` or
+/// `cluster.internal`.
+pub fn check_dns_zone(zone: &str) -> Result<(), String> {
+    if zone.is_empty() || zone.len() > DNS_ZONE_CHARS_MAX {
+        return Err(format!(
+            "dns_zone: `{zone}` must be 1 to {DNS_ZONE_CHARS_MAX} characters, e.g. `shoal` or `cluster.internal`"
+        ));
+    }
+    for label in zone.split('.') {
+        shoal_types::check_dns_label(label).map_err(|message| format!("dns_zone: {message}"))?;
+    }
+    Ok(())
 }
 
 fn default_cluster_cidr() -> String {
@@ -265,6 +293,7 @@ impl Default for Settings {
             voters_max: 5,
             cluster_cidr: default_cluster_cidr(),
             node_prefix_len: default_node_prefix_len(),
+            dns_zone: default_dns_zone(),
         }
     }
 }
@@ -357,7 +386,19 @@ impl State {
                 voters_max,
                 cluster_cidr,
                 node_prefix_len,
+                dns_zone,
             } => {
+                // Every setting is checked before any is changed.
+                if let Some(voters) = voters_max {
+                    if !(1..=7).contains(voters) || voters % 2 == 0 {
+                        return Err(ApplyError::InvalidSetting(format!(
+                            "voters_max: must be 1, 3, 5 or 7 (an odd count keeps a majority), got {voters}"
+                        )));
+                    }
+                }
+                if let Some(zone) = dns_zone {
+                    check_dns_zone(zone).map_err(ApplyError::InvalidSetting)?;
+                }
                 if cluster_cidr.is_some() || node_prefix_len.is_some() {
                     let cidr = cluster_cidr
                         .as_deref()
@@ -385,12 +426,10 @@ impl State {
                     self.settings.node_prefix_len = prefix;
                 }
                 if let Some(voters) = voters_max {
-                    if !(1..=7).contains(voters) || voters % 2 == 0 {
-                        return Err(ApplyError::InvalidSetting(format!(
-                            "voters_max: must be 1, 3, 5 or 7 (an odd count keeps a majority), got {voters}"
-                        )));
-                    }
                     self.settings.voters_max = *voters;
+                }
+                if let Some(zone) = dns_zone {
+                    self.settings.dns_zone = zone.clone();
                 }
                 Ok(Outcome::SettingsSet)
             }

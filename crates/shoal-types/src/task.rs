@@ -123,11 +123,15 @@ pub struct TaskStatus {
     #[serde(default)]
     pub started_at_ms: Option<u64>,
     pub updated_at_ms: u64,
+    /// The task's address on the cluster network, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl TaskStatus {
     pub fn pending(now_ms: u64) -> Self {
         TaskStatus {
+            address: None,
             attempt: 0,
             state: TaskState::Pending,
             promise: Promise::Pending,

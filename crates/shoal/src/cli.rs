@@ -71,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// The cluster's DNS: the names of services and their tasks.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// Look at or change the cluster as a whole.
     Cluster {
         #[command(subcommand)]
@@ -85,6 +90,13 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+}
+
+#[derive(Subcommand)]
+pub enum DnsCommand {
+    /// The records every node's DNS server answers: SERVICE.APP.ZONE and
+    /// SLOT-SERIAL.SERVICE.APP.ZONE (A) of running tasks, SRV of named ports.
+    List(ListArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +120,9 @@ pub enum ClusterCommand {
         /// Prefix length of each node's subnet (default 24).
         #[arg(long)]
         node_prefix_len: Option<u8>,
+        /// The DNS zone of service names, SERVICE.APP.ZONE (default shoal).
+        #[arg(long)]
+        dns_zone: Option<String>,
         #[command(flatten)]
         output: Output,
         #[command(flatten)]
@@ -191,6 +206,28 @@ pub struct AgentArgs {
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub reserve: ReserveArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+/// The node's container network.
+#[derive(Args, Clone)]
+pub struct NetworkArgs {
+    /// The Linux bridge of this node's tasks (one per node when several
+    /// nodes share a host).
+    #[arg(long, default_value = shoal_net::bridge::BRIDGE_NAME_DEFAULT)]
+    pub bridge: String,
+    /// Directory of the CNI plugin binaries; repeat for more.
+    #[arg(long = "cni-plugin-dir", default_value = shoal_net::cni::PLUGIN_DIR_DEFAULT)]
+    pub cni_plugin_dirs: Vec<PathBuf>,
+    /// Address range of a new cluster's tasks (default 10.42.0.0/16); each
+    /// node gets a /24 of it. Used when this node forms the cluster.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// The host's resolver config; names outside the cluster's DNS zone
+    /// are forwarded to its nameservers.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
 }
 
 /// What the node keeps back from tasks for itself and the system.
@@ -219,6 +256,8 @@ pub struct DevArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub reserve: ReserveArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
 }
 
 #[derive(Args, Clone)]

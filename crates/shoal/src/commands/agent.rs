@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use shoal_runtime::containerd::Containerd;
 
-use crate::cli::{AgentArgs, DevArgs, RuntimeArgs};
+use crate::cli::{AgentArgs, DevArgs, NetworkArgs, RuntimeArgs};
+use crate::node::network::NetworkConfig;
 use crate::node::{self, NodeConfig};
 
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +45,7 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         labels: args.labels.into_iter().collect(),
         reserve_cpu_millis: args.reserve.reserve_cpu,
         reserve_memory_bytes: args.reserve.reserve_memory,
+        network: network_config(args.network)?,
     };
     start(config, args.runtime).await
 }
@@ -64,6 +66,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         labels: Default::default(),
         reserve_cpu_millis: args.reserve.reserve_cpu,
         reserve_memory_bytes: args.reserve.reserve_memory,
+        network: network_config(args.network)?,
     };
     eprintln!(
         "shoal dev: a one-node cluster; API on http://{bind} (try `shoal nodes`, `shoal apply -f app.yaml`); Ctrl-C stops the node, its containers keep running"
@@ -89,6 +92,33 @@ async fn start(config: NodeConfig, runtime: RuntimeArgs) -> anyhow::Result<ExitC
     let containerd = containerd.with_log_writer(this_binary);
     node::run(config, containerd).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn network_config(args: NetworkArgs) -> anyhow::Result<NetworkConfig> {
+    let cluster_cidr = match args.cluster_cidr {
+        Some(text) => Some(
+            shoal_net::subnet::Ipv4Cidr::parse("--cluster-cidr", &text)
+                .map_err(|error| anyhow::anyhow!("{error}"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let mut bridge = shoal_net::bridge::BridgeNetwork::new(
+        shoal_net::subnet::Ipv4Cidr::parse("subnet", shoal_net::subnet::CLUSTER_CIDR_DEFAULT)
+            .map_err(|error| anyhow::anyhow!("{error}"))?,
+        "/",
+    );
+    bridge.bridge = args.bridge.clone();
+    bridge
+        .validate()
+        .map_err(|error| anyhow::anyhow!("--{error}"))?;
+    Ok(NetworkConfig {
+        bridge: args.bridge,
+        cni_plugin_dirs: args.cni_plugin_dirs,
+        cluster_cidr,
+        resolv_conf: args.resolv_conf,
+        dns_port: 53,
+    })
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {

@@ -26,14 +26,15 @@ pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
     );
     let settings = &info.settings;
     println!(
-        "Settings:    voters_max={} cluster_cidr={} node_prefix_len={}",
+        "Settings:    voters_max={} cluster_cidr={} node_prefix_len={} dns_zone={}",
         settings
             .voters_max
             .map_or("-".to_string(), |n| n.to_string()),
         settings.cluster_cidr.as_deref().unwrap_or("-"),
         settings
             .node_prefix_len
-            .map_or("-".to_string(), |n| n.to_string())
+            .map_or("-".to_string(), |n| n.to_string()),
+        settings.dns_zone.as_deref().unwrap_or("-")
     );
     println!("Answered by: {} (gossip {})", info.name, info.gossip_addr);
     Ok(ExitCode::SUCCESS)

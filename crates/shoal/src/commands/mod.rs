@@ -14,7 +14,7 @@ pub mod version;
 
 use std::process::ExitCode;
 
-use crate::cli::{AppCommand, Cli, ClusterCommand, Command, ImageCommand, NodeCommand};
+use crate::cli::{AppCommand, Cli, ClusterCommand, Command, DnsCommand, ImageCommand, NodeCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -38,6 +38,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(args).await,
         Command::Nodes(args) => nodes::run(args).await,
         Command::Images(args) => images::list(args).await,
+        Command::Dns {
+            command: DnsCommand::List(args),
+        } => {
+            let records = client(&args.target)?.dns_records().await?;
+            let rows = records
+                .iter()
+                .map(|r| vec![r.name.clone(), r.record_type.clone(), r.value.clone()])
+                .collect();
+            crate::output::print_list(
+                args.output.format,
+                &records,
+                &["NAME", "TYPE", "VALUE"],
+                rows,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Image {
             command: ImageCommand::Import(args),
         } => images::import(args).await,
@@ -50,19 +66,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     voters_max,
                     cluster_cidr,
                     node_prefix_len,
+                    dns_zone,
                     output,
                     target,
                 },
         } => {
-            if voters_max.is_none() && cluster_cidr.is_none() && node_prefix_len.is_none() {
+            if voters_max.is_none()
+                && cluster_cidr.is_none()
+                && node_prefix_len.is_none()
+                && dns_zone.is_none()
+            {
                 anyhow::bail!(
-                    "nothing to set: give --voters-max N, --cluster-cidr CIDR or --node-prefix-len N"
+                    "nothing to set: give --voters-max N, --cluster-cidr CIDR, --node-prefix-len N or --dns-zone ZONE"
                 );
             }
             let settings = shoal_api::wire::ClusterSettings {
                 voters_max,
                 cluster_cidr,
                 node_prefix_len,
+                dns_zone,
             };
             cluster::show(
                 client(&target)?.set_settings(&settings).await?,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use shoal_api::server::{ApiError, ApiResult, Backend, LogOptions, LogStream};
 use shoal_api::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, ImageView, NodeUpdate, NodeView,
-    PlanView, PlannedStop, PlannedTask, ServiceView, TaskView, UnplacedView, VersionInfo,
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, ImageView, NodeUpdate,
+    NodeView, PlanView, PlannedStop, PlannedTask, ServiceView, TaskView, UnplacedView, VersionInfo,
 };
 use shoal_cluster::membership::MemberStatus;
 use shoal_cluster::raft::ProposeError;
@@ -298,6 +298,7 @@ impl<R: Runtime> Backend for NodeBackend<R> {
                 voters_max: Some(settings.voters_max),
                 cluster_cidr: Some(settings.cluster_cidr),
                 node_prefix_len: Some(settings.node_prefix_len),
+                dns_zone: Some(settings.dns_zone),
             },
         })
     }
@@ -307,6 +308,7 @@ impl<R: Runtime> Backend for NodeBackend<R> {
             voters_max: settings.voters_max,
             cluster_cidr: settings.cluster_cidr,
             node_prefix_len: settings.node_prefix_len,
+            dns_zone: settings.dns_zone,
         };
         self.0
             .raft
@@ -314,6 +316,26 @@ impl<R: Runtime> Backend for NodeBackend<R> {
             .await
             .map_err(propose_error)?;
         self.cluster().await
+    }
+
+    async fn dns_records(&self) -> ApiResult<Vec<DnsRecordView>> {
+        // What this node's server answers with; the same records from the
+        // state when it does not run (yet).
+        let rows = match self.0.network.served_rows() {
+            Some(rows) => rows,
+            None => {
+                let state = self.0.raft.read();
+                super::network::records_from_state(&state).rows(&state.settings.dns_zone)
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| DnsRecordView {
+                name: row.name,
+                record_type: row.record_type.to_string(),
+                value: row.value,
+            })
+            .collect())
     }
 
     async fn leave(&self) -> ApiResult<()> {

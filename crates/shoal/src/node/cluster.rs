@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use shoal_api::wire::ClusterInfo;
 use shoal_cluster::membership::{MemberStatus, MembershipConfig, NodeFacts};
-use shoal_cluster::raft::RaftNode;
+use shoal_cluster::raft::{ProposeError, RaftNode};
 use shoal_state::Command;
 use shoal_types::{consensus_id, Node, NodeStatus};
 
@@ -186,7 +186,39 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
         drain: false,
         subnet: None,
     };
+    let mut cidr_wanted = shared.config.network.cluster_cidr.clone();
     for attempt in 0..REGISTER_ATTEMPTS_MAX {
+        // `--cluster-cidr` shapes a new cluster: set it before the first
+        // subnet is handed out; once subnets are held it cannot change.
+        if let Some(cidr) = cidr_wanted.clone() {
+            if shared.raft.read().settings.cluster_cidr == cidr {
+                cidr_wanted = None;
+            } else {
+                let command = Command::SetSettings {
+                    voters_max: None,
+                    cluster_cidr: Some(cidr.clone()),
+                    node_prefix_len: None,
+                    dns_zone: None,
+                };
+                match shared.raft.propose(now_ms(), command).await {
+                    Ok(_) => {
+                        tracing::info!(%cidr, "set the cluster CIDR");
+                        cidr_wanted = None;
+                    }
+                    Err(ProposeError::Rejected(error)) => {
+                        tracing::warn!(%error, "--cluster-cidr {cidr} is ignored");
+                        cidr_wanted = None;
+                    }
+                    Err(error) => {
+                        if attempt % 10 == 0 {
+                            tracing::info!(%error, "cannot set the cluster CIDR yet; retrying");
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+        }
         match shared
             .raft
             .propose(now_ms(), Command::RegisterNode { node: node.clone() })

@@ -2,7 +2,8 @@
 //! shows and the cluster wants, executes its actions concurrently, and
 //! reports task statuses back to the cluster in batches.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,10 @@ use shoal_runtime::{
     ContainerConfig, ContainerStatus, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
 };
 use shoal_state::Command;
-use shoal_types::{Task, TaskStatus};
+use shoal_types::{DesiredState, Task, TaskStatus};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::network::Attached;
 use super::Shared;
 use crate::output::now_ms;
 
@@ -28,6 +30,8 @@ const DESTROYS_IN_FLIGHT_MAX: usize = 512;
 const RESULTS_QUEUE_MAX: usize = 1024;
 /// Statuses in one report command.
 const REPORT_BATCH_MAX: usize = 1024;
+/// How often task networks that nothing owns any more are looked for.
+const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
     let mut reconciler = Reconciler::new();
@@ -36,6 +40,8 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
     let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
     let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
     let mut runtime_failing = false;
+    // The first pass looks for leftovers of a crash at once.
+    let mut garbage_at = std::time::Instant::now();
     loop {
         changes.borrow_and_update();
         let observed = match shared.runtime.list().await {
@@ -61,6 +67,21 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
             .tasks_on(&shared.config.name)
             .cloned()
             .collect();
+        if std::time::Instant::now() >= garbage_at {
+            garbage_at = std::time::Instant::now() + GARBAGE_INTERVAL;
+            let live: BTreeSet<String> = observed
+                .keys()
+                .cloned()
+                .chain(
+                    desired
+                        .iter()
+                        .filter(|task| task.desired == DesiredState::Running)
+                        .map(|task| task.id.clone()),
+                )
+                .collect();
+            let network = shared.network.clone();
+            let _ = tokio::task::spawn_blocking(move || network.collect_garbage(&live)).await;
+        }
         let now = now_ms();
         let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
         if !step.actions.is_empty() || !step.reports.is_empty() {
@@ -177,6 +198,18 @@ async fn execute<R: Runtime>(shared: &Shared<R>, action: Action) -> ActionResult
             }
             .await
             .map_err(|error| error.to_string());
+            // The address is freed once the container is gone.
+            let result = match result {
+                Ok(exit_code) => {
+                    let (network, id) = (shared.network.clone(), container_id.clone());
+                    match tokio::task::spawn_blocking(move || network.detach(&id)).await {
+                        Ok(Ok(())) => Ok(exit_code),
+                        Ok(Err(error)) => Err(format!("releasing its network: {error:#}")),
+                        Err(error) => Err(format!("releasing its network: {error}")),
+                    }
+                }
+                Err(error) => Err(error),
+            };
             ActionResult::Destroyed {
                 container_id,
                 result,
@@ -190,8 +223,15 @@ async fn run_task<R: Runtime>(
     task: &Task,
     attempt: u32,
     replace: bool,
-) -> Result<(), String> {
-    let config = container_config(shared, task, attempt);
+) -> Result<Option<Ipv4Addr>, String> {
+    let zone = shared.raft.read().settings.dns_zone.clone();
+    let (network, owned) = (shared.network.clone(), task.clone());
+    let attached = tokio::task::spawn_blocking(move || network.attach(&owned, &zone))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| format!("setting up its network: {error:#}"))?;
+    let address = attached.address;
+    let config = container_config(shared, task, attempt, attached);
     if replace {
         shared
             .runtime
@@ -200,7 +240,7 @@ async fn run_task<R: Runtime>(
             .map_err(|error| error.to_string())?;
     }
     match shared.runtime.run(&config).await {
-        Ok(_pid) => Ok(()),
+        Ok(_pid) => Ok(address),
         // Left over from a crash between create and report: start afresh.
         Err(RuntimeError::ContainerExists(_)) => {
             shared
@@ -212,14 +252,19 @@ async fn run_task<R: Runtime>(
                 .runtime
                 .run(&config)
                 .await
-                .map(|_| ())
+                .map(|_| address)
                 .map_err(|error| error.to_string())
         }
         Err(error) => Err(error.to_string()),
     }
 }
 
-fn container_config<R>(shared: &Shared<R>, task: &Task, attempt: u32) -> ContainerConfig {
+fn container_config<R>(
+    shared: &Shared<R>,
+    task: &Task,
+    attempt: u32,
+    attached: Attached,
+) -> ContainerConfig {
     let spec = &task.spec;
     let labels = BTreeMap::from([
         (LABEL_TASK.to_string(), task.id.clone()),
@@ -239,6 +284,8 @@ fn container_config<R>(shared: &Shared<R>, task: &Task, attempt: u32) -> Contain
         memory_bytes: spec.resources.memory.map(|memory| memory.0),
         labels,
         log_path: shared.logs_dir().join(format!("{}.log", task.id)),
-        hostname: format!("{}-{}", task.service, task.slot),
+        hostname: super::network::hostname(task),
+        network: attached.network,
+        mounts: attached.mounts,
     }
 }

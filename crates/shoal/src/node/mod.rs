@@ -7,6 +7,7 @@ mod cluster;
 mod host;
 mod keeper;
 mod logs;
+pub mod network;
 mod scheduler;
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ pub struct NodeConfig {
     /// Cpu (millicores) and memory (bytes) kept back from tasks for the system.
     pub reserve_cpu_millis: u64,
     pub reserve_memory_bytes: u64,
+    pub network: network::NetworkConfig,
 }
 
 /// What the loops and the API handlers share.
@@ -53,6 +55,8 @@ pub struct Shared<R> {
     pub runtime: R,
     pub started_at_ms: u64,
     pub http: reqwest::Client,
+    /// The node's bridge, task namespaces, routes and DNS.
+    pub network: Arc<network::NodeNetwork>,
     /// Set once `shoal node leave` was asked; the loops wind down.
     pub leaving: tokio::sync::watch::Sender<bool>,
 }
@@ -104,7 +108,12 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
     .await
     .context("starting gossip")?;
     let (leaving, _) = tokio::sync::watch::channel(false);
+    let network = Arc::new(network::NodeNetwork::new(
+        config.network.clone(),
+        &config.data_dir,
+    ));
     let shared = Arc::new(Shared {
+        network,
         config,
         raft,
         membership,
@@ -135,6 +144,7 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
     let keeper = tokio::spawn(keeper::run(shared.clone()));
+    let network = tokio::spawn(network::run(shared.clone()));
     let mut leaving = shared.leaving.subscribe();
     let outcome = tokio::select! {
         result = &mut server => result.context("API server"),
@@ -149,6 +159,7 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
     };
     registration.abort();
     facts.abort();
+    network.abort();
     let _ = stop_tx.send(());
     // Requests in flight get a moment; followers of logs do not hold the node up.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
