@@ -167,6 +167,9 @@ pub struct TaskView {
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub updated_at_ms: u64,
+    /// The task's address on the cluster network, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl From<&Task> for TaskView {
@@ -187,6 +190,7 @@ impl From<&Task> for TaskView {
             exit_code: task.status.exit_code,
             attempt: task.status.attempt,
             restarts: task.status.restarts,
+            address: task.status.address,
             created_at_ms: task.created_at_ms,
             started_at_ms: task.status.started_at_ms,
             updated_at_ms: task.status.updated_at_ms,

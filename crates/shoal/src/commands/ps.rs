@@ -28,7 +28,7 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub const HEADER: &[&str] = &[
-    "TASK", "NODE", "STATE", "PROMISE", "RESTARTS", "AGE", "MESSAGE",
+    "TASK", "NODE", "ADDRESS", "STATE", "PROMISE", "RESTARTS", "AGE", "MESSAGE",
 ];
 
 /// One line for `app inspect` and `plan`: `APP.SERVICE: N task(s): REASON`.
@@ -42,6 +42,7 @@ pub fn unplaced_line(unplaced: &UnplacedView) -> String {
 pub fn unplaced_row(unplaced: &UnplacedView) -> Vec<String> {
     vec![
         format!("{}.{} ×{}", unplaced.app, unplaced.service, unplaced.count),
+        "-".into(),
         "-".into(),
         "pending".into(),
         "pending".into(),
@@ -61,6 +62,8 @@ pub fn row(task: &TaskView) -> Vec<String> {
     vec![
         task.id.clone(),
         task.node.clone(),
+        task.address
+            .map_or("-".into(), |address| address.to_string()),
         state,
         format!("{:?}", task.promise).to_lowercase(),
         task.restarts.to_string(),

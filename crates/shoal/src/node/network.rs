@@ -88,13 +88,16 @@ pub struct NodeNetwork {
 impl NodeNetwork {
     pub fn new(config: NetworkConfig, data_dir: &Path) -> Self {
         let dir = data_dir.join("net");
+        let prefix = netns_prefix(&config.bridge);
         let mut cni = Cni::new(dir.join("cni").join("results"));
         cni.plugin_dirs = config.cni_plugin_dirs.clone();
         Self {
             config,
             dir,
             cni,
-            netns: NetnsManager::new(SystemRunner::default()),
+            // Named after the bridge too: task ids are unique in a cluster,
+            // not on a host that runs nodes of several clusters.
+            netns: NetnsManager::with_prefix(SystemRunner::default(), &prefix),
             runner: SystemRunner::default(),
             ready: Mutex::new(None),
             served: Mutex::new(None),
@@ -453,6 +456,11 @@ impl NodeNetwork {
         }
         Ok(())
     }
+}
+
+/// The prefix of the node's task namespaces: `shoal0-` for `shoal0-APP.SERVICE.SLOT.SERIAL`.
+pub fn netns_prefix(bridge: &str) -> String {
+    format!("{bridge}-")
 }
 
 /// The node's own iptables chain for masquerading, named after its bridge.

@@ -18,6 +18,8 @@ pub struct Member {
     pub labels: Vec<String>,
     /// More flags for this node's agent.
     pub extra_args: Vec<String>,
+    /// The agent's bridge (its own, also when nodes share the host's network).
+    pub bridge: String,
     agent: Option<Child>,
 }
 
@@ -26,6 +28,8 @@ pub struct Cluster {
     pub scratch: tempfile::TempDir,
     /// Set when the nodes live in network namespaces on a bridge.
     pub netns: Option<Netns>,
+    /// The tasks' address range, the cluster's own.
+    pub cluster_cidr: String,
 }
 
 /// The test's own hosts: one network namespace per node on a bridge, so
@@ -175,6 +179,7 @@ impl Cluster {
                 data_dir: scratch.path().join(format!("node{}", index + 1)),
                 labels: labels.iter().map(|label| label.to_string()).collect(),
                 extra_args: Vec::new(),
+                bridge: super::test_bridge(serial, index),
                 agent: None,
             })
             .collect();
@@ -182,6 +187,7 @@ impl Cluster {
             members,
             scratch,
             netns,
+            cluster_cidr: super::test_cluster_cidr(serial),
         };
         for index in 0..cluster.members.len() {
             let peers = if index == 0 {
@@ -214,6 +220,28 @@ impl Cluster {
     /// A new node (on 127.X.Y.N, not in a network namespace) joins through
     /// node 0; returns its index.
     pub fn join(&mut self, labels: &[&str]) -> usize {
+        let index = self.add_member(labels);
+        let peer = self.members[0].ip.clone();
+        self.start(index, &[peer]);
+        self.import_busybox(index);
+        index
+    }
+
+    /// New nodes (on 127.X.Y.N) that all start joining through node 0 at
+    /// the same moment; returns their indexes once every one answers.
+    pub fn join_together(&mut self, count: usize) -> Vec<usize> {
+        let indexes: Vec<usize> = (0..count).map(|_| self.add_member(&[])).collect();
+        let peer = self.members[0].ip.clone();
+        for &index in &indexes {
+            self.spawn(index, std::slice::from_ref(&peer));
+        }
+        for &index in &indexes {
+            self.wait_api(index);
+        }
+        indexes
+    }
+
+    fn add_member(&mut self, labels: &[&str]) -> usize {
         assert!(self.netns.is_none(), "join is for clusters on 127.X.Y.N");
         let index = self.members.len();
         let first = &self.members[0];
@@ -229,12 +257,13 @@ impl Cluster {
             data_dir: self.scratch.path().join(format!("node{number}")),
             labels: labels.iter().map(|label| label.to_string()).collect(),
             extra_args: Vec::new(),
+            bridge: format!(
+                "{}{index}",
+                first.bridge.trim_end_matches(|c: char| c.is_ascii_digit())
+            ),
             agent: None,
         };
-        let peer = first.ip.clone();
         self.members.push(member);
-        self.start(index, &[peer]);
-        self.import_busybox(index);
         index
     }
 
@@ -244,6 +273,50 @@ impl Cluster {
 
     /// Starts node `index`'s agent, joining through `peers` (IPs).
     pub fn start(&mut self, index: usize, peers: &[String]) {
+        self.spawn(index, peers);
+        self.wait_api(index);
+    }
+
+    fn wait_api(&self, index: usize) {
+        self.wait_for("the agent's API", || {
+            self.shoal(index, &["version"])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// Runs `program args` where node `index` lives: in its network
+    /// namespace, or on the host.
+    pub fn on_node(&self, index: usize, program: &str, args: &[&str]) -> Output {
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/var/run/netns/{}", netns.namespaces[index]))
+                    .arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        command
+            .args(args)
+            .output()
+            .expect("run a program on a node")
+    }
+
+    /// Runs `args` inside the container of `task_id` on node `index`.
+    pub fn exec(&self, index: usize, task_id: &str, args: &[&str]) -> Output {
+        let exec_id = format!("e2e-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        Command::new("ctr")
+            .args(["-n", &self.members[index].namespace, "tasks", "exec"])
+            .args(["--exec-id", &exec_id, task_id])
+            .args(args)
+            .output()
+            .expect("ctr tasks exec")
+    }
+
+    fn spawn(&mut self, index: usize, peers: &[String]) {
         let member = &self.members[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -251,10 +324,15 @@ impl Cluster {
             .open(self.scratch.path().join(format!("{}.log", member.name)))
             .expect("agent log");
         let mut command = match &self.netns {
-            // `ip netns exec` execs the agent: the child's pid is the agent's.
+            // nsenter execs the agent: the child's pid is the agent's. Only
+            // the network namespace changes (`ip netns exec` would also give
+            // the agent a mount namespace of its own, where the task
+            // namespaces it mounts stay hidden from containerd).
             Some(netns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", &netns.namespaces[index], binary()]);
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/var/run/netns/{}", netns.namespaces[index]))
+                    .arg(binary());
                 command
             }
             None => Command::new(binary()),
@@ -264,6 +342,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&member.data_dir)
             .args(["--containerd-namespace", &member.namespace])
+            .args(["--bridge", &member.bridge])
+            .args(["--cluster-cidr", &self.cluster_cidr])
             .env("SHOAL_LOG", "info,shoal=debug")
             .stdout(Stdio::null())
             .stderr(log);
@@ -276,12 +356,6 @@ impl Cluster {
         command.args(&member.extra_args);
         let child = command.spawn().expect("start shoal agent");
         self.members[index].agent = Some(child);
-        self.wait_for("the agent's API", || {
-            self.shoal(index, &["version"])
-                .status
-                .success()
-                .then_some(())
-        });
     }
 
     /// kill -9 of node `index`'s agent (its containers keep running).
@@ -498,6 +572,8 @@ impl Drop for Cluster {
         }
         for member in &self.members {
             cleanup_namespace(&member.namespace);
+            // In network namespaces, bridges and chains go with the namespace.
+            super::cleanup_network(&member.data_dir, &member.bridge, self.netns.is_none());
         }
         // Network namespaces and the bridge go when `netns` drops.
     }

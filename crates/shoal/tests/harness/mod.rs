@@ -34,7 +34,56 @@ pub struct Node {
     pub gossip_port: u16,
     pub data_dir: tempfile::TempDir,
     pub scratch: tempfile::TempDir,
+    /// The agent's bridge and cluster CIDR: its own, as it shares the
+    /// host's network with other tests.
+    pub bridge: String,
+    pub cluster_cidr: String,
     agent: Option<Child>,
+}
+
+/// A bridge name of this test process's own (at most 15 bytes).
+pub fn test_bridge(serial: u32, index: usize) -> String {
+    format!("sh{}x{}n{index}", std::process::id() % 10_000, serial % 100)
+}
+
+/// A cluster CIDR of this test process's own: a /21 (8 node subnets).
+pub fn test_cluster_cidr(serial: u32) -> String {
+    format!(
+        "10.{}.{}.0/21",
+        100 + std::process::id() % 50,
+        (serial % 32) * 8
+    )
+}
+
+/// Releases what a node's agent made on the host's network: the
+/// namespaces of its tasks (as named in its data dir), and when it ran in
+/// the host's network namespace its bridge and masquerade chain.
+pub fn cleanup_network(data_dir: &Path, bridge_name: &str, in_host_netns: bool) {
+    let bridge = in_host_netns.then_some(bridge_name);
+    let run = |program: &str, args: &[&str]| {
+        let _ = Command::new(program).args(args).output();
+    };
+    if let Ok(entries) = std::fs::read_dir(data_dir.join("net").join("tasks")) {
+        for entry in entries.flatten().take(10_000) {
+            let name = format!("{}-{}", bridge_name, entry.file_name().to_string_lossy());
+            run("ip", &["netns", "del", &name]);
+        }
+    }
+    if let Some(bridge) = bridge {
+        run("ip", &["link", "del", bridge]);
+        let chain = format!("SHOAL-{bridge}");
+        for _ in 0..8 {
+            let removed = Command::new("iptables")
+                .args(["-t", "nat", "-D", "POSTROUTING", "-j", &chain])
+                .output()
+                .is_ok_and(|output| output.status.success());
+            if !removed {
+                break;
+            }
+        }
+        run("iptables", &["-t", "nat", "-F", &chain]);
+        run("iptables", &["-t", "nat", "-X", &chain]);
+    }
 }
 
 impl Node {
@@ -53,6 +102,8 @@ impl Node {
             gossip_port: free_port(),
             data_dir: tempfile::tempdir().expect("data dir"),
             scratch: tempfile::tempdir().expect("scratch dir"),
+            bridge: test_bridge(serial, 0),
+            cluster_cidr: test_cluster_cidr(serial),
             agent: None,
         };
         node.start_agent();
@@ -73,6 +124,8 @@ impl Node {
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(["--containerd-namespace", &self.namespace])
+            .args(["--bridge", &self.bridge])
+            .args(["--cluster-cidr", &self.cluster_cidr])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -281,6 +334,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill_agent();
         cleanup_namespace(&self.namespace);
+        cleanup_network(self.data_dir.path(), &self.bridge, true);
     }
 }
 
