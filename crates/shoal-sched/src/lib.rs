@@ -89,6 +89,8 @@ struct NodeInfo<'a> {
     used: Request,
     /// Desired-running tasks, counted as the plan adds and stops them.
     tasks: u32,
+    /// Host ports its desired-running tasks publish (mostly none).
+    host_ports: Vec<fit::HostPort>,
 }
 
 /// A kept task another one of higher priority may displace.
@@ -142,6 +144,7 @@ impl<'a> Scheduler<'a> {
                 soft_tainted: node.has_taint_effect(TaintEffect::PreferNoSchedule),
                 used: Request::default(),
                 tasks: 0,
+                host_ports: Vec::new(),
             })
             .collect();
         let index: HashMap<&str, u32> = nodes
@@ -189,6 +192,7 @@ impl<'a> Scheduler<'a> {
                         let info = &mut self.nodes[at as usize];
                         info.used.add(Request::of(&task.spec));
                         info.tasks += 1;
+                        info.host_ports.extend(fit::host_ports(&task.spec));
                     }
                     match self.keeps(task, at) {
                         Some(sid) => self.keep(sid, task.slot, at),
@@ -304,6 +308,7 @@ impl<'a> Scheduler<'a> {
             let info = &mut self.nodes[*at as usize];
             info.used.subtract(Request::of(&task.spec));
             info.tasks = info.tasks.saturating_sub(1);
+            fit::release_host_ports(&mut info.host_ports, &task.spec);
         }
     }
 
@@ -577,6 +582,11 @@ impl<'a> Scheduler<'a> {
                 lacking_room.push(at);
                 continue;
             }
+            if let Err(reject) = fit::host_port_taken(&self.nodes[at as usize].host_ports, service)
+            {
+                limited.push(reject);
+                continue;
+            }
             // A global service's spread limits cap it below one per node.
             if let Some(reject) = context.refuses(at) {
                 limited.push(reject);
@@ -640,6 +650,7 @@ impl<'a> Scheduler<'a> {
         let info = &mut self.nodes[at as usize];
         info.used.add(request);
         info.tasks += 1;
+        info.host_ports.extend(fit::host_ports(service));
         self.most_tasks = self.most_tasks.max(info.tasks);
         self.filled.insert((sid, slot));
         *self.per_node.entry(sid).or_default().entry(at).or_default() += 1;
@@ -653,9 +664,18 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Why a node that admits the service cannot take one more task now.
-    fn refuses(&self, at: u32, request: Request, context: &SpreadContext<'a>) -> Option<Reject> {
+    fn refuses(
+        &self,
+        at: u32,
+        service: &ServiceSpec,
+        request: Request,
+        context: &SpreadContext<'a>,
+    ) -> Option<Reject> {
         let info = &self.nodes[at as usize];
         if let Err(reject) = fit::fits_within(info.allocatable, info.used, request) {
+            return Some(reject);
+        }
+        if let Err(reject) = fit::host_port_taken(&info.host_ports, service) {
             return Some(reject);
         }
         context.refuses(at)
@@ -683,7 +703,7 @@ impl<'a> Scheduler<'a> {
         let mut found = 0;
         for step in 0..admitting.len() {
             let at = admitting[(start + step) % admitting.len()];
-            if self.refuses(at, request, context).is_some() {
+            if self.refuses(at, service, request, context).is_some() {
                 continue;
             }
             let score = self.score(app, service, request, at, context);
@@ -815,6 +835,10 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             let info = &self.nodes[at as usize];
+            // Preemption makes room, not ports.
+            if fit::host_port_taken(&info.host_ports, service).is_err() {
+                continue;
+            }
             let mut used = info.used;
             let mut taken: Vec<&'a Task> = Vec::new();
             let mut highest = 0;
@@ -869,7 +893,7 @@ impl<'a> Scheduler<'a> {
         for at in 0..self.nodes.len() as u32 {
             let reject = fit::admits(self.nodes[at as usize].node, service)
                 .err()
-                .or_else(|| self.refuses(at, request, context));
+                .or_else(|| self.refuses(at, service, request, context));
             if let Some(reject) = reject {
                 *tally.entry(reject).or_default() += 1;
             }
@@ -882,7 +906,9 @@ impl<'a> Scheduler<'a> {
                         "{count} {} {reject}",
                         if count == 1 { "has" } else { "have" }
                     ),
-                    Reject::SpreadLimit { .. } | Reject::AlreadyRunsOne => {
+                    Reject::SpreadLimit { .. }
+                    | Reject::AlreadyRunsOne
+                    | Reject::HostPort { .. } => {
                         format!("{count} {} {reject}", if count == 1 { "is" } else { "are" })
                     }
                     Reject::Constraint(_) => format!("{count} {reject}"),

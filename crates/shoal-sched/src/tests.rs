@@ -377,6 +377,46 @@ fn the_dns_zone_is_a_setting_and_a_refused_change_changes_nothing() {
 }
 
 #[test]
+fn a_stale_plan_never_publishes_one_host_port_twice_on_a_node() {
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    let spec = |app: &str| {
+        format!("name: {app}\nservices: [{{name: s, image: busybox, ports: [{{container_port: 80, host_port: 8080}}]}}]")
+    };
+    cluster.put(&spec("one"));
+    let first = reconcile(&cluster.state);
+    cluster.put(&spec("two"));
+    // A plan for `two` made before `one` was placed thinks the port is free.
+    let stale_two = reconcile(&{
+        let mut before = cluster.state.clone();
+        before.apps.remove("one");
+        before
+    });
+    assert_eq!(stale_two.place.len(), 1, "{stale_two:?}");
+    cluster.apply(Command::ApplyPlan { plan: first });
+    let Outcome::PlanApplied {
+        placed, rejected, ..
+    } = cluster.apply(Command::ApplyPlan { plan: stale_two })
+    else {
+        panic!("plan outcome");
+    };
+    assert!(placed.is_empty(), "{placed:?}");
+    assert!(
+        rejected.len() == 1 && rejected[0].contains("publishing host port 8080/tcp already"),
+        "{rejected:?}"
+    );
+    // A fresh plan says why `two` waits.
+    let plan = reconcile(&cluster.state);
+    assert!(plan.place.is_empty(), "{plan:?}");
+    assert!(
+        plan.unplaced[0]
+            .reason
+            .contains("1 is publishing host port 8080/tcp already"),
+        "{:?}",
+        plan.unplaced
+    );
+}
+
+#[test]
 fn two_plans_from_one_snapshot_never_over_commit_a_node() {
     // One node with room for two tasks of 1 cpu; two apps scheduled from
     // the same snapshot each think they have it.

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use shoal_types::{Constraint, DesiredState, Labels, Node, ServiceSpec, Taint, TaintEffect, Task};
+use shoal_types::{
+    Constraint, DesiredState, Labels, Node, Protocol, ServiceSpec, Taint, TaintEffect, Task,
+};
 
 /// What a task of a service asks of a node, in millicores and bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +47,7 @@ pub enum Reject {
     Memory { request_bytes: u64 },
     SpreadLimit { over: String, max_per: u32 },
     AlreadyRunsOne,
+    HostPort { port: u16, protocol: Protocol },
 }
 
 impl fmt::Display for Reject {
@@ -64,6 +67,13 @@ impl fmt::Display for Reject {
                 write!(f, "at the limit of {max_per} per `{over}`")
             }
             Reject::AlreadyRunsOne => write!(f, "already running one (global)"),
+            Reject::HostPort { port, protocol } => {
+                write!(
+                    f,
+                    "publishing host port {port}/{} already",
+                    protocol.as_str()
+                )
+            }
         }
     }
 }
@@ -135,6 +145,36 @@ pub fn fits_within(allocatable: Request, used: Request, request: Request) -> Res
         });
     }
     Ok(())
+}
+
+/// A host port and its protocol, as a task publishes it on its node.
+pub type HostPort = (u16, Protocol);
+
+/// The host ports a task of the service publishes.
+pub fn host_ports(spec: &ServiceSpec) -> impl Iterator<Item = HostPort> + '_ {
+    spec.ports
+        .iter()
+        .filter_map(|port| Some((port.host_port?, port.protocol)))
+}
+
+/// The first host port of the service that a node already publishes.
+pub fn host_port_taken(taken: &[HostPort], spec: &ServiceSpec) -> Result<(), Reject> {
+    if taken.is_empty() {
+        return Ok(());
+    }
+    match host_ports(spec).find(|port| taken.contains(port)) {
+        Some((port, protocol)) => Err(Reject::HostPort { port, protocol }),
+        None => Ok(()),
+    }
+}
+
+/// Forgets one task's host ports from a node's list.
+pub fn release_host_ports(taken: &mut Vec<HostPort>, spec: &ServiceSpec) {
+    for port in host_ports(spec) {
+        if let Some(at) = taken.iter().position(|p| *p == port) {
+            taken.swap_remove(at);
+        }
+    }
 }
 
 /// The requests of the tasks the cluster wants running, per node.

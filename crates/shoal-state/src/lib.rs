@@ -730,6 +730,8 @@ struct Occupancy<'a> {
     per_value: FastMap<(&'a str, &'a str, usize, &'a str), u32>,
     /// The state's nodes by name, hashed.
     nodes: FastMap<&'a str, &'a Node>,
+    /// Host ports published per node (only nodes that publish any).
+    host_ports: FastMap<&'a str, Vec<fit::HostPort>>,
 }
 
 /// An app's name and one of its services, when they still exist.
@@ -775,6 +777,7 @@ impl<'a> Occupancy<'a> {
             per_node: FastMap::default(),
             per_value: FastMap::default(),
             nodes: FastMap::default(),
+            host_ports: FastMap::default(),
         };
         let mut last: Option<(&str, &str, Found<'a>)> = None;
         // Hashed: a BTreeMap lookup by name costs a dozen string compares.
@@ -796,6 +799,13 @@ impl<'a> Occupancy<'a> {
                 .entry(node.name.as_str())
                 .or_default()
                 .add(Request::of(&task.spec));
+            if task.spec.ports.iter().any(|port| port.host_port.is_some()) {
+                occupancy
+                    .host_ports
+                    .entry(node.name.as_str())
+                    .or_default()
+                    .extend(fit::host_ports(&task.spec));
+            }
             // Tasks come in id order, so runs of them share a service.
             let found = match last {
                 Some((app, service, found)) if app == task.app && service == task.service => found,
@@ -833,6 +843,12 @@ impl<'a> Occupancy<'a> {
             .add(Request::of(service));
         self.slots.insert((app, service.name.as_str(), slot));
         count_task(&mut self.per_node, &mut self.per_value, app, service, node);
+        if service.ports.iter().any(|port| port.host_port.is_some()) {
+            self.host_ports
+                .entry(node.name.as_str())
+                .or_default()
+                .extend(fit::host_ports(service));
+        }
     }
 }
 
@@ -902,6 +918,10 @@ fn check_placement<'a>(
             what(),
             fit::Reject::AlreadyRunsOne
         ));
+    }
+    if let Some(taken) = occupancy.host_ports.get(node.name.as_str()) {
+        fit::host_port_taken(taken, spec)
+            .map_err(|reject| format!("{}: node is {reject}", what()))?;
     }
     for (index, spread) in spec.placement.spread.iter().enumerate() {
         let Some(max_per) = spread.max_per else {

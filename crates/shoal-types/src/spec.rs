@@ -287,16 +287,40 @@ pub struct Port {
     pub container_port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Publishes the port on this port of the node's addresses. A node
+    /// runs at most one task publishing a given port and protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
 }
 
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 fn default_replicas() -> u32 {
@@ -709,6 +733,7 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
             fail(at("ports"), format!("at most {PORTS_MAX} ports"));
         }
         let mut ports_seen = BTreeMap::new();
+        let mut host_ports_seen = BTreeMap::new();
         for (port_index, port) in service.ports.iter().enumerate() {
             let port_at = |field: &str| at(&format!("ports[{port_index}].{field}"));
             if port.container_port == 0 {
@@ -720,6 +745,29 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
             if let Some(name) = &port.name {
                 if let Err(message) = check_dns_label(name) {
                     fail(port_at("name"), message);
+                }
+            }
+            if let Some(host_port) = port.host_port {
+                if host_port == 0 {
+                    fail(
+                        port_at("host_port"),
+                        "must be between 1 and 65535 (leave it out to publish nothing)".into(),
+                    );
+                } else if !service.network {
+                    fail(
+                        port_at("host_port"),
+                        "publishes a port of the task's own network, which needs `network: true`; with `network: false` the task listens on the node's ports itself".into(),
+                    );
+                } else if let Some(other) =
+                    host_ports_seen.insert((host_port, port.protocol), port_index)
+                {
+                    fail(
+                        port_at("host_port"),
+                        format!(
+                            "host port {host_port}/{} is also published by ports[{other}]",
+                            port.protocol.as_str(),
+                        ),
+                    );
                 }
             }
             if ports_seen

@@ -142,6 +142,7 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
                     } else {
                         Protocol::Tcp
                     },
+                    host_port: None,
                 }
             })
             .collect();

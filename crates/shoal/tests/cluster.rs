@@ -641,9 +641,11 @@ fn placement_rules_hold_on_a_real_cluster() {
     });
 }
 
-/// The networking test's app: `web` (busybox httpd with a named port) on
-/// node 3, a client on node 1.
-fn net_app(web_replicas: u32) -> String {
+/// The networking test's app: `web` (busybox httpd with a named port,
+/// published on the node's port 8080 when `publish`) on node 3 or, once
+/// node 3 is taken, node 2; a client on node 1.
+fn net_app(web_replicas: u32, publish: bool) -> String {
+    let host_port = if publish { ", host_port: 8080" } else { "" };
     format!(
         r#"
 name: demo
@@ -653,8 +655,10 @@ services:
     command: ["/bin/sh", "-c", "echo hello from $(hostname) > /tmp/index.html; exec httpd -f -p 80 -h /tmp"]
     replicas: {web_replicas}
     stop_grace_period: 1s
-    ports: [{{name: http, container_port: 80}}]
-    placement: {{constraints: ["node.name == net-3"]}}
+    ports: [{{name: http, container_port: 80{host_port}}}]
+    placement:
+      constraints: ["node.name in (net-2, net-3)"]
+      affinities: [{{expr: "node.name == net-3", weight: 100}}]
   - name: client
     image: shoal.test/busybox:latest
     command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
@@ -747,7 +751,7 @@ fn containers_reach_each_other_across_nodes_by_name() {
         .collect();
     assert_eq!(subnets.len(), 3, "{subnets:?}");
 
-    cluster.apply_ok(0, &net_app(1));
+    cluster.apply_ok(0, &net_app(1, true));
     let web = cluster.wait_for("web to run with an address", || {
         let web = addresses(&cluster, 0, "web");
         (web.len() == 1).then_some(web)
@@ -796,14 +800,23 @@ fn containers_reach_each_other_across_nodes_by_name() {
                 .all(|r| r.starts_with("0 1 80 ") && r.ends_with(".web.demo.shoal.")),
         "{srv:?}"
     );
+    // The published port, from node 2 with curl to node 3's address.
+    let node3 = cluster.members[2].ip.clone();
+    let published = cluster.on_node(
+        1,
+        "curl",
+        &["-sS", "--max-time", "5", &format!("http://{node3}:8080/")],
+    );
+    assert_eq!(text(&published).trim(), "hello from web-0");
     let listed = cluster.shoal_ok(2, &["dns", "list"]);
     assert!(
         listed.contains("web.demo.shoal") && listed.contains(&web_address),
         "{listed}"
     );
 
-    // A second replica gets a record; stopping it takes the record away.
-    cluster.apply_ok(0, &net_app(2));
+    // A second replica cannot publish 8080 on node 3 too, so it runs on
+    // node 2; it gets a record, and stopping it takes the record away.
+    cluster.apply_ok(0, &net_app(2, true));
     let two = cluster.wait_for("two web replicas with addresses", || {
         let web = addresses(&cluster, 0, "web");
         (web.len() == 2).then_some(web)
@@ -811,8 +824,19 @@ fn containers_reach_each_other_across_nodes_by_name() {
     cluster.wait_for("both records on node 2", || {
         (dig(&cluster, 1, &server, &["web.demo.shoal"]) == two).then_some(())
     });
+    let on_nodes: BTreeSet<String> = cluster
+        .tasks(0)
+        .iter()
+        .filter(|t| t["service"] == "web")
+        .filter_map(|t| t["node"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        on_nodes.len(),
+        2,
+        "one publisher of 8080 per node: {on_nodes:?}"
+    );
     let scaled = Instant::now();
-    cluster.apply_ok(0, &net_app(1));
+    cluster.apply_ok(0, &net_app(1, true));
     let left = cluster.wait_for("the stopped replica's record to go", || {
         let answer = dig(&cluster, 1, &server, &["web.demo.shoal"]);
         (answer.len() == 1).then_some(answer)
@@ -882,6 +906,11 @@ fn containers_reach_each_other_across_nodes_by_name() {
     // Rules and routes converge to one of each, not one more per start.
     let bridge = cluster.members[2].bridge.clone();
     let chain = format!("SHOAL-{bridge}");
+    let nat = text(&cluster.on_node(2, "iptables", &["-t", "nat", "-S"]));
+    assert!(
+        !nat.contains("id: \"demo."),
+        "port mappings are gone: {nat}"
+    );
     cluster.wait_for("node 3's routes and masquerade rule", || {
         let rules = text(&cluster.on_node(2, "iptables", &["-t", "nat", "-S"]));
         let jumps = rules
@@ -944,7 +973,7 @@ fn dns_record_latency() {
             .scratch
             .path()
             .join(format!("latency-{replicas}.yaml"));
-        std::fs::write(&path, net_app(replicas)).expect("write spec");
+        std::fs::write(&path, net_app(replicas, false)).expect("write spec");
         cluster.shoal_ok(
             0,
             &["apply", "-f", path.to_str().expect("utf-8"), "--detach"],

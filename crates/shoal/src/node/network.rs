@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_net::bridge::BridgeNetwork;
-use shoal_net::cni::{Attachment, Cni, NetworkConfigList};
+use shoal_net::cni::{Attachment, Cni, NetworkConfigList, PortMapping};
 use shoal_net::dns::{DnsConfig, DnsRecords, DnsRow, DnsServer, ServicePort};
 use shoal_net::exec::{args, CommandRunner, SystemRunner};
 use shoal_net::netns::NetnsManager;
@@ -208,7 +208,8 @@ impl NodeNetwork {
             self.netns.delete(&netns.name)?;
             self.netns.create(&task.id)?;
         }
-        let attachment = Attachment::new(&task.id, &netns.path, TASK_IFNAME);
+        let attachment = Attachment::new(&task.id, &netns.path, TASK_IFNAME)
+            .with_port_mappings(&port_mappings(task));
         let cached = self
             .cni
             .cached_result(&ready.list.name, &task.id)?
@@ -540,6 +541,21 @@ pub fn hostname(task: &Task) -> String {
 /// that `web` finds the app's own service and `web.other` another app's.
 pub fn resolv_conf(nameserver: Ipv4Addr, app: &str, zone: &str) -> String {
     format!("nameserver {nameserver}\nsearch {app}.{zone} {zone}\noptions ndots:2\n")
+}
+
+/// The ports a task publishes on its node, for CNI's `portmap`.
+fn port_mappings(task: &Task) -> Vec<PortMapping> {
+    task.spec
+        .ports
+        .iter()
+        .filter_map(|port| {
+            Some(PortMapping {
+                host_port: port.host_port?,
+                container_port: port.container_port,
+                protocol: port.protocol.as_str().into(),
+            })
+        })
+        .collect()
 }
 
 fn hosts_file(address: Ipv4Addr, hostname: &str) -> String {
