@@ -430,11 +430,14 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
             }
         }
 
+        let passed = Instant::now();
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
         }
-        tokio::time::sleep(RECORDS_REBUILD_MIN).await;
+        // A burst of changes costs one pass per RECORDS_REBUILD_MIN; a lone
+        // change is acted on at once.
+        tokio::time::sleep(RECORDS_REBUILD_MIN.saturating_sub(passed.elapsed())).await;
     }
 }
 
