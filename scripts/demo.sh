@@ -61,6 +61,15 @@ say "shoal ps";     "$SHOAL" ps
 sleep 3
 say "shoal logs demo.hello --tail 2"; "$SHOAL" logs demo.hello --tail 2
 say "ctr -n shoal tasks ls (what containerd runs)"; ctr -n shoal tasks ls
+say "shoal dns list"; "$SHOAL" dns list
+# The node's DNS server listens on the first address of its subnet.
+SUBNET=$("$SHOAL" nodes -o json | sed -n 's/.*"subnet": "\([0-9.]*\)\.0\/.*/\1/p' | head -1)
+if [ -n "$SUBNET" ]; then
+  say "dig +short @$SUBNET.1 web.demo.shoal"; dig +short "@$SUBNET.1" web.demo.shoal
+  for address in $(dig +short "@$SUBNET.1" web.demo.shoal); do
+    say "curl http://$address/"; curl -sS --max-time 5 "http://$address/"
+  done
+fi
 cat <<MSG
 
 The demo runs. Look at it with:
@@ -68,6 +77,7 @@ The demo runs. Look at it with:
   shoal ps                      # tasks, their state and promise
   shoal app inspect demo        # spec, services, tasks
   shoal logs -f demo.hello      # follow the output of every replica
+  shoal dns list                # the names the node's DNS serves (web.demo.shoal)
   shoal apply -f examples/demo.yaml   # after editing replicas, say
 Stop it with:
   scripts/demo.sh stop

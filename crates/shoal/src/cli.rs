@@ -220,6 +220,13 @@ pub struct NetworkArgs {
     /// Directory of the CNI plugin binaries; repeat for more.
     #[arg(long = "cni-plugin-dir", default_value = shoal_net::cni::PLUGIN_DIR_DEFAULT)]
     pub cni_plugin_dirs: Vec<PathBuf>,
+    /// A CNI conflist (JSON) to use instead of the built-in bridge +
+    /// host-local + portmap one; `$SUBNET`, `$GATEWAY`, `$BRIDGE` and
+    /// `$IPAM_DIR` in it stand for the node's subnet, its first address,
+    /// the bridge and a lease directory in the data dir. Tasks must sit
+    /// behind the bridge on the node's subnet (the DNS server is on it).
+    #[arg(long)]
+    pub cni_config: Option<PathBuf>,
     /// Address range of a new cluster's tasks (default 10.42.0.0/16); each
     /// node gets a /24 of it. Used when this node forms the cluster.
     #[arg(long)]

@@ -433,3 +433,71 @@ fn batch_jobs_complete_and_a_higher_priority_takes_the_room() {
             .then_some(())
     });
 }
+
+/// `--cni-config` replaces the built-in conflist: the node's values are put
+/// in, the task's interface shows the file's MTU, the results are cached
+/// under the file's network name and released with the task; a file that is
+/// not a conflist stops the agent with the flag named.
+#[test]
+fn a_cni_config_file_replaces_the_built_in_network() {
+    if !harness::e2e_enabled() {
+        eprintln!("skipped a_cni_config_file_replaces_the_built_in_network: set SHOAL_E2E=1");
+        return;
+    }
+    let files = tempfile::tempdir().expect("scratch");
+    let bad = files.path().join("bad.json");
+    std::fs::write(&bad, r#"{"cniVersion": "1.0.0", "name": "x"}"#).expect("write");
+    let refused = std::process::Command::new(harness::binary())
+        .args(["agent", "--name", "bad", "--cni-config"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(files.path().join("data"))
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("--cni-config"), "{stderr}");
+
+    let config = files.path().join("custom.json");
+    std::fs::write(
+        &config,
+        r#"{"cniVersion": "1.0.0", "name": "custom", "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "mtu": 1400,
+   "ipam": {"type": "host-local", "dataDir": "$IPAM_DIR",
+            "ranges": [[{"subnet": "$SUBNET", "gateway": "$GATEWAY"}]],
+            "routes": [{"dst": "0.0.0.0/0"}]}}]}"#,
+    )
+    .expect("write");
+    let Some(node) = Node::start_with_args_or_skip(
+        "cniconfig",
+        &["--cni-config", config.to_str().expect("utf-8")],
+    ) else {
+        return;
+    };
+    node.apply_ok(
+        "name: custom\nservices: [{name: s, image: shoal.test/busybox:latest, command: [sleep, '3600'], stop_grace_period: 1s}]",
+    );
+    let task = node.wait_for("the task to run with an address", || {
+        node.tasks()
+            .into_iter()
+            .find(|t| t["state"] == "running" && t["address"].is_string())
+    });
+    let id = task["id"].as_str().expect("id").to_string();
+    let netns = format!("{}-{id}", node.bridge);
+    let link = std::process::Command::new("ip")
+        .args(["-n", &netns, "link", "show", "eth0"])
+        .output()
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("mtu 1400"), "{link}");
+    let cached = node
+        .data_dir
+        .path()
+        .join(format!("net/cni/results/custom-{id}.json"));
+    assert!(cached.exists(), "{}", cached.display());
+    node.shoal_ok(&["rm", "custom"]);
+    node.wait_for("the task's network to be released", || {
+        (!cached.exists() && !std::path::Path::new("/var/run/netns").join(&netns).exists())
+            .then_some(())
+    });
+}

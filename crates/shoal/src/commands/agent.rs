@@ -112,12 +112,41 @@ fn network_config(args: NetworkArgs) -> anyhow::Result<NetworkConfig> {
     bridge
         .validate()
         .map_err(|error| anyhow::anyhow!("--{error}"))?;
+    let cni_config = match &args.cni_config {
+        Some(path) => {
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("--cni-config {}", path.display()))?
+                .len();
+            anyhow::ensure!(
+                size <= crate::node::network::CNI_CONFIG_BYTES_MAX,
+                "--cni-config {}: larger than {} bytes",
+                path.display(),
+                crate::node::network::CNI_CONFIG_BYTES_MAX
+            );
+            let template = std::fs::read_to_string(path)
+                .with_context(|| format!("--cni-config {}", path.display()))?;
+            // Tried with an example subnet now, so a bad file stops the
+            // agent at once instead of every task later.
+            let example = shoal_net::subnet::Ipv4Cidr::parse("subnet", "10.42.0.0/24")
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+            crate::node::network::render_conflist(
+                &template,
+                example,
+                &args.bridge,
+                std::path::Path::new("/var/lib/shoal/net/cni/ipam"),
+            )
+            .with_context(|| format!("--cni-config {}", path.display()))?;
+            Some(template)
+        }
+        None => None,
+    };
     Ok(NetworkConfig {
         bridge: args.bridge,
         cni_plugin_dirs: args.cni_plugin_dirs,
         cluster_cidr,
         resolv_conf: args.resolv_conf,
         dns_port: 53,
+        cni_config,
     })
 }
 

@@ -56,6 +56,31 @@ pub struct NetworkConfig {
     pub resolv_conf: PathBuf,
     /// The DNS server's port on the bridge address (53 unless testing).
     pub dns_port: u16,
+    /// A CNI conflist to use instead of the generated one, with `$SUBNET`,
+    /// `$GATEWAY`, `$BRIDGE` and `$IPAM_DIR` standing for the node's values.
+    pub cni_config: Option<String>,
+}
+
+/// Largest `--cni-config` file read.
+pub const CNI_CONFIG_BYTES_MAX: u64 = 64 * 1024;
+
+/// A conflist template made into the node's conflist.
+pub fn render_conflist(
+    template: &str,
+    subnet: Ipv4Cidr,
+    bridge: &str,
+    ipam_dir: &Path,
+) -> anyhow::Result<NetworkConfigList> {
+    let text = template
+        .replace("$SUBNET", &subnet.to_string())
+        .replace("$GATEWAY", &subnet.gateway().to_string())
+        .replace("$BRIDGE", bridge)
+        .replace("$IPAM_DIR", &ipam_dir.to_string_lossy());
+    let list: NetworkConfigList = serde_json::from_str(&text).map_err(|error| {
+        anyhow::anyhow!("not a CNI conflist ({error}); see `shoal agent --help`")
+    })?;
+    list.validate()?;
+    Ok(list)
 }
 
 /// What a task's container needs from its attachment.
@@ -124,9 +149,15 @@ impl NodeNetwork {
     /// Makes the bridge with the subnet's first address (the tasks'
     /// gateway and the DNS server's address) and brings it up. Blocking.
     fn prepare(&self, subnet: Ipv4Cidr) -> anyhow::Result<Ready> {
-        let mut network = BridgeNetwork::new(subnet, self.dir.join("cni").join("ipam"));
-        network.bridge = self.config.bridge.clone();
-        let list = network.conflist()?;
+        let ipam_dir = self.dir.join("cni").join("ipam");
+        let list = match &self.config.cni_config {
+            Some(template) => render_conflist(template, subnet, &self.config.bridge, &ipam_dir)?,
+            None => {
+                let mut network = BridgeNetwork::new(subnet, ipam_dir);
+                network.bridge = self.config.bridge.clone();
+                network.conflist()?
+            }
+        };
         let bridge = self.config.bridge.as_str();
         let exists = self
             .runner
@@ -254,18 +285,17 @@ impl NodeNetwork {
             return Ok(());
         }
         let netns = self.netns.for_task(task_id)?;
-        let cached = self
-            .cni
-            .cached_containers(shoal_net::bridge::NETWORK_NAME_DEFAULT)?
-            .contains(&task_id.to_string());
+        let ready = self.ready();
+        let name = ready
+            .as_ref()
+            .map_or(shoal_net::bridge::NETWORK_NAME_DEFAULT, |ready| {
+                ready.list.name.as_str()
+            });
         // With no cached result an ADD may have died half way: DEL with the
         // current list still frees a lease held under the task's id.
-        let list = match (cached, self.ready()) {
-            (true, _) => self
-                .cni
-                .cached_result(shoal_net::bridge::NETWORK_NAME_DEFAULT, task_id)?
-                .map(|cached| cached.config),
-            (false, ready) => ready.map(|ready| ready.list),
+        let list = match self.cni.cached_result(name, task_id)? {
+            Some(cached) => Some(cached.config),
+            None => ready.map(|ready| ready.list),
         };
         if let Some(list) = list {
             self.cni

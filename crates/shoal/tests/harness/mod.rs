@@ -38,6 +38,8 @@ pub struct Node {
     /// host's network with other tests.
     pub bridge: String,
     pub cluster_cidr: String,
+    /// More flags for the agent.
+    pub extra_args: Vec<String>,
     agent: Option<Child>,
 }
 
@@ -90,6 +92,11 @@ impl Node {
     /// A running agent with the busybox test image imported, or `None` (and
     /// a note) when end-to-end tests are switched off.
     pub fn start_or_skip(test: &str) -> Option<Node> {
+        Self::start_with_args_or_skip(test, &[])
+    }
+
+    /// The same, with more flags for the agent.
+    pub fn start_with_args_or_skip(test: &str, extra_args: &[&str]) -> Option<Node> {
         if !e2e_enabled() {
             eprintln!("skipped {test}: set SHOAL_E2E=1 to run end-to-end tests");
             return None;
@@ -104,6 +111,7 @@ impl Node {
             scratch: tempfile::tempdir().expect("scratch dir"),
             bridge: test_bridge(serial, 0),
             cluster_cidr: test_cluster_cidr(serial),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             agent: None,
         };
         node.start_agent();
@@ -126,6 +134,7 @@ impl Node {
             .args(["--containerd-namespace", &self.namespace])
             .args(["--bridge", &self.bridge])
             .args(["--cluster-cidr", &self.cluster_cidr])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
