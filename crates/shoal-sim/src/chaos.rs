@@ -422,6 +422,14 @@ impl Chaos {
             tolerations.push("evict");
         }
         service["tolerations"] = json!(tolerations);
+        // A few services publish a port from a small pool, so that they
+        // compete for nodes.
+        if rng.chance(60) {
+            let (port, protocol) =
+                [(8080, "tcp"), (8081, "tcp"), (8080, "udp")][rng.weighted(&[2, 1, 1])];
+            service["ports"] =
+                json!([{"container_port": 80, "host_port": port, "protocol": protocol}]);
+        }
         service
     }
 

@@ -141,6 +141,33 @@ fn the_checker_catches_a_task_on_a_dead_node() {
 }
 
 #[test]
+fn the_checker_catches_one_host_port_published_twice_on_a_node() {
+    let (mut cluster, previous, id) = one_task_on_a();
+    // The state machine refuses such a plan, so the state is bent by hand:
+    // a second task on `a` publishing the port the first one does.
+    let mut spec = (*cluster.state.tasks[&id].spec).clone();
+    spec.resources.cpu = None;
+    spec.ports = vec![shoal_types::spec::Port {
+        name: None,
+        container_port: 80,
+        protocol: shoal_types::spec::Protocol::Tcp,
+        host_port: Some(8080),
+    }];
+    let spec = std::sync::Arc::new(spec);
+    let mut twin = cluster.state.tasks[&id].clone();
+    twin.spec = spec.clone();
+    twin.slot += 1;
+    twin.id = format!("app.web.{}.0", twin.slot);
+    cluster.state.tasks.get_mut(&id).expect("task").spec = spec;
+    cluster.state.tasks.insert(twin.id.clone(), twin);
+    let error = check::check_step(&cluster.state, &previous).expect_err("violation found");
+    assert!(
+        error.contains("publishes host port 8080/tcp for two tasks"),
+        "{error}"
+    );
+}
+
+#[test]
 fn the_checker_catches_an_overcommitted_node() {
     let (mut cluster, previous, _) = one_task_on_a();
     // `a` registers again with 2 cpus while its task requests 3.

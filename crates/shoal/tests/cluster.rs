@@ -336,6 +336,12 @@ fn a_node_that_leaves_hands_its_work_over() {
         !cluster.shoal(leaver, &["nodes"]).status.success(),
         "the left node stopped"
     );
+    // It took its bridge and masquerade chain with it.
+    let bridge = cluster.members[leaver].bridge.clone();
+    let link = cluster.on_node(leaver, "ip", &["link", "show", "dev", &bridge]);
+    assert!(!link.status.success(), "bridge {bridge} is gone");
+    let nat = text(&cluster.on_node(leaver, "iptables", &["-t", "nat", "-S"]));
+    assert!(!nat.contains(&format!("SHOAL-{bridge}")), "{nat}");
 }
 
 #[test]

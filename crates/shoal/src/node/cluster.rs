@@ -525,6 +525,17 @@ pub async fn leave<R>(shared: Arc<Shared<R>>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let cluster = shoal_net::subnet::Ipv4Cidr::parse(
+        "cluster_cidr",
+        &shared.raft.read().settings.cluster_cidr,
+    )
+    .ok();
+    let network = shared.network.clone();
+    match tokio::task::spawn_blocking(move || network.teardown(cluster)).await {
+        Ok(Ok(())) => tracing::info!("took down the node's routes, masquerade chain and bridge"),
+        Ok(Err(error)) => tracing::warn!(%error, "taking down the node's network"),
+        Err(error) => tracing::warn!(%error, "taking down the node's network"),
+    }
     shared.membership.leave().await;
     shared.leaving.send_replace(true);
 }

@@ -108,6 +108,8 @@ pub struct NodeNetwork {
     ready: Mutex<Option<Ready>>,
     /// The zone the DNS server answers from, once it runs.
     served: Mutex<Option<shoal_net::dns::Zone>>,
+    /// Set when the node left the cluster and took its network down.
+    torn_down: std::sync::atomic::AtomicBool,
 }
 
 impl NodeNetwork {
@@ -126,6 +128,7 @@ impl NodeNetwork {
             runner: SystemRunner::default(),
             ready: Mutex::new(None),
             served: Mutex::new(None),
+            torn_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -306,6 +309,35 @@ impl NodeNetwork {
         Ok(())
     }
 
+    /// Takes down what the node set up for the cluster once it has left:
+    /// its routes, its masquerade chain and (when no task network is left
+    /// on it) its bridge. Blocking.
+    pub fn teardown(&self, cluster: Option<Ipv4Cidr>) -> anyhow::Result<()> {
+        self.torn_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(cluster) = cluster {
+            HostRoutes::new(self.runner.clone(), cluster).remove_all()?;
+            Masquerade::new(self.runner.clone(), cluster)
+                .with_chain(&masquerade_chain(&self.config.bridge))
+                .cleanup()?;
+        }
+        if self.attached()?.is_empty() {
+            let bridge = self.config.bridge.as_str();
+            if self
+                .runner
+                .run("ip", &args(&["link", "show", "dev", bridge]))?
+                .success()
+            {
+                self.ip(&["link", "del", bridge])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_torn_down(&self) -> bool {
+        self.torn_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The tasks this node holds an attachment for.
     fn attached(&self) -> anyhow::Result<Vec<String>> {
         let entries = match std::fs::read_dir(self.dir.join("tasks")) {
@@ -362,6 +394,12 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
     let mut records_built_at: Option<u64> = None;
     loop {
         changes.borrow_and_update();
+        if network.is_torn_down() {
+            if let Some((server, _)) = dns.take() {
+                let _ = server.shutdown().await;
+            }
+            return;
+        }
         let (subnet, cluster, zone, routes, applied) = {
             let state = shared.raft.read();
             let subnet = state
