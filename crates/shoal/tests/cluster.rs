@@ -795,6 +795,20 @@ fn containers_reach_each_other_across_nodes_by_name() {
     );
     assert_eq!(text(&short).trim(), "hello from web-0");
 
+    // Inside the web container its loopback is up (the loopback plugin).
+    let web_task = cluster
+        .tasks(0)
+        .iter()
+        .find(|t| t["service"] == "web" && t["state"] == "running")
+        .and_then(|t| t["id"].as_str().map(str::to_string))
+        .expect("web runs");
+    let local = cluster.exec(
+        2,
+        &web_task,
+        &["timeout", "10", "wget", "-qO-", "http://127.0.0.1/"],
+    );
+    assert_eq!(text(&local).trim(), "hello from web-0");
+
     // dig on node 2 (no task of the app there) from its own server.
     let server = gateway(&cluster, 1, "net-2");
     assert_eq!(dig(&cluster, 1, &server, &["web.demo.shoal"]), web);
@@ -896,6 +910,10 @@ fn containers_reach_each_other_across_nodes_by_name() {
                 .then_some(())
         },
     );
+    let results = std::fs::read_dir(data_dir.join("net/cni/results"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(results, 0, "no CNI result is kept for a task that is gone");
     cluster.wait_for("the app's tasks to be gone", || {
         cluster.tasks(0).is_empty().then_some(())
     });

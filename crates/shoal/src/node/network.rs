@@ -242,14 +242,23 @@ impl NodeNetwork {
             self.netns.delete(&netns.name)?;
             self.netns.create(&task.id)?;
         }
+        // The loopback plugin first, as a network of its own (as runtimes do).
+        let loopback = loopback_list();
+        if self.cni.cached_result(&loopback.name, &task.id)?.is_none() {
+            self.cni
+                .add(&loopback, &Attachment::new(&task.id, &netns.path, "lo"))?;
+        }
         let attachment = Attachment::new(&task.id, &netns.path, TASK_IFNAME)
             .with_port_mappings(&port_mappings(task));
-        let cached = self
-            .cni
-            .cached_result(&ready.list.name, &task.id)?
-            .filter(|cached| cached.config == ready.list);
-        let result = match cached {
-            Some(cached) => cached.result,
+        let result = match self.cni.cached_result(&ready.list.name, &task.id)? {
+            // A restart of the task: the same interface and address.
+            Some(cached) if cached.config == ready.list => cached.result,
+            // Set up under another configuration (the node's subnet or
+            // --cni-config changed): undone with that one, then anew.
+            Some(cached) => {
+                self.cni.del(&cached.config, &attachment)?;
+                self.cni.add(&ready.list, &attachment)?
+            }
             None => self.cni.add(&ready.list, &attachment)?,
         };
         let address = match result.container_ip(TASK_IFNAME) {
@@ -304,6 +313,10 @@ impl NodeNetwork {
             self.cni
                 .del(&list, &Attachment::new(task_id, &netns.path, TASK_IFNAME))?;
         }
+        self.cni.del(
+            &loopback_list(),
+            &Attachment::new(task_id, &netns.path, "lo"),
+        )?;
         self.netns.delete(&netns.name)?;
         std::fs::remove_dir_all(&dir)?;
         Ok(())
@@ -533,6 +546,17 @@ impl NodeNetwork {
 /// The prefix of the node's task namespaces: `shoal0-` for `shoal0-APP.SERVICE.SLOT.SERIAL`.
 pub fn netns_prefix(bridge: &str) -> String {
     format!("{bridge}-")
+}
+
+/// The CNI network that brings a task's loopback interface up.
+fn loopback_list() -> NetworkConfigList {
+    NetworkConfigList {
+        cni_version: shoal_net::cni::CNI_VERSION.into(),
+        // A dot, which no app name has: cache files never collide with a
+        // task of the bridge network.
+        name: "shoal.loopback".into(),
+        plugins: vec![serde_json::json!({"type": "loopback"})],
+    }
 }
 
 /// The node's own iptables chain for masquerading, named after its bridge.
