@@ -116,6 +116,7 @@ cleanup_shoal() {
   [ -f "$WORK/state/shoal-started" ] || return 0
   stop_pid "$WORK/state/shoal-dev.pid" "shoal dev"
   cleanup_namespace "$NS_SHOAL" "shoal/$NS_SHOAL"
+  cleanup_node_network "$WORK/shoal-data" shbench0
   # The shared parent /shoal goes only if this run made it.
   if [ ! -f "$WORK/state/shoal-cgroup-existed" ]; then rmdir_cgroups shoal; fi
   unmount_under "$WORK/shoal-data"
@@ -347,6 +348,7 @@ phase_shoal() {
   say "starting shoal dev on $SHOAL_ADDR, namespace $NS_SHOAL (log: $WORK/shoal-dev.log)"
   "$SHOAL" dev --data-dir "$WORK/shoal-data" --api "$SHOAL_ADDR" \
     --containerd-socket "$CONTAINERD_SOCKET" --containerd-namespace "$NS_SHOAL" \
+    --bridge shbench0 --cluster-cidr 10.199.0.0/16 \
     >"$WORK/shoal-dev.log" 2>&1 &
   echo $! >"$WORK/state/shoal-dev.pid"
   wait_for "shoal dev to answer" shoal_ready

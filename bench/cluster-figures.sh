@@ -119,6 +119,7 @@ cleanup_all() {
   for i in "${NODES[@]}"; do stop_agent "$i"; done
   for i in "${NODES[@]}"; do
     [ -f "$WORK/state/ns-$i" ] && cleanup_namespace "${NS[i]}" "shoal/${NS[i]}"
+    [ -f "$WORK/state/ns-$i" ] && cleanup_node_network "$WORK/node$i" "shcf$i"
   done
   if [ -n "$CONTAINERD_PID" ]; then
     kill -TERM "$CONTAINERD_PID" 2>/dev/null
@@ -170,7 +171,8 @@ start_agent() { # index [peer-ip]
   local i=$1 peer=${2:-}
   local args=(agent --name "${NAME[i]}" --advertise "${IP[i]}" --data-dir "$WORK/node$i"
     --api-port "$API_PORT" --gossip-port "$GOSSIP_PORT"
-    --containerd-socket "$CONTAINERD_SOCKET" --containerd-namespace "${NS[i]}")
+    --containerd-socket "$CONTAINERD_SOCKET" --containerd-namespace "${NS[i]}"
+    --bridge "shcf$i" --cluster-cidr 10.198.0.0/16)
   [ -z "$peer" ] || args+=(--peer "$peer")
   touch "$WORK/state/ns-$i"
   echo "--- $(date -u +%H:%M:%S.%N) start ${args[*]}" >>"$WORK/node$i.log"

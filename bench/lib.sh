@@ -51,3 +51,19 @@ rmdir_cgroups() { # path under each hierarchy, e.g. shoal/shoal-bench
   return 0
 }
 
+
+# Releases what a shoal agent made on this host's network: the namespaces of
+# its tasks (as its data dir names them), its bridge and masquerade chain.
+cleanup_node_network() { # data-dir bridge
+  local dir=$1 bridge=$2 task
+  if [ -d "$dir/net/tasks" ]; then
+    for task in "$dir"/net/tasks/*; do
+      [ -e "$task" ] || continue
+      ip netns delete "$bridge-$(basename "$task")" 2>/dev/null || true
+    done
+  fi
+  ip link delete "$bridge" 2>/dev/null || true
+  while iptables -t nat -D POSTROUTING -j "SHOAL-$bridge" 2>/dev/null; do :; done
+  iptables -t nat -F "SHOAL-$bridge" 2>/dev/null || true
+  iptables -t nat -X "SHOAL-$bridge" 2>/dev/null || true
+}

@@ -867,6 +867,19 @@ fn containers_reach_each_other_across_nodes_by_name() {
     );
     assert!(left.is_subset(&two), "{left:?} of {two:?}");
 
+    // The zone is a cluster setting: every node's server follows it; a bad
+    // one is refused with the field named and changes nothing.
+    let refused = cluster.shoal(0, &["cluster", "set", "--dns-zone", "Bad_Zone"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("dns_zone:"), "{}", text(&refused));
+    cluster.shoal_ok(0, &["cluster", "set", "--dns-zone", "cluster.internal"]);
+    cluster.wait_for("web.demo.cluster.internal on node 2", || {
+        (dig(&cluster, 1, &server, &["web.demo.cluster.internal"]) == left).then_some(())
+    });
+    // The old name is outside the zone now (forwarded upstream, if anywhere).
+    let old = dig(&cluster, 1, &server, &["web.demo.shoal"]);
+    assert!(old.iter().all(|line| !left.contains(line)), "{old:?}");
+
     // Node 3's agent dies; the app is removed meanwhile. Back, the agent
     // stops the containers and releases their addresses and namespaces,
     // and adds no second rule or route.

@@ -408,9 +408,7 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
     loop {
         changes.borrow_and_update();
         if network.is_torn_down() {
-            if let Some((server, _)) = dns.take() {
-                let _ = server.shutdown().await;
-            }
+            stop_dns(&mut dns, &network).await;
             return;
         }
         let (subnet, cluster, zone, routes, applied) = {
@@ -433,8 +431,8 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
         if let Some(subnet) = subnet {
             let prepared = network.ready().map(|ready| ready.subnet);
             if prepared != Some(subnet) {
-                let network = network.clone();
-                match tokio::task::spawn_blocking(move || network.prepare(subnet)).await {
+                let preparing = network.clone();
+                match tokio::task::spawn_blocking(move || preparing.prepare(subnet)).await {
                     Ok(Ok(ready)) => {
                         tracing::info!(%subnet, bridge = %shared.network.config.bridge, "node network ready");
                         *shared
@@ -443,9 +441,7 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner()) = Some(ready);
                         // A new gateway address: the DNS server moves with it.
-                        if let Some((server, _)) = dns.take() {
-                            let _ = server.shutdown().await;
-                        }
+                        stop_dns(&mut dns, &network).await;
                     }
                     Ok(Err(error)) => tracing::warn!(%error, %subnet, "setting up the bridge"),
                     Err(error) => tracing::warn!(%error, "setting up the bridge"),
@@ -455,9 +451,7 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
 
         if let Some(ready) = network.ready() {
             if dns.as_ref().is_some_and(|(_, served)| *served != zone) {
-                if let Some((server, _)) = dns.take() {
-                    let _ = server.shutdown().await;
-                }
+                stop_dns(&mut dns, &network).await;
             }
             if dns.is_none() {
                 let listen =
@@ -556,6 +550,16 @@ fn loopback_list() -> NetworkConfigList {
         // task of the bridge network.
         name: "shoal.loopback".into(),
         plugins: vec![serde_json::json!({"type": "loopback"})],
+    }
+}
+
+/// Stops the DNS server, if one runs, and forgets the zone it served.
+async fn stop_dns(dns: &mut Option<(DnsServer, String)>, network: &NodeNetwork) {
+    *network.served.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    if let Some((server, _)) = dns.take() {
+        if let Err(error) = server.shutdown().await {
+            tracing::warn!(%error, "stopping the DNS server");
+        }
     }
 }
 
