@@ -685,7 +685,24 @@ impl RequestHandler for Handler {
         }
 
         if self.zone.contains(query.name()) {
-            let answer = self.lookup(query.name(), query.query_type());
+            let mut answer = self.lookup(query.name(), query.query_type());
+            // Additional records are a courtesy: over UDP only to clients
+            // that take more than 512 bytes (EDNS), and only as many as fit
+            // with room to spare, so that an answer is never marked
+            // truncated (and asked again over TCP) for their sake.
+            if !answer.additionals.is_empty() && request.protocol().is_datagram() {
+                let fitting = match &request.edns {
+                    None => 0,
+                    Some(edns) => additionals_fitting(
+                        query.original(),
+                        &answer.answers,
+                        &answer.additionals,
+                        usize::from(edns.max_payload().max(512))
+                            .saturating_sub(ENCODING_SLACK_BYTES),
+                    ),
+                };
+                answer.additionals.truncate(fitting);
+            }
             metadata.authoritative = true;
             metadata.response_code = answer.code;
             let soa: &[Record] = if answer.negative {
@@ -722,6 +739,47 @@ impl RequestHandler for Handler {
             }
         }
     }
+}
+
+/// Room kept free when sizing additional records: the server's encoder
+/// compresses names less than `Message::to_vec` (the question's name is
+/// written out again in the first answer).
+const ENCODING_SLACK_BYTES: usize = 64;
+
+/// How many of `additionals` (in order) fit with the answers into a UDP
+/// message of at most `limit` bytes.
+fn additionals_fitting(
+    query: &hickory_proto::op::Query,
+    answers: &[Record],
+    additionals: &[Record],
+    limit: usize,
+) -> usize {
+    // The OPT record of the reply: root name, type, class, TTL, length.
+    let opt_bytes = 11;
+    let size = |count: usize| {
+        let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+        message.add_query(query.clone());
+        message.add_answers(answers.iter().cloned());
+        message.add_additionals(additionals[..count].iter().cloned());
+        message
+            .to_vec()
+            .map_or(usize::MAX, |bytes| bytes.len().saturating_add(opt_bytes))
+    };
+    if size(additionals.len()) <= limit {
+        return additionals.len();
+    }
+    // The largest count that fits, by halving (a message is encoded at
+    // most log2(count) + 1 more times).
+    let (mut fits, mut too_many) = (0, additionals.len());
+    while too_many - fits > 1 {
+        let middle = fits + (too_many - fits) / 2;
+        if size(middle) <= limit {
+            fits = middle;
+        } else {
+            too_many = middle;
+        }
+    }
+    fits
 }
 
 async fn send<'a, R: ResponseHandler>(

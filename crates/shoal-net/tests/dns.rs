@@ -182,3 +182,69 @@ async fn names_outside_the_zone_are_forwarded_upstream() {
     server.shutdown().await.unwrap();
     upstream.shutdown().await.unwrap();
 }
+
+/// Ten replicas' SRV records fit in 512 bytes, their targets' A records do
+/// not: a client without EDNS gets every SRV record, no A records and no TC
+/// flag (so it does not ask again over TCP); a client with a larger buffer
+/// gets the A records too, and one with a buffer too small for all of them
+/// gets fewer, still without TC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn additional_records_never_truncate_an_answer() {
+    let server = start("shoal", Vec::new()).await;
+    let addr = server.local_addr();
+    let tasks: Vec<(String, Ipv4Addr)> = (0..10)
+        .map(|i| (format!("{i}-{}", 100 + i), Ipv4Addr::new(10, 42, i, 2)))
+        .collect();
+    let named: Vec<(&str, Ipv4Addr)> = tasks.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    server.zone().replace(web(&named)).unwrap();
+
+    let plain = dig(
+        addr,
+        &["_http._tcp.web.demo.shoal", "SRV", "+noedns", "+ignore"],
+    )
+    .await;
+    let flags = plain
+        .lines()
+        .find(|line| line.contains(";; flags:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!flags.contains(" tc"), "{plain}");
+    assert!(flags.contains("ANSWER: 10,"), "{plain}");
+
+    let big = dig(addr, &["_http._tcp.web.demo.shoal", "SRV", "+bufsize=4096"]).await;
+    let flags = big
+        .lines()
+        .find(|line| line.contains(";; flags:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!flags.contains(" tc"), "{big}");
+    // Ten A records of the targets, and the OPT record.
+    assert!(
+        flags.contains("ANSWER: 10,") && flags.contains("ADDITIONAL: 11"),
+        "{big}"
+    );
+
+    let small = dig(
+        addr,
+        &[
+            "_http._tcp.web.demo.shoal",
+            "SRV",
+            "+bufsize=600",
+            "+ignore",
+        ],
+    )
+    .await;
+    let flags = small
+        .lines()
+        .find(|line| line.contains(";; flags:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !flags.contains(" tc") && flags.contains("ANSWER: 10,"),
+        "{small}"
+    );
+    assert!(
+        !flags.contains("ADDITIONAL: 11"),
+        "fewer targets fit: {small}"
+    );
+}
