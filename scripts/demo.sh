@@ -16,10 +16,23 @@ stop() {
   if [ -f "$STATE/shoal-dev.pid" ] && kill -0 "$(cat "$STATE/shoal-dev.pid")" 2>/dev/null; then
     "$SHOAL" rm demo 2>/dev/null || true
     say "stopping the shoal dev node (pid $(cat "$STATE/shoal-dev.pid"))"
-    kill "$(cat "$STATE/shoal-dev.pid")"
+    pid=$(cat "$STATE/shoal-dev.pid")
+    kill "$pid"
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     rm -f "$STATE/shoal-dev.pid"
   else
     echo "no demo node is running" >&2
+  fi
+  # The node's bridge and masquerade chain (its task networks went with the app).
+  if ip link show shoal0 >/dev/null 2>&1; then
+    say "removing the bridge shoal0 and the chain SHOAL-shoal0"
+    ip link delete shoal0 2>/dev/null || true
+    while iptables -t nat -D POSTROUTING -j SHOAL-shoal0 2>/dev/null; do :; done
+    iptables -t nat -F SHOAL-shoal0 2>/dev/null || true
+    iptables -t nat -X SHOAL-shoal0 2>/dev/null || true
   fi
 }
 
