@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shoal_net::bridge::PortProtocol;
 use shoal_net::dns::{DnsConfig, DnsRecords, DnsServer, ServicePort, Zone, UPSTREAMS_MAX};
+use shoal_types::Protocol;
 
 /// Tasks in the record set at most (the node subnets run out past this).
 const TASKS_MAX: usize = 256 * 253;
@@ -196,7 +196,7 @@ fn synthetic_services(args: &Args) -> Vec<Service> {
 fn records_of(services: &[Service]) -> Result<DnsRecords, String> {
     let port = ServicePort {
         name: PORT_NAME.to_owned(),
-        protocol: PortProtocol::Tcp,
+        protocol: Protocol::Tcp,
         port: PORT,
     };
     let mut records = DnsRecords::new();

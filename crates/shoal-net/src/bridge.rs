@@ -9,14 +9,13 @@
 //! keeps its source address. The loopback interface is brought up by
 //! [`crate::netns`] when it makes the namespace.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use serde_json::json;
 
 use crate::cni::{NetworkConfigList, PortMapping, CNI_VERSION};
 use crate::subnet::Ipv4Cidr;
+use shoal_types::Protocol;
 
 /// The bridge's name when the operator gives none.
 pub const BRIDGE_NAME_DEFAULT: &str = "shoal0";
@@ -48,8 +47,6 @@ pub enum BridgeError {
     BridgeName(String),
     #[error("subnet: {0} is smaller than a /30; a node needs room for its gateway and tasks")]
     SubnetTooSmall(Ipv4Cidr),
-    #[error("protocol: `{0}` is not `tcp` or `udp`")]
-    Protocol(String),
     #[error("ports: host port 0 is not a port; give the port to publish on the node")]
     HostPortZero,
 }
@@ -123,40 +120,12 @@ impl BridgeNetwork {
     }
 }
 
-/// The transport protocol of a published port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PortProtocol {
-    Tcp,
-    Udp,
-}
-
-impl fmt::Display for PortProtocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PortProtocol::Tcp => "tcp",
-            PortProtocol::Udp => "udp",
-        })
-    }
-}
-
-impl FromStr for PortProtocol {
-    type Err = BridgeError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(PortProtocol::Tcp),
-            "udp" => Ok(PortProtocol::Udp),
-            _ => Err(BridgeError::Protocol(text.to_owned())),
-        }
-    }
-}
-
 /// A port of a task published on its node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishedPort {
     pub host_port: u16,
     pub container_port: u16,
-    pub protocol: PortProtocol,
+    pub protocol: Protocol,
 }
 
 /// The `portMappings` capability arguments for `ports`.
@@ -175,7 +144,7 @@ pub fn port_mappings(ports: &[PublishedPort]) -> Result<Vec<PortMapping>, Bridge
                 } else {
                     p.container_port
                 },
-                protocol: p.protocol.to_string(),
+                protocol: p.protocol.as_str().to_owned(),
             })
         })
         .collect()
@@ -251,12 +220,12 @@ mod tests {
             PublishedPort {
                 host_port: 8080,
                 container_port: 80,
-                protocol: "TCP".parse().unwrap(),
+                protocol: Protocol::Tcp,
             },
             PublishedPort {
                 host_port: 5353,
                 container_port: 0,
-                protocol: PortProtocol::Udp,
+                protocol: Protocol::Udp,
             },
         ];
         let mappings = port_mappings(&ports).unwrap();
@@ -274,14 +243,10 @@ mod tests {
                 {"hostPort": 5353, "containerPort": 5353, "protocol": "udp"},
             ]})
         );
-        assert_eq!(
-            "sctp".parse::<PortProtocol>().unwrap_err().to_string(),
-            "protocol: `sctp` is not `tcp` or `udp`"
-        );
         let zero = PublishedPort {
             host_port: 0,
             container_port: 80,
-            protocol: PortProtocol::Tcp,
+            protocol: Protocol::Tcp,
         };
         assert_eq!(port_mappings(&[zero]), Err(BridgeError::HostPortZero));
     }

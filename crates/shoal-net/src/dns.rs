@@ -32,7 +32,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::bridge::PortProtocol;
+use shoal_types::Protocol;
 
 /// The zone served when the operator names none (not `.local`, which is
 /// multicast DNS's).
@@ -90,7 +90,7 @@ pub struct SrvValue {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
     pub name: String,
-    pub protocol: PortProtocol,
+    pub protocol: Protocol,
     pub port: u16,
 }
 
@@ -816,7 +816,7 @@ mod tests {
         let mut records = DnsRecords::new();
         let http = ServicePort {
             name: "http".into(),
-            protocol: PortProtocol::Tcp,
+            protocol: Protocol::Tcp,
             port: 8080,
         };
         records

@@ -6,45 +6,20 @@
 //! address and the `ip_forward` sysctl the bridge plugin turns on never
 //! touch the real host.
 
+mod common;
+
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 
-use shoal_net::bridge::{port_mappings, BridgeNetwork, PortProtocol, PublishedPort};
+use common::{e2e_enabled, run, sh};
+use shoal_net::bridge::{port_mappings, BridgeNetwork, PublishedPort};
 use shoal_net::cni::{Attachment, Cni, CniError, CniResult};
 use shoal_net::exec::SystemRunner;
 use shoal_net::netns::{Netns, NetnsManager};
 use shoal_net::subnet::Ipv4Cidr;
-
-fn e2e_enabled() -> bool {
-    if std::env::var("SHOAL_E2E").as_deref() != Ok("1") {
-        eprintln!("skipped: set SHOAL_E2E=1 (and run as root) to run this test");
-        return false;
-    }
-    let uid = Command::new("id").arg("-u").output().expect("run id -u");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "SHOAL_E2E=1 needs root"
-    );
-    true
-}
-
-fn run(program: &str, args: &[&str]) -> std::process::Output {
-    Command::new(program).args(args).output().unwrap()
-}
-
-fn sh(program: &str, args: &[&str]) -> String {
-    let output = run(program, args);
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use shoal_types::Protocol;
 
 /// Everything one test makes, removed on drop even when the test fails.
 struct Scratch {
@@ -161,7 +136,7 @@ fn add_wires_a_task_to_the_bridge_and_del_frees_everything() {
     let published = port_mappings(&[PublishedPort {
         host_port: 18080,
         container_port: 80,
-        protocol: PortProtocol::Tcp,
+        protocol: Protocol::Tcp,
     }])
     .unwrap();
     let attachment = Attachment::new("task-a", &netns.path, "eth0").with_port_mappings(&published);

@@ -2,8 +2,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use shoal_net::bridge::PortProtocol;
 use shoal_net::dns::{DnsConfig, DnsRecords, DnsServer, ServicePort};
+use shoal_types::Protocol;
 
 /// Runs `dig @ADDR -p PORT ARGS...` with a short timeout and one try.
 async fn dig(server: SocketAddr, query: &[&str]) -> String {
@@ -39,7 +39,7 @@ fn web(addresses: &[(&str, Ipv4Addr)]) -> DnsRecords {
     let mut records = DnsRecords::new();
     let http = ServicePort {
         name: "http".into(),
-        protocol: PortProtocol::Tcp,
+        protocol: Protocol::Tcp,
         port: 8080,
     };
     for (task, address) in addresses {

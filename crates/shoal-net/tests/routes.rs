@@ -2,38 +2,16 @@
 //! scratch network namespace so the host's tables are never touched.
 //! Runs with `SHOAL_E2E=1` as root.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use common::{e2e_enabled, sh};
 use shoal_net::exec::{InNetns, SystemRunner};
 use shoal_net::routes::{HostRoutes, Masquerade, RouteChange};
 use shoal_net::subnet::Ipv4Cidr;
-
-fn e2e_enabled() -> bool {
-    if std::env::var("SHOAL_E2E").as_deref() != Ok("1") {
-        eprintln!("skipped: set SHOAL_E2E=1 (and run as root) to run this test");
-        return false;
-    }
-    let uid = Command::new("id").arg("-u").output().expect("run id -u");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "SHOAL_E2E=1 needs root"
-    );
-    true
-}
-
-/// Runs a command and returns its stdout, failing the test on error.
-fn sh(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// A scratch namespace with a veth link on 192.168.77.0/24 (the "node
 /// network"), deleted with everything in it on drop.

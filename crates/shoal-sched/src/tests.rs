@@ -52,6 +52,31 @@ impl Cluster {
         outcome
     }
 
+    /// The race of two schedulers: a plan made from a snapshot without the
+    /// app `missing` is applied after `first` (that app's plan). Returns how
+    /// many tasks the stale plan placed, then what applying it placed and
+    /// rejected.
+    fn apply_stale_plan(
+        &mut self,
+        first: shoal_state::Plan,
+        missing: &str,
+    ) -> (usize, Vec<String>, Vec<String>) {
+        let stale = reconcile(&{
+            let mut before = self.state.clone();
+            before.apps.remove(missing);
+            before
+        });
+        let planned = stale.place.len();
+        self.apply(Command::ApplyPlan { plan: first });
+        let Outcome::PlanApplied {
+            placed, rejected, ..
+        } = self.apply(Command::ApplyPlan { plan: stale })
+        else {
+            panic!("plan outcome");
+        };
+        (planned, placed, rejected)
+    }
+
     fn put(&mut self, yaml: &str) {
         let spec = parse_app(yaml.as_bytes()).expect("valid spec");
         self.apply(Command::PutApp { spec });
@@ -386,19 +411,8 @@ fn a_stale_plan_never_publishes_one_host_port_twice_on_a_node() {
     let first = reconcile(&cluster.state);
     cluster.put(&spec("two"));
     // A plan for `two` made before `one` was placed thinks the port is free.
-    let stale_two = reconcile(&{
-        let mut before = cluster.state.clone();
-        before.apps.remove("one");
-        before
-    });
-    assert_eq!(stale_two.place.len(), 1, "{stale_two:?}");
-    cluster.apply(Command::ApplyPlan { plan: first });
-    let Outcome::PlanApplied {
-        placed, rejected, ..
-    } = cluster.apply(Command::ApplyPlan { plan: stale_two })
-    else {
-        panic!("plan outcome");
-    };
+    let (stale, placed, rejected) = cluster.apply_stale_plan(first, "one");
+    assert_eq!(stale, 1);
     assert!(placed.is_empty(), "{placed:?}");
     assert!(
         rejected.len() == 1 && rejected[0].contains("publishing host port 8080/tcp already"),
@@ -434,19 +448,8 @@ fn two_plans_from_one_snapshot_never_over_commit_a_node() {
         "{second:?}"
     );
     // Force the race: a plan for `two` made before `one` was placed.
-    let stale_two = reconcile(&{
-        let mut before = cluster.state.clone();
-        before.apps.remove("one");
-        before
-    });
-    assert_eq!(stale_two.place.len(), 2, "{stale_two:?}");
-    cluster.apply(Command::ApplyPlan { plan: first });
-    let Outcome::PlanApplied {
-        placed, rejected, ..
-    } = cluster.apply(Command::ApplyPlan { plan: stale_two })
-    else {
-        panic!("plan outcome");
-    };
+    let (stale, placed, rejected) = cluster.apply_stale_plan(first, "one");
+    assert_eq!(stale, 2);
     assert!(placed.is_empty(), "{placed:?}");
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(rejected[0].contains("less than 1 cpu free"), "{rejected:?}");

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_net::bridge::BridgeNetwork;
-use shoal_net::cni::{Attachment, Cni, NetworkConfigList, PortMapping};
+use shoal_net::bridge::{port_mappings, BridgeNetwork, PublishedPort};
+use shoal_net::cni::{Attachment, Cni, NetworkConfigList};
 use shoal_net::dns::{DnsConfig, DnsRecords, DnsRow, DnsServer, ServicePort};
 use shoal_net::exec::{args, CommandRunner, SystemRunner};
 use shoal_net::netns::NetnsManager;
@@ -25,7 +25,7 @@ use shoal_net::routes::{HostRoutes, Masquerade};
 use shoal_net::subnet::Ipv4Cidr;
 use shoal_runtime::{BindMount, NetworkMode};
 use shoal_state::State;
-use shoal_types::{DesiredState, Protocol, Task, TaskState};
+use shoal_types::{DesiredState, Task, TaskState};
 
 use super::Shared;
 
@@ -249,7 +249,7 @@ impl NodeNetwork {
                 .add(&loopback, &Attachment::new(&task.id, &netns.path, "lo"))?;
         }
         let attachment = Attachment::new(&task.id, &netns.path, TASK_IFNAME)
-            .with_port_mappings(&port_mappings(task));
+            .with_port_mappings(&port_mappings(&published_ports(task))?);
         let result = match self.cni.cached_result(&ready.list.name, &task.id)? {
             // A restart of the task: the same interface and address.
             Some(cached) if cached.config == ready.list => cached.result,
@@ -609,10 +609,7 @@ pub fn records_from_state(state: &State) -> DnsRecords {
             .filter_map(|port| {
                 Some(ServicePort {
                     name: port.name.clone()?,
-                    protocol: match port.protocol {
-                        Protocol::Tcp => shoal_net::bridge::PortProtocol::Tcp,
-                        Protocol::Udp => shoal_net::bridge::PortProtocol::Udp,
-                    },
+                    protocol: port.protocol,
                     port: port.container_port,
                 })
             })
@@ -643,15 +640,15 @@ pub fn resolv_conf(nameserver: Ipv4Addr, app: &str, zone: &str) -> String {
 }
 
 /// The ports a task publishes on its node, for CNI's `portmap`.
-fn port_mappings(task: &Task) -> Vec<PortMapping> {
+fn published_ports(task: &Task) -> Vec<PublishedPort> {
     task.spec
         .ports
         .iter()
         .filter_map(|port| {
-            Some(PortMapping {
+            Some(PublishedPort {
                 host_port: port.host_port?,
                 container_port: port.container_port,
-                protocol: port.protocol.as_str().into(),
+                protocol: port.protocol,
             })
         })
         .collect()
