@@ -63,8 +63,15 @@ async fn follow(
     loop {
         let view = client.app(app).await?;
         let wanted: u32 = view.services.iter().map(|s| s.replicas).sum();
-        // A batch task that completed counts as done.
-        let running: u32 = view.services.iter().map(|s| s.running + s.completed).sum();
+        // A batch job is done once it completed; while it runs it is not.
+        let running: u32 = view
+            .services
+            .iter()
+            .map(|s| match s.kind {
+                shoal_types::Kind::Batch => s.completed,
+                _ => s.running,
+            })
+            .sum();
         bar.set_length(u64::from(wanted));
         bar.set_position(u64::from(running));
         bar.tick();
