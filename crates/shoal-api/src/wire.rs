@@ -51,6 +51,13 @@ pub struct NodeView {
     /// Tasks the cluster wants running on the node.
     #[serde(default)]
     pub tasks: u32,
+    /// The node's shoal release as it gossips it (empty when unknown:
+    /// shoal 0.1 did not gossip it, or the node is not heard from).
+    #[serde(default)]
+    pub release: String,
+    /// The newest log format the node reads (0 when unknown).
+    #[serde(default)]
+    pub log_version: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

@@ -31,6 +31,8 @@ fn facts(name: &str, n: u32) -> NodeFacts {
         memory_used_bytes: 0,
         labels: BTreeMap::from([("zone".into(), format!("z{n}"))]),
         started_at_ms: 1,
+        release: "0.2.0".into(),
+        log_version: 2,
     }
 }
 

@@ -46,7 +46,7 @@ impl Cluster {
         self.index += 1;
         let outcome = self
             .state
-            .apply(self.index, &Entry::new(self.index * 10, command))
+            .apply(self.index, &Entry::trusted(self.index * 10, &command))
             .expect("command applies");
         self.state.check_invariants().expect("invariants hold");
         outcome
@@ -300,7 +300,10 @@ fn forgetting_a_dead_node_forgets_its_tasks() {
     let error = cluster
         .state
         .clone()
-        .apply(99, &Entry::new(0, Command::ForgetNode { name: "b".into() }))
+        .apply(
+            99,
+            &Entry::trusted(0, &Command::ForgetNode { name: "b".into() }),
+        )
         .expect_err("b is alive");
     assert_eq!(
         error.to_string(),
@@ -333,9 +336,9 @@ fn settings_change_through_the_log_and_bad_values_are_refused() {
             .clone()
             .apply(
                 1000,
-                &Entry::new(
+                &Entry::trusted(
                     0,
-                    Command::SetSettings {
+                    &Command::SetSettings {
                         voters_max: Some(bad),
                         cluster_cidr: None,
                         node_prefix_len: None,
@@ -385,9 +388,9 @@ fn the_dns_zone_is_a_setting_and_a_refused_change_changes_nothing() {
         let error = state
             .apply(
                 1000,
-                &Entry::new(
+                &Entry::trusted(
                     0,
-                    Command::SetSettings {
+                    &Command::SetSettings {
                         voters_max: voters,
                         cluster_cidr: None,
                         node_prefix_len: None,
@@ -507,9 +510,9 @@ fn every_node_gets_its_own_subnet_through_the_log() {
         .clone()
         .apply(
             1000,
-            &Entry::new(
+            &Entry::trusted(
                 0,
-                Command::SetSettings {
+                &Command::SetSettings {
                     voters_max: None,
                     cluster_cidr: Some("10.50.0.0/16".into()),
                     node_prefix_len: None,
@@ -529,7 +532,7 @@ fn every_node_gets_its_own_subnet_through_the_log() {
         dns_zone: None,
     };
     let error = State::default()
-        .apply(1, &Entry::new(0, bad))
+        .apply(1, &Entry::trusted(0, &bad))
         .expect_err("refused");
     assert!(
         error.to_string().contains("did you mean 10.50.0.0/16"),

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use shoal_state::{Command, Entry, Outcome, State};
+use shoal_state::{Command, Meta, Outcome, State};
 use shoal_types::{Node, NodeStatus};
 
 use crate::SimError;
 
 const GIB: u64 = 1 << 30;
+/// The name the simulated leader stamps on the entries it appends.
+const LEADER: &str = "leader";
 
 /// The state machine as one replica applies its log, with the proposer's
 /// clock replaced by a virtual one.
@@ -24,11 +26,12 @@ impl Cluster {
     /// Applies one command as the next log entry, stamped with the virtual clock.
     pub fn apply(&mut self, command: Command) -> Result<Outcome, SimError> {
         self.index += 1;
-        let entry = Entry::new(self.now_ms, command);
+        // Decoded already: the simulator skips the JSON a log would carry.
+        let meta = Meta::trusted(self.now_ms, LEADER, &command);
         self.state
-            .apply(self.index, &entry)
+            .apply_command(self.index, meta, &command)
             .map_err(|error| SimError::Command {
-                command: describe(&entry.command),
+                command: describe(&command),
                 error,
             })
     }

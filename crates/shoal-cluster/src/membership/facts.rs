@@ -6,7 +6,7 @@
 //! keeps the highest version per node name and passes on only what was news
 //! to it, so foca stops disseminating stale copies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -25,20 +25,100 @@ pub(crate) struct FactsMsg {
     pub(crate) facts: NodeFacts,
 }
 
+/// The wire form of a broadcast. The first part is shoal 0.1's positional
+/// postcard layout, which every release reads (and 0.1 ignores the bytes
+/// after it); newer facts follow as one length-prefixed JSON object, whose
+/// unknown fields a reader ignores, so facts can grow without breaking
+/// older members.
+#[derive(Serialize, Deserialize)]
+struct WireFirst {
+    boot: u64,
+    seq: u64,
+    left: bool,
+    name: String,
+    api_addr: String,
+    raft_id: u64,
+    os: String,
+    arch: String,
+    cpus: u32,
+    memory_total_bytes: u64,
+    memory_used_bytes: u64,
+    labels: BTreeMap<String, String>,
+    started_at_ms: u64,
+}
+
+/// Facts added after shoal 0.1, in the JSON part.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
+struct WireMore {
+    release: String,
+    log_version: u32,
+}
+
 impl FactsMsg {
     pub(crate) fn version(&self) -> (u64, u64) {
         (self.boot, self.seq)
     }
 
     pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        postcard::to_allocvec(self)
+        let facts = self.facts.clone();
+        let first = WireFirst {
+            boot: self.boot,
+            seq: self.seq,
+            left: self.left,
+            name: facts.name,
+            api_addr: facts.api_addr,
+            raft_id: facts.raft_id,
+            os: facts.os,
+            arch: facts.arch,
+            cpus: facts.cpus,
+            memory_total_bytes: facts.memory_total_bytes,
+            memory_used_bytes: facts.memory_used_bytes,
+            labels: facts.labels,
+            started_at_ms: facts.started_at_ms,
+        };
+        let more = serde_json::to_vec(&WireMore {
+            release: facts.release,
+            log_version: facts.log_version,
+        })
+        .map_err(|_| postcard::Error::SerializeBufferFull)?;
+        let mut bytes = postcard::to_allocvec(&first)?;
+        bytes.extend(postcard::to_allocvec(&more)?);
+        Ok(bytes)
     }
 
     fn decode(data: &[u8]) -> Result<FactsMsg, FactsError> {
         if data.len() > FACTS_MAX_BYTES {
             return Err(FactsError::TooLarge(data.len()));
         }
-        let msg: FactsMsg = postcard::from_bytes(data).map_err(FactsError::Decode)?;
+        let (first, rest): (WireFirst, &[u8]) =
+            postcard::take_from_bytes(data).map_err(FactsError::Decode)?;
+        let more = if rest.is_empty() {
+            WireMore::default()
+        } else {
+            let (json, _): (Vec<u8>, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(FactsError::Decode)?;
+            serde_json::from_slice(&json).map_err(|error| FactsError::Json(error.to_string()))?
+        };
+        let msg = FactsMsg {
+            boot: first.boot,
+            seq: first.seq,
+            left: first.left,
+            facts: NodeFacts {
+                name: first.name,
+                api_addr: first.api_addr,
+                raft_id: first.raft_id,
+                os: first.os,
+                arch: first.arch,
+                cpus: first.cpus,
+                memory_total_bytes: first.memory_total_bytes,
+                memory_used_bytes: first.memory_used_bytes,
+                labels: first.labels,
+                started_at_ms: first.started_at_ms,
+                release: more.release,
+                log_version: more.log_version,
+            },
+        };
         let name = &msg.facts.name;
         if name.is_empty() || name.len() > NAME_MAX_BYTES {
             return Err(FactsError::BadName(name.len()));
@@ -53,6 +133,8 @@ pub(crate) enum FactsError {
     TooLarge(usize),
     #[error("undecodable node facts broadcast: {0}")]
     Decode(postcard::Error),
+    #[error("undecodable node facts broadcast: {0}")]
+    Json(String),
     #[error("node facts broadcast with a node name of {0} bytes")]
     BadName(usize),
 }
@@ -193,6 +275,35 @@ mod tests {
         let table = lock(&table);
         assert_eq!(table.entries["a"].msg.facts.cpus, 4);
         assert_eq!(table.entries.len(), 2);
+    }
+
+    #[test]
+    fn reads_the_first_layout_and_the_first_layout_reads_it() {
+        let mut new = msg("a", 3, 4, 2);
+        new.facts.release = "0.2.0".into();
+        new.facts.log_version = 2;
+        let bytes = new.encode().unwrap();
+        // What shoal 0.1 reads: the first part, ignoring the rest.
+        let first: WireFirst = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((first.name.as_str(), first.boot, first.cpus), ("a", 3, 2));
+        // What shoal 0.1 sent: the first part alone.
+        let old = postcard::to_allocvec(&first).unwrap();
+        let read = FactsMsg::decode(&old).unwrap();
+        assert_eq!(read.facts.release, "");
+        assert_eq!(
+            read.facts.log_version_read(),
+            shoal_state::LOG_VERSION_FIRST
+        );
+        assert_eq!(FactsMsg::decode(&bytes).unwrap(), new);
+        // A newer node's facts: fields this build does not know are ignored.
+        let mut newer = old.clone();
+        let json = br#"{"release":"9.0.0","log_version":9,"gpus":4}"#.to_vec();
+        newer.extend(postcard::to_allocvec(&json).unwrap());
+        let read = FactsMsg::decode(&newer).unwrap();
+        assert_eq!(
+            (read.facts.release.as_str(), read.facts.log_version),
+            ("9.0.0", 9)
+        );
     }
 
     #[test]

@@ -95,6 +95,20 @@ pub struct NodeFacts {
     pub memory_used_bytes: u64,
     pub labels: BTreeMap<String, String>,
     pub started_at_ms: u64,
+    /// The node's shoal release, e.g. `0.2.0` (empty from shoal 0.1, which
+    /// did not gossip it).
+    pub release: String,
+    /// The newest log format the node reads (0 from shoal 0.1, which reads
+    /// only the first).
+    pub log_version: u32,
+}
+
+impl NodeFacts {
+    /// The newest log format the node reads, counting a node that does not
+    /// say as one of shoal 0.1.
+    pub fn log_version_read(&self) -> u32 {
+        self.log_version.max(shoal_state::LOG_VERSION_FIRST)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -195,6 +196,10 @@ pub enum ProposeError {
     Store(String),
     #[error("the raft node is stopped")]
     Stopped,
+    /// The command needs a log format some node of the cluster does not
+    /// read yet (the cluster is being upgraded).
+    #[error("{0}")]
+    MixedVersions(String),
 }
 
 impl ProposeError {
@@ -260,6 +265,10 @@ struct Inner {
     peers: Arc<Peers>,
     /// The store, held by openraft's tasks only: gone once they stopped.
     db: Weak<Database>,
+    /// The newest log format every node of the cluster reads, as the node
+    /// last learnt it ([`RaftNode::set_cluster_log_version`]); the format
+    /// this node appends entries in when it leads.
+    cluster_log_version: AtomicU32,
 }
 
 /// A call that must run on the leader.
@@ -397,6 +406,7 @@ impl RaftNode {
                 client,
                 peers,
                 db: weak_db,
+                cluster_log_version: AtomicU32::new(shoal_state::LOG_VERSION_FIRST),
             }),
         })
     }
@@ -452,13 +462,29 @@ impl RaftNode {
     /// applied; elsewhere it is forwarded to the leader. Waits at most
     /// `wait_max` for a leader.
     pub async fn propose(&self, at_ms: u64, command: Command) -> Result<Outcome, ProposeError> {
-        match self
-            .on_leader(LeaderOp::Propose(Entry::new(at_ms, command)))
-            .await?
-        {
+        let entry = Entry::proposed(at_ms, &self.inner.info.name, &command);
+        match self.on_leader(LeaderOp::Propose(entry)).await? {
             LeaderResult::Applied(result) => result.map_err(ProposeError::Rejected),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Tells the node the newest log format that every node of the cluster
+    /// (voters and learners) reads. It starts at the first format, so a node
+    /// that has not learnt it yet writes what every release reads.
+    pub fn set_cluster_log_version(&self, version: u32) {
+        let version = version.clamp(shoal_state::LOG_VERSION_FIRST, shoal_state::LOG_VERSION);
+        let before = self
+            .inner
+            .cluster_log_version
+            .swap(version, Ordering::Relaxed);
+        if before != version {
+            tracing::info!(from = before, to = version, "log format the cluster reads");
+        }
+    }
+
+    pub fn cluster_log_version(&self) -> u32 {
+        self.inner.cluster_log_version.load(Ordering::Relaxed)
     }
 
     /// Returns once `read()` reflects every write acknowledged before the
@@ -684,8 +710,11 @@ impl RaftNode {
             return Err(LocalError::NotLeader(leader));
         }
         match op {
-            LeaderOp::Propose(entry) => {
+            LeaderOp::Propose(mut entry) => {
                 self.check_quorum()?;
+                entry
+                    .appended_by(&inner.info.name, self.cluster_log_version())
+                    .map_err(|error| LocalError::Failed(ProposeError::MixedVersions(error)))?;
                 match tokio::time::timeout(timeout, raft.client_write(entry)).await {
                     Ok(Ok(response)) => match response.data {
                         Some(result) => Ok(LeaderResult::Applied(result)),

@@ -376,10 +376,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .into());
                 }
                 match entry.payload {
-                    EntryPayload::Normal(command) => {
-                        results.push(Some(state.apply(index, &command)));
-                        debug_assert_eq!(state.check_invariants(), Ok(()));
-                    }
+                    EntryPayload::Normal(command) => match state.apply(index, &command) {
+                        Err(error) if error.halts() => {
+                            // Never skip what this node cannot read: stop
+                            // applying here (openraft stops this node's Raft)
+                            // and say what to do.
+                            tracing::error!(%error, "stopped applying the log");
+                            if let Some(index) = last {
+                                self.applied_tx.send_replace(index);
+                            }
+                            return Err(
+                                StorageIOError::apply(log_id, AnyError::error(error)).into()
+                            );
+                        }
+                        result => {
+                            results.push(Some(result));
+                            debug_assert_eq!(state.check_invariants(), Ok(()));
+                        }
+                    },
                     EntryPayload::Blank => {
                         state.applied_index = index;
                         results.push(None);

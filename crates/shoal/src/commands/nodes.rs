@@ -30,6 +30,7 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
                     status
                 },
                 node.tasks.to_string(),
+                release(node),
                 if node.leader {
                     format!("{} (leader)", node.role)
                 } else {
@@ -50,11 +51,21 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
             "MEMORY (USED)",
             "STATUS",
             "TASKS",
+            "VERSION",
             "ROLE",
         ],
         rows,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node's release; a live node that gossips none runs shoal 0.1.
+fn release(node: &shoal_api::wire::NodeView) -> String {
+    match (node.release.as_str(), node.status) {
+        ("", shoal_types::NodeStatus::Alive | shoal_types::NodeStatus::Suspect) => "0.1".into(),
+        ("", _) => "-".into(),
+        (release, _) => release.to_string(),
+    }
 }
 
 /// `shoal node taint|untaint|drain|undrain`: one replicated change each.

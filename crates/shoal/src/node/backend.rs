@@ -271,6 +271,8 @@ impl<R: Runtime> Backend for NodeBackend<R> {
                     cpu_requested_millis: requested.get(name).map_or(0, |r| r.0.cpu_millis),
                     memory_requested_bytes: requested.get(name).map_or(0, |r| r.0.memory_bytes),
                     tasks: requested.get(name).map_or(0, |r| r.1),
+                    release: facts.map(|f| f.release.clone()).unwrap_or_default(),
+                    log_version: facts.map_or(0, |f| f.log_version),
                 }
             })
             .collect();
@@ -423,7 +425,7 @@ impl<R: Runtime> Backend for NodeBackend<R> {
         let mut state = self.0.raft.read().clone();
         let index = state.applied_index + 1;
         let outcome = state
-            .apply(index, &Entry::new(now_ms(), Command::PutApp { spec }))
+            .apply(index, &Entry::trusted(now_ms(), &Command::PutApp { spec }))
             .map_err(|error| ApiError::bad_request(error.to_string()))?;
         let Outcome::AppPut { version, changed } = outcome else {
             return Err(ApiError::internal(format!(

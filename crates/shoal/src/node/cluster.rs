@@ -143,6 +143,8 @@ pub fn facts(config: &NodeConfig, started_at_ms: u64) -> NodeFacts {
         memory_used_bytes: used,
         labels: config.labels.clone(),
         started_at_ms,
+        release: shoal_state::RELEASE.to_string(),
+        log_version: shoal_state::LOG_VERSION,
     }
 }
 
@@ -257,6 +259,9 @@ pub async fn refresh_facts<R>(shared: Arc<Shared<R>>) {
 pub async fn leader_duties<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
     let mut changes = shared.membership.subscribe();
     loop {
+        shared
+            .raft
+            .set_cluster_log_version(cluster_log_version(&shared));
         if shared.is_leader() {
             if let Err(error) = leader_pass(&shared).await {
                 tracing::debug!(%error, "leader duties");
@@ -264,6 +269,35 @@ pub async fn leader_duties<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
         }
         let _ = tokio::time::timeout(DUTIES_INTERVAL, changes.changed()).await;
     }
+}
+
+/// The newest log format every member of the consensus (voters and
+/// learners) reads, from their gossiped facts; a member whose facts are
+/// not known yet counts as one of the first release.
+fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
+    let facts: BTreeMap<u64, u32> = shared
+        .membership
+        .members()
+        .iter()
+        .map(|member| (member.facts.raft_id, member.facts.log_version_read()))
+        .chain(std::iter::once((
+            consensus_id(&shared.config.name),
+            shoal_state::LOG_VERSION,
+        )))
+        .collect();
+    shared
+        .raft
+        .status()
+        .nodes
+        .keys()
+        .map(|id| {
+            facts
+                .get(id)
+                .copied()
+                .unwrap_or(shoal_state::LOG_VERSION_FIRST)
+        })
+        .min()
+        .unwrap_or(shoal_state::LOG_VERSION_FIRST)
 }
 
 async fn leader_pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {

@@ -689,7 +689,7 @@ mod tests {
     fn apply(state: &mut State, command: Command) {
         let index = state.applied_index + 1;
         state
-            .apply(index, &Entry::new(index, command))
+            .apply(index, &Entry::trusted(index, &command))
             .expect("applies");
     }
 

@@ -1,0 +1,201 @@
+//! The commands of the replicated log, what applying one gives, and why
+//! applying can fail.
+
+use serde::{Deserialize, Serialize};
+use shoal_types::{AppSpec, Node, NodeStatus, Taint, TaintEffect, TaskStatus};
+
+use crate::{State, LOG_VERSION_FIRST};
+
+/// Status reports accepted in one command.
+pub const REPORTS_PER_COMMAND_MAX: usize = 4096;
+/// Placements accepted in one plan.
+pub const PLACEMENTS_PER_PLAN_MAX: usize = 100_000;
+/// Stops or removals accepted in one plan.
+pub const CHANGES_PER_PLAN_MAX: usize = 100_000;
+/// Unplaced groups (app, service, reason) recorded from one plan.
+pub const UNPLACED_MAX: usize = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// A node announces itself (or its new facts).
+    RegisterNode {
+        node: Node,
+    },
+    /// Create or update an app; a spec equal to the current one is a no-op.
+    PutApp {
+        spec: AppSpec,
+    },
+    RemoveApp {
+        name: String,
+    },
+    /// A scheduler's decision, re-checked against the state it lands on.
+    ApplyPlan {
+        plan: Plan,
+    },
+    /// The cluster's verdict on a node's liveness (from gossip, by the
+    /// leader): tasks on a node that is not alive are placed again elsewhere.
+    SetNodeStatus {
+        name: String,
+        status: NodeStatus,
+    },
+    /// Change cluster-wide settings; fields left out keep their value.
+    SetSettings {
+        voters_max: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster_cidr: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_prefix_len: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns_zone: Option<String>,
+    },
+    /// Forget a node that is not alive, with every task placed on it.
+    ForgetNode {
+        name: String,
+    },
+    /// Add a taint to a node, replacing one with the same key and effect.
+    TaintNode {
+        name: String,
+        taint: Taint,
+    },
+    /// Remove a node's taints with this key (and effect, when given).
+    UntaintNode {
+        name: String,
+        key: String,
+        effect: Option<TaintEffect>,
+    },
+    /// Drain a node (no new work; its work moves away) or undo that.
+    SetNodeDrain {
+        name: String,
+        drain: bool,
+    },
+    /// A node reports what became of the tasks placed on it.
+    ReportTasks {
+        node: String,
+        statuses: Vec<(String, TaskStatus)>,
+    },
+}
+
+/// What a scheduler wants changed. Computed from a snapshot, so anything in
+/// it may be stale by the time it is applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub place: Vec<Placement>,
+    /// Tasks to move to desired `stopped`.
+    pub stop: Vec<String>,
+    /// Stopped tasks to forget.
+    pub remove: Vec<String>,
+    /// Tasks that could not be placed, and why; recorded in the state as
+    /// they are for users to see (replacing the previous list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplaced: Vec<Unplaced>,
+}
+
+impl Plan {
+    /// Whether applying the plan to `state` would change nothing.
+    pub fn changes_nothing(&self, state: &State) -> bool {
+        self.place.is_empty()
+            && self.stop.is_empty()
+            && self.remove.is_empty()
+            && self.unplaced == state.unplaced
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub app: String,
+    pub service: String,
+    pub slot: u32,
+    pub app_version: u64,
+    pub node: String,
+}
+
+/// Tasks of one service that fit nowhere, for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unplaced {
+    pub app: String,
+    pub service: String,
+    pub count: u32,
+    pub reason: String,
+}
+
+/// What applying an entry did, returned to whoever proposed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    NodeRegistered,
+    NodeStatusSet {
+        changed: bool,
+    },
+    SettingsSet,
+    NodeForgotten {
+        tasks: usize,
+    },
+    NodeUpdated {
+        changed: bool,
+    },
+    AppPut {
+        version: u64,
+        changed: bool,
+    },
+    AppRemoved,
+    PlanApplied {
+        placed: Vec<String>,
+        stopped: usize,
+        removed: usize,
+        /// Parts of the plan that no longer fit the state, with the reason.
+        rejected: Vec<String>,
+    },
+    TasksReported {
+        accepted: usize,
+        stale: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApplyError {
+    /// The entry is of a log format this build does not read, or its
+    /// command does not decode: the node must stop applying (skipping the
+    /// entry would let replicas diverge) until it is upgraded.
+    #[error("{0}")]
+    NeedsUpgrade(String),
+    /// The command changes what only another node may write.
+    #[error("{0}")]
+    WrongWriter(String),
+    #[error("app `{0}` not found")]
+    AppNotFound(String),
+    #[error("node `{0}` not found")]
+    NodeNotFound(String),
+    #[error("{0}")]
+    InvalidSetting(String),
+    #[error("node `{0}` is alive; only a node that is not can be forgotten")]
+    NodeAlive(String),
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl ApplyError {
+    /// Whether the node must stop applying the log here.
+    pub fn halts(&self) -> bool {
+        matches!(self, ApplyError::NeedsUpgrade(_))
+    }
+}
+
+impl Command {
+    /// The one node that may propose this command, for commands a node
+    /// writes about itself (its registration, its tasks' status).
+    pub fn writer(&self) -> Option<&str> {
+        match self {
+            Command::RegisterNode { node } => Some(&node.name),
+            Command::ReportTasks { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// The oldest log format that holds this command. A new command, or a
+    /// new field in use, raises it; the leader appends the entry only once
+    /// every node reads that format.
+    pub fn version_needed(&self) -> u32 {
+        LOG_VERSION_FIRST
+    }
+}
