@@ -251,6 +251,13 @@ pub struct ClusterInfo {
     pub voters: Vec<String>,
     pub learners: Vec<String>,
     pub settings: ClusterSettings,
+    /// The log format the answering node appends in when it leads: the
+    /// newest one every voter and learner reads (0 from shoal 0.1).
+    #[serde(default)]
+    pub log_version: u32,
+    /// The answering node's release (empty from shoal 0.1).
+    #[serde(default)]
+    pub release: String,
 }
 
 /// One record the cluster's DNS serves (`shoal dns list`).

@@ -62,21 +62,7 @@ pub fn check_step(state: &State, previous: &Previous) -> Result<(), String> {
             used.cpu_millis, used.memory_bytes, room.0, room.1
         ));
     }
-    let mut published: BTreeMap<(&str, fit::HostPort), &str> = BTreeMap::new();
     for task in state.tasks.values() {
-        if task.desired == DesiredState::Running {
-            for port in fit::host_ports(&task.spec) {
-                if let Some(other) = published.insert((task.node.as_str(), port), &task.id) {
-                    return Err(format!(
-                        "node {} publishes host port {}/{} for two tasks: {other} and {}",
-                        task.node,
-                        port.0,
-                        port.1.as_str(),
-                        task.id
-                    ));
-                }
-            }
-        }
         if task.desired == DesiredState::Running && !shoal_sched::batch_done(task) {
             let Some(node) = state.nodes.get(&task.node) else {
                 return Err(format!("task {} is on unknown node {}", task.id, task.node));

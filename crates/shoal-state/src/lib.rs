@@ -171,14 +171,18 @@ impl State {
 
     /// Rebuilds what is derived from the rest of the state.
     fn reindex(&mut self) {
-        self.subnet_holders = self
-            .nodes
+        self.subnet_holders = self.subnet_index();
+    }
+
+    /// The subnet index as it follows from `nodes`.
+    fn subnet_index(&self) -> BTreeMap<u32, String> {
+        self.nodes
             .values()
             .filter_map(|node| {
                 let subnet = Ipv4Cidr::parse("subnet", node.subnet.as_deref()?).ok()?;
                 Some((u32::from(subnet.network()), node.name.clone()))
             })
-            .collect();
+            .collect()
     }
 
     fn node_mut(&mut self, name: &str) -> Result<&mut Node, ApplyError> {
@@ -235,8 +239,15 @@ impl State {
 
     /// Checks what must hold after every apply; the simulator and tests call
     /// it after each step.
+    ///
+    /// What holds of the state alone: tasks on known nodes, one task per
+    /// slot, serials from the counter, a host port published once per node,
+    /// distinct node subnets, and derived indexes equal to a rebuild. (No
+    /// over-commitment holds only while no node came back smaller: the
+    /// simulator checks it once the scheduler settled.)
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut running_slots = BTreeMap::new();
+        let mut published: BTreeMap<(&str, fit::HostPort), &str> = BTreeMap::new();
         for task in self.tasks.values() {
             if !self.nodes.contains_key(&task.node) {
                 return Err(format!("task {} is on unknown node {}", task.id, task.node));
@@ -245,6 +256,17 @@ impl State {
                 let slot = (&task.app, &task.service, task.slot);
                 if let Some(other) = running_slots.insert(slot, &task.id) {
                     return Err(format!("tasks {other} and {} hold the same slot", task.id));
+                }
+                for port in fit::host_ports(&task.spec) {
+                    if let Some(other) = published.insert((task.node.as_str(), port), &task.id) {
+                        return Err(format!(
+                            "node {} publishes host port {}/{} for two tasks: {other} and {}",
+                            task.node,
+                            port.0,
+                            port.1.as_str(),
+                            task.id
+                        ));
+                    }
                 }
             }
             let serial: u64 = task
@@ -256,6 +278,24 @@ impl State {
             if serial > self.task_serial {
                 return Err(format!("task {} is newer than the serial counter", task.id));
             }
+        }
+        let mut subnets: BTreeMap<&str, &str> = BTreeMap::new();
+        for node in self.nodes.values() {
+            if let Some(subnet) = node.subnet.as_deref() {
+                if let Some(other) = subnets.insert(subnet, &node.name) {
+                    return Err(format!(
+                        "nodes {other} and {} hold the same subnet {subnet}",
+                        node.name
+                    ));
+                }
+            }
+        }
+        let rebuilt = self.subnet_index();
+        if rebuilt != self.subnet_holders {
+            return Err(format!(
+                "the subnet index differs from a rebuild: {:?} against {rebuilt:?}",
+                self.subnet_holders
+            ));
         }
         Ok(())
     }

@@ -36,6 +36,19 @@ pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
             .map_or("-".to_string(), |n| n.to_string()),
         settings.dns_zone.as_deref().unwrap_or("-")
     );
-    println!("Answered by: {} (gossip {})", info.name, info.gossip_addr);
+    println!(
+        "Log format:  {} (the newest every voter and learner reads)",
+        info.log_version.max(1)
+    );
+    println!(
+        "Answered by: {} (gossip {}, shoal {})",
+        info.name,
+        info.gossip_addr,
+        if info.release.is_empty() {
+            "0.1"
+        } else {
+            &info.release
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -302,6 +302,8 @@ impl<R: Runtime> Backend for NodeBackend<R> {
                 node_prefix_len: Some(settings.node_prefix_len),
                 dns_zone: Some(settings.dns_zone),
             },
+            log_version: shared.raft.cluster_log_version(),
+            release: shoal_state::RELEASE.to_string(),
         })
     }
 

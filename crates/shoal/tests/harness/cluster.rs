@@ -20,6 +20,9 @@ pub struct Member {
     pub extra_args: Vec<String>,
     /// The agent's bridge (its own, also when nodes share the host's network).
     pub bridge: String,
+    /// The `shoal` binary this node's agent runs (this build's unless a
+    /// test, such as the upgrade test, says otherwise).
+    pub agent_binary: PathBuf,
     agent: Option<Child>,
 }
 
@@ -145,15 +148,29 @@ impl Cluster {
     /// `labels[i]` are node i's `--label` values. Node 0 forms the cluster;
     /// the others join through it.
     pub fn start_or_skip(test: &str, labels: &[&[&str]]) -> Option<Cluster> {
-        Self::start_with(test, labels, false)
+        Self::start_with(test, labels, false, None)
     }
 
     /// The same, each node in a network namespace of its own on a bridge.
     pub fn start_in_netns_or_skip(test: &str, labels: &[&[&str]]) -> Option<Cluster> {
-        Self::start_with(test, labels, true)
+        Self::start_with(test, labels, true, None)
     }
 
-    fn start_with(test: &str, labels: &[&[&str]], in_netns: bool) -> Option<Cluster> {
+    /// The same, every agent running `agent_binary` (an older build).
+    pub fn start_with_binary_or_skip(
+        test: &str,
+        labels: &[&[&str]],
+        agent_binary: &std::path::Path,
+    ) -> Option<Cluster> {
+        Self::start_with(test, labels, false, Some(agent_binary))
+    }
+
+    fn start_with(
+        test: &str,
+        labels: &[&[&str]],
+        in_netns: bool,
+        agent_binary: Option<&std::path::Path>,
+    ) -> Option<Cluster> {
         if !e2e_enabled() {
             eprintln!("skipped {test}: set SHOAL_E2E=1 to run end-to-end tests");
             return None;
@@ -180,6 +197,7 @@ impl Cluster {
                 labels: labels.iter().map(|label| label.to_string()).collect(),
                 extra_args: Vec::new(),
                 bridge: super::test_bridge(serial, index),
+                agent_binary: agent_binary.map_or_else(|| binary().into(), Into::into),
                 agent: None,
             })
             .collect();
@@ -261,6 +279,7 @@ impl Cluster {
                 "{}{index}",
                 first.bridge.trim_end_matches(|c: char| c.is_ascii_digit())
             ),
+            agent_binary: binary().into(),
             agent: None,
         };
         self.members.push(member);
@@ -332,10 +351,10 @@ impl Cluster {
                 let mut command = Command::new("nsenter");
                 command
                     .arg(format!("--net=/var/run/netns/{}", netns.namespaces[index]))
-                    .arg(binary());
+                    .arg(&member.agent_binary);
                 command
             }
-            None => Command::new(binary()),
+            None => Command::new(&member.agent_binary),
         };
         command
             .args(["agent", "--name", &member.name, "--advertise", &member.ip])
@@ -364,6 +383,27 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops node `index`'s agent as an operator would (SIGTERM, SIGKILL
+    /// after a bound); its containers keep running.
+    pub fn stop(&mut self, index: usize) {
+        const STOP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(20);
+        let Some(mut child) = self.members[index].agent.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let started = std::time::Instant::now();
+        while started.elapsed() < STOP_WAIT_MAX {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub fn is_running(&self, index: usize) -> bool {
