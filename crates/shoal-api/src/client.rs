@@ -40,7 +40,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    endpoint: shoal_http::Endpoint,
     addr: String,
     http: reqwest::Client,
 }
@@ -48,17 +48,12 @@ pub struct Client {
 impl Client {
     /// `addr` is `host:port` or a full `http://host:port` URL.
     pub fn new(addr: &str) -> Result<Self> {
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
+        let endpoint = shoal_http::Endpoint::parse(addr)
             .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        let http = shoal_http::client(shoal_http::ClientOptions::default())
+            .map_err(ClientError::Protocol)?;
         Ok(Client {
-            base,
+            endpoint,
             addr: addr.to_string(),
             http,
         })
@@ -213,7 +208,7 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.endpoint.url(path)
     }
 
     fn unreachable(&self, source: reqwest::Error) -> ClientError {

@@ -106,10 +106,6 @@ pub trait Backend: Send + Sync + 'static {
     fn dns_records(&self) -> impl Future<Output = ApiResult<Vec<DnsRecordView>>> + Send;
     /// This node leaves the cluster: its work moves away, then it stops.
     fn leave(&self) -> impl Future<Output = ApiResult<()>> + Send;
-    /// Routes the backend serves besides the API (node-to-node RPC).
-    fn extra_routes(&self) -> Router {
-        Router::new()
-    }
     fn nodes(&self) -> impl Future<Output = ApiResult<Vec<NodeView>>> + Send;
     /// Adds a taint (`KEY=VALUE:EFFECT`) to a node.
     fn taint_node(
@@ -154,12 +150,21 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<Vec<ImageView>>> + Send;
 }
 
+/// Requests the public API handles at once; more wait their turn (within
+/// [`REQUEST_TIMEOUT`]).
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
+/// Time a public API request may take to be answered (a stream, once
+/// answered, goes on); image uploads are bounded by their size instead.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The public API. Node-to-node routes (`/v1/raft/*`) are served by a
+/// router of their own, merged beside this one by the node, so that each
+/// gets its own bounds (and, later, its own authentication).
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let images = Router::new()
         .route("/v1/images", get(images::<B>).post(import_image::<B>))
         .layer(DefaultBodyLimit::disable());
-    let extra = backend.extra_routes();
-    Router::new()
+    let bounded = Router::new()
         .route("/v1/version", get(version::<B>))
         .route("/v1/nodes", get(nodes::<B>))
         .route(
@@ -189,10 +194,17 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/schema/app.json", get(app_schema))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(SPEC_BYTES_MAX + 1))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+    bounded
         .merge(images)
         .with_state(backend)
-        .merge(extra)
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            REQUESTS_IN_FLIGHT_MAX,
+        ))
 }
 
 async fn version<B: Backend>(State(backend): State<Arc<B>>) -> Json<VersionInfo> {
@@ -213,11 +225,7 @@ async fn set_settings<B: Backend>(
     State(backend): State<Arc<B>>,
     body: Bytes,
 ) -> ApiResult<Json<ClusterInfo>> {
-    let settings: ClusterSettings = serde_json::from_slice(&body).map_err(|error| {
-        ApiError::bad_request(format!(
-            "settings: {error}; send e.g. {{\"voters_max\": 5}}"
-        ))
-    })?;
+    let settings: ClusterSettings = json_body(&body, r#"{"voters_max": 5}"#)?;
     backend.set_settings(settings).await.map(Json)
 }
 
@@ -243,8 +251,9 @@ async fn apps<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<A
 async fn taint_node<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(name): Path<String>,
-    Json(request): Json<TaintRequest>,
+    body: Bytes,
 ) -> ApiResult<Json<NodeUpdate>> {
+    let request: TaintRequest = json_body(&body, r#"{"taint": "gpu=true:NoSchedule"}"#)?;
     backend.taint_node(name, request.taint).await.map(Json)
 }
 
@@ -267,9 +276,17 @@ async fn untaint_node<B: Backend>(
 async fn drain_node<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(name): Path<String>,
-    Json(request): Json<DrainRequest>,
+    body: Bytes,
 ) -> ApiResult<Json<NodeUpdate>> {
+    let request: DrainRequest = json_body(&body, r#"{"drain": true}"#)?;
     backend.drain_node(name, request.drain).await.map(Json)
+}
+
+/// Decodes a JSON request body, answering 400 with what was wrong and an
+/// example of what to send.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::bad_request(format!("body: {error}; send e.g. {example}")))
 }
 
 async fn plan<B: Backend>(State(backend): State<Arc<B>>, body: Bytes) -> ApiResult<Json<PlanView>> {

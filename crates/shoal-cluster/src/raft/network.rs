@@ -58,13 +58,10 @@ struct PeerError(String);
 
 /// Builds the HTTP client used for Raft RPCs and forwarded calls.
 pub(crate) fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|error| format!("building the raft HTTP client: {error}"))
+    shoal_http::client(shoal_http::ClientOptions {
+        connect_timeout: CONNECT_TIMEOUT,
+        ..shoal_http::ClientOptions::default()
+    })
 }
 
 /// What this node last saw of each peer.
@@ -116,7 +113,7 @@ impl Peers {
     }
 }
 
-/// POSTs `body` to `http://addr{path}` and reads a JSON answer of at most
+/// POSTs `body` to `path` on the peer at `addr` and reads a JSON answer of at most
 /// [`RESPONSE_MAX_BYTES`].
 pub(crate) async fn post<R: DeserializeOwned>(
     client: &reqwest::Client,
@@ -126,7 +123,9 @@ pub(crate) async fn post<R: DeserializeOwned>(
     content_type: &'static str,
     timeout: Duration,
 ) -> Result<R, SendError> {
-    let url = format!("http://{addr}{path}");
+    let url = shoal_http::Endpoint::parse(addr)
+        .map_err(|error| SendError::NotSent(format!("peer address: {error}")))?
+        .url(path);
     let response = client
         .post(&url)
         .header(reqwest::header::CONTENT_TYPE, content_type)

@@ -348,10 +348,6 @@ impl<R: Runtime> Backend for NodeBackend<R> {
         Ok(())
     }
 
-    fn extra_routes(&self) -> axum::Router {
-        self.0.raft.router()
-    }
-
     async fn apply(&self, body: Bytes) -> ApiResult<ApplyResponse> {
         let spec = shoal_types::parse_app(&body)?;
         let name = spec.name.clone();

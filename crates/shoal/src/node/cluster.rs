@@ -85,7 +85,9 @@ async fn ask_peers(peers: &[String], http: &reqwest::Client) -> anyhow::Result<C
     let mut last_error = String::new();
     for _ in 0..JOIN_ATTEMPTS_MAX {
         for peer in peers {
-            match http.get(format!("http://{peer}/v1/cluster")).send().await {
+            let endpoint =
+                shoal_http::Endpoint::parse(peer).with_context(|| format!("--peer {peer}"))?;
+            match http.get(endpoint.url("/v1/cluster")).send().await {
                 Ok(response) if response.status().is_success() => {
                     match response.json::<ClusterInfo>().await {
                         Ok(info) => return Ok(info),

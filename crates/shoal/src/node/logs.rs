@@ -128,9 +128,17 @@ async fn pump<R>(
             if let Some(tail) = options.tail {
                 query.push(("tail", tail.to_string()));
             }
+            let endpoint = match shoal_http::Endpoint::parse(addr) {
+                Ok(endpoint) => endpoint,
+                Err(error) => {
+                    let note = format!("[{}: logs unavailable: {error}]\n", source.task_id);
+                    let _ = sender.send(Ok(Bytes::from(note))).await;
+                    return;
+                }
+            };
             let request = shared
                 .http
-                .get(format!("http://{addr}/v1/logs/{}", source.task_id))
+                .get(endpoint.url(&format!("/v1/logs/{}", source.task_id)))
                 .query(&query)
                 // Following has no end of its own; the client hanging up ends it.
                 .timeout(Duration::from_secs(if options.follow {

@@ -93,11 +93,12 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding the API to {}", config.bind))?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .context("HTTP client")?;
+    let http = shoal_http::client(shoal_http::ClientOptions {
+        connect_timeout: std::time::Duration::from_secs(2),
+        request_timeout: Some(std::time::Duration::from_secs(10)),
+        ..shoal_http::ClientOptions::default()
+    })
+    .map_err(anyhow::Error::msg)?;
 
     let (cluster_id, gossip_peers) = cluster::identify(&config, &raft, &http).await?;
     let started_at_ms = now_ms();
@@ -125,7 +126,8 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
     });
 
     let backend = Arc::new(backend::NodeBackend(shared.clone()));
-    let router = shoal_api::server::router(backend);
+    // The public API and the node-to-node routes, each with its own bounds.
+    let router = shoal_api::server::router(backend).merge(shared.raft.router());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async {
         let _ = stop_rx.await;
