@@ -10,12 +10,13 @@ use crate::{
 };
 
 /// The format from which entries name their proposer and leader, `apply`
-/// checks writers, and `RegisterNode` leaves the node's status alone.
+/// checks writers, `RegisterNode` leaves the node's status alone, and an
+/// app put again counts its versions on from its removed namesake's tasks.
 const WRITERS_CHECKED_FROM: u32 = 2;
 
 impl State {
     /// Applies the entry at log position `index`. An error leaves the state
-    /// unchanged apart from `applied_index`, except
+    /// unchanged apart from `applied_index` and `log_version`, except
     /// [`ApplyError::NeedsUpgrade`] (the entry is of a format this build
     /// does not read), which leaves it wholly unchanged: the caller must
     /// stop applying there, never skip the entry.
@@ -67,7 +68,7 @@ impl State {
                 dns_zone.as_deref(),
             ),
             Command::ForgetNode { name } => self.forget_node(name),
-            Command::PutApp { spec } => Ok(self.put_app(spec, now_ms)),
+            Command::PutApp { spec } => Ok(self.put_app(spec, now_ms, meta.version)),
             Command::RemoveApp { name } => self.remove_app(name),
             Command::ApplyPlan { plan } => self.apply_plan(plan, now_ms),
             Command::ReportTasks { node, statuses } => self.report_tasks(node, statuses),
@@ -260,7 +261,7 @@ impl State {
         Ok(Outcome::TasksReported { accepted, stale })
     }
 
-    fn put_app(&mut self, spec: &AppSpec, now_ms: u64) -> Outcome {
+    fn put_app(&mut self, spec: &AppSpec, now_ms: u64, format: u32) -> Outcome {
         match self.apps.get_mut(&spec.name) {
             Some(app) if &app.spec == spec => Outcome::AppPut {
                 version: app.version,
@@ -276,17 +277,31 @@ impl State {
                 }
             }
             None => {
+                // From format 2, an app put again while tasks of its
+                // removed namesake remain counts on from their version, so
+                // that no old task passes for one of the new spec.
+                let version = if format >= WRITERS_CHECKED_FROM {
+                    self.tasks
+                        .values()
+                        .filter(|task| task.app == spec.name)
+                        .map(|task| task.app_version)
+                        .max()
+                        .unwrap_or(0)
+                        + 1
+                } else {
+                    1
+                };
                 self.apps.insert(
                     spec.name.clone(),
                     App {
                         spec: spec.clone(),
-                        version: 1,
+                        version,
                         created_at_ms: now_ms,
                         updated_at_ms: now_ms,
                     },
                 );
                 Outcome::AppPut {
-                    version: 1,
+                    version,
                     changed: true,
                 }
             }
@@ -304,6 +319,12 @@ fn check_writer(meta: &Meta<'_>, command: &Command) -> Result<(), ApplyError> {
             meta.proposer
         )))
     };
+    if meta.proposer.is_empty() || meta.leader.is_empty() {
+        return Err(ApplyError::WrongWriter(format!(
+            "a format-{} entry names its proposer and the leader that appended it; this one names proposer `{}` and leader `{}`",
+            meta.version, meta.proposer, meta.leader
+        )));
+    }
     if let Some(writer) = command.writer() {
         if writer != meta.proposer {
             return refused(format!("only node `{writer}` reports on itself"));

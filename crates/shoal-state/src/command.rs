@@ -16,7 +16,7 @@ pub const CHANGES_PER_PLAN_MAX: usize = 100_000;
 pub const UNPLACED_MAX: usize = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// A node announces itself (or its new facts).
     RegisterNode {
@@ -79,6 +79,7 @@ pub enum Command {
 /// What a scheduler wants changed. Computed from a snapshot, so anything in
 /// it may be stale by the time it is applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Plan {
     pub place: Vec<Placement>,
     /// Tasks to move to desired `stopped`.
@@ -102,6 +103,7 @@ impl Plan {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Placement {
     pub app: String,
     pub service: String,
@@ -112,6 +114,7 @@ pub struct Placement {
 
 /// Tasks of one service that fit nowhere, for one reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Unplaced {
     pub app: String,
     pub service: String,

@@ -181,21 +181,27 @@ impl Entry {
     pub fn decode(&self, index: u64) -> Result<Command, ApplyError> {
         let upgrade_to = || {
             if self.release.is_empty() {
-                "a newer release".to_string()
+                "upgrade this node to a newer release of shoal".to_string()
             } else {
-                format!("shoal {}", self.release)
+                format!("upgrade this node to shoal {} or later", self.release)
             }
         };
-        if self.version > LOG_VERSION || self.version < LOG_VERSION_FIRST {
+        if self.version < LOG_VERSION_FIRST {
             return Err(ApplyError::NeedsUpgrade(format!(
-                "log entry {index} is of log format {}, this node (shoal {RELEASE}) reads formats {LOG_VERSION_FIRST} to {LOG_VERSION}: upgrade this node to {} or later",
+                "log entry {index} names log format {}, which no release writes: the log is damaged or not shoal's",
+                self.version
+            )));
+        }
+        if self.version > LOG_VERSION {
+            return Err(ApplyError::NeedsUpgrade(format!(
+                "log entry {index} is of log format {}, this node (shoal {RELEASE}) reads formats {LOG_VERSION_FIRST} to {LOG_VERSION}: {}",
                 self.version,
                 upgrade_to()
             )));
         }
         self.command.decode().map_err(|error| {
             ApplyError::NeedsUpgrade(format!(
-                "log entry {index} (format {}) holds a command this node (shoal {RELEASE}) cannot decode ({error}): upgrade this node to {} or later",
+                "log entry {index} (format {}) holds a command this node (shoal {RELEASE}) cannot decode ({error}): {}",
                 self.version,
                 upgrade_to()
             ))

@@ -10,6 +10,7 @@ use crate::placement::{
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Node {
     pub name: String,
     /// Address of the node's API, `host:port`.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::ServiceSpec;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Task {
     /// `APP.SERVICE.SLOT.SERIAL`: readable, unique across the cluster's life;
     /// also the containerd container id of the task.
@@ -105,6 +106,7 @@ pub enum Promise {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskStatus {
     /// Which run of the task this is; a restart is attempt + 1.
     pub attempt: u32,
