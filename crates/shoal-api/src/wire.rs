@@ -151,6 +151,47 @@ pub struct AppView {
     /// Tasks the scheduler could not place, and why.
     #[serde(default)]
     pub unplaced: Vec<UnplacedView>,
+    /// How far the current version has rolled out (absent from shoal 0.1).
+    #[serde(default)]
+    pub rollout: Option<RolloutView>,
+}
+
+/// An app's rollout of its current version, as the cluster computes it.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RolloutView {
+    pub version: u64,
+    /// Every service has what it wants and no older task is still stopping.
+    pub done: bool,
+    /// A task of the current version broken for good: the rollout will not
+    /// finish by itself.
+    #[serde(default)]
+    pub broken: Option<BrokenTaskView>,
+    pub services: Vec<ServiceRolloutView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceRolloutView {
+    pub service: String,
+    /// `replicas`, or for a global service the nodes that may run it.
+    pub wanted: u32,
+    /// Tasks of the current spec that run.
+    pub running: u32,
+    /// Batch tasks that exited with 0, and that failed for good.
+    pub completed: u32,
+    pub failed: u32,
+    /// Tasks told to stop that still run.
+    pub stopping: u32,
+    pub done: bool,
+    /// Why tasks of the service fit on no node, when some do not.
+    #[serde(default)]
+    pub unplaced: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct BrokenTaskView {
+    pub task: String,
+    pub state: TaskState,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

@@ -7,13 +7,15 @@
 //! - [`command`]: the commands, their outcomes and errors;
 //! - `apply`: one function per command;
 //! - `plan`: a scheduler's plan, checked again as it is applied;
-//! - [`fit`]: the rules a node must meet to take a task.
+//! - [`fit`]: the rules a node must meet to take a task;
+//! - [`rollout`]: how far an app's current version has rolled out.
 
 mod apply;
 pub mod command;
 pub mod entry;
 pub mod fit;
 mod plan;
+pub mod rollout;
 
 pub use command::*;
 pub use entry::{Entry, Meta, RawCommand, LOG_VERSION, LOG_VERSION_FIRST, RELEASE};

@@ -130,6 +130,26 @@ pub struct TaskStatus {
     pub address: Option<std::net::Ipv4Addr>,
 }
 
+impl Task {
+    /// Whether the task has finished for good: it exited with 0 (a batch
+    /// job's success), or it failed and its restart policy runs it no more.
+    pub fn finished_for_good(&self) -> bool {
+        let status = &self.status;
+        match status.state {
+            TaskState::Exited if status.exit_code == Some(0) => true,
+            TaskState::Exited | TaskState::Failed => {
+                self.spec.restart.policy() == crate::spec::RestartPolicy::Never
+                    || self
+                        .spec
+                        .restart
+                        .attempts_max
+                        .is_some_and(|most| status.attempt >= most)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl TaskStatus {
     pub fn pending(now_ms: u64) -> Self {
         TaskStatus {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_api::client::Client;
-use shoal_types::{DesiredState, Promise, TaskState, SPEC_BYTES_MAX};
+use shoal_types::SPEC_BYTES_MAX;
 
 use crate::cli::ApplyArgs;
 
@@ -62,56 +62,53 @@ async fn follow(
     let started = Instant::now();
     loop {
         let view = client.app(app).await?;
-        let wanted: u32 = view.services.iter().map(|s| s.replicas).sum();
-        // A batch job is done once it completed; while it runs it is not.
+        let Some(rollout) = view.rollout else {
+            bar.abandon();
+            println!(
+                "app {app} {verb} (version {version}); the answering node runs an older shoal that does not report rollouts: follow it with `shoal ps {app}`"
+            );
+            return Ok(ExitCode::SUCCESS);
+        };
+        // A batch job counts once it completed; while it runs it does not.
+        let wanted: u32 = rollout.services.iter().map(|s| s.wanted).sum();
         let running: u32 = view
             .services
             .iter()
-            .map(|s| match s.kind {
-                shoal_types::Kind::Batch => s.completed,
-                _ => s.running,
+            .zip(&rollout.services)
+            .map(|(service, progress)| match service.kind {
+                shoal_types::Kind::Batch => progress.completed,
+                _ => progress.running,
             })
             .sum();
         bar.set_length(u64::from(wanted));
         bar.set_position(u64::from(running));
         bar.tick();
-        let tasks = client.tasks(Some(app)).await?;
-        let broken = tasks.iter().find(|task| {
-            task.desired == DesiredState::Running
-                && task.promise == Promise::Broken
-                && matches!(task.state, TaskState::Failed | TaskState::Exited)
-                && view
-                    .spec
-                    .services
-                    .iter()
-                    .any(|service| service.name == task.service)
-        });
-        if let Some(task) = broken {
+        if let Some(broken) = &rollout.broken {
             bar.abandon();
             eprintln!(
                 "error: task {} {}: {}",
-                task.id,
-                task.state.as_str(),
-                task.message
+                broken.task,
+                broken.state.as_str(),
+                broken.message
             );
             eprintln!(
                 "look closer with `shoal ps {app}` and `shoal logs {}`",
-                task.id
+                broken.task
             );
             return Ok(ExitCode::FAILURE);
         }
-        let stopping = tasks
-            .iter()
-            .any(|task| task.desired == DesiredState::Stopped && !task.state.is_terminal());
-        if running == wanted && !stopping {
+        if rollout.done {
             bar.finish();
             println!("app {app} {verb} (version {version}): {running}/{wanted} running");
             return Ok(ExitCode::SUCCESS);
         }
-        if let Some(unplaced) = view.unplaced.first() {
+        if let Some((service, reason)) = rollout
+            .services
+            .iter()
+            .find_map(|s| Some((&s.service, s.unplaced.as_ref()?)))
+        {
             bar.set_message(format!(
-                "app {app}: cannot place {} task(s) of {}: {}",
-                unplaced.count, unplaced.service, unplaced.reason
+                "app {app}: cannot place tasks of {service}: {reason}"
             ));
         }
         if started.elapsed() > timeout {

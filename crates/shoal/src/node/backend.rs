@@ -6,8 +6,9 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use shoal_api::server::{ApiError, ApiResult, Backend, LogOptions, LogStream};
 use shoal_api::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, ImageView, NodeUpdate,
-    NodeView, PlanView, PlannedStop, PlannedTask, ServiceView, TaskView, UnplacedView, VersionInfo,
+    AppView, ApplyResponse, BrokenTaskView, ClusterInfo, ClusterSettings, DnsRecordView, ImageView,
+    NodeUpdate, NodeView, PlanView, PlannedStop, PlannedTask, RolloutView, ServiceRolloutView,
+    ServiceView, TaskView, UnplacedView, VersionInfo,
 };
 use shoal_cluster::membership::MemberStatus;
 use shoal_cluster::raft::ProposeError;
@@ -15,7 +16,7 @@ use shoal_runtime::Runtime;
 use shoal_state::fit::Request;
 use shoal_state::Entry;
 use shoal_state::{ApplyError, Command, Outcome, State};
-use shoal_types::{consensus_id, DesiredState, Kind, NodeStatus, Taint, TaintEffect, TaskState};
+use shoal_types::{consensus_id, DesiredState, Kind, NodeStatus, Taint, TaintEffect};
 
 use super::Shared;
 use crate::output::now_ms;
@@ -54,52 +55,20 @@ fn unplaced_view(entry: &shoal_state::Unplaced) -> UnplacedView {
 
 fn app_view(state: &State, name: &str) -> Option<AppView> {
     let app = state.apps.get(name)?;
+    let rollout = state.rollout(name)?;
     let services = app
         .spec
         .services
         .iter()
-        .map(|service| {
-            let (mut running, mut completed, mut failed) = (0, 0, 0);
-            for task in state.tasks.values() {
-                let current = task.app == app.spec.name
-                    && task.service == service.name
-                    && task.desired == DesiredState::Running
-                    && task.spec.same_task_as(service);
-                if !current {
-                    continue;
-                }
-                match task.status.state {
-                    TaskState::Running => running += 1,
-                    TaskState::Exited if task.status.exit_code == Some(0) => completed += 1,
-                    _ if shoal_sched::batch_done(task) => failed += 1,
-                    _ => {}
-                }
-            }
-            let replicas = match service.kind {
-                Kind::Global => state
-                    .nodes
-                    .values()
-                    .filter(|node| shoal_state::fit::admits(node, service).is_ok())
-                    .count() as u32,
-                Kind::Service | Kind::Batch => service.replicas,
-            };
-            ServiceView {
-                name: service.name.clone(),
-                image: service.image.clone(),
-                kind: service.kind,
-                replicas,
-                running,
-                completed: if service.kind == Kind::Batch {
-                    completed
-                } else {
-                    0
-                },
-                failed: if service.kind == Kind::Batch {
-                    failed
-                } else {
-                    0
-                },
-            }
+        .zip(&rollout.services)
+        .map(|(service, progress)| ServiceView {
+            name: service.name.clone(),
+            image: service.image.clone(),
+            kind: service.kind,
+            replicas: progress.wanted,
+            running: progress.running,
+            completed: progress.completed,
+            failed: progress.failed,
         })
         .collect();
     Some(AppView {
@@ -115,7 +84,34 @@ fn app_view(state: &State, name: &str) -> Option<AppView> {
             .filter(|entry| entry.app == name)
             .map(unplaced_view)
             .collect(),
+        rollout: Some(rollout_view(&rollout)),
     })
+}
+
+fn rollout_view(rollout: &shoal_state::rollout::Rollout) -> RolloutView {
+    RolloutView {
+        version: rollout.version,
+        done: rollout.done,
+        broken: rollout.broken.as_ref().map(|broken| BrokenTaskView {
+            task: broken.task.clone(),
+            state: broken.state,
+            message: broken.message.clone(),
+        }),
+        services: rollout
+            .services
+            .iter()
+            .map(|service| ServiceRolloutView {
+                service: service.service.clone(),
+                wanted: service.wanted,
+                running: service.running,
+                completed: service.completed,
+                failed: service.failed,
+                stopping: service.stopping,
+                done: service.done,
+                unplaced: service.unplaced.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// Why the scheduler stops a task, in words for `shoal plan`.
