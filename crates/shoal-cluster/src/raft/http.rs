@@ -21,7 +21,7 @@ use shoal_state::Entry;
 
 use super::network::{post_json, SendError, SnapshotHeader, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE};
 use super::{
-    LeaderOp, LeaderResult, LocalError, NodeInfo, ProposeError, RaftNode, TypeConfig,
+    leader::LocalError, LeaderOp, LeaderResult, NodeInfo, ProposeError, RaftNode, TypeConfig,
     APPEND_BODY_MAX_BYTES, FORWARD_BODY_MAX_BYTES, SNAPSHOT_BODY_MAX_BYTES,
 };
 
