@@ -1,9 +1,48 @@
+//! `shoal cluster info|set`: the cluster's identity, voters, log format and settings.
+
 use std::process::ExitCode;
 
 use shoal_api::wire::ClusterInfo;
 
-use crate::cli::Format;
+use crate::cli::{ClusterCommand, Format};
 use crate::output::print_json;
+
+/// `shoal cluster info|set`.
+pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::Info { output, target } => {
+            show(super::client(&target)?.cluster().await?, output.format)
+        }
+        ClusterCommand::Set {
+            voters_max,
+            cluster_cidr,
+            node_prefix_len,
+            dns_zone,
+            output,
+            target,
+        } => {
+            if voters_max.is_none()
+                && cluster_cidr.is_none()
+                && node_prefix_len.is_none()
+                && dns_zone.is_none()
+            {
+                anyhow::bail!(
+                    "nothing to set: give --voters-max N, --cluster-cidr CIDR, --node-prefix-len N or --dns-zone ZONE"
+                );
+            }
+            let settings = shoal_api::wire::ClusterSettings {
+                voters_max,
+                cluster_cidr,
+                node_prefix_len,
+                dns_zone,
+            };
+            show(
+                super::client(&target)?.set_settings(&settings).await?,
+                output.format,
+            )
+        }
+    }
+}
 
 pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
     if format == Format::Json {

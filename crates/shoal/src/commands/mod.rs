@@ -4,6 +4,7 @@ pub mod agent;
 pub mod apply;
 pub mod apps;
 pub mod cluster;
+pub mod dns;
 pub mod images;
 pub mod logs;
 pub mod nodes;
@@ -14,7 +15,7 @@ pub mod version;
 
 use std::process::ExitCode;
 
-use crate::cli::{AppCommand, Cli, ClusterCommand, Command, DnsCommand, ImageCommand, NodeCommand};
+use crate::cli::{AppCommand, Cli, Command, DnsCommand, ImageCommand, NodeCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -40,64 +41,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images(args) => images::list(args).await,
         Command::Dns {
             command: DnsCommand::List(args),
-        } => {
-            let records = client(&args.target)?.dns_records().await?;
-            let rows = records
-                .iter()
-                .map(|r| vec![r.name.clone(), r.record_type.clone(), r.value.clone()])
-                .collect();
-            crate::output::print_list(
-                args.output.format,
-                &records,
-                &["NAME", "TYPE", "VALUE"],
-                rows,
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => dns::list(args).await,
         Command::Image {
             command: ImageCommand::Import(args),
         } => images::import(args).await,
-        Command::Cluster {
-            command: ClusterCommand::Info { output, target },
-        } => cluster::show(client(&target)?.cluster().await?, output.format),
-        Command::Cluster {
-            command:
-                ClusterCommand::Set {
-                    voters_max,
-                    cluster_cidr,
-                    node_prefix_len,
-                    dns_zone,
-                    output,
-                    target,
-                },
-        } => {
-            if voters_max.is_none()
-                && cluster_cidr.is_none()
-                && node_prefix_len.is_none()
-                && dns_zone.is_none()
-            {
-                anyhow::bail!(
-                    "nothing to set: give --voters-max N, --cluster-cidr CIDR, --node-prefix-len N or --dns-zone ZONE"
-                );
-            }
-            let settings = shoal_api::wire::ClusterSettings {
-                voters_max,
-                cluster_cidr,
-                node_prefix_len,
-                dns_zone,
-            };
-            cluster::show(
-                client(&target)?.set_settings(&settings).await?,
-                output.format,
-            )
-        }
+        Command::Cluster { command } => cluster::run(command).await,
         Command::Node {
             command: NodeCommand::Leave { target },
-        } => {
-            client(&target)?.leave().await?;
-            println!("the node is leaving: its work moves to other nodes, then it stops");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => nodes::leave(target).await,
         Command::Node { command } => nodes::change(command).await,
     }
 }

@@ -59,6 +59,13 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `shoal node leave`: the answering node leaves the cluster.
+pub async fn leave(target: crate::cli::Target) -> anyhow::Result<ExitCode> {
+    super::client(&target)?.leave().await?;
+    println!("the node is leaving: its work moves to other nodes, then it stops");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The node's release; a live node that gossips none runs shoal 0.1.
 fn release(node: &shoal_api::wire::NodeView) -> String {
     match (node.release.as_str(), node.status) {
