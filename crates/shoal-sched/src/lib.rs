@@ -20,6 +20,8 @@
 //! The state machine re-checks every placement on apply
 //! (`shoal_state::fit`), so a stale snapshot can never over-commit a node.
 
+pub mod duties;
+
 use std::collections::BTreeMap;
 
 use shoal_state::{FastMap as HashMap, FastSet as HashSet};

@@ -6,6 +6,7 @@ mod backend;
 mod cluster;
 mod host;
 mod keeper;
+mod leader;
 mod logs;
 pub mod network;
 mod scheduler;
@@ -142,7 +143,7 @@ pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<(
     );
 
     let registration = tokio::spawn(cluster::register(shared.clone()));
-    let duties = tokio::spawn(cluster::leader_duties(shared.clone()));
+    let duties = tokio::spawn(leader::run(shared.clone()));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
     let keeper = tokio::spawn(keeper::run(shared.clone()));

@@ -1,0 +1,132 @@
+//! What the leader does besides scheduling: it carries out the duties
+//! that `shoal_sched::duties` derives from gossip, the consensus and the
+//! state. Every node also learns here the newest log format every member
+//! of the consensus reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use shoal_cluster::membership::{Member, MemberStatus};
+use shoal_sched::duties::{self, Consensus, Duty, DutyBounds, Liveness};
+use shoal_state::Command;
+use shoal_types::consensus_id;
+
+use super::Shared;
+use crate::output::now_ms;
+
+/// How often the leader looks at membership when nothing changes.
+const DUTIES_INTERVAL: Duration = Duration::from_millis(500);
+
+pub async fn run<R: Send + Sync + 'static>(shared: std::sync::Arc<Shared<R>>) {
+    let mut changes = shared.membership.subscribe();
+    loop {
+        shared
+            .raft
+            .set_cluster_log_version(cluster_log_version(&shared));
+        if shared.is_leader() {
+            if let Err(error) = pass(&shared).await {
+                tracing::debug!(%error, "leader duties");
+            }
+        }
+        let _ = tokio::time::timeout(DUTIES_INTERVAL, changes.changed()).await;
+    }
+}
+
+/// The newest log format every member of the consensus (voters and
+/// learners) reads, from their gossiped facts; a member whose facts are
+/// not known yet counts as one of the first release.
+fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
+    let facts: BTreeMap<u64, u32> = shared
+        .membership
+        .members()
+        .iter()
+        .map(|member| (member.facts.raft_id, member.facts.log_version_read()))
+        .chain(std::iter::once((
+            consensus_id(&shared.config.name),
+            shoal_state::LOG_VERSION,
+        )))
+        .collect();
+    shared
+        .raft
+        .status()
+        .nodes
+        .keys()
+        .map(|id| {
+            facts
+                .get(id)
+                .copied()
+                .unwrap_or(shoal_state::LOG_VERSION_FIRST)
+        })
+        .min()
+        .unwrap_or(shoal_state::LOG_VERSION_FIRST)
+}
+
+/// A gossip member as the duties see it.
+fn member(member: &Member) -> duties::Member {
+    duties::Member {
+        name: member.facts.name.clone(),
+        raft_id: member.facts.raft_id,
+        api_addr: member.facts.api_addr.clone(),
+        zone: member.facts.labels.get("zone").cloned().unwrap_or_default(),
+        status: match member.status {
+            MemberStatus::Alive => Liveness::Alive,
+            MemberStatus::Suspect => Liveness::Suspect,
+            MemberStatus::Dead => Liveness::Dead,
+            MemberStatus::Left => Liveness::Left,
+        },
+        since_ms: member.since_ms,
+    }
+}
+
+/// Carries out this moment's duties, in order; the first that fails ends
+/// the pass (the next pass derives them again).
+async fn pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
+    let now = now_ms();
+    let members: Vec<duties::Member> = shared.membership.members().iter().map(member).collect();
+    let status = shared.raft.status();
+    let consensus = Consensus {
+        leader: shared.node_id(),
+        voters: status.voters.clone(),
+        members: status.nodes.keys().copied().collect(),
+    };
+    let bounds = DutyBounds {
+        forget_after_ms: shared.config.forget_dead_after.as_millis() as u64,
+        ..DutyBounds::default()
+    };
+    let duties = duties::leader_duties(&shared.raft.read(), &members, &consensus, &bounds, now);
+    for duty in duties {
+        match duty {
+            Duty::AddLearner { id, name, api_addr } => {
+                tracing::info!(node = %name, "admitting a new node as a learner");
+                shared.raft.add_learner(id, name, api_addr).await?;
+            }
+            Duty::SetNodeStatus { name, status } => {
+                tracing::info!(node = %name, status = status.as_str(), "node status");
+                shared
+                    .raft
+                    .propose(now, Command::SetNodeStatus { name, status })
+                    .await?;
+            }
+            Duty::Forget {
+                name,
+                leave_consensus,
+            } => {
+                shared
+                    .raft
+                    .propose(now, Command::ForgetNode { name })
+                    .await?;
+                if let Some(id) = leave_consensus {
+                    shared.raft.remove_nodes(BTreeSet::from([id])).await?;
+                }
+            }
+            Duty::ChangeVoters { voters, remove } => {
+                tracing::info!(wanted = ?voters, current = ?consensus.voters, "changing voters");
+                shared.raft.change_voters(voters).await?;
+                if !remove.is_empty() {
+                    shared.raft.remove_nodes(remove).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
