@@ -4,8 +4,10 @@
 //! (openraft) among the voters, keeps the log and snapshots in one redb file
 //! in the data dir, and answers reads after a linearizable barrier.
 //! [`membership`] is SWIM gossip (foca) over UDP: who is alive, and each
-//! node's facts.
+//! node's facts. [`log`] is the small trait the node's loops use, with an
+//! in-memory log for their tests.
 
+pub mod log;
 pub mod membership;
 pub mod raft;
 

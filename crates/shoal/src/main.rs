@@ -1,6 +1,7 @@
 //! `shoal`: every node runs this one binary; the same binary is the CLI.
 
 mod cli;
+mod clock;
 mod commands;
 mod node;
 mod output;

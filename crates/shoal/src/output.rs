@@ -75,12 +75,7 @@ pub fn age(seconds: u64) -> String {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 pub fn since(at_ms: u64) -> String {
     age(now_ms().saturating_sub(at_ms) / 1000)

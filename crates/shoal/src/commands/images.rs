@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::{ImportArgs, ListArgs};
-use crate::output::{age, bytes, now_ms, print_list};
+use crate::clock::now_ms;
+use crate::output::{age, bytes, print_list};
 
 pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let images = super::client(&args.target)?.images().await?;

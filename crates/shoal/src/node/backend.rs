@@ -19,7 +19,7 @@ use shoal_state::{ApplyError, Command, Outcome, State};
 use shoal_types::{consensus_id, DesiredState, Kind, NodeStatus, Taint, TaintEffect};
 
 use super::Shared;
-use crate::output::now_ms;
+use crate::clock::now_ms;
 
 pub struct NodeBackend<R>(pub Arc<Shared<R>>);
 

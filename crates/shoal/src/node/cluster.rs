@@ -15,7 +15,7 @@ use shoal_state::Command;
 use shoal_types::{consensus_id, Node, NodeStatus};
 
 use super::{host, NodeConfig, Shared};
-use crate::output::now_ms;
+use crate::clock::now_ms;
 
 /// How long a joining node keeps asking its peers for the cluster.
 const JOIN_ATTEMPTS_MAX: u32 = 60;

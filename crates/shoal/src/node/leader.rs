@@ -12,7 +12,7 @@ use shoal_state::Command;
 use shoal_types::consensus_id;
 
 use super::Shared;
-use crate::output::now_ms;
+use crate::clock::now_ms;
 
 /// How often the leader looks at membership when nothing changes.
 const DUTIES_INTERVAL: Duration = Duration::from_millis(500);

@@ -21,7 +21,7 @@ use shoal_cluster::raft::{RaftConfig, RaftNode};
 use shoal_runtime::Runtime;
 use shoal_types::consensus_id;
 
-use crate::output::now_ms;
+use crate::clock::now_ms;
 
 /// How long requests in flight may finish once the node is told to stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shoal_state::{Command, Outcome};
 
 use super::Shared;
-use crate::output::now_ms;
+use crate::clock::now_ms;
 
 pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
     // Leadership changes do not touch the state: look again this often.

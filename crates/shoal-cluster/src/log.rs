@@ -1,0 +1,175 @@
+//! The replicated log as the node's loops use it: propose a command, read
+//! the applied state, hear of each apply. [`RaftNode`] is the real one;
+//! [`MemoryLog`] applies at once in memory, for tests of those loops.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use shoal_state::{Command, Entry, Outcome, State, LOG_VERSION};
+use tokio::sync::watch;
+
+use crate::raft::{ProposeError, RaftNode};
+
+pub trait ReplicatedLog: Send + Sync + 'static {
+    /// Appends `command` (stamped with the proposer's clock) and returns
+    /// what applying it did.
+    fn propose(
+        &self,
+        at_ms: u64,
+        command: Command,
+    ) -> impl Future<Output = Result<Outcome, ProposeError>> + Send;
+    /// The local applied state; hold it briefly.
+    fn read(&self) -> RwLockReadGuard<'_, State>;
+    /// Changes whenever an entry is applied (the value is its index).
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+impl ReplicatedLog for RaftNode {
+    async fn propose(&self, at_ms: u64, command: Command) -> Result<Outcome, ProposeError> {
+        RaftNode::propose(self, at_ms, command).await
+    }
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        RaftNode::read(self)
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        RaftNode::subscribe(self)
+    }
+}
+
+/// A log of one node that applies each proposal at once, in this build's
+/// format; it can be told to refuse proposals, as a cluster without a
+/// leader does.
+#[derive(Clone)]
+pub struct MemoryLog {
+    inner: Arc<MemoryInner>,
+}
+
+struct MemoryInner {
+    node: String,
+    state: RwLock<State>,
+    applied: watch::Sender<u64>,
+    /// Set: proposals fail with this (no leader, say).
+    refuse: Mutex<Option<ProposeError>>,
+    /// Every command proposed and applied, in order.
+    commands: Mutex<Vec<Command>>,
+}
+
+impl MemoryLog {
+    /// A log of `node`, which proposes and leads.
+    pub fn new(node: &str, state: State) -> MemoryLog {
+        let (applied, _) = watch::channel(state.applied_index);
+        MemoryLog {
+            inner: Arc::new(MemoryInner {
+                node: node.to_string(),
+                state: RwLock::new(state),
+                applied,
+                refuse: Mutex::new(None),
+                commands: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// From now on proposals fail with `error` (or succeed again: `None`).
+    pub fn refuse(&self, error: Option<ProposeError>) {
+        *self
+            .inner
+            .refuse
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = error;
+    }
+
+    /// The commands applied so far.
+    pub fn commands(&self) -> Vec<Command> {
+        self.inner
+            .commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Applies `command` as if another node (or the leader) proposed it.
+    pub fn apply(&self, command: Command) -> Outcome {
+        let proposer = command.writer().unwrap_or(&self.inner.node).to_string();
+        self.append(&proposer, 0, command)
+            .expect("a command for the memory log applies")
+    }
+
+    fn append(
+        &self,
+        proposer: &str,
+        at_ms: u64,
+        command: Command,
+    ) -> Result<Outcome, ProposeError> {
+        let mut entry = Entry::proposed(at_ms, proposer, &command);
+        entry
+            .appended_by(&self.inner.node, LOG_VERSION)
+            .map_err(ProposeError::MixedVersions)?;
+        let mut state = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = state.applied_index + 1;
+        let outcome = state.apply(index, &entry).map_err(ProposeError::Rejected);
+        let applied = state.applied_index;
+        drop(state);
+        self.inner
+            .commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(command);
+        self.inner.applied.send_replace(applied);
+        outcome
+    }
+}
+
+impl ReplicatedLog for MemoryLog {
+    async fn propose(&self, at_ms: u64, command: Command) -> Result<Outcome, ProposeError> {
+        let refused = self
+            .inner
+            .refuse
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(error) = refused {
+            return Err(error);
+        }
+        let node = self.inner.node.clone();
+        self.append(&node, at_ms, command)
+    }
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn applies_at_once_and_refuses_when_told() {
+        let log = MemoryLog::new("n1", State::default());
+        let applied = log.subscribe();
+        let command = Command::SetSettings {
+            voters_max: Some(3),
+            cluster_cidr: None,
+            node_prefix_len: None,
+            dns_zone: None,
+        };
+        assert_eq!(
+            log.propose(1, command.clone()).await,
+            Ok(Outcome::SettingsSet)
+        );
+        assert!(applied.has_changed().unwrap_or(false));
+        assert_eq!(log.read().settings.voters_max, 3);
+        log.refuse(Some(ProposeError::NoLeader("test".into())));
+        assert!(log.propose(2, command).await.is_err());
+        assert_eq!(log.commands().len(), 1);
+    }
+}
