@@ -21,6 +21,9 @@ pub const SIGTERM_EXIT_CODE: i32 = 143;
 /// Exit code of a process killed by SIGKILL (128 + 9).
 pub const SIGKILL_EXIT_CODE: i32 = 137;
 
+/// The fake's pids start above this, as a booted host's would.
+const PID_MIN: u32 = 1000;
+
 /// The operations a failure can be injected into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FakeOp {
@@ -212,7 +215,7 @@ impl Runtime for FakeRuntime {
         if state.containers.contains_key(&config.id) {
             return Err(RuntimeError::ContainerExists(config.id.clone()));
         }
-        state.next_pid = state.next_pid.max(1000) + 1;
+        state.next_pid = state.next_pid.max(PID_MIN) + 1;
         let pid = state.next_pid;
         state.snapshots.insert(config.id.clone());
         state.containers.insert(
