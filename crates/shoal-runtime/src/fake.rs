@@ -1,8 +1,8 @@
-//! [`Runtime`] in memory, for unit tests and the simulator. It keeps the
-//! containerd driver's contract (same errors, same idempotency, same image
-//! parsing for `import`) and adds knobs to play the container's part:
-//! make a process exit, choose how it reacts to SIGTERM, write its output,
-//! or make the next call fail.
+//! [`Runtime`] and [`ImageStore`] in memory, for unit tests and the
+//! simulator. It keeps the containerd driver's contract (same errors, same
+//! idempotency, same image parsing for `import`) and adds knobs to play the
+//! container's part: make a process exit, choose how it reacts to SIGTERM,
+//! write its output, or make the next call fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::image::{self, Archive, ExecConfig, Limits, ProcessSpec};
 use crate::{
-    validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ImageInfo, Result, Runtime,
-    RuntimeError, LABEL_TASK,
+    validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ImageInfo, ImageStore,
+    Result, Runtime, RuntimeError, LABEL_TASK,
 };
 
 /// Exit code of a process killed by SIGTERM (128 + 15), as runc reports it.
@@ -289,7 +289,9 @@ impl Runtime for FakeRuntime {
             })
             .collect())
     }
+}
 
+impl ImageStore for FakeRuntime {
     async fn images(&self) -> Result<Vec<ImageInfo>> {
         self.take_failure(FakeOp::Images)?;
         Ok(self

@@ -1,9 +1,10 @@
 //! The node's boundary to the container runtime.
 //!
-//! [`Runtime`] is the one small trait the node process drives; [`containerd`]
-//! implements it over containerd's gRPC API, [`fake`] in memory for unit tests
-//! and the simulator. Both pass the same conformance suite
-//! (`tests/conformance.rs`).
+//! Two small traits: [`Runtime`], the container lifecycle the promise keeper
+//! drives, and [`ImageStore`] beside it, the images containers are run from.
+//! [`containerd`] implements both over containerd's gRPC API, [`fake`] in
+//! memory for unit tests and the simulator. Both pass the same conformance
+//! suite (`tests/conformance.rs`).
 
 mod config;
 pub mod containerd;
@@ -49,18 +50,6 @@ pub struct ContainerInfo {
     pub status: ContainerStatus,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageInfo {
-    /// Full, normalized name: `docker.io/library/busybox:latest`.
-    pub name: String,
-    /// Digest of the manifest the name points to.
-    pub digest: String,
-    /// Sum of the (compressed) layer sizes plus config, in bytes.
-    pub size_bytes: u64,
-    /// Creation time in seconds since the Unix epoch, when known.
-    pub created_s: Option<i64>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("image {0} is not on this node; import it with `shoal image import` (pulling from registries is not supported yet)")]
@@ -96,7 +85,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates the container (with a fresh rootfs snapshot keyed by its id)
     /// and starts its process; returns the pid. Fails with
     /// [`RuntimeError::ContainerExists`] when the id is taken (callers remove
-    /// first) and [`RuntimeError::ImageNotFound`] when the image is missing.
+    /// first) and [`RuntimeError::ImageNotFound`] when the image is not in
+    /// the [`ImageStore`] beside the runtime.
     fn run(&self, config: &ContainerConfig) -> impl Future<Output = Result<u32>> + Send;
 
     /// Sends SIGTERM, waits up to `grace`, then SIGKILL; returns the exit
@@ -110,12 +100,32 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Every container in this runtime's namespace that carries [`LABEL_TASK`].
     fn list(&self) -> impl Future<Output = Result<Vec<ContainerInfo>>> + Send;
+}
 
+/// An image in an [`ImageStore`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Full, normalized name: `docker.io/library/busybox:latest`.
+    pub name: String,
+    /// Digest of the manifest the name points to.
+    pub digest: String,
+    /// Sum of the (compressed) layer sizes plus config, in bytes.
+    pub size_bytes: u64,
+    /// Creation time in seconds since the Unix epoch, when known.
+    pub created_s: Option<i64>,
+}
+
+/// The images a node runs containers from, kept beside its [`Runtime`] (one
+/// value may implement both, sharing one connection). Each way of getting an
+/// image onto the node is one method: archives now, registries later.
+pub trait ImageStore: Send + Sync + 'static {
+    /// Every image in the store, by name.
     fn images(&self) -> impl Future<Output = Result<Vec<ImageInfo>>> + Send;
 
     /// Imports an OCI image layout tarball or a `docker save` tarball and
     /// unpacks it for the runtime's snapshotter. `name` overrides the name the
-    /// archive carries (required when it carries none).
+    /// archive carries (required when it carries none). Importing an image
+    /// that is already there changes nothing.
     fn import(
         &self,
         archive: PathBuf,

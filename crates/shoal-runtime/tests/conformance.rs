@@ -1,4 +1,4 @@
-//! One behaviour suite for every `Runtime`: each check is written once,
+//! One behaviour suite for every `Runtime` and `ImageStore`: each check is written once,
 //! generic over a `Backend`, and instantiated for the fake driver and for
 //! containerd. The containerd half needs `SHOAL_E2E=1`, root, a running
 //! containerd 1.6+ with runc, and /bin/busybox; every test gets its own
@@ -31,8 +31,8 @@ use shoal_runtime::containerd::{Containerd, DEFAULT_SNAPSHOTTER, DEFAULT_SOCKET}
 use shoal_runtime::fake::FakeRuntime;
 use shoal_runtime::image::{sha256_digest, write_rootfs_layout};
 use shoal_runtime::{
-    BindMount, ContainerConfig, ContainerStatus, NetworkMode, Runtime, RuntimeError, LABEL_ATTEMPT,
-    LABEL_TASK,
+    BindMount, ContainerConfig, ContainerStatus, ImageStore, NetworkMode, Runtime, RuntimeError,
+    LABEL_ATTEMPT, LABEL_TASK,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -89,7 +89,7 @@ impl Prog {
 }
 
 trait Backend: Send + Sync {
-    type R: Runtime;
+    type R: Runtime + ImageStore;
     fn rt(&self) -> &Self::R;
     fn dir(&self) -> &Path;
     /// An image present in the runtime.

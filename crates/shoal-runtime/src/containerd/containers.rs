@@ -3,7 +3,6 @@
 //! and listed by the labels shoal gives it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
@@ -20,7 +19,7 @@ use super::tasks::exit_code;
 use super::{cd_err, found, Containerd, RUNC_RUNTIME};
 use crate::image::resolve_process;
 use crate::{
-    validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ImageInfo, Result, Runtime,
+    validate_config, ContainerConfig, ContainerInfo, ContainerStatus, Result, Runtime,
     RuntimeError, LABEL_TASK,
 };
 
@@ -149,14 +148,6 @@ impl Runtime for Containerd {
                 Self::list_info(c, task)
             })
             .collect())
-    }
-
-    async fn images(&self) -> Result<Vec<ImageInfo>> {
-        self.list_images().await
-    }
-
-    async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {
-        self.import_archive(archive, name).await
     }
 }
 

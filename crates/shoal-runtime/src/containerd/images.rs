@@ -1,6 +1,6 @@
-//! Images in containerd: image records, what `run` needs resolved from them
-//! (cached by manifest digest), and archives imported as content, snapshots
-//! and records.
+//! [`ImageStore`] for containerd: image records, what `run` needs resolved
+//! from them (cached by manifest digest), and archives imported as content,
+//! snapshots and records.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use crate::image::{
     self, parse_config, parse_manifest_or_index, pick_manifest, Archive, ArchiveImage, Descriptor,
     ExecConfig, Limits, ManifestOrIndex,
 };
-use crate::{ImageInfo, Result, RuntimeError};
+use crate::{ImageInfo, ImageStore, Result, RuntimeError};
 
 /// Images whose resolution is kept; the cache is emptied when it is full.
 const IMAGE_CACHE_ENTRIES_MAX: usize = 64;
@@ -177,8 +177,10 @@ impl Containerd {
         }
         Ok(infos)
     }
+}
 
-    pub(super) async fn list_images(&self) -> Result<Vec<ImageInfo>> {
+impl ImageStore for Containerd {
+    async fn images(&self) -> Result<Vec<ImageInfo>> {
         let records = self
             .images_client()
             .list(self.req(ListImagesRequest {
@@ -212,11 +214,7 @@ impl Containerd {
         Ok(infos)
     }
 
-    pub(super) async fn import_archive(
-        &self,
-        archive: PathBuf,
-        name: Option<String>,
-    ) -> Result<Vec<ImageInfo>> {
+    async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {
         let (archive, images) = tokio::task::spawn_blocking(move || {
             let archive = Archive::extract(&archive, Limits::default())?;
             let images = archive.images(name.as_deref())?;

@@ -11,7 +11,7 @@ use shoal_api::wire::{
 };
 use shoal_cluster::membership::MemberStatus;
 use shoal_cluster::raft::ProposeError;
-use shoal_runtime::Runtime;
+use shoal_runtime::{ImageStore, Runtime};
 use shoal_state::fit::Request;
 use shoal_state::Entry;
 use shoal_state::{ApplyError, Command, Outcome, State};
@@ -148,7 +148,7 @@ fn stop_reason(state: &State, task: &shoal_types::Task) -> String {
     }
 }
 
-impl<R: Runtime> NodeBackend<R> {
+impl<R: Runtime + ImageStore> NodeBackend<R> {
     async fn node_update(&self, name: &str, command: Command) -> ApiResult<NodeUpdate> {
         let outcome = self
             .0
@@ -169,7 +169,7 @@ impl<R: Runtime> NodeBackend<R> {
     }
 }
 
-impl<R: Runtime> Backend for NodeBackend<R> {
+impl<R: Runtime + ImageStore> Backend for NodeBackend<R> {
     fn version(&self) -> VersionInfo {
         VersionInfo {
             version: env!("CARGO_PKG_VERSION").into(),
