@@ -8,6 +8,7 @@
 
 mod config;
 pub mod containerd;
+mod error;
 pub mod fake;
 pub mod image;
 pub mod logwriter;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use config::check_identifier;
 pub use config::{validate_config, BindMount, ContainerConfig, NetworkMode, ID_CHARS_MAX};
+pub use error::{ErrorKind, Result, RuntimeError};
 
 /// Label every container made by shoal carries: its task id.
 pub const LABEL_TASK: &str = "io.shoal.task";
@@ -50,48 +52,29 @@ pub struct ContainerInfo {
     pub status: ContainerStatus,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("image {0} is not on this node; import it with `shoal image import` (pulling from registries is not supported yet)")]
-    ImageNotFound(String),
-    #[error("container {0} not found")]
-    ContainerNotFound(String),
-    #[error("container {0} already exists")]
-    ContainerExists(String),
-    #[error("invalid image: {0}")]
-    InvalidImage(String),
-    /// The container config cannot be run as given (bad id, no command, limits out of range).
-    #[error("invalid container config: {0}")]
-    InvalidConfig(String),
-    #[error("containerd: {0}")]
-    Containerd(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
-
 /// The container runtime as the node process sees it. Every method is
 /// idempotent where the doc says so, so that the node's reconciler can retry
-/// after a crash without knowing how far the last attempt got.
+/// after a crash without knowing how far the last attempt got. Every error
+/// has a [`RuntimeError::kind`] to decide by; a runtime that cannot be
+/// reached gives [`ErrorKind::Transient`].
 pub trait Runtime: Send + Sync + 'static {
     /// Connects and prepares (creates the namespace when missing).
     fn ensure_ready(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Creates the container (with a fresh rootfs snapshot keyed by its id)
     /// and starts its process; returns the pid. Fails with
-    /// [`RuntimeError::ContainerExists`] when the id is taken (callers remove
-    /// first) and [`RuntimeError::ImageNotFound`] when the image is not in
-    /// the [`ImageStore`] beside the runtime.
+    /// [`ErrorKind::Conflict`] ([`RuntimeError::ContainerExists`]) when the id
+    /// is taken (callers remove first), [`ErrorKind::ImageMissing`]
+    /// ([`RuntimeError::ImageNotFound`]) when the image is not in the
+    /// [`ImageStore`] beside the runtime, and [`ErrorKind::Invalid`] when the
+    /// config cannot run as given ([`validate_config`], or no command from
+    /// either the config or the image); those leave nothing behind.
     fn run(&self, config: &ContainerConfig) -> impl Future<Output = Result<u32>> + Send;
 
     /// Sends SIGTERM, waits up to `grace`, then SIGKILL; returns the exit
     /// code. Idempotent: a container that is not running gives its last exit
-    /// code (or `None` when it never ran), a missing container `None`.
+    /// code (or `None` when it never ran), a missing container `None` (not
+    /// [`ErrorKind::NotFound`]).
     fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<Option<i32>>> + Send;
 
     /// Deletes the task (killing it if it still runs), the container and its

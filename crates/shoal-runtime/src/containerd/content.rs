@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::leases::Lease;
 use super::{bulk_timeout, cd_err, found, unique_suffix, Containerd};
 use crate::image::{self, Blob, BlobSource, Descriptor, Limits};
-use crate::{Result, RuntimeError};
+use crate::{ErrorKind, Result, RuntimeError};
 
 /// How much of a blob one write request carries.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -223,9 +223,11 @@ impl Containerd {
 
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<WriteContentRequest>(1);
         let closed = || {
-            StreamError::Failed(RuntimeError::Containerd(format!(
-                "{what}: stream closed early"
-            )))
+            // containerd went away mid-write.
+            StreamError::Failed(RuntimeError::containerd(
+                ErrorKind::Transient,
+                format!("{what}: stream closed early"),
+            ))
         };
         let (first, mut committing) = next(&mut offset).await?;
         // containerd answers nothing before the first request arrives, so it
@@ -249,10 +251,13 @@ impl Containerd {
                 .map_err(|s| write_error(&what, s))?
                 .ok_or_else(closed)?;
             if u64::try_from(reply.offset).ok() != Some(offset) {
-                return Err(StreamError::Failed(RuntimeError::Containerd(format!(
-                    "{what}: containerd is at offset {}, we sent {offset} bytes",
-                    reply.offset
-                ))));
+                return Err(StreamError::Failed(RuntimeError::containerd(
+                    ErrorKind::Internal,
+                    format!(
+                        "{what}: containerd is at offset {}, we sent {offset} bytes",
+                        reply.offset
+                    ),
+                )));
             }
             if committing {
                 return Ok(());

@@ -18,7 +18,7 @@ use crate::image::{
     self, parse_config, parse_manifest_or_index, pick_manifest, Archive, ArchiveImage, Descriptor,
     ExecConfig, Limits, ManifestOrIndex,
 };
-use crate::{ImageInfo, ImageStore, Result, RuntimeError};
+use crate::{ErrorKind, ImageInfo, ImageStore, Result, RuntimeError};
 
 /// Images whose resolution is kept; the cache is emptied when it is full.
 const IMAGE_CACHE_ENTRIES_MAX: usize = 64;
@@ -147,7 +147,10 @@ impl Containerd {
             Err(s) => return Err(cd_err(format!("creating image {name}"))(s)),
         };
         stored.ok_or_else(|| {
-            RuntimeError::Containerd(format!("containerd returned no record for image {name}"))
+            RuntimeError::containerd(
+                ErrorKind::Internal,
+                format!("containerd returned no record for image {name}"),
+            )
         })
     }
 
@@ -221,7 +224,9 @@ impl ImageStore for Containerd {
             Ok::<_, RuntimeError>((archive, images))
         })
         .await
-        .map_err(|e| RuntimeError::Containerd(format!("reading the archive: {e}")))??;
+        .map_err(|e| {
+            RuntimeError::containerd(ErrorKind::Internal, format!("reading the archive: {e}"))
+        })??;
         let lease = self.lease_create().await?;
         let stored = self.store_images(&lease, &images).await;
         let released = self.lease_delete(&lease).await;

@@ -12,7 +12,7 @@ use containerd_client::tonic::Request;
 
 use super::{cd_err, found, unique_suffix, Containerd};
 use crate::image;
-use crate::{Result, RuntimeError};
+use crate::{ErrorKind, Result, RuntimeError};
 
 /// Leases expire on their own so that a crash mid-import leaks nothing.
 const LEASE_EXPIRY_S: i64 = 24 * 3600;
@@ -46,8 +46,9 @@ impl Containerd {
             }))
             .await
             .map_err(cd_err(format!("creating lease {id}")))?;
-        let header = AsciiMetadataValue::try_from(id.as_str())
-            .map_err(|e| RuntimeError::Containerd(format!("lease id {id}: {e}")))?;
+        let header = AsciiMetadataValue::try_from(id.as_str()).map_err(|e| {
+            RuntimeError::containerd(ErrorKind::Internal, format!("lease id {id}: {e}"))
+        })?;
         Ok(Lease { id, header })
     }
 

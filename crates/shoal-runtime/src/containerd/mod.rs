@@ -35,7 +35,7 @@ use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
 
-use crate::{check_identifier, Result, RuntimeError};
+use crate::{check_identifier, ErrorKind, Result, RuntimeError};
 use images::ResolvedImage;
 
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -67,7 +67,37 @@ pub struct Containerd {
 }
 
 fn cd_err(what: impl std::fmt::Display) -> impl FnOnce(Status) -> RuntimeError {
-    move |s| RuntimeError::Containerd(format!("{what}: {} ({:?})", s.message(), s.code()))
+    move |s| {
+        RuntimeError::containerd(
+            kind_of(s.code()),
+            format!("{what}: {} ({:?})", s.message(), s.code()),
+        )
+    }
+}
+
+/// What a gRPC status from containerd means for the caller. containerd's
+/// errdefs map onto the codes: not found, already exists, failed
+/// precondition (e.g. a task still running), invalid argument, unavailable.
+fn kind_of(code: Code) -> ErrorKind {
+    match code {
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists | Code::FailedPrecondition => ErrorKind::Conflict,
+        Code::InvalidArgument | Code::OutOfRange => ErrorKind::Invalid,
+        // Unreachable, out of time (tonic reports its own client-side
+        // timeout as Cancelled), overloaded, or lost a race.
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::ResourceExhausted
+        | Code::Aborted => ErrorKind::Transient,
+        Code::Ok
+        | Code::Unknown
+        | Code::Internal
+        | Code::Unimplemented
+        | Code::DataLoss
+        | Code::PermissionDenied
+        | Code::Unauthenticated => ErrorKind::Internal,
+    }
 }
 
 /// `Ok(None)` for NotFound: for deletes and lookups where missing is fine.
@@ -112,13 +142,21 @@ impl Containerd {
         let channel = tokio::time::timeout(CONNECT_TIMEOUT, containerd_client::connect(socket))
             .await
             .map_err(|_| {
-                RuntimeError::Containerd(format!(
-                    "connecting to {} timed out after {CONNECT_TIMEOUT:?}",
-                    socket.display()
-                ))
+                RuntimeError::containerd(
+                    ErrorKind::Transient,
+                    format!(
+                        "connecting to {} timed out after {CONNECT_TIMEOUT:?}",
+                        socket.display()
+                    ),
+                )
             })?
             .map_err(|e| {
-                RuntimeError::Containerd(format!("connecting to {}: {e}", socket.display()))
+                // Not running (yet), or restarting: the socket is absent
+                // or refuses.
+                RuntimeError::containerd(
+                    ErrorKind::Transient,
+                    format!("connecting to {}: {e}", socket.display()),
+                )
             })?;
         Ok(Containerd {
             channel,
@@ -196,5 +234,44 @@ impl Containerd {
     }
     fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_map_to_what_the_caller_can_do() {
+        for (code, kind) in [
+            (Code::Unavailable, ErrorKind::Transient),
+            (Code::DeadlineExceeded, ErrorKind::Transient),
+            (Code::Cancelled, ErrorKind::Transient),
+            (Code::NotFound, ErrorKind::NotFound),
+            (Code::AlreadyExists, ErrorKind::Conflict),
+            (Code::FailedPrecondition, ErrorKind::Conflict),
+            (Code::InvalidArgument, ErrorKind::Invalid),
+            (Code::Unknown, ErrorKind::Internal),
+        ] {
+            let error = cd_err("creating task t")(Status::new(code, "why"));
+            assert_eq!(error.kind(), kind, "{code:?}");
+            assert_eq!(
+                error.to_string(),
+                format!("containerd: creating task t: why ({code:?})")
+            );
+        }
+    }
+
+    /// What the node sees when containerd is not running: worth retrying.
+    #[tokio::test]
+    async fn no_containerd_is_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let error = Containerd::connect(&socket, "shoal", DEFAULT_SNAPSHOTTER)
+            .await
+            .err()
+            .expect("nothing listens there");
+        assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
+        assert!(error.to_string().contains("connecting to"), "{error}");
     }
 }

@@ -16,7 +16,7 @@ use super::images::ResolvedImage;
 use super::leases::Lease;
 use super::{bulk_timeout, cd_err, found, unique_suffix, Containerd};
 use crate::image::{chain_ids, Descriptor};
-use crate::{Result, RuntimeError};
+use crate::{ErrorKind, Result, RuntimeError};
 
 const LABEL_GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
 /// Preparing a container's rootfs: one retry for each of the two fixable
@@ -223,8 +223,9 @@ impl Containerd {
                 Err(s) => return Err(cd_err(format!("preparing the rootfs snapshot of {id}"))(s)),
             }
         }
-        Err(RuntimeError::Containerd(format!(
-            "preparing the rootfs snapshot of {id} kept failing"
-        )))
+        Err(RuntimeError::containerd(
+            ErrorKind::Internal,
+            format!("preparing the rootfs snapshot of {id} kept failing"),
+        ))
     }
 }

@@ -12,7 +12,7 @@ use containerd_client::types::v1::{Process, Status as TaskStatus};
 
 use super::images::ResolvedImage;
 use super::{cd_err, found, Containerd, RPC_TIMEOUT};
-use crate::{ContainerConfig, Result, RuntimeError};
+use crate::{ContainerConfig, ErrorKind, Result, RuntimeError};
 
 /// How long a task gets to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -131,9 +131,7 @@ impl Containerd {
         }
         match self.signal_and_wait(id, SIGKILL, KILL_WAIT).await? {
             Some(code) => Ok(Some(code)),
-            None => Err(RuntimeError::Containerd(format!(
-                "task {id} still runs {KILL_WAIT:?} after SIGKILL"
-            ))),
+            None => Err(still_runs(id)),
         }
     }
 
@@ -146,9 +144,7 @@ impl Containerd {
                     .await?
                     .is_none()
             {
-                return Err(RuntimeError::Containerd(format!(
-                    "task {id} still runs {KILL_WAIT:?} after SIGKILL"
-                )));
+                return Err(still_runs(id));
             }
             let delete = self
                 .tasks()
@@ -160,4 +156,13 @@ impl Containerd {
         }
         Ok(())
     }
+}
+
+/// A task that outlived SIGKILL (stuck in the kernel, or a host too busy to
+/// reap it) may be gone when asked again.
+fn still_runs(id: &str) -> RuntimeError {
+    RuntimeError::containerd(
+        ErrorKind::Transient,
+        format!("task {id} still runs {KILL_WAIT:?} after SIGKILL"),
+    )
 }

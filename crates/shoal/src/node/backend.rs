@@ -11,7 +11,7 @@ use shoal_api::wire::{
 };
 use shoal_cluster::membership::MemberStatus;
 use shoal_cluster::raft::ProposeError;
-use shoal_runtime::{ImageStore, Runtime};
+use shoal_runtime::{ErrorKind, ImageStore, Runtime};
 use shoal_state::fit::Request;
 use shoal_state::Entry;
 use shoal_state::{ApplyError, Command, Outcome, State};
@@ -543,11 +543,9 @@ impl<R: Runtime + ImageStore> Backend for NodeBackend<R> {
             .runtime
             .import(archive, name)
             .await
-            .map_err(|error| match error {
-                shoal_runtime::RuntimeError::InvalidImage(_) => {
-                    ApiError::bad_request(error.to_string())
-                }
-                other => ApiError::unavailable(other.to_string()),
+            .map_err(|error| match error.kind() {
+                ErrorKind::Invalid => ApiError::bad_request(error.to_string()),
+                _ => ApiError::unavailable(error.to_string()),
             })?;
         Ok(images.into_iter().map(image_view).collect())
     }
