@@ -1,6 +1,7 @@
-//! [`Runtime`](crate::Runtime) over containerd's gRPC API: the connection,
-//! its namespace, the clients of each service, and how their failures become
-//! [`RuntimeError`]s.
+//! [`Runtime`](crate::Runtime) and [`ImageStore`](crate::ImageStore) over
+//! containerd's gRPC API; this module holds the connection, its namespace,
+//! the clients of each service, and how their failures become
+//! [`RuntimeError`]s of a kind.
 //!
 //! Written against containerd 1.6, which has no transfer service: images go
 //! in through the content, images, snapshots, diff and leases services.
