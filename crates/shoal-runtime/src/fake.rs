@@ -1,8 +1,8 @@
-//! [`Runtime`] in memory, for unit tests and the simulator. It keeps the
-//! containerd driver's contract (same errors, same idempotency, same image
-//! parsing for `import`) and adds knobs to play the container's part:
-//! make a process exit, choose how it reacts to SIGTERM, write its output,
-//! or make the next call fail.
+//! [`Runtime`] and [`ImageStore`] in memory, for unit tests and the
+//! simulator. It keeps the containerd driver's contract (same errors, same
+//! idempotency, same image parsing for `import`) and adds knobs to play the
+//! container's part: make a process exit, choose how it reacts to SIGTERM,
+//! write its output, or make the next call fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -12,14 +12,17 @@ use std::time::Duration;
 
 use crate::image::{self, Archive, ExecConfig, Limits, ProcessSpec};
 use crate::{
-    validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ImageInfo, Result, Runtime,
-    RuntimeError, LABEL_TASK,
+    validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ErrorKind, ImageInfo,
+    ImageStore, Result, Runtime, RuntimeError, LABEL_TASK,
 };
 
 /// Exit code of a process killed by SIGTERM (128 + 15), as runc reports it.
 pub const SIGTERM_EXIT_CODE: i32 = 143;
 /// Exit code of a process killed by SIGKILL (128 + 9).
 pub const SIGKILL_EXIT_CODE: i32 = 137;
+
+/// The fake's pids start above this, as a booted host's would.
+const PID_MIN: u32 = 1000;
 
 /// The operations a failure can be injected into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +56,7 @@ struct State {
     images: BTreeMap<String, FakeImage>,
     containers: BTreeMap<String, FakeContainer>,
     snapshots: BTreeSet<String>,
-    failures: Vec<(FakeOp, String)>,
+    failures: Vec<(FakeOp, RuntimeError)>,
     next_pid: u32,
 }
 
@@ -78,7 +81,7 @@ impl FakeRuntime {
     fn take_failure(&self, op: FakeOp) -> Result<()> {
         let mut state = self.state();
         match state.failures.iter().position(|(o, _)| *o == op) {
-            Some(i) => Err(RuntimeError::Containerd(state.failures.remove(i).1)),
+            Some(i) => Err(state.failures.remove(i).1),
             None => Ok(()),
         }
     }
@@ -133,10 +136,16 @@ impl FakeRuntime {
         }
     }
 
-    /// Makes the next call of `op` fail with `RuntimeError::Containerd(message)`
-    /// without doing anything.
+    /// Makes the next call of `op` fail without doing anything, as when
+    /// containerd cannot be reached: a [`RuntimeError::Containerd`] of kind
+    /// [`ErrorKind::Transient`] with `message`.
     pub fn fail_next(&self, op: FakeOp, message: impl Into<String>) {
-        self.state().failures.push((op, message.into()));
+        self.fail_next_with(op, RuntimeError::containerd(ErrorKind::Transient, message));
+    }
+
+    /// Makes the next call of `op` fail with `error` without doing anything.
+    pub fn fail_next_with(&self, op: FakeOp, error: RuntimeError) {
+        self.state().failures.push((op, error));
     }
 
     /// The process the container runs, as resolved from its config and image.
@@ -212,7 +221,7 @@ impl Runtime for FakeRuntime {
         if state.containers.contains_key(&config.id) {
             return Err(RuntimeError::ContainerExists(config.id.clone()));
         }
-        state.next_pid = state.next_pid.max(1000) + 1;
+        state.next_pid = state.next_pid.max(PID_MIN) + 1;
         let pid = state.next_pid;
         state.snapshots.insert(config.id.clone());
         state.containers.insert(
@@ -286,7 +295,9 @@ impl Runtime for FakeRuntime {
             })
             .collect())
     }
+}
 
+impl ImageStore for FakeRuntime {
     async fn images(&self) -> Result<Vec<ImageInfo>> {
         self.take_failure(FakeOp::Images)?;
         Ok(self
@@ -303,7 +314,9 @@ impl Runtime for FakeRuntime {
             Archive::extract(&archive, Limits::default())?.images(name.as_deref())
         })
         .await
-        .map_err(|e| RuntimeError::Containerd(format!("reading the archive: {e}")))??;
+        .map_err(|e| {
+            RuntimeError::containerd(ErrorKind::Internal, format!("reading the archive: {e}"))
+        })??;
         let mut infos = Vec::new();
         let mut state = self.state();
         for image in images {
@@ -359,9 +372,17 @@ mod tests {
         fake.add_image("busybox");
         fake.fail_next(FakeOp::Run, "boom");
         let c = config("a", "busybox", dir.path());
-        assert!(matches!(fake.run(&c).await, Err(RuntimeError::Containerd(m)) if m == "boom"));
+        assert!(matches!(
+            fake.run(&c).await,
+            Err(RuntimeError::Containerd { kind: ErrorKind::Transient, message }) if message == "boom"
+        ));
         assert!(fake.list().await.unwrap().is_empty());
         fake.run(&c).await.unwrap();
+        assert_eq!(fake.list().await.unwrap().len(), 1);
+
+        fake.fail_next_with(FakeOp::Remove, RuntimeError::ContainerExists("a".into()));
+        let error = fake.remove("a").await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
         assert_eq!(fake.list().await.unwrap().len(), 1);
     }
 

@@ -1,4 +1,4 @@
-//! One behaviour suite for every `Runtime`: each check is written once,
+//! One behaviour suite for every `Runtime` and `ImageStore`: each check is written once,
 //! generic over a `Backend`, and instantiated for the fake driver and for
 //! containerd. The containerd half needs `SHOAL_E2E=1`, root, a running
 //! containerd 1.6+ with runc, and /bin/busybox; every test gets its own
@@ -28,11 +28,11 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::{Code, Request};
 use containerd_client::with_namespace;
 use shoal_runtime::containerd::{Containerd, DEFAULT_SNAPSHOTTER, DEFAULT_SOCKET};
-use shoal_runtime::fake::FakeRuntime;
+use shoal_runtime::fake::{FakeOp, FakeRuntime};
 use shoal_runtime::image::{sha256_digest, write_rootfs_layout};
 use shoal_runtime::{
-    BindMount, ContainerConfig, ContainerStatus, NetworkMode, Runtime, RuntimeError, LABEL_ATTEMPT,
-    LABEL_TASK,
+    BindMount, ContainerConfig, ContainerStatus, ErrorKind, ImageStore, NetworkMode, Runtime,
+    RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -89,13 +89,15 @@ impl Prog {
 }
 
 trait Backend: Send + Sync {
-    type R: Runtime;
+    type R: Runtime + ImageStore;
     fn rt(&self) -> &Self::R;
     fn dir(&self) -> &Path;
     /// An image present in the runtime.
     fn image(&self) -> &str;
     async fn after_run(&self, id: &str, prog: &Prog);
     async fn snapshot_exists(&self, id: &str) -> bool;
+    /// What talking to this kind of runtime gives when it cannot be reached.
+    async fn unreachable(&self) -> RuntimeError;
 }
 
 fn config<B: Backend>(b: &B, id: &str, prog: &Prog) -> ContainerConfig {
@@ -189,9 +191,9 @@ async fn run_then_list_shows_running<B: Backend>(b: &B) {
 async fn same_id_is_refused<B: Backend>(b: &B) {
     let c = config(b, "twice", &Prog::Sleep);
     run(b, &c, &Prog::Sleep).await;
-    assert!(
-        matches!(b.rt().run(&c).await, Err(RuntimeError::ContainerExists(id)) if id == "twice")
-    );
+    let err = b.rt().run(&c).await.unwrap_err();
+    assert!(matches!(&err, RuntimeError::ContainerExists(id) if id == "twice"));
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     // The first one is untouched.
     assert!(matches!(
         status(b, "twice").await,
@@ -203,24 +205,49 @@ async fn same_id_is_refused<B: Backend>(b: &B) {
 async fn missing_image_is_refused<B: Backend>(b: &B) {
     let mut c = config(b, "noimage", &Prog::Sleep);
     c.image = "docker.io/library/not-imported:1".into();
-    assert!(matches!(b.rt().run(&c).await, Err(RuntimeError::ImageNotFound(i)) if i == c.image));
+    let err = b.rt().run(&c).await.unwrap_err();
+    assert!(matches!(&err, RuntimeError::ImageNotFound(i) if *i == c.image));
+    assert_eq!(err.kind(), ErrorKind::ImageMissing);
+    // Short names are looked up normalized and reported as given.
+    c.image = "not-imported".into();
+    let err = b.rt().run(&c).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ImageMissing);
+    assert!(
+        err.to_string()
+            .contains("image not-imported is not on this node"),
+        "{err}"
+    );
     assert_eq!(status(b, "noimage").await, None);
     assert!(!b.snapshot_exists("noimage").await);
 }
 
 async fn invalid_config_is_refused<B: Backend>(b: &B) {
-    let mut c = config(b, "bad/id", &Prog::Sleep);
-    assert!(matches!(
-        b.rt().run(&c).await,
-        Err(RuntimeError::InvalidConfig(_))
-    ));
-    c.id = "relative-log".into();
-    c.log_path = PathBuf::from("logs/x.log");
-    assert!(matches!(
-        b.rt().run(&c).await,
-        Err(RuntimeError::InvalidConfig(_))
-    ));
+    let good = config(b, "refused", &Prog::Sleep);
+    let bad_id = ContainerConfig {
+        id: "bad/id".into(),
+        ..good.clone()
+    };
+    let relative_log = ContainerConfig {
+        log_path: PathBuf::from("logs/x.log"),
+        ..good.clone()
+    };
+    let huge_memory = ContainerConfig {
+        memory_bytes: Some(u64::MAX),
+        ..good.clone()
+    };
+    // An empty command drops the image's cmd too: nothing to run.
+    let no_command = ContainerConfig {
+        command: Some(Vec::new()),
+        args: None,
+        ..good.clone()
+    };
+    for c in [bad_id, relative_log, huge_memory, no_command] {
+        let err = b.rt().run(&c).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::InvalidConfig(_)), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    }
     assert!(b.rt().list().await.unwrap().is_empty());
+    assert!(!b.snapshot_exists("refused").await);
 }
 
 async fn stop_returns_exit_code<B: Backend>(b: &B) {
@@ -264,6 +291,8 @@ async fn stop_escalates_to_sigkill<B: Backend>(b: &B) {
     b.rt().remove("stubborn").await.unwrap();
 }
 
+/// Not `NotFound`: stop and remove are idempotent, so that a keeper retrying
+/// after a crash need not know how far it got.
 async fn missing_ids_are_not_errors<B: Backend>(b: &B) {
     assert_eq!(
         b.rt()
@@ -417,10 +446,9 @@ async fn import_docker_save<B: Backend>(b: &B) {
 
     // Unnamed archives need a name, which then wins.
     let unnamed = docker_save(b.dir(), &[], false);
-    assert!(matches!(
-        b.rt().import(unnamed.clone(), None).await,
-        Err(RuntimeError::InvalidImage(_))
-    ));
+    let err = b.rt().import(unnamed.clone(), None).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidImage(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
     let infos = b
         .rt()
         .import(unnamed, Some("named:1".into()))
@@ -458,12 +486,22 @@ async fn import_rejects_garbage<B: Backend>(b: &B) {
         b"definitely not a tar archive, not even close to 512 bytes",
     )
     .unwrap();
-    assert!(matches!(
-        b.rt().import(junk, None).await,
-        Err(RuntimeError::InvalidImage(_))
-    ));
-    let missing = b.rt().import(b.dir().join("missing.tar"), None).await;
-    assert!(matches!(missing, Err(RuntimeError::Io { .. })));
+    let err = b.rt().import(junk, None).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidImage(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    // The node lost its own upload: nothing the sender can fix.
+    let err = b
+        .rt()
+        .import(b.dir().join("missing.tar"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Io { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Internal);
+}
+
+async fn unreachable_runtime_is_transient<B: Backend>(b: &B) {
+    let err = b.unreachable().await;
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
 }
 
 // ---------------------------------------------------------------------------
@@ -618,6 +656,11 @@ impl Backend for FakeBackend {
     async fn snapshot_exists(&self, id: &str) -> bool {
         self.rt.snapshot_exists(id)
     }
+
+    async fn unreachable(&self) -> RuntimeError {
+        self.rt.fail_next(FakeOp::List, "connection refused");
+        self.rt.list().await.unwrap_err()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -694,6 +737,14 @@ impl Backend for CdBackend {
             Err(s) if s.code() == Code::NotFound => false,
             Err(s) => panic!("stat snapshot {id}: {s}"),
         }
+    }
+
+    async fn unreachable(&self) -> RuntimeError {
+        let socket = self.dir().join("no-containerd.sock");
+        Containerd::connect(&socket, self.rt.namespace(), DEFAULT_SNAPSHOTTER)
+            .await
+            .err()
+            .expect("nothing listens on the socket")
     }
 }
 
@@ -890,6 +941,7 @@ suite!(
     import_docker_save,
     import_gzip_layers,
     import_rejects_garbage,
+    unreachable_runtime_is_transient,
 );
 
 /// containerd only: an image whose snapshots are gone (imported without
@@ -972,7 +1024,10 @@ async fn containerd_failed_run_leaves_nothing() {
         b.rt.run(&c)
             .await
             .expect_err("a missing binary cannot start");
-    assert!(matches!(err, RuntimeError::Containerd(_)), "{err}");
+    // runc's complaint reaches us as gRPC Unknown: nothing tells it apart
+    // from containerd failing in some other way.
+    assert!(matches!(err, RuntimeError::Containerd { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
     assert_eq!(status(&b, "broken").await, None);
     assert!(!b.snapshot_exists("broken").await);
     let containers = ContainersClient::new(b.rt.channel())

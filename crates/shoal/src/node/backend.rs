@@ -12,7 +12,7 @@ use shoal_api::wire::{
 };
 use shoal_cluster::membership::MemberStatus;
 use shoal_cluster::raft::ProposeError;
-use shoal_runtime::Runtime;
+use shoal_runtime::{ErrorKind, ImageStore, Runtime};
 use shoal_state::fit::Request;
 use shoal_state::Entry;
 use shoal_state::{ApplyError, Command, Outcome, State};
@@ -144,7 +144,7 @@ fn stop_reason(state: &State, task: &shoal_types::Task) -> String {
     }
 }
 
-impl<R: Runtime> NodeBackend<R> {
+impl<R: Runtime + ImageStore> NodeBackend<R> {
     async fn node_update(&self, name: &str, command: Command) -> ApiResult<NodeUpdate> {
         let outcome = self
             .0
@@ -165,7 +165,7 @@ impl<R: Runtime> NodeBackend<R> {
     }
 }
 
-impl<R: Runtime> Backend for NodeBackend<R> {
+impl<R: Runtime + ImageStore> Backend for NodeBackend<R> {
     fn version(&self) -> VersionInfo {
         VersionInfo {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -535,11 +535,9 @@ impl<R: Runtime> Backend for NodeBackend<R> {
             .runtime
             .import(archive, name)
             .await
-            .map_err(|error| match error {
-                shoal_runtime::RuntimeError::InvalidImage(_) => {
-                    ApiError::bad_request(error.to_string())
-                }
-                other => ApiError::unavailable(other.to_string()),
+            .map_err(|error| match error.kind() {
+                ErrorKind::Invalid => ApiError::bad_request(error.to_string()),
+                _ => ApiError::unavailable(error.to_string()),
             })?;
         Ok(images.into_iter().map(image_view).collect())
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal_agent::{Action, ActionResult, Observed, Reconciler};
 use shoal_runtime::{
-    ContainerConfig, ContainerStatus, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
+    ContainerConfig, ContainerStatus, ErrorKind, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
 };
 use shoal_state::Command;
 use shoal_types::{DesiredState, Task, TaskStatus};
@@ -197,7 +197,7 @@ async fn execute<R: Runtime>(shared: &Shared<R>, action: Action) -> ActionResult
                 Ok::<_, RuntimeError>(exit_code)
             }
             .await
-            .map_err(|error| error.to_string());
+            .map_err(|error| failure(&container_id, "stopping", error));
             // The address is freed once the container is gone.
             let result = match result {
                 Ok(exit_code) => {
@@ -232,31 +232,32 @@ async fn run_task<R: Runtime>(
         .map_err(|error| format!("setting up its network: {error:#}"))?;
     let address = attached.address;
     let config = container_config(shared, task, attempt, attached);
+    let removing = |error| failure(&task.id, "removing", error);
     if replace {
-        shared
-            .runtime
-            .remove(&task.id)
-            .await
-            .map_err(|error| error.to_string())?;
+        shared.runtime.remove(&task.id).await.map_err(removing)?;
     }
     match shared.runtime.run(&config).await {
         Ok(_pid) => Ok(address),
-        // Left over from a crash between create and report: start afresh.
-        Err(RuntimeError::ContainerExists(_)) => {
-            shared
-                .runtime
-                .remove(&task.id)
-                .await
-                .map_err(|error| error.to_string())?;
+        // The id is taken (left over from a crash between create and
+        // report) or its container is in the way: start afresh, once.
+        Err(error) if error.kind() == ErrorKind::Conflict => {
+            shared.runtime.remove(&task.id).await.map_err(removing)?;
             shared
                 .runtime
                 .run(&config)
                 .await
                 .map(|_| address)
-                .map_err(|error| error.to_string())
+                .map_err(|error| failure(&task.id, "running", error))
         }
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(failure(&task.id, "running", error)),
     }
+}
+
+/// The message the task's status carries (the error's own words); its kind
+/// goes to the node's log beside it.
+fn failure(id: &str, doing: &str, error: RuntimeError) -> String {
+    tracing::warn!(id, doing, kind = %error.kind(), %error, "container runtime call failed");
+    error.to_string()
 }
 
 fn container_config<R>(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use shoal_cluster::membership::Membership;
 use shoal_cluster::raft::{RaftConfig, RaftNode};
-use shoal_runtime::Runtime;
+use shoal_runtime::{ImageStore, Runtime};
 use shoal_types::consensus_id;
 
 use crate::clock::now_ms;
@@ -76,7 +76,7 @@ impl<R> Shared<R> {
     }
 }
 
-pub async fn run<R: Runtime>(config: NodeConfig, runtime: R) -> anyhow::Result<()> {
+pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("logs"))
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     runtime
