@@ -2,6 +2,7 @@
 //! a small trait so that the loops that take a [`Clock`] can be tested
 //! with time set by hand.
 
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub trait Clock: Send + Sync + 'static {
@@ -22,20 +23,19 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when told to, for tests.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
 
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 impl ManualClock {
     pub fn at(now_ms: u64) -> ManualClock {
         ManualClock(AtomicU64::new(now_ms))
     }
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::Relaxed);
-    }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::Relaxed)

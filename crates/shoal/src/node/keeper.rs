@@ -4,10 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_agent::{Action, ActionResult, Observed, Reconciler};
+use shoal_cluster::log::ReplicatedLog;
 use shoal_runtime::{
     ContainerConfig, ContainerStatus, ErrorKind, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
 };
@@ -15,9 +17,8 @@ use shoal_state::Command;
 use shoal_types::{DesiredState, Task, TaskStatus};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::network::Attached;
-use super::Shared;
-use crate::output::now_ms;
+use super::network::{Attached, NodeNetwork};
+use crate::clock::Clock;
 
 /// How often the runtime is looked at when nothing else happens (how soon
 /// an exited container is noticed).
@@ -33,9 +34,49 @@ const REPORT_BATCH_MAX: usize = 1024;
 /// How often task networks that nothing owns any more are looked for.
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
 
-pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
+/// What the keeper uses, and nothing else: the node's name and log
+/// directory, the replicated log, the runtime, the node's task networking
+/// and a clock.
+pub struct Keeper<L, R, N, C> {
+    pub node: String,
+    pub logs_dir: PathBuf,
+    pub log: L,
+    pub runtime: Arc<R>,
+    pub network: Arc<N>,
+    pub clock: C,
+}
+
+/// A task's network, as the keeper needs it: made before its container
+/// runs, released once the container is gone, and leftovers collected.
+/// Blocking calls (the keeper runs them off the async workers).
+pub trait TaskNetwork: Send + Sync + 'static {
+    fn attach(&self, task: &Task, zone: &str) -> anyhow::Result<Attached>;
+    fn detach(&self, task_id: &str) -> anyhow::Result<()>;
+    /// Releases task networks of tasks not in `live`; returns how many.
+    fn collect_garbage(&self, live: &BTreeSet<String>) -> usize;
+}
+
+impl TaskNetwork for NodeNetwork {
+    fn attach(&self, task: &Task, zone: &str) -> anyhow::Result<Attached> {
+        NodeNetwork::attach(self, task, zone)
+    }
+    fn detach(&self, task_id: &str) -> anyhow::Result<()> {
+        NodeNetwork::detach(self, task_id)
+    }
+    fn collect_garbage(&self, live: &BTreeSet<String>) -> usize {
+        NodeNetwork::collect_garbage(self, live)
+    }
+}
+
+pub async fn run<L, R, N, C>(shared: Arc<Keeper<L, R, N, C>>)
+where
+    L: ReplicatedLog + Clone,
+    R: Runtime,
+    N: TaskNetwork,
+    C: Clock,
+{
     let mut reconciler = Reconciler::new();
-    let mut changes = shared.raft.subscribe();
+    let mut changes = shared.log.subscribe();
     let (results_tx, mut results_rx) = mpsc::channel::<ActionResult>(RESULTS_QUEUE_MAX);
     let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
     let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
@@ -61,12 +102,7 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
                 continue;
             }
         };
-        let desired: Vec<Task> = shared
-            .raft
-            .read()
-            .tasks_on(&shared.config.name)
-            .cloned()
-            .collect();
+        let desired: Vec<Task> = shared.log.read().tasks_on(&shared.node).cloned().collect();
         if std::time::Instant::now() >= garbage_at {
             garbage_at = std::time::Instant::now() + GARBAGE_INTERVAL;
             let live: BTreeSet<String> = observed
@@ -82,7 +118,7 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
             let network = shared.network.clone();
             let _ = tokio::task::spawn_blocking(move || network.collect_garbage(&live)).await;
         }
-        let now = now_ms();
+        let now = shared.clock.now_ms();
         let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
         if !step.actions.is_empty() || !step.reports.is_empty() {
             tracing::debug!(
@@ -122,9 +158,9 @@ pub async fn run<R: Runtime>(shared: Arc<Shared<R>>) {
         tokio::select! {
             Some(result) = results_rx.recv() => {
                 tracing::debug!(?result, "runtime action done");
-                let mut reports = reconciler.on_result(result, now_ms());
+                let mut reports = reconciler.on_result(result, shared.clock.now_ms());
                 while let Ok(more) = results_rx.try_recv() {
-                    reports.extend(reconciler.on_result(more, now_ms()));
+                    reports.extend(reconciler.on_result(more, shared.clock.now_ms()));
                 }
                 if let Some(lost) = report(&shared, reports).await {
                     reconciler.unreport(lost);
@@ -151,14 +187,17 @@ fn observe(containers: Vec<shoal_runtime::ContainerInfo>) -> BTreeMap<String, Ob
 }
 
 /// Proposes the reports in batches; returns the ids whose report was lost.
-async fn report<R>(shared: &Shared<R>, reports: Vec<(String, TaskStatus)>) -> Option<Vec<String>> {
+async fn report<L: ReplicatedLog, R, N, C: Clock>(
+    shared: &Keeper<L, R, N, C>,
+    reports: Vec<(String, TaskStatus)>,
+) -> Option<Vec<String>> {
     let mut lost = Vec::new();
     for batch in reports.chunks(REPORT_BATCH_MAX) {
         let command = Command::ReportTasks {
-            node: shared.config.name.clone(),
+            node: shared.node.clone(),
             statuses: batch.to_vec(),
         };
-        if let Err(error) = shared.raft.propose(now_ms(), command).await {
+        if let Err(error) = shared.log.propose(shared.clock.now_ms(), command).await {
             tracing::warn!(%error, "reporting task statuses; will report them again");
             lost.extend(batch.iter().map(|(id, _)| id.clone()));
         }
@@ -166,14 +205,17 @@ async fn report<R>(shared: &Shared<R>, reports: Vec<(String, TaskStatus)>) -> Op
     (!lost.is_empty()).then_some(lost)
 }
 
-async fn execute<R: Runtime>(shared: &Shared<R>, action: Action) -> ActionResult {
+async fn execute<L: ReplicatedLog, R: Runtime, N: TaskNetwork, C>(
+    shared: &Keeper<L, R, N, C>,
+    action: Action,
+) -> ActionResult {
     match action {
         Action::Run {
             task_id,
             attempt,
             replace,
         } => {
-            let task = shared.raft.read().tasks.get(&task_id).cloned();
+            let task = shared.log.read().tasks.get(&task_id).cloned();
             let result = match task {
                 Some(task) => run_task(shared, &task, attempt, replace).await,
                 None => Err("the task is gone".to_string()),
@@ -218,13 +260,13 @@ async fn execute<R: Runtime>(shared: &Shared<R>, action: Action) -> ActionResult
     }
 }
 
-async fn run_task<R: Runtime>(
-    shared: &Shared<R>,
+async fn run_task<L: ReplicatedLog, R: Runtime, N: TaskNetwork, C>(
+    shared: &Keeper<L, R, N, C>,
     task: &Task,
     attempt: u32,
     replace: bool,
 ) -> Result<Option<Ipv4Addr>, String> {
-    let zone = shared.raft.read().settings.dns_zone.clone();
+    let zone = shared.log.read().settings.dns_zone.clone();
     let (network, owned) = (shared.network.clone(), task.clone());
     let attached = tokio::task::spawn_blocking(move || network.attach(&owned, &zone))
         .await
@@ -260,8 +302,8 @@ fn failure(id: &str, doing: &str, error: RuntimeError) -> String {
     error.to_string()
 }
 
-fn container_config<R>(
-    shared: &Shared<R>,
+fn container_config<L, R, N, C>(
+    shared: &Keeper<L, R, N, C>,
     task: &Task,
     attempt: u32,
     attached: Attached,
@@ -284,9 +326,241 @@ fn container_config<R>(
         cpu_millis: spec.resources.cpu.map(|cpu| cpu.0),
         memory_bytes: spec.resources.memory.map(|memory| memory.0),
         labels,
-        log_path: shared.logs_dir().join(format!("{}.log", task.id)),
+        log_path: shared.logs_dir.join(format!("{}.log", task.id)),
         hostname: super::network::hostname(task),
         network: attached.network,
         mounts: attached.mounts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use shoal_cluster::log::MemoryLog;
+    use shoal_cluster::raft::ProposeError;
+    use shoal_runtime::fake::FakeRuntime;
+    use shoal_runtime::{ContainerInfo, NetworkMode};
+    use shoal_state::{Placement, Plan, State};
+    use shoal_types::{Node, NodeStatus, TaskState};
+
+    use super::*;
+    use crate::clock::{ManualClock, SystemClock};
+
+    const WAIT_MAX: Duration = Duration::from_secs(10);
+
+    /// Task networks in memory: an address per attached task.
+    #[derive(Default)]
+    struct FakeNetwork {
+        attached: Mutex<BTreeSet<String>>,
+    }
+
+    impl TaskNetwork for FakeNetwork {
+        fn attach(&self, task: &Task, _zone: &str) -> anyhow::Result<Attached> {
+            self.attached.lock().expect("lock").insert(task.id.clone());
+            Ok(Attached {
+                network: NetworkMode::Isolated,
+                mounts: Vec::new(),
+                address: Some(Ipv4Addr::new(10, 42, 0, 2)),
+            })
+        }
+        fn detach(&self, task_id: &str) -> anyhow::Result<()> {
+            self.attached.lock().expect("lock").remove(task_id);
+            Ok(())
+        }
+        fn collect_garbage(&self, live: &BTreeSet<String>) -> usize {
+            let mut attached = self.attached.lock().expect("lock");
+            let before = attached.len();
+            attached.retain(|id| live.contains(id));
+            before - attached.len()
+        }
+    }
+
+    /// A log holding node `n1` and app `web` (one replica of busybox)
+    /// placed on it; returns the log and the task id.
+    fn placed() -> (MemoryLog, String) {
+        let log = MemoryLog::new("n1", State::default());
+        log.apply(Command::RegisterNode {
+            node: Node {
+                name: "n1".into(),
+                addr: "n1:7950".into(),
+                os: "Linux".into(),
+                arch: "x86_64".into(),
+                cpus: 2,
+                memory_total_bytes: 1 << 30,
+                cpu_allocatable_millis: 2000,
+                memory_allocatable_bytes: 1 << 30,
+                labels: Default::default(),
+                started_at_ms: 0,
+                status: NodeStatus::Alive,
+                taints: Vec::new(),
+                drain: false,
+                subnet: None,
+            },
+        });
+        let spec = shoal_types::parse_app(
+            b"name: web\nservices: [{name: hello, image: busybox, replicas: 1}]\n",
+        )
+        .expect("spec");
+        log.apply(Command::PutApp { spec });
+        let outcome = log.apply(Command::ApplyPlan {
+            plan: Plan {
+                place: vec![Placement {
+                    app: "web".into(),
+                    service: "hello".into(),
+                    slot: 0,
+                    app_version: 1,
+                    node: "n1".into(),
+                }],
+                ..Plan::default()
+            },
+        });
+        let shoal_state::Outcome::PlanApplied { placed, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        (log, placed[0].clone())
+    }
+
+    fn keeper<C: Clock>(
+        log: &MemoryLog,
+        runtime: &Arc<FakeRuntime>,
+        clock: C,
+    ) -> Arc<Keeper<MemoryLog, FakeRuntime, FakeNetwork, C>> {
+        Arc::new(Keeper {
+            node: "n1".into(),
+            logs_dir: std::env::temp_dir(),
+            log: log.clone(),
+            runtime: runtime.clone(),
+            network: Arc::new(FakeNetwork::default()),
+            clock,
+        })
+    }
+
+    async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "waited {WAIT_MAX:?} for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn containers(runtime: &FakeRuntime) -> Vec<ContainerInfo> {
+        runtime.list().await.expect("the fake lists")
+    }
+
+    fn status(log: &MemoryLog, task: &str) -> TaskStatus {
+        log.read().tasks[task].status.clone()
+    }
+
+    #[tokio::test]
+    async fn a_placed_task_runs_and_is_reported() {
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        let keeper = keeper(&log, &runtime, ManualClock::at(1_000_000));
+        let network = keeper.network.clone();
+        let running = tokio::spawn(run(keeper));
+        wait_for("the task reported running", || {
+            (status(&log, &task).state == TaskState::Running).then_some(())
+        })
+        .await;
+        let listed = containers(&runtime).await;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].id, task);
+        let config = runtime.config(&task).expect("its config");
+        assert_eq!(config.image, "docker.io/library/busybox:latest");
+        let reported = status(&log, &task);
+        assert_eq!(reported.address, Some(Ipv4Addr::new(10, 42, 0, 2)));
+        assert_eq!(
+            reported.updated_at_ms, 1_000_000,
+            "stamped by the keeper's clock"
+        );
+        assert!(network.attached.lock().expect("lock").contains(&task));
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_leftover_container_is_replaced_and_a_stray_one_destroyed() {
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        // Left by an agent that died: the task's container, exited, and a
+        // container of a task the cluster no longer has.
+        let mut leftover = ContainerConfig {
+            id: task.clone(),
+            image: "busybox".into(),
+            command: None,
+            args: None,
+            env: Default::default(),
+            working_dir: None,
+            user: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            labels: BTreeMap::from([
+                (LABEL_TASK.to_string(), task.clone()),
+                (LABEL_ATTEMPT.to_string(), "1".to_string()),
+            ]),
+            log_path: std::env::temp_dir().join("leftover.log"),
+            hostname: "leftover".into(),
+            network: NetworkMode::Isolated,
+            mounts: Vec::new(),
+        };
+        runtime.run(&leftover).await.expect("leftover runs");
+        assert!(runtime.exit(&task, 1));
+        leftover.id = "web.gone.0.9".into();
+        leftover
+            .labels
+            .insert(LABEL_TASK.into(), "web.gone.0.9".into());
+        runtime.run(&leftover).await.expect("stray runs");
+
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        wait_for("the leftover replaced and the stray gone", || {
+            let reported = status(&log, &task);
+            (reported.state == TaskState::Running).then_some(())
+        })
+        .await;
+        let listed = wait_for("the stray container destroyed", || {
+            let listed = futures::executor::block_on(containers(&runtime));
+            (listed.len() == 1).then_some(listed)
+        })
+        .await;
+        assert_eq!(listed[0].id, task);
+        assert!(
+            matches!(listed[0].status, ContainerStatus::Running { .. }),
+            "{listed:?}"
+        );
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_lost_report_is_sent_again() {
+        let (log, task) = placed();
+        log.refuse(Some(ProposeError::NoLeader("an election".into())));
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        // The node keeps its promise without the cluster: the container runs.
+        wait_for("the container running while reports fail", || {
+            let listed = futures::executor::block_on(containers(&runtime));
+            listed
+                .iter()
+                .any(|c| c.id == task && matches!(c.status, ContainerStatus::Running { .. }))
+                .then_some(())
+        })
+        .await;
+        assert_eq!(status(&log, &task).state, TaskState::Pending);
+        log.refuse(None);
+        wait_for("the report sent again", || {
+            (status(&log, &task).state == TaskState::Running).then_some(())
+        })
+        .await;
+        running.abort();
     }
 }

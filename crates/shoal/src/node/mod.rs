@@ -53,7 +53,7 @@ pub struct Shared<R> {
     pub raft: RaftNode,
     pub membership: Membership,
     pub cluster_id: String,
-    pub runtime: R,
+    pub runtime: Arc<R>,
     pub started_at_ms: u64,
     pub http: reqwest::Client,
     /// The node's bridge, task namespaces, routes and DNS.
@@ -120,7 +120,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         raft,
         membership,
         cluster_id,
-        runtime,
+        runtime: Arc::new(runtime),
         started_at_ms,
         http,
         leaving,
@@ -146,7 +146,14 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let duties = tokio::spawn(leader::run(shared.clone()));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
-    let keeper = tokio::spawn(keeper::run(shared.clone()));
+    let keeper = tokio::spawn(keeper::run(Arc::new(keeper::Keeper {
+        node: shared.config.name.clone(),
+        logs_dir: shared.logs_dir(),
+        log: shared.raft.clone(),
+        runtime: shared.runtime.clone(),
+        network: shared.network.clone(),
+        clock: crate::clock::SystemClock,
+    })));
     let network = tokio::spawn(network::run(shared.clone()));
     let mut leaving = shared.leaving.subscribe();
     let outcome = tokio::select! {
