@@ -271,8 +271,11 @@ fn a_missing_image_is_a_clear_task_error() {
         error.contains("example.org/nothing:1.0 is not on this node"),
         "{error}"
     );
-    let task = &node.tasks()[0];
-    assert_eq!(task["promise"], "broken", "{task}");
+    // The node tries again after a back-off (1 s at first), so the task
+    // is broken between tries: look until it is seen so.
+    node.wait_for("the task's promise broken", || {
+        (node.tasks()[0]["promise"] == "broken").then_some(())
+    });
 }
 
 #[test]
