@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use shoal_state::{Command, Entry, Outcome, State, LOG_VERSION};
 use tokio::sync::watch;
 
-use crate::raft::{ProposeError, RaftNode};
+use crate::raft::{NodeInfo, ProposeError, RaftNode, RaftRole, RaftStatus};
 
 pub trait ReplicatedLog: Send + Sync + 'static {
     /// Appends `command` (stamped with the proposer's clock) and returns
@@ -22,6 +22,12 @@ pub trait ReplicatedLog: Send + Sync + 'static {
     fn read(&self) -> RwLockReadGuard<'_, State>;
     /// Changes whenever an entry is applied (the value is its index).
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Returns once `read()` reflects every write acknowledged before.
+    fn linearizable_read(&self) -> impl Future<Output = Result<(), ProposeError>> + Send;
+    /// This node's view of the consensus.
+    fn status(&self) -> RaftStatus;
+    /// The newest log format every node of the cluster reads.
+    fn cluster_log_version(&self) -> u32;
 }
 
 impl ReplicatedLog for RaftNode {
@@ -33,6 +39,15 @@ impl ReplicatedLog for RaftNode {
     }
     fn subscribe(&self) -> watch::Receiver<u64> {
         RaftNode::subscribe(self)
+    }
+    async fn linearizable_read(&self) -> Result<(), ProposeError> {
+        RaftNode::linearizable_read(self).await
+    }
+    fn status(&self) -> RaftStatus {
+        RaftNode::status(self)
+    }
+    fn cluster_log_version(&self) -> u32 {
+        RaftNode::cluster_log_version(self)
     }
 }
 
@@ -94,6 +109,14 @@ impl MemoryLog {
             .expect("a command for the memory log applies")
     }
 
+    fn refused(&self) -> Option<ProposeError> {
+        self.inner
+            .refuse
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     fn append(
         &self,
         proposer: &str,
@@ -125,13 +148,7 @@ impl MemoryLog {
 
 impl ReplicatedLog for MemoryLog {
     async fn propose(&self, at_ms: u64, command: Command) -> Result<Outcome, ProposeError> {
-        let refused = self
-            .inner
-            .refuse
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if let Some(error) = refused {
+        if let Some(error) = self.refused() {
             return Err(error);
         }
         let node = self.inner.node.clone();
@@ -145,6 +162,33 @@ impl ReplicatedLog for MemoryLog {
     }
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.applied.subscribe()
+    }
+    async fn linearizable_read(&self) -> Result<(), ProposeError> {
+        self.refused().map_or(Ok(()), Err)
+    }
+    /// A cluster of this one node, which leads.
+    fn status(&self) -> RaftStatus {
+        let id = shoal_types::consensus_id(&self.inner.node);
+        RaftStatus {
+            node_id: id,
+            leader: Some(id),
+            role: RaftRole::Leader,
+            term: 1,
+            last_applied: self.read().applied_index,
+            voters: [id].into(),
+            learners: Default::default(),
+            nodes: [(
+                id,
+                NodeInfo {
+                    name: self.inner.node.clone(),
+                    api_addr: String::new(),
+                },
+            )]
+            .into(),
+        }
+    }
+    fn cluster_log_version(&self) -> u32 {
+        LOG_VERSION
     }
 }
 

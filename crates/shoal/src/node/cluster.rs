@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use shoal_api::wire::ClusterInfo;
+use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::membership::{MembershipConfig, NodeFacts};
 use shoal_cluster::raft::{ProposeError, RaftNode};
 use shoal_state::Command;
@@ -248,7 +249,7 @@ pub async fn refresh_facts<R>(shared: Arc<Shared<R>>) {
 
 /// `shoal node leave`: the node is recorded as left (its work is placed
 /// elsewhere and its containers stop), tells gossip, and stops.
-pub async fn leave<R>(shared: Arc<Shared<R>>) {
+pub async fn leave<R, L: ReplicatedLog>(shared: Arc<Shared<R, L>>) {
     const LEAVE_WAIT_MAX: Duration = Duration::from_secs(60);
     let name = shared.config.name.clone();
     let command = Command::SetNodeStatus {

@@ -12,6 +12,8 @@ use shoal_api::server::{ApiError, ApiResult, LogOptions, LogStream};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
+use shoal_cluster::log::ReplicatedLog;
+
 use super::Shared;
 
 /// Without `tail`, at most this much of the end of each file is sent.
@@ -19,8 +21,8 @@ const LOG_BYTES_MAX: u64 = 16 << 20;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 const CHUNK_BYTES_MAX: usize = 64 << 10;
 
-pub async fn stream<R: Send + Sync + 'static>(
-    shared: Arc<Shared<R>>,
+pub async fn stream<R: Send + Sync + 'static, L: ReplicatedLog>(
+    shared: Arc<Shared<R, L>>,
     target: String,
     options: LogOptions,
 ) -> ApiResult<LogStream> {
@@ -51,7 +53,11 @@ struct Source {
 }
 
 /// A task id, or `APP.SERVICE` for every task of the service.
-fn resolve<R>(shared: &Shared<R>, target: &str, local_only: bool) -> ApiResult<Vec<Source>> {
+fn resolve<R, L: ReplicatedLog>(
+    shared: &Shared<R, L>,
+    target: &str,
+    local_only: bool,
+) -> ApiResult<Vec<Source>> {
     let state = shared.raft.read();
     let mut tasks: Vec<&shoal_types::Task> = match state.tasks.get(target) {
         Some(task) => vec![task],
@@ -88,8 +94,8 @@ fn resolve<R>(shared: &Shared<R>, target: &str, local_only: bool) -> ApiResult<V
         .collect())
 }
 
-async fn pump<R>(
-    shared: &Shared<R>,
+async fn pump<R, L: ReplicatedLog>(
+    shared: &Shared<R, L>,
     source: Source,
     prefix: bool,
     options: &LogOptions,

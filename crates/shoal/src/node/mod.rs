@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::membership::Membership;
 use shoal_cluster::raft::{RaftConfig, RaftNode};
 use shoal_runtime::{ImageStore, Runtime};
@@ -47,10 +48,11 @@ pub struct NodeConfig {
     pub network: network::NetworkConfig,
 }
 
-/// What the loops and the API handlers share.
-pub struct Shared<R> {
+/// What the loops and the API handlers share. The log is a type parameter
+/// so that the API backend can be tested over an in-memory one.
+pub struct Shared<R, L = RaftNode> {
     pub config: NodeConfig,
-    pub raft: RaftNode,
+    pub raft: L,
     pub membership: Membership,
     pub cluster_id: String,
     pub runtime: Arc<R>,
@@ -62,7 +64,7 @@ pub struct Shared<R> {
     pub leaving: tokio::sync::watch::Sender<bool>,
 }
 
-impl<R> Shared<R> {
+impl<R, L: ReplicatedLog> Shared<R, L> {
     pub fn logs_dir(&self) -> PathBuf {
         self.config.data_dir.join("logs")
     }
