@@ -1,0 +1,243 @@
+//! Place, the second half of a run: a node for each missing slot of every
+//! service, higher priorities first, chosen among a seeded sample of the
+//! admitting nodes that have room.
+
+use shoal_state::fit::{self, Reject, Request};
+use shoal_state::{Placement, Unplaced};
+use shoal_types::{Kind, ServiceSpec};
+
+use crate::spread::SpreadContext;
+use crate::{services_of, Scheduler};
+
+/// Up to this many admitting nodes are all scored, whatever
+/// `Options::candidates` says: a placement in a cluster this small costs at
+/// most four times the default sample, and gets the exact best node.
+const SCORE_ALL_NODES_MAX: usize = 64;
+
+/// Nodes named at most in the reason a global service lacks room on some;
+/// the rest are counted ("and 12 more"), so the reason stays one line.
+const LACKING_ROOM_NAMED_MAX: usize = 5;
+
+impl<'a> Scheduler<'a> {
+    /// Places the missing slots of every service, higher priorities first.
+    pub(crate) fn place_missing(&mut self) {
+        let state = self.state;
+        let mut services: Vec<(&'a str, u64, &'a ServiceSpec)> = services_of(state).collect();
+        services.sort_by_key(|(app, _, service)| {
+            (
+                std::cmp::Reverse(service.priority),
+                *app,
+                service.name.as_str(),
+            )
+        });
+        for (app, version, service) in services {
+            // A full plan leaves the rest to the next one, at no cost.
+            if self.plan.place.len() >= self.options.placements_max {
+                break;
+            }
+            match service.kind {
+                Kind::Service | Kind::Batch => self.place_replicas(app, version, service),
+                Kind::Global => self.place_global(app, version, service),
+            }
+        }
+    }
+
+    fn place_replicas(&mut self, app: &'a str, version: u64, service: &'a ServiceSpec) {
+        let sid = self.sid(app, service);
+        let missing: Vec<u32> = (0..service.replicas)
+            .filter(|slot| !self.filled.contains(&(sid, *slot)))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let admitting = self.admitting(service);
+        let request = Request::of(service);
+        let mut context = SpreadContext::new(self, app, service, &admitting);
+        for (done, slot) in missing.iter().enumerate() {
+            if self.plan.place.len() >= self.options.placements_max {
+                return;
+            }
+            let chosen = self
+                .choose(app, service, request, &admitting, &context)
+                .or_else(|| self.preempt(service, request, &admitting, &context));
+            match chosen {
+                Some(at) => {
+                    self.place(app, version, service, *slot, at, request);
+                    context.placed(at);
+                }
+                None => {
+                    let left = (missing.len() - done) as u32;
+                    let reason = self.explain(service, request, &context);
+                    self.plan.unplaced.push(Unplaced {
+                        app: app.to_string(),
+                        service: service.name.clone(),
+                        count: left,
+                        reason,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn place_global(&mut self, app: &'a str, version: u64, service: &'a ServiceSpec) {
+        let admitting = self.admitting(service);
+        let request = Request::of(service);
+        let key = self.sid(app, service);
+        let mut next_slot = 0;
+        let mut lacking_room = Vec::new();
+        let mut limited: Vec<Reject> = Vec::new();
+        let mut context = SpreadContext::new(self, app, service, &admitting);
+        for &at in admitting.iter() {
+            let has_one = self
+                .per_node
+                .get(&key)
+                .is_some_and(|counts| counts.contains_key(&at));
+            if has_one {
+                continue;
+            }
+            if self.plan.place.len() >= self.options.placements_max {
+                return;
+            }
+            if fit::fits(self.nodes[at as usize].node, self.used(at), request).is_err() {
+                lacking_room.push(at);
+                continue;
+            }
+            if let Err(reject) = fit::host_port_taken(&self.nodes[at as usize].host_ports, service)
+            {
+                limited.push(reject);
+                continue;
+            }
+            // A global service's spread limits cap it below one per node.
+            if let Some(reject) = context.refuses(at) {
+                limited.push(reject);
+                continue;
+            }
+            while self.filled.contains(&(key, next_slot)) {
+                next_slot += 1;
+            }
+            self.place(app, version, service, next_slot, at, request);
+            context.placed(at);
+        }
+        if let Some(first) = limited.first() {
+            self.plan.unplaced.push(Unplaced {
+                app: app.to_string(),
+                service: service.name.clone(),
+                count: limited.len() as u32,
+                reason: format!("{} node(s) admit it but are {first}", limited.len()),
+            });
+        }
+        if !lacking_room.is_empty() {
+            let names: Vec<&str> = lacking_room
+                .iter()
+                .take(LACKING_ROOM_NAMED_MAX)
+                .map(|at| self.nodes[*at as usize].node.name.as_str())
+                .collect();
+            let more = lacking_room.len().saturating_sub(names.len());
+            self.plan.unplaced.push(Unplaced {
+                app: app.to_string(),
+                service: service.name.clone(),
+                count: lacking_room.len() as u32,
+                reason: format!(
+                    "{} node(s) admit it but lack room ({} cpu, {} memory asked): {}{}",
+                    lacking_room.len(),
+                    fit::format_cpu(request.cpu_millis),
+                    fit::format_bytes(request.memory_bytes),
+                    names.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
+    }
+
+    fn place(
+        &mut self,
+        app: &'a str,
+        version: u64,
+        service: &'a ServiceSpec,
+        slot: u32,
+        at: u32,
+        request: Request,
+    ) {
+        let sid = self.sid(app, service);
+        let info = &mut self.nodes[at as usize];
+        info.used.add(request);
+        info.tasks += 1;
+        info.host_ports.extend(fit::host_ports(service));
+        self.most_tasks = self.most_tasks.max(info.tasks);
+        self.filled.insert((sid, slot));
+        *self.per_node.entry(sid).or_default().entry(at).or_default() += 1;
+        self.plan.place.push(Placement {
+            app: app.to_string(),
+            service: service.name.clone(),
+            slot,
+            app_version: version,
+            node: info.node.name.clone(),
+        });
+    }
+
+    /// Why a node that admits the service cannot take one more task now.
+    pub(crate) fn refuses(
+        &self,
+        at: u32,
+        service: &ServiceSpec,
+        request: Request,
+        context: &SpreadContext<'a>,
+    ) -> Option<Reject> {
+        let info = &self.nodes[at as usize];
+        if let Err(reject) = fit::fits_within(info.allocatable, info.used, request) {
+            return Some(reject);
+        }
+        if let Err(reject) = fit::host_port_taken(&info.host_ports, service) {
+            return Some(reject);
+        }
+        context.refuses(at)
+    }
+
+    /// The best node for one more task of `service`, if any has room.
+    fn choose(
+        &mut self,
+        app: &'a str,
+        service: &'a ServiceSpec,
+        request: Request,
+        admitting: &[u32],
+        context: &SpreadContext<'a>,
+    ) -> Option<u32> {
+        if admitting.is_empty() {
+            return None;
+        }
+        let wanted = if admitting.len() <= SCORE_ALL_NODES_MAX {
+            admitting.len()
+        } else {
+            self.options.candidates.max(1)
+        };
+        let start = (self.rng.next() % admitting.len() as u64) as usize;
+        let mut best: Option<(f64, u32)> = None;
+        let mut found = 0;
+        for step in 0..admitting.len() {
+            let at = admitting[(start + step) % admitting.len()];
+            if self.refuses(at, service, request, context).is_some() {
+                continue;
+            }
+            let score = self.score(app, service, request, at, context);
+            let better = match best {
+                None => true,
+                Some((best_score, best_at)) => {
+                    score > best_score || (score == best_score && at < best_at)
+                }
+            };
+            if better {
+                best = Some((score, at));
+            }
+            found += 1;
+            if found >= wanted {
+                break;
+            }
+        }
+        best.map(|(_, at)| at)
+    }
+}
