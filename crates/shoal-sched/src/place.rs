@@ -3,6 +3,7 @@
 //! admitting nodes that have room.
 
 use shoal_state::fit::{self, Reject, Request};
+use shoal_state::unplaced::UnplacedReason;
 use shoal_state::{Placement, Unplaced};
 use shoal_types::{Kind, ServiceSpec};
 
@@ -67,12 +68,13 @@ impl<'a> Scheduler<'a> {
                 }
                 None => {
                     let left = (missing.len() - done) as u32;
-                    let reason = self.explain(service, request, &context);
+                    let why = self.explain(service, request, &context);
                     self.plan.unplaced.push(Unplaced {
                         app: app.to_string(),
                         service: service.name.clone(),
                         count: left,
-                        reason,
+                        reason: String::new(),
+                        why: Some(why),
                     });
                     return;
                 }
@@ -124,32 +126,31 @@ impl<'a> Scheduler<'a> {
                 app: app.to_string(),
                 service: service.name.clone(),
                 count: limited.len() as u32,
-                reason: format!("{} node(s) admit it but are {first}", limited.len()),
+                reason: String::new(),
+                why: Some(UnplacedReason::AdmittedButLimited {
+                    nodes: limited.len() as u32,
+                    first: first.clone(),
+                }),
             });
         }
         if !lacking_room.is_empty() {
-            let names: Vec<&str> = lacking_room
+            let named: Vec<String> = lacking_room
                 .iter()
                 .take(LACKING_ROOM_NAMED_MAX)
-                .map(|at| self.nodes[*at as usize].node.name.as_str())
+                .map(|at| self.nodes[*at as usize].node.name.clone())
                 .collect();
-            let more = lacking_room.len().saturating_sub(names.len());
+            let more = lacking_room.len().saturating_sub(named.len()) as u32;
             self.plan.unplaced.push(Unplaced {
                 app: app.to_string(),
                 service: service.name.clone(),
                 count: lacking_room.len() as u32,
-                reason: format!(
-                    "{} node(s) admit it but lack room ({} cpu, {} memory asked): {}{}",
-                    lacking_room.len(),
-                    fit::format_cpu(request.cpu_millis),
-                    fit::format_bytes(request.memory_bytes),
-                    names.join(", "),
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    }
-                ),
+                reason: String::new(),
+                why: Some(UnplacedReason::AdmittedButNoRoom {
+                    named,
+                    more,
+                    cpu_millis: request.cpu_millis,
+                    memory_bytes: request.memory_bytes,
+                }),
             });
         }
     }

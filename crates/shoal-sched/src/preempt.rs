@@ -98,7 +98,7 @@ impl<'a> Scheduler<'a> {
         let (_, at, chosen) = best?;
         for task in chosen {
             self.unkeep(task);
-            self.stop(task);
+            self.stop(task, shoal_state::StopReason::Preempted);
         }
         self.preemptions += 1;
         Some(at)

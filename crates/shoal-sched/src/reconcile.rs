@@ -4,7 +4,7 @@
 //! smaller), and which stopped tasks it forgets.
 
 use shoal_state::fit::{self, Request};
-use shoal_state::{State, CHANGES_PER_PLAN_MAX};
+use shoal_state::{State, StopReason, CHANGES_PER_PLAN_MAX};
 use shoal_types::{DesiredState, Kind, RestartPolicy, ServiceSpec, TaintEffect, Task, TaskState};
 
 use crate::Scheduler;
@@ -24,8 +24,8 @@ impl<'a> Scheduler<'a> {
                         info.host_ports.extend(fit::host_ports(&task.spec));
                     }
                     match self.keeps(task, at) {
-                        Some(sid) => self.keep(sid, task.slot, at),
-                        None => self.stop(task),
+                        Ok(sid) => self.keep(sid, task.slot, at),
+                        Err(why) => self.stop(task, why),
                     }
                 }
                 DesiredState::Stopped => {
@@ -70,12 +70,11 @@ impl<'a> Scheduler<'a> {
         found
     }
 
-    /// Whether the plan keeps a desired-running task (on node index `at`),
-    /// with its service's number when it does.
-    fn keeps(&self, task: &Task, at: Option<u32>) -> Option<u32> {
-        let (service, version, sid) = self.service_of(task)?;
-        self.keeps_as(task, at, service, version, sid)
-            .then_some(sid)
+    /// Whether the plan keeps a desired-running task (on node index `at`):
+    /// its service's number when it does, why it stops when it does not.
+    fn keeps(&self, task: &Task, at: Option<u32>) -> Result<u32, StopReason> {
+        let (service, version, sid) = self.service_of(task).ok_or(StopReason::ServiceGone)?;
+        self.keeps_as(task, at, service, version, sid).map(|()| sid)
     }
 
     fn keeps_as(
@@ -85,38 +84,51 @@ impl<'a> Scheduler<'a> {
         service: &'a ServiceSpec,
         version: u64,
         sid: u32,
-    ) -> bool {
+    ) -> Result<(), StopReason> {
+        let scaled = |slot_kept: bool| {
+            if slot_kept {
+                Ok(())
+            } else {
+                Err(StopReason::ScaledDown)
+            }
+        };
         // A task of the current version runs the current spec by
         // construction; older ones run it when only `replicas` changed.
         if task.app_version != version && !task.spec.same_task_as(service) {
-            return false;
+            return Err(StopReason::SpecChanged);
         }
         let node = at.map(|at| self.nodes[at as usize].node);
         // A batch task that is done stays done, whatever became of its node.
         if service.kind == Kind::Batch && batch_done(task) {
-            return task.slot < service.replicas;
+            return scaled(task.slot < service.replicas);
         }
         let Some(node) = node.filter(|node| node.status == shoal_types::NodeStatus::Alive) else {
             // Lost with its node: the slot is free (and the node stops the
             // task if it comes back).
-            return false;
+            return Err(StopReason::NodeLost);
         };
         if node.drain {
-            return false;
+            return Err(StopReason::NodeDrained);
         }
         if fit::untolerated(node, service, |effect| effect == TaintEffect::NoExecute).is_some() {
-            return false;
+            return Err(StopReason::NodeTainted);
         }
         match service.kind {
-            Kind::Service | Kind::Batch => task.slot < service.replicas,
+            Kind::Service | Kind::Batch => scaled(task.slot < service.replicas),
             // A global task follows its node's labels and taints, and one per
             // node is enough.
             Kind::Global => {
-                fit::admits(node, service).is_ok()
-                    && !self
-                        .per_node
-                        .get(&sid)
-                        .is_some_and(|counts| at.is_some_and(|at| counts.contains_key(&at)))
+                if fit::admits(node, service).is_err() {
+                    return Err(StopReason::NotAdmitted);
+                }
+                let duplicate = self
+                    .per_node
+                    .get(&sid)
+                    .is_some_and(|counts| at.is_some_and(|at| counts.contains_key(&at)));
+                if duplicate {
+                    return Err(StopReason::DuplicateOnNode);
+                }
+                Ok(())
             }
         }
     }
@@ -128,11 +140,12 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    pub(crate) fn stop(&mut self, task: &'a Task) {
+    pub(crate) fn stop(&mut self, task: &'a Task, why: StopReason) {
         if self.plan.stop.len() >= CHANGES_PER_PLAN_MAX || !self.stopped.insert(&task.id) {
             return;
         }
         self.plan.stop.push(task.id.clone());
+        self.plan.stop_why.push(why);
         if let Some(at) = self.index.get(task.node.as_str()) {
             let info = &mut self.nodes[*at as usize];
             info.used.subtract(Request::of(&task.spec));
@@ -169,7 +182,7 @@ impl<'a> Scheduler<'a> {
                     break;
                 }
                 self.unkeep(task);
-                self.stop(task);
+                self.stop(task, StopReason::NodeShrank);
             }
         }
     }

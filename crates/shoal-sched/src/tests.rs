@@ -1,4 +1,4 @@
-use shoal_state::{Command, Entry, Outcome, State};
+use shoal_state::{Command, Entry, Outcome, State, StopReason};
 use shoal_types::{parse_app, Node, NodeStatus, TaskState, TaskStatus};
 
 use super::reconcile;
@@ -154,6 +154,11 @@ fn scaling_down_stops_the_highest_slots() {
         .map(|id| cluster.state.tasks[id].slot)
         .collect();
     assert_eq!(stopped, vec![1, 2]);
+    assert_eq!(
+        plan.stop_why,
+        vec![StopReason::ScaledDown; 2],
+        "why travels with the plan"
+    );
 }
 
 #[test]
@@ -164,6 +169,7 @@ fn a_changed_spec_replaces_every_task() {
     cluster.put(&format!("{WEB}    env: {{COLOR: blue}}\n"));
     let plan = cluster.schedule();
     assert_eq!((plan.place.len(), plan.stop.len()), (3, 3));
+    assert_eq!(plan.stop_why, vec![StopReason::SpecChanged; 3]);
     for placement in &plan.place {
         assert_eq!(placement.app_version, 2);
     }
@@ -194,6 +200,7 @@ fn removed_apps_are_stopped_then_forgotten() {
     cluster.apply(Command::RemoveApp { name: "web".into() });
     let plan = cluster.schedule();
     assert_eq!(plan.stop.len(), 3);
+    assert_eq!(plan.stop_why, vec![StopReason::ServiceGone; 3]);
     assert!(
         plan.remove.is_empty(),
         "tasks are forgotten only once stopped"
@@ -212,7 +219,18 @@ fn without_a_live_node_replicas_stay_unplaced_with_a_reason() {
     assert!(plan.place.is_empty());
     assert_eq!(plan.unplaced.len(), 1);
     assert_eq!(plan.unplaced[0].count, 3);
-    assert_eq!(plan.unplaced[0].reason, "no node has joined the cluster");
+    assert_eq!(
+        plan.unplaced[0].why,
+        Some(shoal_state::unplaced::UnplacedReason::NoNodes),
+        "the reason is data"
+    );
+    assert_eq!(plan.unplaced[0].words(), "no node has joined the cluster");
+    // Worded for a cluster that still writes format 1.
+    let worded = plan.clone().worded();
+    assert_eq!(worded.unplaced[0].reason, "no node has joined the cluster");
+    assert_eq!(worded.unplaced[0].why, None);
+    assert_eq!(Command::ApplyPlan { plan }.version_needed(), 2);
+    assert_eq!(Command::ApplyPlan { plan: worded }.version_needed(), 1);
 }
 
 #[test]
@@ -309,7 +327,7 @@ fn a_stale_plan_never_publishes_one_host_port_twice_on_a_node() {
     assert!(plan.place.is_empty(), "{plan:?}");
     assert!(
         plan.unplaced[0]
-            .reason
+            .words()
             .contains("1 is publishing host port 8080/tcp already"),
         "{:?}",
         plan.unplaced

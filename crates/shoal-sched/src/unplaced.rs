@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use shoal_state::fit::{self, Reject, Request};
+use shoal_state::unplaced::{Rejected, UnplacedReason};
 use shoal_types::ServiceSpec;
 
 use crate::spread::SpreadContext;
@@ -11,8 +12,8 @@ use crate::Scheduler;
 
 impl<'a> Scheduler<'a> {
     /// Says why no node takes the service, counting each node's first
-    /// reason: "0 of 5 nodes fit: 3 not `zone == b`, 2 have less than
-    /// 2 GiB memory free".
+    /// reason (worded at the edge: "0 of 5 nodes can take it: 3 not
+    /// `zone == b`, 2 have less than 2 GiB memory free").
     // Rare: inlined into `place_replicas` it slows the loop over candidates.
     #[inline(never)]
     pub(crate) fn explain(
@@ -20,11 +21,11 @@ impl<'a> Scheduler<'a> {
         service: &'a ServiceSpec,
         request: Request,
         context: &SpreadContext<'a>,
-    ) -> String {
+    ) -> UnplacedReason {
         if self.nodes.is_empty() {
-            return "no node has joined the cluster".into();
+            return UnplacedReason::NoNodes;
         }
-        let mut tally: BTreeMap<Reject, usize> = BTreeMap::new();
+        let mut tally: BTreeMap<Reject, u32> = BTreeMap::new();
         for at in 0..self.nodes.len() as u32 {
             let reject = fit::admits(self.nodes[at as usize].node, service)
                 .err()
@@ -33,43 +34,13 @@ impl<'a> Scheduler<'a> {
                 *tally.entry(reject).or_default() += 1;
             }
         }
-        let mut parts: Vec<(usize, String)> = tally
-            .into_iter()
-            .map(|(reject, count)| {
-                let text = match &reject {
-                    Reject::Cpu { .. } | Reject::Memory { .. } => format!(
-                        "{count} {} {reject}",
-                        if count == 1 { "has" } else { "have" }
-                    ),
-                    Reject::SpreadLimit { .. }
-                    | Reject::AlreadyRunsOne
-                    | Reject::HostPort { .. } => {
-                        format!("{count} {} {reject}", if count == 1 { "is" } else { "are" })
-                    }
-                    Reject::Constraint(_) => format!("{count} {reject}"),
-                    Reject::NotAlive | Reject::Draining | Reject::Tainted(_) => {
-                        format!("{count} {} {reject}", if count == 1 { "is" } else { "are" })
-                    }
-                };
-                (count, text)
-            })
-            .collect();
-        parts.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        let mut reason = format!(
-            "0 of {} node{} can take it: ",
-            self.nodes.len(),
-            if self.nodes.len() == 1 { "" } else { "s" }
-        );
-        reason.push_str(
-            &parts
+        UnplacedReason::FitsNowhere {
+            nodes: self.nodes.len() as u32,
+            rejects: tally
                 .into_iter()
-                .map(|(_, text)| text)
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        if service.priority > 0 && request != Request::default() {
-            reason.push_str("; no lower-priority work to displace");
+                .map(|(reject, nodes)| Rejected { reject, nodes })
+                .collect(),
+            no_lower_priority: service.priority > 0 && request != Request::default(),
         }
-        reason
     }
 }

@@ -206,6 +206,7 @@ proptest! {
 
         for _ in 0..5 {
             let plan = shoal_sched::reconcile(&run.state);
+            prop_assert_eq!(plan.stop.len(), plan.stop_why.len(), "every stop says why");
             if plan.changes_nothing(&run.state) {
                 break;
             }

@@ -229,9 +229,9 @@ impl Run {
                 });
             assert_eq!(found.count, *count, "{what}: unplaced {service}");
             assert!(
-                found.reason.contains(words.as_str()),
+                found.words().contains(words.as_str()),
                 "{what}: reason for {service} `{}` lacks `{words}`",
-                found.reason
+                found.words()
             );
         }
         if expect.unplaced.is_empty() {

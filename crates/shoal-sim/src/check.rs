@@ -218,7 +218,7 @@ pub fn check_healed(state: &State) -> Result<(), String> {
                         .unplaced
                         .iter()
                         .filter(|u| &u.app == app_name && u.service == service.name)
-                        .map(|u| u.reason.as_str())
+                        .map(|u| u.words().into_owned())
                         .collect::<Vec<_>>()
                 ));
             }

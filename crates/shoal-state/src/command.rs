@@ -90,9 +90,20 @@ pub struct Plan {
     /// they are for users to see (replacing the previous list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplaced: Vec<Unplaced>,
+    /// Why each task of `stop` stops, in the same order: the scheduler's
+    /// decision as data, for the edge to word (`shoal plan`). Not part of
+    /// the log: applying a plan does not depend on it.
+    #[serde(skip)]
+    pub stop_why: Vec<StopReason>,
 }
 
 impl Plan {
+    /// The plan as a format-1 entry must carry it: reasons in words.
+    pub fn worded(mut self) -> Plan {
+        self.unplaced = self.unplaced.iter().map(Unplaced::worded).collect();
+        self
+    }
+
     /// Whether applying the plan to `state` would change nothing.
     pub fn changes_nothing(&self, state: &State) -> bool {
         self.place.is_empty()
@@ -112,6 +123,30 @@ pub struct Placement {
     pub node: String,
 }
 
+/// Why the scheduler stops a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Its app or service is gone.
+    ServiceGone,
+    /// Its service's spec changed (more than its replica count).
+    SpecChanged,
+    /// Its node is not alive (or not known).
+    NodeLost,
+    NodeDrained,
+    /// Its node has a `NoExecute` taint it does not tolerate.
+    NodeTainted,
+    /// Its slot is beyond the replica count.
+    ScaledDown,
+    /// A global task whose node no longer admits its service.
+    NotAdmitted,
+    /// A second task of a global service on one node.
+    DuplicateOnNode,
+    /// A task of a higher priority takes its room.
+    Preempted,
+    /// Its node came back smaller and sheds its lowest priorities.
+    NodeShrank,
+}
+
 /// Tasks of one service that fit nowhere, for one reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +154,13 @@ pub struct Unplaced {
     pub app: String,
     pub service: String,
     pub count: u32,
+    /// Why, in words: what format-1 entries carry (empty from format 2,
+    /// which carries `why`); see [`Unplaced::words`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Why, as data (format 2 on), worded only at the edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<crate::unplaced::UnplacedReason>,
 }
 
 /// What applying an entry did, returned to whoever proposed it.
@@ -199,6 +240,10 @@ impl Command {
     /// new field in use, raises it; the leader appends the entry only once
     /// every node reads that format.
     pub fn version_needed(&self) -> u32 {
-        LOG_VERSION_FIRST
+        match self {
+            // Reasons as data came with format 2.
+            Command::ApplyPlan { plan } if plan.unplaced.iter().any(|u| u.why.is_some()) => 2,
+            _ => LOG_VERSION_FIRST,
+        }
     }
 }

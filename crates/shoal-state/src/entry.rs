@@ -20,7 +20,9 @@ use crate::{ApplyError, Command};
 /// - 1 (shoal 0.1): the first format.
 /// - 2 (shoal 0.2): entries name their proposer and the leader that
 ///   appended them, and `apply` checks that each command comes from its one
-///   writer; `RegisterNode` no longer writes the node's status.
+///   writer; `RegisterNode` no longer writes the node's status; an app put
+///   again counts its versions on; a plan's unplaced reasons are data
+///   (`Unplaced::why`) instead of words.
 pub const LOG_VERSION: u32 = 2;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = 1;

@@ -37,7 +37,10 @@ impl Request {
 }
 
 /// Why a node cannot take a task.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reject {
     NotAlive,
     Draining,

@@ -16,6 +16,7 @@ pub mod entry;
 pub mod fit;
 mod plan;
 pub mod rollout;
+pub mod unplaced;
 
 pub use command::*;
 pub use entry::{Entry, Meta, RawCommand, LOG_VERSION, LOG_VERSION_FIRST, RELEASE};

@@ -81,7 +81,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     for unplaced in bench.state().unplaced.iter().take(UNPLACED_SHOWN_MAX) {
         eprintln!(
             "unplaced: {} of {}.{}: {}",
-            unplaced.count, unplaced.app, unplaced.service, unplaced.reason
+            unplaced.count,
+            unplaced.app,
+            unplaced.service,
+            unplaced.words()
         );
     }
     println!(

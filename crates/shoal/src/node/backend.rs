@@ -15,8 +15,8 @@ use shoal_cluster::raft::ProposeError;
 use shoal_runtime::{ErrorKind, ImageStore, Runtime};
 use shoal_state::fit::Request;
 use shoal_state::Entry;
-use shoal_state::{ApplyError, Command, Outcome, State};
-use shoal_types::{consensus_id, DesiredState, Kind, NodeStatus, Taint, TaintEffect};
+use shoal_state::{ApplyError, Command, Outcome, State, StopReason};
+use shoal_types::{consensus_id, DesiredState, NodeStatus, Taint, TaintEffect};
 
 use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::raft::RaftNode;
@@ -52,7 +52,7 @@ fn unplaced_view(entry: &shoal_state::Unplaced) -> UnplacedView {
         app: entry.app.clone(),
         service: entry.service.clone(),
         count: entry.count,
-        reason: entry.reason.clone(),
+        reason: entry.words().into_owned(),
     }
 }
 
@@ -117,32 +117,38 @@ fn rollout_view(rollout: &shoal_state::rollout::Rollout) -> RolloutView {
     }
 }
 
-/// Why the scheduler stops a task, in words for `shoal plan`.
-fn stop_reason(state: &State, task: &shoal_types::Task) -> String {
-    let service = state
-        .apps
-        .get(&task.app)
-        .and_then(|app| app.spec.services.iter().find(|s| s.name == task.service));
+/// Why the scheduler stops a task, worded from its decision with what
+/// the state says of the task's node.
+fn stop_words(state: &State, task: &shoal_types::Task, why: StopReason) -> String {
     let node = state.nodes.get(&task.node);
-    match (service, node) {
-        (None, _) => "the service is gone".into(),
-        (Some(service), _) if !task.spec.same_task_as(service) => "the spec changed".into(),
-        (_, None) => "its node is gone".into(),
-        (_, Some(node)) if node.status != NodeStatus::Alive => {
-            format!("node {} is {}", node.name, node.status.as_str())
-        }
-        (_, Some(node)) if node.drain => format!("node {} is drained", node.name),
-        (Some(service), _) if service.kind != Kind::Global && task.slot >= service.replicas => {
-            "scaled down".into()
-        }
-        (Some(service), Some(node)) => {
-            match shoal_state::fit::untolerated(node, service, |e| e == TaintEffect::NoExecute) {
-                Some(taint) => format!("node {} is tainted `{taint}`", node.name),
-                None => match shoal_state::fit::admits(node, service) {
-                    Err(reject) => format!("node {} is {reject}", node.name),
-                    Ok(()) => "a higher priority needs the room".into(),
-                },
+    let name = &task.node;
+    match why {
+        StopReason::ServiceGone => "the service is gone".into(),
+        StopReason::SpecChanged => "the spec changed".into(),
+        StopReason::NodeLost => match node {
+            Some(node) => format!("node {name} is {}", node.status.as_str()),
+            None => "its node is gone".into(),
+        },
+        StopReason::NodeDrained => format!("node {name} is drained"),
+        StopReason::NodeTainted => {
+            match node.and_then(|node| {
+                shoal_state::fit::untolerated(node, &task.spec, |e| e == TaintEffect::NoExecute)
+            }) {
+                Some(taint) => format!("node {name} is tainted `{taint}`"),
+                None => format!("node {name} is tainted NoExecute"),
             }
+        }
+        StopReason::ScaledDown => "scaled down".into(),
+        StopReason::NotAdmitted => {
+            match node.and_then(|node| shoal_state::fit::admits(node, &task.spec).err()) {
+                Some(reject) => format!("node {name} is {reject}"),
+                None => format!("node {name} no longer admits it"),
+            }
+        }
+        StopReason::DuplicateOnNode => format!("node {name} runs another task of it"),
+        StopReason::Preempted => "a higher priority needs the room".into(),
+        StopReason::NodeShrank => {
+            format!("node {name} came back with less room than its tasks ask")
         }
     }
 }
@@ -443,12 +449,13 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         let stop = plan
             .stop
             .iter()
-            .filter_map(|id| state.tasks.get(id))
-            .filter(|task| task.app == name)
-            .map(|task| PlannedStop {
+            .zip(&plan.stop_why)
+            .filter_map(|(id, why)| Some((state.tasks.get(id)?, *why)))
+            .filter(|(task, _)| task.app == name)
+            .map(|(task, why)| PlannedStop {
                 task: task.id.clone(),
                 node: task.node.clone(),
-                reason: stop_reason(&state, task),
+                reason: stop_words(&state, task, why),
             })
             .collect();
         let unplaced = plan

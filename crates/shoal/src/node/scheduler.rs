@@ -22,7 +22,11 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
         }
         let plan = {
             let state = shared.raft.read();
-            let plan = shoal_sched::reconcile(&state);
+            let mut plan = shoal_sched::reconcile(&state);
+            // Reasons as data need format 2; older nodes read words.
+            if shared.raft.cluster_log_version() < 2 {
+                plan = plan.worded();
+            }
             (!plan.changes_nothing(&state)).then_some(plan)
         };
         if let Some(plan) = plan {
