@@ -156,7 +156,11 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         network: shared.network.clone(),
         clock: crate::clock::SystemClock,
     })));
-    let network = tokio::spawn(network::run(shared.clone()));
+    let network = tokio::spawn(network::run(network::NetworkLoop {
+        node: shared.config.name.clone(),
+        log: shared.raft.clone(),
+        host: shared.network.clone(),
+    }));
     let mut leaving = shared.leaving.subscribe();
     let outcome = tokio::select! {
         result = &mut server => result.context("API server"),

@@ -16,14 +16,14 @@ impl NodeNetwork {
             .as_ref()
             .map(|zone| zone.rows())
     }
-}
 
-/// Stops the DNS server, if one runs, and forgets the zone it served.
-pub(super) async fn stop_dns(dns: &mut Option<(DnsServer, String)>, network: &NodeNetwork) {
-    *network.served.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    if let Some((server, _)) = dns.take() {
-        if let Err(error) = server.shutdown().await {
-            tracing::warn!(%error, "stopping the DNS server");
+    /// Stops the DNS server, if one runs, and forgets the zone it served.
+    pub(super) async fn stop_dns(&self, dns: Option<DnsServer>) {
+        *self.served.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(server) = dns {
+            if let Err(error) = server.shutdown().await {
+                tracing::warn!(%error, "stopping the DNS server");
+            }
         }
     }
 }

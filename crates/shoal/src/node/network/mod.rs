@@ -22,25 +22,24 @@ mod routes;
 mod tasks;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shoal_cluster::log::ReplicatedLog;
 use shoal_net::cni::{Cni, NetworkConfigList};
-use shoal_net::dns::{DnsConfig, DnsServer};
+use shoal_net::dns::{DnsConfig, DnsRecords, DnsServer};
 use shoal_net::exec::{args, CommandRunner, SystemRunner};
 use shoal_net::netns::NetnsManager;
 use shoal_net::routes::{HostRoutes, Masquerade};
 use shoal_net::subnet::Ipv4Cidr;
 
-use super::Shared;
-
 pub use bridge::{render_conflist, CNI_CONFIG_BYTES_MAX};
 pub use dns::records_from_state;
 pub use tasks::{hostname, Attached};
 
-use dns::stop_dns;
 use routes::{desired_routes, masquerade_chain};
 use tasks::netns_prefix;
 
@@ -146,27 +145,125 @@ impl NodeNetwork {
     }
 }
 
+/// What the network loop uses, and nothing else: the node's name, the
+/// replicated log and the host's network.
+pub struct NetworkLoop<L, H> {
+    pub node: String,
+    pub log: L,
+    pub host: Arc<H>,
+}
+
+/// What the network loop does to the host: the bridge, the routes and the
+/// masquerade rule, the DNS server. [`NodeNetwork`] is the real one.
+pub trait HostNetwork: Send + Sync + 'static {
+    /// A running DNS server.
+    type Dns: Send + Sync + 'static;
+    /// Set once the node left the cluster and took its network down.
+    fn is_torn_down(&self) -> bool;
+    /// The subnet the bridge is ready for, once it is.
+    fn prepared(&self) -> Option<Ipv4Cidr>;
+    /// Makes the bridge ready for `subnet`. Blocking.
+    fn prepare_bridge(&self, subnet: Ipv4Cidr) -> anyhow::Result<()>;
+    /// Routes to the other nodes' subnets, and the masquerade rule.
+    /// Blocking.
+    fn sync_routes(
+        &self,
+        cluster: Ipv4Cidr,
+        wanted: &BTreeMap<Ipv4Cidr, Ipv4Addr>,
+    ) -> anyhow::Result<()>;
+    /// A DNS server for `zone` on the gateway address of `subnet`, or
+    /// `None` (said in the log) when it does not start.
+    fn start_dns(
+        &self,
+        subnet: Ipv4Cidr,
+        zone: &str,
+    ) -> impl Future<Output = Option<Self::Dns>> + Send;
+    /// Replaces every record the server answers with.
+    fn set_records(&self, dns: &Self::Dns, records: DnsRecords) -> anyhow::Result<()>;
+    /// Stops the DNS server, if one runs, and forgets the zone it served.
+    fn stop_dns(&self, dns: Option<Self::Dns>) -> impl Future<Output = ()> + Send;
+}
+
+impl HostNetwork for NodeNetwork {
+    type Dns = DnsServer;
+
+    fn is_torn_down(&self) -> bool {
+        NodeNetwork::is_torn_down(self)
+    }
+
+    fn prepared(&self) -> Option<Ipv4Cidr> {
+        self.ready().map(|ready| ready.subnet)
+    }
+
+    fn prepare_bridge(&self, subnet: Ipv4Cidr) -> anyhow::Result<()> {
+        let ready = self.prepare(subnet)?;
+        tracing::info!(%subnet, bridge = %self.config.bridge, "node network ready");
+        *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(ready);
+        Ok(())
+    }
+
+    fn sync_routes(
+        &self,
+        cluster: Ipv4Cidr,
+        wanted: &BTreeMap<Ipv4Cidr, Ipv4Addr>,
+    ) -> anyhow::Result<()> {
+        NodeNetwork::sync_routes(self, cluster, wanted)
+    }
+
+    async fn start_dns(&self, subnet: Ipv4Cidr, zone: &str) -> Option<DnsServer> {
+        let listen = SocketAddr::new(subnet.gateway().into(), self.config.dns_port);
+        let upstreams = shoal_net::dns::upstreams_from_resolv_conf(&self.config.resolv_conf)
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "no upstream nameservers; names outside the zone get SERVFAIL");
+                Vec::new()
+            });
+        let mut config = DnsConfig::new(listen, upstreams);
+        config.zone = zone.to_string();
+        match DnsServer::start(config).await {
+            Ok(server) => {
+                tracing::info!(%listen, %zone, "DNS server started");
+                *self.served.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(server.zone().clone());
+                Some(server)
+            }
+            Err(error) => {
+                tracing::warn!(%error, %listen, "starting the DNS server");
+                None
+            }
+        }
+    }
+
+    fn set_records(&self, dns: &DnsServer, records: DnsRecords) -> anyhow::Result<()> {
+        Ok(dns.zone().replace(records)?)
+    }
+
+    async fn stop_dns(&self, dns: Option<DnsServer>) {
+        NodeNetwork::stop_dns(self, dns).await
+    }
+}
+
 /// Keeps the node's network in line with the cluster state: the bridge
 /// once the node has a subnet, routes to the other nodes' subnets, the
 /// masquerade rule, and the DNS server with the records of running tasks.
-pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
-    let network = shared.network.clone();
-    let mut changes = shared.raft.subscribe();
-    let mut dns: Option<(DnsServer, String)> = None;
+/// Ends once the node's network is torn down.
+pub async fn run<L: ReplicatedLog, H: HostNetwork>(network: NetworkLoop<L, H>) {
+    let NetworkLoop { node, log, host } = network;
+    let mut changes = log.subscribe();
+    let mut dns: Option<(H::Dns, String)> = None;
     let mut synced: Option<(BTreeMap<Ipv4Cidr, Ipv4Addr>, Ipv4Cidr)> = None;
     let mut last_resync = Instant::now();
     let mut records_built_at: Option<u64> = None;
     loop {
         changes.borrow_and_update();
-        if network.is_torn_down() {
-            stop_dns(&mut dns, &network).await;
+        if host.is_torn_down() {
+            stop_dns(&*host, &mut dns).await;
             return;
         }
         let (subnet, cluster, zone, routes, applied) = {
-            let state = shared.raft.read();
+            let state = log.read();
             let subnet = state
                 .nodes
-                .get(&shared.config.name)
+                .get(&node)
                 .and_then(|node| node.subnet.as_deref())
                 .and_then(|text| Ipv4Cidr::parse("subnet", text).ok());
             let cluster = Ipv4Cidr::parse("cluster_cidr", &state.settings.cluster_cidr).ok();
@@ -174,25 +271,18 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
                 subnet,
                 cluster,
                 state.settings.dns_zone.clone(),
-                desired_routes(&state, &shared.config.name),
+                desired_routes(&state, &node),
                 state.applied_index,
             )
         };
 
         if let Some(subnet) = subnet {
-            let prepared = network.ready().map(|ready| ready.subnet);
-            if prepared != Some(subnet) {
-                let preparing = network.clone();
-                match tokio::task::spawn_blocking(move || preparing.prepare(subnet)).await {
-                    Ok(Ok(ready)) => {
-                        tracing::info!(%subnet, bridge = %shared.network.config.bridge, "node network ready");
-                        *shared
-                            .network
-                            .ready
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner()) = Some(ready);
+            if host.prepared() != Some(subnet) {
+                let preparing = host.clone();
+                match tokio::task::spawn_blocking(move || preparing.prepare_bridge(subnet)).await {
+                    Ok(Ok(())) => {
                         // A new gateway address: the DNS server moves with it.
-                        stop_dns(&mut dns, &network).await;
+                        stop_dns(&*host, &mut dns).await;
                     }
                     Ok(Err(error)) => tracing::warn!(%error, %subnet, "setting up the bridge"),
                     Err(error) => tracing::warn!(%error, "setting up the bridge"),
@@ -200,37 +290,21 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
             }
         }
 
-        if let Some(ready) = network.ready() {
+        if let Some(prepared) = host.prepared() {
             if dns.as_ref().is_some_and(|(_, served)| *served != zone) {
-                stop_dns(&mut dns, &network).await;
+                stop_dns(&*host, &mut dns).await;
             }
             if dns.is_none() {
-                let listen =
-                    SocketAddr::new(ready.subnet.gateway().into(), network.config.dns_port);
-                let upstreams =
-                    shoal_net::dns::upstreams_from_resolv_conf(&network.config.resolv_conf)
-                        .unwrap_or_else(|error| {
-                            tracing::warn!(%error, "no upstream nameservers; names outside the zone get SERVFAIL");
-                            Vec::new()
-                        });
-                let mut config = DnsConfig::new(listen, upstreams);
-                config.zone = zone.clone();
-                match DnsServer::start(config).await {
-                    Ok(server) => {
-                        tracing::info!(%listen, %zone, "DNS server started");
-                        *network.served.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(server.zone().clone());
-                        dns = Some((server, zone.clone()));
-                        records_built_at = None;
-                    }
-                    Err(error) => tracing::warn!(%error, %listen, "starting the DNS server"),
+                if let Some(server) = host.start_dns(prepared, &zone).await {
+                    dns = Some((server, zone.clone()));
+                    records_built_at = None;
                 }
             }
         }
         if let Some((server, _)) = &dns {
             if records_built_at != Some(applied) {
-                let records = records_from_state(&shared.raft.read());
-                match server.zone().replace(records) {
+                let records = records_from_state(&log.read());
+                match host.set_records(server, records) {
                     Ok(()) => records_built_at = Some(applied),
                     Err(error) => tracing::warn!(%error, "updating the DNS records"),
                 }
@@ -240,10 +314,9 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
         if let Some(cluster) = cluster {
             let due = last_resync.elapsed() >= RESYNC_INTERVAL;
             if due || synced.as_ref() != Some(&(routes.clone(), cluster)) {
-                let (network, wanted) = (network.clone(), routes.clone());
+                let (host, wanted) = (host.clone(), routes.clone());
                 let outcome =
-                    tokio::task::spawn_blocking(move || network.sync_routes(cluster, &wanted))
-                        .await;
+                    tokio::task::spawn_blocking(move || host.sync_routes(cluster, &wanted)).await;
                 match outcome {
                     Ok(Ok(())) => synced = Some((routes, cluster)),
                     Ok(Err(error)) => {
@@ -267,5 +340,12 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
     }
 }
 
+/// Stops the DNS server the loop runs, if any.
+async fn stop_dns<H: HostNetwork>(host: &H, dns: &mut Option<(H::Dns, String)>) {
+    host.stop_dns(dns.take().map(|(server, _)| server)).await;
+}
+
+#[cfg(test)]
+mod loop_tests;
 #[cfg(test)]
 mod tests;
