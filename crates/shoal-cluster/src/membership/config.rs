@@ -1,0 +1,125 @@
+//! How a member is configured: names, addresses, the cluster id, SWIM's
+//! timings, and the checks that they (and the node facts, which must fit
+//! in a datagram) are usable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::facts::FactsMsg;
+use super::{MembershipError, NodeFacts, CLUSTER_ID_MAX_BYTES, FACTS_MAX_BYTES, NAME_MAX_BYTES};
+
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// Node name, unique in the cluster; must equal `facts.name`.
+    pub name: String,
+    /// Local address of the UDP gossip socket.
+    pub bind: SocketAddr,
+    /// Address the others send to (a concrete IP, not 0.0.0.0).
+    pub advertise: SocketAddr,
+    /// Identity of the cluster; datagrams of other clusters are dropped.
+    pub cluster_id: String,
+    pub facts: NodeFacts,
+    /// JSON file of known peers' gossip addresses.
+    pub peer_cache: PathBuf,
+    /// How long a dead or departed node stays listed before it is forgotten.
+    pub dead_forget_after: Duration,
+    /// One member is probed per period.
+    pub probe_period: Duration,
+    /// How long a direct probe waits for its ack before asking others to
+    /// probe indirectly. Below `probe_period`.
+    pub probe_rtt: Duration,
+    /// How long a suspect has to refute the suspicion before it is dead.
+    pub suspect_to_down_after: Duration,
+}
+
+impl MembershipConfig {
+    /// A configuration with the defaults: advertise = bind, dead nodes
+    /// forgotten after 5 minutes, and timings that declare a crashed node
+    /// dead about 3 s after it stops answering on a LAN (probe every
+    /// 500 ms, 200 ms round trip, 2 s of suspicion).
+    pub fn new(
+        name: impl Into<String>,
+        bind: SocketAddr,
+        cluster_id: impl Into<String>,
+        facts: NodeFacts,
+        peer_cache: impl Into<PathBuf>,
+    ) -> MembershipConfig {
+        MembershipConfig {
+            name: name.into(),
+            bind,
+            advertise: bind,
+            cluster_id: cluster_id.into(),
+            facts,
+            peer_cache: peer_cache.into(),
+            dead_forget_after: Duration::from_secs(5 * 60),
+            probe_period: Duration::from_millis(500),
+            probe_rtt: Duration::from_millis(200),
+            suspect_to_down_after: Duration::from_secs(2),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), MembershipError> {
+        let invalid = |msg: String| Err(MembershipError::InvalidConfig(msg));
+        if self.name.is_empty() || self.name.len() > NAME_MAX_BYTES {
+            return invalid(format!(
+                "name: must be 1 to {NAME_MAX_BYTES} bytes, got {}",
+                self.name.len()
+            ));
+        }
+        if self.cluster_id.is_empty() || self.cluster_id.len() > CLUSTER_ID_MAX_BYTES {
+            return invalid(format!(
+                "cluster_id: must be 1 to {CLUSTER_ID_MAX_BYTES} bytes, got {}",
+                self.cluster_id.len()
+            ));
+        }
+        if self.advertise.ip().is_unspecified() || self.advertise.port() == 0 {
+            return invalid(format!(
+                "advertise: {} is not an address others can send to (give a concrete IP and port)",
+                self.advertise
+            ));
+        }
+        if self.probe_period.is_zero() || self.probe_rtt.is_zero() {
+            return invalid("probe_period and probe_rtt must be above zero".into());
+        }
+        if self.probe_rtt >= self.probe_period {
+            return invalid(format!(
+                "probe_rtt ({:?}) must be below probe_period ({:?})",
+                self.probe_rtt, self.probe_period
+            ));
+        }
+        if self.suspect_to_down_after.is_zero() {
+            return invalid("suspect_to_down_after must be above zero".into());
+        }
+        if self.dead_forget_after < Duration::from_secs(1) {
+            return invalid("dead_forget_after must be at least 1s".into());
+        }
+        check_facts(&self.name, &self.facts)
+    }
+}
+
+pub(super) fn check_facts(name: &str, facts: &NodeFacts) -> Result<(), MembershipError> {
+    if facts.name != name {
+        return Err(MembershipError::FactsName {
+            facts: facts.name.clone(),
+            node: name.to_owned(),
+        });
+    }
+    // The largest the broadcast can be: the biggest varints.
+    let size = FactsMsg {
+        boot: u64::MAX,
+        seq: u64::MAX,
+        left: true,
+        facts: facts.clone(),
+    }
+    .encode()
+    .map_err(|err| MembershipError::Encode(err.to_string()))?
+    .len();
+    if size > FACTS_MAX_BYTES {
+        return Err(MembershipError::FactsTooLarge {
+            size,
+            max: FACTS_MAX_BYTES,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Datagrams in: the size limit, the cluster's envelope and the member
+//! limit are checked before foca sees a packet; each drop is counted.
+
+use std::net::SocketAddr;
+
+use foca::{Codec, Message, PostcardCodec};
+
+use super::super::identity::NodeId;
+use super::super::stats::Counters;
+use super::super::wire::{self, Reject, PREFIX_LEN};
+use super::super::{MEMBERS_MAX, PACKET_MAX_BYTES};
+use super::Driver;
+
+impl Driver {
+    pub(super) fn receive(&mut self, datagram: &[u8]) {
+        let counters = &self.shared.counters;
+        Counters::bump(&counters.datagrams_received);
+        if datagram.len() > PREFIX_LEN + PACKET_MAX_BYTES {
+            Counters::bump(&counters.dropped_oversize);
+            return;
+        }
+        let packet = match wire::open(&self.prefix, datagram) {
+            Ok(packet) => packet,
+            Err(Reject::OtherCluster) => {
+                Counters::bump(&counters.dropped_other_cluster);
+                tracing::trace!("dropped a datagram of another cluster");
+                return;
+            }
+            Err(Reject::Malformed) => {
+                Counters::bump(&counters.dropped_malformed);
+                return;
+            }
+        };
+        if self.foca.iter_membership_state().len() >= MEMBERS_MAX && self.would_add_members(packet)
+        {
+            Counters::bump(&counters.dropped_members_full);
+            tracing::debug!("member list full ({MEMBERS_MAX}): dropped a datagram");
+            return;
+        }
+        if let Err(err) = self.foca.handle_data(packet, &mut self.runtime) {
+            Counters::bump(&self.shared.counters.protocol_errors);
+            tracing::debug!("gossip packet refused: {err}");
+        }
+    }
+
+    /// Whether handling `packet` could add a member foca does not know.
+    /// Only used when the list is full, so its cost does not matter.
+    fn would_add_members(&self, mut packet: &[u8]) -> bool {
+        let mut codec = PostcardCodec;
+        let Ok(header) = Codec::<NodeId>::decode_header(&mut codec, &mut packet) else {
+            return false; // foca will refuse it
+        };
+        let own = self.foca.identity().addr;
+        let known = |addr: SocketAddr| {
+            addr == own
+                || self
+                    .foca
+                    .iter_membership_state()
+                    .any(|member| member.id().addr == addr)
+        };
+        if !known(header.src.addr) {
+            return true;
+        }
+        if matches!(header.message, Message::Broadcast) {
+            return false;
+        }
+        let Some((count, mut rest)) = packet.split_first_chunk::<2>() else {
+            return false;
+        };
+        for _ in 0..u16::from_be_bytes(*count) {
+            match Codec::<NodeId>::decode_member(&mut codec, &mut rest) {
+                Ok(member) if !known(member.id().addr) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}

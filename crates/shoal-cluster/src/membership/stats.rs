@@ -1,0 +1,55 @@
+//! The membership's counters: datagrams in and out, and each reason one
+//! was dropped, bumped by the gossip task and read by the handle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    /// Datagrams of another cluster (same envelope, other cluster id).
+    pub dropped_other_cluster: u64,
+    /// Datagrams without a valid envelope.
+    pub dropped_malformed: u64,
+    /// Datagrams over the size limit.
+    pub dropped_oversize: u64,
+    /// Datagrams dropped because they would add members past
+    /// [`MEMBERS_MAX`](super::MEMBERS_MAX).
+    pub dropped_members_full: u64,
+    /// Packets foca refused (undecodable, from a dead member, ...).
+    pub protocol_errors: u64,
+    pub send_errors: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) datagrams_received: AtomicU64,
+    pub(super) datagrams_sent: AtomicU64,
+    pub(super) dropped_other_cluster: AtomicU64,
+    pub(super) dropped_malformed: AtomicU64,
+    pub(super) dropped_oversize: AtomicU64,
+    pub(super) dropped_members_full: AtomicU64,
+    pub(super) protocol_errors: AtomicU64,
+    pub(super) send_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn snapshot(&self) -> MembershipStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MembershipStats {
+            datagrams_received: get(&self.datagrams_received),
+            datagrams_sent: get(&self.datagrams_sent),
+            dropped_other_cluster: get(&self.dropped_other_cluster),
+            dropped_malformed: get(&self.dropped_malformed),
+            dropped_oversize: get(&self.dropped_oversize),
+            dropped_members_full: get(&self.dropped_members_full),
+            protocol_errors: get(&self.protocol_errors),
+            send_errors: get(&self.send_errors),
+        }
+    }
+}
