@@ -1,0 +1,361 @@
+//! The node's answers to the API: [`NodeBackend`] reads this node's own
+//! state, gossip and runtime, and proposes writes through the log; the
+//! views it answers with are built in `views`.
+
+#[cfg(test)]
+mod tests;
+mod views;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use shoal_api::server::{ApiError, ApiResult, Backend, LogOptions, LogStream};
+use shoal_api::wire::{
+    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, ImageView, NodeUpdate,
+    NodeView, PlanView, PlannedStop, PlannedTask, TaskView, VersionInfo,
+};
+use shoal_cluster::raft::ProposeError;
+use shoal_runtime::{ErrorKind, ImageStore, Runtime};
+use shoal_state::Entry;
+use shoal_state::{ApplyError, Command, Outcome};
+use shoal_types::{NodeStatus, Taint, TaintEffect};
+
+use shoal_cluster::log::ReplicatedLog;
+use shoal_cluster::raft::RaftNode;
+
+use super::Shared;
+use crate::clock::now_ms;
+use views::{app_view, image_view, node_views, stop_words, unplaced_view};
+
+pub struct NodeBackend<R, L = RaftNode>(pub Arc<Shared<R, L>>);
+
+impl<R, L: ReplicatedLog> NodeBackend<R, L> {
+    /// Waits until this node's state holds every write acknowledged
+    /// before the call (reads are linearizable).
+    async fn fresh(&self) -> ApiResult<()> {
+        self.0.raft.linearizable_read().await.map_err(propose_error)
+    }
+}
+
+fn propose_error(error: ProposeError) -> ApiError {
+    match error {
+        ProposeError::Rejected(ApplyError::AppNotFound(name)) => {
+            ApiError::not_found(format!("app `{name}` not found; see `shoal apps`"))
+        }
+        ProposeError::Rejected(ApplyError::NodeNotFound(name)) => {
+            ApiError::not_found(format!("node `{name}` not found; see `shoal nodes`"))
+        }
+        ProposeError::Rejected(error) => ApiError::bad_request(error.to_string()),
+        other => ApiError::unavailable(other.to_string()),
+    }
+}
+
+impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
+    async fn node_update(&self, name: &str, command: Command) -> ApiResult<NodeUpdate> {
+        let outcome = self
+            .0
+            .raft
+            .propose(now_ms(), command)
+            .await
+            .map_err(propose_error)?;
+        let changed = matches!(outcome, Outcome::NodeUpdated { changed: true });
+        let node = self
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|node| node.name == name)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("node `{name}` not found; see `shoal nodes`"))
+            })?;
+        Ok(NodeUpdate { changed, node })
+    }
+}
+
+impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
+    fn version(&self) -> VersionInfo {
+        VersionInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            commit: env!("SHOAL_GIT_COMMIT").into(),
+        }
+    }
+
+    /// From this node's own view (gossip and its applied state), so that a
+    /// node cut off from the majority still shows what it sees.
+    async fn nodes(&self) -> ApiResult<Vec<NodeView>> {
+        let shared = &self.0;
+        let now = now_ms();
+        let raft = shared.raft.status();
+        let members = shared.membership.members();
+        let state = shared.raft.read();
+        Ok(node_views(&state, &members, &raft, now))
+    }
+
+    async fn cluster(&self) -> ApiResult<ClusterInfo> {
+        let shared = &self.0;
+        let raft = shared.raft.status();
+        let name_of = |id: &u64| {
+            raft.nodes
+                .get(id)
+                .map(|node| node.name.clone())
+                .unwrap_or_else(|| id.to_string())
+        };
+        let settings = shared.raft.read().settings.clone();
+        Ok(ClusterInfo {
+            cluster_id: shared.cluster_id.clone(),
+            name: shared.config.name.clone(),
+            gossip_addr: shared.config.gossip_advertise.to_string(),
+            leader: raft.leader.as_ref().map(name_of),
+            voters: raft.voters.iter().map(name_of).collect(),
+            learners: raft.learners.iter().map(name_of).collect(),
+            settings: ClusterSettings {
+                voters_max: Some(settings.voters_max),
+                cluster_cidr: Some(settings.cluster_cidr),
+                node_prefix_len: Some(settings.node_prefix_len),
+                dns_zone: Some(settings.dns_zone),
+            },
+            log_version: shared.raft.cluster_log_version(),
+            release: shoal_state::RELEASE.to_string(),
+        })
+    }
+
+    async fn set_settings(&self, settings: ClusterSettings) -> ApiResult<ClusterInfo> {
+        let command = Command::SetSettings {
+            voters_max: settings.voters_max,
+            cluster_cidr: settings.cluster_cidr,
+            node_prefix_len: settings.node_prefix_len,
+            dns_zone: settings.dns_zone,
+        };
+        self.0
+            .raft
+            .propose(now_ms(), command)
+            .await
+            .map_err(propose_error)?;
+        self.cluster().await
+    }
+
+    async fn dns_records(&self) -> ApiResult<Vec<DnsRecordView>> {
+        // What this node's server answers with; the same records from the
+        // state when it does not run (yet).
+        let rows = match self.0.network.served_rows() {
+            Some(rows) => rows,
+            None => {
+                let state = self.0.raft.read();
+                super::network::records_from_state(&state).rows(&state.settings.dns_zone)
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| DnsRecordView {
+                name: row.name,
+                record_type: row.record_type.to_string(),
+                value: row.value,
+            })
+            .collect())
+    }
+
+    async fn leave(&self) -> ApiResult<()> {
+        let shared = self.0.clone();
+        tokio::spawn(super::cluster::leave(shared));
+        Ok(())
+    }
+
+    async fn apply(&self, body: Bytes) -> ApiResult<ApplyResponse> {
+        let spec = shoal_types::parse_app(&body)?;
+        let name = spec.name.clone();
+        match self
+            .0
+            .raft
+            .propose(now_ms(), Command::PutApp { spec })
+            .await
+        {
+            Ok(Outcome::AppPut { version, changed }) => Ok(ApplyResponse {
+                app: name,
+                version,
+                changed,
+            }),
+            Ok(other) => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+            Err(error) => Err(propose_error(error)),
+        }
+    }
+
+    async fn apps(&self) -> ApiResult<Vec<AppView>> {
+        self.fresh().await?;
+        let state = self.0.raft.read();
+        Ok(state
+            .apps
+            .keys()
+            .filter_map(|name| app_view(&state, name))
+            .collect())
+    }
+
+    async fn taint_node(&self, name: String, taint: String) -> ApiResult<NodeUpdate> {
+        let taint: Taint = taint
+            .parse()
+            .map_err(|message: String| ApiError::bad_request(format!("taint: {message}")))?;
+        let command = Command::TaintNode {
+            name: name.clone(),
+            taint,
+        };
+        self.node_update(&name, command).await
+    }
+
+    async fn untaint_node(
+        &self,
+        name: String,
+        key: String,
+        effect: Option<String>,
+    ) -> ApiResult<NodeUpdate> {
+        let effect = effect
+            .map(|effect| effect.parse::<TaintEffect>())
+            .transpose()
+            .map_err(|message| ApiError::bad_request(format!("effect: {message}")))?;
+        shoal_types::placement::check_label_key(&key)
+            .map_err(|message| ApiError::bad_request(format!("key: {message}")))?;
+        let command = Command::UntaintNode {
+            name: name.clone(),
+            key,
+            effect,
+        };
+        self.node_update(&name, command).await
+    }
+
+    async fn drain_node(&self, name: String, drain: bool) -> ApiResult<NodeUpdate> {
+        let command = Command::SetNodeDrain {
+            name: name.clone(),
+            drain,
+        };
+        self.node_update(&name, command).await
+    }
+
+    async fn plan(&self, body: Bytes) -> ApiResult<PlanView> {
+        let spec = shoal_types::parse_app(&body)?;
+        let name = spec.name.clone();
+        self.fresh().await?;
+        let mut state = self.0.raft.read().clone();
+        let index = state.applied_index + 1;
+        let outcome = state
+            .apply(index, &Entry::trusted(now_ms(), &Command::PutApp { spec }))
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        let Outcome::AppPut { version, changed } = outcome else {
+            return Err(ApiError::internal(format!(
+                "unexpected outcome {outcome:?}"
+            )));
+        };
+        let plan = shoal_sched::reconcile(&state);
+        let place = plan
+            .place
+            .iter()
+            .filter(|placement| placement.app == name)
+            .map(|placement| PlannedTask {
+                service: placement.service.clone(),
+                slot: placement.slot,
+                node: placement.node.clone(),
+            })
+            .collect();
+        let stop = plan
+            .stop
+            .iter()
+            .zip(&plan.stop_why)
+            .filter_map(|(id, why)| Some((state.tasks.get(id)?, *why)))
+            .filter(|(task, _)| task.app == name)
+            .map(|(task, why)| PlannedStop {
+                task: task.id.clone(),
+                node: task.node.clone(),
+                reason: stop_words(&state, task, why),
+            })
+            .collect();
+        let unplaced = plan
+            .unplaced
+            .iter()
+            .filter(|entry| entry.app == name)
+            .map(unplaced_view)
+            .collect();
+        Ok(PlanView {
+            app: name,
+            version,
+            changed,
+            place,
+            stop,
+            unplaced,
+        })
+    }
+
+    async fn app(&self, name: String) -> ApiResult<AppView> {
+        self.fresh().await?;
+        app_view(&self.0.raft.read(), &name)
+            .ok_or_else(|| ApiError::not_found(format!("app `{name}` not found; see `shoal apps`")))
+    }
+
+    async fn remove_app(&self, name: String) -> ApiResult<()> {
+        self.0
+            .raft
+            .propose(now_ms(), Command::RemoveApp { name })
+            .await
+            .map(|_| ())
+            .map_err(propose_error)
+    }
+
+    async fn tasks(&self, app: Option<String>) -> ApiResult<Vec<TaskView>> {
+        self.fresh().await?;
+        let state = self.0.raft.read();
+        let mut tasks: Vec<TaskView> = state
+            .tasks
+            .values()
+            .filter(|task| app.as_ref().is_none_or(|app| &task.app == app))
+            .map(|task| {
+                let mut view = TaskView::from(task);
+                // A task on a node that is not alive is lost until it is
+                // replaced and its node comes back or is forgotten.
+                let node_alive = state
+                    .nodes
+                    .get(&task.node)
+                    .is_some_and(|n| n.status == NodeStatus::Alive);
+                if !node_alive && !task.status.state.is_terminal() {
+                    view.message =
+                        format!("lost: node {} is not alive ({})", task.node, view.message);
+                }
+                view
+            })
+            .collect();
+        tasks.sort_by(|a, b| {
+            (&a.app, &a.service, a.slot, &a.id).cmp(&(&b.app, &b.service, b.slot, &b.id))
+        });
+        Ok(tasks)
+    }
+
+    async fn logs(&self, target: String, options: LogOptions) -> ApiResult<LogStream> {
+        super::logs::stream(self.0.clone(), target, options).await
+    }
+
+    async fn images(&self) -> ApiResult<Vec<ImageView>> {
+        let images = self
+            .0
+            .runtime
+            .images()
+            .await
+            .map_err(|error| ApiError::unavailable(error.to_string()))?;
+        Ok(images.into_iter().map(image_view).collect())
+    }
+
+    fn upload_dir(&self) -> PathBuf {
+        self.0.config.data_dir.join("uploads")
+    }
+
+    async fn import_image(
+        &self,
+        archive: PathBuf,
+        name: Option<String>,
+    ) -> ApiResult<Vec<ImageView>> {
+        let images = self
+            .0
+            .runtime
+            .import(archive, name)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::Invalid => ApiError::bad_request(error.to_string()),
+                _ => ApiError::unavailable(error.to_string()),
+            })?;
+        Ok(images.into_iter().map(image_view).collect())
+    }
+}

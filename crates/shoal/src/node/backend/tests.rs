@@ -1,0 +1,207 @@
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use shoal_cluster::log::MemoryLog;
+use shoal_cluster::membership::{Membership, MembershipConfig};
+use shoal_cluster::raft::ProposeError;
+use shoal_runtime::fake::FakeRuntime;
+use shoal_state::State;
+use shoal_types::Node;
+use tower::ServiceExt;
+
+use super::*;
+use crate::node::{network, NodeConfig};
+
+/// A node's backend over an in-memory log holding node `n1`, the fake
+/// runtime and gossip on a loopback port of its own.
+struct Fixture {
+    log: MemoryLog,
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("data dir");
+    // A free UDP port of loopback for gossip (it must be concrete).
+    let loopback = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free loopback port");
+    let config = NodeConfig {
+        name: "n1".into(),
+        data_dir: dir.path().to_path_buf(),
+        bind: loopback,
+        advertise: "127.0.0.1:7950".into(),
+        gossip_bind: loopback,
+        gossip_advertise: loopback,
+        peers: Vec::new(),
+        forget_dead_after: std::time::Duration::from_secs(3600),
+        labels: Default::default(),
+        reserve_cpu_millis: 0,
+        reserve_memory_bytes: 0,
+        network: network::NetworkConfig {
+            bridge: "shoaltest0".into(),
+            cni_plugin_dirs: Vec::new(),
+            cluster_cidr: None,
+            resolv_conf: dir.path().join("resolv.conf"),
+            dns_port: 0,
+            cni_config: None,
+        },
+    };
+    let log = MemoryLog::new("n1", State::default());
+    log.apply(Command::RegisterNode {
+        node: Node {
+            name: "n1".into(),
+            addr: "127.0.0.1:7950".into(),
+            os: "Linux".into(),
+            arch: "x86_64".into(),
+            cpus: 2,
+            memory_total_bytes: 1 << 30,
+            cpu_allocatable_millis: 2000,
+            memory_allocatable_bytes: 1 << 30,
+            labels: Default::default(),
+            started_at_ms: 0,
+            status: NodeStatus::Alive,
+            taints: Vec::new(),
+            drain: false,
+            subnet: None,
+        },
+    });
+    let facts = crate::node::cluster::facts(&config, 0);
+    let membership = Membership::start(
+        MembershipConfig::new(
+            "n1",
+            loopback,
+            "test-cluster",
+            facts,
+            dir.path().join("peers.json"),
+        ),
+        Vec::new(),
+    )
+    .await
+    .expect("gossip on loopback");
+    let network = Arc::new(network::NodeNetwork::new(
+        config.network.clone(),
+        dir.path(),
+    ));
+    let shared = Arc::new(Shared {
+        config,
+        raft: log.clone(),
+        membership,
+        cluster_id: "test-cluster".into(),
+        runtime: Arc::new(FakeRuntime::new()),
+        started_at_ms: 0,
+        http: reqwest::Client::new(),
+        network,
+        leaving: tokio::sync::watch::channel(false).0,
+    });
+    Fixture {
+        log,
+        router: shoal_api::server::router(Arc::new(NodeBackend(shared))),
+        _dir: dir,
+    }
+}
+
+async fn call(
+    fixture: &Fixture,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let response = fixture
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("answered");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+const SPEC: &str = "name: web\nservices: [{name: hello, image: busybox, replicas: 2}]\n";
+
+#[tokio::test]
+async fn an_app_is_put_through_the_log_and_shows_its_rollout() {
+    let fixture = fixture().await;
+    let (status, body) = call(&fixture, Method::POST, "/v1/apps", SPEC).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["version"].as_u64(), body["changed"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert!(matches!(
+        fixture.log.commands().last(),
+        Some(Command::PutApp { spec }) if spec.name == "web"
+    ));
+    let (status, app) = call(&fixture, Method::GET, "/v1/apps/web", "").await;
+    assert_eq!(status, StatusCode::OK, "{app}");
+    assert_eq!(app["rollout"]["done"], false, "{app}");
+    assert_eq!(app["rollout"]["services"][0]["wanted"], 2, "{app}");
+    let (_, again) = call(&fixture, Method::POST, "/v1/apps", SPEC).await;
+    assert_eq!(again["changed"], false, "the same spec changes nothing");
+}
+
+#[tokio::test]
+async fn a_bad_spec_names_the_field_and_changes_nothing() {
+    let fixture = fixture().await;
+    let before = fixture.log.commands().len();
+    let typo = "name: web\nservices: [{name: hello, image: busybox, replicaz: 2}]\n";
+    let (status, body) = call(&fixture, Method::POST, "/v1/apps", typo).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replicaz"),
+        "{body}"
+    );
+    assert_eq!(fixture.log.commands().len(), before);
+    let (status, _) = call(&fixture, Method::GET, "/v1/apps/web", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn no_leader_is_503_and_an_unknown_node_404() {
+    let fixture = fixture().await;
+    let (status, body) = call(
+        &fixture,
+        Method::POST,
+        "/v1/nodes/nope/taints",
+        r#"{"taint": "gpu=true:NoSchedule"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("nope"),
+        "{body}"
+    );
+    fixture
+        .log
+        .refuse(Some(ProposeError::NoLeader("an election".into())));
+    let (status, body) = call(&fixture, Method::POST, "/v1/apps", SPEC).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _) = call(&fixture, Method::GET, "/v1/apps", "").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "reads wait for the leader"
+    );
+}
+
+#[tokio::test]
+async fn nodes_merge_the_log_and_gossip() {
+    let fixture = fixture().await;
+    let (status, nodes) = call(&fixture, Method::GET, "/v1/nodes", "").await;
+    assert_eq!(status, StatusCode::OK, "{nodes}");
+    let node = &nodes[0];
+    assert_eq!(node["name"], "n1", "{nodes}");
+    assert_eq!(node["role"], "voter");
+    assert_eq!(node["leader"], true);
+    assert_eq!(node["release"], shoal_state::RELEASE, "from gossip: {node}");
+}
