@@ -251,8 +251,11 @@ pub fn choose_voters(
             zones.entry(zone(id)).or_default().push(*id);
         }
         let quiet = chosen.iter().copied().find(|id| *id != leader && !live(id));
+        // The most crowded zone among those with a voter other than the
+        // leader (the leader's zone alone may be the most crowded).
         let crowded = zones
             .values()
+            .filter(|ids| ids.iter().any(|id| *id != leader))
             .max_by_key(|ids| ids.len())
             .and_then(|ids| ids.iter().rev().copied().find(|id| *id != leader));
         let Some(extra) = quiet.or(crowded) else {
@@ -395,6 +398,23 @@ mod tests {
             choose_voters(1, &voters, &voters, &members, 5, 1_500),
             voters
         );
+    }
+
+    #[test]
+    fn lowering_voters_max_demotes_even_when_every_zone_has_one_voter() {
+        // Found by the simulator (seed 1, step 107): the leader's zone,
+        // named last, was taken as the most crowded and nobody stepped down.
+        let members = vec![
+            member(1, "z2", Liveness::Alive, 0),
+            member(2, "z0", Liveness::Alive, 0),
+            member(3, "z1", Liveness::Alive, 0),
+        ];
+        let voters = ids(&[1, 2, 3]);
+        assert_eq!(
+            choose_voters(1, &voters, &voters, &members, 1, 0),
+            ids(&[1])
+        );
+        assert_eq!(choose_voters(1, &voters, &voters, &members, 3, 0), voters);
     }
 
     #[test]

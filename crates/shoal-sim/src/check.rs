@@ -1,10 +1,14 @@
 //! The invariants the simulator checks after every step, and after the
-//! cluster is healed. Each check returns the first violation in words.
+//! cluster is healed: on the state, on the leader's duties and the
+//! consensus they leave, and on every step of every node's agent. Each
+//! check returns the first violation in words.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use shoal_agent::{Action, Observed};
+use shoal_sched::duties::{Consensus, Duty, DutyBounds, Liveness, Member};
 use shoal_state::{fit, State};
-use shoal_types::{DesiredState, Kind, NodeStatus, TaintEffect, TaskStatus};
+use shoal_types::{DesiredState, Kind, NodeStatus, TaintEffect, Task, TaskStatus};
 
 /// What a task looked like at the end of the previous step: the fields that
 /// must never change (its placement) and the ones that only move forward.
@@ -225,4 +229,286 @@ pub fn check_healed(state: &State) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What must hold of the leader's duties, derived from `members` (gossip),
+/// `consensus` and `state` at `now_ms`, before they are carried out: a
+/// learner is a live member not yet in the consensus; a node's recorded
+/// status follows gossip (dead only once gossip has said so for
+/// `dead_confirm_ms`, alive only for a member gossip sees alive or
+/// suspect); only a node that is not alive, and that gossip does not see
+/// alive, is forgotten, and never a voter with it; a change of voters
+/// keeps the leader, promotes only members gossip sees alive, removes none
+/// of them and stays within `voters_max`.
+pub fn check_duties(
+    state: &State,
+    members: &[Member],
+    consensus: &Consensus,
+    bounds: &DutyBounds,
+    now_ms: u64,
+    duties: &[Duty],
+) -> Result<(), String> {
+    let member = |name: &str| members.iter().find(|member| member.name == name);
+    let by_id = |id: u64| members.iter().find(|member| member.raft_id == id);
+    let live = |member: &Member| matches!(member.status, Liveness::Alive | Liveness::Suspect);
+    let mut verdicts: BTreeSet<&str> = BTreeSet::new();
+    for duty in duties {
+        match duty {
+            Duty::AddLearner { id, name, .. } => {
+                let Some(member) = member(name).filter(|member| member.raft_id == *id) else {
+                    return Err(format!(
+                        "the leader admits {name} (id {id}) as a learner, but gossip knows no such member"
+                    ));
+                };
+                if !live(member) {
+                    return Err(format!(
+                        "the leader admits {name} as a learner, which gossip sees {}",
+                        liveness(member.status)
+                    ));
+                }
+                if consensus.members.contains(id) {
+                    return Err(format!(
+                        "the leader admits {name} as a learner, but it is in the consensus already"
+                    ));
+                }
+            }
+            Duty::SetNodeStatus { name, status } => {
+                let Some(member) = member(name) else {
+                    return Err(format!(
+                        "the leader sets node {name} {}, but gossip does not know it",
+                        status.as_str()
+                    ));
+                };
+                let dead_for_ms = now_ms.saturating_sub(member.since_ms);
+                let follows_gossip = match status {
+                    NodeStatus::Alive => live(member),
+                    NodeStatus::Dead => {
+                        member.status == Liveness::Dead && dead_for_ms >= bounds.dead_confirm_ms
+                    }
+                    NodeStatus::Left => member.status == Liveness::Left,
+                    // Suspicion is gossip's business; it never moves work.
+                    NodeStatus::Suspect => false,
+                };
+                if !follows_gossip {
+                    return Err(format!(
+                        "the leader sets node {name} {} while gossip sees it {} for {dead_for_ms}ms",
+                        status.as_str(),
+                        liveness(member.status)
+                    ));
+                }
+                if !state.nodes.contains_key(name) {
+                    return Err(format!(
+                        "the leader sets node {name} {}, which the state does not have",
+                        status.as_str()
+                    ));
+                }
+                verdicts.insert(name);
+            }
+            Duty::Forget {
+                name,
+                leave_consensus,
+            } => {
+                match state.nodes.get(name) {
+                    None => {
+                        return Err(format!(
+                            "the leader forgets node {name}, which the state does not have"
+                        ))
+                    }
+                    Some(node) if node.status == NodeStatus::Alive => {
+                        return Err(format!("the leader forgets node {name}, which is alive"))
+                    }
+                    Some(_) => {}
+                }
+                if let Some(member) = member(name).filter(|member| live(member)) {
+                    return Err(format!(
+                        "the leader forgets node {name}, which gossip sees {}",
+                        liveness(member.status)
+                    ));
+                }
+                if verdicts.contains(name.as_str()) {
+                    return Err(format!(
+                        "the leader both sets node {name}'s status and forgets it in one pass"
+                    ));
+                }
+                if let Some(id) = leave_consensus {
+                    if *id != shoal_types::consensus_id(name) || consensus.voters.contains(id) {
+                        return Err(format!(
+                            "forgetting node {name}, the leader takes id {id} out of the consensus, \
+                             which is not that node as a learner"
+                        ));
+                    }
+                }
+            }
+            Duty::ChangeVoters { voters, remove } => {
+                let voters_max = state.settings.voters_max.max(1) as usize;
+                if voters.len() > voters_max {
+                    return Err(format!(
+                        "the leader wants {} voters, more than voters_max {voters_max}: {voters:?}",
+                        voters.len()
+                    ));
+                }
+                if !voters.contains(&consensus.leader) {
+                    return Err(format!(
+                        "the leader (id {}) leaves itself out of the voters {voters:?}",
+                        consensus.leader
+                    ));
+                }
+                if let Some(id) = voters.iter().find(|id| !consensus.members.contains(id)) {
+                    return Err(format!(
+                        "the leader makes id {id} a voter, which is not in the consensus"
+                    ));
+                }
+                for id in voters.difference(&consensus.voters) {
+                    let status = by_id(*id).map(|member| member.status);
+                    if status != Some(Liveness::Alive) {
+                        return Err(format!(
+                            "the leader promotes id {id} to voter, which gossip sees {}",
+                            status.map_or("nowhere", liveness)
+                        ));
+                    }
+                }
+                for id in remove {
+                    if voters.contains(id) || *id == consensus.leader {
+                        return Err(format!(
+                            "the leader removes id {id} from the consensus and keeps it a voter (or leads)"
+                        ));
+                    }
+                    if by_id(*id).is_some_and(|member| member.status == Liveness::Alive) {
+                        return Err(format!(
+                            "the leader removes id {id} from the consensus, which gossip sees alive"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What must hold of the consensus after the leader's duties: the leader
+/// votes, every voter is a member, no more voters than `voters_max`, and a
+/// majority of them is `up` (the simulator never takes one down, so
+/// losing it would be the duties' doing).
+pub fn check_consensus(
+    consensus: &Consensus,
+    voters_max: u32,
+    up: &BTreeSet<u64>,
+) -> Result<(), String> {
+    if !consensus.voters.contains(&consensus.leader) {
+        return Err(format!(
+            "the leader (id {}) is not a voter: {:?}",
+            consensus.leader, consensus.voters
+        ));
+    }
+    if let Some(id) = consensus
+        .voters
+        .iter()
+        .find(|id| !consensus.members.contains(id))
+    {
+        return Err(format!("voter id {id} is not a member of the consensus"));
+    }
+    if consensus.voters.len() > voters_max.max(1) as usize {
+        return Err(format!(
+            "the consensus has {} voters, more than voters_max {voters_max}",
+            consensus.voters.len()
+        ));
+    }
+    let voting = consensus.voters.intersection(up).count();
+    if voting * 2 <= consensus.voters.len() {
+        return Err(format!(
+            "only {voting} of the {} voters are up: the consensus lost its majority",
+            consensus.voters.len()
+        ));
+    }
+    Ok(())
+}
+
+/// What must hold of the consensus once every node is up and alive and the
+/// leader has settled: every voter is one of them (`alive`), and there are
+/// as many as the rule says: all of 1 or 2 members, 3 of 3 or 4, 5 from 5,
+/// never more than `voters_max`.
+pub fn check_healed_consensus(
+    consensus: &Consensus,
+    voters_max: u32,
+    alive: &BTreeSet<u64>,
+) -> Result<(), String> {
+    if let Some(id) = consensus.voters.iter().find(|id| !alive.contains(id)) {
+        return Err(format!(
+            "after healing, voter id {id} is not a live member of the cluster"
+        ));
+    }
+    let members = consensus.members.intersection(alive).count();
+    let target = match members {
+        0..=2 => members.max(1),
+        3 | 4 => 3,
+        _ => 5,
+    }
+    .min(voters_max.max(1) as usize);
+    if consensus.voters.len() != target {
+        return Err(format!(
+            "after healing, the consensus has {} voters; with {members} live members and voters_max {voters_max} it should have {target}",
+            consensus.voters.len()
+        ));
+    }
+    Ok(())
+}
+
+/// What must hold of one step of a node's agent, given the tasks placed on
+/// it (`desired`) and the containers it `observed`: it starts only tasks
+/// desired running, never one whose container runs (a running container
+/// is adopted, not restarted), never destroys the container of a task
+/// desired running, and asks for one thing at most per task.
+pub fn check_agent_step(
+    node: &str,
+    desired: &[&Task],
+    observed: &BTreeMap<String, Observed>,
+    actions: &[Action],
+) -> Result<(), String> {
+    let wanted = |id: &str| {
+        desired
+            .iter()
+            .find(|task| task.id == id)
+            .map(|task| task.desired)
+    };
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
+    for action in actions {
+        let id = match action {
+            Action::Run { task_id, .. } => {
+                if wanted(task_id) != Some(DesiredState::Running) {
+                    return Err(format!(
+                        "node {node}'s agent starts task {task_id}, which is not desired running on it"
+                    ));
+                }
+                if observed.get(task_id) == Some(&Observed::Running) {
+                    return Err(format!(
+                        "node {node}'s agent starts task {task_id} again while its container runs"
+                    ));
+                }
+                task_id
+            }
+            Action::Destroy { container_id, .. } => {
+                if wanted(container_id) == Some(DesiredState::Running) {
+                    return Err(format!(
+                        "node {node}'s agent destroys the container of task {container_id}, which is desired running"
+                    ));
+                }
+                container_id
+            }
+        };
+        if !touched.insert(id.as_str()) {
+            return Err(format!(
+                "node {node}'s agent asks for two actions on {id} in one step"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn liveness(status: Liveness) -> &'static str {
+    match status {
+        Liveness::Alive => "alive",
+        Liveness::Suspect => "suspect",
+        Liveness::Dead => "dead",
+        Liveness::Left => "left",
+    }
 }

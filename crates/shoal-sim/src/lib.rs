@@ -1,11 +1,14 @@
-//! The simulator's core: the real state machine (`shoal_state::State`) and
-//! scheduler (`shoal_sched`) driven over many simulated nodes in one
-//! process. Pure like the crates it drives: time is a virtual clock advanced
-//! by the step loop and randomness a seeded generator, so a seed replays
-//! exactly. The binary (`main.rs`) adds the wall clock and memory figures.
+//! The simulator's core: the real state machine (`shoal_state::State`),
+//! scheduler (`shoal_sched`), leader duties (`shoal_sched::duties`) and
+//! node agent (`shoal_agent::Reconciler`, over a simulated container table)
+//! driven over many simulated nodes in one process. Pure like the crates
+//! it drives: time is a virtual clock advanced by the step loop and
+//! randomness a seeded generator, so a seed replays exactly. The binary
+//! (`main.rs`) adds the wall clock and memory figures.
 //!
 //! - [`chaos`]: nodes join, fail and come back, apps are applied, scaled
-//!   and removed, and [`check`] verifies the invariants after every step.
+//!   and removed, and [`check`] verifies the invariants after every step:
+//!   of the state, of the leader's duties and of every agent's step.
 //! - [`bench`]: places many tasks on many nodes, for the benchmark.
 
 pub mod bench;

@@ -1,22 +1,33 @@
 //! The chaos run: a seeded sequence of cluster events (apps applied,
-//! scaled, updated and removed; nodes joining, dying, coming back, resized,
-//! forgotten, tainted and drained), each step followed by the real scheduler
-//! until it has nothing left to do, simulated nodes reporting what became of
-//! their tasks, and the invariants of [`crate::check`]. At the end the
-//! cluster is healed and every service must have its replicas.
+//! scaled, updated and removed; nodes joining, going down, suspected,
+//! coming back, resized, forgotten, tainted and drained), each step
+//! followed by the leader's duties, the real scheduler until it has nothing
+//! left to do, and the simulated nodes' agents keeping their promises and
+//! reporting, with the invariants of [`crate::check`] checked. At the end
+//! the cluster is healed and every service must have its replicas.
 //!
 //! - `apps` and `nodes`: the events a step draws, on apps and on nodes.
-//! - `reports`: the simulated nodes reporting what became of their tasks.
+//! - `leader`: gossip's records of the nodes, the consensus's membership,
+//!   and the leader's duties (`shoal_sched::duties`) carried out.
+//! - `agents`: each node's real `shoal_agent::Reconciler` over a simulated
+//!   container table.
+//! - `reports`: what the agents report, proposed, with bogus reports mixed in.
 //! - `summary`: what a run did, counted, as one line.
 
+mod agents;
 mod apps;
+mod leader;
 mod nodes;
 mod reports;
 mod summary;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_sched::duties::{Consensus, DutyBounds, Liveness};
 use shoal_sched::Options;
 use shoal_state::{Command, Outcome, PLACEMENTS_PER_PLAN_MAX};
-use shoal_types::NodeStatus;
+
+use agents::SimNode;
 
 use crate::check::{self, Previous};
 use crate::cluster::Cluster;
@@ -110,6 +121,11 @@ struct Chaos {
     rng: Rng,
     cluster: Cluster,
     zones: u64,
+    /// Every node gossip knows, by name: its facts, gossip's record, and
+    /// its agent with its containers.
+    nodes: BTreeMap<String, SimNode>,
+    consensus: Consensus,
+    bounds: DutyBounds,
     /// Serial of the next node to join.
     next_node: usize,
     next_app: u64,
@@ -117,7 +133,7 @@ struct Chaos {
     apps_max: usize,
     previous: Previous,
     summary: Summary,
-    /// Nodes report every change at once and nothing fails (while healing).
+    /// Nothing fails, lags or is lost, and no report is bogus (while healing).
     quiet: bool,
 }
 
@@ -130,6 +146,13 @@ impl Chaos {
             rng,
             cluster: Cluster::default(),
             zones,
+            nodes: BTreeMap::new(),
+            consensus: Consensus {
+                leader: 0,
+                voters: BTreeSet::new(),
+                members: BTreeSet::new(),
+            },
+            bounds: leader::bounds(),
             next_node: 0,
             next_app: 0,
             // Joins grow the cluster by a quarter at most.
@@ -157,6 +180,9 @@ impl Chaos {
             self.join()?;
         }
         self.summary.joins = 0;
+        self.found_consensus()?;
+        self.lead()?;
+        self.nodes_work()?;
         self.settle()?;
         check::check_step(&self.cluster.state, &self.previous)?;
         self.previous = check::observe(&self.cluster.state);
@@ -165,21 +191,38 @@ impl Chaos {
 
     fn step(&mut self) -> Result<(), String> {
         self.cluster.now_ms += STEP_MS;
+        self.gossip();
         let events = self.rng.between(1, EVENTS_PER_STEP_MAX);
         for _ in 0..events {
             self.event()?;
         }
+        self.lead()?;
+        // Every node's agent takes a turn each step, whether or not the
+        // scheduler changes anything: time moves, containers exit.
+        self.nodes_work()?;
         self.settle()?;
         check::check_step(&self.cluster.state, &self.previous)?;
         self.previous = check::observe(&self.cluster.state);
         Ok(())
     }
 
-    /// Brings every node back, alive, untainted and undrained, lets the
-    /// scheduler settle and checks that every service got its replicas.
+    /// Brings every node back up, alive in gossip, untainted and
+    /// undrained, lets the leader, the scheduler and the agents settle and
+    /// checks that every service got its replicas and the consensus its
+    /// voters.
     fn heal(&mut self) -> Result<(), String> {
         self.cluster.now_ms += STEP_MS;
-        let nodes: Vec<(String, NodeStatus, Vec<String>, bool)> = self
+        let down: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|node| !node.up)
+            .map(|node| node.facts.name.clone())
+            .collect();
+        for name in down {
+            self.bring_back(&name, false)?;
+        }
+        self.gossip();
+        let nodes: Vec<(String, Vec<String>, bool)> = self
             .cluster
             .state
             .nodes
@@ -187,16 +230,10 @@ impl Chaos {
             .map(|node| {
                 let mut keys: Vec<String> = node.taints.iter().map(|t| t.key.clone()).collect();
                 keys.dedup();
-                (node.name.clone(), node.status, keys, node.drain)
+                (node.name.clone(), keys, node.drain)
             })
             .collect();
-        for (name, status, taint_keys, drain) in nodes {
-            if status != NodeStatus::Alive {
-                self.apply(Command::SetNodeStatus {
-                    name: name.clone(),
-                    status: NodeStatus::Alive,
-                })?;
-            }
+        for (name, taint_keys, drain) in nodes {
             for key in taint_keys {
                 self.apply(Command::UntaintNode {
                     name: name.clone(),
@@ -208,18 +245,43 @@ impl Chaos {
                 self.apply(Command::SetNodeDrain { name, drain: false })?;
             }
         }
-        // Nodes now report everything, without lag or failures, so that
+        // Agents now act and report at once, without failures, so that
         // what the cluster wants stopped is stopped and forgotten.
         self.quiet = true;
         for _ in 0..SETTLE_ROUNDS_MAX {
+            self.lead()?;
             self.settle()?;
-            if self.nodes_report()? == 0 {
+            if self.nodes_work()? == 0 {
                 check::check_step(&self.cluster.state, &self.previous)?;
-                return check::check_healed(&self.cluster.state);
+                check::check_healed(&self.cluster.state)?;
+                if let Some(node) = self
+                    .cluster
+                    .state
+                    .nodes
+                    .values()
+                    .find(|node| node.status != shoal_types::NodeStatus::Alive)
+                {
+                    return Err(format!(
+                        "after healing, node {} is still {} although gossip sees every node alive",
+                        node.name,
+                        node.status.as_str()
+                    ));
+                }
+                let alive: BTreeSet<u64> = self
+                    .nodes
+                    .values()
+                    .filter(|node| node.up && node.member.status == Liveness::Alive)
+                    .map(|node| node.member.raft_id)
+                    .collect();
+                return check::check_healed_consensus(
+                    &self.consensus,
+                    self.cluster.state.settings.voters_max,
+                    &alive,
+                );
             }
         }
         Err(format!(
-            "nodes still had news after {SETTLE_ROUNDS_MAX} rounds of healing"
+            "nodes still had work after {SETTLE_ROUNDS_MAX} rounds of healing"
         ))
     }
 
@@ -234,7 +296,7 @@ impl Chaos {
 
     fn event(&mut self) -> Result<(), String> {
         // Weights: apps change more often than nodes do, as in life.
-        const WEIGHTS: [u64; 13] = [20, 15, 5, 7, 10, 10, 3, 3, 1, 6, 6, 4, 5];
+        const WEIGHTS: [u64; 15] = [20, 15, 5, 7, 10, 10, 3, 3, 1, 6, 6, 4, 5, 3, 1];
         match self.rng.weighted(&WEIGHTS) {
             0 => self.create_app(),
             1 => self.scale_service(),
@@ -248,12 +310,14 @@ impl Chaos {
             9 => self.taint_node(),
             10 => self.untaint_node(),
             11 => self.drain_node(true),
-            _ => self.drain_node(false),
+            12 => self.drain_node(false),
+            13 => self.suspect_node(),
+            _ => self.set_voters_max(),
         }
     }
 
     /// Runs the scheduler and applies its plans until a plan changes
-    /// nothing, with the nodes reporting in between.
+    /// nothing, with the nodes' agents at work in between.
     fn settle(&mut self) -> Result<(), String> {
         for _ in 0..SETTLE_ROUNDS_MAX {
             // Mostly whole plans; sometimes small ones, as a busy leader
@@ -303,7 +367,7 @@ impl Chaos {
                 }
                 other => return Err(format!("applying a plan gave {other:?}")),
             }
-            self.nodes_report()?;
+            self.nodes_work()?;
         }
         Err(format!(
             "the scheduler still changed something after {SETTLE_ROUNDS_MAX} rounds"

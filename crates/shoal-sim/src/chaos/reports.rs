@@ -1,14 +1,22 @@
-//! The simulated nodes at work: what each reports of its tasks (placed
-//! ones start, some fail and restart, batch tasks finish, unwanted ones
-//! stop), some lagging, a few reports bogus on purpose.
+//! The simulated nodes reporting: every node that is up takes a turn of
+//! its agent (`agents`), and what the agent reports is proposed as
+//! `ReportTasks`; some proposals are lost (no leader for a moment) and the
+//! agent reports those statuses again. A few reports are bogus on purpose
+//! (late, backwards, or from the wrong node): the state must drop exactly
+//! those, and accept every honest report of a task it still has.
 
 use std::collections::BTreeMap;
 
-use shoal_state::{Command, Outcome, REPORTS_PER_COMMAND_MAX};
-use shoal_types::{DesiredState, Kind, NodeStatus, Promise, Task, TaskState, TaskStatus};
+use shoal_state::{Command, Outcome, State, REPORTS_PER_COMMAND_MAX};
+use shoal_types::{Task, TaskState, TaskStatus};
 
+use super::agents::Runtime;
 use super::Chaos;
 use crate::rng::Rng;
+
+/// Odds (per mille) that a node's reports of one turn are lost, outside
+/// healing.
+const REPORTS_LOST_PER_MILLE: u64 = 20;
 
 /// A status report and whether the state must drop it.
 struct Report {
@@ -18,190 +26,179 @@ struct Report {
 }
 
 impl Chaos {
-    /// Every alive node reports what became of its tasks: placed ones start
-    /// (sometimes in stages), some fail and restart, batch tasks finish,
-    /// unwanted ones stop. Some nodes lag a round. A few reports are bogus
-    /// on purpose (late, backwards, or from the wrong node) and the state
-    /// must drop exactly those.
-    /// Returns how many honest reports were sent.
-    pub(super) fn nodes_report(&mut self) -> Result<usize, String> {
-        let now_ms = self.cluster.now_ms;
-        let mut reports: BTreeMap<String, Vec<Report>> = BTreeMap::new();
-        let alive: Vec<String> = self
-            .cluster
-            .state
+    /// Every node that is up takes one turn of its agent, and what the
+    /// agents report is applied, with a few bogus reports mixed in.
+    /// Returns what the agents did (reports, actions asked for and under
+    /// way): 0 when every node is at rest.
+    pub(super) fn nodes_work(&mut self) -> Result<usize, String> {
+        let runtime = Runtime {
+            now_ms: self.cluster.now_ms,
+            quiet: self.quiet,
+        };
+        let state = &self.cluster.state;
+        let mut desired: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+        for task in state.tasks.values() {
+            desired.entry(task.node.as_str()).or_default().push(task);
+        }
+        let up: Vec<String> = self
             .nodes
             .values()
-            .filter(|node| node.status == NodeStatus::Alive)
-            .map(|node| node.name.clone())
+            .filter(|node| node.up)
+            .map(|node| node.facts.name.clone())
             .collect();
-        for task in self.cluster.state.tasks.values() {
-            if alive.binary_search(&task.node).is_err() || (!self.quiet && self.rng.chance(50)) {
+        let mut reports: BTreeMap<String, Vec<Report>> = BTreeMap::new();
+        let mut work = 0;
+        for (name, node) in self.nodes.iter_mut().filter(|(_, node)| node.up) {
+            let tasks = desired.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+            let turn = node.turn(
+                tasks,
+                &state.tasks,
+                runtime,
+                &mut self.rng,
+                &mut self.summary,
+            )?;
+            work += turn.reports.len() + turn.actions + turn.in_flight;
+            let reported: Vec<String> = turn.reports.iter().map(|(id, _)| id.clone()).collect();
+            if !self.quiet && !turn.reports.is_empty() && self.rng.chance(REPORTS_LOST_PER_MILLE) {
+                self.summary.lost_reports += turn.reports.len() as u64;
+                node.unreport(reported.iter().cloned());
+            } else {
+                reports
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(turn.reports.into_iter().map(|(task, status)| Report {
+                        task,
+                        status,
+                        bogus: false,
+                    }));
+            }
+            if self.quiet {
                 continue;
             }
-            let Some(status) = next_status(task, now_ms, self.quiet, &mut self.rng) else {
-                continue;
-            };
-            let list = reports.entry(task.node.clone()).or_default();
-            list.push(Report {
-                task: task.id.clone(),
-                status,
-                bogus: false,
-            });
-            if !self.quiet && self.rng.chance(10) && task.status.state.rank() > 0 {
-                // A late report of an earlier state of this attempt.
-                list.push(Report {
-                    task: task.id.clone(),
-                    status: TaskStatus {
-                        state: TaskState::Pending,
-                        ..task.status.clone()
-                    },
-                    bogus: true,
-                });
-            }
-            if !self.quiet && self.rng.chance(5) && alive.len() > 1 {
-                // Another node claims this task.
-                let other = pick_other(&alive, &task.node, &mut self.rng);
-                reports.entry(other).or_default().push(Report {
-                    task: task.id.clone(),
-                    status: TaskStatus {
-                        attempt: task.status.attempt + 1,
-                        state: TaskState::Running,
-                        ..task.status.clone()
-                    },
-                    bogus: true,
-                });
+            for id in &reported {
+                let Some(task) = state.tasks.get(id) else {
+                    continue;
+                };
+                bogus_reports(task, &up, &mut reports, &mut self.rng);
             }
         }
-        let mut honest_total = 0;
         for (node, list) in reports {
             for chunk in list.chunks(REPORTS_PER_COMMAND_MAX) {
-                let bogus = chunk.iter().filter(|report| report.bogus).count();
-                let honest = chunk.len() - bogus;
-                let statuses = chunk
-                    .iter()
-                    .map(|report| (report.task.clone(), report.status.clone()))
-                    .collect();
-                match self.apply(Command::ReportTasks {
-                    node: node.clone(),
-                    statuses,
-                })? {
-                    Outcome::TasksReported { accepted, stale } => {
-                        if accepted != honest || stale != bogus {
-                            return Err(format!(
-                                "node {node} sent {honest} reports moving its tasks forward and {bogus} bogus ones; \
-                                 the state accepted {accepted} and dropped {stale}"
-                            ));
-                        }
-                        honest_total += honest;
-                        self.summary.reports += accepted as u64;
-                        self.summary.bogus_reports += stale as u64;
-                    }
-                    other => return Err(format!("reporting tasks gave {other:?}")),
-                }
+                self.report(&node, chunk)?;
             }
         }
-        Ok(honest_total)
+        Ok(work)
+    }
+
+    /// Proposes one node's reports and checks that the state took exactly
+    /// the honest ones about tasks it still has.
+    fn report(&mut self, node: &str, chunk: &[Report]) -> Result<(), String> {
+        let (honest, bogus) = expected(&self.cluster.state, node, chunk)?;
+        let statuses = chunk
+            .iter()
+            .map(|report| (report.task.clone(), report.status.clone()))
+            .collect();
+        match self.apply(Command::ReportTasks {
+            node: node.to_string(),
+            statuses,
+        })? {
+            Outcome::TasksReported { accepted, stale } => {
+                let dropped = chunk.len() - honest;
+                if accepted != honest || stale != dropped {
+                    return Err(format!(
+                        "node {node} sent {honest} reports moving its tasks forward, {bogus} bogus ones \
+                         and {} about tasks gone; the state accepted {accepted} and dropped {stale}",
+                        dropped - bogus
+                    ));
+                }
+                self.summary.reports += accepted as u64;
+                self.summary.bogus_reports += bogus as u64;
+                Ok(())
+            }
+            other => Err(format!("reporting tasks gave {other:?}")),
+        }
     }
 }
 
-/// A node other than `own` among `alive` (which has at least two).
-fn pick_other(alive: &[String], own: &str, rng: &mut Rng) -> String {
-    let at = rng.below(alive.len() as u64) as usize;
-    if alive[at] == own {
-        alive[(at + 1) % alive.len()].clone()
-    } else {
-        alive[at].clone()
-    }
-}
-
-/// What the node running `task` reports next, if anything changed.
-/// When `quiet`, nothing fails.
-fn next_status(task: &Task, now_ms: u64, quiet: bool, rng: &mut Rng) -> Option<TaskStatus> {
-    let current = &task.status;
-    let with = |attempt: u32, state: TaskState, promise: Promise, message: &str| TaskStatus {
-        attempt,
-        state,
-        promise,
-        message: message.to_string(),
-        updated_at_ms: now_ms,
-        ..current.clone()
-    };
-    match task.desired {
-        DesiredState::Stopped => match current.state {
-            TaskState::Stopped => None,
-            state if state.rank() < TaskState::Stopping.rank() && rng.chance(300) => Some(with(
+/// How many reports of `chunk` the state must accept (honest ones about
+/// tasks it has on `node`) and how many are bogus. An honest report that
+/// does not move its task forward is the agent's fault, and a violation.
+fn expected(state: &State, node: &str, chunk: &[Report]) -> Result<(usize, usize), String> {
+    let mut latest: BTreeMap<&str, &TaskStatus> = BTreeMap::new();
+    let (mut honest, mut bogus) = (0, 0);
+    for report in chunk {
+        if report.bogus {
+            bogus += 1;
+            continue;
+        }
+        let Some(task) = state.tasks.get(&report.task) else {
+            // Forgotten or removed while the agent was still at it.
+            continue;
+        };
+        if task.node != node {
+            return Err(format!(
+                "node {node}'s agent reported task {}, which is placed on {}",
+                task.id, task.node
+            ));
+        }
+        let current = latest
+            .get(report.task.as_str())
+            .copied()
+            .unwrap_or(&task.status);
+        if !report.status.may_follow(current) {
+            return Err(format!(
+                "node {node}'s agent reported task {} attempt {} {} after attempt {} {}: its status would move backwards",
+                task.id,
+                report.status.attempt,
+                report.status.state.as_str(),
                 current.attempt,
-                TaskState::Stopping,
-                Promise::Pending,
-                "stopping",
-            )),
-            _ => Some(TaskStatus {
-                exit_code: current.exit_code.or(Some(0)),
-                ..with(
-                    current.attempt,
-                    TaskState::Stopped,
-                    Promise::Kept,
-                    "stopped on purpose",
-                )
-            }),
-        },
-        DesiredState::Running => match current.state {
-            TaskState::Pending if rng.chance(300) => Some(with(
-                1,
-                if rng.chance(500) {
-                    TaskState::Preparing
-                } else {
-                    TaskState::Starting
-                },
-                Promise::Pending,
-                "starting",
-            )),
-            TaskState::Pending | TaskState::Preparing | TaskState::Starting => Some(TaskStatus {
-                container_id: Some(task.id.clone()),
-                started_at_ms: Some(now_ms),
-                ..with(
-                    current.attempt.max(1),
-                    TaskState::Running,
-                    Promise::Kept,
-                    "running",
-                )
-            }),
-            TaskState::Running if task.spec.kind == Kind::Batch && rng.chance(300) => {
-                Some(TaskStatus {
-                    exit_code: Some(0),
-                    ..with(
-                        current.attempt,
-                        TaskState::Exited,
-                        Promise::Kept,
-                        "exited with 0",
-                    )
-                })
-            }
-            TaskState::Running if task.spec.kind != Kind::Batch && !quiet && rng.chance(10) => {
-                Some(TaskStatus {
-                    exit_code: Some(137),
-                    ..with(
-                        current.attempt,
-                        TaskState::Failed,
-                        Promise::Broken,
-                        "killed",
-                    )
-                })
-            }
-            // A service restarts what failed, as a new attempt.
-            TaskState::Failed if task.spec.kind != Kind::Batch => Some(TaskStatus {
-                restarts: current.restarts + 1,
-                exit_code: None,
-                started_at_ms: Some(now_ms),
-                ..with(
-                    current.attempt + 1,
-                    TaskState::Running,
-                    Promise::Kept,
-                    "restarted",
-                )
-            }),
-            _ => None,
-        },
+                current.state.as_str()
+            ));
+        }
+        latest.insert(report.task.as_str(), &report.status);
+        honest += 1;
+    }
+    Ok((honest, bogus))
+}
+
+/// Now and then a bogus report about `task`: a late one of an earlier
+/// state of its attempt from its own node, or another node claiming it.
+fn bogus_reports(
+    task: &Task,
+    up: &[String],
+    reports: &mut BTreeMap<String, Vec<Report>>,
+    rng: &mut Rng,
+) {
+    if rng.chance(10) && task.status.state.rank() > 0 {
+        reports.entry(task.node.clone()).or_default().push(Report {
+            task: task.id.clone(),
+            status: TaskStatus {
+                state: TaskState::Pending,
+                ..task.status.clone()
+            },
+            bogus: true,
+        });
+    }
+    if rng.chance(5) && up.len() > 1 {
+        let other = pick_other(up, &task.node, rng);
+        reports.entry(other).or_default().push(Report {
+            task: task.id.clone(),
+            status: TaskStatus {
+                attempt: task.status.attempt + 1,
+                state: TaskState::Running,
+                ..task.status.clone()
+            },
+            bogus: true,
+        });
+    }
+}
+
+/// A node other than `own` among `up` (which has at least two).
+fn pick_other(up: &[String], own: &str, rng: &mut Rng) -> String {
+    let at = rng.below(up.len() as u64) as usize;
+    if up[at] == own {
+        up[(at + 1) % up.len()].clone()
+    } else {
+        up[at].clone()
     }
 }

@@ -17,14 +17,38 @@ pub struct Summary {
     pub revivals: u64,
     pub joins: u64,
     pub resizes: u64,
+    /// Nodes the leader forgot (a `Forget` duty), and members gossip
+    /// forgot before.
     pub forgets: u64,
+    pub gossip_forgets: u64,
     pub taints: u64,
     pub drains: u64,
+    /// False suspicions, agents restarted (re-adopting their containers),
+    /// voter count settings changed.
+    pub suspicions: u64,
+    pub agent_restarts: u64,
+    pub settings: u64,
+    /// The leader's duties carried out: learners admitted, node statuses
+    /// set, voter changes; and leaders elected after one went down.
+    pub learners: u64,
+    pub verdicts: u64,
+    pub voter_changes: u64,
+    pub elections: u64,
     pub plans: u64,
     pub placements: u64,
     pub stops: u64,
     pub removals: u64,
+    /// Containers the agents asked to run and to destroy, starts and stops
+    /// the simulated runtime failed, containers that exited by themselves.
+    pub runs: u64,
+    pub destroys: u64,
+    pub start_failures: u64,
+    pub stop_failures: u64,
+    pub exits: u64,
+    /// Agents' reports the state accepted, and those lost on the way (the
+    /// agent reports them again).
     pub reports: u64,
+    pub lost_reports: u64,
     /// Reports the simulated nodes sent that the state had to drop (wrong
     /// node, status moving backwards), all dropped.
     pub bogus_reports: u64,
@@ -41,8 +65,10 @@ impl fmt::Display for Summary {
         write!(
             f,
             "chaos seed={} nodes={} steps={} apps={} tasks={} unplaced={} apps_created={} app_updates={} apps_removed={} \
-             plans={} placements={} stops={} removals={} reports={} bogus_reports={} kills={} revivals={} joins={} \
-             resizes={} forgets={} taints={} drains={} state_hash={:016x}",
+             plans={} placements={} stops={} removals={} runs={} destroys={} start_failures={} stop_failures={} \
+             exits={} reports={} lost_reports={} bogus_reports={} kills={} suspicions={} revivals={} joins={} \
+             resizes={} agent_restarts={} forgets={} gossip_forgets={} taints={} drains={} settings={} \
+             learners={} verdicts={} voter_changes={} elections={} state_hash={:016x}",
             self.seed,
             self.nodes,
             self.steps,
@@ -56,15 +82,29 @@ impl fmt::Display for Summary {
             self.placements,
             self.stops,
             self.removals,
+            self.runs,
+            self.destroys,
+            self.start_failures,
+            self.stop_failures,
+            self.exits,
             self.reports,
+            self.lost_reports,
             self.bogus_reports,
             self.kills,
+            self.suspicions,
             self.revivals,
             self.joins,
             self.resizes,
+            self.agent_restarts,
             self.forgets,
+            self.gossip_forgets,
             self.taints,
             self.drains,
+            self.settings,
+            self.learners,
+            self.verdicts,
+            self.voter_changes,
+            self.elections,
             self.state_hash
         )
     }
