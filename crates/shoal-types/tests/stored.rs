@@ -8,10 +8,11 @@
 // The test harness reads the fixtures; the crate itself does no I/O.
 #![allow(clippy::disallowed_methods)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use shoal_types::{app_schema, parse_app, AppSpec};
+use shoal_types::{app_schema, parse_app, AppSpec, ContainerSpec, UserSpec, Workload};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,6 +44,38 @@ fn the_stored_form_reads_back_into_the_same_spec_and_bytes() {
     let read: AppSpec = serde_json::from_str(&stored).expect("the stored form reads");
     assert_eq!(read, every_field());
     assert_eq!(serde_json::to_string(&read).expect("serializes"), stored);
+    // The flat fields land in the container, none lost or swapped.
+    assert_eq!(
+        read.services[0].workload,
+        Workload::Container(ContainerSpec {
+            image: "docker.io/library/busybox:1.36".into(),
+            command: Some(vec!["/bin/sh".into(), "-c".into()]),
+            args: Some(vec![
+                "while true; do date; sleep 5; done".into(),
+                "--".into()
+            ]),
+            env: BTreeMap::from([
+                ("EMPTY".into(), String::new()),
+                ("GREETING".into(), "hello".into()),
+            ]),
+            working_dir: Some("/srv".into()),
+            user: Some(UserSpec {
+                uid: 1000,
+                gid: 100
+            }),
+        })
+    );
+    assert_eq!(
+        read.services[2].workload,
+        Workload::Container(ContainerSpec {
+            image: "docker.io/library/busybox:latest".into(),
+            command: None,
+            args: None,
+            env: BTreeMap::new(),
+            working_dir: None,
+            user: None,
+        })
+    );
 }
 
 #[test]

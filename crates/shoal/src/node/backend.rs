@@ -66,7 +66,7 @@ fn app_view(state: &State, name: &str) -> Option<AppView> {
         .zip(&rollout.services)
         .map(|(service, progress)| ServiceView {
             name: service.name.clone(),
-            image: service.image.clone(),
+            image: service.image().to_string(),
             kind: service.kind,
             replicas: progress.wanted,
             running: progress.running,
