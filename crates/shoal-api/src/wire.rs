@@ -229,7 +229,7 @@ impl From<&Task> for TaskView {
             slot: task.slot,
             app_version: task.app_version,
             node: task.node.clone(),
-            image: task.spec.image.clone(),
+            image: task.spec.image().to_string(),
             desired: task.desired,
             state: task.status.state,
             promise: task.status.promise,

@@ -16,8 +16,8 @@ pub use node::{consensus_id, Node, NodeStatus};
 pub use placement::{Affinity, Constraint, Labels, Spread, Taint, TaintEffect, Toleration};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
-    app_schema, check_dns_label, parse_app, AppSpec, FieldError, Kind, PlacementSpec, Port,
-    Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError, Strategy, UserSpec,
-    SPEC_BYTES_MAX,
+    app_schema, check_dns_label, parse_app, AppSpec, ContainerSpec, FieldError, Kind,
+    PlacementSpec, Port, Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError, Strategy,
+    UserSpec, Workload, SPEC_BYTES_MAX,
 };
 pub use task::{DesiredState, Promise, Task, TaskState, TaskStatus};

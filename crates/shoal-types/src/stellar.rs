@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::spec::{AppSpec, FieldError, Port, Protocol, ServiceSpec, SpecError, UserSpec};
+use crate::spec::{
+    AppSpec, ContainerSpec, FieldError, Port, Protocol, ServiceSpec, SpecError, UserSpec, Workload,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,17 +150,19 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
             .collect();
         services.push(ServiceSpec {
             name: service.name,
-            image: service.image,
-            command: process
-                .as_ref()
-                .filter(|p| !p.args.is_empty())
-                .map(|p| p.args.clone()),
-            args: None,
-            env,
-            working_dir: None,
-            user: process.as_ref().map(|p| UserSpec {
-                uid: p.uid,
-                gid: p.gid,
+            workload: Workload::Container(ContainerSpec {
+                image: service.image,
+                command: process
+                    .as_ref()
+                    .filter(|p| !p.args.is_empty())
+                    .map(|p| p.args.clone()),
+                args: None,
+                env,
+                working_dir: None,
+                user: process.as_ref().map(|p| UserSpec {
+                    uid: p.uid,
+                    gid: p.gid,
+                }),
             }),
             replicas: service.replicas.unwrap_or(1),
             resources: Default::default(),

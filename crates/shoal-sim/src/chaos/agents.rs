@@ -243,7 +243,7 @@ impl SimNode {
                             summary.start_failures += 1;
                             Err(format!(
                                 "pulling image {}: simulated registry failure",
-                                task.spec.image
+                                task.spec.image()
                             ))
                         } else {
                             // A container left in the way is removed and

@@ -14,7 +14,7 @@ use shoal_runtime::{
     ContainerConfig, ContainerStatus, ErrorKind, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
 };
 use shoal_state::Command;
-use shoal_types::{DesiredState, Task, TaskStatus};
+use shoal_types::{DesiredState, Task, TaskStatus, Workload};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::network::{Attached, NodeNetwork};
@@ -309,6 +309,8 @@ fn container_config<L, R, N, C>(
     attached: Attached,
 ) -> ContainerConfig {
     let spec = &task.spec;
+    // containerd is the only runtime: every workload is a container today.
+    let Workload::Container(container) = &spec.workload;
     let labels = BTreeMap::from([
         (LABEL_TASK.to_string(), task.id.clone()),
         (LABEL_ATTEMPT.to_string(), attempt.to_string()),
@@ -317,12 +319,12 @@ fn container_config<L, R, N, C>(
     ]);
     ContainerConfig {
         id: task.id.clone(),
-        image: spec.image.clone(),
-        command: spec.command.clone(),
-        args: spec.args.clone(),
-        env: spec.env.clone(),
-        working_dir: spec.working_dir.clone(),
-        user: spec.user.map(|user| (user.uid, user.gid)),
+        image: container.image.clone(),
+        command: container.command.clone(),
+        args: container.args.clone(),
+        env: container.env.clone(),
+        working_dir: container.working_dir.clone(),
+        user: container.user.map(|user| (user.uid, user.gid)),
         cpu_millis: spec.resources.cpu.map(|cpu| cpu.0),
         memory_bytes: spec.resources.memory.map(|memory| memory.0),
         labels,

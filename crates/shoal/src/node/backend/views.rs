@@ -33,7 +33,7 @@ pub(super) fn app_view(state: &State, name: &str) -> Option<AppView> {
         .zip(&rollout.services)
         .map(|(service, progress)| ServiceView {
             name: service.name.clone(),
-            image: service.image.clone(),
+            image: service.image().to_string(),
             kind: service.kind,
             replicas: progress.wanted,
             running: progress.running,

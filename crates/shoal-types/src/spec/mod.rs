@@ -1,0 +1,241 @@
+//! The app spec: an app of services, as users write it in YAML or JSON.
+//!
+//! One type serves as input, stored state and output: quantities are stored
+//! normalized (millicores, bytes, milliseconds) and printed back in a form
+//! the parser accepts, so `shoal app inspect -o json` can be applied again.
+//! A service is written flat (`image` beside `replicas`) while in memory its
+//! workload is one variant of [`Workload`]; `flat` holds the written form,
+//! which is also what the cluster stores.
+
+mod duration;
+mod error;
+mod flat;
+mod placement;
+mod ports;
+mod resources;
+mod restart;
+mod validate;
+mod workload;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::placement::Toleration;
+
+pub use duration::Millis;
+pub use error::{FieldError, SpecError};
+pub use placement::{PlacementSpec, Strategy};
+pub use ports::{Port, Protocol};
+pub use resources::{Bytes, Millicores, Resources};
+pub use restart::{RestartPolicy, RestartSpec};
+pub use validate::{check_dns_label, validate};
+pub use workload::{ContainerSpec, UserSpec, Workload};
+
+/// Largest spec body accepted, in bytes (API and CLI alike).
+pub const SPEC_BYTES_MAX: usize = 1 << 20;
+pub const SERVICES_MAX: usize = 64;
+pub const REPLICAS_MAX: u32 = 10_000;
+pub const LABELS_MAX: usize = 64;
+pub const ENV_MAX: usize = 1024;
+pub const ARGS_MAX: usize = 4096;
+pub const ARG_BYTES_MAX: usize = 128 << 10;
+pub const PORTS_MAX: usize = 64;
+pub const CPU_MILLIS_MAX: u64 = 1024 * 1000;
+pub const MEMORY_BYTES_MIN: u64 = 4 << 20;
+pub const MEMORY_BYTES_MAX: u64 = 16 << 40;
+pub const STOP_GRACE_MS_MAX: u64 = 10 * 60 * 1000;
+pub const BACKOFF_MS_MAX: u64 = 60 * 60 * 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// An app: a named group of services deployed and removed together.
+pub struct AppSpec {
+    /// DNS label: lowercase letters, digits and `-`, at most 63 characters.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One service: `replicas` identical tasks of one workload.
+///
+/// Read, written and described (JSON Schema) as the flat object users write,
+/// `flat::FlatService`, where each field is documented for them; the
+/// workload's fields sit beside the others there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "flat::FlatService", into = "flat::FlatService")]
+pub struct ServiceSpec {
+    /// DNS label, unique within the app.
+    pub name: String,
+    /// What each task runs.
+    pub workload: Workload,
+    pub replicas: u32,
+    pub resources: Resources,
+    pub restart: RestartSpec,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+    /// Time between SIGTERM and SIGKILL when the task stops.
+    pub stop_grace_period: Millis,
+    /// Whether the service gets a network (CNI) of its own.
+    pub network: bool,
+    pub kind: Kind,
+    /// 0 to 1000; a task may take the place of tasks of a lower priority.
+    pub priority: u32,
+    pub placement: PlacementSpec,
+    /// Taints of nodes this service may run on anyway.
+    pub tolerations: Vec<Toleration>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// `replicas` tasks, replaced when they fail or their node does.
+    #[default]
+    Service,
+    /// One task on every node whose labels and taints allow it, following
+    /// nodes as they join and leave; `replicas` is ignored.
+    Global,
+    /// `replicas` tasks that run to completion: a task that exited with 0
+    /// is done and never runs again; a failed one is retried per `restart`.
+    Batch,
+}
+
+impl ServiceSpec {
+    /// Whether a task made from `self` can stand for `other`: everything but
+    /// the replica count is the same, so scaling never restarts a task.
+    pub fn same_task_as(&self, other: &ServiceSpec) -> bool {
+        // Every field but `replicas`, named so that a new field cannot be
+        // forgotten here (the pattern stops compiling); no clone, as the
+        // scheduler asks this of every task in every round. `Workload`
+        // compares every field of every variant by its derived `PartialEq`.
+        let ServiceSpec {
+            name,
+            workload,
+            replicas: _,
+            resources,
+            restart,
+            labels,
+            ports,
+            stop_grace_period,
+            network,
+            kind,
+            priority,
+            placement,
+            tolerations,
+        } = self;
+        *name == other.name
+            && *workload == other.workload
+            && *resources == other.resources
+            && *restart == other.restart
+            && *labels == other.labels
+            && *ports == other.ports
+            && *stop_grace_period == other.stop_grace_period
+            && *network == other.network
+            && *kind == other.kind
+            && *priority == other.priority
+            && *placement == other.placement
+            && *tolerations == other.tolerations
+    }
+
+    /// The image the service's tasks run, to show to people; every
+    /// workload today is a container.
+    pub fn image(&self) -> &str {
+        let Workload::Container(container) = &self.workload;
+        &container.image
+    }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// Parses and validates an app spec from YAML or JSON (native or Stellar's
+/// application config), returning it normalized.
+pub fn parse_app(body: &[u8]) -> Result<AppSpec, SpecError> {
+    if body.len() > SPEC_BYTES_MAX {
+        return Err(SpecError::one(
+            "",
+            format!(
+                "spec is {} bytes, more than the limit of {SPEC_BYTES_MAX}; split the app into smaller apps",
+                body.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|error| SpecError::one("", format!("spec is not UTF-8 text: {error}")))?;
+    let value: serde_json::Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text)
+            .map_err(|error| SpecError::one("", format!("invalid JSON: {error}")))?
+    } else {
+        serde_saphyr::from_str(text)
+            .map_err(|error| SpecError::one("", format!("invalid YAML: {error}")))?
+    };
+    if !value.is_object() {
+        return Err(SpecError::one(
+            "",
+            "spec must be a mapping with `name` and `services`",
+        ));
+    }
+    let mut spec = if crate::stellar::looks_like_stellar(&value) {
+        crate::stellar::to_app(value)?
+    } else {
+        serde_path_to_error::deserialize::<_, AppSpec>(value).map_err(|error| {
+            let path = error.path().to_string();
+            SpecError::one(path, error.into_inner().to_string())
+        })?
+    };
+    validate(&mut spec)?;
+    Ok(spec)
+}
+
+/// The JSON Schema of [`AppSpec`] (the native format).
+pub fn app_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(AppSpec)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web() -> ServiceSpec {
+        let body = b"name: a\nservices: [{name: web, image: busybox, command: [sh], replicas: 2}]";
+        parse_app(body).expect("valid").services.remove(0)
+    }
+
+    fn container(spec: &mut ServiceSpec) -> &mut ContainerSpec {
+        let Workload::Container(container) = &mut spec.workload;
+        container
+    }
+
+    #[test]
+    fn scaling_keeps_the_task_and_any_change_of_the_container_replaces_it() {
+        let mut scaled = web();
+        scaled.replicas = 5;
+        assert!(scaled.same_task_as(&web()));
+        let changes: [fn(&mut ContainerSpec); 6] = [
+            |c| c.image = "docker.io/library/busybox:1.36".into(),
+            |c| c.command = None,
+            |c| c.args = Some(vec!["-c".into()]),
+            |c| drop(c.env.insert("A".into(), "1".into())),
+            |c| c.working_dir = Some("/srv".into()),
+            |c| c.user = Some(UserSpec { uid: 1, gid: 1 }),
+        ];
+        for (index, change) in changes.into_iter().enumerate() {
+            let mut changed = web();
+            change(container(&mut changed));
+            assert!(!changed.same_task_as(&web()), "change {index}");
+            assert!(!web().same_task_as(&changed), "change {index}");
+        }
+    }
+
+    #[test]
+    fn the_image_shown_is_the_containers() {
+        assert_eq!(web().image(), "docker.io/library/busybox:latest");
+    }
+}
