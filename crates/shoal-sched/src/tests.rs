@@ -16,22 +16,7 @@ impl Cluster {
         };
         for name in names {
             cluster.apply(Command::RegisterNode {
-                node: Node {
-                    name: name.to_string(),
-                    addr: format!("{name}:7950"),
-                    os: "Linux".into(),
-                    arch: "x86_64".into(),
-                    cpus: 2,
-                    memory_total_bytes: 1 << 30,
-                    cpu_allocatable_millis: 2000,
-                    memory_allocatable_bytes: 1 << 30,
-                    labels: Default::default(),
-                    started_at_ms: 0,
-                    status: NodeStatus::Alive,
-                    taints: Vec::new(),
-                    drain: false,
-                    subnet: None,
-                },
+                node: Node::sample(name, &format!("{name}:7950")),
             });
         }
         cluster

@@ -47,6 +47,27 @@ pub struct Node {
 }
 
 impl Node {
+    /// An alive Linux node with 2 cpus and 1 GiB, nothing reserved, no
+    /// labels: the node tests and the simulator start from.
+    pub fn sample(name: &str, addr: &str) -> Node {
+        Node {
+            name: name.into(),
+            addr: addr.into(),
+            os: "Linux".into(),
+            arch: "x86_64".into(),
+            cpus: 2,
+            memory_total_bytes: 1 << 30,
+            cpu_allocatable_millis: 2000,
+            memory_allocatable_bytes: 1 << 30,
+            labels: Default::default(),
+            started_at_ms: 0,
+            status: NodeStatus::Alive,
+            taints: Vec::new(),
+            drain: false,
+            subnet: None,
+        }
+    }
+
     /// The operating system as the `node.os` label has it: `linux`.
     pub fn os_name(&self) -> &str {
         self.os.split_whitespace().next().unwrap_or("")

@@ -345,7 +345,7 @@ mod tests {
     use shoal_runtime::fake::FakeRuntime;
     use shoal_runtime::{ContainerInfo, NetworkMode};
     use shoal_state::{Placement, Plan, State};
-    use shoal_types::{Node, NodeStatus, TaskState};
+    use shoal_types::{Node, TaskState};
 
     use super::*;
     use crate::clock::{ManualClock, SystemClock};
@@ -384,22 +384,7 @@ mod tests {
     fn placed() -> (MemoryLog, String) {
         let log = MemoryLog::new("n1", State::default());
         log.apply(Command::RegisterNode {
-            node: Node {
-                name: "n1".into(),
-                addr: "n1:7950".into(),
-                os: "Linux".into(),
-                arch: "x86_64".into(),
-                cpus: 2,
-                memory_total_bytes: 1 << 30,
-                cpu_allocatable_millis: 2000,
-                memory_allocatable_bytes: 1 << 30,
-                labels: Default::default(),
-                started_at_ms: 0,
-                status: NodeStatus::Alive,
-                taints: Vec::new(),
-                drain: false,
-                subnet: None,
-            },
+            node: Node::sample("n1", "n1:7950"),
         });
         let spec = shoal_types::parse_app(
             b"name: web\nservices: [{name: hello, image: busybox, replicas: 1}]\n",

@@ -48,22 +48,7 @@ async fn fixture() -> Fixture {
     };
     let log = MemoryLog::new("n1", State::default());
     log.apply(Command::RegisterNode {
-        node: Node {
-            name: "n1".into(),
-            addr: "127.0.0.1:7950".into(),
-            os: "Linux".into(),
-            arch: "x86_64".into(),
-            cpus: 2,
-            memory_total_bytes: 1 << 30,
-            cpu_allocatable_millis: 2000,
-            memory_allocatable_bytes: 1 << 30,
-            labels: Default::default(),
-            started_at_ms: 0,
-            status: NodeStatus::Alive,
-            taints: Vec::new(),
-            drain: false,
-            subnet: None,
-        },
+        node: Node::sample("n1", "127.0.0.1:7950"),
     });
     let facts = crate::node::cluster::facts(&config, 0);
     let membership = Membership::start(

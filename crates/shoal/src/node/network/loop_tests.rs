@@ -109,22 +109,7 @@ impl HostNetwork for FakeHost {
 }
 
 fn node(name: &str, addr: &str) -> Node {
-    Node {
-        name: name.into(),
-        addr: addr.into(),
-        os: "linux".into(),
-        arch: "x86_64".into(),
-        cpus: 2,
-        memory_total_bytes: 1 << 30,
-        cpu_allocatable_millis: 2000,
-        memory_allocatable_bytes: 1 << 30,
-        labels: Default::default(),
-        started_at_ms: 0,
-        status: NodeStatus::Alive,
-        taints: Vec::new(),
-        drain: false,
-        subnet: None,
-    }
+    Node::sample(name, addr)
 }
 
 fn register(log: &MemoryLog, name: &str, addr: &str) {

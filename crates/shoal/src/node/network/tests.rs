@@ -6,29 +6,14 @@ use std::net::Ipv4Addr;
 
 use shoal_net::subnet::Ipv4Cidr;
 use shoal_state::{Command, Entry, State};
-use shoal_types::{parse_app, Node, NodeStatus, TaskState, TaskStatus};
+use shoal_types::{parse_app, Node, TaskState, TaskStatus};
 
 use super::dns::{records_from_state, task_label};
 use super::routes::{desired_routes, masquerade_chain};
 use super::tasks::resolv_conf;
 
 fn node(name: &str, addr: &str) -> Node {
-    Node {
-        name: name.into(),
-        addr: addr.into(),
-        os: "linux".into(),
-        arch: "x86_64".into(),
-        cpus: 2,
-        memory_total_bytes: 1 << 30,
-        cpu_allocatable_millis: 2000,
-        memory_allocatable_bytes: 1 << 30,
-        labels: Default::default(),
-        started_at_ms: 0,
-        status: NodeStatus::Alive,
-        taints: Vec::new(),
-        drain: false,
-        subnet: None,
-    }
+    Node::sample(name, addr)
 }
 
 fn apply(state: &mut State, command: Command) {
