@@ -48,8 +48,6 @@ use shoal_state::fit::{self, Request};
 use shoal_state::{Plan, State, PLACEMENTS_PER_PLAN_MAX};
 use shoal_types::{Constraint, Node, ServiceSpec, TaintEffect, Toleration};
 
-pub use reconcile::batch_done;
-
 use preempt::Victim;
 use spread::Column;
 

@@ -5,7 +5,7 @@
 
 use shoal_state::fit::{self, Request};
 use shoal_state::{State, StopReason, CHANGES_PER_PLAN_MAX};
-use shoal_types::{DesiredState, Kind, RestartPolicy, ServiceSpec, TaintEffect, Task, TaskState};
+use shoal_types::{DesiredState, Kind, ServiceSpec, TaintEffect, Task, TaskState};
 
 use crate::Scheduler;
 
@@ -99,7 +99,7 @@ impl<'a> Scheduler<'a> {
         }
         let node = at.map(|at| self.nodes[at as usize].node);
         // A batch task that is done stays done, whatever became of its node.
-        if service.kind == Kind::Batch && batch_done(task) {
+        if service.kind == Kind::Batch && task.finished_for_good() {
             return scaled(task.slot < service.replicas);
         }
         let Some(node) = node.filter(|node| node.status == shoal_types::NodeStatus::Alive) else {
@@ -212,23 +212,5 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
-    }
-}
-
-/// Whether a batch task has finished for good: it succeeded, or it failed
-/// and will not run again.
-pub fn batch_done(task: &Task) -> bool {
-    let status = &task.status;
-    match status.state {
-        TaskState::Exited if status.exit_code == Some(0) => true,
-        TaskState::Exited | TaskState::Failed => {
-            task.spec.restart.policy() == RestartPolicy::Never
-                || task
-                    .spec
-                    .restart
-                    .attempts_max
-                    .is_some_and(|most| status.attempt >= most)
-        }
-        _ => false,
     }
 }

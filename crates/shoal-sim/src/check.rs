@@ -67,7 +67,7 @@ pub fn check_step(state: &State, previous: &Previous) -> Result<(), String> {
         ));
     }
     for task in state.tasks.values() {
-        if task.desired == DesiredState::Running && !shoal_sched::batch_done(task) {
+        if task.desired == DesiredState::Running && !task.finished_for_good() {
             let Some(node) = state.nodes.get(&task.node) else {
                 return Err(format!("task {} is on unknown node {}", task.id, task.node));
             };

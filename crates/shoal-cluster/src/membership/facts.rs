@@ -16,7 +16,7 @@ use super::identity::NodeId;
 use super::{NodeFacts, FACTS_MAX_BYTES, MEMBERS_MAX, NAME_MAX_BYTES};
 
 /// What travels in one broadcast.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FactsMsg {
     pub(crate) boot: u64,
     pub(crate) seq: u64,
@@ -81,7 +81,7 @@ impl FactsMsg {
             release: facts.release,
             log_version: facts.log_version,
         })
-        .map_err(|_| postcard::Error::SerializeBufferFull)?;
+        .expect("facts serialize: strings and numbers");
         let mut bytes = postcard::to_allocvec(&first)?;
         bytes.extend(postcard::to_allocvec(&more)?);
         Ok(bytes)
