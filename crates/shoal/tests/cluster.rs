@@ -120,11 +120,14 @@ fn five_nodes_have_five_voters_over_their_zones() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("voters_max: must be 1, 3, 5 or 7"));
     cluster.shoal_ok(1, &["cluster", "set", "--voters-max", "3"]);
     wait_voters(&cluster, 2, 3);
-    cluster.shoal_ok(3, &["cluster", "set", "--voters-max", "5"]);
-    let info = cluster
-        .shoal_json(4, &["cluster", "info"])
-        .expect("cluster info");
-    assert_eq!(info["settings"]["voters_max"], 5, "{info}");
+    let set = cluster.shoal_ok(3, &["cluster", "set", "--voters-max", "5", "-o", "json"]);
+    assert!(set.contains("\"voters_max\": 5"), "{set}");
+    // Another node answers `cluster info` from its own replica, which
+    // follows within moments.
+    cluster.wait_for("node 5 to see voters_max 5", || {
+        let info = cluster.shoal_json(4, &["cluster", "info"])?;
+        (info["settings"]["voters_max"] == 5).then_some(())
+    });
     let nodes = cluster.nodes(0).expect("nodes");
     let zones: BTreeSet<String> = nodes
         .iter()

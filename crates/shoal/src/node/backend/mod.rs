@@ -131,6 +131,8 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
             .propose(now_ms(), command)
             .await
             .map_err(propose_error)?;
+        // The answer shows the change even when this node's replica lags.
+        self.fresh().await?;
         self.cluster().await
     }
 
