@@ -60,6 +60,14 @@ pub fn describe(command: &Command) -> String {
         Command::ReportTasks { node, statuses } => {
             format!("report {} tasks from {node}", statuses.len())
         }
+        Command::RemoveNode { name } => format!("remove node {name}"),
+        Command::AdmitNode { node, .. } => format!("admit node {node}"),
+        Command::SetCa { .. }
+        | Command::CreateJoinToken { .. }
+        | Command::RevokeJoinToken { .. }
+        | Command::CreateApiToken { .. }
+        | Command::RevokeApiToken { .. }
+        | Command::SetGossipKeys { .. } => "change security".into(),
     }
 }
 

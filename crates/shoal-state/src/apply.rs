@@ -72,6 +72,19 @@ impl State {
             Command::RemoveApp { name } => self.remove_app(name),
             Command::ApplyPlan { plan } => self.apply_plan(plan, now_ms),
             Command::ReportTasks { node, statuses } => self.report_tasks(node, statuses),
+            Command::SetCa { ca } => self.set_ca(ca),
+            Command::CreateJoinToken { token } => self.create_join_token(token, now_ms),
+            Command::RevokeJoinToken { id } => self.revoke_join_token(id),
+            Command::AdmitNode {
+                token,
+                node,
+                role,
+                admission,
+            } => self.admit_node(token, node, *role, admission, now_ms),
+            Command::CreateApiToken { token } => self.create_api_token(token),
+            Command::RevokeApiToken { id } => self.revoke_api_token(id),
+            Command::SetGossipKeys { keys } => self.set_gossip_keys(keys),
+            Command::RemoveNode { name } => self.remove_node(name, now_ms),
         }
     }
 
@@ -207,7 +220,7 @@ impl State {
         Ok(Outcome::SettingsSet)
     }
 
-    fn forget_node(&mut self, name: &str) -> Result<Outcome, ApplyError> {
+    pub(crate) fn forget_node(&mut self, name: &str) -> Result<Outcome, ApplyError> {
         match self.nodes.get(name) {
             None => return Err(ApplyError::NodeNotFound(name.to_string())),
             Some(node) if node.status == NodeStatus::Alive => {
@@ -344,6 +357,14 @@ fn check_writer(meta: &Meta<'_>, command: &Command) -> Result<(), ApplyError> {
         }
         Command::ForgetNode { .. } if meta.proposer != meta.leader => {
             refused(format!("only the leader (`{}`) forgets nodes", meta.leader))
+        }
+        Command::SetCa { .. } | Command::AdmitNode { .. } | Command::SetGossipKeys { .. }
+            if meta.proposer != meta.leader =>
+        {
+            refused(format!(
+                "only the leader (`{}`) changes the CA, admits nodes and sets gossip keys",
+                meta.leader
+            ))
         }
         _ => Ok(()),
     }

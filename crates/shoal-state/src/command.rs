@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use shoal_types::{AppSpec, Node, NodeStatus, Taint, TaintEffect, TaskStatus};
 
+use crate::security::{ApiTokenRecord, CaRecord, GossipKeysRecord, JoinTokenRecord, NodeRole};
 use crate::{State, LOG_VERSION_FIRST};
 
 /// Status reports accepted in one command.
@@ -73,6 +74,43 @@ pub enum Command {
     ReportTasks {
         node: String,
         statuses: Vec<(String, TaskStatus)>,
+    },
+    /// The cluster's CA, set when the cluster forms and at each rotation
+    /// (format 3; by the leader).
+    SetCa {
+        ca: CaRecord,
+    },
+    /// A join token, by the hash of its secret (format 3).
+    CreateJoinToken {
+        token: JoinTokenRecord,
+    },
+    RevokeJoinToken {
+        id: String,
+    },
+    /// A node joins with a join token, which this uses (format 3; by the
+    /// leader, which signs its certificate once this is applied).
+    AdmitNode {
+        /// Empty only for the node that forms the cluster.
+        token: String,
+        node: String,
+        role: NodeRole,
+        admission: String,
+    },
+    /// An API token, by the hash of its secret (format 3).
+    CreateApiToken {
+        token: ApiTokenRecord,
+    },
+    RevokeApiToken {
+        id: String,
+    },
+    /// The gossip keyring, sealed (format 3; by the leader).
+    SetGossipKeys {
+        keys: GossipKeysRecord,
+    },
+    /// Remove a node for good: no node accepts its certificate any more,
+    /// and its tasks are placed again (format 3).
+    RemoveNode {
+        name: String,
     },
 }
 
@@ -194,6 +232,8 @@ pub enum Outcome {
         accepted: usize,
         stale: usize,
     },
+    /// A change to the CA, tokens, admissions or gossip keys.
+    SecurityChanged,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -216,6 +256,10 @@ pub enum ApplyError {
     NodeAlive(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A credential or trust change the state refuses (an expired or
+    /// used-up join token, a removed identity, an older CA).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ApplyError {
@@ -243,6 +287,15 @@ impl Command {
         match self {
             // Reasons as data came with format 2.
             Command::ApplyPlan { plan } if plan.unplaced.iter().any(|u| u.why.is_some()) => 2,
+            // Security came with format 3.
+            Command::SetCa { .. }
+            | Command::CreateJoinToken { .. }
+            | Command::RevokeJoinToken { .. }
+            | Command::AdmitNode { .. }
+            | Command::CreateApiToken { .. }
+            | Command::RevokeApiToken { .. }
+            | Command::SetGossipKeys { .. }
+            | Command::RemoveNode { .. } => 3,
             _ => LOG_VERSION_FIRST,
         }
     }

@@ -23,7 +23,7 @@ use crate::{ApplyError, Command};
 ///   writer; `RegisterNode` no longer writes the node's status; an app put
 ///   again counts its versions on; a plan's unplaced reasons are data
 ///   (`Unplaced::why`) instead of words.
-pub const LOG_VERSION: u32 = 2;
+pub const LOG_VERSION: u32 = 3;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = 1;
 /// This build's release, stamped into the entries its leader appends so

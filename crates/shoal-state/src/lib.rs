@@ -8,7 +8,8 @@
 //! - `apply`: one function per command;
 //! - `plan`: a scheduler's plan, checked again as it is applied;
 //! - [`fit`]: the rules a node must meet to take a task;
-//! - [`rollout`]: how far an app's current version has rolled out.
+//! - [`rollout`]: how far an app's current version has rolled out;
+//! - [`security`]: the CA, tokens, admitted and removed nodes, gossip keys.
 
 mod apply;
 pub mod command;
@@ -16,6 +17,7 @@ pub mod entry;
 pub mod fit;
 mod plan;
 pub mod rollout;
+pub mod security;
 pub mod unplaced;
 
 pub use command::*;
@@ -70,6 +72,9 @@ pub struct State {
     /// format it does not read. Absent (0) in snapshots of shoal 0.1.
     #[serde(default)]
     pub log_version: u32,
+    /// The CA, tokens (as hashes), admitted and removed nodes, gossip keys.
+    #[serde(default, skip_serializing_if = "security::Security::is_empty")]
+    pub security: security::Security,
 }
 
 /// Why a snapshot could not be restored.
