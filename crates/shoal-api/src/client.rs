@@ -8,12 +8,14 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
+    ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView,
+    NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest, TaskView,
+    TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the shoal node at {addr}: {source}; start one with `shoal dev` or point --addr / SHOAL_ADDR at a node")]
+    #[error("cannot reach the shoal node at {addr}: {}; start one with `shoal dev` or point --addr / SHOAL_ADDR at a node (over TLS, trusting the CA of your credentials)", source_chain(.source))]
     Unreachable {
         addr: String,
         #[source]
@@ -34,6 +36,42 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// An error with its causes, which for TLS failures say what went wrong.
+fn source_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    let mut depth = 0;
+    while let Some(cause) = source {
+        if depth >= 8 {
+            break;
+        }
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+        depth += 1;
+    }
+    text
+}
+
+/// What a client needs to reach a cluster: `DATA_DIR/admin.json` of the
+/// node that formed it, and each context of the CLI's config.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// `host:port` of any node's API.
+    pub addr: String,
+    /// The cluster's CA certificate(s), PEM.
+    pub ca_pem: String,
+    /// An API token, `shoal_…`.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({})", self.addr)
+    }
+}
+
 /// A node answers a write within its own bounds (a few seconds without a
 /// leader); this only guards against a node that does not answer at all.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,17 +84,130 @@ pub struct Client {
 }
 
 impl Client {
-    /// `addr` is `host:port` or a full `http://host:port` URL.
-    pub fn new(addr: &str) -> Result<Self> {
+    /// `addr` is `host:port` or a full `https://host:port` URL; `tls`
+    /// decides what the client trusts and shows; `token` is sent as a
+    /// bearer token with every request.
+    pub fn new(
+        addr: &str,
+        tls: &std::sync::Arc<rustls::ClientConfig>,
+        token: Option<&str>,
+    ) -> Result<Self> {
         let endpoint = shoal_http::Endpoint::parse(addr)
             .map_err(|error| ClientError::Protocol(error.to_string()))?;
-        let http = shoal_http::client(shoal_http::ClientOptions::default())
+        let http = shoal_http::client_with_token(shoal_http::ClientOptions::default(), tls, token)
             .map_err(ClientError::Protocol)?;
         Ok(Client {
             endpoint,
             addr: addr.to_string(),
             http,
         })
+    }
+
+    /// A client of `credential`'s cluster, at `addr` (its own by default).
+    pub fn from_credential(credential: &Credential, addr: Option<&str>) -> Result<Self> {
+        let credentials =
+            shoal_pki::tls::Credentials::new(&credential.ca_pem).map_err(|error| {
+                ClientError::Protocol(format!("the credential's CA certificate: {error}"))
+            })?;
+        let tls = shoal_pki::tls::client_config(credentials)
+            .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        Client::new(
+            addr.unwrap_or(&credential.addr),
+            &tls,
+            Some(credential.token.as_str()),
+        )
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value> {
+        self.get("/v1/health").await
+    }
+
+    pub async fn create_token(&self, request: &TokenCreate) -> Result<TokenCreated> {
+        self.send(
+            self.http
+                .post(self.url("/v1/tokens"))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+    pub async fn tokens(&self) -> Result<Vec<TokenView>> {
+        self.get("/v1/tokens").await
+    }
+    pub async fn remove_token(&self, id: &str) -> Result<()> {
+        let request = self
+            .http
+            .delete(self.url(&format!("/v1/tokens/{id}")))
+            .timeout(WRITE_TIMEOUT);
+        self.send_empty(request).await
+    }
+    pub async fn create_join_token(&self, request: &JoinTokenCreate) -> Result<JoinTokenCreated> {
+        self.send(
+            self.http
+                .post(self.url("/v1/cluster/join-tokens"))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+    pub async fn join_tokens(&self) -> Result<Vec<JoinTokenView>> {
+        self.get("/v1/cluster/join-tokens").await
+    }
+    pub async fn revoke_join_token(&self, id: &str) -> Result<()> {
+        let request = self
+            .http
+            .delete(self.url(&format!("/v1/cluster/join-tokens/{id}")))
+            .timeout(WRITE_TIMEOUT);
+        self.send_empty(request).await
+    }
+    /// Removes a node for good: no node accepts its certificate any more.
+    pub async fn remove_node(&self, name: &str) -> Result<()> {
+        let request = self
+            .http
+            .delete(self.url(&format!("/v1/nodes/{name}")))
+            .timeout(WRITE_TIMEOUT);
+        self.send_empty(request).await
+    }
+    /// The joiner's CA download (with a client that trusts nothing yet).
+    pub async fn join_ca(&self) -> Result<String> {
+        let response = self
+            .http
+            .get(self.url("/v1/join/ca"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        check(response)
+            .await?
+            .text()
+            .await
+            .map_err(|error| ClientError::Protocol(error.to_string()))
+    }
+    pub async fn join(&self, request: &JoinRequest) -> Result<JoinResponse> {
+        self.send(
+            self.http
+                .post(self.url("/v1/join"))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+    pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse> {
+        self.send(
+            self.http
+                .post(self.url("/v1/internal/renew"))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+
+    async fn send_empty(&self, request: reqwest::RequestBuilder) -> Result<()> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        check(response).await.map(|_| ())
     }
 
     pub async fn version(&self) -> Result<VersionInfo> {

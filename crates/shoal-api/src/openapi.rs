@@ -53,6 +53,7 @@ pub fn document() -> Value {
             "description": "The API every shoal node serves. Any node answers any call."
         },
         "paths": {
+            "/v1/health": {"get": {"summary": "Whether the node serves; the one route without a credential", "security": [], "responses": {"200": {"description": "it serves"}}}},
             "/v1/version": {"get": {"summary": "Version and commit of this node", "responses": {"200": ok("version", "VersionInfo")}}},
             "/v1/nodes": {"get": {"summary": "The cluster's nodes", "responses": {"200": ok("nodes", "NodeList"), "default": error}}},
             "/v1/cluster": {"get": {"summary": "The cluster's identity, voters and leader, as a joining node asks", "responses": {"200": ok("cluster", "ClusterInfo"), "default": error}}},
@@ -126,7 +127,13 @@ pub fn document() -> Value {
             "/v1/schema/app.json": {"get": {"summary": "JSON Schema of the app spec", "responses": {"200": {"description": "schema"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         },
-        "components": {"schemas": schemas}
+        "security": [{"bearer": []}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (`shoal_…`) of role admin, deployer or reader; `shoal token create` makes one"}
+            }
+        }
     })
 }
 

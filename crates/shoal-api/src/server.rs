@@ -157,6 +157,12 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// answered, goes on); image uploads are bounded by their size instead.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The one route that answers without a credential: it says the node
+/// serves, and nothing else.
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"ok": true}))
+}
+
 /// The public API. Node-to-node routes (`/v1/raft/*`) are served by a
 /// router of their own, merged beside this one by the node, so that each
 /// gets its own bounds (and, later, its own authentication).
@@ -165,6 +171,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/images", get(images::<B>).post(import_image::<B>))
         .layer(DefaultBodyLimit::disable());
     let bounded = Router::new()
+        .route("/v1/health", get(health))
         .route("/v1/version", get(version::<B>))
         .route("/v1/nodes", get(nodes::<B>))
         .route(

@@ -332,3 +332,110 @@ pub struct ClusterSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_zone: Option<String>,
 }
+
+/// `POST /v1/tokens`: a new API token.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// What it is for (shown in listings).
+    pub name: String,
+    /// `admin`, `deployer` (apps and images) or `reader`.
+    pub role: String,
+    /// Lifetime in seconds; none for a token that lasts until removed.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+/// A token as it is listed: never its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    pub created_by: String,
+}
+
+/// A token just made: the only time its secret is shown.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+/// `POST /v1/cluster/join-tokens`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenCreate {
+    /// `voter` (may vote; admits workers too) or `worker`.
+    pub role: String,
+    /// Lifetime in seconds (default 3600).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// How many nodes may join with it (default 1).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct JoinTokenView {
+    pub id: String,
+    pub role: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub uses: u32,
+    pub uses_max: u32,
+    /// `valid`, `expired`, `used` or `revoked`.
+    pub state: String,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct JoinTokenCreated {
+    /// `SHOAL-1-…`: give it to `shoal agent --token`.
+    pub token: String,
+    #[serde(flatten)]
+    pub view: JoinTokenView,
+}
+
+/// `POST /v1/join`: a node asks to join with a token, after it checked
+/// the CA the token pins.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+    pub name: String,
+    /// `voter` or `worker`; by default what the token allows.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Only its public key is used.
+    pub csr_pem: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct JoinResponse {
+    pub cluster_id: String,
+    pub chain_pem: String,
+    pub roots_pem: String,
+    /// Where the answering node gossips (UDP).
+    pub gossip_addr: String,
+    /// The data key (hex), for voters only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
+}
+
+/// `POST /v1/internal/renew`: a node renews its certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RenewResponse {
+    pub chain_pem: String,
+    pub roots_pem: String,
+}

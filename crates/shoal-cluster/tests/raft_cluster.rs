@@ -30,8 +30,30 @@ fn put_app(name: &str) -> Command {
     }
 }
 
+/// One CA for the test process; each node gets its own certificate.
+fn ca() -> &'static shoal_pki::ca::Ca {
+    static CA: std::sync::OnceLock<shoal_pki::ca::Ca> = std::sync::OnceLock::new();
+    CA.get_or_init(|| shoal_pki::ca::Ca::generate("test", 1, SystemTime::now()).expect("CA"))
+}
+
+fn credentials(id: u64) -> std::sync::Arc<shoal_pki::tls::Credentials> {
+    let identity = shoal_pki::identity::Identity {
+        cluster_id: "test".into(),
+        role: shoal_pki::identity::Role::Voter,
+        name: format!("node-{id}"),
+        admission: shoal_pki::identity::Identity::new_admission(),
+    };
+    let (chain, key) = ca()
+        .issue_new_key(&identity, Duration::from_secs(3600), SystemTime::now())
+        .expect("certificate");
+    let credentials = shoal_pki::tls::Credentials::new(ca().cert_pem()).expect("roots");
+    credentials.set_identity(&chain, &key).expect("identity");
+    credentials
+}
+
 fn config(id: u64, addr: SocketAddr, dir: &Path) -> RaftConfig {
-    let mut config = RaftConfig::new(id, format!("node-{id}"), addr.to_string(), dir);
+    let tls = shoal_pki::tls::client_config(credentials(id)).expect("TLS");
+    let mut config = RaftConfig::new(id, format!("node-{id}"), addr.to_string(), dir, tls);
     // Small enough that the writes below cross several snapshots and purges.
     config.snapshot_every_entries = 100;
     config.log_kept_after_snapshot = 20;
@@ -53,7 +75,7 @@ impl TestNode {
         let raft = RaftNode::open(config(id, addr, &dir))
             .await
             .expect("node opens");
-        let server = Some(serve(listener, raft.router()));
+        let server = Some(serve(id, listener, raft.router()));
         TestNode {
             id,
             addr,
@@ -83,18 +105,28 @@ impl TestNode {
         self.raft = RaftNode::open(config(self.id, self.addr, &self.dir))
             .await
             .expect("node reopens");
-        self.server = Some(serve(listener, self.raft.router()));
+        self.server = Some(serve(self.id, listener, self.raft.router()));
     }
 }
 
-fn serve(listener: TcpListener, router: axum::Router) -> (oneshot::Sender<()>, JoinHandle<()>) {
+fn serve(
+    id: u64,
+    listener: TcpListener,
+    router: axum::Router,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
+    let tls = shoal_pki::tls::server_config(credentials(id)).expect("TLS");
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
+        let _ = shoal_http::serve(
+            listener,
+            tls,
+            router,
+            shoal_http::ServeOptions::default(),
+            async {
                 let _ = stopped.await;
-            })
-            .await;
+            },
+        )
+        .await;
     });
     (stop, server)
 }

@@ -14,7 +14,14 @@ fn put_app(name: &str) -> Command {
 
 fn config(dir: &std::path::Path) -> RaftConfig {
     // No peers: the address is recorded in the membership but never dialled.
-    let mut config = RaftConfig::new(1, "solo", "127.0.0.1:9", dir);
+    let credentials = shoal_pki::tls::Credentials::new(
+        shoal_pki::ca::Ca::generate("test", 1, std::time::SystemTime::now())
+            .expect("CA")
+            .cert_pem(),
+    )
+    .expect("roots");
+    let tls = shoal_pki::tls::client_config(credentials).expect("TLS");
+    let mut config = RaftConfig::new(1, "solo", "127.0.0.1:9", dir, tls);
     config.snapshot_every_entries = 50;
     config.log_kept_after_snapshot = 10;
     config

@@ -243,3 +243,26 @@ pub fn bundle_hash(bundle_pem: &str) -> Result<String, CaError> {
 pub fn role_allowed(token_role: Role, role: Role) -> bool {
     token_role == Role::Voter || role == Role::Worker
 }
+
+impl Ca {
+    /// A key and certificate for `identity` made here (the node that forms
+    /// a cluster; tests), returned as (chain PEM, key PEM).
+    pub fn issue_new_key(
+        &self,
+        identity: &Identity,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<(String, Zeroizing<String>), CaError> {
+        let key = crate::key::NodeKey::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+        let csr = key
+            .csr_pem(&identity.name)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let issued = self.issue(&IssueRequest {
+            csr_pem: &csr,
+            identity,
+            lifetime,
+            now,
+        })?;
+        Ok((issued.cert_pem, key.key_pem()))
+    }
+}

@@ -20,6 +20,9 @@ pub struct Member {
     pub status: Liveness,
     /// When this node saw the member enter `status` (ms since the epoch).
     pub since_ms: u64,
+    /// Whether the cluster admitted it as one that may vote (a worker
+    /// never does, whatever else is true of it).
+    pub may_vote: bool,
 }
 
 /// Gossip's view of a member's liveness.
@@ -219,7 +222,12 @@ pub fn choose_voters(
         _ => 5,
     }
     .min(voters_max.max(1));
-    let mut chosen: BTreeSet<u64> = voters.iter().copied().filter(|id| !gone(id)).collect();
+    let may_vote = |id: &u64| *id == leader || by_id.get(id).is_some_and(|m| m.may_vote);
+    let mut chosen: BTreeSet<u64> = voters
+        .iter()
+        .copied()
+        .filter(|id| !gone(id) && may_vote(id))
+        .collect();
     let zone = |id: &u64| -> String { by_id.get(id).map(|m| m.zone.clone()).unwrap_or_default() };
     let mut candidates: Vec<u64> = in_consensus
         .iter()
@@ -227,6 +235,7 @@ pub fn choose_voters(
         .filter(|id| {
             !chosen.contains(id)
                 && live(id)
+                && may_vote(id)
                 && by_id.get(id).is_some_and(|m| m.status == Liveness::Alive)
         })
         .collect();
@@ -306,7 +315,22 @@ mod tests {
             zone: zone.into(),
             status,
             since_ms,
+            may_vote: true,
         }
+    }
+
+    #[test]
+    fn workers_never_vote() {
+        let mut members: Vec<Member> = (1..=5)
+            .map(|id| member(id, "", Liveness::Alive, 0))
+            .collect();
+        for worker in &mut members[1..4] {
+            worker.may_vote = false;
+        }
+        let all: BTreeSet<u64> = (1..=5).collect();
+        // Even one that is a voter already is replaced.
+        let chosen = choose_voters(1, &[1, 2].into(), &all, &members, 5, 1_000);
+        assert_eq!(chosen, [1, 5].into());
     }
 
     /// `choose_voters` with the default grace.

@@ -260,6 +260,7 @@ fn member(name: &str, zone: &str, status: Liveness, since_ms: u64) -> Member {
         zone: zone.to_string(),
         status,
         since_ms,
+        may_vote: true,
     }
 }
 

@@ -13,14 +13,13 @@ pub struct Cli {
 
 #[derive(Args, Clone)]
 pub struct Target {
-    /// Address of any shoal node's API.
-    #[arg(
-        long,
-        env = "SHOAL_ADDR",
-        default_value = "127.0.0.1:7950",
-        global = true
-    )]
-    pub addr: String,
+    /// Address of any shoal node's API (default: the credential's).
+    #[arg(long, env = "SHOAL_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// The CLI's credentials: a config of contexts, or a node's admin.json
+    /// (default $HOME/.config/shoal/config.json).
+    #[arg(long, env = "SHOAL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,6 +89,16 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// API tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The CLI's contexts: which cluster and credential it uses.
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +116,11 @@ pub enum ClusterCommand {
         output: Output,
         #[command(flatten)]
         target: Target,
+    },
+    /// Join tokens, for nodes to join with.
+    Token {
+        #[command(subcommand)]
+        command: JoinTokenCommand,
     },
     /// Change cluster-wide settings.
     Set {
@@ -168,6 +182,94 @@ pub enum NodeCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Remove a node for good: every node refuses its certificate from
+    /// now on, and its work is placed elsewhere. It may join again only
+    /// with a new join token.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make an API token; its secret is printed once and kept nowhere.
+    Create {
+        /// What it is for, e.g. `ci`.
+        #[arg(long)]
+        name: String,
+        /// admin (everything), deployer (apps and images) or reader.
+        #[arg(long, value_parser = ["admin", "deployer", "reader"])]
+        role: String,
+        /// How long it lasts, e.g. 30d (default: until removed).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The API tokens (never their secrets).
+    Ls(ListArgs),
+    /// Revoke an API token: every node refuses it from now on.
+    Rm {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JoinTokenCommand {
+    /// Make a join token (`SHOAL-1-…`) for `shoal agent --peer ADDR --token TOKEN`.
+    Create {
+        /// voter (may vote; admits workers too) or worker.
+        #[arg(long, default_value = "voter", value_parser = ["voter", "worker"])]
+        role: String,
+        /// How long it is good for.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The join tokens: valid, expired, used or revoked.
+    Ls(ListArgs),
+    /// Revoke a join token.
+    Rm {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ContextCommand {
+    /// The contexts in the CLI's config; `*` marks the current one.
+    Ls {
+        #[arg(long, env = "SHOAL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Make a context the current one.
+    Use {
+        name: String,
+        #[arg(long, env = "SHOAL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Add (or replace) a context from a credential file, e.g. a node's admin.json.
+    Add {
+        name: String,
+        /// The credential file.
+        #[arg(long = "from")]
+        from: PathBuf,
+        #[arg(long, env = "SHOAL_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -198,6 +300,16 @@ pub struct AgentArgs {
     /// Not needed when the data dir already belongs to a cluster.
     #[arg(long = "peer")]
     pub peers: Vec<String>,
+    /// The join token (`SHOAL-1-…`, from `shoal cluster token create`) a
+    /// new node joins with; a node that joined once rejoins without it.
+    #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// What a joining node asks to be: voter (may vote) or worker; by
+    /// default what its token allows.
+    #[arg(long, value_parser = ["voter", "worker"])]
+    pub role: Option<String>,
+    #[command(flatten)]
+    pub pki: PkiArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Node labels, KEY=VALUE; repeat for more. Constraints, affinities and
@@ -265,6 +377,16 @@ pub struct DevArgs {
     pub reserve: ReserveArgs,
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub pki: PkiArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct PkiArgs {
+    /// How long the node certificates this node signs last (1m to 30d);
+    /// each renews itself at a random 50–80 % of it.
+    #[arg(long, default_value = "7d", value_parser = parse_duration, hide = true)]
+    pub cert_lifetime: std::time::Duration,
 }
 
 #[derive(Args, Clone)]

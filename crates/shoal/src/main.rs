@@ -3,6 +3,7 @@
 mod cli;
 mod clock;
 mod commands;
+mod config;
 mod node;
 mod output;
 

@@ -200,6 +200,8 @@ fn a_running_cluster_upgrades_node_by_node() {
     });
     let before = container_pids(&cluster);
     assert_eq!(before.len(), 3, "{before:?}");
+    // The newest format the old release writes.
+    let old_format = cluster_info(&cluster, 0).expect("cluster info")["log_version"].clone();
 
     for index in 0..3 {
         cluster.stop(index);
@@ -222,19 +224,20 @@ fn a_running_cluster_upgrades_node_by_node() {
         // And through the upgraded node itself.
         write(&cluster, index, &empty_app(&format!("up-{index}")));
         if index < 2 {
-            // Older nodes remain: everyone keeps writing the first format.
+            // Older nodes remain: everyone keeps writing the old format.
             let info = cluster_info(&cluster, index).expect("cluster info");
             assert_eq!(
-                info["log_version"], 1,
-                "mixed cluster writes format 1: {info}"
+                info["log_version"], old_format,
+                "mixed cluster writes the old release's format: {info}"
             );
         }
     }
 
-    // Every node now reads format 2, and every node learns it.
+    // Every node now reads this release's format, and every node learns it.
     for index in 0..3 {
-        cluster.wait_for("the cluster to write log format 2", || {
-            (cluster_info(&cluster, index)?["log_version"] == 2).then_some(())
+        cluster.wait_for("the cluster to write this release's log format", || {
+            (cluster_info(&cluster, index)?["log_version"] == shoal_state::LOG_VERSION)
+                .then_some(())
         });
     }
     for index in 0..3 {

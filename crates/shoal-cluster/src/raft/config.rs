@@ -33,6 +33,9 @@ pub struct RaftConfig {
     /// How long `propose`, `linearizable_read` and membership calls wait for
     /// a leader and for their answer.
     pub wait_max: Duration,
+    /// How this node speaks TLS to its peers: whom it trusts, which
+    /// certificate it shows (`shoal_pki::tls::client_config`).
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl RaftConfig {
@@ -48,6 +51,7 @@ impl RaftConfig {
         name: impl Into<String>,
         api_addr: impl Into<String>,
         data_dir: impl Into<PathBuf>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> Self {
         RaftConfig {
             node_id,
@@ -60,6 +64,7 @@ impl RaftConfig {
             snapshot_every_entries: crate::SNAPSHOT_EVERY_ENTRIES,
             log_kept_after_snapshot: 128,
             wait_max: Duration::from_secs(5),
+            tls,
         }
     }
 

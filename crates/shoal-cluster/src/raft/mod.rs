@@ -139,7 +139,7 @@ impl RaftNode {
                 .await
                 .map_err(|error| store_error(error.to_string()))?
         };
-        let client = network::http_client().map_err(RaftError::Config)?;
+        let client = network::http_client(&config.tls).map_err(RaftError::Config)?;
         let peers = Arc::new(Peers::default());
         let network = Network {
             id: config.node_id,

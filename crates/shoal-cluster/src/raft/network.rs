@@ -57,11 +57,16 @@ pub(crate) enum SendError {
 struct PeerError(String);
 
 /// Builds the HTTP client used for Raft RPCs and forwarded calls.
-pub(crate) fn http_client() -> Result<reqwest::Client, String> {
-    shoal_http::client(shoal_http::ClientOptions {
-        connect_timeout: CONNECT_TIMEOUT,
-        ..shoal_http::ClientOptions::default()
-    })
+pub(crate) fn http_client(
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<reqwest::Client, String> {
+    shoal_http::client(
+        shoal_http::ClientOptions {
+            connect_timeout: CONNECT_TIMEOUT,
+            ..shoal_http::ClientOptions::default()
+        },
+        tls,
+    )
 }
 
 /// What this node last saw of each peer.

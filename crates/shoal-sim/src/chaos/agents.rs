@@ -91,6 +91,7 @@ impl SimNode {
             zone: facts.labels.get("zone").cloned().unwrap_or_default(),
             status: Liveness::Alive,
             since_ms: now_ms,
+            may_vote: true,
         };
         SimNode {
             facts,

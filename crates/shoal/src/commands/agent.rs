@@ -46,8 +46,21 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         reserve_cpu_millis: args.reserve.reserve_cpu,
         reserve_memory_bytes: args.reserve.reserve_memory,
         network: network_config(args.network)?,
+        token: args.token,
+        role: args.role,
+        cert_lifetime: cert_lifetime(&args.pki)?,
     };
     start(config, args.runtime).await
+}
+
+fn cert_lifetime(args: &crate::cli::PkiArgs) -> anyhow::Result<std::time::Duration> {
+    let range = shoal_pki::ca::LEAF_LIFETIME_MIN..=shoal_pki::ca::LEAF_LIFETIME_MAX;
+    anyhow::ensure!(
+        range.contains(&args.cert_lifetime),
+        "--cert-lifetime: 1m to 30d, not {}",
+        humantime::format_duration(args.cert_lifetime)
+    );
+    Ok(args.cert_lifetime)
 }
 
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -67,10 +80,32 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         reserve_cpu_millis: args.reserve.reserve_cpu,
         reserve_memory_bytes: args.reserve.reserve_memory,
         network: network_config(args.network)?,
+        token: None,
+        role: None,
+        cert_lifetime: cert_lifetime(&args.pki)?,
     };
+    let data_dir = config.data_dir.clone();
     eprintln!(
-        "shoal dev: a one-node cluster; API on http://{bind} (try `shoal nodes`, `shoal apply -f app.yaml`); Ctrl-C stops the node, its containers keep running"
+        "shoal dev: a one-node cluster; API on https://{bind}, its credential in the `dev` context of your shoal config (try `shoal nodes`, `shoal apply -f app.yaml`); Ctrl-C stops the node, its containers keep running"
     );
+    // Once the node has written its admin credential, the CLI's `dev`
+    // context points at it, so `shoal ps` just works on this machine.
+    tokio::spawn(async move {
+        for _ in 0..600 {
+            if let Ok(bytes) = std::fs::read(data_dir.join("admin.json")) {
+                if let Ok(credential) = serde_json::from_slice(&bytes) {
+                    match crate::config::save_context("dev", credential) {
+                        Ok(path) => {
+                            tracing::info!(config = %path.display(), "the `dev` context is current")
+                        }
+                        Err(error) => tracing::warn!(%error, "writing the CLI config"),
+                    }
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
     start(config, args.runtime).await
 }
 

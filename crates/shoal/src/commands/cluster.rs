@@ -10,6 +10,7 @@ use crate::output::print_json;
 /// `shoal cluster info|set`.
 pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
     match command {
+        ClusterCommand::Token { command } => super::tokens::join(command).await,
         ClusterCommand::Info { output, target } => {
             show(super::client(&target)?.cluster().await?, output.format)
         }

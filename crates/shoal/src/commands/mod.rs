@@ -11,6 +11,7 @@ pub mod nodes;
 pub mod plan;
 pub mod ps;
 pub mod rm;
+pub mod tokens;
 pub mod version;
 
 use std::process::ExitCode;
@@ -49,10 +50,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             command: NodeCommand::Leave { target },
         } => nodes::leave(target).await,
+        Command::Node {
+            command: NodeCommand::Rm { name, target },
+        } => nodes::remove(name, target).await,
         Command::Node { command } => nodes::change(command).await,
+        Command::Token { command } => tokens::api(command).await,
+        Command::Context { command } => tokens::context(command),
     }
 }
 
 pub fn client(target: &crate::cli::Target) -> anyhow::Result<shoal_api::client::Client> {
-    Ok(shoal_api::client::Client::new(&target.addr)?)
+    let credential = crate::config::credential(target.config.as_deref(), target.addr.as_deref())?;
+    Ok(shoal_api::client::Client::from_credential(
+        &credential,
+        None,
+    )?)
 }

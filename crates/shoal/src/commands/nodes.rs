@@ -115,8 +115,8 @@ pub async fn change(command: NodeCommand) -> anyhow::Result<ExitCode> {
             let update = super::client(&target)?.drain_node(&name, false).await?;
             (update, format!("node {name} takes work again"))
         }
-        NodeCommand::Leave { .. } => {
-            anyhow::bail!("`shoal node leave` is not a change of another node")
+        NodeCommand::Leave { .. } | NodeCommand::Rm { .. } => {
+            anyhow::bail!("`shoal node leave|rm` are not changes of a node's record")
         }
     };
     if update.changed {
@@ -124,5 +124,14 @@ pub async fn change(command: NodeCommand) -> anyhow::Result<ExitCode> {
     } else {
         println!("{done} (it already was)");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shoal node rm NAME`: the node's identity is refused from now on.
+pub async fn remove(name: String, target: crate::cli::Target) -> anyhow::Result<ExitCode> {
+    super::client(&target)?.remove_node(&name).await?;
+    println!(
+        "node {name} removed: no node accepts its certificate any more; its work moves elsewhere"
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use shoal_api::wire::ClusterInfo;
+use shoal_api::client::{Client, ClientError};
+use shoal_api::wire::{ClusterInfo, JoinRequest, RenewRequest};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::membership::{MembershipConfig, NodeFacts};
 use shoal_cluster::raft::{ProposeError, RaftNode};
+use shoal_pki::key::NodeKey;
+use shoal_pki::seal::DataKey;
+use shoal_pki::token::JoinToken;
 use shoal_state::Command;
 use shoal_types::{consensus_id, Node, NodeStatus};
 
+use super::trust::{Formation, Trust};
 use super::{host, NodeConfig, Shared};
 use crate::clock::now_ms;
 
@@ -29,69 +34,332 @@ struct ClusterFile {
     cluster_id: String,
 }
 
-/// Finds the cluster this node belongs to: the one in its data dir, the
-/// one of its peers, or (first node, no peers) a new one of itself.
-/// Returns the cluster id and the gossip addresses to join through.
-pub async fn identify(
-    config: &NodeConfig,
-    raft: &RaftNode,
-    http: &reqwest::Client,
-) -> anyhow::Result<(String, Vec<SocketAddr>)> {
-    let path = config.data_dir.join("cluster.json");
-    let known = read_cluster_file(&path)?;
-    let mut gossip_peers = Vec::new();
-    if !config.peers.is_empty() {
-        let info = ask_peers(&config.peers, http).await?;
-        if let Some(known) = &known {
-            anyhow::ensure!(
-                known == &info.cluster_id,
-                "this node's data dir belongs to cluster {known}, but the peers are of cluster {}; \
-                 use another --data-dir to join them",
-                info.cluster_id
-            );
-        }
-        if let Ok(mut addrs) = info.gossip_addr.to_socket_addrs() {
-            gossip_peers.extend(addrs.next());
-        }
-        write_cluster_file(&path, &info.cluster_id)?;
-        return Ok((info.cluster_id, gossip_peers));
-    }
-    if let Some(known) = known {
-        // A restarted node: the peer cache leads gossip back to the others.
-        return Ok((known, gossip_peers));
-    }
-    anyhow::ensure!(
-        !raft.is_initialized(),
-        "{} holds cluster state but no cluster.json; give --peer to rejoin",
-        config.data_dir.display()
-    );
-    let cluster_id = new_cluster_id();
-    raft.initialize().await.context("forming a new cluster")?;
-    write_cluster_file(&path, &cluster_id)?;
-    tracing::info!(cluster = %cluster_id, "formed a new cluster");
-    Ok((cluster_id, gossip_peers))
+/// Where a node stands when it starts: its credentials, its cluster, the
+/// gossip addresses to join through, and (the node that forms a cluster)
+/// what it must propose once its log runs.
+pub struct Standing {
+    pub trust: Trust,
+    pub cluster_id: String,
+    pub gossip_peers: Vec<SocketAddr>,
+    pub formation: Option<Formation>,
 }
 
-async fn ask_peers(peers: &[String], http: &reqwest::Client) -> anyhow::Result<ClusterInfo> {
+/// Finds the cluster this node belongs to: the one its data dir holds
+/// credentials for (a restart: no token needed), the one a join token
+/// admits it to (`--peer` with `--token`), or (no peers, empty data dir)
+/// a new one of itself. Opens nothing of Raft: the caller opens it with
+/// the credentials this returns.
+pub async fn stand(config: &NodeConfig) -> anyhow::Result<Standing> {
+    let path = config.data_dir.join("cluster.json");
+    let pki_dir = config.data_dir.join("pki");
+    let known = read_cluster_file(&path)?;
+    if let Some(trust) = Trust::load(&pki_dir)? {
+        let cluster_id = known
+            .clone()
+            .unwrap_or_else(|| trust.identity.cluster_id.clone());
+        anyhow::ensure!(
+            cluster_id == trust.identity.cluster_id,
+            "{} belongs to cluster {cluster_id}, but its certificate to cluster {}",
+            config.data_dir.display(),
+            trust.identity.cluster_id
+        );
+        if config.token.is_some() {
+            tracing::info!(
+                "this node has its certificate already; --token is not needed and not used"
+            );
+        }
+        let mut gossip_peers = Vec::new();
+        if !config.peers.is_empty() {
+            // A restarted node: the peers confirm the cluster and lead gossip.
+            let info = ask_peers(&config.peers, &trust).await?;
+            anyhow::ensure!(
+                info.cluster_id == cluster_id,
+                "this node's data dir belongs to cluster {cluster_id}, but the peers are of cluster {}; use another --data-dir to join them",
+                info.cluster_id
+            );
+            if let Ok(mut addrs) = info.gossip_addr.to_socket_addrs() {
+                gossip_peers.extend(addrs.next());
+            }
+        }
+        return Ok(Standing {
+            trust,
+            cluster_id,
+            gossip_peers,
+            formation: None,
+        });
+    }
+    anyhow::ensure!(
+        !config.data_dir.join("raft.redb").exists(),
+        "{} holds cluster state but no certificates (it is of shoal 0.2 or older, which had no TLS): shoal {} cannot rejoin it to a secure cluster; form the cluster anew with an empty --data-dir and apply the apps again",
+        config.data_dir.display(),
+        shoal_state::RELEASE
+    );
+    if !config.peers.is_empty() {
+        let Some(token) = &config.token else {
+            anyhow::bail!(
+                "joining through --peer needs a join token: run `shoal cluster token create` against the cluster and give the token with --token (or SHOAL_JOIN_TOKEN)"
+            );
+        };
+        let joined = join(config, token, &pki_dir).await?;
+        write_cluster_file(&path, &joined.cluster_id)?;
+        return Ok(joined);
+    }
+    anyhow::ensure!(
+        known.is_none(),
+        "{} names a cluster in cluster.json but holds no certificates; give --peer and --token to join again",
+        config.data_dir.display()
+    );
+    anyhow::ensure!(
+        config.token.is_none(),
+        "--token is for joining: give --peer too (a node without peers forms a new cluster)"
+    );
+    let cluster_id = new_cluster_id();
+    let (trust, formation, chain, key) =
+        Trust::form(&pki_dir, &cluster_id, &config.name, config.cert_lifetime)?;
+    trust.save(&chain, &key)?;
+    write_cluster_file(&path, &cluster_id)?;
+    Ok(Standing {
+        trust,
+        cluster_id,
+        gossip_peers: Vec::new(),
+        formation: Some(formation),
+    })
+}
+
+/// The joiner's side of a join token: fetch each peer's CA bundle with a
+/// client that trusts anything, compare its hash with the token's, and
+/// only then, over a connection that verifies the peer against that CA,
+/// send the token and a CSR.
+async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::Result<Standing> {
+    let token =
+        JoinToken::parse(token_text).map_err(|error| anyhow::anyhow!("--token: {error}"))?;
+    let fetch = shoal_pki::tls::pinning_fetch_config()?;
+    let key = NodeKey::generate()?;
+    let csr_pem = key.csr_pem(&config.name)?;
+    let mut queue: std::collections::VecDeque<String> = config.peers.iter().cloned().collect();
+    let mut last_error = String::new();
+    for _ in 0..JOIN_ATTEMPTS_MAX {
+        let Some(peer) = queue.pop_front() else {
+            break;
+        };
+        queue.push_back(peer.clone());
+        let roots = match Client::new(&peer, &fetch, None)
+            .with_context(|| format!("--peer {peer}"))?
+            .join_ca()
+            .await
+        {
+            Ok(roots) => roots,
+            Err(error) => {
+                last_error = format!("{peer}: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let hash = shoal_pki::ca::bundle_hash(&roots)
+            .with_context(|| format!("{peer} answered with no CA certificate"))?;
+        anyhow::ensure!(
+            hash == token.ca_hash,
+            "{peer} shows a CA whose hash ({}…) is not the one the token pins ({}…): it is not the cluster the token is of (or someone is in between); nothing secret was sent",
+            &hash[..12],
+            &token.ca_hash[..12]
+        );
+        let credentials = shoal_pki::tls::Credentials::new(&roots)?;
+        let verified = shoal_pki::tls::client_config(credentials)?;
+        let request = JoinRequest {
+            token: token.to_string(),
+            name: config.name.clone(),
+            role: config.role.clone(),
+            csr_pem: csr_pem.clone(),
+        };
+        match Client::new(&peer, &verified, None)?.join(&request).await {
+            Ok(answer) => {
+                let data_key = match &answer.data_key {
+                    Some(hex) => Some(DataKey::from_hex(hex)?),
+                    None => None,
+                };
+                let trust = Trust::joined(
+                    pki_dir,
+                    &answer.roots_pem,
+                    &answer.chain_pem,
+                    &key.key_pem(),
+                    data_key,
+                )?;
+                tracing::info!(cluster = %answer.cluster_id, role = trust.identity.role.as_str(), "joined with a token");
+                let mut gossip_peers = Vec::new();
+                if let Ok(mut addrs) = answer.gossip_addr.to_socket_addrs() {
+                    gossip_peers.extend(addrs.next());
+                }
+                return Ok(Standing {
+                    trust,
+                    cluster_id: answer.cluster_id,
+                    gossip_peers,
+                    formation: None,
+                });
+            }
+            Err(ClientError::Api {
+                status: 421,
+                message,
+                ..
+            }) => {
+                if let Some(leader) = message.strip_prefix("join through the leader: ") {
+                    queue.push_front(leader.trim().to_string());
+                }
+                last_error = format!("{peer}: {message}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(ClientError::Api {
+                status, message, ..
+            }) if status != 503 => {
+                anyhow::bail!("{peer} refused the join: {message}")
+            }
+            Err(error) => {
+                last_error = format!("{peer}: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    anyhow::bail!("no peer admitted this node ({last_error}); check --peer and that the peer runs")
+}
+
+async fn ask_peers(peers: &[String], trust: &Trust) -> anyhow::Result<ClusterInfo> {
     let mut last_error = String::new();
     for _ in 0..JOIN_ATTEMPTS_MAX {
         for peer in peers {
-            let endpoint =
-                shoal_http::Endpoint::parse(peer).with_context(|| format!("--peer {peer}"))?;
-            match http.get(endpoint.url("/v1/cluster")).send().await {
-                Ok(response) if response.status().is_success() => {
-                    match response.json::<ClusterInfo>().await {
-                        Ok(info) => return Ok(info),
-                        Err(error) => last_error = format!("{peer}: {error}"),
-                    }
-                }
-                Ok(response) => last_error = format!("{peer}: answered {}", response.status()),
+            let client = Client::new(peer, &trust.client_tls, None)
+                .with_context(|| format!("--peer {peer}"))?;
+            match client.cluster().await {
+                Ok(info) => return Ok(info),
                 Err(error) => last_error = format!("{peer}: {error}"),
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     anyhow::bail!("no peer answered ({last_error}); check --peer and that the peer runs")
+}
+
+/// Proposes what a new cluster starts with: this node's admission, the
+/// CA, the first admin token; then writes that token to `admin.json`.
+pub async fn found(
+    config: &NodeConfig,
+    raft: &RaftNode,
+    trust: &Trust,
+    formation: Formation,
+) -> anyhow::Result<()> {
+    // The cluster is this node alone: it appends in its own newest format.
+    raft.set_cluster_log_version(shoal_state::LOG_VERSION);
+    let commands = [
+        Command::AdmitNode {
+            token: String::new(),
+            node: config.name.clone(),
+            role: shoal_state::security::NodeRole::Voter,
+            admission: trust.identity.admission.clone(),
+        },
+        Command::SetCa {
+            ca: formation.ca.clone(),
+        },
+        Command::CreateApiToken {
+            token: formation.admin_record.clone(),
+        },
+    ];
+    for command in commands {
+        raft.propose(now_ms(), command)
+            .await
+            .context("recording the new cluster's CA and first credentials")?;
+    }
+    let path = super::trust::write_admin(
+        &config.data_dir,
+        &shoal_api::client::Credential {
+            addr: config.advertise.clone(),
+            ca_pem: trust.credentials.roots_pem(),
+            token: formation.admin_token.to_string(),
+        },
+    )?;
+    tracing::info!(credential = %path.display(), "wrote the first admin credential (shown nowhere else)");
+    Ok(())
+}
+
+/// Renews the node's certificate at a random 50–80 % of its lifetime,
+/// from any node that holds the data key (itself, if it does).
+pub async fn renew_certificates<R>(shared: Arc<Shared<R>>) {
+    loop {
+        let wait = renewal_wait(&shared.trust);
+        tokio::time::sleep(wait).await;
+        let mut attempt = 0u32;
+        loop {
+            match renew_once(&shared).await {
+                Ok(()) => break,
+                Err(error) => {
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(%error, attempt, "renewing this node's certificate");
+                    let expires_in = shared
+                        .trust
+                        .not_after()
+                        .ok()
+                        .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+                        .unwrap_or_default();
+                    // Try again soon, never later than a tenth of what is left.
+                    let retry = (expires_in / 10)
+                        .clamp(Duration::from_millis(500), Duration::from_secs(30));
+                    tokio::time::sleep(retry).await;
+                }
+            }
+        }
+    }
+}
+
+fn renewal_wait(trust: &Trust) -> Duration {
+    let now = std::time::SystemTime::now();
+    let Ok(not_after) = trust.not_after() else {
+        return Duration::from_secs(1);
+    };
+    let lifetime = trust
+        .not_before()
+        .ok()
+        .and_then(|not_before| not_after.duration_since(not_before).ok())
+        .unwrap_or_default();
+    let fraction = 0.5 + 0.3 * rand::random::<f64>();
+    let renew_at = not_after
+        .checked_sub(lifetime.mul_f64(1.0 - fraction))
+        .unwrap_or(now);
+    renew_at.duration_since(now).unwrap_or_default()
+}
+
+async fn renew_once<R>(shared: &Shared<R>) -> anyhow::Result<()> {
+    let key = NodeKey::generate()?;
+    let request = RenewRequest {
+        csr_pem: key.csr_pem(&shared.config.name)?,
+    };
+    // Ask a node that holds the data key: the leader always does.
+    let status = shared.raft.status();
+    let mut addrs: Vec<String> = status
+        .leader
+        .and_then(|id| status.nodes.get(&id).map(|node| node.api_addr.clone()))
+        .into_iter()
+        .collect();
+    addrs.extend(
+        status
+            .voters
+            .iter()
+            .filter_map(|id| status.nodes.get(id).map(|node| node.api_addr.clone())),
+    );
+    addrs.dedup();
+    let mut last_error = anyhow::anyhow!("the cluster has no leader or voter to renew with");
+    for addr in addrs.iter().take(8) {
+        match Client::new(addr, &shared.trust.client_tls, None)?
+            .renew(&request)
+            .await
+        {
+            Ok(answer) => {
+                shared
+                    .trust
+                    .renewed(&answer.roots_pem, &answer.chain_pem, &key.key_pem())?;
+                tracing::info!(from = %addr, "renewed this node's certificate");
+                return Ok(());
+            }
+            Err(error) => last_error = anyhow::anyhow!("{addr}: {error}"),
+        }
+    }
+    Err(last_error)
 }
 
 fn read_cluster_file(path: &Path) -> anyhow::Result<Option<String>> {

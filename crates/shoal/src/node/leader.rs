@@ -62,8 +62,12 @@ fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
 }
 
 /// A gossip member as the duties see it.
-fn member(member: &Member) -> duties::Member {
+fn member(member: &Member, security: &shoal_state::security::Security) -> duties::Member {
     duties::Member {
+        may_vote: security
+            .admissions
+            .get(&member.facts.name)
+            .is_some_and(|admission| admission.role == shoal_state::security::NodeRole::Voter),
         name: member.facts.name.clone(),
         raft_id: member.facts.raft_id,
         api_addr: member.facts.api_addr.clone(),
@@ -82,7 +86,15 @@ fn member(member: &Member) -> duties::Member {
 /// the pass (the next pass derives them again).
 async fn pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
     let now = now_ms();
-    let members: Vec<duties::Member> = shared.membership.members().iter().map(member).collect();
+    let members: Vec<duties::Member> = {
+        let state = shared.raft.read();
+        shared
+            .membership
+            .members()
+            .iter()
+            .map(|m| member(m, &state.security))
+            .collect()
+    };
     let status = shared.raft.status();
     let consensus = Consensus {
         leader: shared.node_id(),

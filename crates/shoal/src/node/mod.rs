@@ -4,12 +4,15 @@
 
 mod backend;
 mod cluster;
+mod credentials;
+pub mod gate;
 mod host;
 mod keeper;
 mod leader;
 mod logs;
 pub mod network;
 mod scheduler;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +49,13 @@ pub struct NodeConfig {
     pub reserve_cpu_millis: u64,
     pub reserve_memory_bytes: u64,
     pub network: network::NetworkConfig,
+    /// The join token (`SHOAL-1-…`) a new node joins with.
+    pub token: Option<String>,
+    /// The role a joining node asks for (`voter`, `worker`); by default
+    /// what its token allows.
+    pub role: Option<String>,
+    /// How long the certificates this node signs last.
+    pub cert_lifetime: std::time::Duration,
 }
 
 /// What the loops and the API handlers share. The log is a type parameter
@@ -58,6 +68,8 @@ pub struct Shared<R, L = RaftNode> {
     pub runtime: Arc<R>,
     pub started_at_ms: u64,
     pub http: reqwest::Client,
+    /// The node's certificate, what it trusts, and (voters) the data key.
+    pub trust: trust::Trust,
     /// The node's bridge, task namespaces, routes and DNS.
     pub network: Arc<network::NodeNetwork>,
     /// Set once `shoal node leave` was asked; the loops wind down.
@@ -85,25 +97,36 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         .ensure_ready()
         .await
         .context("preparing the container runtime")?;
+    let standing = cluster::stand(&config).await?;
     let raft = RaftNode::open(RaftConfig::new(
         consensus_id(&config.name),
         config.name.clone(),
         config.advertise.clone(),
         config.data_dir.clone(),
+        standing.trust.client_tls.clone(),
     ))
     .await
     .with_context(|| format!("opening the cluster state in {}", config.data_dir.display()))?;
+    if let Some(formation) = standing.formation {
+        raft.initialize().await.context("forming a new cluster")?;
+        cluster::found(&config, &raft, &standing.trust, formation).await?;
+        tracing::info!(cluster = %standing.cluster_id, "formed a new cluster");
+    }
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding the API to {}", config.bind))?;
-    let http = shoal_http::client(shoal_http::ClientOptions {
-        connect_timeout: std::time::Duration::from_secs(2),
-        request_timeout: Some(std::time::Duration::from_secs(10)),
-        ..shoal_http::ClientOptions::default()
-    })
+    let http = shoal_http::client(
+        shoal_http::ClientOptions {
+            connect_timeout: std::time::Duration::from_secs(2),
+            request_timeout: Some(std::time::Duration::from_secs(10)),
+            ..shoal_http::ClientOptions::default()
+        },
+        &standing.trust.client_tls,
+    )
     .map_err(anyhow::Error::msg)?;
-
-    let (cluster_id, gossip_peers) = cluster::identify(&config, &raft, &http).await?;
+    let audit = gate::Audit::open(&config.data_dir)?;
+    let (cluster_id, gossip_peers, trust) =
+        (standing.cluster_id, standing.gossip_peers, standing.trust);
     let started_at_ms = now_ms();
     let membership = Membership::start(
         cluster::membership_config(&config, &cluster_id, started_at_ms),
@@ -125,17 +148,39 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         runtime: Arc::new(runtime),
         started_at_ms,
         http,
+        trust,
         leaving,
     });
 
     let backend = Arc::new(backend::NodeBackend(shared.clone()));
-    // The public API and the node-to-node routes, each with its own bounds.
-    let router = shoal_api::server::router(backend).merge(shared.raft.router());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async {
-        let _ = stop_rx.await;
+    // The public API, the node-to-node routes and the credential routes,
+    // each with its own bounds, all behind the gate.
+    let gate = Arc::new(gate::Gate {
+        log: shared.raft.clone(),
+        cluster_id: shared.cluster_id.clone(),
+        audit,
     });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let router = shoal_api::server::router(backend)
+        .merge(shared.raft.router())
+        .merge(credentials::router(shared.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            gate::check::<RaftNode>,
+        ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = shoal_http::serve(
+        listener,
+        shared.trust.server_tls.clone(),
+        router,
+        shoal_http::ServeOptions {
+            grace: SHUTDOWN_GRACE,
+            ..shoal_http::ServeOptions::default()
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    );
+    let mut server = std::pin::pin!(server);
     tracing::info!(
         node = %shared.config.name,
         api = %shared.config.bind,
@@ -145,6 +190,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     );
 
     let registration = tokio::spawn(cluster::register(shared.clone()));
+    let renewals = tokio::spawn(cluster::renew_certificates(shared.clone()));
     let duties = tokio::spawn(leader::run(shared.clone()));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
@@ -174,11 +220,16 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         }
     };
     registration.abort();
+    renewals.abort();
     facts.abort();
     network.abort();
     let _ = stop_tx.send(());
     // Requests in flight get a moment; followers of logs do not hold the node up.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+    let _ = tokio::time::timeout(
+        SHUTDOWN_GRACE + std::time::Duration::from_secs(1),
+        &mut server,
+    )
+    .await;
     shared.membership.shutdown().await;
     shared.raft.shutdown().await;
     tracing::info!("node stopped; its containers keep running and are adopted on restart");

@@ -251,7 +251,8 @@ impl Cluster {
         let indexes: Vec<usize> = (0..count).map(|_| self.add_member(&[])).collect();
         let peer = self.members[0].ip.clone();
         for &index in &indexes {
-            self.spawn(index, std::slice::from_ref(&peer));
+            let token = self.join_token(index, std::slice::from_ref(&peer));
+            self.spawn(index, std::slice::from_ref(&peer), Some(&token));
         }
         for &index in &indexes {
             self.wait_api(index);
@@ -290,10 +291,46 @@ impl Cluster {
         format!("{}:7950", self.members[index].ip)
     }
 
-    /// Starts node `index`'s agent, joining through `peers` (IPs).
+    /// Starts node `index`'s agent, joining through `peers` (IPs) with a
+    /// fresh join token the first time.
     pub fn start(&mut self, index: usize, peers: &[String]) {
-        self.spawn(index, peers);
+        let token = if !peers.is_empty() && !self.members[index].data_dir.join("pki").exists() {
+            Some(self.join_token(index, peers))
+        } else {
+            None
+        };
+        self.spawn(index, peers, token.as_deref());
         self.wait_api(index);
+    }
+
+    /// A voter join token from the first running node among `peers`' owners.
+    fn join_token(&self, joining: usize, peers: &[String]) -> String {
+        let owner = (0..self.members.len())
+            .find(|&i| {
+                i != joining
+                    && self.members[i].agent.is_some()
+                    && peers.iter().any(|p| p.starts_with(&self.members[i].ip))
+            })
+            .or_else(|| {
+                (0..self.members.len()).find(|&i| i != joining && self.members[i].agent.is_some())
+            })
+            .expect("a running node to make a join token");
+        let output = self.shoal(owner, &["cluster", "token", "create", "--role", "voter"]);
+        assert!(
+            output.status.success(),
+            "making a join token: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// The admin credential of the cluster (written by the node that formed it).
+    pub fn credential(&self) -> std::path::PathBuf {
+        self.members
+            .iter()
+            .map(|member| member.data_dir.join("admin.json"))
+            .find(|path| path.exists())
+            .unwrap_or_else(|| self.members[0].data_dir.join("admin.json"))
     }
 
     fn wait_api(&self, index: usize) {
@@ -335,7 +372,7 @@ impl Cluster {
             .expect("ctr tasks exec")
     }
 
-    fn spawn(&mut self, index: usize, peers: &[String]) {
+    fn spawn(&mut self, index: usize, peers: &[String], token: Option<&str>) {
         let member = &self.members[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -368,6 +405,9 @@ impl Cluster {
             .stderr(log);
         for peer in peers {
             command.args(["--peer", peer]);
+        }
+        if let Some(token) = token {
+            command.env("SHOAL_JOIN_TOKEN", token);
         }
         for label in &member.labels {
             command.args(["--label", label]);
@@ -414,6 +454,7 @@ impl Cluster {
         Command::new(binary())
             .args(args)
             .env("SHOAL_ADDR", self.addr(index))
+            .env("SHOAL_CONFIG", self.credential())
             .output()
             .expect("run shoal")
     }

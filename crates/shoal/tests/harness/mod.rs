@@ -176,10 +176,16 @@ impl Node {
         }
     }
 
+    /// The admin credential the node wrote when it formed its cluster.
+    pub fn credential(&self) -> std::path::PathBuf {
+        self.data_dir.path().join("admin.json")
+    }
+
     pub fn shoal_spawn(&self, args: &[&str]) -> Child {
         Command::new(binary())
             .args(args)
             .env("SHOAL_ADDR", self.addr())
+            .env("SHOAL_CONFIG", self.credential())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -190,6 +196,7 @@ impl Node {
         Command::new(binary())
             .args(args)
             .env("SHOAL_ADDR", self.addr())
+            .env("SHOAL_CONFIG", self.credential())
             .output()
             .expect("run shoal")
     }

@@ -45,7 +45,17 @@ async fn fixture() -> Fixture {
             dns_port: 0,
             cni_config: None,
         },
+        token: None,
+        role: None,
+        cert_lifetime: std::time::Duration::from_secs(3600),
     };
+    let (trust, ..) = crate::node::trust::Trust::form(
+        &dir.path().join("pki"),
+        "test-cluster",
+        "n1",
+        std::time::Duration::from_secs(3600),
+    )
+    .expect("a throwaway CA");
     let log = MemoryLog::new("n1", State::default());
     log.apply(Command::RegisterNode {
         node: Node::sample("n1", "127.0.0.1:7950"),
@@ -74,7 +84,8 @@ async fn fixture() -> Fixture {
         cluster_id: "test-cluster".into(),
         runtime: Arc::new(FakeRuntime::new()),
         started_at_ms: 0,
-        http: reqwest::Client::new(),
+        http: shoal_http::client(Default::default(), &trust.client_tls).expect("client"),
+        trust,
         network,
         leaving: tokio::sync::watch::channel(false).0,
     });

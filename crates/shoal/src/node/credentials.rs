@@ -1,0 +1,447 @@
+//! The routes that hand out and take back credentials: joining with a
+//! token, renewing a node certificate, API tokens, join tokens, and
+//! removing a node for good. The gate has checked the caller already;
+//! these check what only they can (a join token's secret, the leader).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use shoal_api::server::ApiError;
+use shoal_api::wire::{
+    JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, RenewRequest,
+    RenewResponse, TokenCreate, TokenCreated, TokenView,
+};
+use shoal_cluster::raft::ProposeError;
+use shoal_pki::ca::IssueRequest;
+use shoal_pki::identity::{Identity, Role};
+use shoal_pki::token::{ApiToken, JoinToken, SecretHash, JOIN_DOMAIN};
+use shoal_state::security::{ApiRole, ApiTokenRecord, JoinTokenRecord, NodeRole};
+use shoal_state::{ApplyError, Command};
+
+use super::gate::Caller;
+use super::trust::{node_role, pki_role};
+use super::Shared;
+use crate::clock::now_ms;
+
+/// A join token's lifetime when none is asked for, and the longest.
+const JOIN_TTL_DEFAULT: Duration = Duration::from_secs(3600);
+const JOIN_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+const JOIN_USES_MAX: u32 = 1000;
+const TOKEN_NAME_CHARS_MAX: usize = 100;
+/// Largest body of these routes.
+const BODY_BYTES_MAX: usize = 16 * 1024;
+
+pub fn router<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) -> Router {
+    Router::new()
+        .route("/v1/join/ca", get(join_ca::<R>))
+        .route("/v1/join", post(join::<R>))
+        .route("/v1/internal/renew", post(renew::<R>))
+        .route("/v1/tokens", get(tokens::<R>).post(create_token::<R>))
+        .route("/v1/tokens/{id}", delete(remove_token::<R>))
+        .route(
+            "/v1/cluster/join-tokens",
+            get(join_tokens::<R>).post(create_join_token::<R>),
+        )
+        .route(
+            "/v1/cluster/join-tokens/{id}",
+            delete(revoke_join_token::<R>),
+        )
+        .route("/v1/nodes/{name}", delete(remove_node::<R>))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(shared)
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, message)
+}
+
+fn proposal_error(error: ProposeError) -> ApiError {
+    match error {
+        ProposeError::Rejected(ApplyError::Refused(why)) => forbidden(why),
+        ProposeError::Rejected(ApplyError::NodeNotFound(name)) => {
+            ApiError::not_found(format!("node `{name}` not found; see `shoal nodes`"))
+        }
+        ProposeError::Rejected(error) => ApiError::bad_request(error.to_string()),
+        other => ApiError::unavailable(other.to_string()),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(error.to_string())
+}
+
+/// The roots a joiner pins against the hash in its token.
+async fn join_ca<R>(State(shared): State<Arc<Shared<R>>>) -> Response {
+    shared.trust.credentials.roots_pem().into_response()
+}
+
+/// Signs a certificate for `identity` with the cluster's CA.
+fn sign<R>(shared: &Shared<R>, csr_pem: &str, identity: &Identity) -> Result<String, ApiError> {
+    let record = shared
+        .raft
+        .read()
+        .security
+        .ca
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("the cluster has no CA yet; try again"))?;
+    let ca = shared
+        .trust
+        .signer(&record)
+        .map_err(internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this node does not hold the data key; ask a voter-capable node",
+            )
+        })?;
+    let issued = ca
+        .issue(&IssueRequest {
+            csr_pem,
+            identity,
+            lifetime: shared.config.cert_lifetime,
+            now: SystemTime::now(),
+        })
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    Ok(format!("{}{}", issued.cert_pem, record.chain_pem))
+}
+
+async fn join<R: Send + Sync + 'static>(
+    State(shared): State<Arc<Shared<R>>>,
+    Json(request): Json<JoinRequest>,
+) -> Result<Json<JoinResponse>, ApiError> {
+    let token = JoinToken::parse(&request.token)
+        .map_err(|error| ApiError::bad_request(format!("token: {error}")))?;
+    let asked = match &request.role {
+        None => None,
+        Some(text) => Some(Role::parse(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "role: `{}` is not a node role; use voter or worker",
+                text.chars().take(20).collect::<String>()
+            ))
+        })?),
+    };
+    shoal_types::check_dns_label(&request.name)
+        .map_err(|message| ApiError::bad_request(format!("name: {message}")))?;
+    let roots = shared.trust.credentials.roots_pem();
+    let ca_hash = shoal_pki::ca::bundle_hash(&roots).map_err(internal)?;
+    if token.ca_hash != ca_hash {
+        return Err(forbidden(
+            "the join token pins another CA than this cluster's; it is of another cluster, or of this one before a CA rotation",
+        ));
+    }
+    if !shared.is_leader() {
+        let status = shared.raft.status();
+        let leader = status
+            .leader
+            .and_then(|id| status.nodes.get(&id).map(|node| node.api_addr.clone()));
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            match leader {
+                Some(addr) => format!("join through the leader: {addr}"),
+                None => "the cluster has no leader right now; try again".to_string(),
+            },
+        ));
+    }
+    let role = {
+        let state = shared.raft.read();
+        let record = state.security.join_tokens.get(&token.id).ok_or_else(|| {
+            forbidden(format!(
+                "join token {} is not known to the cluster (never made, or removed)",
+                token.id
+            ))
+        })?;
+        let secret_ok = SecretHash::from_hex(&record.hash)
+            .is_some_and(|hash| hash.matches(JOIN_DOMAIN, token.secret().as_bytes()));
+        if !secret_ok {
+            return Err(forbidden(format!(
+                "join token {}: the secret is wrong",
+                token.id
+            )));
+        }
+        let role = asked.unwrap_or(pki_role(record.role));
+        if let Some(why) = record.refusal(now_ms(), node_role(role)) {
+            return Err(forbidden(why));
+        }
+        if let Some(node) = state.nodes.get(&request.name) {
+            if node.status == shoal_types::NodeStatus::Alive {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "a node named `{}` is alive in the cluster; give this one another --name, or remove that one with `shoal node rm {}`",
+                        request.name, request.name
+                    ),
+                ));
+            }
+        }
+        role
+    };
+    let identity = Identity {
+        cluster_id: shared.cluster_id.clone(),
+        role,
+        name: request.name.clone(),
+        admission: Identity::new_admission(),
+    };
+    // Decided in log order: a single-use token admits one node.
+    shared
+        .raft
+        .propose(
+            now_ms(),
+            Command::AdmitNode {
+                token: token.id.clone(),
+                node: identity.name.clone(),
+                role: node_role(role),
+                admission: identity.admission.clone(),
+            },
+        )
+        .await
+        .map_err(proposal_error)?;
+    let chain_pem = sign(&shared, &request.csr_pem, &identity)?;
+    tracing::info!(node = %identity.name, role = role.as_str(), token = %token.id, "admitted a node");
+    Ok(Json(JoinResponse {
+        cluster_id: shared.cluster_id.clone(),
+        chain_pem,
+        roots_pem: roots,
+        gossip_addr: shared.config.gossip_advertise.to_string(),
+        data_key: match role {
+            Role::Voter => shared
+                .trust
+                .data_key
+                .as_ref()
+                .map(|key| key.to_hex().to_string()),
+            Role::Worker => None,
+        },
+    }))
+}
+
+async fn renew<R>(
+    State(shared): State<Arc<Shared<R>>>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<RenewRequest>,
+) -> Result<Json<RenewResponse>, ApiError> {
+    let Caller::Node { name, .. } = caller else {
+        return Err(forbidden("only a node renews its certificate"));
+    };
+    let admission = shared
+        .raft
+        .read()
+        .security
+        .admissions
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| forbidden(format!("node {name} is not admitted")))?;
+    let identity = Identity {
+        cluster_id: shared.cluster_id.clone(),
+        role: pki_role(admission.role),
+        name,
+        admission: admission.admission,
+    };
+    let chain_pem = sign(&shared, &request.csr_pem, &identity)?;
+    Ok(Json(RenewResponse {
+        chain_pem,
+        roots_pem: shared.trust.credentials.roots_pem(),
+    }))
+}
+
+fn token_view(record: &ApiTokenRecord) -> TokenView {
+    TokenView {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        role: record.role.as_str().to_string(),
+        created_at_ms: record.created_at_ms,
+        expires_at_ms: record.expires_at_ms,
+        created_by: record.created_by.clone(),
+    }
+}
+
+async fn tokens<R>(State(shared): State<Arc<Shared<R>>>) -> Json<Vec<TokenView>> {
+    let state = shared.raft.read();
+    Json(state.security.api_tokens.values().map(token_view).collect())
+}
+
+async fn create_token<R>(
+    State(shared): State<Arc<Shared<R>>>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<TokenCreate>,
+) -> Result<Json<TokenCreated>, ApiError> {
+    let role = ApiRole::parse(&request.role).ok_or_else(|| {
+        ApiError::bad_request("role: use admin, deployer (apps and images) or reader")
+    })?;
+    if request.name.trim().is_empty()
+        || request.name.chars().count() > TOKEN_NAME_CHARS_MAX
+        || request.name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "name: say what the token is for, 1 to {TOKEN_NAME_CHARS_MAX} characters"
+        )));
+    }
+    let now = now_ms();
+    let expires_at_ms = match request.ttl_s {
+        Some(0) => return Err(ApiError::bad_request("ttl_s: must be at least 1")),
+        Some(seconds) => Some(now.saturating_add(seconds.saturating_mul(1000))),
+        None => None,
+    };
+    let token = ApiToken::generate();
+    let record = ApiTokenRecord {
+        id: token.id.clone(),
+        name: request.name.trim().to_string(),
+        role,
+        hash: token.hash().to_hex(),
+        created_at_ms: now,
+        expires_at_ms,
+        created_by: caller.label(),
+    };
+    shared
+        .raft
+        .propose(
+            now,
+            Command::CreateApiToken {
+                token: record.clone(),
+            },
+        )
+        .await
+        .map_err(proposal_error)?;
+    Ok(Json(TokenCreated {
+        token: token.to_string(),
+        view: token_view(&record),
+    }))
+}
+
+async fn remove_token<R>(
+    State(shared): State<Arc<Shared<R>>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    shared
+        .raft
+        .propose(now_ms(), Command::RevokeApiToken { id })
+        .await
+        .map_err(proposal_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn join_token_view(record: &JoinTokenRecord, now_ms: u64) -> JoinTokenView {
+    let state = if record.revoked {
+        "revoked"
+    } else if now_ms >= record.expires_at_ms {
+        "expired"
+    } else if record.uses >= record.uses_max {
+        "used"
+    } else {
+        "valid"
+    };
+    JoinTokenView {
+        id: record.id.clone(),
+        role: record.role.as_str().to_string(),
+        created_at_ms: record.created_at_ms,
+        expires_at_ms: record.expires_at_ms,
+        uses: record.uses,
+        uses_max: record.uses_max,
+        state: state.to_string(),
+        created_by: record.created_by.clone(),
+    }
+}
+
+async fn join_tokens<R>(State(shared): State<Arc<Shared<R>>>) -> Json<Vec<JoinTokenView>> {
+    let state = shared.raft.read();
+    let now = now_ms();
+    Json(
+        state
+            .security
+            .join_tokens
+            .values()
+            .map(|record| join_token_view(record, now))
+            .collect(),
+    )
+}
+
+async fn create_join_token<R>(
+    State(shared): State<Arc<Shared<R>>>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<JoinTokenCreate>,
+) -> Result<Json<JoinTokenCreated>, ApiError> {
+    let role = match request.role.as_str() {
+        "voter" => NodeRole::Voter,
+        "worker" => NodeRole::Worker,
+        _ => return Err(ApiError::bad_request("role: use voter or worker")),
+    };
+    let ttl = match request.ttl_s {
+        None => JOIN_TTL_DEFAULT,
+        Some(seconds) if seconds >= 1 && seconds <= JOIN_TTL_MAX.as_secs() => {
+            Duration::from_secs(seconds)
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "ttl_s: 1 to {} seconds",
+                JOIN_TTL_MAX.as_secs()
+            )))
+        }
+    };
+    let uses = request.uses.unwrap_or(1);
+    if uses == 0 || uses > JOIN_USES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "uses: 1 to {JOIN_USES_MAX} nodes"
+        )));
+    }
+    let ca_hash =
+        shoal_pki::ca::bundle_hash(&shared.trust.credentials.roots_pem()).map_err(internal)?;
+    let token = JoinToken::generate(&ca_hash);
+    let now = now_ms();
+    let record = JoinTokenRecord {
+        id: token.id.clone(),
+        role,
+        hash: token.hash().to_hex(),
+        created_at_ms: now,
+        expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
+        uses_max: uses,
+        uses: 0,
+        revoked: false,
+        created_by: caller.label(),
+    };
+    shared
+        .raft
+        .propose(
+            now,
+            Command::CreateJoinToken {
+                token: record.clone(),
+            },
+        )
+        .await
+        .map_err(proposal_error)?;
+    Ok(Json(JoinTokenCreated {
+        token: token.to_string(),
+        view: join_token_view(&record, now),
+    }))
+}
+
+async fn revoke_join_token<R>(
+    State(shared): State<Arc<Shared<R>>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    shared
+        .raft
+        .propose(now_ms(), Command::RevokeJoinToken { id })
+        .await
+        .map_err(proposal_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_node<R>(
+    State(shared): State<Arc<Shared<R>>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if name == shared.config.name {
+        return Err(ApiError::bad_request(
+            "a node does not remove itself; ask another node, or use `shoal node leave`",
+        ));
+    }
+    shared
+        .raft
+        .propose(now_ms(), Command::RemoveNode { name })
+        .await
+        .map_err(proposal_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}

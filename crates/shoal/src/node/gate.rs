@@ -1,0 +1,300 @@
+//! The gate every request of every route passes before its handler: who
+//! is calling (a node by its certificate, a person or tool by its API
+//! token), whether that caller may call this route
+//! ([`shoal_api::access::required`]), and the audit record of every
+//! mutating request, refused ones included.
+//!
+//! Default deny: a route needs a credential unless the access table says
+//! `Public`, and the one public route carries no data.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use shoal_api::access::Access;
+use shoal_api::wire::ErrorBody;
+use shoal_cluster::log::ReplicatedLog;
+use shoal_pki::identity::{Identity, Role};
+use shoal_pki::token::{ApiToken, SecretHash, API_DOMAIN};
+use shoal_state::security::ApiRole;
+use shoal_state::State as ClusterState;
+
+use crate::clock::now_ms;
+
+/// Who made a request, as the gate established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Anonymous,
+    /// A node of this cluster, by its certificate.
+    Node {
+        name: String,
+        role: Role,
+    },
+    /// An API token.
+    Token {
+        id: String,
+        role: ApiRole,
+    },
+}
+
+impl Caller {
+    /// How the audit log and errors name the caller (never a secret).
+    pub fn label(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".into(),
+            Caller::Node { name, role } => format!("node:{name} ({})", role.as_str()),
+            Caller::Token { id, role } => format!("token:{id} ({})", role.as_str()),
+        }
+    }
+}
+
+/// Why a credential was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// Who the credentials of a request speak for, against the node's replica.
+pub fn identify(
+    state: &ClusterState,
+    cluster_id: &str,
+    peer: Option<&shoal_http::Peer>,
+    authorization: Option<&str>,
+    now_ms: u64,
+) -> Result<Caller, Refusal> {
+    if let Some(value) = authorization {
+        let Some(text) = value.strip_prefix("Bearer ") else {
+            return Err(Refusal(
+                "the Authorization header is not `Bearer TOKEN`".into(),
+            ));
+        };
+        let token =
+            ApiToken::parse(text).map_err(|error| Refusal(format!("API token: {error}")))?;
+        let record = state.security.api_tokens.get(&token.id).ok_or_else(|| {
+            Refusal(format!(
+                "API token {} is not known to the cluster (revoked, or of another cluster)",
+                token.id
+            ))
+        })?;
+        let matches = SecretHash::from_hex(&record.hash)
+            .is_some_and(|hash| hash.matches(API_DOMAIN, token.secret().as_bytes()));
+        if !matches {
+            return Err(Refusal(format!(
+                "API token {}: the secret is wrong",
+                token.id
+            )));
+        }
+        if record.expires_at_ms.is_some_and(|at| now_ms >= at) {
+            return Err(Refusal(format!(
+                "API token {} expired; make a new one with `shoal token create`",
+                token.id
+            )));
+        }
+        return Ok(Caller::Token {
+            id: token.id.clone(),
+            role: record.role,
+        });
+    }
+    let Some(leaf) = peer.and_then(|peer| peer.certificates.first()) else {
+        return Ok(Caller::Anonymous);
+    };
+    // TLS verified the chain to the cluster's roots already.
+    let identity = Identity::from_cert_der(leaf)
+        .map_err(|error| Refusal(format!("client certificate: {error}")))?;
+    if identity.cluster_id != cluster_id {
+        return Err(Refusal(format!(
+            "the client certificate is of cluster {}, this is {cluster_id}",
+            identity.cluster_id
+        )));
+    }
+    if !state.security.accepts(&identity.name, &identity.admission) {
+        return Err(Refusal(format!(
+            "node {} was removed from the cluster; it may join again only with a new join token",
+            identity.name
+        )));
+    }
+    Ok(Caller::Node {
+        name: identity.name,
+        role: identity.role,
+    })
+}
+
+/// Whether `caller` may do what `access` needs.
+pub fn allowed(access: Access, caller: &Caller) -> bool {
+    match (access, caller) {
+        (Access::Public | Access::Join, _) => true,
+        (Access::Read, Caller::Node { .. } | Caller::Token { .. }) => true,
+        (Access::Deploy, Caller::Token { role, .. }) => {
+            matches!(role, ApiRole::Admin | ApiRole::Deployer)
+        }
+        (Access::Admin, Caller::Token { role, .. }) => *role == ApiRole::Admin,
+        (Access::Node, Caller::Node { .. }) => true,
+        (Access::Voter, Caller::Node { role, .. }) => *role == Role::Voter,
+        _ => false,
+    }
+}
+
+/// The append-only record of mutating requests on this node.
+pub struct Audit {
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+#[derive(Serialize)]
+struct AuditRecord<'a> {
+    at_ms: u64,
+    caller: String,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a str>,
+}
+
+impl Audit {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Audit> {
+        let path = data_dir.join("audit.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|error| anyhow::anyhow!("opening {}: {error}", path.display()))?;
+        Ok(Audit {
+            path,
+            file: Mutex::new(Some(file)),
+        })
+    }
+
+    fn record(&self, record: &AuditRecord<'_>) {
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = file.as_mut() {
+            if let Err(error) = file.write_all(&line) {
+                tracing::warn!(%error, path = %self.path.display(), "writing the audit log");
+            }
+        }
+    }
+}
+
+/// What the gate needs from the node.
+pub struct Gate<L> {
+    pub log: L,
+    pub cluster_id: String,
+    pub audit: Audit,
+}
+
+/// Routes whose every call is recorded: what people and tools change.
+/// Node-to-node traffic (Raft, renewals) is the cluster's own business.
+fn audited(method: &Method, access: Access) -> bool {
+    method != Method::GET
+        && method != Method::HEAD
+        && !matches!(access, Access::Node | Access::Voter | Access::Public)
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    let mut response = (
+        status,
+        axum::Json(ErrorBody {
+            error: message,
+            errors: Vec::new(),
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+pub async fn check<L: ReplicatedLog>(
+    State(gate): State<Arc<Gate<L>>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let access = shoal_api::access::required(&method, &path);
+    let peer = request.extensions().get::<shoal_http::Peer>().cloned();
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or("\u{fffd}").to_string());
+    let identified = {
+        let state = gate.log.read();
+        identify(
+            &state,
+            &gate.cluster_id,
+            peer.as_ref(),
+            authorization.as_deref(),
+            now_ms(),
+        )
+    };
+    let (caller, refusal) = match identified {
+        Ok(caller) if allowed(access, &caller) => (caller, None),
+        Ok(Caller::Anonymous) => (
+            Caller::Anonymous,
+            Some((
+                StatusCode::UNAUTHORIZED,
+                "this needs a credential: an API token (`shoal token create`, or DATA_DIR/admin.json of the node that formed the cluster) or a node certificate".to_string(),
+            )),
+        ),
+        Ok(caller) => {
+            let message = format!(
+                "{} may not {method} {path}; it needs {}",
+                caller.label(),
+                match access {
+                    Access::Deploy => "a deployer or admin token",
+                    Access::Admin => "an admin token",
+                    Access::Node => "a node certificate",
+                    Access::Voter => "the certificate of a node that may vote",
+                    _ => "another credential",
+                }
+            );
+            (caller, Some((StatusCode::FORBIDDEN, message)))
+        }
+        Err(Refusal(why)) => (
+            Caller::Anonymous,
+            Some((StatusCode::UNAUTHORIZED, why)),
+        ),
+    };
+    if let Some((status, message)) = refusal {
+        if audited(&method, access) {
+            gate.audit.record(&AuditRecord {
+                at_ms: now_ms(),
+                caller: caller.label(),
+                method: method.as_str(),
+                path: &path,
+                status: status.as_u16(),
+                refused: Some(&message),
+            });
+        }
+        tracing::debug!(%method, %path, caller = %caller.label(), %status, "refused");
+        return refuse(status, message);
+    }
+    let record = audited(&method, access);
+    let label = caller.label();
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    if record {
+        gate.audit.record(&AuditRecord {
+            at_ms: now_ms(),
+            caller: label,
+            method: method.as_str(),
+            path: &path,
+            status: response.status().as_u16(),
+            refused: None,
+        });
+    }
+    response
+}
