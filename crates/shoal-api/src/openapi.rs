@@ -8,7 +8,9 @@ use shoal_types::AppSpec;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
+    ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView,
+    NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest, TaskView,
+    TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -38,6 +40,25 @@ pub fn document() -> Value {
     add("NodeUpdate", generator.subschema_for::<NodeUpdate>());
     add("PlanView", generator.subschema_for::<PlanView>());
     add("DnsList", generator.subschema_for::<Vec<DnsRecordView>>());
+    add("TokenCreate", generator.subschema_for::<TokenCreate>());
+    add("TokenCreated", generator.subschema_for::<TokenCreated>());
+    add("TokenList", generator.subschema_for::<Vec<TokenView>>());
+    add(
+        "JoinTokenCreate",
+        generator.subschema_for::<JoinTokenCreate>(),
+    );
+    add(
+        "JoinTokenCreated",
+        generator.subschema_for::<JoinTokenCreated>(),
+    );
+    add(
+        "JoinTokenList",
+        generator.subschema_for::<Vec<JoinTokenView>>(),
+    );
+    add("JoinRequest", generator.subschema_for::<JoinRequest>());
+    add("JoinResponse", generator.subschema_for::<JoinResponse>());
+    add("RenewRequest", generator.subschema_for::<RenewRequest>());
+    add("RenewResponse", generator.subschema_for::<RenewResponse>());
     let schemas = generator.take_definitions(true);
     let body = |name: &str| refs[name].clone();
     let ok = |description: &str, name: &str| json!({"description": description, "content": {"application/json": {"schema": body(name)}}});
@@ -45,7 +66,33 @@ pub fn document() -> Value {
         "content": {"application/json": {"schema": body("ErrorBody")}}});
     let name_param =
         json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    json!({
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let json_body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": body(name)}}});
+    let credentials = json!({
+        "/v1/join/ca": {"get": {"summary": "The cluster's CA bundle (PEM), for a joiner to compare with the hash its join token pins", "security": [],
+            "responses": {"200": {"description": "PEM", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/v1/join": {"post": {"summary": "Join with a join token (the token in the body is the credential); another node than the leader answers 421 naming it", "security": [],
+            "requestBody": json_body("JoinRequest"),
+            "responses": {"200": ok("the node's certificate", "JoinResponse"), "default": error.clone()}}},
+        "/v1/internal/renew": {"post": {"summary": "A node renews its certificate (node certificates only)",
+            "requestBody": json_body("RenewRequest"),
+            "responses": {"200": ok("the renewed certificate", "RenewResponse"), "default": error.clone()}}},
+        "/v1/tokens": {
+            "get": {"summary": "API tokens (never their secrets)", "responses": {"200": ok("tokens", "TokenList"), "default": error.clone()}},
+            "post": {"summary": "Make an API token; its secret is in this answer only", "requestBody": json_body("TokenCreate"),
+                "responses": {"200": ok("the token", "TokenCreated"), "default": error.clone()}}
+        },
+        "/v1/tokens/{id}": {"parameters": id_param.clone(), "delete": {"summary": "Revoke an API token", "responses": {"204": {"description": "revoked"}, "default": error.clone()}}},
+        "/v1/cluster/join-tokens": {
+            "get": {"summary": "Join tokens: valid, expired, used or revoked", "responses": {"200": ok("join tokens", "JoinTokenList"), "default": error.clone()}},
+            "post": {"summary": "Make a join token (SHOAL-1-…)", "requestBody": json_body("JoinTokenCreate"),
+                "responses": {"200": ok("the join token", "JoinTokenCreated"), "default": error.clone()}}
+        },
+        "/v1/cluster/join-tokens/{id}": {"parameters": id_param, "delete": {"summary": "Revoke a join token", "responses": {"204": {"description": "revoked"}, "default": error.clone()}}},
+        "/v1/nodes/{name}": {"parameters": name_param.clone(), "delete": {"summary": "Remove a node for good: every node refuses its certificate from now on", "responses": {"204": {"description": "removed"}, "default": error.clone()}}}
+    });
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "shoal",
@@ -134,7 +181,11 @@ pub fn document() -> Value {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (`shoal_…`) of role admin, deployer or reader; `shoal token create` makes one"}
             }
         }
-    })
+    });
+    if let (Some(paths), Value::Object(more)) = (document["paths"].as_object_mut(), credentials) {
+        paths.extend(more);
+    }
+    document
 }
 
 #[cfg(test)]

@@ -1083,3 +1083,124 @@ fn dns_record_latency() {
         summary(vanish)
     );
 }
+
+/// Joining is by CA-pinned tokens only: a wrong, reused, revoked or
+/// expired token, a worker token asking to vote, and a peer of another
+/// cluster (which never receives the secret) are refused with the reason;
+/// a node that joined comes back after a restart without a token; a
+/// removed node's certificate is refused by the others within 5 s.
+#[test]
+fn nodes_join_only_with_a_valid_token_that_pins_the_ca() {
+    let Some(mut cluster) = Cluster::start_or_skip("join", &[&[]]) else {
+        return;
+    };
+    let first = cluster.members[0].ip.clone();
+    let make = |cluster: &Cluster, args: &[&str]| -> String {
+        let mut all = vec!["cluster", "token", "create"];
+        all.extend_from_slice(args);
+        let output = cluster.shoal(0, &all);
+        assert!(output.status.success(), "{}", text(&output));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let refused = |output: &std::process::Output, why: &str| {
+        assert!(
+            !output.status.success(),
+            "the join was accepted: {}",
+            text(output)
+        );
+        assert!(
+            text(output).contains(why),
+            "wanted `{why}`: {}",
+            text(output)
+        );
+    };
+
+    let worker = make(&cluster, &["--role", "worker"]);
+    let (_, output) = cluster.try_join(&first, &worker, &["--role", "voter"]);
+    refused(&output, "worker token and cannot admit a voter");
+
+    let good = make(&cluster, &[]);
+    let mut wrong = good.clone();
+    let last = wrong.pop().expect("a character");
+    wrong.push(if last == '0' { '1' } else { '0' });
+    let (_, output) = cluster.try_join(&first, &wrong, &[]);
+    refused(&output, "the secret is wrong");
+
+    let revoked = make(&cluster, &[]);
+    let id = revoked.split('-').nth(3).expect("token id").to_string();
+    cluster.shoal_ok(0, &["cluster", "token", "rm", &id]);
+    let (_, output) = cluster.try_join(&first, &revoked, &[]);
+    refused(&output, "was revoked");
+
+    let short = make(&cluster, &["--ttl", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (_, output) = cluster.try_join(&first, &short, &[]);
+    refused(&output, "expired");
+
+    // A good token admits one node, once.
+    let joined = cluster.join_with_token(&good);
+    let (_, output) = cluster.try_join(&first, &good, &[]);
+    refused(&output, "already used 1 time(s)");
+
+    // A rogue peer: a cluster of its own; the token of ours pins another CA.
+    let Some(rogue) = Cluster::start_or_skip("rogue", &[&[]]) else {
+        return;
+    };
+    let rogue_peer = rogue.members[0].ip.clone();
+    let fresh = make(&cluster, &[]);
+    let (_, output) = cluster.try_join(&rogue_peer, &fresh, &[]);
+    refused(&output, "nothing secret was sent");
+    let secret = fresh.rsplit('-').next().expect("secret");
+    let rogue_audit =
+        std::fs::read_to_string(rogue.members[0].data_dir.join("audit.log")).unwrap_or_default();
+    assert!(
+        !rogue_audit.contains("/v1/join"),
+        "the rogue was asked to admit: {rogue_audit}"
+    );
+    assert!(!rogue.logs().contains(secret), "the rogue saw the secret");
+
+    // A restarted node rejoins with its certificate, no token.
+    let index = joined;
+    cluster.stop(index);
+    cluster.start(index, std::slice::from_ref(&first));
+    cluster.wait_for("the restarted node alive", || {
+        let nodes = cluster.nodes(0)?;
+        nodes
+            .iter()
+            .any(|n| n["name"] == cluster.members[index].name.as_str() && n["status"] == "alive")
+            .then_some(())
+    });
+
+    // Removed: its certificate is refused by the first node within 5 s.
+    let name = cluster.members[index].name.clone();
+    let pki = cluster.members[index].data_dir.join("pki");
+    let (ca, _) = harness::credential_parts(&cluster.credential());
+    let ca_file = cluster.members[index].data_dir.join("ca-for-test.pem");
+    std::fs::write(&ca_file, ca).expect("write CA");
+    let as_node = |cluster: &Cluster| {
+        let _ = cluster;
+        harness::curl(
+            &first,
+            7950,
+            "/v1/nodes",
+            &ca_file,
+            &[
+                "--cert",
+                pki.join("node.pem").to_str().expect("path"),
+                "--key",
+                pki.join("node.key").to_str().expect("path"),
+            ],
+        )
+        .0
+    };
+    assert_eq!(as_node(&cluster), 200, "a node's certificate reads");
+    cluster.shoal_ok(0, &["node", "rm", &name]);
+    let removed_at = std::time::Instant::now();
+    while as_node(&cluster) != 401 {
+        assert!(
+            removed_at.elapsed() < std::time::Duration::from_secs(5),
+            "the removed node's certificate is still accepted after 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -322,9 +322,127 @@ fn listings_have_the_documented_json_fields() {
         version.starts_with("shoal 0.") && version.contains("commit"),
         "{version}"
     );
-    let openapi: Value = serde_json::from_str(&harness::http_get(node.api_port, "/openapi.json"))
-        .expect("openapi JSON");
+    let (ca, token) = harness::credential_parts(&node.credential());
+    let ca_file = node.scratch.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write the CA");
+    let bearer = format!("Authorization: Bearer {token}");
+    let (status, body) = harness::curl(
+        "127.0.0.1",
+        node.api_port,
+        "/openapi.json",
+        &ca_file,
+        &["-H", &bearer],
+    );
+    assert_eq!(status, 200, "{body}");
+    let openapi: Value = serde_json::from_str(&body).expect("openapi JSON");
     assert_eq!(openapi["openapi"], "3.1.0");
+}
+
+/// With security on by default: plain HTTP, old TLS and requests without a
+/// credential get nothing but the health check; a reader may read but not
+/// deploy; the audit log records refused writes without any secret.
+#[test]
+fn the_api_is_tls_only_and_needs_a_credential() {
+    let Some(node) = harness::Node::start_or_skip("secure") else {
+        return;
+    };
+    let (ca, admin) = harness::credential_parts(&node.credential());
+    let ca_file = node.scratch.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).expect("write the CA");
+    let port = node.api_port;
+    let get = |path: &str, args: &[&str]| harness::curl("127.0.0.1", port, path, &ca_file, args);
+
+    // Plain HTTP gets no answer that is HTTP.
+    let plain = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/v1/health"))
+        .output()
+        .expect("curl");
+    assert_ne!(
+        String::from_utf8_lossy(&plain.stdout),
+        "200",
+        "plain HTTP answered"
+    );
+    // TLS 1.2 is refused.
+    assert_eq!(get("/v1/health", &["--tls-max", "1.2"]).0, 0);
+    // A server name other than the cluster's is not what the certificate names.
+    let (status, _) = harness::curl(
+        "127.0.0.1",
+        port,
+        "/v1/health",
+        std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"),
+        &[],
+    );
+    assert_eq!(status, 0, "a public CA bundle trusted the node");
+
+    assert_eq!(get("/v1/health", &[]).0, 200);
+    for path in ["/v1/nodes", "/v1/apps", "/openapi.json", "/v1/tokens"] {
+        let (status, body) = get(path, &[]);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("needs a credential"), "{body}");
+    }
+    let (status, _) = get("/v1/nodes", &["-H", "Authorization: Bearer shoal_0000000000000000_0000000000000000000000000000000000000000000000000000000000000000"]);
+    assert_eq!(status, 401);
+
+    let created = node.shoal_json(&["token", "create", "--name", "ci", "--role", "reader"]);
+    let reader = created["token"].as_str().expect("token").to_string();
+    let as_reader = format!("Authorization: Bearer {reader}");
+    assert_eq!(get("/v1/nodes", &["-H", &as_reader]).0, 200);
+    let (status, body) = get(
+        "/v1/apps",
+        &[
+            "-H",
+            &as_reader,
+            "-X",
+            "POST",
+            "--data-binary",
+            "name: x\nservices: []\n",
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("deployer or admin"), "{body}");
+    // The CLI with the reader token: the same refusal, and a non-zero exit.
+    let output = std::process::Command::new(harness::binary())
+        .args(["rm", "nothing"])
+        .env("SHOAL_ADDR", node.addr())
+        .env("SHOAL_CONFIG", node.credential())
+        .env("SHOAL_TOKEN", &reader)
+        .output()
+        .expect("shoal");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("may not"));
+
+    // Revoked: refused from then on.
+    let id = created["id"].as_str().expect("id").to_string();
+    node.shoal_ok(&["token", "rm", &id]);
+    assert_eq!(get("/v1/nodes", &["-H", &as_reader]).0, 401);
+    let listed = node.shoal_ok(&["token", "ls"]);
+    assert!(
+        !listed.contains(&reader) && !listed.contains(&admin),
+        "a secret is listed"
+    );
+
+    let audit = std::fs::read_to_string(node.data_dir.path().join("audit.log")).expect("audit log");
+    assert!(audit.contains("\"status\":403"), "{audit}");
+    assert!(audit.contains(&format!("token:{id} (reader)")), "{audit}");
+    assert!(
+        !audit.contains(&reader) && !audit.contains(&admin),
+        "a secret in the audit log"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(node.credential())
+            .expect("admin.json")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "admin.json is readable by others");
 }
 
 #[test]

@@ -30,6 +30,19 @@ const PATH_READ_INDEX: &str = "/v1/raft/read-index";
 const PATH_ADD_LEARNER: &str = "/v1/raft/add-learner";
 const PATH_CHANGE_VOTERS: &str = "/v1/raft/change-voters";
 const PATH_REMOVE_NODES: &str = "/v1/raft/remove-nodes";
+/// Every path the router serves (all `POST`), for the node's access table
+/// and its tests.
+pub const PATHS: [&str; 8] = [
+    PATH_APPEND,
+    PATH_VOTE,
+    PATH_SNAPSHOT,
+    PATH_PROPOSE,
+    PATH_READ_INDEX,
+    PATH_ADD_LEARNER,
+    PATH_CHANGE_VOTERS,
+    PATH_REMOVE_NODES,
+];
+
 /// Extra time a forwarder waits past the deadline it gives the leader, so
 /// the leader's own answer (even a timeout) arrives first.
 const FORWARD_MARGIN: Duration = Duration::from_secs(1);

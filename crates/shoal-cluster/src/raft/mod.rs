@@ -25,6 +25,7 @@ mod status;
 mod store;
 
 pub use config::RaftConfig;
+pub use http::PATHS as ROUTER_PATHS;
 pub use status::{ProposeError, RaftError, RaftRole, RaftStatus};
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -6,6 +6,8 @@ mod backend;
 mod cluster;
 mod credentials;
 pub mod gate;
+#[cfg(test)]
+mod gate_tests;
 mod host;
 mod keeper;
 mod leader;

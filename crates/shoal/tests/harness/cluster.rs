@@ -260,6 +260,37 @@ impl Cluster {
         indexes
     }
 
+    /// A new node (127.X.Y.N) joins through node 0 with `token`.
+    pub fn join_with_token(&mut self, token: &str) -> usize {
+        let index = self.add_member(&[]);
+        let peer = self.members[0].ip.clone();
+        self.spawn(index, std::slice::from_ref(&peer), Some(token));
+        self.wait_api(index);
+        index
+    }
+
+    /// A new member (127.X.Y.N) that tries to join through `peer` with
+    /// `token` and `extra` flags, expected to give up: its output once the
+    /// agent exits (within 60 s). Its data dir is left for inspection.
+    pub fn try_join(&mut self, peer: &str, token: &str, extra: &[&str]) -> (usize, Output) {
+        let index = self.add_member(&[]);
+        let member = &self.members[index];
+        let output = Command::new("timeout")
+            .arg("60")
+            .arg(binary())
+            .args(["agent", "--name", &member.name, "--advertise", &member.ip])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--containerd-namespace", &member.namespace])
+            .args(["--bridge", &member.bridge])
+            .args(["--cluster-cidr", &self.cluster_cidr])
+            .args(["--peer", peer, "--token", token])
+            .args(extra)
+            .output()
+            .expect("run shoal agent");
+        (index, output)
+    }
+
     fn add_member(&mut self, labels: &[&str]) -> usize {
         assert!(self.netns.is_none(), "join is for clusters on 127.X.Y.N");
         let index = self.members.len();
@@ -334,8 +365,10 @@ impl Cluster {
     }
 
     fn wait_api(&self, index: usize) {
+        // The node answers over TLS with the cluster's credential (which
+        // the first node writes when it forms the cluster).
         self.wait_for("the agent's API", || {
-            self.shoal(index, &["version"])
+            self.shoal(index, &["cluster", "info", "-o", "json"])
                 .status
                 .success()
                 .then_some(())

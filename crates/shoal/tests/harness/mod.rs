@@ -7,7 +7,6 @@
 pub mod cluster;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -444,13 +443,35 @@ fn free_port() -> u16 {
 }
 
 /// A plain HTTP GET with std only, to check what the API serves.
-pub fn http_get(port: u16, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+/// The CA certificate and token of a credential file (admin.json).
+pub fn credential_parts(path: &std::path::Path) -> (String, String) {
+    let credential: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read the credential")).expect("JSON");
+    (
+        credential["ca_pem"].as_str().expect("ca_pem").to_string(),
+        credential["token"].as_str().expect("token").to_string(),
+    )
+}
+
+/// `curl ARGS https://shoal-node:PORT/PATH` against `ip:port`, trusting the
+/// CA in `ca_file`; returns (HTTP status, body), status 0 when TLS failed.
+pub fn curl(
+    ip: &str,
+    port: u16,
+    path: &str,
+    ca_file: &std::path::Path,
+    args: &[&str],
+) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(ca_file)
+        .args(["--resolve", &format!("shoal-node:{port}:{ip}")])
+        .args(args)
+        .arg(format!("https://shoal-node:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_string())
 }

@@ -1,0 +1,367 @@
+//! The route × credential matrix: every route the node serves (the OpenAPI
+//! document's operations, which the API's route test ties to the router,
+//! and the Raft router's paths) called with every kind of credential
+//! through the real gate. Only the allowed cells pass; every other one is
+//! answered 401 or 403 before any handler runs. The expected cells are
+//! spelled out here, apart from the access table they check.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use shoal_cluster::log::MemoryLog;
+use shoal_pki::ca::Ca;
+use shoal_pki::identity::{Identity, Role};
+use shoal_pki::token::ApiToken;
+use shoal_state::security::{ApiRole, ApiTokenRecord, NodeRole};
+use shoal_state::{Command, State};
+use tower::ServiceExt;
+
+use super::gate::{self, Audit, Gate};
+
+const CLUSTER: &str = "test-cluster";
+
+/// What a caller shows.
+#[derive(Clone)]
+struct Credential {
+    label: &'static str,
+    bearer: Option<String>,
+    certificate: Option<Vec<u8>>,
+}
+
+/// Who may, as a person would write it down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Nobody,
+    Reader,
+    Deployer,
+    Admin,
+    Worker,
+    Voter,
+}
+
+fn cert(ca: &Ca, name: &str, role: Role, cluster: &str, admission: &str) -> Vec<u8> {
+    let identity = Identity {
+        cluster_id: cluster.into(),
+        role,
+        name: name.into(),
+        admission: admission.into(),
+    };
+    let (chain, _) = ca
+        .issue_new_key(&identity, Duration::from_secs(600), SystemTime::now())
+        .expect("certificate");
+    let der: rustls::pki_types::CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(chain.as_bytes()).expect("PEM");
+    der.to_vec()
+}
+
+fn token(log: &MemoryLog, role: ApiRole, expires_at_ms: Option<u64>) -> ApiToken {
+    let token = ApiToken::generate();
+    log.apply(Command::CreateApiToken {
+        token: ApiTokenRecord {
+            id: token.id.clone(),
+            name: format!("{role:?}"),
+            role,
+            hash: token.hash().to_hex(),
+            created_at_ms: 1,
+            expires_at_ms,
+            created_by: "test".into(),
+        },
+    });
+    token
+}
+
+fn admit(log: &MemoryLog, name: &str, role: NodeRole, admission: &str, first: bool) {
+    if !first {
+        log.apply(Command::CreateJoinToken {
+            token: shoal_state::security::JoinTokenRecord {
+                id: format!("{:016x}", admission.len() as u64 + name.len() as u64),
+                role: NodeRole::Voter,
+                hash: "0".repeat(64),
+                created_at_ms: 1,
+                expires_at_ms: u64::MAX,
+                uses_max: 1,
+                uses: 0,
+                revoked: false,
+                created_by: "test".into(),
+            },
+        });
+    }
+    log.apply(Command::AdmitNode {
+        token: if first {
+            String::new()
+        } else {
+            format!("{:016x}", admission.len() as u64 + name.len() as u64)
+        },
+        node: name.into(),
+        role,
+        admission: admission.into(),
+    });
+}
+
+/// Every operation the node serves.
+fn routes() -> Vec<(Method, String)> {
+    let document = shoal_api::openapi::document();
+    let mut routes = Vec::new();
+    for (path, operations) in document["paths"].as_object().expect("paths") {
+        for (method, _) in operations.as_object().expect("operations") {
+            // Skip `parameters` and the like, which are not operations.
+            let method = match method.as_str() {
+                "get" => Method::GET,
+                "put" => Method::PUT,
+                "post" => Method::POST,
+                "delete" => Method::DELETE,
+                "patch" => Method::PATCH,
+                _ => continue,
+            };
+            let path = path
+                .replace("{name}", "web")
+                .replace("{key}", "gpu")
+                .replace("{target}", "web.a")
+                .replace("{id}", "00000000000000aa");
+            routes.push((method, path));
+        }
+    }
+    for path in shoal_cluster::raft::ROUTER_PATHS {
+        routes.push((Method::POST, path.to_string()));
+    }
+    routes
+}
+
+/// Who may call `method path`, written out by hand.
+fn allowed(method: &Method, path: &str) -> Vec<Class> {
+    use Class::*;
+    let read = method == Method::GET;
+    match path {
+        "/v1/health" => vec![Nobody, Reader, Deployer, Admin, Worker, Voter],
+        "/v1/join/ca" | "/v1/join" => vec![Nobody, Reader, Deployer, Admin, Worker, Voter],
+        "/v1/raft/append" | "/v1/raft/vote" | "/v1/raft/snapshot" => vec![Voter],
+        p if p.starts_with("/v1/raft/") || p.starts_with("/v1/internal/") => vec![Worker, Voter],
+        p if p.starts_with("/v1/tokens") || p.starts_with("/v1/cluster/join-tokens") => {
+            vec![Admin]
+        }
+        _ if read => vec![Reader, Deployer, Admin, Worker, Voter],
+        "/v1/apps" | "/v1/plan" | "/v1/images" => vec![Deployer, Admin],
+        "/v1/apps/web" => vec![Deployer, Admin],
+        _ => vec![Admin],
+    }
+}
+
+#[tokio::test]
+async fn only_the_allowed_cells_of_the_route_credential_matrix_pass() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::generate(CLUSTER, 1, SystemTime::now()).expect("CA");
+    let foreign = Ca::generate("other", 1, SystemTime::now()).expect("CA");
+    let log = MemoryLog::new("v1", State::default());
+    admit(&log, "v1", NodeRole::Voter, "00000000000000a1", true);
+    admit(&log, "w1", NodeRole::Worker, "00000000000000b1", false);
+    admit(&log, "gone", NodeRole::Voter, "00000000000000c1", false);
+    log.apply(Command::RemoveNode {
+        name: "gone".into(),
+    });
+    let admin = token(&log, ApiRole::Admin, None);
+    let deployer = token(&log, ApiRole::Deployer, None);
+    let reader = token(&log, ApiRole::Reader, None);
+    let expired = token(&log, ApiRole::Admin, Some(2));
+    let revoked = token(&log, ApiRole::Admin, None);
+    log.apply(Command::RevokeApiToken {
+        id: revoked.id.clone(),
+    });
+    let bearer = |token: &ApiToken| Some(token.to_string());
+    let credentials: Vec<(Credential, Class)> = vec![
+        (
+            Credential {
+                label: "nothing",
+                bearer: None,
+                certificate: None,
+            },
+            Class::Nobody,
+        ),
+        (
+            Credential {
+                label: "reader token",
+                bearer: bearer(&reader),
+                certificate: None,
+            },
+            Class::Reader,
+        ),
+        (
+            Credential {
+                label: "deployer token",
+                bearer: bearer(&deployer),
+                certificate: None,
+            },
+            Class::Deployer,
+        ),
+        (
+            Credential {
+                label: "admin token",
+                bearer: bearer(&admin),
+                certificate: None,
+            },
+            Class::Admin,
+        ),
+        (
+            Credential {
+                label: "expired admin token",
+                bearer: bearer(&expired),
+                certificate: None,
+            },
+            Class::Nobody,
+        ),
+        (
+            Credential {
+                label: "revoked admin token",
+                bearer: bearer(&revoked),
+                certificate: None,
+            },
+            Class::Nobody,
+        ),
+        (
+            Credential {
+                label: "admin token with a wrong secret",
+                bearer: Some(format!("shoal_{}_{}", admin.id, "0".repeat(64))),
+                certificate: None,
+            },
+            Class::Nobody,
+        ),
+        (
+            Credential {
+                label: "garbage bearer",
+                bearer: Some("hunter2".into()),
+                certificate: None,
+            },
+            Class::Nobody,
+        ),
+        (
+            Credential {
+                label: "worker certificate",
+                bearer: None,
+                certificate: Some(cert(&ca, "w1", Role::Worker, CLUSTER, "00000000000000b1")),
+            },
+            Class::Worker,
+        ),
+        (
+            Credential {
+                label: "voter certificate",
+                bearer: None,
+                certificate: Some(cert(&ca, "v1", Role::Voter, CLUSTER, "00000000000000a1")),
+            },
+            Class::Voter,
+        ),
+        (
+            Credential {
+                label: "removed node's certificate",
+                bearer: None,
+                certificate: Some(cert(&ca, "gone", Role::Voter, CLUSTER, "00000000000000c1")),
+            },
+            Class::Nobody,
+        ),
+        (
+            Credential {
+                label: "an old admission of a known node",
+                bearer: None,
+                certificate: Some(cert(&ca, "w1", Role::Voter, CLUSTER, "00000000000000ff")),
+            },
+            Class::Nobody,
+        ),
+        (
+            Credential {
+                label: "certificate of another cluster",
+                bearer: None,
+                certificate: Some(cert(
+                    &foreign,
+                    "v1",
+                    Role::Voter,
+                    "other",
+                    "00000000000000a1",
+                )),
+            },
+            Class::Nobody,
+        ),
+    ];
+    let gate = Arc::new(Gate {
+        log: log.clone(),
+        cluster_id: CLUSTER.into(),
+        audit: Audit::open(dir.path()).expect("audit log"),
+    });
+    // Every handler answers 200: what is not 200 was the gate's doing.
+    let router =
+        Router::new()
+            .fallback(|| async { "reached" })
+            .layer(axum::middleware::from_fn_with_state(
+                gate,
+                gate::check::<MemoryLog>,
+            ));
+    let routes = routes();
+    assert!(routes.len() >= 30, "{} routes", routes.len());
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for (method, path) in &routes {
+        let allowed = allowed(method, path);
+        for (credential, class) in &credentials {
+            let mut request = Request::builder().method(method.clone()).uri(path.as_str());
+            if let Some(bearer) = &credential.bearer {
+                request = request.header("authorization", format!("Bearer {bearer}"));
+            }
+            let mut request = request.body(Body::empty()).expect("request");
+            request.extensions_mut().insert(shoal_http::Peer {
+                addr: "127.0.0.1:1".parse().expect("addr"),
+                certificates: Arc::new(
+                    credential
+                        .certificate
+                        .iter()
+                        .map(|der| rustls::pki_types::CertificateDer::from(der.clone()))
+                        .collect(),
+                ),
+            });
+            let status = router
+                .clone()
+                .oneshot(request)
+                .await
+                .expect("answer")
+                .status();
+            cells += 1;
+            let should = allowed.contains(class);
+            let passed = status == StatusCode::OK;
+            let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+            if should != passed || (!should && !refused) {
+                failures.push(format!(
+                    "{method} {path} with {}: {status}",
+                    credential.label
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cells} cells wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // Every mutating request was audited, refused ones too, and no secret is in the log.
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).expect("audit log");
+    let mutating = routes
+        .iter()
+        .filter(|(method, path)| {
+            method != Method::GET
+                && !path.starts_with("/v1/raft/")
+                && !path.starts_with("/v1/internal/")
+        })
+        .count();
+    assert_eq!(
+        audit.lines().count(),
+        mutating * credentials.len(),
+        "{audit}"
+    );
+    for token in [&admin, &deployer, &reader, &expired, &revoked] {
+        assert!(
+            !audit.contains(token.secret()),
+            "a token's secret is in the audit log"
+        );
+    }
+    assert!(audit.contains(&format!("token:{} (admin)", admin.id)));
+}
