@@ -345,8 +345,11 @@ phase_shoal() {
   fi
   port=$(free_port)
   export SHOAL_ADDR=127.0.0.1:$port
+  # The credential the node writes when it forms its cluster; HOME points
+  # into the work dir so that shoal dev's `dev` context is not the user's.
+  export SHOAL_CONFIG=$WORK/shoal-data/admin.json
   say "starting shoal dev on $SHOAL_ADDR, namespace $NS_SHOAL (log: $WORK/shoal-dev.log)"
-  "$SHOAL" dev --data-dir "$WORK/shoal-data" --api "$SHOAL_ADDR" \
+  HOME=$WORK "$SHOAL" dev --data-dir "$WORK/shoal-data" --api "$SHOAL_ADDR" \
     --containerd-socket "$CONTAINERD_SOCKET" --containerd-namespace "$NS_SHOAL" \
     --bridge shbench0 --cluster-cidr 10.199.0.0/16 \
     >"$WORK/shoal-dev.log" 2>&1 &

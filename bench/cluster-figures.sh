@@ -174,11 +174,29 @@ start_agent() { # index [peer-ip]
     --containerd-socket "$CONTAINERD_SOCKET" --containerd-namespace "${NS[i]}"
     --bridge "shcf$i" --cluster-cidr 10.198.0.0/16)
   [ -z "$peer" ] || args+=(--peer "$peer")
+  # A first join needs a join token; a restarted node comes back with its certificate.
+  if [ -n "$peer" ] && [ ! -d "$WORK/node$i/pki" ]; then
+    args+=(--token "$(sh_at 1 cluster token create --role voter)") || die "no join token"
+  fi
   touch "$WORK/state/ns-$i"
   echo "--- $(date -u +%H:%M:%S.%N) start ${args[*]}" >>"$WORK/node$i.log"
   "$SHOAL" "${args[@]}" </dev/null >>"$WORK/node$i.log" 2>&1 &
   PID[i]=$!
+  if [ "$i" -eq 1 ] && [ -z "$peer" ]; then
+    wait_for "node 1's admin credential" test -s "$WORK/node1/admin.json"
+    export SHOAL_CONFIG=$WORK/node1/admin.json
+    jq -r .ca_pem "$SHOAL_CONFIG" >"$WORK/ca.pem"
+    TOKEN=$(jq -r .token "$SHOAL_CONFIG")
+  fi
   wait_for "agent ${NAME[i]}'s API on ${IP[i]}:$API_PORT" api_up "$i"
+}
+
+# curl against node i over TLS with the cluster's CA and the admin token.
+api_curl() { # index path curl-args...
+  local i=$1 path=$2
+  shift 2
+  curl --cacert "$WORK/ca.pem" --resolve "shoal-node:$API_PORT:${IP[i]}" \
+    -H "Authorization: Bearer $TOKEN" "$@" "https://shoal-node:$API_PORT$path"
 }
 
 # kill -9 of node i's agent; KILLED_AT is the time of the kill. Reaped at
@@ -220,9 +238,8 @@ stats() {
 }
 
 post_app() { # index json; prints the HTTP status (000 when no answer)
-  curl -s -o "$WORK/post-answer" -w '%{http_code}' --max-time 3 -X POST \
-    -H 'Content-Type: application/json' --data-binary "$2" \
-    "http://${IP[$1]}:$API_PORT/v1/apps" || true
+  api_curl "$1" /v1/apps -s -o "$WORK/post-answer" -w '%{http_code}' --max-time 3 -X POST \
+    -H 'Content-Type: application/json' --data-binary "$2" || true
 }
 empty_app() { printf '{"name":"%s","services":[{"name":"a","image":"%s","replicas":0}]}' "$1" "$IMAGE"; }
 
@@ -378,7 +395,7 @@ note_busy "task failover"
 # ("name kB" lines) and the count of apps into $RES/apps.LABEL.
 rss_snapshot() { # label
   local i kb apps
-  apps=$(curl -s --max-time 10 "http://${IP[1]}:$API_PORT/v1/apps" | jq length) || die "GET /v1/apps failed"
+  apps=$(api_curl 1 /v1/apps -s --max-time 10 | jq length) || die "GET /v1/apps failed"
   note_busy "idle ($1)"
   sleep "$IDLE_SECONDS"
   : >"$RES/rss.$1"
@@ -404,16 +421,19 @@ function setup(thread)
   thread:set("tid", thread_count)
 end
 local prefix = "w"
+local token = ""
 local counter = 0
 function init(args)
   prefix = args[1] or "w"
+  token = args[2] or ""
 end
 function request()
   counter = counter + 1
   local body = string.format(
     '{"name":"%s-%d-%d","services":[{"name":"a","image":"shoal.bench/busybox:latest","replicas":0}]}',
     prefix, tid, counter)
-  return wrk.format("POST", "/v1/apps", { ["Content-Type"] = "application/json" }, body)
+  return wrk.format("POST", "/v1/apps",
+    { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token }, body)
 end
 function done(summary, latency, requests)
   local e = summary.errors
@@ -437,7 +457,7 @@ for target in leader follower; do
     note_busy "wrk $target $c"
     say "wrk: $c connection(s), $t thread(s), all to the $target ${NAME[i]}"
     wrk -t"$t" -c"$c" -d"${WRK_SECONDS}s" --timeout 10s --latency -s "$WORK/post.lua" \
-      "http://${IP[i]}:$API_PORT/v1/apps" -- "w$run" >"$WORK/wrk-$run.log" 2>&1 &
+      "https://${IP[i]}:$API_PORT/v1/apps" -- "w$run" "$TOKEN" >"$WORK/wrk-$run.log" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || { cat "$WORK/wrk-$run.log" >&2; die "wrk failed"; }
     WRK_PID=""

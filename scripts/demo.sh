@@ -11,6 +11,9 @@ DATA_DIR=${SHOAL_DEMO_DATA_DIR:-/var/lib/shoal-dev}
 STATE=target/demo
 SHOAL=target/release/shoal
 export SHOAL_ADDR=127.0.0.1:7950
+# The credential the node writes when it forms the cluster (shoal dev also
+# makes it the current context of ~/.config/shoal/config.json).
+export SHOAL_CONFIG=$DATA_DIR/admin.json
 
 stop() {
   if [ -f "$STATE/shoal-dev.pid" ] && kill -0 "$(cat "$STATE/shoal-dev.pid")" 2>/dev/null; then
@@ -55,10 +58,11 @@ else
   say "starting a one-node cluster: shoal dev --data-dir $DATA_DIR (log: $STATE/shoal-dev.log)"
   nohup "$SHOAL" dev --data-dir "$DATA_DIR" --api "$SHOAL_ADDR" >"$STATE/shoal-dev.log" 2>&1 &
   echo $! >"$STATE/shoal-dev.pid"
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     "$SHOAL" nodes >/dev/null 2>&1 && break
     sleep 0.1
   done
+  "$SHOAL" nodes >/dev/null || { tail -20 "$STATE/shoal-dev.log" >&2; exit 1; }
 fi
 
 say "building the demo image from Debian's busybox-static"

@@ -21,7 +21,7 @@ pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const LEAF_LIFETIME_MIN: Duration = Duration::from_secs(60);
 pub const LEAF_LIFETIME_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Certificates start this much before they are made, for clocks a little behind.
-const LEAF_BACKDATE: Duration = Duration::from_secs(60);
+pub const LEAF_BACKDATE: Duration = Duration::from_secs(60);
 const ROOT_BACKDATE: Duration = Duration::from_secs(3600);
 /// Longest CSR accepted, in bytes of PEM.
 pub const CSR_BYTES_MAX: usize = 8 * 1024;

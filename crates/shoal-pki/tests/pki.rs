@@ -597,12 +597,38 @@ fn api_token_grammar() {
     }
 }
 
+fn ca_for_fuzz() -> &'static Ca {
+    static CA: std::sync::OnceLock<Ca> = std::sync::OnceLock::new();
+    CA.get_or_init(|| Ca::generate(CLUSTER, 1, SystemTime::now()).unwrap())
+}
+
 proptest::proptest! {
     #[test]
     fn token_parsers_never_panic(text in "\\PC{0,300}") {
         let _ = JoinToken::parse(&text);
         let _ = ApiToken::parse(&text);
         let _ = Identity::parse_uri(&text);
+    }
+
+    /// The CSR handler's input: PEM framing around random bytes, bent
+    /// real CSRs. Refused with an error, never a panic or a certificate.
+    #[test]
+    fn the_signer_refuses_garbage_csrs(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600), cut in 0usize..400, flip in 0usize..400) {
+        let ca = ca_for_fuzz();
+        let request = |csr: &str| ca.issue(&IssueRequest {
+            csr_pem: csr,
+            identity: &identity("n1", Role::Worker),
+            lifetime: Duration::from_secs(120),
+            now: SystemTime::now(),
+        });
+        let framed = format!("-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n", String::from_utf8_lossy(&bytes));
+        proptest::prop_assert!(request(&framed).is_err());
+        let good = NodeKey::generate().unwrap().csr_pem("n1").unwrap();
+        let mut bent = good.clone().into_bytes();
+        let at = 40 + flip % (bent.len() - 80);
+        bent[at] = if bent[at] == b'Q' { b'R' } else { b'Q' };
+        let _ = request(&String::from_utf8_lossy(&bent));
+        let _ = request(&good[..cut.min(good.len())]);
     }
 
     #[test]

@@ -1204,3 +1204,60 @@ fn nodes_join_only_with_a_valid_token_that_pins_the_ca() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Certificates of one minute renew themselves at 50-80 % of their life
+/// while the cluster takes reads and writes through every node: 30
+/// renewals across the nodes, not one failed request.
+#[test]
+fn short_lived_certificates_renew_without_a_failed_request() {
+    const RENEWALS_WANTED: usize = 30;
+    const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+    let Some(cluster) =
+        Cluster::start_with_args_or_skip("renew", &[&[], &[], &[]], &["--cert-lifetime", "1m"])
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut requests = 0usize;
+    let mut failures = Vec::new();
+    let renewals = |cluster: &Cluster| {
+        cluster
+            .logs()
+            .matches("renewed this node's certificate")
+            .count()
+    };
+    while renewals(&cluster) < RENEWALS_WANTED {
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "only {} renewals in {:?}",
+            renewals(&cluster),
+            WAIT_MAX
+        );
+        let index = requests % 3;
+        let app = format!("name: r{requests}\nservices:\n  - name: a\n    image: shoal.test/busybox:latest\n    replicas: 0\n");
+        let path = cluster.members[index].data_dir.join("renew-app.yaml");
+        std::fs::write(&path, app).expect("write spec");
+        for args in [
+            vec!["apply", "--detach", "-f", path.to_str().expect("path")],
+            vec!["nodes", "-o", "json"],
+        ] {
+            let output = cluster.shoal(index, &args);
+            requests += 1;
+            if !output.status.success() {
+                failures.push(format!("{args:?} via node {index}: {}", text(&output)));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!(
+        "{} renewals, {requests} requests in {:?}",
+        renewals(&cluster),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -309,19 +309,18 @@ pub async fn renew_certificates<R>(shared: Arc<Shared<R>>) {
 
 fn renewal_wait(trust: &Trust) -> Duration {
     let now = std::time::SystemTime::now();
-    let Ok(not_after) = trust.not_after() else {
+    let (Ok(not_before), Ok(not_after)) = (trust.not_before(), trust.not_after()) else {
         return Duration::from_secs(1);
     };
-    let lifetime = trust
-        .not_before()
-        .ok()
-        .and_then(|not_before| not_after.duration_since(not_before).ok())
-        .unwrap_or_default();
+    // Certificates start a little before they are made (for clocks behind).
+    let issued = not_before + shoal_pki::ca::LEAF_BACKDATE;
+    let lifetime = not_after.duration_since(issued).unwrap_or_default();
     let fraction = 0.5 + 0.3 * rand::random::<f64>();
-    let renew_at = not_after
-        .checked_sub(lifetime.mul_f64(1.0 - fraction))
-        .unwrap_or(now);
-    renew_at.duration_since(now).unwrap_or_default()
+    let renew_at = issued + lifetime.mul_f64(fraction);
+    renew_at
+        .duration_since(now)
+        .unwrap_or_default()
+        .max(Duration::from_secs(1))
 }
 
 async fn renew_once<R>(shared: &Shared<R>) -> anyhow::Result<()> {

@@ -148,12 +148,21 @@ impl Cluster {
     /// `labels[i]` are node i's `--label` values. Node 0 forms the cluster;
     /// the others join through it.
     pub fn start_or_skip(test: &str, labels: &[&[&str]]) -> Option<Cluster> {
-        Self::start_with(test, labels, false, None)
+        Self::start_with(test, labels, false, None, &[])
+    }
+
+    /// The same, every agent with `extra_args` too.
+    pub fn start_with_args_or_skip(
+        test: &str,
+        labels: &[&[&str]],
+        extra_args: &[&str],
+    ) -> Option<Cluster> {
+        Self::start_with(test, labels, false, None, extra_args)
     }
 
     /// The same, each node in a network namespace of its own on a bridge.
     pub fn start_in_netns_or_skip(test: &str, labels: &[&[&str]]) -> Option<Cluster> {
-        Self::start_with(test, labels, true, None)
+        Self::start_with(test, labels, true, None, &[])
     }
 
     /// The same, every agent running `agent_binary` (an older build).
@@ -162,7 +171,7 @@ impl Cluster {
         labels: &[&[&str]],
         agent_binary: &std::path::Path,
     ) -> Option<Cluster> {
-        Self::start_with(test, labels, false, Some(agent_binary))
+        Self::start_with(test, labels, false, Some(agent_binary), &[])
     }
 
     fn start_with(
@@ -170,6 +179,7 @@ impl Cluster {
         labels: &[&[&str]],
         in_netns: bool,
         agent_binary: Option<&std::path::Path>,
+        extra_args: &[&str],
     ) -> Option<Cluster> {
         if !e2e_enabled() {
             eprintln!("skipped {test}: set SHOAL_E2E=1 to run end-to-end tests");
@@ -195,7 +205,7 @@ impl Cluster {
                 ),
                 data_dir: scratch.path().join(format!("node{}", index + 1)),
                 labels: labels.iter().map(|label| label.to_string()).collect(),
-                extra_args: Vec::new(),
+                extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
                 bridge: super::test_bridge(serial, index),
                 agent_binary: agent_binary.map_or_else(|| binary().into(), Into::into),
                 agent: None,
