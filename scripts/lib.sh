@@ -1,6 +1,6 @@
 # Shared by the setup, demo and test scripts. Source it; do not run it.
 
-SHOAL_PACKAGES="containerd runc containernetworking-plugins iproute2 util-linux protobuf-compiler iptables busybox-static dnsutils curl ca-certificates gcc libc6-dev pkg-config"
+SHOAL_PACKAGES="containerd runc containernetworking-plugins iproute2 util-linux protobuf-compiler iptables busybox-static dnsutils curl ca-certificates gcc libc6-dev pkg-config docker-registry skopeo"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -21,6 +21,11 @@ ensure_packages() {
     say "installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The tests and the demo run registries of their own on loopback; the
+    # package's service would listen on :5000 on every interface.
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
   fi
 }
 

@@ -43,7 +43,9 @@ pub fn required(method: &Method, path: &str) -> Access {
             Access::Admin
         }
         _ if read => Access::Read,
-        "/v1/apps" | "/v1/plan" | "/v1/images" if method == Method::POST => Access::Deploy,
+        "/v1/apps" | "/v1/plan" | "/v1/images" | "/v1/images/pull" if method == Method::POST => {
+            Access::Deploy
+        }
         path if path.starts_with("/v1/apps/") && method == Method::DELETE => Access::Deploy,
         _ => Access::Admin,
     }
@@ -73,6 +75,8 @@ mod tests {
             (Method::POST, "/v1/apps", Access::Deploy),
             (Method::POST, "/v1/plan", Access::Deploy),
             (Method::POST, "/v1/images", Access::Deploy),
+            (Method::POST, "/v1/images/pull", Access::Deploy),
+            (Method::GET, "/v1/images/pull", Access::Read),
             (Method::DELETE, "/v1/apps/web", Access::Deploy),
             (Method::PUT, "/v1/cluster/settings", Access::Admin),
             (Method::POST, "/v1/node/leave", Access::Admin),

@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView,
-    NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest, TaskView,
-    TokenCreate, TokenCreated, TokenView, VersionInfo,
+    ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
+    JoinTokenView, NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest,
+    TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +332,18 @@ impl Client {
         if let Some(name) = name {
             request = request.query(&[("name", name)]);
         }
+        self.send(request).await
+    }
+
+    /// Has the node pull an image from its registry; waits for the pull.
+    pub async fn pull_image(&self, reference: &str) -> Result<ImageView> {
+        let request = self
+            .http
+            .post(self.url("/v1/images/pull"))
+            .json(&ImagePull {
+                reference: reference.to_string(),
+            })
+            .timeout(crate::server::PULL_TIMEOUT);
         self.send(request).await
     }
 

@@ -8,9 +8,9 @@ use shoal_types::AppSpec;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView,
-    NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest, TaskView,
-    TokenCreate, TokenCreated, TokenView, VersionInfo,
+    ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
+    JoinTokenView, NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest,
+    TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -34,6 +34,8 @@ pub fn document() -> Value {
     add("ApplyResponse", generator.subschema_for::<ApplyResponse>());
     add("TaskList", generator.subschema_for::<Vec<TaskView>>());
     add("ImageList", generator.subschema_for::<Vec<ImageView>>());
+    add("Image", generator.subschema_for::<ImageView>());
+    add("ImagePull", generator.subschema_for::<ImagePull>());
     add("ErrorBody", generator.subschema_for::<ErrorBody>());
     add("TaintRequest", generator.subschema_for::<TaintRequest>());
     add("DrainRequest", generator.subschema_for::<DrainRequest>());
@@ -171,6 +173,11 @@ pub fn document() -> Value {
                     "responses": {"200": ok("imported images", "ImageList"), "default": error}
                 }
             },
+            "/v1/images/pull": {"post": {
+                "summary": "Pull an image from its registry onto this node (plain HTTP only for loopback registries)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": body("ImagePull")}}},
+                "responses": {"200": ok("the pulled image", "Image"), "400": error.clone(), "404": error.clone(), "503": error.clone(), "default": error}
+            }},
             "/v1/schema/app.json": {"get": {"summary": "JSON Schema of the app spec", "responses": {"200": {"description": "schema"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         },

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
+    ImagePull, ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
 };
 
 /// Largest image archive accepted by `POST /v1/images`, in bytes.
@@ -148,6 +148,8 @@ pub trait Backend: Send + Sync + 'static {
         archive: PathBuf,
         name: Option<String>,
     ) -> impl Future<Output = ApiResult<Vec<ImageView>>> + Send;
+    /// Pulls an image from its registry onto the answering node.
+    fn pull_image(&self, reference: String) -> impl Future<Output = ApiResult<ImageView>> + Send;
 }
 
 /// Requests the public API handles at once; more wait their turn (within
@@ -156,6 +158,11 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// Time a public API request may take to be answered (a stream, once
 /// answered, goes on); image uploads are bounded by their size instead.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Time a pull may take in all (each connection of it is also cut after
+/// 30 s without progress).
+pub const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Largest `POST /v1/images/pull` body.
+pub const PULL_BODY_BYTES_MAX: usize = 4096;
 
 /// The one route that answers without a credential: it says the node
 /// serves, and nothing else.
@@ -170,6 +177,13 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let images = Router::new()
         .route("/v1/images", get(images::<B>).post(import_image::<B>))
         .layer(DefaultBodyLimit::disable());
+    let pulls = Router::new()
+        .route("/v1/images/pull", axum::routing::post(pull_image::<B>))
+        .layer(DefaultBodyLimit::max(PULL_BODY_BYTES_MAX))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            PULL_TIMEOUT,
+        ));
     let bounded = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/version", get(version::<B>))
@@ -207,6 +221,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         ));
     bounded
         .merge(images)
+        .merge(pulls)
         .with_state(backend)
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .layer(tower::limit::ConcurrencyLimitLayer::new(
@@ -344,6 +359,19 @@ async fn logs<B: Backend>(
 
 async fn images<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<ImageView>>> {
     backend.images().await.map(Json)
+}
+
+async fn pull_image<B: Backend>(
+    State(backend): State<Arc<B>>,
+    body: Bytes,
+) -> ApiResult<Json<ImageView>> {
+    let request: ImagePull = json_body(&body, r#"{"reference": "registry.example/web:1.2"}"#)?;
+    if request.reference.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "reference: empty; send e.g. {\"reference\": \"registry.example/web:1.2\"}",
+        ));
+    }
+    backend.pull_image(request.reference).await.map(Json)
 }
 
 #[derive(Deserialize)]

@@ -254,6 +254,15 @@ pub struct ApplyResponse {
     pub changed: bool,
 }
 
+/// `POST /v1/images/pull`: the image the answering node pulls.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePull {
+    /// `HOST[:PORT]/REPOSITORY:TAG` or `…@sha256:…`; Docker Hub names may be
+    /// short (`redis:alpine`).
+    pub reference: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ImageView {
     pub name: String,

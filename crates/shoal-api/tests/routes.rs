@@ -85,6 +85,14 @@ impl Backend for Fake {
     async fn import_image(&self, _: PathBuf, _: Option<String>) -> ApiResult<Vec<ImageView>> {
         nothing()
     }
+    async fn pull_image(&self, reference: String) -> ApiResult<ImageView> {
+        Ok(ImageView {
+            name: reference,
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size_bytes: 1,
+            created_s: None,
+        })
+    }
 }
 
 async fn call(

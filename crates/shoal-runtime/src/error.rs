@@ -7,8 +7,8 @@ use std::fmt;
 /// that the promise keeper and the API decide by kind and never by message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// The image is not in the node's image store: it has to be imported
-    /// (later: pulled) before the call can succeed.
+    /// The image is not in the node's image store (it has to be pulled or
+    /// imported first), or its registry has no such image.
     ImageMissing,
     /// The request cannot succeed as given (a config that cannot run, an
     /// image or archive that cannot be read): do not retry it unchanged.
@@ -48,8 +48,13 @@ impl fmt::Display for ErrorKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("image {0} is not on this node; import it with `shoal image import` (pulling from registries is not supported yet)")]
+    #[error("image {0} is not on this node; pull it with `shoal image pull` or import it with `shoal image import`")]
     ImageNotFound(String),
+    /// A registry could not give the image; `kind` says whether it may
+    /// later (`Transient`), never will (`ImageMissing`), or needs other
+    /// settings (`Invalid`: credentials, TLS).
+    #[error("pulling {message}")]
+    Registry { kind: ErrorKind, message: String },
     #[error("container {0} not found")]
     ContainerNotFound(String),
     #[error("container {0} already exists")]
@@ -79,7 +84,7 @@ impl RuntimeError {
             RuntimeError::ContainerNotFound(_) => ErrorKind::NotFound,
             RuntimeError::ContainerExists(_) => ErrorKind::Conflict,
             RuntimeError::InvalidImage(_) | RuntimeError::InvalidConfig(_) => ErrorKind::Invalid,
-            RuntimeError::Containerd { kind, .. } => *kind,
+            RuntimeError::Containerd { kind, .. } | RuntimeError::Registry { kind, .. } => *kind,
             // Files on this node (logs, archives being imported): only a
             // wait that ran out may go better next time.
             RuntimeError::Io { source, .. } => match source.kind() {

@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::image::{self, Archive, ExecConfig, Limits, ProcessSpec};
+use crate::registry::{ImageRef, RegistryAccess};
 use crate::{
     validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ErrorKind, ImageInfo,
     ImageStore, Result, Runtime, RuntimeError, LABEL_TASK,
@@ -34,6 +35,7 @@ pub enum FakeOp {
     List,
     Images,
     Import,
+    Pull,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +56,10 @@ struct FakeContainer {
 #[derive(Debug, Default)]
 struct State {
     images: BTreeMap<String, FakeImage>,
+    /// What a pull finds: the images of a registry that is not there.
+    registry: BTreeMap<String, FakeImage>,
+    /// Every reference pulled, in order.
+    pulled: Vec<String>,
     containers: BTreeMap<String, FakeContainer>,
     snapshots: BTreeSet<String>,
     failures: Vec<(FakeOp, RuntimeError)>,
@@ -95,6 +101,22 @@ impl FakeRuntime {
             ..ExecConfig::default()
         };
         self.add_image_with_config(name, exec, 0)
+    }
+
+    /// Puts `name` in the registry the fake pulls from (busybox-like
+    /// defaults); returns its normalized name.
+    pub fn add_registry_image(&self, name: &str) -> String {
+        let name = self.add_image(name);
+        let mut state = self.state();
+        if let Some(image) = state.images.remove(&name) {
+            state.registry.insert(name.clone(), image);
+        }
+        name
+    }
+
+    /// Every reference pulled so far, normalized, in order.
+    pub fn pulled(&self) -> Vec<String> {
+        self.state().pulled.clone()
     }
 
     /// Makes `name` known with the given process defaults and size.
@@ -306,6 +328,22 @@ impl ImageStore for FakeRuntime {
             .values()
             .map(|i| i.info.clone())
             .collect())
+    }
+
+    async fn pull(&self, reference: &str, _access: &RegistryAccess) -> Result<ImageInfo> {
+        self.take_failure(FakeOp::Pull)?;
+        let name = ImageRef::parse(reference)?.to_string();
+        let mut state = self.state();
+        state.pulled.push(name.clone());
+        let Some(image) = state.registry.get(&name).cloned() else {
+            return Err(RuntimeError::Registry {
+                kind: ErrorKind::ImageMissing,
+                message: format!("{name}: fetching the manifest: the registry has no such image"),
+            });
+        };
+        let info = image.info.clone();
+        state.images.insert(name, image);
+        Ok(info)
     }
 
     async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {

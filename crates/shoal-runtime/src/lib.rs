@@ -12,6 +12,7 @@ mod error;
 pub mod fake;
 pub mod image;
 pub mod logwriter;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -100,10 +101,23 @@ pub struct ImageInfo {
 
 /// The images a node runs containers from, kept beside its [`Runtime`] (one
 /// value may implement both, sharing one connection). Each way of getting an
-/// image onto the node is one method: archives now, registries later.
+/// image onto the node is one method: a registry pull, an archive import.
 pub trait ImageStore: Send + Sync + 'static {
     /// Every image in the store, by name.
     fn images(&self) -> impl Future<Output = Result<Vec<ImageInfo>>> + Send;
+
+    /// Pulls `reference` (`host[:port]/repo:tag` or `…@sha256:…`; Docker
+    /// Hub names are normalized) for this node's platform, with `access`
+    /// for its registry, and names the image by the normalized reference.
+    /// Fails with [`ErrorKind::ImageMissing`] when the registry has no such
+    /// image, [`ErrorKind::Invalid`] when it refuses the credentials or the
+    /// image cannot run here, [`ErrorKind::Transient`] when it cannot be
+    /// reached; a blob whose bytes do not match its digest is never stored.
+    fn pull(
+        &self,
+        reference: &str,
+        access: &registry::RegistryAccess,
+    ) -> impl Future<Output = Result<ImageInfo>> + Send;
 
     /// Imports an OCI image layout tarball or a `docker save` tarball and
     /// unpacks it for the runtime's snapshotter. `name` overrides the name the

@@ -490,6 +490,20 @@ pub enum ImageCommand {
     /// Load an image into the node: an OCI layout or `docker save` tarball,
     /// or (with --rootfs) a root filesystem directory made into a one-layer image.
     Import(ImportArgs),
+    /// Pull an image from its registry onto the node (`--addr` picks which):
+    /// `HOST[:PORT]/REPO:TAG` or `…@sha256:…`. Plain HTTP only for loopback
+    /// registries.
+    Pull(PullArgs),
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// The image reference, e.g. `127.0.0.1:5000/web:1.2`.
+    pub reference: String,
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 #[derive(Args)]

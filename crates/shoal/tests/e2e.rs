@@ -7,6 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
+use harness::registry::Registry;
 use harness::{e2e_enabled, Node};
 use serde_json::Value;
 
@@ -265,10 +266,11 @@ fn a_missing_image_is_a_clear_task_error() {
     let Some(node) = Node::start_or_skip("noimage") else {
         return;
     };
-    let spec = HELLO.replace("shoal.test/busybox:latest", "example.org/nothing:1.0");
+    // Not on the node, and nothing listens where its registry would be.
+    let spec = HELLO.replace("shoal.test/busybox:latest", "127.0.0.1:1/nothing:1.0");
     let error = node.apply_err(&spec);
     assert!(
-        error.contains("example.org/nothing:1.0 is not on this node"),
+        error.contains("127.0.0.1:1/nothing:1.0") && error.contains("cannot reach the registry"),
         "{error}"
     );
     // The node tries again after a back-off (1 s at first), so the task
@@ -276,6 +278,64 @@ fn a_missing_image_is_a_clear_task_error() {
     node.wait_for("the task's promise broken", || {
         (node.tasks()[0]["promise"] == "broken").then_some(())
     });
+}
+
+#[test]
+fn apps_run_from_registry_images_pulled_where_they_run() {
+    let Some(node) = Node::start_or_skip("registry") else {
+        return;
+    };
+    let registry = Registry::start();
+    let rootfs = node.busybox_rootfs(&[("etc/motd", "from the registry\n")]);
+    let digest = registry.push_rootfs(&rootfs, "demo/hello", "v1");
+    let reference = format!("{}/demo/hello:v1", registry.host());
+
+    // The node has never seen the image: the keeper pulls it.
+    let spec = HELLO
+        .replace("shoal.test/busybox:latest", &reference)
+        .replace("echo hello from $(hostname)", "cat /etc/motd");
+    node.apply_ok(&spec);
+    let tasks = node.tasks();
+    assert_eq!(tasks.len(), 3);
+    assert!(tasks.iter().all(|t| t["state"] == "running"), "{tasks:?}");
+    let images = node.shoal_json(&["images"]);
+    let pulled = images
+        .as_array()
+        .expect("images")
+        .iter()
+        .find(|i| i["name"] == reference.as_str())
+        .unwrap_or_else(|| panic!("{reference} not listed: {images}"));
+    assert_eq!(pulled["digest"], digest.as_str(), "{pulled}");
+    let logs = node.wait_for("the image's file in the logs", || {
+        let text = node.shoal_ok(&["logs", "demo.hello"]);
+        text.contains("from the registry").then_some(text)
+    });
+    assert!(logs.contains("demo.hello.0."), "{logs}");
+    // Three replicas started together fetched the layer once.
+    let log = registry.log();
+    let layer_gets = log
+        .lines()
+        .filter(|l| {
+            l.contains("http.request.method=GET")
+                && l.contains("/v2/demo/hello/blobs/")
+                && l.contains("oci-client")
+        })
+        .count();
+    assert_eq!(layer_gets, 2, "config and layer, once each:\n{log}");
+
+    // By hand, by tag and by digest; the CLI prints what it pulled.
+    let by_digest = format!("{}/demo/hello@{digest}", registry.host());
+    let out = node.shoal_json(&["image", "pull", &by_digest]);
+    assert_eq!(out[0]["digest"], digest.as_str(), "{out}");
+    // What the registry does not have, and a reference that is no reference.
+    let missing = format!("{}/demo/nothing:v1", registry.host());
+    let error = node.shoal_err(&["image", "pull", &missing]);
+    assert!(
+        error.contains("no such image") && error.contains(&missing),
+        "{error}"
+    );
+    let error = node.shoal_err(&["image", "pull", "Not A Reference"]);
+    assert!(error.contains("not valid"), "{error}");
 }
 
 #[test]

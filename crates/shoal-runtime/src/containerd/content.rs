@@ -92,7 +92,25 @@ impl Containerd {
         blob: &Blob,
         labels: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let digest = &blob.desc.digest;
+        self.write_content(lease, &blob.desc, labels, || open_source(&blob.source))
+            .await
+    }
+
+    /// Stores the blob `desc` names unless present, reading it from what
+    /// `open` gives only when it is not; either way it ends up with
+    /// `labels`. containerd checks the size and digest before it commits.
+    pub(super) async fn write_content<F, Fut>(
+        &self,
+        lease: &Lease,
+        desc: &Descriptor,
+        labels: &BTreeMap<String, String>,
+        open: F,
+    ) -> Result<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Reader>>,
+    {
+        let digest = &desc.digest;
         let info = self
             .content()
             .info(self.req(InfoRequest {
@@ -105,7 +123,14 @@ impl Containerd {
                 .await;
         }
         let reference = format!("shoal-{}-{digest}", unique_suffix());
-        match self.stream_blob(lease, blob, &reference, labels).await {
+        let streamed = match open().await {
+            Ok(reader) => {
+                self.stream_blob(lease, desc, reader, &reference, labels)
+                    .await
+            }
+            Err(e) => Err(StreamError::Failed(e)),
+        };
+        match streamed {
             Ok(()) => Ok(()),
             // Someone else stored it meanwhile.
             Err(StreamError::Exists) => {
@@ -168,24 +193,15 @@ impl Containerd {
     async fn stream_blob(
         &self,
         lease: &Lease,
-        blob: &Blob,
+        desc: &Descriptor,
+        mut reader: Reader,
         reference: &str,
         labels: &BTreeMap<String, String>,
     ) -> std::result::Result<(), StreamError> {
-        let desc = &blob.desc;
         let what = format!("writing blob {}", desc.digest);
         let total = i64::try_from(desc.size).map_err(|_| {
             RuntimeError::InvalidImage(format!("blob {} is too large", desc.digest))
         })?;
-        let mut reader: Box<dyn AsyncRead + Unpin + Send> = match &blob.source {
-            BlobSource::File(path) => Box::new(tokio::fs::File::open(path).await.map_err(
-                |source| RuntimeError::Io {
-                    context: format!("opening {}", path.display()),
-                    source,
-                },
-            )?),
-            BlobSource::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
-        };
         let mut chunk = vec![0u8; CHUNK_BYTES];
         let mut offset: u64 = 0;
         // The next request: a chunk of data, or the commit once all is sent.
@@ -205,10 +221,7 @@ impl Containerd {
             }
             let n = read_up_to(&mut reader, &mut chunk[..left.min(CHUNK_BYTES)])
                 .await
-                .map_err(|source| RuntimeError::Io {
-                    context: format!("reading blob {}", desc.digest),
-                    source,
-                })?;
+                .map_err(|source| source_error(&desc.digest, source))?;
             if n == 0 {
                 return Err(RuntimeError::InvalidImage(format!(
                     "blob {} ends after {offset} of {} bytes",
@@ -266,6 +279,45 @@ impl Containerd {
             committing = commit;
             sender.send(request).await.map_err(|_| closed())?;
         }
+    }
+}
+
+/// Where a blob's bytes come from.
+pub(super) type Reader = Box<dyn AsyncRead + Unpin + Send>;
+
+async fn open_source(source: &BlobSource) -> Result<Reader> {
+    Ok(match source {
+        BlobSource::File(path) => Box::new(tokio::fs::File::open(path).await.map_err(
+            |source| RuntimeError::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            },
+        )?),
+        BlobSource::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
+    })
+}
+
+/// A failed read of a blob's source; a registry download carries its own
+/// error (and kind) inside the `io::Error`.
+fn source_error(digest: &str, source: std::io::Error) -> RuntimeError {
+    if !source
+        .get_ref()
+        .is_some_and(|inner| inner.is::<RuntimeError>())
+    {
+        return RuntimeError::Io {
+            context: format!("reading blob {digest}"),
+            source,
+        };
+    }
+    match source
+        .into_inner()
+        .map(|inner| inner.downcast::<RuntimeError>())
+    {
+        Some(Ok(inner)) => *inner,
+        _ => RuntimeError::containerd(
+            ErrorKind::Internal,
+            format!("reading blob {digest}: an error of a kind just checked vanished"),
+        ),
     }
 }
 

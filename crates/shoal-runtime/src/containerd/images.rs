@@ -18,6 +18,7 @@ use crate::image::{
     self, parse_config, parse_manifest_or_index, pick_manifest, Archive, ArchiveImage, Descriptor,
     ExecConfig, Limits, ManifestOrIndex,
 };
+use crate::registry::RegistryAccess;
 use crate::{ErrorKind, ImageInfo, ImageStore, Result, RuntimeError};
 
 /// Images whose resolution is kept; the cache is emptied when it is full.
@@ -115,7 +116,7 @@ impl Containerd {
         }
     }
 
-    async fn put_image(&self, name: &str, target: &Descriptor) -> Result<Image> {
+    pub(super) async fn put_image(&self, name: &str, target: &Descriptor) -> Result<Image> {
         let image = Image {
             name: name.to_string(),
             labels: HashMap::new(),
@@ -215,6 +216,10 @@ impl ImageStore for Containerd {
             });
         }
         Ok(infos)
+    }
+
+    async fn pull(&self, reference: &str, access: &RegistryAccess) -> Result<ImageInfo> {
+        self.pull_image(reference, access).await
     }
 
     async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {

@@ -14,6 +14,7 @@ mod containers;
 mod content;
 mod images;
 mod leases;
+mod pull;
 mod snapshots;
 mod spec;
 mod tasks;
@@ -42,6 +43,7 @@ use images::ResolvedImage;
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+pub use pull::LAYERS_IN_FLIGHT_MAX;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of every ordinary call (containerd answers in milliseconds).
@@ -52,6 +54,8 @@ const BULK_BYTES_PER_S: u64 = 8 << 20;
 /// Replies with thousands of containers (each with its spec) exceed tonic's
 /// 4 MiB default.
 const REPLY_BYTES_MAX: usize = 256 << 20;
+/// Image names with a pull lock kept; unheld ones are dropped beyond it.
+const PULL_GATES_MAX: usize = 256;
 
 /// The containerd driver. Cheap to share: one HTTP/2 connection multiplexes
 /// all calls.
@@ -65,6 +69,10 @@ pub struct Containerd {
     /// The logging binary the shim runs beside each container (see
     /// [`crate::logwriter`]); without one, the shim's own `file://` log.
     log_writer: Option<std::path::PathBuf>,
+    /// Registry clients and their tokens.
+    registries: crate::registry::Registries,
+    /// Image name → the lock its pulls take turns on.
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn cd_err(what: impl std::fmt::Display) -> impl FnOnce(Status) -> RuntimeError {
@@ -166,6 +174,8 @@ impl Containerd {
             snapshotter: snapshotter.to_string(),
             resolved: Mutex::new(HashMap::new()),
             log_writer: None,
+            registries: crate::registry::Registries::default(),
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 

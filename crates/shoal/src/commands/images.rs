@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{ImportArgs, ListArgs};
+use crate::cli::{ImportArgs, ListArgs, PullArgs};
 use crate::clock::now_ms;
 use crate::output::{age, bytes, print_list};
 
@@ -34,6 +34,13 @@ fn print(
         .collect();
     print_list(format, images, &["NAME", "DIGEST", "SIZE", "CREATED"], rows)?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
+    let image = super::client(&args.target)?
+        .pull_image(&args.reference)
+        .await?;
+    print(args.output.format, &[image])
 }
 
 pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {

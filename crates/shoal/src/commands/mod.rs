@@ -46,6 +46,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image {
             command: ImageCommand::Import(args),
         } => images::import(args).await,
+        Command::Image {
+            command: ImageCommand::Pull(args),
+        } => images::pull(args).await,
         Command::Cluster { command } => cluster::run(command).await,
         Command::Node {
             command: NodeCommand::Leave { target },

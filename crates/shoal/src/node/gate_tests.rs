@@ -143,7 +143,8 @@ fn allowed(method: &Method, path: &str) -> Vec<Class> {
             vec![Admin]
         }
         _ if read => vec![Reader, Deployer, Admin, Worker, Voter],
-        "/v1/apps" | "/v1/plan" | "/v1/images" => vec![Deployer, Admin],
+        // Deployers handle apps and images; pulling an image is theirs too.
+        "/v1/apps" | "/v1/plan" | "/v1/images" | "/v1/images/pull" => vec![Deployer, Admin],
         "/v1/apps/web" => vec![Deployer, Admin],
         _ => vec![Admin],
     }

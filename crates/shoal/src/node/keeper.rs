@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use shoal_agent::{Action, ActionResult, Observed, Reconciler};
 use shoal_cluster::log::ReplicatedLog;
+use shoal_runtime::registry::RegistryAccess;
 use shoal_runtime::{
-    ContainerConfig, ContainerStatus, ErrorKind, Runtime, RuntimeError, LABEL_ATTEMPT, LABEL_TASK,
+    ContainerConfig, ContainerStatus, ErrorKind, ImageStore, Runtime, RuntimeError, LABEL_ATTEMPT,
+    LABEL_TASK,
 };
 use shoal_state::Command;
 use shoal_types::{DesiredState, Task, TaskStatus, Workload};
@@ -71,7 +73,7 @@ impl TaskNetwork for NodeNetwork {
 pub async fn run<L, R, N, C>(shared: Arc<Keeper<L, R, N, C>>)
 where
     L: ReplicatedLog + Clone,
-    R: Runtime,
+    R: Runtime + ImageStore,
     N: TaskNetwork,
     C: Clock,
 {
@@ -205,7 +207,7 @@ async fn report<L: ReplicatedLog, R, N, C: Clock>(
     (!lost.is_empty()).then_some(lost)
 }
 
-async fn execute<L: ReplicatedLog, R: Runtime, N: TaskNetwork, C>(
+async fn execute<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
     shared: &Keeper<L, R, N, C>,
     action: Action,
 ) -> ActionResult {
@@ -260,7 +262,7 @@ async fn execute<L: ReplicatedLog, R: Runtime, N: TaskNetwork, C>(
     }
 }
 
-async fn run_task<L: ReplicatedLog, R: Runtime, N: TaskNetwork, C>(
+async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
     shared: &Keeper<L, R, N, C>,
     task: &Task,
     attempt: u32,
@@ -280,6 +282,23 @@ async fn run_task<L: ReplicatedLog, R: Runtime, N: TaskNetwork, C>(
     }
     match shared.runtime.run(&config).await {
         Ok(_pid) => Ok(address),
+        // Not on this node yet: pulled from its registry, then run once
+        // more; a pull that fails is the attempt's failure, and the
+        // restart back-off spaces the next.
+        Err(error) if error.kind() == ErrorKind::ImageMissing => {
+            let access = RegistryAccess::default();
+            shared
+                .runtime
+                .pull(&config.image, &access)
+                .await
+                .map_err(|error| failure(&task.id, "pulling its image", error))?;
+            shared
+                .runtime
+                .run(&config)
+                .await
+                .map(|_| address)
+                .map_err(|error| failure(&task.id, "running", error))
+        }
         // The id is taken (left over from a crash between create and
         // report) or its container is in the way: start afresh, once.
         Err(error) if error.kind() == ErrorKind::Conflict => {
@@ -470,6 +489,36 @@ mod tests {
             "stamped by the keeper's clock"
         );
         assert!(network.attached.lock().expect("lock").contains(&task));
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_is_pulled_and_an_unpullable_one_fails_the_task() {
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        let name = runtime.add_registry_image("busybox");
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        wait_for("the task reported running after a pull", || {
+            (status(&log, &task).state == TaskState::Running).then_some(())
+        })
+        .await;
+        assert_eq!(runtime.pulled(), std::slice::from_ref(&name));
+        running.abort();
+
+        // Neither here nor in the registry: the attempt fails with the
+        // registry's reason.
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        let failed = wait_for("the task reported failed", || {
+            let status = status(&log, &task);
+            (status.state == TaskState::Failed).then_some(status)
+        })
+        .await;
+        assert!(
+            failed.message.contains("no such image") && failed.message.contains(&name),
+            "{failed:?}"
+        );
         running.abort();
     }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -317,6 +318,20 @@ impl Node {
 
     /// Imports a busybox root filesystem (plus `extra` files) as `name`.
     pub fn import_rootfs_with(&self, name: &str, extra: &[(&str, &str)]) {
+        let rootfs = self.busybox_rootfs(extra);
+        self.shoal_ok(&[
+            "image",
+            "import",
+            "--rootfs",
+            rootfs.to_str().expect("utf-8"),
+            "--name",
+            name,
+        ]);
+    }
+
+    /// A busybox root filesystem in the scratch dir, plus `extra` files
+    /// (made executable).
+    pub fn busybox_rootfs(&self, extra: &[(&str, &str)]) -> PathBuf {
         let rootfs = self.scratch.path().join(format!(
             "rootfs-{}",
             COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -334,14 +349,7 @@ impl Node {
             std::fs::write(&file, content).expect("write extra file");
             set_executable(&file);
         }
-        self.shoal_ok(&[
-            "image",
-            "import",
-            "--rootfs",
-            rootfs.to_str().expect("utf-8"),
-            "--name",
-            name,
-        ]);
+        rootfs
     }
 }
 
@@ -437,7 +445,7 @@ pub fn kill(pid: u32) {
     assert!(status.success(), "kill -9 {pid}");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }

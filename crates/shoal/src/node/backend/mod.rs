@@ -16,6 +16,7 @@ use shoal_api::wire::{
     NodeView, PlanView, PlannedStop, PlannedTask, TaskView, VersionInfo,
 };
 use shoal_cluster::raft::ProposeError;
+use shoal_runtime::registry::RegistryAccess;
 use shoal_runtime::{ErrorKind, ImageStore, Runtime};
 use shoal_state::Entry;
 use shoal_state::{ApplyError, Command, Outcome};
@@ -359,5 +360,19 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
                 _ => ApiError::unavailable(error.to_string()),
             })?;
         Ok(images.into_iter().map(image_view).collect())
+    }
+
+    async fn pull_image(&self, reference: String) -> ApiResult<ImageView> {
+        let image = self
+            .0
+            .runtime
+            .pull(&reference, &RegistryAccess::default())
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::ImageMissing => ApiError::not_found(error.to_string()),
+                ErrorKind::Invalid => ApiError::bad_request(error.to_string()),
+                _ => ApiError::unavailable(error.to_string()),
+            })?;
+        Ok(image_view(image))
     }
 }

@@ -1,0 +1,217 @@
+//! Images pulled from registries into containerd: the manifest chain
+//! resolved for this node's platform, every blob streamed into the content
+//! store (layers in parallel, with a bound) and checked as it streams, the
+//! layers unpacked, and the image named only once all of it is there.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use tokio_util::io::StreamReader;
+
+use super::content::Reader;
+use super::images::ResolvedImage;
+use super::leases::Lease;
+use super::Containerd;
+use crate::image::{
+    self, parse_config, parse_manifest_or_index, pick_manifest, Descriptor, Limits,
+    ManifestOrIndex, GC_REF_CONTENT,
+};
+use crate::registry::{ImageRef, RegistryAccess};
+use crate::{ImageInfo, Result, RuntimeError};
+
+/// Layers of one image downloaded at once (containerd and dockerd use 3).
+pub const LAYERS_IN_FLIGHT_MAX: usize = 3;
+
+/// What a pull found in the registry, before any of it is stored.
+struct Plan {
+    /// The record's target: the index, or the manifest when there is none.
+    target: Descriptor,
+    /// Documents to store, children before parents, with their GC labels.
+    documents: Vec<(Descriptor, bytes::Bytes, BTreeMap<String, String>)>,
+    image: ResolvedImage,
+}
+
+impl Containerd {
+    /// Pulls `reference` (a tag or a digest) from its registry and names
+    /// the image with its normalized reference. A tag is resolved anew;
+    /// blobs already here are not fetched again, so pulls of one name wait
+    /// for each other and the second fetches only the manifest.
+    pub(super) async fn pull_image(
+        &self,
+        reference: &str,
+        access: &RegistryAccess,
+    ) -> Result<ImageInfo> {
+        let reference = ImageRef::parse(reference)?;
+        let name = reference.to_string();
+        let gate = self.pull_gate(&name);
+        let _turn = gate.lock().await;
+        let plan = self.plan_pull(&reference, access).await?;
+        let lease = self.lease_create().await?;
+        let stored = self.store_pull(&lease, &reference, access, &plan).await;
+        let named = match stored {
+            Ok(()) => self.put_image(&name, &plan.target).await,
+            Err(e) => Err(e),
+        };
+        let released = self.lease_delete(&lease).await;
+        let record = named?;
+        released?;
+        tracing::info!(image = %name, digest = %plan.target.digest, "image pulled");
+        Ok(ImageInfo {
+            name,
+            digest: plan.target.digest.clone(),
+            size_bytes: plan.image.size_bytes(),
+            created_s: record.created_at.map(|t| t.seconds),
+        })
+    }
+
+    /// The manifest chain down to this node's platform, and the config.
+    async fn plan_pull(&self, reference: &ImageRef, access: &RegistryAccess) -> Result<Plan> {
+        let limits = Limits::default();
+        let root = self.registries.manifest(reference, access).await?;
+        let target = root.descriptor();
+        let mut documents = Vec::new();
+        let mut current = root;
+        for _ in 0..=image::INDEX_DEPTH_MAX {
+            match parse_manifest_or_index(&current.bytes, &limits)? {
+                ManifestOrIndex::Index { manifests } => {
+                    let (position, picked) = pick_manifest(&manifests)
+                        .ok()
+                        .and_then(|picked| {
+                            manifests
+                                .iter()
+                                .position(|m| m.digest == picked.digest)
+                                .map(|p| (p, picked.clone()))
+                        })
+                        .ok_or_else(|| RuntimeError::Registry {
+                            kind: crate::ErrorKind::Invalid,
+                            message: format!(
+                                "{reference}: the index offers no manifest for linux/{}",
+                                image::host_arch()
+                            ),
+                        })?;
+                    // Only the manifest this node runs is fetched, so only
+                    // it is kept alive by the index.
+                    let labels = BTreeMap::from([(
+                        format!("{GC_REF_CONTENT}.m.{position}"),
+                        picked.digest.clone(),
+                    )]);
+                    documents.push((current.descriptor(), current.bytes.clone(), labels));
+                    current = self
+                        .registries
+                        .manifest(&reference.at_digest(&picked.digest), access)
+                        .await?;
+                }
+                ManifestOrIndex::Manifest { config, layers } => {
+                    // A config this node holds already is not fetched again.
+                    let config_bytes = match self.read_json_blob(&config).await {
+                        Ok(bytes) => bytes::Bytes::from(bytes),
+                        Err(_) => {
+                            self.registries
+                                .small_blob(reference, access, &config)
+                                .await?
+                        }
+                    };
+                    let file = parse_config(&config_bytes, &limits)?;
+                    if file.rootfs.diff_ids.len() != layers.len() {
+                        return Err(RuntimeError::InvalidImage(format!(
+                            "{reference}: manifest {} has {} layers but its config {} diff ids",
+                            current.digest,
+                            layers.len(),
+                            file.rootfs.diff_ids.len()
+                        )));
+                    }
+                    let mut manifest_labels = BTreeMap::from([(
+                        format!("{GC_REF_CONTENT}.config"),
+                        config.digest.clone(),
+                    )]);
+                    for (i, layer) in layers.iter().enumerate() {
+                        manifest_labels
+                            .insert(format!("{GC_REF_CONTENT}.l.{i}"), layer.digest.clone());
+                    }
+                    let image = ResolvedImage {
+                        config: config.clone(),
+                        layers,
+                        diff_ids: file.rootfs.diff_ids,
+                        exec: file.config.unwrap_or_default(),
+                    };
+                    let config_labels = self.config_labels(&image)?;
+                    // Children first: the config, then the manifest, then
+                    // the indexes from the innermost out.
+                    documents.reverse();
+                    documents.insert(
+                        0,
+                        (current.descriptor(), current.bytes.clone(), manifest_labels),
+                    );
+                    documents.insert(0, (config, config_bytes, config_labels));
+                    return Ok(Plan {
+                        target,
+                        documents,
+                        image,
+                    });
+                }
+            }
+        }
+        Err(RuntimeError::InvalidImage(format!(
+            "{reference}: indexes nest deeper than {}",
+            image::INDEX_DEPTH_MAX
+        )))
+    }
+
+    /// Layers (streamed from the registry, [`LAYERS_IN_FLIGHT_MAX`] at
+    /// once), then the documents, then the unpacked snapshots.
+    async fn store_pull(
+        &self,
+        lease: &Lease,
+        reference: &ImageRef,
+        access: &RegistryAccess,
+        plan: &Plan,
+    ) -> Result<()> {
+        // Made before they are polled, so that the stream holds futures,
+        // not a closure over borrowed layers.
+        let fetches: Vec<_> = plan
+            .image
+            .layers
+            .iter()
+            .map(|layer| self.fetch_layer(lease, reference, access, layer))
+            .collect();
+        futures::stream::iter(fetches)
+            .buffer_unordered(LAYERS_IN_FLIGHT_MAX)
+            .try_collect::<Vec<()>>()
+            .await?;
+        for (desc, bytes, labels) in &plan.documents {
+            let bytes = bytes.clone();
+            self.write_content(lease, desc, labels, || async move {
+                Ok(Box::new(std::io::Cursor::new(bytes)) as Reader)
+            })
+            .await?;
+        }
+        self.unpack(lease, &plan.image).await
+    }
+
+    /// One layer streamed from the registry into the content store, unless
+    /// it is there already.
+    async fn fetch_layer(
+        &self,
+        lease: &Lease,
+        reference: &ImageRef,
+        access: &RegistryAccess,
+        layer: &Descriptor,
+    ) -> Result<()> {
+        self.write_content(lease, layer, &BTreeMap::new(), || async {
+            let stream = self.registries.blob(reference, access, layer);
+            Ok(Box::new(StreamReader::new(Box::pin(stream))) as Reader)
+        })
+        .await
+    }
+
+    /// One lock per image name, so that concurrent pulls of one image
+    /// fetch it once. Locks nobody holds are dropped as the map grows.
+    fn pull_gate(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        if gates.len() >= super::PULL_GATES_MAX {
+            gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+        }
+        gates.entry(name.to_string()).or_default().clone()
+    }
+}

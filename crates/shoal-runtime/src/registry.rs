@@ -1,0 +1,658 @@
+//! Images from registries: references resolved to manifests, and blobs
+//! streamed out of the registry with their digest checked over every byte.
+//!
+//! The distribution API and its token dance are `oci-client`'s; what it
+//! lacks is here: a blob download that survives a cut connection (resumed
+//! with a Range request, no byte fetched twice, the digest still checked
+//! over the whole blob), that gives up on a connection with no progress,
+//! and the choice of plain HTTP only for loopback registries or those the
+//! operator marked insecure.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest as _, Sha256};
+
+use crate::image::{
+    self, is_index_media_type, Descriptor, Limits, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+};
+use crate::{ErrorKind, Result, RuntimeError};
+
+/// A connection that delivers no byte for this long is cut and the
+/// download resumed on a new one.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections tried for one blob (the first and the resumptions), with
+/// back-off between them.
+pub const BLOB_ATTEMPTS_MAX: u32 = 6;
+/// Back-off before the second attempt; doubled for each one after.
+const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// Connecting to a registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Registries (host and settings) whose client and tokens are kept; the
+/// cache is emptied when it is full.
+const CLIENTS_MAX: usize = 64;
+
+/// What the node knows about one registry host: how to reach it and who
+/// to be there. Credentials never appear in `Debug` or errors.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryAccess {
+    /// Plain HTTP allowed (always allowed for loopback registries).
+    pub insecure: bool,
+    /// A CA (PEM) trusted for this registry besides the host's bundle.
+    pub ca_pem: Option<String>,
+    /// Basic credentials, also used to obtain bearer tokens.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAccess")
+            .field("insecure", &self.insecure)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "…"))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+impl RegistryAccess {
+    fn auth(&self) -> RegistryAuth {
+        match (&self.username, &self.password) {
+            (Some(user), Some(password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// A stable key for the client cache that does not keep the secret in
+    /// clear: a hash of every setting.
+    fn cache_key(&self, host: &str) -> String {
+        let mut hasher = Sha256::new();
+        for part in [
+            Some(host),
+            Some(if self.insecure { "insecure" } else { "secure" }),
+            self.ca_pem.as_deref(),
+            self.username.as_deref(),
+            self.password.as_deref(),
+        ] {
+            let part = part.unwrap_or("");
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// reqwest under oci-client finds no TLS provider of its own; ring is the
+/// one shoal uses everywhere (rustls marks it deprecated for its lack of
+/// post-quantum key exchange; aws-lc-rs needs a C build the project keeps
+/// out). Installing it again is harmless.
+#[allow(deprecated)]
+pub fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A parsed, normalized image reference (`docker.io/library/busybox:latest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    inner: Reference,
+}
+
+impl ImageRef {
+    pub fn parse(reference: &str) -> Result<Self> {
+        let inner = Reference::from_str(reference).map_err(|e| {
+            RuntimeError::InvalidImage(format!("image reference {reference:?} is not valid: {e}"))
+        })?;
+        Ok(ImageRef { inner })
+    }
+
+    /// The registry host (`docker.io` for Docker Hub names).
+    pub fn registry(&self) -> &str {
+        self.inner.registry()
+    }
+
+    pub fn digest(&self) -> Option<&str> {
+        self.inner.digest()
+    }
+
+    /// The same repository at `digest`.
+    pub fn at_digest(&self, digest: &str) -> Self {
+        ImageRef {
+            inner: self.inner.clone_with_digest(digest.to_string()),
+        }
+    }
+
+    /// Whether the registry is this machine (plain HTTP is allowed there,
+    /// as Docker allows it).
+    pub fn is_loopback(&self) -> bool {
+        let host = self.registry();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.split_once(']').map(|(h, _)| h))
+            .unwrap_or_else(|| host.rsplit_once(':').map_or(host, |(h, _)| h));
+        host == "localhost" || IpAddr::from_str(host).is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// A manifest or index as the registry served it, its digest checked.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    /// `sha256:…` of `bytes`.
+    pub digest: String,
+    pub media_type: String,
+}
+
+impl FetchedManifest {
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.bytes.len() as u64,
+            ..Descriptor::default()
+        }
+    }
+}
+
+/// Registry clients, one per host and settings, each with its token cache.
+#[derive(Default)]
+pub struct Registries {
+    clients: Mutex<HashMap<String, Arc<Client>>>,
+}
+
+const MANIFEST_TYPES: &[&str] = &[
+    MEDIA_OCI_INDEX,
+    MEDIA_DOCKER_LIST,
+    MEDIA_OCI_MANIFEST,
+    MEDIA_DOCKER_MANIFEST,
+];
+
+impl Registries {
+    fn client(&self, reference: &ImageRef, access: &RegistryAccess) -> Result<Arc<Client>> {
+        install_ring();
+        let host = reference.registry().to_string();
+        let key = access.cache_key(&host);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut config = ClientConfig {
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(STALL_TIMEOUT),
+            max_concurrent_download: 1,
+            ..ClientConfig::default()
+        };
+        if access.insecure || reference.is_loopback() {
+            config.protocol = oci_client::client::ClientProtocol::HttpsExcept(vec![host.clone()]);
+        }
+        if let Some(pem) = &access.ca_pem {
+            config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.as_bytes().to_vec(),
+            });
+        }
+        let client = Arc::new(Client::new(config));
+        if clients.len() >= CLIENTS_MAX {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The manifest or index `reference` names (by tag or digest), its
+    /// digest computed over the bytes served and, for a digest reference,
+    /// checked against it.
+    pub async fn manifest(
+        &self,
+        reference: &ImageRef,
+        access: &RegistryAccess,
+    ) -> Result<FetchedManifest> {
+        let client = self.client(reference, access)?;
+        let (bytes, _) = client
+            .pull_manifest_raw(&reference.inner, &access.auth(), MANIFEST_TYPES)
+            .await
+            .map_err(|e| registry_error(reference, "fetching the manifest", e))?;
+        let limit = Limits::default().json_bytes_max;
+        if bytes.len() as u64 > limit {
+            return Err(RuntimeError::InvalidImage(format!(
+                "{reference}: the manifest is {} bytes, more than the {limit} allowed",
+                bytes.len()
+            )));
+        }
+        let digest = image::sha256_digest(&bytes);
+        if let Some(wanted) = reference.digest() {
+            if wanted != digest {
+                return Err(RuntimeError::InvalidImage(format!(
+                    "{reference}: the registry served a manifest with digest {digest}"
+                )));
+            }
+        }
+        let media_type = media_type_of(&bytes)?;
+        Ok(FetchedManifest {
+            bytes,
+            digest,
+            media_type,
+        })
+    }
+
+    /// A small blob (an image config) read whole, its digest checked.
+    pub async fn small_blob(
+        &self,
+        reference: &ImageRef,
+        access: &RegistryAccess,
+        desc: &Descriptor,
+    ) -> Result<Bytes> {
+        let limit = Limits::default().json_bytes_max;
+        if desc.size > limit {
+            return Err(RuntimeError::InvalidImage(format!(
+                "{reference}: blob {} is {} bytes, more than the {limit} allowed for JSON documents",
+                desc.digest, desc.size
+            )));
+        }
+        let mut stream = std::pin::pin!(self.blob(reference, access, desc));
+        let mut out = Vec::with_capacity(desc.size as usize);
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.map_err(|source| RuntimeError::Io {
+                context: format!("{reference}: fetching blob {}", desc.digest),
+                source,
+            })?);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The bytes of one blob as they arrive. A connection that fails or
+    /// stalls is replaced by one that asks for the rest (Range), up to
+    /// [`BLOB_ATTEMPTS_MAX`] connections; the sha256 of all bytes is checked
+    /// against the descriptor before the last chunk is handed out, so a
+    /// consumer that commits only after the end never commits a wrong blob.
+    /// Errors come as `io::Error`s whose inner error is a [`RuntimeError`].
+    pub fn blob(
+        &self,
+        reference: &ImageRef,
+        access: &RegistryAccess,
+        desc: &Descriptor,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let state = BlobDownload {
+            client: self.client(reference, access),
+            reference: reference.clone(),
+            auth: access.auth(),
+            desc: desc.clone(),
+            offset: 0,
+            hasher: Sha256::new(),
+            body: None,
+            attempts: 0,
+            done: false,
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            let item = state.next_chunk().await;
+            if item.is_err() {
+                state.done = true;
+            }
+            Some((item.map_err(std::io::Error::other), state))
+        })
+    }
+}
+
+type Body = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+struct BlobDownload {
+    client: Result<Arc<Client>>,
+    reference: ImageRef,
+    auth: RegistryAuth,
+    desc: Descriptor,
+    offset: u64,
+    hasher: Sha256,
+    body: Option<Body>,
+    attempts: u32,
+    done: bool,
+}
+
+impl BlobDownload {
+    async fn next_chunk(&mut self) -> Result<Bytes> {
+        loop {
+            if self.body.is_none() {
+                self.body = Some(self.connect().await?);
+            }
+            let body = self.body.as_mut().expect("set above");
+            let why = match tokio::time::timeout(STALL_TIMEOUT, body.next()).await {
+                Ok(Some(Ok(chunk))) => return self.take(chunk),
+                Ok(None) => format!(
+                    "the connection ended after {} of {} bytes",
+                    self.offset, self.desc.size
+                ),
+                Ok(Some(Err(e))) => e.to_string(),
+                Err(_) => format!("no byte for {STALL_TIMEOUT:?}"),
+            };
+            tracing::warn!(
+                image = %self.reference,
+                blob = %self.desc.digest,
+                offset = self.offset,
+                reason = %why,
+                "blob download interrupted; resuming"
+            );
+            self.body = None;
+        }
+    }
+
+    /// Counts and hashes a chunk; at the end, checks the digest.
+    fn take(&mut self, chunk: Bytes) -> Result<Bytes> {
+        let end = self.offset + chunk.len() as u64;
+        if end > self.desc.size {
+            return Err(RuntimeError::InvalidImage(format!(
+                "{}: blob {} is longer than the {} bytes its descriptor says",
+                self.reference, self.desc.digest, self.desc.size
+            )));
+        }
+        self.hasher.update(&chunk);
+        self.offset = end;
+        if end == self.desc.size {
+            self.done = true;
+            let digest = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+            if digest != self.desc.digest {
+                return Err(RuntimeError::InvalidImage(format!(
+                    "{}: blob {} arrived with digest {digest}; not stored",
+                    self.reference, self.desc.digest
+                )));
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// Opens a connection for the bytes from `offset` on, after the
+    /// back-off that its attempt number earns.
+    async fn connect(&mut self) -> Result<Body> {
+        let client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(e) => return Err(RuntimeError::InvalidImage(e.to_string())),
+        };
+        loop {
+            if self.attempts >= BLOB_ATTEMPTS_MAX {
+                return Err(RuntimeError::Registry {
+                    kind: ErrorKind::Transient,
+                    message: format!(
+                        "{}: blob {} still incomplete after {BLOB_ATTEMPTS_MAX} connections ({} of {} bytes)",
+                        self.reference, self.desc.digest, self.offset, self.desc.size
+                    ),
+                });
+            }
+            if self.attempts > 0 {
+                let backoff = RETRY_BACKOFF_FIRST * 2u32.pow(self.attempts - 1);
+                tokio::time::sleep(backoff).await;
+            }
+            self.attempts += 1;
+            let layer = OciDescriptor {
+                media_type: self.desc.media_type.clone(),
+                digest: self.desc.digest.clone(),
+                size: i64::try_from(self.desc.size).unwrap_or(i64::MAX),
+                ..OciDescriptor::default()
+            };
+            // oci-client refuses bare digests it cannot check; it needs
+            // authentication stored for the registry before a blob call.
+            client
+                .store_auth_if_needed(self.reference.registry(), &self.auth)
+                .await;
+            let opened: std::result::Result<Body, _> = if self.offset == 0 {
+                client
+                    .pull_blob_stream(&self.reference.inner, &layer)
+                    .await
+                    .map(|s| Box::pin(s.stream) as Body)
+            } else {
+                match client
+                    .pull_blob_stream_partial(&self.reference.inner, &layer, self.offset, None)
+                    .await
+                {
+                    Ok(BlobResponse::Partial(s)) => Ok(Box::pin(s.stream) as Body),
+                    // The registry ignored the Range: its bytes up to the
+                    // offset are dropped, as they are already stored.
+                    Ok(BlobResponse::Full(s)) => {
+                        tracing::warn!(
+                            image = %self.reference,
+                            blob = %self.desc.digest,
+                            "the registry does not serve ranges; skipping what is already stored"
+                        );
+                        Ok(skip_bytes(Box::pin(s.stream), self.offset))
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match opened {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    let e = registry_error(&self.reference, "fetching a blob", e);
+                    if e.kind() != ErrorKind::Transient {
+                        return Err(e);
+                    }
+                    tracing::warn!(image = %self.reference, blob = %self.desc.digest, error = %e, "blob request failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// The stream without its first `skip` bytes.
+fn skip_bytes(stream: Body, skip: u64) -> Body {
+    let mut left = skip;
+    Box::pin(stream.filter_map(move |item| {
+        let out = match item {
+            Ok(chunk) if left >= chunk.len() as u64 => {
+                left -= chunk.len() as u64;
+                None
+            }
+            Ok(mut chunk) => {
+                let rest = chunk.split_off(left as usize);
+                left = 0;
+                Some(Ok(rest))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(out)
+    }))
+}
+
+/// The media type a manifest or index names, or the one its shape implies
+/// (older tools leave it out).
+fn media_type_of(bytes: &[u8]) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    let head: Head = serde_json::from_slice(bytes)
+        .map_err(|e| RuntimeError::InvalidImage(format!("manifest is not valid JSON: {e}")))?;
+    Ok(match head.media_type {
+        Some(media_type) => media_type,
+        None if head.manifests.is_some() => MEDIA_OCI_INDEX.to_string(),
+        None => MEDIA_OCI_MANIFEST.to_string(),
+    })
+}
+
+/// Whether a media type names an index (kept here so callers need not
+/// import the image module).
+pub fn is_index(media_type: &str) -> bool {
+    is_index_media_type(media_type)
+}
+
+/// What a registry failure means: not there (the reference is wrong), not
+/// allowed (the credentials are), or not now (the network, the registry's
+/// own trouble).
+fn registry_error(reference: &ImageRef, doing: &str, e: OciDistributionError) -> RuntimeError {
+    use OciDistributionError as E;
+    let (kind, what) = match &e {
+        E::ImageManifestNotFoundError(_) => (
+            ErrorKind::ImageMissing,
+            "the registry has no such image".to_string(),
+        ),
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => (
+            ErrorKind::Invalid,
+            "the registry refused the credentials (add them with `shoal registry add`)".to_string(),
+        ),
+        E::ServerError { code, message, .. } => match *code {
+            404 => (
+                ErrorKind::ImageMissing,
+                "the registry has no such image".to_string(),
+            ),
+            401 | 403 => (
+                ErrorKind::Invalid,
+                format!("the registry refused access ({code}): {message}"),
+            ),
+            429 | 500..=599 => (
+                ErrorKind::Transient,
+                format!("the registry answered {code}: {message}"),
+            ),
+            _ => (
+                ErrorKind::Invalid,
+                format!("the registry answered {code}: {message}"),
+            ),
+        },
+        E::RegistryError { envelope, .. } => {
+            let codes: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|x| format!("{:?}", x.code))
+                .collect();
+            let text = envelope
+                .errors
+                .iter()
+                .map(|x| x.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if codes.iter().any(|c| c.contains("Unknown")) {
+                (
+                    ErrorKind::ImageMissing,
+                    format!("the registry has no such image: {text}"),
+                )
+            } else if codes
+                .iter()
+                .any(|c| c.contains("Unauthorized") || c.contains("Denied"))
+            {
+                (
+                    ErrorKind::Invalid,
+                    format!("the registry refused access: {text}"),
+                )
+            } else {
+                (ErrorKind::Transient, format!("the registry failed: {text}"))
+            }
+        }
+        E::RequestError(inner) => (
+            ErrorKind::Transient,
+            format!("cannot reach the registry: {}", error_chain(inner)),
+        ),
+        E::IoError(inner) => (
+            ErrorKind::Transient,
+            format!("reading from the registry: {inner}"),
+        ),
+        other => (ErrorKind::Invalid, other.to_string()),
+    };
+    RuntimeError::Registry {
+        kind,
+        message: format!("{reference}: {doing}: {what}"),
+    }
+}
+
+/// An error with its causes, which reqwest keeps apart (the TLS or
+/// connection reason is only in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    let mut depth = 0;
+    while let Some(s) = source {
+        if depth >= 8 {
+            break;
+        }
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+        depth += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_recognised() {
+        for (r, loopback) in [
+            ("127.0.0.1:5000/a/b:c", true),
+            ("localhost:5000/a:b", true),
+            ("127.0.0.2:5000/a:b", true),
+            ("10.0.0.1:5000/a:b", false),
+            ("registry.example:5000/a:b", false),
+            ("busybox", false),
+        ] {
+            assert_eq!(ImageRef::parse(r).unwrap().is_loopback(), loopback, "{r}");
+        }
+    }
+
+    #[test]
+    fn references_normalize_and_bad_ones_name_themselves() {
+        let r = ImageRef::parse("busybox").unwrap();
+        assert_eq!(r.registry(), "docker.io");
+        assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
+        let err = ImageRef::parse("Not Valid").unwrap_err().to_string();
+        assert!(err.contains("\"Not Valid\""), "{err}");
+    }
+
+    #[test]
+    fn credentials_stay_out_of_debug_and_cache_keys() {
+        let access = RegistryAccess {
+            username: Some("ci".into()),
+            password: Some("hunter2-SECRET".into()),
+            ..RegistryAccess::default()
+        };
+        assert!(!format!("{access:?}").contains("hunter2"));
+        let key = access.cache_key("r.example");
+        assert!(!key.contains("hunter2"));
+        let other = RegistryAccess {
+            password: Some("other".into()),
+            ..access.clone()
+        };
+        assert_ne!(key, other.cache_key("r.example"));
+    }
+
+    #[test]
+    fn media_types_come_from_the_document_or_its_shape() {
+        assert_eq!(
+            media_type_of(
+                br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#
+            )
+            .unwrap(),
+            MEDIA_DOCKER_MANIFEST
+        );
+        assert_eq!(
+            media_type_of(br#"{"manifests":[]}"#).unwrap(),
+            MEDIA_OCI_INDEX
+        );
+        assert_eq!(
+            media_type_of(br#"{"config":{}}"#).unwrap(),
+            MEDIA_OCI_MANIFEST
+        );
+        assert!(media_type_of(b"not json").is_err());
+    }
+}
