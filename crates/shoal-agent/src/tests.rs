@@ -20,6 +20,7 @@ fn task(policy: RestartPolicy) -> Task {
         spec: std::sync::Arc::new(service),
         created_at_ms: 0,
         status: TaskStatus::pending(0),
+        image: None,
     }
 }
 

@@ -64,6 +64,14 @@ pub struct NodeView {
 pub struct ServiceView {
     pub name: String,
     pub image: String,
+    /// The digest `image` named when this version was applied (what every
+    /// replica runs); absent for versions applied before shoal 0.4 or
+    /// while some node was older.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// `registry`, or `node` for an image imported by hand (run by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_source: Option<shoal_types::PinSource>,
     /// `service`, `global` or `batch`.
     #[serde(default)]
     pub kind: shoal_types::Kind,
@@ -96,6 +104,9 @@ pub struct PlanView {
     pub version: u64,
     /// False when the spec equals the one applied.
     pub changed: bool,
+    /// Service → the image digest it would run (what apply would pin now).
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, shoal_types::PinnedImage>,
     pub place: Vec<PlannedTask>,
     /// Tasks that would stop, with their nodes.
     pub stop: Vec<PlannedStop>,
@@ -203,6 +214,9 @@ pub struct TaskView {
     pub app_version: u64,
     pub node: String,
     pub image: String,
+    /// The digest the task runs, pinned when its app version was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     pub desired: DesiredState,
     pub state: TaskState,
     pub promise: Promise,
@@ -230,6 +244,7 @@ impl From<&Task> for TaskView {
             app_version: task.app_version,
             node: task.node.clone(),
             image: task.spec.image().to_string(),
+            image_digest: task.image.as_ref().map(|pin| pin.digest.clone()),
             desired: task.desired,
             state: task.status.state,
             promise: task.status.promise,

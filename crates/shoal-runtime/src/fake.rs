@@ -14,7 +14,7 @@ use crate::image::{self, Archive, ExecConfig, Limits, ProcessSpec};
 use crate::registry::{ImageRef, RegistryAccess};
 use crate::{
     validate_config, ContainerConfig, ContainerInfo, ContainerStatus, ErrorKind, ImageInfo,
-    ImageStore, Result, Runtime, RuntimeError, LABEL_TASK,
+    ImageResolution, ImageStore, Result, Runtime, RuntimeError, LABEL_TASK,
 };
 
 /// Exit code of a process killed by SIGTERM (128 + 15), as runc reports it.
@@ -42,6 +42,8 @@ pub enum FakeOp {
 struct FakeImage {
     info: ImageInfo,
     exec: ExecConfig,
+    /// Came from the registry (not imported by hand).
+    pulled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -128,9 +130,14 @@ impl FakeRuntime {
             size_bytes,
             created_s: Some(image::now_epoch_s()),
         };
-        self.state()
-            .images
-            .insert(name.clone(), FakeImage { info, exec });
+        self.state().images.insert(
+            name.clone(),
+            FakeImage {
+                info,
+                exec,
+                pulled: false,
+            },
+        );
         name
     }
 
@@ -342,8 +349,44 @@ impl ImageStore for FakeRuntime {
             });
         };
         let info = image.info.clone();
-        state.images.insert(name, image);
+        state.images.insert(
+            name,
+            FakeImage {
+                pulled: true,
+                ..image
+            },
+        );
         Ok(info)
+    }
+
+    async fn resolve(&self, reference: &str, _access: &RegistryAccess) -> Result<ImageResolution> {
+        self.take_failure(FakeOp::Pull)?;
+        let name = ImageRef::parse(reference)?.to_string();
+        let state = self.state();
+        if let Some(image) = state.images.get(&name).filter(|i| !i.pulled) {
+            return Ok(ImageResolution {
+                name,
+                digest: image.info.digest.clone(),
+                local: true,
+                platforms: Vec::new(),
+            });
+        }
+        match state.registry.get(&name) {
+            Some(image) => Ok(ImageResolution {
+                name,
+                digest: image.info.digest.clone(),
+                local: false,
+                platforms: vec![image::Platform {
+                    os: "linux".into(),
+                    architecture: image::host_arch().into(),
+                    variant: None,
+                }],
+            }),
+            None => Err(RuntimeError::Registry {
+                kind: ErrorKind::ImageMissing,
+                message: format!("{name}: fetching the manifest: the registry has no such image"),
+            }),
+        }
     }
 
     async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {
@@ -371,6 +414,7 @@ impl ImageStore for FakeRuntime {
                     FakeImage {
                         info: info.clone(),
                         exec,
+                        pulled: false,
                     },
                 );
                 infos.push(info);

@@ -99,6 +99,22 @@ pub struct ImageInfo {
     pub created_s: Option<i64>,
 }
 
+/// What an image reference names right now, as [`ImageStore::resolve`]
+/// finds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageResolution {
+    /// The normalized reference.
+    pub name: String,
+    /// `sha256:…` of the manifest or index.
+    pub digest: String,
+    /// Found as an image imported by hand on this node: no registry was
+    /// asked, and other nodes' imports of the name may differ.
+    pub local: bool,
+    /// The platforms the image offers (from its index, or its one
+    /// manifest's config); empty when `local`.
+    pub platforms: Vec<image::Platform>,
+}
+
 /// The images a node runs containers from, kept beside its [`Runtime`] (one
 /// value may implement both, sharing one connection). Each way of getting an
 /// image onto the node is one method: a registry pull, an archive import.
@@ -118,6 +134,16 @@ pub trait ImageStore: Send + Sync + 'static {
         reference: &str,
         access: &registry::RegistryAccess,
     ) -> impl Future<Output = Result<ImageInfo>> + Send;
+
+    /// What `reference` names now, without pulling it: an image imported
+    /// by hand here under that name (no registry asked), else the digest
+    /// and platforms its registry serves. Fails as [`ImageStore::pull`]
+    /// does.
+    fn resolve(
+        &self,
+        reference: &str,
+        access: &registry::RegistryAccess,
+    ) -> impl Future<Output = Result<ImageResolution>> + Send;
 
     /// Imports an OCI image layout tarball or a `docker save` tarball and
     /// unpacks it for the runtime's snapshotter. `name` overrides the name the

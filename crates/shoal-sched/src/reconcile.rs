@@ -70,6 +70,20 @@ impl<'a> Scheduler<'a> {
         found
     }
 
+    /// Whether a task pinned to a digest belongs to an app whose current
+    /// version pins its service to another one. A task from before pins
+    /// (none) keeps running what it runs.
+    fn image_changed(&self, task: &Task) -> bool {
+        let Some(pin) = &task.image else {
+            return false;
+        };
+        self.state
+            .apps
+            .get(&task.app)
+            .and_then(|app| app.images.get(&task.service))
+            != Some(pin)
+    }
+
     /// Whether the plan keeps a desired-running task (on node index `at`):
     /// its service's number when it does, why it stops when it does not.
     fn keeps(&self, task: &Task, at: Option<u32>) -> Result<u32, StopReason> {
@@ -94,8 +108,13 @@ impl<'a> Scheduler<'a> {
         };
         // A task of the current version runs the current spec by
         // construction; older ones run it when only `replicas` changed.
-        if task.app_version != version && !task.spec.same_task_as(service) {
-            return Err(StopReason::SpecChanged);
+        if task.app_version != version {
+            if !task.spec.same_task_as(service) {
+                return Err(StopReason::SpecChanged);
+            }
+            if self.image_changed(task) {
+                return Err(StopReason::ImageChanged);
+            }
         }
         let node = at.map(|at| self.nodes[at as usize].node);
         // A batch task that is done stays done, whatever became of its node.

@@ -1,5 +1,5 @@
 use shoal_state::{Command, Entry, Outcome, State, StopReason};
-use shoal_types::{parse_app, Node, NodeStatus, TaskState, TaskStatus};
+use shoal_types::{parse_app, Node, NodeStatus, PinSource, PinnedImage, TaskState, TaskStatus};
 
 use super::reconcile;
 
@@ -158,6 +158,42 @@ fn a_changed_spec_replaces_every_task() {
     for placement in &plan.place {
         assert_eq!(placement.app_version, 2);
     }
+}
+
+#[test]
+fn a_moved_image_replaces_pinned_tasks_and_spares_unpinned_ones() {
+    let pinned = |digit: char| {
+        let spec = parse_app(WEB.as_bytes()).expect("valid spec");
+        let images = spec
+            .services
+            .iter()
+            .map(|service| {
+                let pin = PinnedImage {
+                    digest: format!("sha256:{}", digit.to_string().repeat(64)),
+                    source: PinSource::Registry,
+                };
+                (service.name.clone(), pin)
+            })
+            .collect();
+        Command::PutAppPinned { spec, images }
+    };
+    // Tasks from before pins keep running when the app gets pinned.
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.put(WEB);
+    cluster.schedule();
+    cluster.apply(pinned('1'));
+    assert!(reconcile(&cluster.state).changes_nothing(&cluster.state));
+
+    // Pinned tasks are replaced when the digest moves, kept when it does not.
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    cluster.apply(pinned('1'));
+    cluster.schedule();
+    cluster.apply(pinned('1'));
+    assert!(reconcile(&cluster.state).changes_nothing(&cluster.state));
+    cluster.apply(pinned('2'));
+    let plan = cluster.schedule();
+    assert_eq!((plan.place.len(), plan.stop.len()), (3, 3));
+    assert_eq!(plan.stop_why, vec![StopReason::ImageChanged; 3]);
 }
 
 #[test]

@@ -41,7 +41,9 @@ impl Cluster {
 pub fn describe(command: &Command) -> String {
     match command {
         Command::RegisterNode { node } => format!("register node {}", node.name),
-        Command::PutApp { spec } => format!("put app {}", spec.name),
+        Command::PutApp { spec } | Command::PutAppPinned { spec, .. } => {
+            format!("put app {}", spec.name)
+        }
         Command::RemoveApp { name } => format!("remove app {name}"),
         Command::ApplyPlan { plan } => format!(
             "apply plan ({} placements, {} stops, {} removals)",

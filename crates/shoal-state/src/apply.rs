@@ -3,7 +3,9 @@
 //! format 2 on), then changes the state or leaves it as it was.
 
 use shoal_types::subnet::Ipv4Cidr;
-use shoal_types::{AppSpec, Node, NodeStatus, Taint, TaintEffect, TaskStatus};
+use std::collections::BTreeMap;
+
+use shoal_types::{AppSpec, Node, NodeStatus, PinnedImage, Taint, TaintEffect, TaskStatus};
 
 use crate::{
     check_dns_zone, App, ApplyError, Command, Entry, Meta, Outcome, State, REPORTS_PER_COMMAND_MAX,
@@ -68,7 +70,12 @@ impl State {
                 dns_zone.as_deref(),
             ),
             Command::ForgetNode { name } => self.forget_node(name),
-            Command::PutApp { spec } => Ok(self.put_app(spec, now_ms, meta.version)),
+            Command::PutApp { spec } => {
+                Ok(self.put_app(spec, &BTreeMap::new(), now_ms, meta.version))
+            }
+            Command::PutAppPinned { spec, images } => {
+                Ok(self.put_app(spec, images, now_ms, meta.version))
+            }
             Command::RemoveApp { name } => self.remove_app(name),
             Command::ApplyPlan { plan } => self.apply_plan(plan, now_ms),
             Command::ReportTasks { node, statuses } => self.report_tasks(node, statuses),
@@ -274,14 +281,21 @@ impl State {
         Ok(Outcome::TasksReported { accepted, stale })
     }
 
-    fn put_app(&mut self, spec: &AppSpec, now_ms: u64, format: u32) -> Outcome {
+    fn put_app(
+        &mut self,
+        spec: &AppSpec,
+        images: &BTreeMap<String, PinnedImage>,
+        now_ms: u64,
+        format: u32,
+    ) -> Outcome {
         match self.apps.get_mut(&spec.name) {
-            Some(app) if &app.spec == spec => Outcome::AppPut {
+            Some(app) if &app.spec == spec && &app.images == images => Outcome::AppPut {
                 version: app.version,
                 changed: false,
             },
             Some(app) => {
                 app.spec = spec.clone();
+                app.images = images.clone();
                 app.version += 1;
                 app.updated_at_ms = now_ms;
                 Outcome::AppPut {
@@ -308,6 +322,7 @@ impl State {
                     spec.name.clone(),
                     App {
                         spec: spec.clone(),
+                        images: images.clone(),
                         version,
                         created_at_ms: now_ms,
                         updated_at_ms: now_ms,

@@ -2,7 +2,9 @@
 //! applying can fail.
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{AppSpec, Node, NodeStatus, Taint, TaintEffect, TaskStatus};
+use std::collections::BTreeMap;
+
+use shoal_types::{AppSpec, Node, NodeStatus, PinnedImage, Taint, TaintEffect, TaskStatus};
 
 use crate::security::{ApiTokenRecord, CaRecord, GossipKeysRecord, JoinTokenRecord, NodeRole};
 use crate::{State, LOG_VERSION_FIRST};
@@ -26,6 +28,14 @@ pub enum Command {
     /// Create or update an app; a spec equal to the current one is a no-op.
     PutApp {
         spec: AppSpec,
+    },
+    /// The same, with the image each service runs pinned to the digest its
+    /// reference named at apply (format 4); the same spec with other
+    /// digests is a new version.
+    PutAppPinned {
+        spec: AppSpec,
+        /// Service name → its pinned image.
+        images: BTreeMap<String, PinnedImage>,
     },
     RemoveApp {
         name: String,
@@ -168,6 +178,9 @@ pub enum StopReason {
     ServiceGone,
     /// Its service's spec changed (more than its replica count).
     SpecChanged,
+    /// Its app was applied again and its image reference names another
+    /// digest now (a tag moved).
+    ImageChanged,
     /// Its node is not alive (or not known).
     NodeLost,
     NodeDrained,
@@ -296,6 +309,8 @@ impl Command {
             | Command::RevokeApiToken { .. }
             | Command::SetGossipKeys { .. }
             | Command::RemoveNode { .. } => 3,
+            // Pinned images came with format 4.
+            Command::PutAppPinned { .. } => 4,
             _ => LOG_VERSION_FIRST,
         }
     }

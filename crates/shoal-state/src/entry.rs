@@ -23,7 +23,12 @@ use crate::{ApplyError, Command};
 ///   writer; `RegisterNode` no longer writes the node's status; an app put
 ///   again counts its versions on; a plan's unplaced reasons are data
 ///   (`Unplaced::why`) instead of words.
-pub const LOG_VERSION: u32 = 3;
+/// - 3 (shoal 0.3): the cluster's trust (CA, join and API tokens,
+///   admissions, removed identities, gossip keys) in `State::security`.
+/// - 4 (shoal 0.4): `PutAppPinned`, an app with the digest each service's
+///   image named when it was applied (`App::images`), copied into the tasks
+///   placed for that version (`Task::image`).
+pub const LOG_VERSION: u32 = 4;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = 1;
 /// This build's release, stamped into the entries its leader appends so

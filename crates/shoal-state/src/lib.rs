@@ -34,7 +34,7 @@ pub type FastSet<K> = HashSet<K, foldhash::fast::FixedState>;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{AppSpec, DesiredState, Node, Task};
+use shoal_types::{AppSpec, DesiredState, Node, PinnedImage, Task};
 
 use fit::Request;
 use shoal_types::subnet::Ipv4Cidr;
@@ -42,6 +42,10 @@ use shoal_types::subnet::Ipv4Cidr;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
     pub spec: AppSpec,
+    /// Service name → the image it runs, pinned when this version was
+    /// applied (format 4; empty before).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, PinnedImage>,
     /// Starts at 1 and grows by one with every change of the spec.
     pub version: u64,
     pub created_at_ms: u64,

@@ -83,6 +83,11 @@ impl State {
                                 .clone(),
                             created_at_ms: now_ms,
                             status: TaskStatus::pending(now_ms),
+                            image: self
+                                .apps
+                                .get(app)
+                                .and_then(|app| app.images.get(&spec.name))
+                                .cloned(),
                         });
                     }
                     Err(reason) => rejected.push(reason),

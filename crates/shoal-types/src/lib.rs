@@ -20,4 +20,4 @@ pub use spec::{
     PlacementSpec, Port, Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError, Strategy,
     UserSpec, Workload, SPEC_BYTES_MAX,
 };
-pub use task::{DesiredState, Promise, Task, TaskState, TaskStatus};
+pub use task::{DesiredState, PinSource, PinnedImage, Promise, Task, TaskState, TaskStatus};

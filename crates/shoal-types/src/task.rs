@@ -29,6 +29,57 @@ pub struct Task {
     pub spec: std::sync::Arc<ServiceSpec>,
     pub created_at_ms: u64,
     pub status: TaskStatus,
+    /// What the service's image reference named when `app_version` was
+    /// applied (log format 4), so that a tag moved later changes nothing;
+    /// none for apps applied before, or while a node read only older
+    /// formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PinnedImage>,
+}
+
+/// An image reference pinned when an app version is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedImage {
+    /// `sha256:…` of the manifest or index the reference named.
+    pub digest: String,
+    pub source: PinSource,
+}
+
+/// Where a pinned digest came from, which says how nodes run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PinSource {
+    /// The registry: every node runs `REPOSITORY@DIGEST` and pulls it if it
+    /// has not got it.
+    Registry,
+    /// An image imported by hand on the node that answered the apply; nodes
+    /// run the reference by name, as each node's import is its own.
+    Node,
+}
+
+impl PinnedImage {
+    /// What a node runs for `reference` under this pin: the digest of a
+    /// registry pin, the name itself for an image imported by hand.
+    pub fn run_reference(pin: Option<&PinnedImage>, reference: &str) -> String {
+        match pin {
+            Some(PinnedImage {
+                digest,
+                source: PinSource::Registry,
+            }) => {
+                // `name:tag@digest` and `name@digest` both pull by digest;
+                // the tag is dropped so that the node's record is one per digest.
+                let without_digest = reference.split('@').next().unwrap_or(reference);
+                let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+                let name = match without_digest[last_slash..].rfind(':') {
+                    Some(colon) => &without_digest[..last_slash + colon],
+                    None => without_digest,
+                };
+                format!("{name}@{digest}")
+            }
+            _ => reference.to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -199,5 +250,40 @@ mod tests {
         assert!(status(1, TaskState::Stopped).may_follow(&status(1, TaskState::Failed)));
         assert!(!status(1, TaskState::Failed).may_follow(&status(1, TaskState::Stopped)));
         assert!(!status(0, TaskState::Running).may_follow(&running));
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    #[test]
+    fn registry_pins_run_by_digest_and_imports_by_name() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let pin = PinnedImage {
+            digest: digest.clone(),
+            source: PinSource::Registry,
+        };
+        for (reference, runs) in [
+            ("127.0.0.1:5000/demo/web:v1", "127.0.0.1:5000/demo/web"),
+            ("127.0.0.1:5000/demo/web", "127.0.0.1:5000/demo/web"),
+            ("redis:alpine", "redis"),
+            ("registry.example/a/b:c@sha256:00", "registry.example/a/b"),
+        ] {
+            assert_eq!(
+                PinnedImage::run_reference(Some(&pin), reference),
+                format!("{runs}@{digest}"),
+                "{reference}"
+            );
+        }
+        let local = PinnedImage {
+            digest,
+            source: PinSource::Node,
+        };
+        assert_eq!(
+            PinnedImage::run_reference(Some(&local), "shoal.demo/busybox:latest"),
+            "shoal.demo/busybox:latest"
+        );
+        assert_eq!(PinnedImage::run_reference(None, "busybox"), "busybox");
     }
 }

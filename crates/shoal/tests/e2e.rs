@@ -262,7 +262,7 @@ fn a_stellar_app_config_is_deployed_as_it_is() {
 }
 
 #[test]
-fn a_missing_image_is_a_clear_task_error() {
+fn an_image_that_does_not_resolve_fails_the_apply_and_changes_nothing() {
     let Some(node) = Node::start_or_skip("noimage") else {
         return;
     };
@@ -270,14 +270,14 @@ fn a_missing_image_is_a_clear_task_error() {
     let spec = HELLO.replace("shoal.test/busybox:latest", "127.0.0.1:1/nothing:1.0");
     let error = node.apply_err(&spec);
     assert!(
-        error.contains("127.0.0.1:1/nothing:1.0") && error.contains("cannot reach the registry"),
+        error.contains("services[0].image")
+            && error.contains("127.0.0.1:1/nothing:1.0")
+            && error.contains("cannot reach the registry"),
         "{error}"
     );
-    // The node tries again after a back-off (1 s at first), so the task
-    // is broken between tries: look until it is seen so.
-    node.wait_for("the task's promise broken", || {
-        (node.tasks()[0]["promise"] == "broken").then_some(())
-    });
+    assert!(node.tasks().is_empty());
+    let apps = node.shoal_json(&["apps"]);
+    assert_eq!(apps.as_array().map(Vec::len), Some(0), "{apps}");
 }
 
 #[test]
@@ -290,7 +290,9 @@ fn apps_run_from_registry_images_pulled_where_they_run() {
     let digest = registry.push_rootfs(&rootfs, "demo/hello", "v1");
     let reference = format!("{}/demo/hello:v1", registry.host());
 
-    // The node has never seen the image: the keeper pulls it.
+    // The node has never seen the image: the keeper pulls it, at the
+    // digest the tag named when the app was applied.
+    let pinned_ref = format!("{}/demo/hello@{digest}", registry.host());
     let spec = HELLO
         .replace("shoal.test/busybox:latest", &reference)
         .replace("echo hello from $(hostname)", "cat /etc/motd");
@@ -303,8 +305,8 @@ fn apps_run_from_registry_images_pulled_where_they_run() {
         .as_array()
         .expect("images")
         .iter()
-        .find(|i| i["name"] == reference.as_str())
-        .unwrap_or_else(|| panic!("{reference} not listed: {images}"));
+        .find(|i| i["name"] == pinned_ref.as_str())
+        .unwrap_or_else(|| panic!("{pinned_ref} not listed: {images}"));
     assert_eq!(pulled["digest"], digest.as_str(), "{pulled}");
     let logs = node.wait_for("the image's file in the logs", || {
         let text = node.shoal_ok(&["logs", "demo.hello"]);
@@ -322,6 +324,51 @@ fn apps_run_from_registry_images_pulled_where_they_run() {
         })
         .count();
     assert_eq!(layer_gets, 2, "config and layer, once each:\n{log}");
+
+    // Pinned at apply: every task and the app name the digest.
+    for task in node.tasks() {
+        assert_eq!(task["image_digest"], digest.as_str(), "{task}");
+    }
+    let app = node.shoal_json(&["app", "inspect", "demo"]);
+    assert_eq!(app["services"][0]["image_digest"], digest.as_str(), "{app}");
+    assert_eq!(app["services"][0]["image_source"], "registry", "{app}");
+
+    // The tag moves. A task that starts again runs the pinned digest, even
+    // with the image gone from the node (it pulls the digest, not the tag).
+    let moved_rootfs = node.busybox_rootfs(&[("etc/motd", "moved\n")]);
+    let moved = registry.push_rootfs(&moved_rootfs, "demo/hello", "v1");
+    assert_ne!(moved, digest);
+    node.ctr(&["images", "rm", &pinned_ref]);
+    let id = node.tasks()[0]["id"].as_str().expect("id").to_string();
+    harness::kill(node.containerd_running_tasks()[&id]);
+    node.wait_for("the killed task to run again", || {
+        let task = node.task(&id);
+        (task["state"] == "running" && task["restarts"] == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let logs = node.shoal_ok(&["logs", &id]);
+    assert!(
+        !logs.contains("moved"),
+        "the restarted task runs the pinned digest: {logs}"
+    );
+
+    // Applying again pins the digest the tag names now: a new version
+    // whose tasks run it.
+    let out = node.apply_ok(&spec);
+    assert!(out.contains("(version 2"), "{out}");
+    node.wait_for("every task on the moved digest", || {
+        let tasks = node.tasks();
+        (tasks.len() == 3
+            && tasks
+                .iter()
+                .all(|t| t["image_digest"] == moved.as_str() && t["state"] == "running"))
+        .then_some(())
+    });
+    node.wait_for("the moved image's file in the logs", || {
+        node.shoal_ok(&["logs", "demo.hello"])
+            .contains("moved")
+            .then_some(())
+    });
 
     // By hand, by tag and by digest; the CLI prints what it pulled.
     let by_digest = format!("{}/demo/hello@{digest}", registry.host());

@@ -19,7 +19,7 @@ use crate::image::{
     ExecConfig, Limits, ManifestOrIndex,
 };
 use crate::registry::RegistryAccess;
-use crate::{ErrorKind, ImageInfo, ImageStore, Result, RuntimeError};
+use crate::{ErrorKind, ImageInfo, ImageResolution, ImageStore, Result, RuntimeError};
 
 /// Images whose resolution is kept; the cache is emptied when it is full.
 const IMAGE_CACHE_ENTRIES_MAX: usize = 64;
@@ -116,10 +116,17 @@ impl Containerd {
         }
     }
 
-    pub(super) async fn put_image(&self, name: &str, target: &Descriptor) -> Result<Image> {
+    /// Creates or replaces the record `name`, with `labels` (an import
+    /// passes none, so a pulled name imported by hand counts as imported).
+    pub(super) async fn put_image(
+        &self,
+        name: &str,
+        target: &Descriptor,
+        labels: HashMap<String, String>,
+    ) -> Result<Image> {
         let image = Image {
             name: name.to_string(),
-            labels: HashMap::new(),
+            labels,
             target: Some(to_cd(target)?),
             created_at: None,
             updated_at: None,
@@ -170,7 +177,7 @@ impl Containerd {
             self.unpack(lease, &resolved).await?;
             // Named only once complete, so a visible image is always runnable.
             for name in &image.names {
-                let record = self.put_image(name, &image.target).await?;
+                let record = self.put_image(name, &image.target, HashMap::new()).await?;
                 infos.push(ImageInfo {
                     name: name.clone(),
                     digest: image.target.digest.clone(),
@@ -220,6 +227,10 @@ impl ImageStore for Containerd {
 
     async fn pull(&self, reference: &str, access: &RegistryAccess) -> Result<ImageInfo> {
         self.pull_image(reference, access).await
+    }
+
+    async fn resolve(&self, reference: &str, access: &RegistryAccess) -> Result<ImageResolution> {
+        self.resolve_image(reference, access).await
     }
 
     async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {

@@ -43,7 +43,7 @@ use images::ResolvedImage;
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
-pub use pull::LAYERS_IN_FLIGHT_MAX;
+pub use pull::{LABEL_PULLED_FROM, LAYERS_IN_FLIGHT_MAX};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of every ordinary call (containerd answers in milliseconds).
@@ -73,6 +73,8 @@ pub struct Containerd {
     registries: crate::registry::Registries,
     /// Image name → the lock its pulls take turns on.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Image configs read while resolving references, oldest first.
+    configs: Mutex<std::collections::VecDeque<(String, bytes::Bytes)>>,
 }
 
 fn cd_err(what: impl std::fmt::Display) -> impl FnOnce(Status) -> RuntimeError {
@@ -176,6 +178,7 @@ impl Containerd {
             log_writer: None,
             registries: crate::registry::Registries::default(),
             pulls: Mutex::new(HashMap::new()),
+            configs: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 

@@ -3,7 +3,7 @@
 //! store (layers in parallel, with a bound) and checked as it streams, the
 //! layers unpacked, and the image named only once all of it is there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -15,10 +15,18 @@ use super::leases::Lease;
 use super::Containerd;
 use crate::image::{
     self, parse_config, parse_manifest_or_index, pick_manifest, Descriptor, Limits,
-    ManifestOrIndex, GC_REF_CONTENT,
+    ManifestOrIndex, Platform, GC_REF_CONTENT,
 };
 use crate::registry::{ImageRef, RegistryAccess};
-use crate::{ImageInfo, Result, RuntimeError};
+use crate::{ImageInfo, ImageResolution, Result, RuntimeError};
+
+/// Label on the records of pulled images: the registry they came from.
+/// Records without it were imported by hand.
+pub const LABEL_PULLED_FROM: &str = "io.shoal.pulled-from";
+
+/// Bytes of image configs read while resolving that are kept for the pull
+/// that usually follows.
+const CONFIGS_KEPT_BYTES_MAX: usize = 8 << 20;
 
 /// Layers of one image downloaded at once (containerd and dockerd use 3).
 pub const LAYERS_IN_FLIGHT_MAX: usize = 3;
@@ -50,7 +58,13 @@ impl Containerd {
         let lease = self.lease_create().await?;
         let stored = self.store_pull(&lease, &reference, access, &plan).await;
         let named = match stored {
-            Ok(()) => self.put_image(&name, &plan.target).await,
+            Ok(()) => {
+                let labels = HashMap::from([(
+                    LABEL_PULLED_FROM.to_string(),
+                    reference.registry().to_string(),
+                )]);
+                self.put_image(&name, &plan.target, labels).await
+            }
             Err(e) => Err(e),
         };
         let released = self.lease_delete(&lease).await;
@@ -62,6 +76,60 @@ impl Containerd {
             digest: plan.target.digest.clone(),
             size_bytes: plan.image.size_bytes(),
             created_s: record.created_at.map(|t| t.seconds),
+        })
+    }
+
+    /// An image imported by hand here under the reference's name, else
+    /// what its registry serves for it (the manifest or index, and the
+    /// platforms it offers).
+    pub(super) async fn resolve_image(
+        &self,
+        reference: &str,
+        access: &RegistryAccess,
+    ) -> Result<ImageResolution> {
+        let reference = ImageRef::parse(reference)?;
+        let name = reference.to_string();
+        match self.image_record(&name).await {
+            Ok(record) if !record.labels.contains_key(LABEL_PULLED_FROM) => {
+                if let Some(target) = &record.target {
+                    return Ok(ImageResolution {
+                        name,
+                        digest: target.digest.clone(),
+                        local: true,
+                        platforms: Vec::new(),
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == crate::ErrorKind::ImageMissing => {}
+            Err(e) => return Err(e),
+        }
+        let limits = Limits::default();
+        let root = self.registries.manifest(&reference, access).await?;
+        let platforms = match parse_manifest_or_index(&root.bytes, &limits)? {
+            ManifestOrIndex::Index { manifests } => {
+                manifests.into_iter().filter_map(|m| m.platform).collect()
+            }
+            ManifestOrIndex::Manifest { config, .. } => {
+                let bytes = self
+                    .registries
+                    .small_blob(&reference, access, &config)
+                    .await?;
+                let file = parse_config(&bytes, &limits)?;
+                // The pull that usually follows takes it from here.
+                self.remember_config(&config.digest, bytes);
+                vec![Platform {
+                    os: file.os,
+                    architecture: file.architecture,
+                    variant: None,
+                }]
+            }
+        };
+        Ok(ImageResolution {
+            name,
+            digest: root.digest,
+            local: false,
+            platforms,
         })
     }
 
@@ -103,14 +171,18 @@ impl Containerd {
                         .await?;
                 }
                 ManifestOrIndex::Manifest { config, layers } => {
-                    // A config this node holds already is not fetched again.
-                    let config_bytes = match self.read_json_blob(&config).await {
-                        Ok(bytes) => bytes::Bytes::from(bytes),
-                        Err(_) => {
-                            self.registries
-                                .small_blob(reference, access, &config)
-                                .await?
-                        }
+                    // A config this node holds already, or read while
+                    // resolving the reference, is not fetched again.
+                    let config_bytes = match self.remembered_config(&config.digest) {
+                        Some(bytes) => bytes,
+                        None => match self.read_json_blob(&config).await {
+                            Ok(bytes) => bytes::Bytes::from(bytes),
+                            Err(_) => {
+                                self.registries
+                                    .small_blob(reference, access, &config)
+                                    .await?
+                            }
+                        },
                     };
                     let file = parse_config(&config_bytes, &limits)?;
                     if file.rootfs.diff_ids.len() != layers.len() {
@@ -203,6 +275,26 @@ impl Containerd {
             Ok(Box::new(StreamReader::new(Box::pin(stream))) as Reader)
         })
         .await
+    }
+
+    /// Keeps a config blob read while resolving (digest-checked), within
+    /// [`CONFIGS_KEPT_BYTES_MAX`], the oldest dropped first.
+    fn remember_config(&self, digest: &str, bytes: bytes::Bytes) {
+        let mut kept = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.iter().any(|(d, _)| d == digest) {
+            return;
+        }
+        kept.push_back((digest.to_string(), bytes));
+        while kept.iter().map(|(_, b)| b.len()).sum::<usize>() > CONFIGS_KEPT_BYTES_MAX {
+            kept.pop_front();
+        }
+    }
+
+    fn remembered_config(&self, digest: &str) -> Option<bytes::Bytes> {
+        let kept = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .find(|(d, _)| d == digest)
+            .map(|(_, b)| b.clone())
     }
 
     /// One lock per image name, so that concurrent pulls of one image

@@ -50,11 +50,17 @@ pub fn normalize_name(name: &str) -> Result<String> {
 
 /// This machine's architecture as OCI spells it.
 pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
+    oci_arch(std::env::consts::ARCH)
+}
+
+/// An architecture as Rust or `uname -m` spell it (`x86_64`), as OCI does
+/// (`amd64`).
+pub fn oci_arch(arch: &str) -> &str {
+    match arch {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
+        "x86" | "i686" => "386",
+        "powerpc64" | "powerpc64le" | "ppc64le" => "ppc64le",
         other => other,
     }
 }

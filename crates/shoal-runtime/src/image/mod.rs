@@ -20,7 +20,7 @@ pub use documents::{
     ImageConfigFile, ManifestOrIndex, Platform, RootFs, GC_REF_CONTENT,
 };
 pub use identity::{
-    chain_ids, check_digest, host_arch, normalize_name, pick_manifest, sha256_digest,
+    chain_ids, check_digest, host_arch, normalize_name, oci_arch, pick_manifest, sha256_digest,
 };
 pub use process::{resolve_process, ProcessSpec};
 pub use rootfs::write_rootfs_layout;

@@ -58,15 +58,22 @@ pub async fn inspect(name: String, output: Output, target: Target) -> anyhow::Re
                 ),
                 _ => format!("{}/{}", service.running, service.replicas),
             };
+            // The digest every replica runs (short, as `shoal images` shows it).
+            let digest = service
+                .image_digest
+                .as_deref()
+                .map(|digest| digest.chars().take(19).collect())
+                .unwrap_or_default();
             vec![
                 format!("{}.{}", app.name, service.name),
                 format!("{:?}", service.kind).to_lowercase(),
                 service.image.clone(),
+                digest,
                 progress,
             ]
         })
         .collect();
-    for line in table(&["NAME", "KIND", "IMAGE", "RUNNING"], services).lines() {
+    for line in table(&["NAME", "KIND", "IMAGE", "DIGEST", "RUNNING"], services).lines() {
         println!("  {line}");
     }
     if !app.unplaced.is_empty() {

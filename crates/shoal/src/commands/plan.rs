@@ -17,6 +17,13 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("app {} would become version {}", plan.app, plan.version);
     }
+    for (service, pin) in &plan.images {
+        let source = match pin.source {
+            shoal_types::PinSource::Registry => "from its registry",
+            shoal_types::PinSource::Node => "imported on the node",
+        };
+        println!("  {}.{service} runs {} ({source})", plan.app, pin.digest);
+    }
     if plan.place.is_empty() && plan.stop.is_empty() && plan.unplaced.is_empty() {
         println!("nothing to place or stop");
         return Ok(ExitCode::SUCCESS);

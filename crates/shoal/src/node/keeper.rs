@@ -16,7 +16,7 @@ use shoal_runtime::{
     LABEL_TASK,
 };
 use shoal_state::Command;
-use shoal_types::{DesiredState, Task, TaskStatus, Workload};
+use shoal_types::{DesiredState, PinnedImage, Task, TaskStatus, Workload};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::network::{Attached, NodeNetwork};
@@ -330,6 +330,9 @@ fn container_config<L, R, N, C>(
     let spec = &task.spec;
     // containerd is the only runtime: every workload is a container today.
     let Workload::Container(container) = &spec.workload;
+    // A registry image runs at the digest pinned when its app version was
+    // applied, whatever its tag names now.
+    let image = PinnedImage::run_reference(task.image.as_ref(), &container.image);
     let labels = BTreeMap::from([
         (LABEL_TASK.to_string(), task.id.clone()),
         (LABEL_ATTEMPT.to_string(), attempt.to_string()),
@@ -338,7 +341,7 @@ fn container_config<L, R, N, C>(
     ]);
     ContainerConfig {
         id: task.id.clone(),
-        image: container.image.clone(),
+        image,
         command: container.command.clone(),
         args: container.args.clone(),
         env: container.env.clone(),

@@ -2,6 +2,7 @@
 //! state, gossip and runtime, and proposes writes through the log; the
 //! views it answers with are built in `views`.
 
+mod pins;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -166,12 +167,25 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
     async fn apply(&self, body: Bytes) -> ApiResult<ApplyResponse> {
         let spec = shoal_types::parse_app(&body)?;
         let name = spec.name.clone();
-        match self
-            .0
-            .raft
-            .propose(now_ms(), Command::PutApp { spec })
-            .await
-        {
+        let images = self.pin_images(&spec).await?;
+        let pinned = Command::PutAppPinned {
+            spec: spec.clone(),
+            images,
+        };
+        let proposed = match self.0.raft.propose(now_ms(), pinned).await {
+            // Some node reads only formats before pins (the cluster is being
+            // upgraded): the app goes in as before, its tags resolved by
+            // each node when it runs them.
+            Err(ProposeError::MixedVersions(why)) => {
+                tracing::warn!(app = %name, %why, "images not pinned while the cluster is upgraded");
+                self.0
+                    .raft
+                    .propose(now_ms(), Command::PutApp { spec })
+                    .await
+            }
+            other => other,
+        };
+        match proposed {
             Ok(Outcome::AppPut { version, changed }) => Ok(ApplyResponse {
                 app: name,
                 version,
@@ -234,11 +248,16 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
     async fn plan(&self, body: Bytes) -> ApiResult<PlanView> {
         let spec = shoal_types::parse_app(&body)?;
         let name = spec.name.clone();
+        let images = self.pin_images(&spec).await?;
         self.fresh().await?;
         let mut state = self.0.raft.read().clone();
         let index = state.applied_index + 1;
+        let command = Command::PutAppPinned {
+            spec,
+            images: images.clone(),
+        };
         let outcome = state
-            .apply(index, &Entry::trusted(now_ms(), &Command::PutApp { spec }))
+            .apply(index, &Entry::trusted(now_ms(), &command))
             .map_err(|error| ApiError::bad_request(error.to_string()))?;
         let Outcome::AppPut { version, changed } = outcome else {
             return Err(ApiError::internal(format!(
@@ -276,6 +295,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
             .collect();
         Ok(PlanView {
             app: name,
+            images,
             version,
             changed,
             place,

@@ -15,6 +15,7 @@ use crate::node::{network, NodeConfig};
 /// runtime and gossip on a loopback port of its own.
 struct Fixture {
     log: MemoryLog,
+    runtime: Arc<FakeRuntime>,
     router: axum::Router,
     _dir: tempfile::TempDir,
 }
@@ -77,12 +78,15 @@ async fn fixture() -> Fixture {
         config.network.clone(),
         dir.path(),
     ));
+    // `busybox` imported by hand, as on a fresh node of the tests.
+    let runtime = Arc::new(FakeRuntime::new());
+    runtime.add_image("busybox");
     let shared = Arc::new(Shared {
         config,
         raft: log.clone(),
         membership,
         cluster_id: "test-cluster".into(),
-        runtime: Arc::new(FakeRuntime::new()),
+        runtime: runtime.clone(),
         started_at_ms: 0,
         http: shoal_http::client(Default::default(), &trust.client_tls).expect("client"),
         trust,
@@ -91,6 +95,7 @@ async fn fixture() -> Fixture {
     });
     Fixture {
         log,
+        runtime,
         router: shoal_api::server::router(Arc::new(NodeBackend(shared))),
         _dir: dir,
     }
@@ -133,7 +138,8 @@ async fn an_app_is_put_through_the_log_and_shows_its_rollout() {
     );
     assert!(matches!(
         fixture.log.commands().last(),
-        Some(Command::PutApp { spec }) if spec.name == "web"
+        Some(Command::PutAppPinned { spec, images })
+            if spec.name == "web" && images["hello"].source == shoal_types::PinSource::Node
     ));
     let (status, app) = call(&fixture, Method::GET, "/v1/apps/web", "").await;
     assert_eq!(status, StatusCode::OK, "{app}");
@@ -141,6 +147,49 @@ async fn an_app_is_put_through_the_log_and_shows_its_rollout() {
     assert_eq!(app["rollout"]["services"][0]["wanted"], 2, "{app}");
     let (_, again) = call(&fixture, Method::POST, "/v1/apps", SPEC).await;
     assert_eq!(again["changed"], false, "the same spec changes nothing");
+}
+
+#[tokio::test]
+async fn images_are_pinned_at_apply_and_an_unknown_one_changes_nothing() {
+    let fixture = fixture().await;
+    let web = fixture.runtime.add_registry_image("registry.example/web:1");
+    let spec = "name: web\nservices:\n  - {name: a, image: busybox}\n  - {name: b, image: registry.example/web:1}\n";
+    let (status, body) = call(&fixture, Method::POST, "/v1/apps", spec).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, app) = call(&fixture, Method::GET, "/v1/apps/web", "").await;
+    let services = app["services"].as_array().expect("services");
+    assert_eq!(services[0]["image_source"], "node", "{app}");
+    assert_eq!(services[1]["image_source"], "registry", "{app}");
+    let digest = fixture
+        .runtime
+        .images()
+        .await
+        .expect("images")
+        .into_iter()
+        .find(|image| image.name == web);
+    assert!(digest.is_none(), "resolving pulls nothing");
+    assert!(
+        services[1]["image_digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{app}"
+    );
+
+    // A reference its registry does not have, in the second service: 422
+    // naming the field, and nothing proposed.
+    let before = fixture.log.commands().len();
+    let missing = "name: web2\nservices:\n  - {name: a, image: busybox}\n  - {name: b, image: registry.example/nothing:1}\n";
+    let (status, body) = call(&fixture, Method::POST, "/v1/apps", missing).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["path"], "services[1].image", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no such image"),
+        "{body}"
+    );
+    assert_eq!(fixture.log.commands().len(), before);
 }
 
 #[tokio::test]

@@ -34,6 +34,8 @@ pub(super) fn app_view(state: &State, name: &str) -> Option<AppView> {
         .map(|(service, progress)| ServiceView {
             name: service.name.clone(),
             image: service.image().to_string(),
+            image_digest: app.images.get(&service.name).map(|pin| pin.digest.clone()),
+            image_source: app.images.get(&service.name).map(|pin| pin.source),
             kind: service.kind,
             replicas: progress.wanted,
             running: progress.running,
@@ -92,6 +94,7 @@ pub(super) fn stop_words(state: &State, task: &shoal_types::Task, why: StopReaso
     match why {
         StopReason::ServiceGone => "the service is gone".into(),
         StopReason::SpecChanged => "the spec changed".into(),
+        StopReason::ImageChanged => "its image names another digest now".into(),
         StopReason::NodeLost => match node {
             Some(node) => format!("node {name} is {}", node.status.as_str()),
             None => "its node is gone".into(),
