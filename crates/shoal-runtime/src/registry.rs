@@ -32,13 +32,17 @@ use crate::{ErrorKind, Result, RuntimeError};
 /// A connection that delivers no byte for this long is cut and the
 /// download resumed on a new one.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections tried for one blob (the first and the resumptions), with
-/// back-off between them.
+/// Connections in a row that deliver nothing of a blob before its download
+/// gives up; back-off grows between them.
 pub const BLOB_ATTEMPTS_MAX: u32 = 6;
 /// Back-off before the second attempt; doubled for each one after.
 const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(500);
 /// Connecting to a registry.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one blob may use in all, however much each one delivers.
+const BLOB_CONNECTIONS_MAX: u32 = 64;
+/// Longest registry error message kept.
+const MESSAGE_BYTES_MAX: usize = 512;
 /// Registries (host and settings) whose client and tokens are kept; the
 /// cache is emptied when it is full.
 const CLIENTS_MAX: usize = 64;
@@ -172,9 +176,19 @@ impl FetchedManifest {
 }
 
 /// Registry clients, one per host and settings, each with its token cache.
-#[derive(Default)]
 pub struct Registries {
     clients: Mutex<HashMap<String, Arc<Client>>>,
+    /// [`STALL_TIMEOUT`], shorter in tests.
+    stall: Duration,
+}
+
+impl Default for Registries {
+    fn default() -> Self {
+        Registries {
+            clients: Mutex::default(),
+            stall: STALL_TIMEOUT,
+        }
+    }
 }
 
 const MANIFEST_TYPES: &[&str] = &[
@@ -185,6 +199,14 @@ const MANIFEST_TYPES: &[&str] = &[
 ];
 
 impl Registries {
+    /// Registries whose connections are cut after `stall` without a byte.
+    pub fn with_stall_timeout(stall: Duration) -> Self {
+        Registries {
+            stall,
+            ..Registries::default()
+        }
+    }
+
     fn client(&self, reference: &ImageRef, access: &RegistryAccess) -> Result<Arc<Client>> {
         install_ring();
         let host = reference.registry().to_string();
@@ -195,7 +217,7 @@ impl Registries {
         }
         let mut config = ClientConfig {
             connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(STALL_TIMEOUT),
+            read_timeout: Some(self.stall),
             max_concurrent_download: 1,
             ..ClientConfig::default()
         };
@@ -208,7 +230,14 @@ impl Registries {
                 data: pem.as_bytes().to_vec(),
             });
         }
-        let client = Arc::new(Client::new(config));
+        // `Client::new` would fall back to a client without the CA (and
+        // without our timeouts) on a bad certificate.
+        let client = Arc::new(
+            Client::try_from(config).map_err(|e| RuntimeError::Registry {
+                kind: ErrorKind::Invalid,
+                message: format!("{host}: the registry's settings do not make a client: {e}"),
+            })?,
+        );
         if clients.len() >= CLIENTS_MAX {
             clients.clear();
         }
@@ -269,9 +298,10 @@ impl Registries {
         let mut stream = std::pin::pin!(self.blob(reference, access, desc));
         let mut out = Vec::with_capacity(desc.size as usize);
         while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk.map_err(|source| RuntimeError::Io {
-                context: format!("{reference}: fetching blob {}", desc.digest),
-                source,
+            out.extend_from_slice(&chunk.map_err(|source| {
+                from_io(source, || {
+                    format!("{reference}: fetching blob {}", desc.digest)
+                })
             })?);
         }
         Ok(Bytes::from(out))
@@ -297,7 +327,9 @@ impl Registries {
             offset: 0,
             hasher: Sha256::new(),
             body: None,
+            stall: self.stall,
             attempts: 0,
+            connections: 0,
             done: false,
         };
         futures::stream::unfold(state, |mut state| async move {
@@ -323,7 +355,10 @@ struct BlobDownload {
     offset: u64,
     hasher: Sha256,
     body: Option<Body>,
+    stall: Duration,
+    /// Connections in a row without a byte; and in all.
     attempts: u32,
+    connections: u32,
     done: bool,
 }
 
@@ -334,14 +369,14 @@ impl BlobDownload {
                 self.body = Some(self.connect().await?);
             }
             let body = self.body.as_mut().expect("set above");
-            let why = match tokio::time::timeout(STALL_TIMEOUT, body.next()).await {
+            let why = match tokio::time::timeout(self.stall, body.next()).await {
                 Ok(Some(Ok(chunk))) => return self.take(chunk),
                 Ok(None) => format!(
                     "the connection ended after {} of {} bytes",
                     self.offset, self.desc.size
                 ),
                 Ok(Some(Err(e))) => e.to_string(),
-                Err(_) => format!("no byte for {STALL_TIMEOUT:?}"),
+                Err(_) => format!("no byte for {:?}", self.stall),
             };
             tracing::warn!(
                 image = %self.reference,
@@ -365,6 +400,10 @@ impl BlobDownload {
         }
         self.hasher.update(&chunk);
         self.offset = end;
+        if !chunk.is_empty() {
+            // Progress: the next cut starts a fresh run of attempts.
+            self.attempts = 0;
+        }
         if end == self.desc.size {
             self.done = true;
             let digest = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
@@ -386,12 +425,16 @@ impl BlobDownload {
             Err(e) => return Err(RuntimeError::InvalidImage(e.to_string())),
         };
         loop {
-            if self.attempts >= BLOB_ATTEMPTS_MAX {
+            if self.attempts >= BLOB_ATTEMPTS_MAX || self.connections >= BLOB_CONNECTIONS_MAX {
                 return Err(RuntimeError::Registry {
                     kind: ErrorKind::Transient,
                     message: format!(
-                        "{}: blob {} still incomplete after {BLOB_ATTEMPTS_MAX} connections ({} of {} bytes)",
-                        self.reference, self.desc.digest, self.offset, self.desc.size
+                        "{}: blob {} still incomplete after {} connections ({} of {} bytes)",
+                        self.reference,
+                        self.desc.digest,
+                        self.connections,
+                        self.offset,
+                        self.desc.size
                     ),
                 });
             }
@@ -400,16 +443,17 @@ impl BlobDownload {
                 tokio::time::sleep(backoff).await;
             }
             self.attempts += 1;
+            self.connections += 1;
             let layer = OciDescriptor {
                 media_type: self.desc.media_type.clone(),
                 digest: self.desc.digest.clone(),
                 size: i64::try_from(self.desc.size).unwrap_or(i64::MAX),
                 ..OciDescriptor::default()
             };
-            // oci-client refuses bare digests it cannot check; it needs
-            // authentication stored for the registry before a blob call.
+            // Blob calls use the credentials stored for the registry (under
+            // the name oci-client resolves it to).
             client
-                .store_auth_if_needed(self.reference.registry(), &self.auth)
+                .store_auth_if_needed(self.reference.inner.resolve_registry(), &self.auth)
                 .await;
             let opened: std::result::Result<Body, _> = if self.offset == 0 {
                 client
@@ -446,6 +490,30 @@ impl BlobDownload {
                 }
             }
         }
+    }
+}
+
+/// The error a blob stream carries inside an `io::Error` (with its kind),
+/// or the `io::Error` itself with `context`.
+pub(crate) fn from_io(source: std::io::Error, context: impl FnOnce() -> String) -> RuntimeError {
+    if !source
+        .get_ref()
+        .is_some_and(|inner| inner.is::<RuntimeError>())
+    {
+        return RuntimeError::Io {
+            context: context(),
+            source,
+        };
+    }
+    match source
+        .into_inner()
+        .map(|inner| inner.downcast::<RuntimeError>())
+    {
+        Some(Ok(inner)) => *inner,
+        _ => RuntimeError::Registry {
+            kind: ErrorKind::Internal,
+            message: format!("{}: an error of a kind just checked vanished", context()),
+        },
     }
 }
 
@@ -527,32 +595,39 @@ fn registry_error(reference: &ImageRef, doing: &str, e: OciDistributionError) ->
             ),
         },
         E::RegistryError { envelope, .. } => {
-            let codes: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|x| format!("{:?}", x.code))
-                .collect();
+            use oci_client::errors::OciErrorCode as C;
             let text = envelope
                 .errors
                 .iter()
                 .map(|x| x.message.clone())
                 .collect::<Vec<_>>()
                 .join("; ");
-            if codes.iter().any(|c| c.contains("Unknown")) {
+            let has = |wanted: &[C]| envelope.errors.iter().any(|x| wanted.contains(&x.code));
+            if has(&[
+                C::ManifestUnknown,
+                C::NameUnknown,
+                C::BlobUnknown,
+                C::ManifestBlobUnknown,
+                C::NotFound,
+            ]) {
                 (
                     ErrorKind::ImageMissing,
                     format!("the registry has no such image: {text}"),
                 )
-            } else if codes
-                .iter()
-                .any(|c| c.contains("Unauthorized") || c.contains("Denied"))
-            {
+            } else if has(&[C::Toomanyrequests]) {
+                (
+                    ErrorKind::Transient,
+                    format!("the registry asks to slow down: {text}"),
+                )
+            } else if has(&[C::Unauthorized, C::Denied]) {
                 (
                     ErrorKind::Invalid,
                     format!("the registry refused access: {text}"),
                 )
             } else {
-                (ErrorKind::Transient, format!("the registry failed: {text}"))
+                // A name, tag, manifest or digest it calls invalid, or
+                // something it does not support: asking again changes nothing.
+                (ErrorKind::Invalid, format!("the registry refused: {text}"))
             }
         }
         E::RequestError(inner) => (
@@ -567,8 +642,22 @@ fn registry_error(reference: &ImageRef, doing: &str, e: OciDistributionError) ->
     };
     RuntimeError::Registry {
         kind,
-        message: format!("{reference}: {doing}: {what}"),
+        message: bounded(format!("{reference}: {doing}: {what}")),
     }
+}
+
+/// What a registry says reaches task statuses (in the replicated log) and
+/// API answers: at most [`MESSAGE_BYTES_MAX`] of it.
+fn bounded(mut message: String) -> String {
+    if message.len() > MESSAGE_BYTES_MAX {
+        let mut end = MESSAGE_BYTES_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 /// An error with its causes, which reqwest keeps apart (the TLS or
@@ -654,5 +743,185 @@ mod tests {
             MEDIA_OCI_MANIFEST
         );
         assert!(media_type_of(b"not json").is_err());
+    }
+}
+
+/// The blob download against a small registry of the test's own that cuts,
+/// stalls, ignores ranges or lies, without containerd.
+#[cfg(test)]
+mod download_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+
+    use super::*;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        /// Every response ends after this many bytes of what it owes.
+        CutEvery(usize),
+        /// The first response stalls after half the blob.
+        StallOnce,
+        /// Ranges are ignored; the first response is cut after half.
+        NoRanges,
+        /// One byte is wrong.
+        Lie,
+        /// Every response ends before a byte.
+        Nothing,
+    }
+
+    struct Server {
+        blob: Vec<u8>,
+        fault: Fault,
+        requests: AtomicUsize,
+        served: AtomicUsize,
+    }
+
+    async fn blob(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {
+        let n = server.requests.fetch_add(1, Ordering::SeqCst);
+        let from: usize = headers
+            .get("range")
+            .and_then(|r| {
+                r.to_str()
+                    .ok()?
+                    .strip_prefix("bytes=")?
+                    .strip_suffix('-')?
+                    .parse()
+                    .ok()
+            })
+            .filter(|_| server.fault != Fault::NoRanges)
+            .unwrap_or(0);
+        let mut body = server.blob[from..].to_vec();
+        if server.fault == Fault::Lie {
+            body[0] ^= 1;
+        }
+        let half = server.blob.len() / 2;
+        let (keep, stall) = match server.fault {
+            Fault::CutEvery(n) => (n.min(body.len()), false),
+            Fault::StallOnce if n == 0 => (half, true),
+            Fault::NoRanges if n == 0 => (half, false),
+            Fault::Nothing => (0, false),
+            _ => (body.len(), false),
+        };
+        let status = if from > 0 {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let total = body.len();
+        body.truncate(keep);
+        server.served.fetch_add(keep, Ordering::SeqCst);
+        let cut = keep < total;
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(body))]).chain(
+            futures::stream::once(async move {
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                if cut {
+                    // Let what was sent leave before the connection drops.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(std::io::Error::other("cut"))
+                } else {
+                    Ok(Bytes::new())
+                }
+            }),
+        );
+        let mut response = (status, axum::body::Body::from_stream(stream)).into_response();
+        response
+            .headers_mut()
+            .insert("content-length", total.to_string().parse().expect("number"));
+        response
+    }
+
+    async fn serve(fault: Fault) -> (ImageRef, Descriptor, Arc<Server>) {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let desc = Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: image::sha256_digest(&data),
+            size: data.len() as u64,
+            ..Descriptor::default()
+        };
+        let server = Arc::new(Server {
+            blob: data,
+            fault,
+            requests: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new()
+            .route("/v2/", axum::routing::get(|| async { "{}" }))
+            .route("/v2/t/blobs/{digest}", axum::routing::get(blob))
+            .with_state(server.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let host = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (
+            ImageRef::parse(&format!("{host}/t:1")).expect("ref"),
+            desc,
+            server,
+        )
+    }
+
+    async fn fetch(fault: Fault) -> (Result<Vec<u8>>, Descriptor, Arc<Server>) {
+        let (reference, desc, server) = serve(fault).await;
+        let registries = Registries::with_stall_timeout(Duration::from_millis(300));
+        let mut stream =
+            std::pin::pin!(registries.blob(&reference, &RegistryAccess::default(), &desc));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => out.extend_from_slice(&chunk),
+                Err(e) => return (Err(from_io(e, String::new)), desc, server),
+            }
+        }
+        (Ok(out), desc, server)
+    }
+
+    #[tokio::test]
+    async fn cut_connections_resume_while_each_makes_progress() {
+        let (got, desc, server) = fetch(Fault::CutEvery(30_000)).await;
+        let got = got.expect("complete");
+        assert_eq!(image::sha256_digest(&got), desc.digest);
+        // 200,000 bytes in pieces of 30,000: 7 connections, more than the
+        // 6 in a row allowed without progress, and no byte sent twice.
+        assert_eq!(server.requests.load(Ordering::SeqCst), 7);
+        assert_eq!(server.served.load(Ordering::SeqCst), 200_000);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_connection_is_replaced() {
+        let (got, desc, server) = fetch(Fault::StallOnce).await;
+        assert_eq!(image::sha256_digest(&got.expect("complete")), desc.digest);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(server.served.load(Ordering::SeqCst), 200_000);
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_ignores_ranges_still_gives_the_right_bytes() {
+        let (got, desc, server) = fetch(Fault::NoRanges).await;
+        assert_eq!(image::sha256_digest(&got.expect("complete")), desc.digest);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_fail_before_the_last_chunk() {
+        let (got, _, _) = fetch(Fault::Lie).await;
+        let err = got.expect_err("a wrong digest");
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        assert!(err.to_string().contains("not stored"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connections_that_deliver_nothing_give_up() {
+        let (got, _, server) = fetch(Fault::Nothing).await;
+        let err = got.expect_err("gives up");
+        assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+        assert_eq!(
+            server.requests.load(Ordering::SeqCst),
+            BLOB_ATTEMPTS_MAX as usize
+        );
     }
 }

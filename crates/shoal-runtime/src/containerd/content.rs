@@ -92,18 +92,26 @@ impl Containerd {
         blob: &Blob,
         labels: &BTreeMap<String, String>,
     ) -> Result<()> {
-        self.write_content(lease, &blob.desc, labels, || open_source(&blob.source))
-            .await
+        self.write_content(
+            lease,
+            &blob.desc,
+            labels,
+            bulk_timeout(blob.desc.size),
+            || open_source(&blob.source),
+        )
+        .await
     }
 
     /// Stores the blob `desc` names unless present, reading it from what
     /// `open` gives only when it is not; either way it ends up with
     /// `labels`. containerd checks the size and digest before it commits.
+    /// The write, reading included, must end within `deadline`.
     pub(super) async fn write_content<F, Fut>(
         &self,
         lease: &Lease,
         desc: &Descriptor,
         labels: &BTreeMap<String, String>,
+        deadline: std::time::Duration,
         open: F,
     ) -> Result<()>
     where
@@ -125,7 +133,7 @@ impl Containerd {
         let reference = format!("shoal-{}-{digest}", unique_suffix());
         let streamed = match open().await {
             Ok(reader) => {
-                self.stream_blob(lease, desc, reader, &reference, labels)
+                self.stream_blob(lease, desc, reader, &reference, labels, deadline)
                     .await
             }
             Err(e) => Err(StreamError::Failed(e)),
@@ -197,6 +205,7 @@ impl Containerd {
         mut reader: Reader,
         reference: &str,
         labels: &BTreeMap<String, String>,
+        deadline: std::time::Duration,
     ) -> std::result::Result<(), StreamError> {
         let what = format!("writing blob {}", desc.digest);
         let total = i64::try_from(desc.size).map_err(|_| {
@@ -250,7 +259,7 @@ impl Containerd {
             futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)),
             lease,
         );
-        request.set_timeout(bulk_timeout(desc.size));
+        request.set_timeout(deadline);
         let mut replies = match self.content().write(request).await {
             Ok(r) => r.into_inner(),
             Err(s) => return Err(write_error(&what, s)),
@@ -300,25 +309,7 @@ async fn open_source(source: &BlobSource) -> Result<Reader> {
 /// A failed read of a blob's source; a registry download carries its own
 /// error (and kind) inside the `io::Error`.
 fn source_error(digest: &str, source: std::io::Error) -> RuntimeError {
-    if !source
-        .get_ref()
-        .is_some_and(|inner| inner.is::<RuntimeError>())
-    {
-        return RuntimeError::Io {
-            context: format!("reading blob {digest}"),
-            source,
-        };
-    }
-    match source
-        .into_inner()
-        .map(|inner| inner.downcast::<RuntimeError>())
-    {
-        Some(Ok(inner)) => *inner,
-        _ => RuntimeError::containerd(
-            ErrorKind::Internal,
-            format!("reading blob {digest}: an error of a kind just checked vanished"),
-        ),
-    }
+    crate::registry::from_io(source, || format!("reading blob {digest}"))
 }
 
 fn write_error(what: &str, s: Status) -> StreamError {

@@ -28,6 +28,10 @@ pub const LABEL_PULLED_FROM: &str = "io.shoal.pulled-from";
 /// that usually follows.
 const CONFIGS_KEPT_BYTES_MAX: usize = 8 << 20;
 
+/// Time one pull may take in all (each registry connection is also cut
+/// after [`crate::registry::STALL_TIMEOUT`] without a byte).
+pub const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Layers of one image downloaded at once (containerd and dockerd use 3).
 pub const LAYERS_IN_FLIGHT_MAX: usize = 3;
 
@@ -54,9 +58,20 @@ impl Containerd {
         let name = reference.to_string();
         let gate = self.pull_gate(&name);
         let _turn = gate.lock().await;
-        let plan = self.plan_pull(&reference, access).await?;
+        let too_long = || RuntimeError::Registry {
+            kind: crate::ErrorKind::Transient,
+            message: format!("{name}: the pull took longer than {PULL_TIMEOUT:?}"),
+        };
+        let plan = tokio::time::timeout(PULL_TIMEOUT, self.plan_pull(&reference, access))
+            .await
+            .map_err(|_| too_long())??;
         let lease = self.lease_create().await?;
-        let stored = self.store_pull(&lease, &reference, access, &plan).await;
+        let stored = tokio::time::timeout(
+            PULL_TIMEOUT,
+            self.store_pull(&lease, &reference, access, &plan),
+        )
+        .await
+        .unwrap_or_else(|_| Err(too_long()));
         let named = match stored {
             Ok(()) => {
                 let labels = HashMap::from([(
@@ -143,8 +158,16 @@ impl Containerd {
         for _ in 0..=image::INDEX_DEPTH_MAX {
             match parse_manifest_or_index(&current.bytes, &limits)? {
                 ManifestOrIndex::Index { manifests } => {
+                    // Only this node's architecture: another one would
+                    // not run here.
                     let (position, picked) = pick_manifest(&manifests)
                         .ok()
+                        .filter(|picked| {
+                            picked
+                                .platform
+                                .as_ref()
+                                .is_none_or(|p| p.architecture == image::host_arch())
+                        })
                         .and_then(|picked| {
                             manifests
                                 .iter()
@@ -253,9 +276,13 @@ impl Containerd {
             .await?;
         for (desc, bytes, labels) in &plan.documents {
             let bytes = bytes.clone();
-            self.write_content(lease, desc, labels, || async move {
-                Ok(Box::new(std::io::Cursor::new(bytes)) as Reader)
-            })
+            self.write_content(
+                lease,
+                desc,
+                labels,
+                super::bulk_timeout(desc.size),
+                || async move { Ok(Box::new(std::io::Cursor::new(bytes)) as Reader) },
+            )
             .await?;
         }
         self.unpack(lease, &plan.image).await
@@ -270,7 +297,9 @@ impl Containerd {
         access: &RegistryAccess,
         layer: &Descriptor,
     ) -> Result<()> {
-        self.write_content(lease, layer, &BTreeMap::new(), || async {
+        // A registry read may stall and resume: the write waits for the
+        // whole pull's deadline, not for containerd's pace.
+        self.write_content(lease, layer, &BTreeMap::new(), PULL_TIMEOUT, || async {
             let stream = self.registries.blob(reference, access, layer);
             Ok(Box::new(StreamReader::new(Box::pin(stream))) as Reader)
         })
