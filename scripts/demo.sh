@@ -11,6 +11,9 @@ DATA_DIR=${SHOAL_DEMO_DATA_DIR:-/var/lib/shoal-dev}
 STATE=target/demo
 SHOAL=target/release/shoal
 export SHOAL_ADDR=127.0.0.1:7950
+# The demo's own registry (Debian's docker-registry), on loopback: the demo
+# app's image comes from it, as a real app's would.
+REGISTRY=${SHOAL_DEMO_REGISTRY:-127.0.0.1:5555}
 # The credential the node writes when it forms the cluster (shoal dev also
 # makes it the current context of ~/.config/shoal/config.json).
 export SHOAL_CONFIG=$DATA_DIR/admin.json
@@ -39,8 +42,43 @@ stop() {
   fi
 }
 
+stop_registry() {
+  if [ -f "$STATE/registry.pid" ] && kill -0 "$(cat "$STATE/registry.pid")" 2>/dev/null; then
+    say "stopping the demo registry (pid $(cat "$STATE/registry.pid"))"
+    kill "$(cat "$STATE/registry.pid")"
+  fi
+  rm -f "$STATE/registry.pid"
+}
+
+start_registry() {
+  if [ -f "$STATE/registry.pid" ] && kill -0 "$(cat "$STATE/registry.pid")" 2>/dev/null; then
+    return
+  fi
+  mkdir -p "$STATE/registry"
+  cat >"$STATE/registry/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $PWD/$STATE/registry/data
+http:
+  addr: $REGISTRY
+YAML
+  say "starting a registry on $REGISTRY (docker-registry; log: $STATE/registry.log)"
+  docker-registry serve "$STATE/registry/config.yml" >"$STATE/registry.log" 2>&1 &
+  echo $! >"$STATE/registry.pid"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "the demo registry did not come up; see $STATE/registry.log" >&2
+  exit 1
+}
+
 if [ "${1:-}" = stop ]; then
   stop
+  stop_registry
   exit 0
 fi
 
@@ -65,16 +103,22 @@ else
   "$SHOAL" nodes >/dev/null || { tail -20 "$STATE/shoal-dev.log" >&2; exit 1; }
 fi
 
-say "building the demo image from Debian's busybox-static"
+start_registry
+say "building the demo image from Debian's busybox-static and pushing it to $REGISTRY (skopeo)"
 bash scripts/busybox-rootfs.sh "$STATE/rootfs"
-"$SHOAL" image import --rootfs "$STATE/rootfs" --name shoal.demo/busybox:latest
+"$SHOAL" image pack --rootfs "$STATE/rootfs" --name demo/busybox:latest -o "$STATE/busybox.tar"
+skopeo copy --quiet --insecure-policy --dest-tls-verify=false \
+  "oci-archive:$STATE/busybox.tar:latest" "docker://$REGISTRY/demo/busybox:latest"
+# The spec names the image by the demo registry's address.
+sed "s#127.0.0.1:5555/#$REGISTRY/#" examples/demo.yaml >"$STATE/demo.yaml"
 
-say "shoal apply -f examples/demo.yaml"
-"$SHOAL" apply -f examples/demo.yaml
+say "shoal apply -f examples/demo.yaml (the node pulls the image from $REGISTRY, pinned to its digest)"
+"$SHOAL" apply -f "$STATE/demo.yaml"
 echo
 say "shoal nodes";  "$SHOAL" nodes
 say "shoal apps";   "$SHOAL" apps
 say "shoal ps";     "$SHOAL" ps
+say "shoal images (pulled by digest)"; "$SHOAL" images
 sleep 3
 say "shoal logs demo.hello --tail 2"; "$SHOAL" logs demo.hello --tail 2
 say "ctr -n shoal tasks ls (what containerd runs)"; ctr -n shoal tasks ls

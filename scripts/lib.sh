@@ -1,6 +1,6 @@
 # Shared by the setup, demo and test scripts. Source it; do not run it.
 
-SHOAL_PACKAGES="containerd runc containernetworking-plugins iproute2 util-linux protobuf-compiler iptables busybox-static dnsutils curl ca-certificates gcc libc6-dev pkg-config docker-registry skopeo"
+SHOAL_PACKAGES="containerd runc containernetworking-plugins iproute2 util-linux protobuf-compiler iptables busybox-static dnsutils curl ca-certificates gcc libc6-dev pkg-config docker-registry skopeo openssl"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

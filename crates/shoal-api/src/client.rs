@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
     ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
-    JoinTokenView, NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest,
-    TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
+    JoinTokenView, NodeUpdate, NodeView, PlanView, RegistryAdd, RegistryView, RenewRequest,
+    RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +130,25 @@ impl Client {
                 .timeout(WRITE_TIMEOUT),
         )
         .await
+    }
+    pub async fn add_registry(&self, request: &RegistryAdd) -> Result<RegistryView> {
+        self.send(
+            self.http
+                .post(self.url("/v1/registries"))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+    pub async fn registries(&self) -> Result<Vec<RegistryView>> {
+        self.get("/v1/registries").await
+    }
+    pub async fn remove_registry(&self, host: &str) -> Result<()> {
+        let request = self
+            .http
+            .delete(self.url(&format!("/v1/registries/{host}")))
+            .timeout(WRITE_TIMEOUT);
+        self.send_empty(request).await
     }
     pub async fn tokens(&self) -> Result<Vec<TokenView>> {
         self.get("/v1/tokens").await

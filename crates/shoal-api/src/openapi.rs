@@ -9,8 +9,8 @@ use shoal_types::AppSpec;
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
     ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
-    JoinTokenView, NodeUpdate, NodeView, PlanView, RenewRequest, RenewResponse, TaintRequest,
-    TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
+    JoinTokenView, NodeUpdate, NodeView, PlanView, RegistryAdd, RegistryView, RenewRequest,
+    RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -61,6 +61,12 @@ pub fn document() -> Value {
     add("JoinResponse", generator.subschema_for::<JoinResponse>());
     add("RenewRequest", generator.subschema_for::<RenewRequest>());
     add("RenewResponse", generator.subschema_for::<RenewResponse>());
+    add("RegistryAdd", generator.subschema_for::<RegistryAdd>());
+    add("RegistryView", generator.subschema_for::<RegistryView>());
+    add(
+        "RegistryList",
+        generator.subschema_for::<Vec<RegistryView>>(),
+    );
     let schemas = generator.take_definitions(true);
     let body = |name: &str| refs[name].clone();
     let ok = |description: &str, name: &str| json!({"description": description, "content": {"application/json": {"schema": body(name)}}});
@@ -80,6 +86,13 @@ pub fn document() -> Value {
         "/v1/internal/renew": {"post": {"summary": "A node renews its certificate (node certificates only)",
             "requestBody": json_body("RenewRequest"),
             "responses": {"200": ok("the renewed certificate", "RenewResponse"), "default": error.clone()}}},
+        "/v1/registries": {
+            "get": {"summary": "Registry settings (never their passwords)", "responses": {"200": ok("registries", "RegistryList"), "default": error.clone()}},
+            "post": {"summary": "Set how to reach a registry and who to be there; the password is sealed with the cluster's data key (send it to a voter node)", "requestBody": json_body("RegistryAdd"),
+                "responses": {"200": ok("the registry", "RegistryView"), "default": error.clone()}}
+        },
+        "/v1/registries/{host}": {"parameters": [{"name": "host", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "delete": {"summary": "Forget a registry's settings", "responses": {"204": {"description": "removed"}, "default": error.clone()}}},
         "/v1/tokens": {
             "get": {"summary": "API tokens (never their secrets)", "responses": {"200": ok("tokens", "TokenList"), "default": error.clone()}},
             "post": {"summary": "Make an API token; its secret is in this answer only", "requestBody": json_body("TokenCreate"),

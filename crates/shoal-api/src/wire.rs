@@ -269,6 +269,50 @@ pub struct ApplyResponse {
     pub changed: bool,
 }
 
+/// `POST /v1/registries`: how to reach a registry and who to be there.
+/// Replaces the host's settings.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAdd {
+    /// `HOST[:PORT]` as image references name it (`docker.io` for Docker Hub).
+    pub host: String,
+    /// Allow plain HTTP (without settings, only loopback registries get it).
+    #[serde(default)]
+    pub insecure: bool,
+    /// CA certificates (PEM) to trust for this registry besides the host's.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Sealed with the cluster's data key as it arrives; never shown again.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAdd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAdd")
+            .field("host", &self.host)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registry's settings as listed: never its password.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RegistryView {
+    pub host: String,
+    pub insecure: bool,
+    /// Whether a CA of its own is trusted for it.
+    pub ca: bool,
+    pub username: Option<String>,
+    /// Whether a password is kept (sealed).
+    pub password: bool,
+    pub updated_at_ms: u64,
+}
+
 /// `POST /v1/images/pull`: the image the answering node pulls.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

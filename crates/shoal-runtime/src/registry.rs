@@ -51,7 +51,11 @@ const CLIENTS_MAX: usize = 64;
 /// to be there. Credentials never appear in `Debug` or errors.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RegistryAccess {
-    /// Plain HTTP allowed (always allowed for loopback registries).
+    /// The operator gave settings for this registry: `insecure` decides
+    /// alone. Without settings, a loopback registry is spoken to over
+    /// plain HTTP (as Docker does), any other over HTTPS.
+    pub explicit: bool,
+    /// Plain HTTP allowed.
     pub insecure: bool,
     /// A CA (PEM) trusted for this registry besides the host's bundle.
     pub ca_pem: Option<String>,
@@ -86,6 +90,7 @@ impl RegistryAccess {
         for part in [
             Some(host),
             Some(if self.insecure { "insecure" } else { "secure" }),
+            Some(if self.explicit { "explicit" } else { "default" }),
             self.ca_pem.as_deref(),
             self.username.as_deref(),
             self.password.as_deref(),
@@ -105,6 +110,20 @@ impl RegistryAccess {
 #[allow(deprecated)]
 pub fn install_ring() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Checks that `pem` holds at least one certificate and nothing unreadable.
+pub fn check_ca_pem(pem: &str) -> std::result::Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut count = 0;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        cert.map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no certificate in it (PEM, -----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(())
 }
 
 /// A parsed, normalized image reference (`docker.io/library/busybox:latest`).
@@ -221,7 +240,7 @@ impl Registries {
             max_concurrent_download: 1,
             ..ClientConfig::default()
         };
-        if access.insecure || reference.is_loopback() {
+        if access.insecure || (!access.explicit && reference.is_loopback()) {
             config.protocol = oci_client::client::ClientProtocol::HttpsExcept(vec![host.clone()]);
         }
         if let Some(pem) = &access.ca_pem {

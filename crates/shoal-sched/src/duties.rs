@@ -223,10 +223,14 @@ pub fn choose_voters(
     }
     .min(voters_max.max(1));
     let may_vote = |id: &u64| *id == leader || by_id.get(id).is_some_and(|m| m.may_vote);
+    // A voter gossip has not told about yet (a leader that has just
+    // started, before the others' facts arrive) keeps its seat: what is
+    // not known is neither gone nor barred from voting.
+    let unknown = |id: &u64| !by_id.contains_key(id);
     let mut chosen: BTreeSet<u64> = voters
         .iter()
         .copied()
-        .filter(|id| !gone(id) && may_vote(id))
+        .filter(|id| !gone(id) && (may_vote(id) || unknown(id)))
         .collect();
     let zone = |id: &u64| -> String { by_id.get(id).map(|m| m.zone.clone()).unwrap_or_default() };
     let mut candidates: Vec<u64> = in_consensus
@@ -387,6 +391,14 @@ mod tests {
             choose_voters(1, &ids(&[1, 2, 3]), &ids(&[1, 2, 3, 4, 5]), &alive(5), 3, 0),
             ids(&[1, 2, 3])
         );
+    }
+
+    #[test]
+    fn voters_gossip_does_not_know_yet_keep_their_seats() {
+        // A leader just restarted: gossip knows only itself so far.
+        let members = vec![member(1, "", Liveness::Alive, 0)];
+        let voters = ids(&[1, 2, 3]);
+        assert_eq!(choose_voters(1, &voters, &voters, &members, 5, 0), voters);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub fn describe(command: &Command) -> String {
             format!("put app {}", spec.name)
         }
         Command::RemoveApp { name } => format!("remove app {name}"),
+        Command::SetRegistry { registry } => format!("set registry {}", registry.host),
+        Command::RemoveRegistry { host } => format!("remove registry {host}"),
         Command::ApplyPlan { plan } => format!(
             "apply plan ({} placements, {} stops, {} removals)",
             plan.place.len(),

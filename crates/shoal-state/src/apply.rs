@@ -77,6 +77,8 @@ impl State {
                 Ok(self.put_app(spec, images, now_ms, meta.version))
             }
             Command::RemoveApp { name } => self.remove_app(name),
+            Command::SetRegistry { registry } => self.set_registry(registry),
+            Command::RemoveRegistry { host } => self.remove_registry(host),
             Command::ApplyPlan { plan } => self.apply_plan(plan, now_ms),
             Command::ReportTasks { node, statuses } => self.report_tasks(node, statuses),
             Command::SetCa { ca } => self.set_ca(ca),

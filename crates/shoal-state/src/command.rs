@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use shoal_types::{AppSpec, Node, NodeStatus, PinnedImage, Taint, TaintEffect, TaskStatus};
 
+use crate::registries::RegistryRecord;
 use crate::security::{ApiTokenRecord, CaRecord, GossipKeysRecord, JoinTokenRecord, NodeRole};
 use crate::{State, LOG_VERSION_FIRST};
 
@@ -28,6 +29,14 @@ pub enum Command {
     /// Create or update an app; a spec equal to the current one is a no-op.
     PutApp {
         spec: AppSpec,
+    },
+    /// How to reach a registry and who to be there (its password sealed),
+    /// set by an operator; replaces the host's settings (format 4).
+    SetRegistry {
+        registry: RegistryRecord,
+    },
+    RemoveRegistry {
+        host: String,
     },
     /// The same, with the image each service runs pinned to the digest its
     /// reference named at apply (format 4); the same spec with other
@@ -309,8 +318,10 @@ impl Command {
             | Command::RevokeApiToken { .. }
             | Command::SetGossipKeys { .. }
             | Command::RemoveNode { .. } => 3,
-            // Pinned images came with format 4.
-            Command::PutAppPinned { .. } => 4,
+            // Pinned images and registry settings came with format 4.
+            Command::PutAppPinned { .. }
+            | Command::SetRegistry { .. }
+            | Command::RemoveRegistry { .. } => 4,
             _ => LOG_VERSION_FIRST,
         }
     }

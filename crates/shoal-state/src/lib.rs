@@ -16,6 +16,7 @@ pub mod command;
 pub mod entry;
 pub mod fit;
 mod plan;
+pub mod registries;
 pub mod rollout;
 pub mod security;
 pub mod unplaced;
@@ -79,6 +80,9 @@ pub struct State {
     /// The CA, tokens (as hashes), admitted and removed nodes, gossip keys.
     #[serde(default, skip_serializing_if = "security::Security::is_empty")]
     pub security: security::Security,
+    /// Registry settings by host (format 4).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, registries::RegistryRecord>,
 }
 
 /// Why a snapshot could not be restored.

@@ -94,6 +94,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Registry settings: how nodes reach a registry and who they are there.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// The CLI's contexts: which cluster and credential it uses.
     Context {
         #[command(subcommand)]
@@ -215,6 +220,40 @@ pub enum TokenCommand {
     /// Revoke an API token: every node refuses it from now on.
     Rm {
         id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RegistryCommand {
+    /// Set how to reach HOST[:PORT] (replacing what was set): plain HTTP
+    /// with --insecure, a CA of its own, credentials (the password read
+    /// from stdin, sealed with the cluster's data key, never shown again).
+    Add {
+        /// `HOST[:PORT]` as image references name it, e.g. `registry.example:5000`.
+        host: String,
+        /// Allow plain HTTP (loopback registries without settings get it anyway).
+        #[arg(long)]
+        insecure: bool,
+        /// A CA certificate (PEM) to trust for this registry.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the password from stdin (one line).
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The registries with settings (never their passwords).
+    Ls(ListArgs),
+    /// Forget a registry's settings.
+    Rm {
+        host: String,
         #[command(flatten)]
         target: Target,
     },
@@ -494,6 +533,23 @@ pub enum ImageCommand {
     /// `HOST[:PORT]/REPO:TAG` or `…@sha256:…`. Plain HTTP only for loopback
     /// registries.
     Pull(PullArgs),
+    /// Write a root filesystem directory as a one-layer OCI image layout
+    /// tarball, to push to a registry (`skopeo copy oci-archive:FILE:TAG
+    /// docker://HOST/REPO:TAG`) or import; no node is asked.
+    Pack(PackArgs),
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// The root filesystem directory.
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Image name, e.g. `demo/busybox:latest` (its tag names the image in the layout).
+    #[arg(long)]
+    pub name: String,
+    /// The tarball to write.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
 }
 
 #[derive(Args)]

@@ -386,6 +386,94 @@ fn apps_run_from_registry_images_pulled_where_they_run() {
 }
 
 #[test]
+fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
+    let Some(node) = Node::start_or_skip("private") else {
+        return;
+    };
+    let registry = Registry::start_tls();
+    let (ca, password) = registry.tls.clone().expect("tls");
+    let rootfs = node.busybox_rootfs(&[("etc/motd", "private\n")]);
+    registry.push_rootfs(&rootfs, "team/app", "v1");
+    let host = registry.host();
+    let spec = HELLO
+        .replace("shoal.test/busybox:latest", &format!("{host}/team/app:v1"))
+        .replace("echo hello from $(hostname)", "cat /etc/motd")
+        .replace("replicas: 3", "replicas: 1");
+
+    // No settings: a loopback registry is spoken to over plain HTTP, which
+    // this one refuses; the apply fails and names the image.
+    let error = node.apply_err(&spec);
+    assert!(
+        error.contains("services[0].image") && error.contains(&host),
+        "{error}"
+    );
+
+    // Its CA and a wrong password: refused, with the reason.
+    let ca = ca.to_str().expect("utf-8");
+    let add = |secret: &str| {
+        let output = node.shoal_with_stdin(
+            &[
+                "registry",
+                "add",
+                &host,
+                "--ca-file",
+                ca,
+                "--username",
+                "docker",
+                "--password-stdin",
+            ],
+            &format!("{secret}\n"),
+        );
+        assert!(output.status.success(), "{output:?}");
+    };
+    add("not-the-password");
+    let error = node.apply_err(&spec);
+    assert!(error.contains("refused"), "{error}");
+
+    // The right one: the app runs from the private registry.
+    add(&password);
+    node.apply_ok(&spec);
+    node.wait_for("the private image's file in the logs", || {
+        node.shoal_ok(&["logs", "demo.hello"])
+            .contains("private")
+            .then_some(())
+    });
+
+    // Listed without the password; in the clear nowhere on disk or in logs.
+    let listed = node.shoal_json(&["registry", "ls"]);
+    assert_eq!(listed[0]["host"], host.as_str(), "{listed}");
+    assert_eq!(listed[0]["password"], true, "{listed}");
+    assert!(!listed.to_string().contains(&password), "{listed}");
+    let mut files = vec![node.data_dir.path().to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir").flatten() {
+                files.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            seen += 1;
+            assert!(
+                !bytes
+                    .windows(password.len())
+                    .any(|w| w == password.as_bytes()),
+                "the password is in the clear in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(seen > 3, "looked at {seen} files");
+    assert!(
+        !node.agent_log().contains(&password),
+        "the password is in the agent's log"
+    );
+
+    node.shoal_ok(&["registry", "rm", &host]);
+    let listed = node.shoal_json(&["registry", "ls"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}
+
+#[test]
 fn listings_have_the_documented_json_fields() {
     let Some(node) = Node::start_or_skip("listings") else {
         return;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{ImportArgs, ListArgs, PullArgs};
+use crate::cli::{ImportArgs, ListArgs, PackArgs, PullArgs};
 use crate::clock::now_ms;
 use crate::output::{age, bytes, print_list};
 
@@ -41,6 +41,22 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
         .pull_image(&args.reference)
         .await?;
     print(args.output.format, &[image])
+}
+
+pub async fn pack(args: PackArgs) -> anyhow::Result<ExitCode> {
+    if !args.rootfs.is_dir() {
+        anyhow::bail!("--rootfs {}: not a directory", args.rootfs.display());
+    }
+    let (rootfs, name, output) = (args.rootfs, args.name, args.output);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let file = std::fs::File::create(&output)
+            .with_context(|| format!("--output {}", output.display()))?;
+        shoal_runtime::image::write_rootfs_layout(&rootfs, &name, std::io::BufWriter::new(file))?;
+        eprintln!("wrote {} ({name})", output.display());
+        Ok(())
+    })
+    .await??;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod nodes;
 pub mod plan;
 pub mod ps;
+pub mod registries;
 pub mod rm;
 pub mod tokens;
 pub mod version;
@@ -49,6 +50,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image {
             command: ImageCommand::Pull(args),
         } => images::pull(args).await,
+        Command::Image {
+            command: ImageCommand::Pack(args),
+        } => images::pack(args).await,
         Command::Cluster { command } => cluster::run(command).await,
         Command::Node {
             command: NodeCommand::Leave { target },
@@ -58,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => nodes::remove(name, target).await,
         Command::Node { command } => nodes::change(command).await,
         Command::Token { command } => tokens::api(command).await,
+        Command::Registry { command } => registries::run(command).await,
         Command::Context { command } => tokens::context(command),
     }
 }

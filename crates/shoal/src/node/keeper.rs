@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use shoal_agent::{Action, ActionResult, Observed, Reconciler};
 use shoal_cluster::log::ReplicatedLog;
-use shoal_runtime::registry::RegistryAccess;
 use shoal_runtime::{
     ContainerConfig, ContainerStatus, ErrorKind, ImageStore, Runtime, RuntimeError, LABEL_ATTEMPT,
     LABEL_TASK,
@@ -46,6 +45,8 @@ pub struct Keeper<L, R, N, C> {
     pub runtime: Arc<R>,
     pub network: Arc<N>,
     pub clock: C,
+    /// Opens registry passwords (voter-capable nodes only).
+    pub data_key: Option<shoal_pki::seal::DataKey>,
 }
 
 /// A task's network, as the keeper needs it: made before its container
@@ -286,7 +287,8 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
         // more; a pull that fails is the attempt's failure, and the
         // restart back-off spaces the next.
         Err(error) if error.kind() == ErrorKind::ImageMissing => {
-            let access = RegistryAccess::default();
+            let access =
+                super::registries::access_for(&shared.log, shared.data_key.as_ref(), &config.image);
             shared
                 .runtime
                 .pull(&config.image, &access)
@@ -443,6 +445,7 @@ mod tests {
             runtime: runtime.clone(),
             network: Arc::new(FakeNetwork::default()),
             clock,
+            data_key: None,
         })
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use shoal_cluster::membership::{Member, MemberStatus};
 use shoal_sched::duties::{self, Consensus, Duty, DutyBounds, Liveness};
 use shoal_state::Command;
-use shoal_types::consensus_id;
+use shoal_types::{consensus_id, NodeStatus};
 
 use super::Shared;
 use crate::clock::now_ms;
@@ -33,8 +33,12 @@ pub async fn run<R: Send + Sync + 'static>(shared: std::sync::Arc<Shared<R>>) {
 }
 
 /// The newest log format every member of the consensus (voters and
-/// learners) reads, from their gossiped facts; a member whose facts are
-/// not known yet counts as one of the first release.
+/// learners) and every node the state holds as alive or suspect reads,
+/// from their gossiped facts; one whose facts are not known yet counts as
+/// one of the first release. The state's nodes count too because a node
+/// that has just started may see the consensus without them for a moment
+/// (its metrics not loaded, a membership change in flight), and an entry
+/// appended in a format they cannot read would halt them.
 fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
     let facts: BTreeMap<u64, u32> = shared
         .membership
@@ -46,14 +50,24 @@ fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
             shoal_state::LOG_VERSION,
         )))
         .collect();
+    let registered: Vec<u64> = shared
+        .raft
+        .read()
+        .nodes
+        .values()
+        .filter(|node| matches!(node.status, NodeStatus::Alive | NodeStatus::Suspect))
+        .map(|node| consensus_id(&node.name))
+        .collect();
     shared
         .raft
         .status()
         .nodes
         .keys()
+        .copied()
+        .chain(registered)
         .map(|id| {
             facts
-                .get(id)
+                .get(&id)
                 .copied()
                 .unwrap_or(shoal_state::LOG_VERSION_FIRST)
         })

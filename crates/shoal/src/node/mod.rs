@@ -13,6 +13,7 @@ mod keeper;
 mod leader;
 mod logs;
 pub mod network;
+mod registries;
 mod scheduler;
 pub mod trust;
 
@@ -165,6 +166,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let router = shoal_api::server::router(backend)
         .merge(shared.raft.router())
         .merge(credentials::router(shared.clone()))
+        .merge(registries::router(shared.clone()))
         .layer(axum::middleware::from_fn_with_state(
             gate,
             gate::check::<RaftNode>,
@@ -203,6 +205,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         runtime: shared.runtime.clone(),
         network: shared.network.clone(),
         clock: crate::clock::SystemClock,
+        data_key: shared.trust.data_key.clone(),
     })));
     let network = tokio::spawn(network::run(network::NetworkLoop {
         node: shared.config.name.clone(),

@@ -201,6 +201,27 @@ impl Node {
             .expect("run shoal")
     }
 
+    /// `shoal ARGS` with `input` on its stdin.
+    pub fn shoal_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("SHOAL_ADDR", self.addr())
+            .env("SHOAL_CONFIG", self.credential())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shoal");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("run shoal")
+    }
+
     pub fn shoal_ok(&self, args: &[&str]) -> String {
         let output = self.shoal(args);
         assert!(

@@ -14,21 +14,99 @@ pub struct Registry {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// TLS with basic auth: the CA file (the registry's own self-signed
+    /// certificate) and the password of user `docker`.
+    pub tls: Option<(std::path::PathBuf, String)>,
 }
 
 impl Registry {
+    /// Plain HTTP, anonymous.
     pub fn start() -> Registry {
+        Self::start_with(false)
+    }
+
+    /// HTTPS with a certificate made here (`openssl`) and basic auth: the
+    /// registry makes its htpasswd with user `docker` and a password it logs.
+    pub fn start_tls() -> Registry {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Registry {
         let dir = tempfile::tempdir().expect("registry dir");
         let port = free_port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        let ca = dir.path().join("ca.crt");
+        if tls {
+            // A CA of the test's own, and the registry's certificate from it.
+            let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+            std::fs::write(
+                path("leaf.ext"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .expect("extensions");
+            let openssl = |args: &[&str]| {
+                let output = Command::new("openssl")
+                    .args(args)
+                    .output()
+                    .expect("openssl must be installed");
+                assert!(output.status.success(), "openssl {args:?}: {output:?}");
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=shoal test CA",
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &path("ca.crt"),
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &path("registry.key"),
+                "-out",
+                &path("registry.csr"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &path("registry.csr"),
+                "-CA",
+                &path("ca.crt"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &path("leaf.ext"),
+                "-out",
+                &path("registry.crt"),
+            ]);
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+                path("registry.crt"),
+                path("registry.key"),
+                path("htpasswd")
+            ));
+        }
+        std::fs::write(&config, yaml).expect("registry config");
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -36,7 +114,12 @@ impl Registry {
             .stderr(File::create(dir.path().join("registry.log")).expect("log"))
             .spawn()
             .expect("docker-registry (Debian package docker-registry) must be installed");
-        let registry = Registry { child, port, dir };
+        let mut registry = Registry {
+            child,
+            port,
+            dir,
+            tls: None,
+        };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -45,6 +128,15 @@ impl Registry {
                 registry.log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if tls {
+            let password = registry
+                .log()
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("password="))
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("no provisioned password in: {}", registry.log()));
+            registry.tls = Some((ca, password));
         }
         registry
     }
@@ -70,8 +162,24 @@ impl Registry {
         )
         .expect("OCI layout of the rootfs");
         let digest_file = self.dir.path().join(format!("push-{n}.digest"));
-        let output = Command::new("skopeo")
-            .args(["copy", "--insecure-policy", "--dest-tls-verify=false"])
+        let mut skopeo = Command::new("skopeo");
+        skopeo.args(["copy", "--insecure-policy"]);
+        match &self.tls {
+            Some((ca, password)) => {
+                let certs = self.dir.path().join("certs.d");
+                std::fs::create_dir_all(&certs).expect("certs dir");
+                std::fs::copy(ca, certs.join("ca.crt")).expect("ca");
+                skopeo
+                    .arg("--dest-cert-dir")
+                    .arg(&certs)
+                    .arg("--dest-creds")
+                    .arg(format!("docker:{password}"));
+            }
+            None => {
+                skopeo.arg("--dest-tls-verify=false");
+            }
+        }
+        let output = skopeo
             .arg("--digestfile")
             .arg(&digest_file)
             .arg(format!("oci-archive:{}:{tag}", archive.display()))

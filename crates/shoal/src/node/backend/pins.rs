@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use shoal_api::server::{ApiError, ApiResult};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_runtime::image::{oci_arch, Platform};
-use shoal_runtime::registry::RegistryAccess;
 use shoal_runtime::{ErrorKind, ImageResolution, ImageStore, Runtime};
 use shoal_types::{
     AppSpec, FieldError, Node, NodeStatus, PinSource, PinnedImage, SpecError, Workload,
@@ -46,7 +45,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
                 match self
                     .0
                     .runtime
-                    .resolve(reference, &RegistryAccess::default())
+                    .resolve(reference, &self.registry_access(reference))
                     .await
                 {
                     Ok(resolution) => {
