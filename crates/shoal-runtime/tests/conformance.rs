@@ -29,7 +29,7 @@ use shoal_runtime::{
 };
 
 mod support;
-use support::{busybox_rootfs, NamespacePurge};
+use support::{busybox_rootfs, test_namespace, NamespacePurge};
 
 const WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
@@ -650,19 +650,7 @@ impl CdBackend {
             println!("skipped {test} against containerd: set SHOAL_E2E=1 (needs root and containerd at {DEFAULT_SOCKET})");
             return None;
         }
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let namespace = format!(
-            "shoal-test-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        );
-        // Armed before anything exists in containerd.
-        let purge = NamespacePurge(namespace.clone());
-        let rt = Containerd::connect(Path::new(DEFAULT_SOCKET), &namespace, DEFAULT_SNAPSHOTTER)
-            .await
-            .map(|rt| rt.with_log_writer(env!("CARGO_BIN_EXE_shoal-log-writer").into()))
-            .unwrap_or_else(|e| panic!("{e} (is containerd running?)"));
-        rt.ensure_ready().await.unwrap();
+        let (rt, purge) = test_namespace("shoal-test").await;
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("busybox.tar");
         write_rootfs_layout(

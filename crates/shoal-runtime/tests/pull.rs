@@ -20,7 +20,7 @@ use containerd_client::services::v1::InfoRequest;
 use containerd_client::tonic::{Code, Request};
 use containerd_client::with_namespace;
 use futures::StreamExt;
-use shoal_runtime::containerd::{Containerd, DEFAULT_SNAPSHOTTER, DEFAULT_SOCKET};
+use shoal_runtime::containerd::Containerd;
 use shoal_runtime::image::write_rootfs_layout;
 use shoal_runtime::registry::RegistryAccess;
 use shoal_runtime::{
@@ -28,7 +28,7 @@ use shoal_runtime::{
 };
 
 mod support;
-use support::{busybox_rootfs, NamespacePurge};
+use support::{busybox_rootfs, test_namespace, NamespacePurge};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -150,17 +150,7 @@ async fn setup(test: &str) -> Option<(Containerd, NamespacePurge, tempfile::Temp
         );
         return None;
     }
-    let namespace = format!(
-        "shoal-pull-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let purge = NamespacePurge(namespace.clone());
-    let rt = Containerd::connect(Path::new(DEFAULT_SOCKET), &namespace, DEFAULT_SNAPSHOTTER)
-        .await
-        .map(|rt| rt.with_log_writer(env!("CARGO_BIN_EXE_shoal-log-writer").into()))
-        .unwrap_or_else(|e| panic!("{e} (is containerd running?)"));
-    rt.ensure_ready().await.unwrap();
+    let (rt, purge) = test_namespace("shoal-pull").await;
     Some((rt, purge, tempfile::tempdir().unwrap()))
 }
 

@@ -22,6 +22,25 @@ use shoal_runtime::containerd::{Containerd, DEFAULT_SNAPSHOTTER, DEFAULT_SOCKET}
 use shoal_runtime::Runtime;
 
 static ROOTFS_NEXT: AtomicUsize = AtomicUsize::new(0);
+static NAMESPACE_NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A containerd namespace of the test's own (`PREFIX-PID-N`), ready, with
+/// its purge armed before anything exists in it; containers log through
+/// the crate's log writer.
+pub async fn test_namespace(prefix: &str) -> (Containerd, NamespacePurge) {
+    let namespace = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NAMESPACE_NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let purge = NamespacePurge(namespace.clone());
+    let rt = Containerd::connect(Path::new(DEFAULT_SOCKET), &namespace, DEFAULT_SNAPSHOTTER)
+        .await
+        .map(|rt| rt.with_log_writer(env!("CARGO_BIN_EXE_shoal-log-writer").into()))
+        .unwrap_or_else(|e| panic!("{e} (is containerd running?)"));
+    rt.ensure_ready().await.unwrap();
+    (rt, purge)
+}
 
 /// A busybox root filesystem from the host's static busybox (a stand-in
 /// file where there is none: the fake never runs it).

@@ -282,7 +282,7 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
         shared.runtime.remove(&task.id).await.map_err(removing)?;
     }
     match shared.runtime.run(&config).await {
-        Ok(_pid) => Ok(address),
+        Ok(_pid) => return Ok(address),
         // Not on this node yet: pulled from its registry, then run once
         // more; a pull that fails is the attempt's failure, and the
         // restart back-off spaces the next.
@@ -294,26 +294,20 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
                 .pull(&config.image, &access)
                 .await
                 .map_err(|error| failure(&task.id, "pulling its image", error))?;
-            shared
-                .runtime
-                .run(&config)
-                .await
-                .map(|_| address)
-                .map_err(|error| failure(&task.id, "running", error))
         }
         // The id is taken (left over from a crash between create and
         // report) or its container is in the way: start afresh, once.
         Err(error) if error.kind() == ErrorKind::Conflict => {
             shared.runtime.remove(&task.id).await.map_err(removing)?;
-            shared
-                .runtime
-                .run(&config)
-                .await
-                .map(|_| address)
-                .map_err(|error| failure(&task.id, "running", error))
         }
-        Err(error) => Err(failure(&task.id, "running", error)),
+        Err(error) => return Err(failure(&task.id, "running", error)),
     }
+    shared
+        .runtime
+        .run(&config)
+        .await
+        .map(|_| address)
+        .map_err(|error| failure(&task.id, "running", error))
 }
 
 /// The message the task's status carries (the error's own words); its kind
