@@ -193,6 +193,11 @@ pub struct Gate<L> {
 
 /// Routes whose every call is recorded: what people and tools change.
 /// Node-to-node traffic (Raft, renewals) is the cluster's own business.
+/// How much of a refused request's body is read before the answer, and
+/// for how long at most.
+const REFUSED_BODY_DRAIN_BYTES_MAX: usize = 64 * 1024;
+const REFUSED_BODY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn audited(method: &Method, access: Access) -> bool {
     method != Method::GET
         && method != Method::HEAD
@@ -283,6 +288,14 @@ pub async fn check<L: ReplicatedLog>(
             });
         }
         tracing::debug!(%method, %path, caller = %caller.label(), %status, "refused");
+        // Read what the client sent (bounded) before answering: a
+        // connection closed with its request body unread is reset, and
+        // the reset can destroy the answer before the client reads it.
+        let _ = tokio::time::timeout(
+            REFUSED_BODY_DRAIN_TIMEOUT,
+            axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN_BYTES_MAX),
+        )
+        .await;
         return refuse(status, message);
     }
     let record = audited(&method, access);

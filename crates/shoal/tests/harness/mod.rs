@@ -502,5 +502,9 @@ pub fn curl(
         .expect("run curl");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (status.trim().parse().unwrap_or(0), body.to_string())
+    match status.trim().parse() {
+        Ok(status) if status != 0 => (status, body.to_string()),
+        // No answer: what curl said instead, for the assertion's message.
+        _ => (0, String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
 }
