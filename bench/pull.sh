@@ -28,7 +28,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 warn() { printf '\033[1;33mwarning: %s\033[0m\n' "$*" >&2; }
 # shellcheck source=lib.sh
 . "$ROOT/bench/lib.sh"
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
@@ -175,7 +175,7 @@ YAML
 say "starting docker-registry on $REG"
 docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
 REGISTRY_PID=$!
-wait_for docker-registry curl -fsS "http://$REG/v2/" -o /dev/null
+wait_for docker-registry curl -fsS "http://$REG/v2/" -o /dev/null 2>/dev/null
 for kind in gzip zstd; do
   skopeo copy --quiet --insecure-policy --dest-tls-verify=false \
     "oci:$WORK/layout:$kind" "docker://$REG/bench/big:$kind"
