@@ -56,6 +56,11 @@ pub struct DutyBounds {
     pub voter_dead_grace_ms: u64,
     /// A node dead or gone this long is forgotten, with its tasks.
     pub forget_after_ms: u64,
+    /// When this leader's gossip started, and how long after that a voter
+    /// gossip has not told about keeps its seat (its facts may be on the
+    /// way); after that it is treated as gone.
+    pub gossip_started_ms: u64,
+    pub unknown_voter_grace_ms: u64,
 }
 
 impl Default for DutyBounds {
@@ -64,6 +69,8 @@ impl Default for DutyBounds {
             dead_confirm_ms: 500,
             voter_dead_grace_ms: 2_000,
             forget_after_ms: 24 * 3600 * 1000,
+            gossip_started_ms: 0,
+            unknown_voter_grace_ms: 30_000,
         }
     }
 }
@@ -161,7 +168,7 @@ pub fn leader_duties(
         &consensus.members,
         members,
         state.settings.voters_max as usize,
-        bounds.voter_dead_grace_ms,
+        bounds,
         now_ms,
     );
     if wanted != consensus.voters {
@@ -194,9 +201,12 @@ pub fn choose_voters(
     in_consensus: &BTreeSet<u64>,
     members: &[Member],
     voters_max: usize,
-    voter_dead_grace_ms: u64,
+    bounds: &DutyBounds,
     now_ms: u64,
 ) -> BTreeSet<u64> {
+    let voter_dead_grace_ms = bounds.voter_dead_grace_ms;
+    let keep_unknown =
+        now_ms.saturating_sub(bounds.gossip_started_ms) < bounds.unknown_voter_grace_ms;
     let by_id: BTreeMap<u64, &Member> = members
         .iter()
         .map(|member| (member.raft_id, member))
@@ -223,10 +233,11 @@ pub fn choose_voters(
     }
     .min(voters_max.max(1));
     let may_vote = |id: &u64| *id == leader || by_id.get(id).is_some_and(|m| m.may_vote);
-    // A voter gossip has not told about yet (a leader that has just
-    // started, before the others' facts arrive) keeps its seat: what is
-    // not known is neither gone nor barred from voting.
-    let unknown = |id: &u64| !by_id.contains_key(id);
+    // A voter gossip has not told about yet keeps its seat while the
+    // leader's gossip is young (a leader that has just started, before the
+    // others' facts arrive): what is not known yet is neither gone nor
+    // barred from voting. Past that grace, unknown is gone.
+    let unknown = |id: &u64| keep_unknown && !by_id.contains_key(id);
     let mut chosen: BTreeSet<u64> = voters
         .iter()
         .copied()
@@ -352,7 +363,11 @@ mod tests {
             in_consensus,
             members,
             voters_max,
-            DutyBounds::default().voter_dead_grace_ms,
+            &DutyBounds {
+                // Gossip that has run for long: unknown voters are gone.
+                unknown_voter_grace_ms: 0,
+                ..DutyBounds::default()
+            },
             now_ms,
         )
     }
@@ -394,11 +409,22 @@ mod tests {
     }
 
     #[test]
-    fn voters_gossip_does_not_know_yet_keep_their_seats() {
+    fn voters_gossip_does_not_know_yet_keep_their_seats_for_a_grace() {
         // A leader just restarted: gossip knows only itself so far.
         let members = vec![member(1, "", Liveness::Alive, 0)];
         let voters = ids(&[1, 2, 3]);
-        assert_eq!(choose_voters(1, &voters, &voters, &members, 5, 0), voters);
+        let bounds = DutyBounds {
+            gossip_started_ms: 100_000,
+            ..DutyBounds::default()
+        };
+        let choose =
+            |now_ms| super::choose_voters(1, &voters, &voters, &members, 5, &bounds, now_ms);
+        assert_eq!(choose(100_000 + 29_999), voters, "within the grace");
+        assert_eq!(
+            choose(100_000 + 30_000),
+            ids(&[1]),
+            "never heard of after it: gone"
+        );
     }
 
     #[test]

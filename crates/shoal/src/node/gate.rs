@@ -191,13 +191,13 @@ pub struct Gate<L> {
     pub audit: Audit,
 }
 
-/// Routes whose every call is recorded: what people and tools change.
-/// Node-to-node traffic (Raft, renewals) is the cluster's own business.
 /// How much of a refused request's body is read before the answer, and
 /// for how long at most.
 const REFUSED_BODY_DRAIN_BYTES_MAX: usize = 64 * 1024;
 const REFUSED_BODY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Routes whose every call is recorded: what people and tools change.
+/// Node-to-node traffic (Raft, renewals) is the cluster's own business.
 fn audited(method: &Method, access: Access) -> bool {
     method != Method::GET
         && method != Method::HEAD

@@ -117,6 +117,7 @@ async fn pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
     };
     let bounds = DutyBounds {
         forget_after_ms: shared.config.forget_dead_after.as_millis() as u64,
+        gossip_started_ms: shared.started_at_ms,
         ..DutyBounds::default()
     };
     let duties = duties::leader_duties(&shared.raft.read(), &members, &consensus, &bounds, now);

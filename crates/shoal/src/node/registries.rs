@@ -175,7 +175,14 @@ pub fn access_for<L: ReplicatedLog>(
                 )
                 .ok()
             })
-            .and_then(|plain| String::from_utf8(plain.to_vec()).ok()),
+            .and_then(|plain| String::from_utf8(plain.to_vec()).ok())
+            .or_else(|| {
+                tracing::warn!(
+                    registry = %record.host,
+                    "the registry's password does not open with this node's data key: pulling without the credentials"
+                );
+                None
+            }),
         (Some(_), None) => {
             tracing::warn!(
                 registry = %record.host,

@@ -15,6 +15,9 @@ use shoal_types::{
 
 use super::NodeBackend;
 
+/// The log format that keeps pinned images (`PutAppPinned`).
+const PINS_LOG_VERSION: u32 = 4;
+
 impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     /// Service name → its pinned image. A reference that does not resolve,
     /// a registry that cannot be reached or refuses, or an image with no
@@ -24,6 +27,12 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
         &self,
         spec: &AppSpec,
     ) -> ApiResult<BTreeMap<String, PinnedImage>> {
+        // While some node reads no pins (the cluster is being upgraded) they
+        // could not be kept: the app goes in unpinned, as before, and an
+        // image imported by hand only on other nodes still applies.
+        if self.0.raft.cluster_log_version() < PINS_LOG_VERSION {
+            return Ok(BTreeMap::new());
+        }
         let nodes: Vec<Node> = self
             .0
             .raft
