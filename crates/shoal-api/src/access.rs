@@ -68,6 +68,7 @@ mod tests {
             (Method::POST, "/v1/raft/snapshot", Access::Voter),
             (Method::POST, "/v1/raft/propose", Access::Node),
             (Method::POST, "/v1/internal/renew", Access::Node),
+            (Method::GET, "/v1/internal/blobs/sha256:ab", Access::Node),
             (Method::GET, "/v1/tokens", Access::Admin),
             (Method::GET, "/v1/cluster/join-tokens", Access::Admin),
             (Method::GET, "/v1/apps", Access::Read),

@@ -86,6 +86,15 @@ pub fn document() -> Value {
         "/v1/internal/renew": {"post": {"summary": "A node renews its certificate (node certificates only)",
             "requestBody": json_body("RenewRequest"),
             "responses": {"200": ok("the renewed certificate", "RenewResponse"), "default": error.clone()}}},
+        "/v1/internal/blobs/{digest}": {"parameters": [
+                {"name": "digest", "in": "path", "required": true, "schema": {"type": "string"}, "description": "sha256:HEX"},
+                {"name": "reference", "in": "query", "schema": {"type": "string"}, "description": "the image the blob belongs to, where to fetch it when this node does not hold it"},
+                {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "the blob's size in bytes"},
+                {"name": "Range", "in": "header", "schema": {"type": "string"}, "description": "bytes=OFFSET- for the rest of a blob"}],
+            "get": {"summary": "A blob this node holds, or fetches once from its registry for every node that asks (node certificates only); checked by the asker against its digest",
+                "responses": {"200": {"description": "the blob", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "the blob from the offset asked", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                    "default": error.clone()}}},
         "/v1/registries": {
             "get": {"summary": "Registry settings (never their passwords)", "responses": {"200": ok("registries", "RegistryList"), "default": error.clone()}},
             "post": {"summary": "Set how to reach a registry and who to be there; the password is sealed with the cluster's data key (send it to a voter node)", "requestBody": json_body("RegistryAdd"),

@@ -359,6 +359,18 @@ impl ImageStore for FakeRuntime {
         Ok(info)
     }
 
+    /// The fake has no registry and keeps no blob bytes: pulls never
+    /// fetch a blob, so there is nothing to ask peers for.
+    fn fetch_blobs_through(&self, _peers: std::sync::Arc<dyn crate::registry::BlobPeers>) {}
+
+    async fn blob(
+        &self,
+        _digest: &str,
+        _offset: u64,
+    ) -> Result<Option<(u64, crate::registry::BlobBody)>> {
+        Ok(None)
+    }
+
     async fn resolve(&self, reference: &str, _access: &RegistryAccess) -> Result<ImageResolution> {
         self.take_failure(FakeOp::Pull)?;
         let name = ImageRef::parse(reference)?.to_string();

@@ -145,6 +145,19 @@ pub trait ImageStore: Send + Sync + 'static {
         access: &registry::RegistryAccess,
     ) -> impl Future<Output = Result<ImageResolution>> + Send;
 
+    /// From now on, every blob a pull needs is asked of `peers` (the
+    /// cluster's other nodes) before its registry; bytes from peers are
+    /// checked against the digest as a registry's are.
+    fn fetch_blobs_through(&self, peers: std::sync::Arc<dyn registry::BlobPeers>);
+
+    /// A blob this store holds, complete: its size and its bytes from
+    /// `offset` on; `None` when there is no such blob here.
+    fn blob(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> impl Future<Output = Result<Option<(u64, registry::BlobBody)>>> + Send;
+
     /// Imports an OCI image layout tarball or a `docker save` tarball and
     /// unpacks it for the runtime's snapshotter. `name` overrides the name the
     /// archive carries (required when it carries none). Importing an image

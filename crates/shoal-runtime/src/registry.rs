@@ -11,10 +11,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig};
 use oci_client::errors::OciDistributionError;
@@ -46,6 +47,31 @@ const MESSAGE_BYTES_MAX: usize = 512;
 /// Registries (host and settings) whose client and tokens are kept; the
 /// cache is emptied when it is full.
 const CLIENTS_MAX: usize = 64;
+/// Connections to peers one blob download may use before it goes to the
+/// registry for the rest.
+const PEER_CONNECTIONS_MAX: u32 = 2;
+/// Blobs whose bytes from peers did not match their digest that are
+/// remembered, so that the next download of each asks the registry alone.
+const PEERS_DISTRUSTED_MAX: usize = 1024;
+
+/// The bytes of a blob as they arrive.
+pub type BlobBody = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Where blobs come from before their registry is asked: the cluster's
+/// other nodes, which hold them or are fetching them. Blobs are
+/// content-addressed, so a peer is trusted with nothing: its bytes are
+/// checked against the digest over the whole blob, as a registry's are.
+pub trait BlobPeers: Send + Sync + 'static {
+    /// The bytes of `desc` from `offset` on, from a peer, or `None` when no
+    /// peer offers them (the registry is asked then). `reference` names the
+    /// repository, so that a peer that has to fetch the blob knows where.
+    fn open(
+        &self,
+        reference: &ImageRef,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> BoxFuture<'static, Option<BlobBody>>;
+}
 
 /// What the node knows about one registry host: how to reach it and who
 /// to be there. Credentials never appear in `Debug` or errors.
@@ -199,6 +225,10 @@ pub struct Registries {
     clients: Mutex<HashMap<String, Arc<Client>>>,
     /// [`STALL_TIMEOUT`], shorter in tests.
     stall: Duration,
+    /// Asked for every blob before the registry, once set.
+    peers: OnceLock<Arc<dyn BlobPeers>>,
+    /// Blobs the peers served wrong bytes of (digests).
+    distrusted: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Default for Registries {
@@ -206,6 +236,8 @@ impl Default for Registries {
         Registries {
             clients: Mutex::default(),
             stall: STALL_TIMEOUT,
+            peers: OnceLock::new(),
+            distrusted: Arc::default(),
         }
     }
 }
@@ -224,6 +256,12 @@ impl Registries {
             stall,
             ..Registries::default()
         }
+    }
+
+    /// From now on, every blob is asked of `peers` before its registry
+    /// (set once; later calls change nothing).
+    pub fn fetch_through(&self, peers: Arc<dyn BlobPeers>) {
+        let _ = self.peers.set(peers);
     }
 
     fn client(&self, reference: &ImageRef, access: &RegistryAccess) -> Result<Arc<Client>> {
@@ -326,9 +364,11 @@ impl Registries {
         Ok(Bytes::from(out))
     }
 
-    /// The bytes of one blob as they arrive. A connection that fails or
-    /// stalls is replaced by one that asks for the rest (Range), up to
-    /// [`BLOB_ATTEMPTS_MAX`] connections; the sha256 of all bytes is checked
+    /// The bytes of one blob as they arrive: from the peers first, when
+    /// they are set and offer it, else (or for what they did not deliver)
+    /// from the registry. A connection that fails or stalls is replaced by
+    /// one that asks for the rest (Range), up to [`BLOB_ATTEMPTS_MAX`]
+    /// registry connections in a row without progress; the sha256 of all bytes is checked
     /// against the descriptor before the last chunk is handed out, so a
     /// consumer that commits only after the end never commits a wrong blob.
     /// Errors come as `io::Error`s whose inner error is a [`RuntimeError`].
@@ -347,6 +387,19 @@ impl Registries {
             hasher: Sha256::new(),
             body: None,
             stall: self.stall,
+            peers: self
+                .peers
+                .get()
+                .filter(|_| {
+                    !self
+                        .distrusted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&desc.digest)
+                })
+                .cloned(),
+            distrusted: self.distrusted.clone(),
+            peer_connections: 0,
             attempts: 0,
             connections: 0,
             done: false,
@@ -375,7 +428,11 @@ struct BlobDownload {
     hasher: Sha256,
     body: Option<Body>,
     stall: Duration,
-    /// Connections in a row without a byte; and in all.
+    peers: Option<Arc<dyn BlobPeers>>,
+    distrusted: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Connections to peers so far.
+    peer_connections: u32,
+    /// Registry connections in a row without a byte; and in all.
     attempts: u32,
     connections: u32,
     done: bool,
@@ -427,8 +484,19 @@ impl BlobDownload {
             self.done = true;
             let digest = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
             if digest != self.desc.digest {
+                let mut from = "";
+                if self.peer_connections > 0 && self.peers.is_some() {
+                    // Some bytes came from a peer: the next download of
+                    // this blob asks the registry alone.
+                    let mut distrusted = self.distrusted.lock().unwrap_or_else(|p| p.into_inner());
+                    if distrusted.len() >= PEERS_DISTRUSTED_MAX {
+                        distrusted.clear();
+                    }
+                    distrusted.insert(self.desc.digest.clone());
+                    from = " (partly from a peer; the next attempt asks the registry alone)";
+                }
                 return Err(RuntimeError::InvalidImage(format!(
-                    "{}: blob {} arrived with digest {digest}; not stored",
+                    "{}: blob {} arrived with digest {digest}{from}; not stored",
                     self.reference, self.desc.digest
                 )));
             }
@@ -439,6 +507,16 @@ impl BlobDownload {
     /// Opens a connection for the bytes from `offset` on, after the
     /// back-off that its attempt number earns.
     async fn connect(&mut self) -> Result<Body> {
+        if let Some(peers) = &self.peers {
+            if self.peer_connections < PEER_CONNECTIONS_MAX {
+                self.peer_connections += 1;
+                match peers.open(&self.reference, &self.desc, self.offset).await {
+                    Some(body) => return Ok(body),
+                    // No peer offers it: straight to the registry.
+                    None => self.peer_connections = PEER_CONNECTIONS_MAX,
+                }
+            }
+        }
         let client = match &self.client {
             Ok(client) => client.clone(),
             Err(e) => return Err(RuntimeError::InvalidImage(e.to_string())),
@@ -887,16 +965,110 @@ mod download_tests {
     async fn fetch(fault: Fault) -> (Result<Vec<u8>>, Descriptor, Arc<Server>) {
         let (reference, desc, server) = serve(fault).await;
         let registries = Registries::with_stall_timeout(Duration::from_millis(300));
+        (download(&registries, &reference, &desc).await, desc, server)
+    }
+
+    async fn download(
+        registries: &Registries,
+        reference: &ImageRef,
+        desc: &Descriptor,
+    ) -> Result<Vec<u8>> {
         let mut stream =
-            std::pin::pin!(registries.blob(&reference, &RegistryAccess::default(), &desc));
+            std::pin::pin!(registries.blob(reference, &RegistryAccess::default(), desc));
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(chunk) => out.extend_from_slice(&chunk),
-                Err(e) => return (Err(from_io(e, String::new)), desc, server),
+                Err(e) => return Err(from_io(e, String::new)),
             }
         }
-        (Ok(out), desc, server)
+        Ok(out)
+    }
+
+    /// A peer that serves the blob up to `upto` bytes (with one byte
+    /// flipped when it lies), then drops the connection; asked again past
+    /// that point, it has nothing.
+    struct Peer {
+        blob: Vec<u8>,
+        upto: usize,
+        lie: bool,
+        offsets: Mutex<Vec<u64>>,
+    }
+
+    impl BlobPeers for Peer {
+        fn open(
+            &self,
+            _reference: &ImageRef,
+            _desc: &Descriptor,
+            offset: u64,
+        ) -> BoxFuture<'static, Option<BlobBody>> {
+            self.offsets.lock().expect("offsets").push(offset);
+            let from = offset as usize;
+            let mut bytes = self.blob[from.min(self.upto)..self.upto].to_vec();
+            if self.lie && !bytes.is_empty() {
+                bytes[0] ^= 1;
+            }
+            Box::pin(async move {
+                if bytes.is_empty() {
+                    return None;
+                }
+                let body = futures::stream::iter([
+                    Ok(Bytes::from(bytes)),
+                    Err(std::io::Error::other("the peer went away")),
+                ]);
+                Some(Box::pin(body) as BlobBody)
+            })
+        }
+    }
+
+    async fn fetch_with_peer(upto: usize, lie: bool) -> (Arc<Peer>, Arc<Server>, Registries) {
+        let (reference, desc, server) = serve(Fault::CutEvery(usize::MAX)).await;
+        let peer = Arc::new(Peer {
+            blob: server.blob.clone(),
+            upto,
+            lie,
+            offsets: Mutex::default(),
+        });
+        let registries = Registries::with_stall_timeout(Duration::from_millis(300));
+        registries.fetch_through(peer.clone());
+        let got = download(&registries, &reference, &desc).await;
+        if lie {
+            let err = got.expect_err("wrong bytes from the peer");
+            assert!(err.to_string().contains("partly from a peer"), "{err}");
+            // The next download asks the registry alone.
+            let got = download(&registries, &reference, &desc).await;
+            assert_eq!(image::sha256_digest(&got.expect("complete")), desc.digest);
+        } else {
+            assert_eq!(image::sha256_digest(&got.expect("complete")), desc.digest);
+        }
+        (peer, server, registries)
+    }
+
+    #[tokio::test]
+    async fn what_a_peer_did_not_deliver_comes_from_the_registry_by_range() {
+        let (peer, server, _) = fetch_with_peer(120_000, false).await;
+        // The peer was asked from 0, then from where it stopped, and had
+        // nothing more: the registry served the rest, once.
+        assert_eq!(*peer.offsets.lock().expect("offsets"), vec![0, 120_000]);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+        assert_eq!(server.served.load(Ordering::SeqCst), 80_000);
+    }
+
+    #[tokio::test]
+    async fn a_whole_blob_from_a_peer_asks_nothing_of_the_registry() {
+        let (peer, server, _) = fetch_with_peer(200_000, false).await;
+        assert_eq!(*peer.offsets.lock().expect("offsets"), vec![0]);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_lies_is_caught_and_not_asked_again_for_that_blob() {
+        let (peer, server, _) = fetch_with_peer(120_000, true).await;
+        // Asked for the first download only; the second went to the
+        // registry for the whole blob.
+        assert_eq!(*peer.offsets.lock().expect("offsets"), vec![0, 120_000]);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(server.served.load(Ordering::SeqCst), 80_000 + 200_000);
     }
 
     #[tokio::test]

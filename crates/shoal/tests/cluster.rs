@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use harness::cluster::Cluster;
+use harness::registry::{Registry, Throttle};
 use serde_json::Value;
 
 const SLEEPERS: &str = r#"
@@ -1259,5 +1260,69 @@ fn short_lived_certificates_renew_without_a_failed_request() {
         "{} of {requests} requests failed:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// Five nodes that start the same registry image at once fetch each of
+/// its blobs from the registry once between them: every node asks the
+/// blob's home node, which fetches it once and serves every node that asks
+/// while the bytes still arrive. The registry answers slowly (a throttle
+/// in front of it), so the five pulls overlap.
+#[test]
+fn five_nodes_starting_one_image_fetch_each_blob_from_the_registry_once() {
+    let labels: [&[&str]; 5] = [&[]; 5];
+    let Some(cluster) = Cluster::start_or_skip("fetch1", &labels) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 5);
+    let registry = Registry::start();
+    // Busybox and 6 MiB that do not compress: a layer of about 7 MiB.
+    let rootfs = tempfile::tempdir().expect("rootfs dir");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(rootfs.path().join("fs"))
+        .status()
+        .expect("busybox-rootfs.sh");
+    assert!(status.success());
+    let noise: Vec<u8> = (0..6 << 20).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(rootfs.path().join("fs/noise"), noise).expect("noise");
+    let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/big", "v1");
+    let throttle = Throttle::start(registry.port, 3 << 20);
+    let spec = format!(
+        r#"
+name: big
+services:
+  - name: everywhere
+    image: {}/demo/big:v1
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    kind: global
+"#,
+        throttle.host()
+    );
+    cluster.apply_ok(0, &spec);
+    let tasks = cluster.wait_for("the image running on all five nodes", || {
+        let tasks = cluster.tasks(0);
+        (tasks.len() == 5 && tasks.iter().all(|t| t["state"] == "running")).then_some(tasks)
+    });
+    for task in &tasks {
+        assert_eq!(task["image_digest"], digest.as_str(), "{task}");
+    }
+    let log = registry.log();
+    let blob_gets: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("http.request.method=GET")
+                && l.contains("/v2/demo/big/blobs/")
+                && l.contains("oci-client")
+        })
+        .collect();
+    assert_eq!(
+        blob_gets.len(),
+        2,
+        "the config and the layer, each once for the whole cluster:\n{}\n{}",
+        blob_gets.join("\n"),
+        cluster.logs()
     );
 }

@@ -44,6 +44,55 @@ pub(super) fn from_cd(desc: &CdDescriptor) -> Result<Descriptor> {
 }
 
 impl Containerd {
+    /// A committed blob's size and its bytes from `offset` on, streamed
+    /// out of the content store; `None` when this namespace has no such
+    /// blob.
+    pub(super) async fn read_blob(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> Result<Option<(u64, crate::registry::BlobBody)>> {
+        use futures::StreamExt;
+        image::check_digest(digest)?;
+        let info = match self
+            .content()
+            .info(self.req(InfoRequest {
+                digest: digest.to_string(),
+            }))
+            .await
+        {
+            Ok(info) => info.into_inner().info,
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(cd_err(format!("looking up blob {digest}"))(s)),
+        };
+        let size = info
+            .map(|i| u64::try_from(i.size).unwrap_or(0))
+            .unwrap_or(0);
+        if offset > size {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "blob {digest} has {size} bytes; offset {offset} is past its end"
+            )));
+        }
+        let mut request = self.req(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            size: 0,
+        });
+        // A whole layer may take a while to stream to a slow reader.
+        request.set_timeout(bulk_timeout(size - offset));
+        let stream = match self.content().read(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(cd_err(format!("reading blob {digest}"))(s)),
+        };
+        let body = stream.map(|chunk| {
+            chunk
+                .map(|c| bytes::Bytes::from(c.data))
+                .map_err(std::io::Error::other)
+        });
+        Ok(Some((size, Box::pin(body) as crate::registry::BlobBody)))
+    }
+
     /// Reads a JSON blob (manifest, index, config) from the content store.
     pub(super) async fn read_json_blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         let max = Limits::default().json_bytes_max;

@@ -233,6 +233,18 @@ impl ImageStore for Containerd {
         self.resolve_image(reference, access).await
     }
 
+    fn fetch_blobs_through(&self, peers: std::sync::Arc<dyn crate::registry::BlobPeers>) {
+        self.registries.fetch_through(peers);
+    }
+
+    async fn blob(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> Result<Option<(u64, crate::registry::BlobBody)>> {
+        self.read_blob(digest, offset).await
+    }
+
     async fn import(&self, archive: PathBuf, name: Option<String>) -> Result<Vec<ImageInfo>> {
         let (archive, images) = tokio::task::spawn_blocking(move || {
             let archive = Archive::extract(&archive, Limits::default())?;

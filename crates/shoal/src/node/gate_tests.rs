@@ -120,7 +120,8 @@ fn routes() -> Vec<(Method, String)> {
                 .replace("{name}", "web")
                 .replace("{key}", "gpu")
                 .replace("{target}", "web.a")
-                .replace("{id}", "00000000000000aa");
+                .replace("{id}", "00000000000000aa")
+                .replace("{digest}", &format!("sha256:{}", "a".repeat(64)));
             routes.push((method, path));
         }
     }

@@ -3,6 +3,7 @@
 //! all in one process that every node runs.
 
 mod backend;
+mod blobs;
 mod cluster;
 mod credentials;
 pub mod gate;
@@ -155,6 +156,35 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         leaving,
     });
 
+    // Blobs: asked of their home node before the registry, and served to
+    // the nodes whose home this one is.
+    let blob_client = shoal_http::client(
+        shoal_http::ClientOptions {
+            connect_timeout: std::time::Duration::from_secs(2),
+            request_timeout: None,
+            ..shoal_http::ClientOptions::default()
+        },
+        &shared.trust.client_tls,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let spool_dir = shared.config.data_dir.join("spool").join("blobs");
+    let cluster_blobs = Arc::new(blobs::ClusterBlobs {
+        node: shared.config.name.clone(),
+        log: shared.raft.clone(),
+        data_key: shared.trust.data_key.clone(),
+        client: blob_client,
+        spool: Arc::new(
+            blobs::Spool::open(spool_dir.clone())
+                .with_context(|| format!("preparing {}", spool_dir.display()))?,
+        ),
+        registries: shoal_runtime::registry::Registries::default(),
+    });
+    shared.runtime.fetch_blobs_through(cluster_blobs.clone());
+    let blob_service = Arc::new(blobs::BlobService {
+        runtime: shared.runtime.clone(),
+        blobs: cluster_blobs,
+    });
+
     let backend = Arc::new(backend::NodeBackend(shared.clone()));
     // The public API, the node-to-node routes and the credential routes,
     // each with its own bounds, all behind the gate.
@@ -167,6 +197,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         .merge(shared.raft.router())
         .merge(credentials::router(shared.clone()))
         .merge(registries::router(shared.clone()))
+        .merge(blobs::router(blob_service))
         .layer(axum::middleware::from_fn_with_state(
             gate,
             gate::check::<RaftNode>,

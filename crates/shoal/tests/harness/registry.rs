@@ -204,3 +204,76 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy in front of a registry that lets its answers through at
+/// `bytes_per_s`, so that pulls that start together are still under way
+/// together. Stops accepting when dropped.
+pub struct Throttle {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Throttle {
+    pub fn start(upstream: u16, bytes_per_s: u64) -> Throttle {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the throttle");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (Ok(mut client_r), Ok(mut server_w)) = (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                // Requests go up unhindered.
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_r, &mut server_w);
+                    let _ = server_w.shutdown(std::net::Shutdown::Write);
+                });
+                // Answers come down at the rate, 16 KiB at a time.
+                let (mut server_r, mut client_w) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 << 10];
+                    let pause = Duration::from_secs_f64(buf.len() as f64 / bytes_per_s as f64);
+                    loop {
+                        match server_r.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if client_w.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(pause.mul_f64(n as f64 / buf.len() as f64));
+                            }
+                        }
+                    }
+                    let _ = client_w.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Throttle { port, stop }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

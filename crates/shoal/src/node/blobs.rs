@@ -1,0 +1,670 @@
+//! Image blobs fetched once per cluster.
+//!
+//! Every blob has a *home*: of the nodes alive, the one that ranks first
+//! for its digest (rendezvous hashing, so every node names the same home
+//! from its own replica and a node joining or leaving moves only its own
+//! share). A node that needs a blob asks its home before the registry. The
+//! home serves it from its content store when it holds it; otherwise it
+//! fetches it from the registry once, into a spool file, and every node
+//! that asks (itself included) reads that file as it grows. Bytes from a
+//! home are checked against the digest like a registry's, so a home is
+//! trusted with nothing; a home that does not answer, refuses or runs an
+//! older release leaves the asker to the registry.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use shoal_api::server::ApiError;
+use shoal_cluster::log::ReplicatedLog;
+use shoal_pki::seal::DataKey;
+use shoal_runtime::image::Descriptor;
+use shoal_runtime::registry::{BlobBody, BlobPeers, ImageRef, Registries};
+use shoal_runtime::ImageStore;
+use shoal_types::NodeStatus;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// The route a home serves blobs on (node certificates only, as every
+/// `/v1/internal/` route).
+pub const BLOB_PATH: &str = "/v1/internal/blobs/{digest}";
+/// Fetches into the spool at once; a home asked for more answers 503 and
+/// the asker goes to the registry.
+const FETCHES_MAX: usize = 32;
+/// Bytes of the blobs being spooled at once.
+const SPOOL_BYTES_MAX: u64 = 32 << 30;
+/// Largest blob a home fetches for others.
+const BLOB_BYTES_MAX: u64 = 64 << 30;
+/// A finished fetch's file stays this long for nodes that ask late.
+const SPOOL_KEEP: Duration = Duration::from_secs(120);
+/// Bytes read from a spool file at once.
+const READ_CHUNK_BYTES: usize = 256 << 10;
+/// Time a home has to answer (headers); its bytes then follow at the pace
+/// the download's stall timeout watches.
+const HOME_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest failure message kept for readers of a spool.
+const FAILURE_BYTES_MAX: usize = 512;
+
+/// How far a spooled fetch is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Progress {
+    /// Bytes in the file so far.
+    Running(u64),
+    Done,
+    Failed(String),
+}
+
+/// One blob being fetched into (or just fetched into) a spool file.
+pub struct Fetch {
+    path: PathBuf,
+    size: u64,
+    progress: watch::Sender<Progress>,
+}
+
+/// Why a spool will not fetch a blob now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many fetches or bytes under way.
+    Busy,
+    /// The blob is being fetched with another size.
+    SizeDiffers,
+    /// The spool file could not be made.
+    Disk(String),
+}
+
+/// The fetches a home makes for the cluster, by digest.
+pub struct Spool {
+    dir: PathBuf,
+    fetches: Mutex<HashMap<String, Arc<Fetch>>>,
+    made: std::sync::atomic::AtomicU64,
+}
+
+impl Spool {
+    /// A spool in `dir`, emptied of what an earlier run left.
+    pub fn open(dir: PathBuf) -> std::io::Result<Spool> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(Spool {
+            dir,
+            fetches: Mutex::default(),
+            made: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The fetch of `desc` under way (or finished a moment ago), else a new
+    /// one of the bytes `source` gives.
+    pub fn join(
+        self: &Arc<Self>,
+        desc: &Descriptor,
+        source: impl FnOnce() -> BlobBody,
+    ) -> Result<Arc<Fetch>, Refused> {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fetch) = fetches.get(&desc.digest) {
+            if fetch.size != desc.size {
+                return Err(Refused::SizeDiffers);
+            }
+            if !matches!(*fetch.progress.borrow(), Progress::Failed(_)) {
+                return Ok(fetch.clone());
+            }
+        }
+        fetches.remove(&desc.digest);
+        let running: Vec<&Arc<Fetch>> = fetches
+            .values()
+            .filter(|f| matches!(*f.progress.borrow(), Progress::Running(_)))
+            .collect();
+        let bytes: u64 = running.iter().map(|f| f.size).sum();
+        if running.len() >= FETCHES_MAX || bytes.saturating_add(desc.size) > SPOOL_BYTES_MAX {
+            return Err(Refused::Busy);
+        }
+        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hex = desc.digest.trim_start_matches("sha256:");
+        let path = self.dir.join(format!("{hex}.{n}"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Refused::Disk(format!("{}: {e}", path.display())))?;
+        let (progress, _) = watch::channel(Progress::Running(0));
+        let fetch = Arc::new(Fetch {
+            path,
+            size: desc.size,
+            progress,
+        });
+        fetches.insert(desc.digest.clone(), fetch.clone());
+        drop(fetches);
+        let spool = self.clone();
+        let digest = desc.digest.clone();
+        let body = source();
+        let running = fetch.clone();
+        tokio::spawn(async move {
+            let outcome = spool_into(tokio::fs::File::from_std(file), body, &running).await;
+            match outcome {
+                Ok(()) => {
+                    running.progress.send_replace(Progress::Done);
+                    tracing::debug!(blob = %digest, "blob fetched for the cluster");
+                    tokio::time::sleep(SPOOL_KEEP).await;
+                }
+                Err(why) => {
+                    tracing::warn!(blob = %digest, error = %why, "fetching a blob for the cluster failed");
+                    let mut why = why;
+                    why.truncate(why.floor_char_boundary(FAILURE_BYTES_MAX));
+                    running.progress.send_replace(Progress::Failed(why));
+                }
+            }
+            spool.forget(&digest, &running);
+        });
+        Ok(fetch)
+    }
+
+    /// Removes a fetch (and its file; readers that have it open read on).
+    fn forget(&self, digest: &str, fetch: &Arc<Fetch>) {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        if fetches.get(digest).is_some_and(|f| Arc::ptr_eq(f, fetch)) {
+            fetches.remove(digest);
+        }
+        drop(fetches);
+        let _ = std::fs::remove_file(&fetch.path);
+    }
+}
+
+/// Writes `body` into `file`, telling readers how far it is.
+async fn spool_into(
+    mut file: tokio::fs::File,
+    mut body: BlobBody,
+    fetch: &Fetch,
+) -> Result<(), String> {
+    let mut written = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        written += chunk.len() as u64;
+        if written > fetch.size {
+            return Err(format!(
+                "more bytes than the {} the descriptor says",
+                fetch.size
+            ));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| format!("writing {}: {e}", fetch.path.display()))?;
+        // Readers read what the file holds: flushed before it is said.
+        file.flush()
+            .await
+            .map_err(|e| format!("writing {}: {e}", fetch.path.display()))?;
+        fetch.progress.send_replace(Progress::Running(written));
+    }
+    if written != fetch.size {
+        return Err(format!(
+            "the blob ended after {written} of {} bytes",
+            fetch.size
+        ));
+    }
+    Ok(())
+}
+
+impl Fetch {
+    /// The blob's bytes from `offset` on, as they reach the file.
+    pub fn body(self: &Arc<Self>, offset: u64) -> BlobBody {
+        let reader = SpoolReader {
+            fetch: self.clone(),
+            progress: self.progress.subscribe(),
+            file: None,
+            pos: offset,
+            over: false,
+        };
+        Box::pin(futures::stream::unfold(reader, |mut r| async move {
+            if r.over {
+                return None;
+            }
+            let item = r.next().await?;
+            if item.is_err() {
+                r.over = true;
+            }
+            Some((item, r))
+        }))
+    }
+}
+
+/// One reader of a spool file, following the fetch that writes it.
+struct SpoolReader {
+    fetch: Arc<Fetch>,
+    progress: watch::Receiver<Progress>,
+    file: Option<tokio::fs::File>,
+    pos: u64,
+    over: bool,
+}
+
+impl SpoolReader {
+    /// The next bytes the file holds, waiting for them; `None` at the end.
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            let progress = self.progress.borrow_and_update().clone();
+            let available = match &progress {
+                Progress::Running(n) => *n,
+                Progress::Done => self.fetch.size,
+                Progress::Failed(why) => {
+                    return Some(Err(std::io::Error::other(format!(
+                        "the home's fetch failed: {why}"
+                    ))))
+                }
+            };
+            if self.pos < available {
+                let len = (available - self.pos).min(READ_CHUNK_BYTES as u64);
+                return Some(self.read(len).await);
+            }
+            if progress == Progress::Done {
+                return None;
+            }
+            if self.progress.changed().await.is_err() {
+                return Some(Err(std::io::Error::other("the home's fetch was dropped")));
+            }
+        }
+    }
+
+    async fn read(&mut self, len: u64) -> std::io::Result<Bytes> {
+        if self.file.is_none() {
+            let mut file = tokio::fs::File::open(&self.fetch.path).await?;
+            file.seek(std::io::SeekFrom::Start(self.pos)).await?;
+            self.file = Some(file);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(std::io::Error::other("the spool file is not open"));
+        };
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact(&mut buf).await?;
+        self.pos += len;
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// The node of `nodes` (name, API address) that ranks first for `digest`.
+fn home_of<'a>(
+    digest: &str,
+    nodes: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<(&'a str, &'a str)> {
+    nodes.max_by_key(|(name, _)| (rank(digest, name), *name))
+}
+
+/// A node's rank for a digest: FNV-1a over both, finished by SplitMix64's
+/// mixer so that close names spread.
+fn rank(digest: &str, node: &str) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in digest.bytes().chain([0]).chain(node.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+/// The cluster as a source of blobs: the home of each, or the spool here
+/// when this node is its home.
+pub struct ClusterBlobs<L> {
+    pub node: String,
+    pub log: L,
+    pub data_key: Option<DataKey>,
+    /// Node certificates, no overall timeout (bodies are long).
+    pub client: reqwest::Client,
+    pub spool: Arc<Spool>,
+    /// The registry clients the spool fetches with (never through peers).
+    pub registries: Registries,
+}
+
+impl<L: ReplicatedLog> ClusterBlobs<L> {
+    /// The fetch of `desc` into this node's spool, joined or started.
+    pub fn fetch(&self, reference: &ImageRef, desc: &Descriptor) -> Result<Arc<Fetch>, Refused> {
+        self.spool.join(desc, || {
+            let access = super::registries::access_for(
+                &self.log,
+                self.data_key.as_ref(),
+                &reference.to_string(),
+            );
+            Box::pin(self.registries.blob(reference, &access, desc))
+        })
+    }
+}
+
+impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
+    fn open(
+        &self,
+        reference: &ImageRef,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> BoxFuture<'static, Option<BlobBody>> {
+        let home = {
+            let state = self.log.read();
+            home_of(
+                &desc.digest,
+                state
+                    .nodes
+                    .values()
+                    .filter(|n| n.status == NodeStatus::Alive && !n.addr.is_empty())
+                    .map(|n| (n.name.as_str(), n.addr.as_str())),
+            )
+            .map(|(name, addr)| (name.to_string(), addr.to_string()))
+        };
+        let Some((home, addr)) = home else {
+            return Box::pin(std::future::ready(None));
+        };
+        if home == self.node {
+            let body = match self.fetch(reference, desc) {
+                Ok(fetch) => Some(fetch.body(offset)),
+                Err(refused) => {
+                    tracing::debug!(blob = %desc.digest, ?refused, "the spool takes no fetch now");
+                    None
+                }
+            };
+            return Box::pin(std::future::ready(body));
+        }
+        let url = match shoal_http::Endpoint::parse(&addr) {
+            Ok(endpoint) => endpoint.url(&BLOB_PATH.replace("{digest}", &desc.digest)),
+            Err(_) => return Box::pin(std::future::ready(None)),
+        };
+        let request = self
+            .client
+            .get(url)
+            .query(&[
+                ("reference", reference.to_string()),
+                ("size", desc.size.to_string()),
+            ])
+            .header(header::RANGE, format!("bytes={offset}-"));
+        let digest = desc.digest.clone();
+        Box::pin(async move {
+            let answer = tokio::time::timeout(HOME_ANSWER_TIMEOUT, request.send()).await;
+            let response = match answer {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
+                    tracing::info!(blob = %digest, %home, error = %e, "the blob's home did not answer; asking the registry");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::info!(blob = %digest, %home, "the blob's home did not answer in time; asking the registry");
+                    return None;
+                }
+            };
+            let expected = if offset == 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::PARTIAL_CONTENT
+            };
+            if response.status() != expected {
+                tracing::info!(blob = %digest, %home, status = %response.status(), "the blob's home does not serve it; asking the registry");
+                return None;
+            }
+            tracing::debug!(blob = %digest, %home, offset, "blob from its home");
+            let body = response
+                .bytes_stream()
+                .map(|chunk| chunk.map_err(std::io::Error::other));
+            Some(Box::pin(body) as BlobBody)
+        })
+    }
+}
+
+/// What the blob route serves from.
+pub struct BlobService<R, L> {
+    pub runtime: Arc<R>,
+    pub blobs: Arc<ClusterBlobs<L>>,
+}
+
+pub fn router<R: ImageStore, L: ReplicatedLog + 'static>(
+    service: Arc<BlobService<R, L>>,
+) -> Router {
+    Router::new()
+        .route(BLOB_PATH, get(serve::<R, L>))
+        .with_state(service)
+}
+
+#[derive(serde::Deserialize)]
+struct BlobQuery {
+    reference: Option<String>,
+    size: Option<u64>,
+}
+
+/// `GET /v1/internal/blobs/{digest}?reference=R&size=N` with an optional
+/// `Range: bytes=OFFSET-`: the blob from this node's content store, or
+/// fetched from `R`'s registry into the spool (joined if under way).
+async fn serve<R: ImageStore, L: ReplicatedLog + 'static>(
+    State(service): State<Arc<BlobService<R, L>>>,
+    Path(digest): Path<String>,
+    Query(query): Query<BlobQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    shoal_runtime::image::check_digest(&digest)
+        .map_err(|e| ApiError::bad_request(format!("digest: {e}")))?;
+    let offset = match headers.get(header::RANGE) {
+        None => 0,
+        Some(range) => range
+            .to_str()
+            .ok()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|r| r.parse::<u64>().ok())
+            .ok_or_else(|| ApiError::bad_request("Range: only `bytes=OFFSET-` is served"))?,
+    };
+    let held = service
+        .runtime
+        .blob(&digest, offset)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string()))?;
+    if let Some((size, body)) = held {
+        if query.size.is_some_and(|wanted| wanted != size) {
+            return Err(ApiError::bad_request(format!(
+                "size: blob {digest} has {size} bytes here"
+            )));
+        }
+        return Ok(respond(size, offset, body));
+    }
+    let reference = query.reference.as_deref().ok_or_else(|| {
+        ApiError::bad_request("reference: the image the blob belongs to is required to fetch it")
+    })?;
+    let reference =
+        ImageRef::parse(reference).map_err(|e| ApiError::bad_request(format!("reference: {e}")))?;
+    let size = query
+        .size
+        .ok_or_else(|| ApiError::bad_request("size: the blob's size is required to fetch it"))?;
+    if size > BLOB_BYTES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "size: {size} bytes is more than the {BLOB_BYTES_MAX} a node fetches for others"
+        )));
+    }
+    if offset > size {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("Range: offset {offset} is past the blob's {size} bytes"),
+        ));
+    }
+    let desc = Descriptor {
+        media_type: "application/octet-stream".into(),
+        digest,
+        size,
+        ..Descriptor::default()
+    };
+    match service.blobs.fetch(&reference, &desc) {
+        Ok(fetch) => Ok(respond(size, offset, fetch.body(offset))),
+        Err(Refused::Busy) => Err(ApiError::unavailable(
+            "this node fetches as many blobs as it may; ask the registry",
+        )),
+        Err(Refused::SizeDiffers) => Err(ApiError::bad_request(format!(
+            "size: blob {} is being fetched with another size",
+            desc.digest
+        ))),
+        Err(Refused::Disk(why)) => Err(ApiError::internal(format!("spooling the blob: {why}"))),
+    }
+}
+
+fn respond(size: u64, offset: u64, body: BlobBody) -> Response {
+    let status = if offset == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::PARTIAL_CONTENT
+    };
+    let mut response = (status, Body::from_stream(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/octet-stream".parse().expect("static"),
+    );
+    headers.insert(header::CONTENT_LENGTH, (size - offset).into());
+    if offset > 0 {
+        if let Ok(range) = format!("bytes {offset}-{}/{size}", size.saturating_sub(1)).parse() {
+            headers.insert(header::CONTENT_RANGE, range);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::channel::mpsc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn desc(size: u64) -> Descriptor {
+        Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size,
+            ..Descriptor::default()
+        }
+    }
+
+    async fn read_all(mut body: BlobBody) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    /// A source the test feeds by hand, counting how often it is opened.
+    fn source(
+        opened: &Arc<AtomicUsize>,
+    ) -> (
+        mpsc::UnboundedSender<std::io::Result<Bytes>>,
+        impl FnOnce() -> BlobBody,
+    ) {
+        let (tx, rx) = mpsc::unbounded();
+        let opened = opened.clone();
+        (tx, move || {
+            opened.fetch_add(1, Ordering::SeqCst);
+            Box::pin(rx) as BlobBody
+        })
+    }
+
+    #[tokio::test]
+    async fn readers_that_join_a_fetch_under_way_share_its_one_download() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spool = Arc::new(Spool::open(dir.path().join("spool")).expect("spool"));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+        let (tx, first) = source(&opened);
+        let fetch = spool.join(&desc(data.len() as u64), first).expect("fetch");
+        let early = tokio::spawn(read_all(fetch.body(0)));
+        tx.unbounded_send(Ok(Bytes::copy_from_slice(&data[..250_000])))
+            .expect("send");
+        // Joined mid-way, from 0 and from an offset: the same download.
+        let (_, second) = source(&opened);
+        let joined = spool.join(&desc(data.len() as u64), second).expect("join");
+        let late = tokio::spawn(read_all(joined.body(0)));
+        let ranged = tokio::spawn(read_all(joined.body(100_000)));
+        tx.unbounded_send(Ok(Bytes::copy_from_slice(&data[250_000..])))
+            .expect("send");
+        drop(tx);
+        assert_eq!(early.await.expect("task").expect("bytes"), data);
+        assert_eq!(late.await.expect("task").expect("bytes"), data);
+        assert_eq!(ranged.await.expect("task").expect("bytes"), data[100_000..]);
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        // Finished, it still serves those who ask a moment later.
+        let (_, third) = source(&opened);
+        let after = spool.join(&desc(data.len() as u64), third).expect("join");
+        assert_eq!(read_all(after.body(0)).await.expect("bytes"), data);
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_fails_its_readers_and_the_next_ask_starts_anew() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spool = Arc::new(Spool::open(dir.path().join("spool")).expect("spool"));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let (tx, first) = source(&opened);
+        let fetch = spool.join(&desc(1000), first).expect("fetch");
+        let reader = tokio::spawn(read_all(fetch.body(0)));
+        tx.unbounded_send(Ok(Bytes::from(vec![7u8; 400])))
+            .expect("send");
+        tx.unbounded_send(Err(std::io::Error::other("registry gone")))
+            .expect("send");
+        let err = reader.await.expect("task").expect_err("fails");
+        assert!(err.to_string().contains("registry gone"), "{err}");
+        // A short blob is a failure too, not a complete one.
+        let (tx, second) = source(&opened);
+        let again = spool.join(&desc(1000), second).expect("new fetch");
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        tx.unbounded_send(Ok(Bytes::from(vec![7u8; 10])))
+            .expect("send");
+        drop(tx);
+        let err = read_all(again.body(0)).await.expect_err("short");
+        assert!(err.to_string().contains("ended after 10 of 1000"), "{err}");
+        // The spool's files are gone with their fetches.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let left = std::fs::read_dir(dir.path().join("spool"))
+            .expect("dir")
+            .count();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn the_spool_refuses_what_it_has_no_room_for_and_mismatched_sizes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spool = Arc::new(Spool::open(dir.path().join("spool")).expect("spool"));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let (_, huge) = source(&opened);
+        assert_eq!(
+            spool.join(&desc(SPOOL_BYTES_MAX + 1), huge).err(),
+            Some(Refused::Busy)
+        );
+        let (_tx, first) = source(&opened);
+        spool.join(&desc(10), first).expect("fetch");
+        let (_, other) = source(&opened);
+        assert_eq!(
+            spool.join(&desc(11), other).err(),
+            Some(Refused::SizeDiffers)
+        );
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn every_node_names_the_same_home_and_homes_spread() {
+        let nodes = [("n1", "a:1"), ("n2", "b:1"), ("n3", "c:1")];
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..300u32 {
+            let digest = format!("sha256:{:064x}", i);
+            let home = home_of(&digest, nodes.iter().copied()).expect("home");
+            let reversed = home_of(&digest, nodes.iter().rev().copied()).expect("home");
+            assert_eq!(
+                home, reversed,
+                "the order of the node table changes nothing"
+            );
+            // A node other than the home leaving moves nothing.
+            for gone in nodes.iter().filter(|(name, _)| *name != home.0) {
+                let rest = nodes.iter().copied().filter(|n| n != gone);
+                assert_eq!(home_of(&digest, rest), Some(home));
+            }
+            *counts.entry(home.0).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        assert!(counts.values().all(|&n| n > 60), "{counts:?}");
+        assert_eq!(home_of("sha256:x", std::iter::empty()), None);
+    }
+}
