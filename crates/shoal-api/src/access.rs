@@ -47,6 +47,7 @@ pub fn required(method: &Method, path: &str) -> Access {
             Access::Deploy
         }
         path if path.starts_with("/v1/apps/") && method == Method::DELETE => Access::Deploy,
+        "/v1/images" if method == Method::DELETE => Access::Deploy,
         _ => Access::Admin,
     }
 }
@@ -77,6 +78,7 @@ mod tests {
             (Method::POST, "/v1/plan", Access::Deploy),
             (Method::POST, "/v1/images", Access::Deploy),
             (Method::POST, "/v1/images/pull", Access::Deploy),
+            (Method::DELETE, "/v1/images", Access::Deploy),
             (Method::GET, "/v1/registries", Access::Read),
             (Method::POST, "/v1/registries", Access::Admin),
             (Method::DELETE, "/v1/registries/r.example", Access::Admin),

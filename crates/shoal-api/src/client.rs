@@ -338,6 +338,20 @@ impl Client {
         check(response).await.map(|_| ())
     }
 
+    /// Removes an image (by the name `images` lists) from the node.
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let request = self
+            .http
+            .delete(self.url("/v1/images"))
+            .query(&[("name", name)])
+            .timeout(WRITE_TIMEOUT);
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        check(response).await.map(|_| ())
+    }
+
     /// Streams an image archive from a file to the node.
     pub async fn import_image(&self, archive: &Path, name: Option<&str>) -> Result<Vec<ImageView>> {
         let file = tokio::fs::File::open(archive).await.map_err(|error| {

@@ -193,6 +193,11 @@ pub fn document() -> Value {
                     "parameters": [{"name": "name", "in": "query", "required": false, "schema": {"type": "string"}, "description": "name for an archive that carries none, or to rename"}],
                     "requestBody": {"required": true, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
                     "responses": {"200": ok("imported images", "ImageList"), "default": error}
+                },
+                "delete": {
+                    "summary": "Remove an image from this node; refused (409) while a task of the node runs it or is meant to",
+                    "parameters": [{"name": "name", "in": "query", "required": true, "schema": {"type": "string"}, "description": "the image's name as `GET /v1/images` lists it"}],
+                    "responses": {"204": {"description": "removed"}, "default": error}
                 }
             },
             "/v1/images/pull": {"post": {

@@ -150,6 +150,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<Vec<ImageView>>> + Send;
     /// Pulls an image from its registry onto the answering node.
     fn pull_image(&self, reference: String) -> impl Future<Output = ApiResult<ImageView>> + Send;
+    /// Removes an image from the answering node, unless a task of the
+    /// node runs it or is meant to.
+    fn remove_image(&self, name: String) -> impl Future<Output = ApiResult<()>> + Send;
 }
 
 /// Requests the public API handles at once; more wait their turn (within
@@ -175,7 +178,12 @@ async fn health() -> Json<serde_json::Value> {
 /// gets its own bounds (and, later, its own authentication).
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let images = Router::new()
-        .route("/v1/images", get(images::<B>).post(import_image::<B>))
+        .route(
+            "/v1/images",
+            get(images::<B>)
+                .post(import_image::<B>)
+                .delete(remove_image::<B>),
+        )
         .layer(DefaultBodyLimit::disable());
     let pulls = Router::new()
         .route("/v1/images/pull", axum::routing::post(pull_image::<B>))
@@ -372,6 +380,27 @@ async fn pull_image<B: Backend>(
         ));
     }
     backend.pull_image(request.reference).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct RemoveImageQuery {
+    name: Option<String>,
+}
+
+async fn remove_image<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(query): Query<RemoveImageQuery>,
+) -> ApiResult<axum::http::StatusCode> {
+    let name = query
+        .name
+        .filter(|name| !name.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "name: missing; send DELETE /v1/images?name=NAME with the name `shoal images` lists",
+            )
+        })?;
+    backend.remove_image(name).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

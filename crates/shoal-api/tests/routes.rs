@@ -85,6 +85,9 @@ impl Backend for Fake {
     async fn import_image(&self, _: PathBuf, _: Option<String>) -> ApiResult<Vec<ImageView>> {
         nothing()
     }
+    async fn remove_image(&self, _: String) -> ApiResult<()> {
+        nothing()
+    }
     async fn pull_image(&self, reference: String) -> ApiResult<ImageView> {
         Ok(ImageView {
             name: reference,

@@ -359,6 +359,17 @@ impl ImageStore for FakeRuntime {
         Ok(info)
     }
 
+    async fn remove_image(&self, name: &str) -> Result<()> {
+        self.take_failure(FakeOp::Images)?;
+        match self.state().images.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(RuntimeError::containerd(
+                ErrorKind::NotFound,
+                format!("no image {name}"),
+            )),
+        }
+    }
+
     /// The fake has no registry and keeps no blob bytes: pulls never
     /// fetch a blob, so there is nothing to ask peers for.
     fn fetch_blobs_through(&self, _peers: std::sync::Arc<dyn crate::registry::BlobPeers>) {}

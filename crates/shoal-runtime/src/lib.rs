@@ -145,6 +145,12 @@ pub trait ImageStore: Send + Sync + 'static {
         access: &registry::RegistryAccess,
     ) -> impl Future<Output = Result<ImageResolution>> + Send;
 
+    /// Removes the image record `name` (as [`ImageStore::images`] lists
+    /// it); its content and snapshots go with the runtime's garbage
+    /// collection once nothing else holds them. Fails with
+    /// [`ErrorKind::NotFound`] when there is no such image.
+    fn remove_image(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// From now on, every blob a pull needs is asked of `peers` (the
     /// cluster's other nodes) before its registry; bytes from peers are
     /// checked against the digest as a registry's are.

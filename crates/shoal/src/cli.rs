@@ -63,8 +63,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// List the cluster's nodes.
     Nodes(ListArgs),
-    /// List the images on the node.
-    Images(ListArgs),
+    /// List the images on the node, or on the nodes named (`--node`,
+    /// `--all-nodes`).
+    Images(ImagesArgs),
     /// Manage images.
     Image {
         #[command(subcommand)]
@@ -533,6 +534,9 @@ pub enum ImageCommand {
     /// `HOST[:PORT]/REPO:TAG` or `…@sha256:…`. Plain HTTP only for loopback
     /// registries.
     Pull(PullArgs),
+    /// Remove an image (by the name `shoal images` lists) from the node, or
+    /// from the nodes named; refused where a task runs it or is meant to.
+    Rm(ImageRmArgs),
     /// Write a root filesystem directory as a one-layer OCI image layout
     /// tarball, to push to a registry (`skopeo copy oci-archive:FILE:TAG
     /// docker://HOST/REPO:TAG`) or import; no node is asked.
@@ -557,7 +561,41 @@ pub struct PullArgs {
     /// The image reference, e.g. `127.0.0.1:5000/web:1.2`.
     pub reference: String,
     #[command(flatten)]
+    pub nodes: NodeSelection,
+    #[command(flatten)]
     pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Which nodes an image command acts on; by default the node answering
+/// (the credential's, or `--addr`).
+#[derive(Args, Clone, Default)]
+pub struct NodeSelection {
+    /// A node, by name (repeat for several).
+    #[arg(long = "node", value_name = "NAME", conflicts_with = "all_nodes")]
+    pub nodes: Vec<String>,
+    /// Every node alive.
+    #[arg(long)]
+    pub all_nodes: bool,
+}
+
+#[derive(Args)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub nodes: NodeSelection,
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args)]
+pub struct ImageRmArgs {
+    /// The image's name as `shoal images` lists it.
+    pub name: String,
+    #[command(flatten)]
+    pub nodes: NodeSelection,
     #[command(flatten)]
     pub target: Target,
 }

@@ -1325,4 +1325,54 @@ services:
         blob_gets.join("\n"),
         cluster.logs()
     );
+
+    // Images across the nodes: every node lists the pinned image, and none
+    // removes it while its task runs it.
+    let pinned = format!("{}/demo/big@{digest}", throttle.host());
+    let listed = cluster
+        .shoal_json(1, &["images", "--all-nodes"])
+        .expect("images of all nodes");
+    let holders: BTreeSet<&str> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|i| i["name"] == pinned.as_str())
+        .filter_map(|i| i["node"].as_str())
+        .collect();
+    assert_eq!(holders.len(), 5, "{listed}");
+    let refused = cluster.shoal(2, &["image", "rm", &pinned, "--all-nodes"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(said.matches("is in use on node").count(), 5, "{said}");
+
+    // An image pulled onto one named node is there only; removed over all
+    // nodes, the others say it is not there.
+    let extra_fs = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(extra_fs.path().join("etc")).expect("etc");
+    std::fs::write(extra_fs.path().join("etc/motd"), "extra\n").expect("motd");
+    registry.push_rootfs(extra_fs.path(), "demo/extra", "v1");
+    let extra = format!("{}/demo/extra:v1", registry.host());
+    let target = cluster.members[3].name.clone();
+    cluster.shoal_ok(0, &["image", "pull", &extra, "--node", &target]);
+    let on = |node: &str| -> bool {
+        cluster
+            .shoal_json(0, &["images", "--node", node])
+            .expect("images")
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|i| i["name"] == extra.as_str())
+    };
+    assert!(on(&target));
+    assert!(!on(&cluster.members[4].name));
+    let removed = cluster.shoal_ok(0, &["image", "rm", &extra, "--all-nodes"]);
+    assert!(removed.contains(&format!("{target}: removed")), "{removed}");
+    assert_eq!(removed.matches("not there").count(), 4, "{removed}");
+    assert!(!on(&target));
+    let unknown = cluster.shoal(0, &["images", "--node", "nope"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("--node nope: no such node"),
+        "{unknown:?}"
+    );
 }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use containerd_client::services::v1::{
-    CreateImageRequest, GetImageRequest, Image, ListImagesRequest, UpdateImageRequest,
+    CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, ListImagesRequest,
+    UpdateImageRequest,
 };
 use containerd_client::tonic::Code;
 
@@ -231,6 +232,24 @@ impl ImageStore for Containerd {
 
     async fn resolve(&self, reference: &str, access: &RegistryAccess) -> Result<ImageResolution> {
         self.resolve_image(reference, access).await
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<()> {
+        // Synchronous: the garbage collector has run when the call returns.
+        let mut request = self.req(DeleteImageRequest {
+            name: name.to_string(),
+            sync: true,
+            target: None,
+        });
+        request.set_timeout(super::RPC_TIMEOUT * 4);
+        match self.images_client().delete(request).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Err(RuntimeError::containerd(
+                ErrorKind::NotFound,
+                format!("no image {name}"),
+            )),
+            Err(s) => Err(cd_err(format!("removing image {name}"))(s)),
+        }
     }
 
     fn fetch_blobs_through(&self, peers: std::sync::Arc<dyn crate::registry::BlobPeers>) {

@@ -1,46 +1,218 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use futures::StreamExt;
+use serde::Serialize;
+use shoal_api::client::{Client, ClientError};
+use shoal_api::wire::ImageView;
 
-use crate::cli::{ImportArgs, ListArgs, PackArgs, PullArgs};
+use crate::cli::{ImageRmArgs, ImagesArgs, ImportArgs, NodeSelection, PackArgs, PullArgs, Target};
 use crate::clock::now_ms;
 use crate::output::{age, bytes, print_list};
 
-pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let images = super::client(&args.target)?.images().await?;
-    print(args.output.format, &images)
+/// Nodes asked at once by a command over several nodes.
+const NODES_IN_FLIGHT_MAX: usize = 8;
+
+/// An image on a named node, as `--node`/`--all-nodes` print it.
+#[derive(Serialize)]
+struct NodeImage<'a> {
+    node: &'a str,
+    #[serde(flatten)]
+    image: &'a ImageView,
 }
 
-fn print(
-    format: crate::cli::Format,
-    images: &[shoal_api::wire::ImageView],
-) -> anyhow::Result<ExitCode> {
-    let now_s = (now_ms() / 1000) as i64;
-    let rows = images
-        .iter()
-        .map(|image| {
-            vec![
-                image.name.clone(),
-                image.digest.chars().take(19).collect(),
-                bytes(image.size_bytes),
-                image
-                    .created_s
-                    .map(|created| {
-                        format!("{} ago", age(now_s.saturating_sub(created).max(0) as u64))
-                    })
-                    .unwrap_or_default(),
-            ]
+/// The nodes selected, each with a client to its own API; `None` when no
+/// node was named (the answering node acts).
+async fn selected(
+    target: &Target,
+    selection: &NodeSelection,
+) -> anyhow::Result<Option<Vec<(String, Client)>>> {
+    if selection.nodes.is_empty() && !selection.all_nodes {
+        return Ok(None);
+    }
+    let nodes = super::client(target)?.nodes().await?;
+    let mut chosen = Vec::new();
+    if selection.all_nodes {
+        for node in &nodes {
+            if node.status == shoal_types::NodeStatus::Alive {
+                chosen.push(node);
+            } else {
+                eprintln!("skipping {} ({})", node.name, node.status.as_str());
+            }
+        }
+    } else {
+        for name in &selection.nodes {
+            let Some(node) = nodes.iter().find(|n| &n.name == name) else {
+                let known: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+                anyhow::bail!(
+                    "--node {name}: no such node; the cluster has {}",
+                    known.join(", ")
+                );
+            };
+            if node.status != shoal_types::NodeStatus::Alive {
+                anyhow::bail!("--node {name}: the node is {}", node.status.as_str());
+            }
+            if !chosen
+                .iter()
+                .any(|c: &&shoal_api::wire::NodeView| c.name == node.name)
+            {
+                chosen.push(node);
+            }
+        }
+    }
+    let credential = crate::config::credential(target.config.as_deref(), target.addr.as_deref())?;
+    chosen
+        .into_iter()
+        .map(|node| {
+            let client = Client::from_credential(&credential, Some(&node.addr))?;
+            Ok((node.name.clone(), client))
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// `call` on every node given, [`NODES_IN_FLIGHT_MAX`] at once; the
+/// answers in the order of the node names.
+async fn on_nodes<T, F, Fut>(
+    clients: Vec<(String, Client)>,
+    call: F,
+) -> Vec<(String, Result<T, ClientError>)>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut answers: Vec<(String, Result<T, ClientError>)> =
+        futures::stream::iter(clients.into_iter().map(|(name, client)| {
+            let answer = call(client);
+            async move { (name, answer.await) }
+        }))
+        .buffer_unordered(NODES_IN_FLIGHT_MAX)
+        .collect()
+        .await;
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
+    answers
+}
+
+pub async fn list(args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let Some(clients) = selected(&args.target, &args.nodes).await? else {
+        let images = super::client(&args.target)?.images().await?;
+        return print(args.output.format, &images);
+    };
+    let answers = on_nodes(clients, |client| async move { client.images().await }).await;
+    print_per_node(args.output.format, &answers)
+}
+
+fn print(format: crate::cli::Format, images: &[ImageView]) -> anyhow::Result<ExitCode> {
+    let rows = images.iter().map(row).collect();
     print_list(format, images, &["NAME", "DIGEST", "SIZE", "CREATED"], rows)?;
     Ok(ExitCode::SUCCESS)
 }
 
+fn row(image: &ImageView) -> Vec<String> {
+    let now_s = (now_ms() / 1000) as i64;
+    vec![
+        image.name.clone(),
+        image.digest.chars().take(19).collect(),
+        bytes(image.size_bytes),
+        image
+            .created_s
+            .map(|created| format!("{} ago", age(now_s.saturating_sub(created).max(0) as u64)))
+            .unwrap_or_default(),
+    ]
+}
+
+/// Images by node; a node that failed is said on stderr, and makes the
+/// exit code 1 after the others are printed.
+fn print_per_node(
+    format: crate::cli::Format,
+    answers: &[(String, Result<Vec<ImageView>, ClientError>)],
+) -> anyhow::Result<ExitCode> {
+    let mut items = Vec::new();
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for (node, answer) in answers {
+        match answer {
+            Ok(images) => {
+                for image in images {
+                    items.push(NodeImage { node, image });
+                    let mut cells = vec![node.clone()];
+                    cells.extend(row(image));
+                    rows.push(cells);
+                }
+            }
+            Err(error) => {
+                failed = true;
+                eprintln!("{node}: {error}");
+            }
+        }
+    }
+    print_list(
+        format,
+        &items,
+        &["NODE", "NAME", "DIGEST", "SIZE", "CREATED"],
+        rows,
+    )?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
-    let image = super::client(&args.target)?
-        .pull_image(&args.reference)
-        .await?;
-    print(args.output.format, &[image])
+    let Some(clients) = selected(&args.target, &args.nodes).await? else {
+        let image = super::client(&args.target)?
+            .pull_image(&args.reference)
+            .await?;
+        return print(args.output.format, &[image]);
+    };
+    let reference = args.reference.as_str();
+    let answers = on_nodes(clients, |client| async move {
+        client.pull_image(reference).await.map(|image| vec![image])
+    })
+    .await;
+    print_per_node(args.output.format, &answers)
+}
+
+pub async fn remove(args: ImageRmArgs) -> anyhow::Result<ExitCode> {
+    let Some(clients) = selected(&args.target, &args.nodes).await? else {
+        super::client(&args.target)?
+            .remove_image(&args.name)
+            .await?;
+        println!("removed {}", args.name);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let name = args.name.as_str();
+    let answers = on_nodes(
+        clients,
+        |client| async move { client.remove_image(name).await },
+    )
+    .await;
+    let (mut removed, mut failed) = (0, false);
+    for (node, answer) in &answers {
+        match answer {
+            Ok(()) => {
+                removed += 1;
+                println!("{node}: removed {name}");
+            }
+            // Over every node, one without the image is no failure.
+            Err(ClientError::Api { status: 404, .. }) if args.nodes.all_nodes => {
+                println!("{node}: not there");
+            }
+            Err(error) => {
+                failed = true;
+                eprintln!("{node}: {error}");
+            }
+        }
+    }
+    if removed == 0 && !failed {
+        anyhow::bail!("no node has an image {name}; `shoal images --all-nodes` lists them");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub async fn pack(args: PackArgs) -> anyhow::Result<ExitCode> {

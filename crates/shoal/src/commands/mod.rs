@@ -53,6 +53,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image {
             command: ImageCommand::Pack(args),
         } => images::pack(args).await,
+        Command::Image {
+            command: ImageCommand::Rm(args),
+        } => images::remove(args).await,
         Command::Cluster { command } => cluster::run(command).await,
         Command::Node {
             command: NodeCommand::Leave { target },

@@ -18,10 +18,11 @@ use shoal_api::wire::{
 };
 use shoal_cluster::raft::ProposeError;
 use shoal_runtime::registry::RegistryAccess;
+use shoal_runtime::ContainerStatus;
 use shoal_runtime::{ErrorKind, ImageStore, Runtime};
 use shoal_state::Entry;
 use shoal_state::{ApplyError, Command, Outcome};
-use shoal_types::{NodeStatus, Taint, TaintEffect};
+use shoal_types::{DesiredState, NodeStatus, PinnedImage, Taint, TaintEffect};
 
 use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::raft::RaftNode;
@@ -385,6 +386,77 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
                 _ => ApiError::unavailable(error.to_string()),
             })?;
         Ok(images.into_iter().map(image_view).collect())
+    }
+
+    async fn remove_image(&self, name: String) -> ApiResult<()> {
+        let node = &self.0.config.name;
+        let name = shoal_runtime::image::normalize_name(name.trim())
+            .map_err(|error| ApiError::bad_request(format!("name: {error}")))?;
+        let images = self
+            .0
+            .runtime
+            .images()
+            .await
+            .map_err(|error| ApiError::unavailable(error.to_string()))?;
+        if !images.iter().any(|image| image.name == name) {
+            return Err(ApiError::not_found(format!(
+                "name: node {node} has no image {name}; `shoal images` lists them"
+            )));
+        }
+        // Tasks of this node meant to run it, and containers running it
+        // (a task being stopped still runs until it has stopped).
+        let mut users: std::collections::BTreeSet<String> = {
+            let state = self.0.raft.read();
+            state
+                .tasks
+                .values()
+                .filter(|task| &task.node == node && task.desired == DesiredState::Running)
+                .filter(|task| {
+                    let shoal_types::Workload::Container(container) = &task.spec.workload;
+                    let reference =
+                        PinnedImage::run_reference(task.image.as_ref(), &container.image);
+                    shoal_runtime::image::normalize_name(&reference)
+                        .ok()
+                        .as_ref()
+                        == Some(&name)
+                })
+                .map(|task| task.id.clone())
+                .collect()
+        };
+        let containers = self
+            .0
+            .runtime
+            .list()
+            .await
+            .map_err(|error| ApiError::unavailable(error.to_string()))?;
+        users.extend(
+            containers
+                .into_iter()
+                .filter(|c| c.image == name && matches!(c.status, ContainerStatus::Running { .. }))
+                .map(|c| c.id),
+        );
+        if !users.is_empty() {
+            let users: Vec<String> = users.into_iter().collect();
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!(
+                    "name: {name} is in use on node {node} by {}; remove it once they have stopped",
+                    users.join(", ")
+                ),
+            ));
+        }
+        self.0
+            .runtime
+            .remove_image(&name)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::NotFound => ApiError::not_found(format!(
+                    "name: node {node} has no image {name}; `shoal images` lists them"
+                )),
+                _ => ApiError::unavailable(error.to_string()),
+            })?;
+        tracing::info!(image = %name, "image removed");
+        Ok(())
     }
 
     async fn pull_image(&self, reference: String) -> ApiResult<ImageView> {

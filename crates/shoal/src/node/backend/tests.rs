@@ -363,3 +363,62 @@ async fn malformed_requests_never_panic_or_fail_the_server() {
     let (status, _) = call(&fixture, Method::GET, "/v1/nodes", "").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_image_is_removed_unless_a_task_of_the_node_runs_it() {
+    let fixture = fixture().await;
+    let old = fixture.runtime.add_image("registry.example/old:1");
+    // A task placed on this node that runs busybox.
+    let (status, body) = call(&fixture, Method::POST, "/v1/apps", SPEC).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let plan = shoal_sched::reconcile(&fixture.log.read());
+    fixture.log.apply(Command::ApplyPlan { plan });
+    assert!(!fixture.log.read().tasks.is_empty());
+
+    let (status, body) = call(&fixture, Method::DELETE, "/v1/images?name=busybox", "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("in use on node n1 by web.hello.0."),
+        "{body}"
+    );
+    let names = |images: Vec<shoal_runtime::ImageInfo>| -> Vec<String> {
+        images.into_iter().map(|i| i.name).collect()
+    };
+    let kept = names(fixture.runtime.images().await.expect("images"));
+    assert!(
+        kept.contains(&"docker.io/library/busybox:latest".to_string()),
+        "{kept:?}"
+    );
+
+    // Unused: removed, and gone from the list.
+    let (status, body) = call(
+        &fixture,
+        Method::DELETE,
+        "/v1/images?name=registry.example/old:1",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let left = names(fixture.runtime.images().await.expect("images"));
+    assert!(!left.contains(&old), "{left:?}");
+
+    // Not there, a name that is no reference, no name: each says so.
+    for (query, wanted, words) in [
+        (
+            "?name=registry.example/old:1",
+            StatusCode::NOT_FOUND,
+            "has no image",
+        ),
+        ("?name=Not%20A%20Name", StatusCode::BAD_REQUEST, "name:"),
+        ("", StatusCode::BAD_REQUEST, "name: missing"),
+    ] {
+        let (status, body) =
+            call(&fixture, Method::DELETE, &format!("/v1/images{query}"), "").await;
+        assert_eq!(status, wanted, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or_default().contains(words),
+            "{query}: {body}"
+        );
+    }
+}
