@@ -50,6 +50,9 @@ const CLIENTS_MAX: usize = 64;
 /// Connections to peers one blob download may use before it goes to the
 /// registry for the rest.
 const PEER_CONNECTIONS_MAX: u32 = 2;
+/// Slowest pace a peer connection may keep over each stall-timeout window
+/// (a peer that trickles bytes is left for the registry).
+const PEER_BYTES_PER_S_MIN: u64 = 64 << 10;
 /// Blobs whose bytes from peers did not match their digest that are
 /// remembered, so that the next download of each asks the registry alone.
 const PEERS_DISTRUSTED_MAX: usize = 1024;
@@ -164,6 +167,11 @@ impl ImageRef {
             RuntimeError::InvalidImage(format!("image reference {reference:?} is not valid: {e}"))
         })?;
         Ok(ImageRef { inner })
+    }
+
+    /// The repository within the registry (`library/busybox`).
+    pub fn repository(&self) -> &str {
+        self.inner.repository()
     }
 
     /// The registry host (`docker.io` for Docker Hub names).
@@ -400,6 +408,9 @@ impl Registries {
                 .cloned(),
             distrusted: self.distrusted.clone(),
             peer_connections: 0,
+            from_peer: false,
+            peer_bytes: 0,
+            window: (tokio::time::Instant::now(), 0),
             attempts: 0,
             connections: 0,
             done: false,
@@ -432,6 +443,13 @@ struct BlobDownload {
     distrusted: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Connections to peers so far.
     peer_connections: u32,
+    /// Whether the connection open now is a peer's.
+    from_peer: bool,
+    /// Bytes that came from peers.
+    peer_bytes: u64,
+    /// When the current pace window of a peer connection began, and the
+    /// bytes it has brought since.
+    window: (tokio::time::Instant, u64),
     /// Registry connections in a row without a byte; and in all.
     attempts: u32,
     connections: u32,
@@ -446,6 +464,18 @@ impl BlobDownload {
             }
             let body = self.body.as_mut().expect("set above");
             let why = match tokio::time::timeout(self.stall, body.next()).await {
+                Ok(Some(Ok(chunk))) if self.from_peer => match self.peer_misbehaves(chunk.len()) {
+                    None => {
+                        self.peer_bytes += chunk.len() as u64;
+                        return self.take(chunk);
+                    }
+                    Some(why) => {
+                        // Nothing of this chunk is handed on: the registry
+                        // gives the rest.
+                        self.peer_connections = PEER_CONNECTIONS_MAX;
+                        why
+                    }
+                },
                 Ok(Some(Ok(chunk))) => return self.take(chunk),
                 Ok(None) => format!(
                     "the connection ended after {} of {} bytes",
@@ -463,6 +493,30 @@ impl BlobDownload {
             );
             self.body = None;
         }
+    }
+
+    /// Why a peer's next chunk of `len` bytes is not taken: more than the
+    /// blob holds, or a pace below [`PEER_BYTES_PER_S_MIN`] over a window.
+    fn peer_misbehaves(&mut self, len: usize) -> Option<String> {
+        if self.offset + len as u64 > self.desc.size {
+            return Some(format!(
+                "the peer sent more than the blob's {} bytes",
+                self.desc.size
+            ));
+        }
+        let (started, bytes) = &mut self.window;
+        *bytes += len as u64;
+        let elapsed = started.elapsed();
+        if elapsed >= self.stall {
+            if *bytes < PEER_BYTES_PER_S_MIN * elapsed.as_secs().max(1) {
+                return Some(format!(
+                    "the peer sent {bytes} bytes in {elapsed:?}, slower than {PEER_BYTES_PER_S_MIN} bytes/s"
+                ));
+            }
+            *started = tokio::time::Instant::now();
+            *bytes = 0;
+        }
+        None
     }
 
     /// Counts and hashes a chunk; at the end, checks the digest.
@@ -485,7 +539,7 @@ impl BlobDownload {
             let digest = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
             if digest != self.desc.digest {
                 let mut from = "";
-                if self.peer_connections > 0 && self.peers.is_some() {
+                if self.peer_bytes > 0 {
                     // Some bytes came from a peer: the next download of
                     // this blob asks the registry alone.
                     let mut distrusted = self.distrusted.lock().unwrap_or_else(|p| p.into_inner());
@@ -511,12 +565,17 @@ impl BlobDownload {
             if self.peer_connections < PEER_CONNECTIONS_MAX {
                 self.peer_connections += 1;
                 match peers.open(&self.reference, &self.desc, self.offset).await {
-                    Some(body) => return Ok(body),
+                    Some(body) => {
+                        self.from_peer = true;
+                        self.window = (tokio::time::Instant::now(), 0);
+                        return Ok(body);
+                    }
                     // No peer offers it: straight to the registry.
                     None => self.peer_connections = PEER_CONNECTIONS_MAX,
                 }
             }
         }
+        self.from_peer = false;
         let client = match &self.client {
             Ok(client) => client.clone(),
             Err(e) => return Err(RuntimeError::InvalidImage(e.to_string())),
@@ -992,6 +1051,8 @@ mod download_tests {
         blob: Vec<u8>,
         upto: usize,
         lie: bool,
+        /// Bytes sent past the end of what it serves.
+        extra: usize,
         offsets: Mutex<Vec<u64>>,
     }
 
@@ -1008,6 +1069,9 @@ mod download_tests {
             if self.lie && !bytes.is_empty() {
                 bytes[0] ^= 1;
             }
+            if !bytes.is_empty() {
+                bytes.extend(std::iter::repeat_n(0u8, self.extra));
+            }
             Box::pin(async move {
                 if bytes.is_empty() {
                     return None;
@@ -1022,11 +1086,20 @@ mod download_tests {
     }
 
     async fn fetch_with_peer(upto: usize, lie: bool) -> (Arc<Peer>, Arc<Server>, Registries) {
+        fetch_with_peer_sending(upto, lie, 0).await
+    }
+
+    async fn fetch_with_peer_sending(
+        upto: usize,
+        lie: bool,
+        extra: usize,
+    ) -> (Arc<Peer>, Arc<Server>, Registries) {
         let (reference, desc, server) = serve(Fault::CutEvery(usize::MAX)).await;
         let peer = Arc::new(Peer {
             blob: server.blob.clone(),
             upto,
             lie,
+            extra,
             offsets: Mutex::default(),
         });
         let registries = Registries::with_stall_timeout(Duration::from_millis(300));
@@ -1059,6 +1132,50 @@ mod download_tests {
         let (peer, server, _) = fetch_with_peer(200_000, false).await;
         assert_eq!(*peer.offsets.lock().expect("offsets"), vec![0]);
         assert_eq!(server.requests.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_sends_too_much_is_left_for_the_registry() {
+        let (peer, server, _) = fetch_with_peer_sending(200_000, false, 10).await;
+        // Its chunk ran past the blob's end: nothing of it was taken, and
+        // the registry served the whole blob.
+        assert_eq!(*peer.offsets.lock().expect("offsets"), vec![0]);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+        assert_eq!(server.served.load(Ordering::SeqCst), 200_000);
+    }
+
+    /// A peer that sends one byte every 100 ms, never silent for a whole
+    /// stall timeout.
+    struct Trickle(Vec<u8>);
+
+    impl BlobPeers for Trickle {
+        fn open(
+            &self,
+            _reference: &ImageRef,
+            _desc: &Descriptor,
+            offset: u64,
+        ) -> BoxFuture<'static, Option<BlobBody>> {
+            let bytes = self.0[offset as usize..].to_vec();
+            Box::pin(async move {
+                let body = futures::stream::iter(bytes).then(|byte| async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(Bytes::from(vec![byte]))
+                });
+                Some(Box::pin(body) as BlobBody)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_trickles_is_left_for_the_registry() {
+        let (reference, desc, server) = serve(Fault::CutEvery(usize::MAX)).await;
+        let registries = Registries::with_stall_timeout(Duration::from_millis(300));
+        registries.fetch_through(Arc::new(Trickle(server.blob.clone())));
+        let got = download(&registries, &reference, &desc).await;
+        assert_eq!(image::sha256_digest(&got.expect("complete")), desc.digest);
+        // A few bytes came from the peer, the rest from the registry.
+        let served = server.served.load(Ordering::SeqCst);
+        assert!((199_990..200_000).contains(&served), "{served}");
     }
 
     #[tokio::test]

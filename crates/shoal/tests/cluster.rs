@@ -1290,6 +1290,10 @@ fn five_nodes_starting_one_image_fetch_each_blob_from_the_registry_once() {
     std::fs::write(rootfs.path().join("fs/noise"), noise).expect("noise");
     let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/big", "v1");
     let throttle = Throttle::start(registry.port, 3 << 20);
+    // Registered, so that nodes fetch from it for each other from the
+    // first blob on (they fetch for others only from registries the
+    // cluster's state names).
+    cluster.shoal_ok(0, &["registry", "add", &throttle.host(), "--insecure"]);
     let spec = format!(
         r#"
 name: big

@@ -32,7 +32,7 @@ use shoal_runtime::image::Descriptor;
 use shoal_runtime::registry::{BlobBody, BlobPeers, ImageRef, Registries};
 use shoal_runtime::ImageStore;
 use shoal_types::NodeStatus;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 /// The route a home serves blobs on (node certificates only, as every
@@ -41,16 +41,19 @@ pub const BLOB_PATH: &str = "/v1/internal/blobs/{digest}";
 /// Fetches into the spool at once; a home asked for more answers 503 and
 /// the asker goes to the registry.
 const FETCHES_MAX: usize = 32;
-/// Bytes of the blobs being spooled at once.
-const SPOOL_BYTES_MAX: u64 = 32 << 30;
-/// Largest blob a home fetches for others.
-const BLOB_BYTES_MAX: u64 = 64 << 30;
+/// Bytes of the blobs in the spool at once, fetching or kept a while.
+const SPOOL_BYTES_MAX: u64 = 8 << 30;
+/// Largest blob a home fetches for others (bigger ones come from the
+/// registry to each node).
+const BLOB_BYTES_MAX: u64 = SPOOL_BYTES_MAX;
+/// Blob answers a node streams at once.
+const BLOB_STREAMS_MAX: usize = 64;
 /// A finished fetch's file stays this long for nodes that ask late.
 const SPOOL_KEEP: Duration = Duration::from_secs(120);
 /// Bytes read from a spool file at once.
 const READ_CHUNK_BYTES: usize = 256 << 10;
 /// Time a home has to answer (headers); its bytes then follow at the pace
-/// the download's stall timeout watches.
+/// the download watches.
 const HOME_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest failure message kept for readers of a spool.
 const FAILURE_BYTES_MAX: usize = 512;
@@ -68,16 +71,41 @@ enum Progress {
 pub struct Fetch {
     path: PathBuf,
     size: u64,
-    progress: watch::Sender<Progress>,
+    /// Opened when the fetch began, so that a reader never finds the file
+    /// gone; read at offsets.
+    file: Arc<std::fs::File>,
+    /// Its writer, the task that fetches, holds the sender: when that task
+    /// is gone, readers know.
+    progress: watch::Receiver<Progress>,
 }
 
-/// Why a spool will not fetch a blob now.
+impl Fetch {
+    /// Whether joining it gives the blob: done, or running with its writer.
+    fn usable(&self) -> bool {
+        match *self.progress.borrow() {
+            Progress::Done => true,
+            Progress::Failed(_) => false,
+            Progress::Running(_) => self.progress.has_changed().is_ok(),
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(*self.progress.borrow(), Progress::Running(_)) && self.usable()
+    }
+}
+
+/// Why a node will not fetch a blob for the cluster now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     /// Too many fetches or bytes under way.
     Busy,
+    /// The rest of a blob (an offset) whose fetch is no longer under way:
+    /// a new fetch would start from the first byte.
+    NotUnderWay,
     /// The blob is being fetched with another size.
     SizeDiffers,
+    /// The registry is one the cluster's state does not name.
+    UnknownRegistry,
     /// The spool file could not be made.
     Disk(String),
 }
@@ -104,10 +132,12 @@ impl Spool {
     }
 
     /// The fetch of `desc` under way (or finished a moment ago), else a new
-    /// one of the bytes `source` gives.
+    /// one of the bytes `source` gives; the latter only for a reader from
+    /// the first byte.
     pub fn join(
         self: &Arc<Self>,
         desc: &Descriptor,
+        offset: u64,
         source: impl FnOnce() -> BlobBody,
     ) -> Result<Arc<Fetch>, Refused> {
         let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
@@ -115,31 +145,34 @@ impl Spool {
             if fetch.size != desc.size {
                 return Err(Refused::SizeDiffers);
             }
-            if !matches!(*fetch.progress.borrow(), Progress::Failed(_)) {
+            if fetch.usable() {
                 return Ok(fetch.clone());
             }
         }
+        if offset > 0 {
+            return Err(Refused::NotUnderWay);
+        }
         fetches.remove(&desc.digest);
-        let running: Vec<&Arc<Fetch>> = fetches
-            .values()
-            .filter(|f| matches!(*f.progress.borrow(), Progress::Running(_)))
-            .collect();
-        let bytes: u64 = running.iter().map(|f| f.size).sum();
-        if running.len() >= FETCHES_MAX || bytes.saturating_add(desc.size) > SPOOL_BYTES_MAX {
+        let bytes: u64 = fetches.values().map(|f| f.size).sum();
+        let running = fetches.values().filter(|f| f.running()).count();
+        if running >= FETCHES_MAX || bytes.saturating_add(desc.size) > SPOOL_BYTES_MAX {
             return Err(Refused::Busy);
         }
         let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let hex = desc.digest.trim_start_matches("sha256:");
         let path = self.dir.join(format!("{hex}.{n}"));
-        let file = std::fs::OpenOptions::new()
+        let disk = |e: std::io::Error| Refused::Disk(format!("{}: {e}", path.display()));
+        let writer = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| Refused::Disk(format!("{}: {e}", path.display())))?;
-        let (progress, _) = watch::channel(Progress::Running(0));
+            .map_err(disk)?;
+        let reader = std::fs::File::open(&path).map_err(disk)?;
+        let (sender, progress) = watch::channel(Progress::Running(0));
         let fetch = Arc::new(Fetch {
             path,
             size: desc.size,
+            file: Arc::new(reader),
             progress,
         });
         fetches.insert(desc.digest.clone(), fetch.clone());
@@ -149,18 +182,17 @@ impl Spool {
         let body = source();
         let running = fetch.clone();
         tokio::spawn(async move {
-            let outcome = spool_into(tokio::fs::File::from_std(file), body, &running).await;
-            match outcome {
+            let writer = tokio::fs::File::from_std(writer);
+            match spool_into(writer, body, &running, &sender).await {
                 Ok(()) => {
-                    running.progress.send_replace(Progress::Done);
+                    sender.send_replace(Progress::Done);
                     tracing::debug!(blob = %digest, "blob fetched for the cluster");
                     tokio::time::sleep(SPOOL_KEEP).await;
                 }
-                Err(why) => {
+                Err(mut why) => {
                     tracing::warn!(blob = %digest, error = %why, "fetching a blob for the cluster failed");
-                    let mut why = why;
                     why.truncate(why.floor_char_boundary(FAILURE_BYTES_MAX));
-                    running.progress.send_replace(Progress::Failed(why));
+                    sender.send_replace(Progress::Failed(why));
                 }
             }
             spool.forget(&digest, &running);
@@ -168,7 +200,7 @@ impl Spool {
         Ok(fetch)
     }
 
-    /// Removes a fetch (and its file; readers that have it open read on).
+    /// Removes a fetch and its file (readers hold it open and read on).
     fn forget(&self, digest: &str, fetch: &Arc<Fetch>) {
         let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
         if fetches.get(digest).is_some_and(|f| Arc::ptr_eq(f, fetch)) {
@@ -184,6 +216,7 @@ async fn spool_into(
     mut file: tokio::fs::File,
     mut body: BlobBody,
     fetch: &Fetch,
+    progress: &watch::Sender<Progress>,
 ) -> Result<(), String> {
     let mut written = 0u64;
     while let Some(chunk) = body.next().await {
@@ -202,7 +235,7 @@ async fn spool_into(
         file.flush()
             .await
             .map_err(|e| format!("writing {}: {e}", fetch.path.display()))?;
-        fetch.progress.send_replace(Progress::Running(written));
+        progress.send_replace(Progress::Running(written));
     }
     if written != fetch.size {
         return Err(format!(
@@ -218,8 +251,7 @@ impl Fetch {
     pub fn body(self: &Arc<Self>, offset: u64) -> BlobBody {
         let reader = SpoolReader {
             fetch: self.clone(),
-            progress: self.progress.subscribe(),
-            file: None,
+            progress: self.progress.clone(),
             pos: offset,
             over: false,
         };
@@ -240,7 +272,6 @@ impl Fetch {
 struct SpoolReader {
     fetch: Arc<Fetch>,
     progress: watch::Receiver<Progress>,
-    file: Option<tokio::fs::File>,
     pos: u64,
     over: bool,
 }
@@ -266,6 +297,8 @@ impl SpoolReader {
             if progress == Progress::Done {
                 return None;
             }
+            // The writer gone without a word (it cannot be, short of a
+            // panic): the reader ends rather than wait.
             if self.progress.changed().await.is_err() {
                 return Some(Err(std::io::Error::other("the home's fetch was dropped")));
             }
@@ -273,16 +306,14 @@ impl SpoolReader {
     }
 
     async fn read(&mut self, len: u64) -> std::io::Result<Bytes> {
-        if self.file.is_none() {
-            let mut file = tokio::fs::File::open(&self.fetch.path).await?;
-            file.seek(std::io::SeekFrom::Start(self.pos)).await?;
-            self.file = Some(file);
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Err(std::io::Error::other("the spool file is not open"));
-        };
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact(&mut buf).await?;
+        use std::os::unix::fs::FileExt;
+        let (file, pos) = (self.fetch.file.clone(), self.pos);
+        let buf = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, pos).map(|()| buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         self.pos += len;
         Ok(Bytes::from(buf))
     }
@@ -322,17 +353,58 @@ pub struct ClusterBlobs<L> {
 }
 
 impl<L: ReplicatedLog> ClusterBlobs<L> {
-    /// The fetch of `desc` into this node's spool, joined or started.
-    pub fn fetch(&self, reference: &ImageRef, desc: &Descriptor) -> Result<Arc<Fetch>, Refused> {
-        self.spool.join(desc, || {
-            let access = super::registries::access_for(
+    /// The fetch of `desc` into this node's spool, joined, or started for
+    /// a reader from its first byte.
+    ///
+    /// Any node may ask, so what a home fetches is bounded by the state:
+    /// only from a registry the state names (by its settings or an app's
+    /// image), and with the registry's credentials only for a repository
+    /// an app names; else anonymously, as the asker could itself.
+    pub fn fetch(
+        &self,
+        reference: &ImageRef,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> Result<Arc<Fetch>, Refused> {
+        let (host_named, repository_named) = named_by_state(&self.log.read(), reference);
+        if !host_named {
+            return Err(Refused::UnknownRegistry);
+        }
+        self.spool.join(desc, offset, || {
+            let mut access = super::registries::access_for(
                 &self.log,
                 self.data_key.as_ref(),
                 &reference.to_string(),
             );
+            if !repository_named {
+                access.username = None;
+                access.password = None;
+            }
             Box::pin(self.registries.blob(reference, &access, desc))
         })
     }
+}
+
+/// Whether the state names `reference`'s registry (settings, or an app's
+/// image there), and its repository (an app's image).
+fn named_by_state(state: &shoal_state::State, reference: &ImageRef) -> (bool, bool) {
+    let host = reference.registry();
+    let mut host_named = state.registries.contains_key(host);
+    for app in state.apps.values() {
+        for service in &app.spec.services {
+            let shoal_types::Workload::Container(container) = &service.workload;
+            let Ok(image) = ImageRef::parse(&container.image) else {
+                continue;
+            };
+            if image.registry() == host {
+                host_named = true;
+                if image.repository() == reference.repository() {
+                    return (true, true);
+                }
+            }
+        }
+    }
+    (host_named, false)
 }
 
 impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
@@ -358,7 +430,7 @@ impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
             return Box::pin(std::future::ready(None));
         };
         if home == self.node {
-            let body = match self.fetch(reference, desc) {
+            let body = match self.fetch(reference, desc, offset) {
                 Ok(fetch) => Some(fetch.body(offset)),
                 Err(refused) => {
                     tracing::debug!(blob = %desc.digest, ?refused, "the spool takes no fetch now");
@@ -415,6 +487,18 @@ impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
 pub struct BlobService<R, L> {
     pub runtime: Arc<R>,
     pub blobs: Arc<ClusterBlobs<L>>,
+    /// One permit per answer being streamed.
+    pub streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl<R, L> BlobService<R, L> {
+    pub fn new(runtime: Arc<R>, blobs: Arc<ClusterBlobs<L>>) -> Self {
+        BlobService {
+            runtime,
+            blobs,
+            streams: Arc::new(tokio::sync::Semaphore::new(BLOB_STREAMS_MAX)),
+        }
+    }
 }
 
 pub fn router<R: ImageStore, L: ReplicatedLog + 'static>(
@@ -452,18 +536,26 @@ async fn serve<R: ImageStore, L: ReplicatedLog + 'static>(
             .and_then(|r| r.parse::<u64>().ok())
             .ok_or_else(|| ApiError::bad_request("Range: only `bytes=OFFSET-` is served"))?,
     };
+    let permit = service.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable("this node streams as many blobs as it may; ask the registry")
+    })?;
     let held = service
         .runtime
         .blob(&digest, offset)
         .await
-        .map_err(|e| ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            shoal_runtime::ErrorKind::Invalid => {
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string())
+            }
+            _ => ApiError::unavailable(e.to_string()),
+        })?;
     if let Some((size, body)) = held {
         if query.size.is_some_and(|wanted| wanted != size) {
             return Err(ApiError::bad_request(format!(
                 "size: blob {digest} has {size} bytes here"
             )));
         }
-        return Ok(respond(size, offset, body));
+        return Ok(respond(size, offset, body, permit));
     }
     let reference = query.reference.as_deref().ok_or_else(|| {
         ApiError::bad_request("reference: the image the blob belongs to is required to fetch it")
@@ -490,10 +582,20 @@ async fn serve<R: ImageStore, L: ReplicatedLog + 'static>(
         size,
         ..Descriptor::default()
     };
-    match service.blobs.fetch(&reference, &desc) {
-        Ok(fetch) => Ok(respond(size, offset, fetch.body(offset))),
+    match service.blobs.fetch(&reference, &desc, offset) {
+        Ok(fetch) => Ok(respond(size, offset, fetch.body(offset), permit)),
         Err(Refused::Busy) => Err(ApiError::unavailable(
             "this node fetches as many blobs as it may; ask the registry",
+        )),
+        Err(Refused::NotUnderWay) => Err(ApiError::unavailable(
+            "this node no longer fetches that blob; ask the registry for the rest",
+        )),
+        Err(Refused::UnknownRegistry) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "reference: the cluster names no image of {}; a node fetches for others only from registries the cluster uses",
+                reference.registry()
+            ),
         )),
         Err(Refused::SizeDiffers) => Err(ApiError::bad_request(format!(
             "size: blob {} is being fetched with another size",
@@ -503,7 +605,17 @@ async fn serve<R: ImageStore, L: ReplicatedLog + 'static>(
     }
 }
 
-fn respond(size: u64, offset: u64, body: BlobBody) -> Response {
+fn respond(
+    size: u64,
+    offset: u64,
+    body: BlobBody,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    // The permit goes when the body does.
+    let body = body.map(move |chunk| {
+        let _streaming = &permit;
+        chunk
+    });
     let status = if offset == 0 {
         StatusCode::OK
     } else {
@@ -570,13 +682,17 @@ mod tests {
         let opened = Arc::new(AtomicUsize::new(0));
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
         let (tx, first) = source(&opened);
-        let fetch = spool.join(&desc(data.len() as u64), first).expect("fetch");
+        let fetch = spool
+            .join(&desc(data.len() as u64), 0, first)
+            .expect("fetch");
         let early = tokio::spawn(read_all(fetch.body(0)));
         tx.unbounded_send(Ok(Bytes::copy_from_slice(&data[..250_000])))
             .expect("send");
         // Joined mid-way, from 0 and from an offset: the same download.
         let (_, second) = source(&opened);
-        let joined = spool.join(&desc(data.len() as u64), second).expect("join");
+        let joined = spool
+            .join(&desc(data.len() as u64), 0, second)
+            .expect("join");
         let late = tokio::spawn(read_all(joined.body(0)));
         let ranged = tokio::spawn(read_all(joined.body(100_000)));
         tx.unbounded_send(Ok(Bytes::copy_from_slice(&data[250_000..])))
@@ -588,7 +704,9 @@ mod tests {
         assert_eq!(opened.load(Ordering::SeqCst), 1);
         // Finished, it still serves those who ask a moment later.
         let (_, third) = source(&opened);
-        let after = spool.join(&desc(data.len() as u64), third).expect("join");
+        let after = spool
+            .join(&desc(data.len() as u64), 0, third)
+            .expect("join");
         assert_eq!(read_all(after.body(0)).await.expect("bytes"), data);
         assert_eq!(opened.load(Ordering::SeqCst), 1);
     }
@@ -599,7 +717,7 @@ mod tests {
         let spool = Arc::new(Spool::open(dir.path().join("spool")).expect("spool"));
         let opened = Arc::new(AtomicUsize::new(0));
         let (tx, first) = source(&opened);
-        let fetch = spool.join(&desc(1000), first).expect("fetch");
+        let fetch = spool.join(&desc(1000), 0, first).expect("fetch");
         let reader = tokio::spawn(read_all(fetch.body(0)));
         tx.unbounded_send(Ok(Bytes::from(vec![7u8; 400])))
             .expect("send");
@@ -609,7 +727,7 @@ mod tests {
         assert!(err.to_string().contains("registry gone"), "{err}");
         // A short blob is a failure too, not a complete one.
         let (tx, second) = source(&opened);
-        let again = spool.join(&desc(1000), second).expect("new fetch");
+        let again = spool.join(&desc(1000), 0, second).expect("new fetch");
         assert_eq!(opened.load(Ordering::SeqCst), 2);
         tx.unbounded_send(Ok(Bytes::from(vec![7u8; 10])))
             .expect("send");
@@ -631,17 +749,62 @@ mod tests {
         let opened = Arc::new(AtomicUsize::new(0));
         let (_, huge) = source(&opened);
         assert_eq!(
-            spool.join(&desc(SPOOL_BYTES_MAX + 1), huge).err(),
+            spool.join(&desc(SPOOL_BYTES_MAX + 1), 0, huge).err(),
             Some(Refused::Busy)
         );
         let (_tx, first) = source(&opened);
-        spool.join(&desc(10), first).expect("fetch");
+        spool.join(&desc(10), 0, first).expect("fetch");
         let (_, other) = source(&opened);
         assert_eq!(
-            spool.join(&desc(11), other).err(),
+            spool.join(&desc(11), 0, other).err(),
             Some(Refused::SizeDiffers)
         );
         assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_blob_no_longer_fetched_is_not_fetched_from_its_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spool = Arc::new(Spool::open(dir.path().join("spool")).expect("spool"));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let (_, source) = source(&opened);
+        assert_eq!(
+            spool.join(&desc(1000), 400, source).err(),
+            Some(Refused::NotUnderWay)
+        );
+        assert_eq!(opened.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_home_fetches_only_from_registries_the_state_names() {
+        let mut state = shoal_state::State::default();
+        let spec = shoal_types::spec::parse_app(
+            b"name: web\nservices: [{name: a, image: registry.example/team/web:1}]\n",
+        )
+        .expect("spec");
+        state.apps.insert(
+            "web".into(),
+            shoal_state::App {
+                spec,
+                images: Default::default(),
+                version: 1,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+        );
+        let named = |reference: &str| {
+            named_by_state(&state, &ImageRef::parse(reference).expect("reference"))
+        };
+        assert_eq!(
+            named(&format!(
+                "registry.example/team/web@sha256:{}",
+                "ab".repeat(32)
+            )),
+            (true, true)
+        );
+        assert_eq!(named("registry.example/team/other:2"), (true, false));
+        assert_eq!(named("127.0.0.1:8080/anything:1"), (false, false));
+        assert_eq!(named("docker.io/library/busybox:1"), (false, false));
     }
 
     #[test]

@@ -180,10 +180,10 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         registries: shoal_runtime::registry::Registries::default(),
     });
     shared.runtime.fetch_blobs_through(cluster_blobs.clone());
-    let blob_service = Arc::new(blobs::BlobService {
-        runtime: shared.runtime.clone(),
-        blobs: cluster_blobs,
-    });
+    let blob_service = Arc::new(blobs::BlobService::new(
+        shared.runtime.clone(),
+        cluster_blobs,
+    ));
 
     let backend = Arc::new(backend::NodeBackend(shared.clone()));
     // The public API, the node-to-node routes and the credential routes,
