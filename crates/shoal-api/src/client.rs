@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
     ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
-    JoinTokenView, NodeUpdate, NodeView, PlanView, RegistryAdd, RegistryView, RenewRequest,
-    RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
+    JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd, RegistryView,
+    RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView,
+    VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +337,11 @@ impl Client {
             .await
             .map_err(|error| self.unreachable(error))?;
         check(response).await.map(|_| ())
+    }
+
+    /// Pulls under way on the node.
+    pub async fn pulls(&self) -> Result<Vec<PullView>> {
+        self.get("/v1/images/pulls").await
     }
 
     /// Removes an image (by the name `images` lists) from the node.

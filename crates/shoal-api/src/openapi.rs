@@ -9,8 +9,9 @@ use shoal_types::AppSpec;
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
     ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
-    JoinTokenView, NodeUpdate, NodeView, PlanView, RegistryAdd, RegistryView, RenewRequest,
-    RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
+    JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd, RegistryView,
+    RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView,
+    VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -35,6 +36,7 @@ pub fn document() -> Value {
     add("TaskList", generator.subschema_for::<Vec<TaskView>>());
     add("ImageList", generator.subschema_for::<Vec<ImageView>>());
     add("Image", generator.subschema_for::<ImageView>());
+    add("PullList", generator.subschema_for::<Vec<PullView>>());
     add("ImagePull", generator.subschema_for::<ImagePull>());
     add("ErrorBody", generator.subschema_for::<ErrorBody>());
     add("TaintRequest", generator.subschema_for::<TaintRequest>());
@@ -186,6 +188,9 @@ pub fn document() -> Value {
                 ],
                 "responses": {"200": {"description": "log text", "content": {"text/plain": {"schema": {"type": "string"}}}}, "404": error.clone(), "default": error}
             }},
+            "/v1/images/pulls": {
+                "get": {"summary": "Pulls under way on this node, with how far each is", "responses": {"200": ok("pulls", "PullList"), "default": error.clone()}}
+            },
             "/v1/images": {
                 "get": {"summary": "Images on this node", "responses": {"200": ok("images", "ImageList"), "default": error}},
                 "post": {

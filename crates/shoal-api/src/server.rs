@@ -19,7 +19,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImagePull, ImageView, NodeUpdate, NodeView, PlanView, TaintRequest, TaskView, VersionInfo,
+    ImagePull, ImageView, NodeUpdate, NodeView, PlanView, PullView, TaintRequest, TaskView,
+    VersionInfo,
 };
 
 /// Largest image archive accepted by `POST /v1/images`, in bytes.
@@ -150,6 +151,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<Vec<ImageView>>> + Send;
     /// Pulls an image from its registry onto the answering node.
     fn pull_image(&self, reference: String) -> impl Future<Output = ApiResult<ImageView>> + Send;
+    /// Pulls under way on the answering node.
+    fn pulls(&self) -> impl Future<Output = ApiResult<Vec<PullView>>> + Send;
     /// Removes an image from the answering node, unless a task of the
     /// node runs it or is meant to.
     fn remove_image(&self, name: String) -> impl Future<Output = ApiResult<()>> + Send;
@@ -219,6 +222,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/apps", get(apps::<B>).post(apply::<B>))
         .route("/v1/apps/{name}", get(app::<B>).delete(remove_app::<B>))
         .route("/v1/tasks", get(tasks::<B>))
+        .route("/v1/images/pulls", get(pulls_under_way::<B>))
         .route("/v1/logs/{target}", get(logs::<B>))
         .route("/v1/schema/app.json", get(app_schema))
         .route("/openapi.json", get(openapi))
@@ -363,6 +367,12 @@ async fn logs<B: Backend>(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+async fn pulls_under_way<B: Backend>(
+    State(backend): State<Arc<B>>,
+) -> ApiResult<Json<Vec<PullView>>> {
+    backend.pulls().await.map(Json)
 }
 
 async fn images<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<ImageView>>> {

@@ -322,6 +322,26 @@ pub struct ImagePull {
     pub reference: String,
 }
 
+/// A pull under way on a node: how far it is.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PullView {
+    /// The image's name, as it will be listed once pulled.
+    pub name: String,
+    /// Bytes of its layers stored, and in all.
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes fetched per second since its layers began to come.
+    pub bytes_per_s: u64,
+    pub layers: Vec<LayerPullView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LayerPullView {
+    pub digest: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ImageView {
     pub name: String,

@@ -85,6 +85,9 @@ impl Backend for Fake {
     async fn import_image(&self, _: PathBuf, _: Option<String>) -> ApiResult<Vec<ImageView>> {
         nothing()
     }
+    async fn pulls(&self) -> ApiResult<Vec<shoal_api::wire::PullView>> {
+        Ok(Vec::new())
+    }
     async fn remove_image(&self, _: String) -> ApiResult<()> {
         nothing()
     }

@@ -62,6 +62,8 @@ struct State {
     registry: BTreeMap<String, FakeImage>,
     /// Every reference pulled, in order.
     pulled: Vec<String>,
+    /// Pulls that wait to be released, with the progress they show.
+    held_pulls: BTreeMap<String, (crate::PullProgress, std::sync::Arc<tokio::sync::Notify>)>,
     containers: BTreeMap<String, FakeContainer>,
     snapshots: BTreeSet<String>,
     failures: Vec<(FakeOp, RuntimeError)>,
@@ -114,6 +116,25 @@ impl FakeRuntime {
             state.registry.insert(name.clone(), image);
         }
         name
+    }
+
+    /// Makes pulls of `reference` wait, showing `progress`, until
+    /// [`FakeRuntime::release_pull`].
+    pub fn hold_pull(&self, reference: &str, progress: crate::PullProgress) {
+        let name = ImageRef::parse(reference)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| reference.to_string());
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        self.state().held_pulls.insert(name, (progress, notify));
+    }
+
+    pub fn release_pull(&self, reference: &str) {
+        let name = ImageRef::parse(reference)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| reference.to_string());
+        if let Some((_, notify)) = self.state().held_pulls.remove(&name) {
+            notify.notify_one();
+        }
     }
 
     /// Every reference pulled so far, normalized, in order.
@@ -340,6 +361,10 @@ impl ImageStore for FakeRuntime {
     async fn pull(&self, reference: &str, _access: &RegistryAccess) -> Result<ImageInfo> {
         self.take_failure(FakeOp::Pull)?;
         let name = ImageRef::parse(reference)?.to_string();
+        let held = self.state().held_pulls.get(&name).map(|(_, n)| n.clone());
+        if let Some(release) = held {
+            release.notified().await;
+        }
         let mut state = self.state();
         state.pulled.push(name.clone());
         let Some(image) = state.registry.get(&name).cloned() else {
@@ -368,6 +393,22 @@ impl ImageStore for FakeRuntime {
                 format!("no image {name}"),
             )),
         }
+    }
+
+    fn pulls(&self) -> Vec<(String, crate::PullProgress)> {
+        self.state()
+            .held_pulls
+            .iter()
+            .map(|(name, (progress, _))| (name.clone(), progress.clone()))
+            .collect()
+    }
+
+    fn pull_progress(&self, reference: &str) -> Option<crate::PullProgress> {
+        let name = ImageRef::parse(reference).ok()?.to_string();
+        self.state()
+            .held_pulls
+            .get(&name)
+            .map(|(progress, _)| progress.clone())
     }
 
     /// The fake has no registry and keeps no blob bytes: pulls never

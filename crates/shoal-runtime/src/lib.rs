@@ -99,6 +99,24 @@ pub struct ImageInfo {
     pub created_s: Option<i64>,
 }
 
+/// How far a pull under way is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    /// Bytes of its layers stored (those already here count as stored).
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes fetched per second since the layers began to come.
+    pub bytes_per_s: u64,
+    pub layers: Vec<LayerProgress>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerProgress {
+    pub digest: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
 /// What an image reference names right now, as [`ImageStore::resolve`]
 /// finds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +162,14 @@ pub trait ImageStore: Send + Sync + 'static {
         reference: &str,
         access: &registry::RegistryAccess,
     ) -> impl Future<Output = Result<ImageResolution>> + Send;
+
+    /// How far the pull of `reference` under way on this node is, once
+    /// its layers are known; `None` when no such pull is under way.
+    fn pull_progress(&self, reference: &str) -> Option<PullProgress>;
+
+    /// Every pull under way on this node whose layers are known, by the
+    /// name the image will have.
+    fn pulls(&self) -> Vec<(String, PullProgress)>;
 
     /// Removes the image record `name` (as [`ImageStore::images`] lists
     /// it); its content and snapshots go with the runtime's garbage

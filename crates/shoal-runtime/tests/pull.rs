@@ -218,7 +218,29 @@ async fn pulls_by_tag_and_digest_and_runs_the_image() {
     let access = RegistryAccess::default();
 
     let reference = format!("{}/test/busybox:v1", registry.host());
-    let info = rt.pull(&reference, &access).await.unwrap();
+    // Watched while it runs: how far it is, never past its total, never
+    // back; gone once it ended.
+    let pull = rt.pull(&reference, &access);
+    tokio::pin!(pull);
+    let mut seen = Vec::new();
+    let info = loop {
+        tokio::select! {
+            info = &mut pull => break info.unwrap(),
+            () = tokio::time::sleep(std::time::Duration::from_millis(1)) => {
+                seen.extend(rt.pull_progress(&reference));
+            }
+        }
+    };
+    assert!(!seen.is_empty(), "the pull was never seen under way");
+    for pair in seen.windows(2) {
+        assert!(pair[0].done_bytes <= pair[1].done_bytes, "{pair:?}");
+    }
+    for progress in &seen {
+        assert!(progress.total_bytes > 100_000, "{progress:?}");
+        assert!(progress.done_bytes <= progress.total_bytes, "{progress:?}");
+        assert_eq!(progress.layers.len(), 1, "{progress:?}");
+    }
+    assert!(rt.pull_progress(&reference).is_none());
     assert_eq!(info.name, reference);
     assert_eq!(
         info.digest, digest,

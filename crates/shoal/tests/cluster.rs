@@ -1267,7 +1267,7 @@ fn short_lived_certificates_renew_without_a_failed_request() {
 /// its blobs from the registry once between them: every node asks the
 /// blob's home node, which fetches it once and serves every node that asks
 /// while the bytes still arrive. The registry answers slowly (a throttle
-/// in front of it), so the five pulls overlap.
+/// in front of it), so the five pulls overlap, and say how far they are.
 #[test]
 fn five_nodes_starting_one_image_fetch_each_blob_from_the_registry_once() {
     let labels: [&[&str]; 5] = [&[]; 5];
@@ -1289,7 +1289,8 @@ fn five_nodes_starting_one_image_fetch_each_blob_from_the_registry_once() {
     let noise: Vec<u8> = (0..6 << 20).map(|_| rand::random::<u8>()).collect();
     std::fs::write(rootfs.path().join("fs/noise"), noise).expect("noise");
     let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/big", "v1");
-    let throttle = Throttle::start(registry.port, 3 << 20);
+    // About 7 s for the layer: long enough for pulls to say how far they are.
+    let throttle = Throttle::start(registry.port, 1 << 20);
     // Registered, so that nodes fetch from it for each other from the
     // first blob on (they fetch for others only from registries the
     // cluster's state names).
@@ -1305,7 +1306,20 @@ services:
 "#,
         throttle.host()
     );
-    cluster.apply_ok(0, &spec);
+    // While the nodes pull, `shoal ps` says how far.
+    let progress = std::thread::scope(|scope| {
+        scope.spawn(|| cluster.apply_ok(0, &spec));
+        cluster.wait_for("a task saying how far its pull is", || {
+            cluster.tasks(1).into_iter().find_map(|t| {
+                let message = t["message"].as_str()?.to_string();
+                message.starts_with("pulling ").then_some(message)
+            })
+        })
+    });
+    assert!(
+        progress.contains(" % (") && progress.contains(" MiB at "),
+        "{progress}"
+    );
     let tasks = cluster.wait_for("the image running on all five nodes", || {
         let tasks = cluster.tasks(0);
         (tasks.len() == 5 && tasks.iter().all(|t| t["state"] == "running")).then_some(tasks)

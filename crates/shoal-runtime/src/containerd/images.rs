@@ -252,6 +252,14 @@ impl ImageStore for Containerd {
         }
     }
 
+    fn pull_progress(&self, reference: &str) -> Option<crate::PullProgress> {
+        self.progress_of(reference)
+    }
+
+    fn pulls(&self) -> Vec<(String, crate::PullProgress)> {
+        self.pulls_under_way()
+    }
+
     fn fetch_blobs_through(&self, peers: std::sync::Arc<dyn crate::registry::BlobPeers>) {
         self.registries.fetch_through(peers);
     }

@@ -75,6 +75,8 @@ pub struct Containerd {
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Image configs read while resolving references, oldest first.
     configs: Mutex<std::collections::VecDeque<(String, bytes::Bytes)>>,
+    /// Image name → how far its pull under way is.
+    progress: Mutex<HashMap<String, Arc<pull::Counters>>>,
 }
 
 fn cd_err(what: impl std::fmt::Display) -> impl FnOnce(Status) -> RuntimeError {
@@ -179,6 +181,7 @@ impl Containerd {
             registries: crate::registry::Registries::default(),
             pulls: Mutex::new(HashMap::new()),
             configs: Mutex::new(std::collections::VecDeque::new()),
+            progress: Mutex::new(HashMap::new()),
         })
     }
 

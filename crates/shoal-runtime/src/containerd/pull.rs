@@ -4,6 +4,7 @@
 //! layers unpacked, and the image named only once all of it is there.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -35,6 +36,72 @@ pub const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(360
 /// Layers of one image downloaded at once (containerd and dockerd use 3).
 pub const LAYERS_IN_FLIGHT_MAX: usize = 3;
 
+/// How far one pull is: per layer, bytes stored, counted as they stream.
+pub(super) struct Counters {
+    started: std::time::Instant,
+    layers: Vec<(String, u64, AtomicU64)>,
+    /// Bytes that came over the network (not those already here).
+    fetched: AtomicU64,
+}
+
+impl Counters {
+    fn layer(&self, digest: &str) -> Option<usize> {
+        self.layers.iter().position(|(d, _, _)| d == digest)
+    }
+
+    /// Counts `len` bytes of layer `index` as they arrive.
+    fn add(&self, index: Option<usize>, len: u64) {
+        if let Some((_, _, done)) = index.and_then(|i| self.layers.get(i)) {
+            done.fetch_add(len, Ordering::Relaxed);
+        }
+        self.fetched.fetch_add(len, Ordering::Relaxed);
+    }
+
+    fn finish(&self, index: Option<usize>) {
+        if let Some((_, total, done)) = index.and_then(|i| self.layers.get(i)) {
+            done.store(*total, Ordering::Relaxed);
+        }
+    }
+
+    fn progress(&self) -> crate::PullProgress {
+        let layers: Vec<crate::LayerProgress> = self
+            .layers
+            .iter()
+            .map(|(digest, total, done)| crate::LayerProgress {
+                digest: digest.clone(),
+                done_bytes: done.load(Ordering::Relaxed).min(*total),
+                total_bytes: *total,
+            })
+            .collect();
+        let elapsed_ms = self.started.elapsed().as_millis().max(1) as u64;
+        crate::PullProgress {
+            done_bytes: layers.iter().map(|l| l.done_bytes).sum(),
+            total_bytes: layers.iter().map(|l| l.total_bytes).sum(),
+            bytes_per_s: self.fetched.load(Ordering::Relaxed).saturating_mul(1000) / elapsed_ms,
+            layers,
+        }
+    }
+}
+
+/// Takes a pull's counters out of the table when the pull ends, however.
+struct Tracked<'a> {
+    table: &'a std::sync::Mutex<HashMap<String, Arc<Counters>>>,
+    name: String,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table
+            .get(&self.name)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.counters))
+        {
+            table.remove(&self.name);
+        }
+    }
+}
+
 /// What a pull found in the registry, before any of it is stored.
 struct Plan {
     /// The record's target: the index, or the manifest when there is none.
@@ -65,10 +132,21 @@ impl Containerd {
         let plan = tokio::time::timeout(PULL_TIMEOUT, self.plan_pull(&reference, access))
             .await
             .map_err(|_| too_long())??;
+        let counters = Arc::new(Counters {
+            started: std::time::Instant::now(),
+            layers: plan
+                .image
+                .layers
+                .iter()
+                .map(|l| (l.digest.clone(), l.size, AtomicU64::new(0)))
+                .collect(),
+            fetched: AtomicU64::new(0),
+        });
+        let _tracked = self.track(&name, counters.clone());
         let lease = self.lease_create().await?;
         let stored = tokio::time::timeout(
             PULL_TIMEOUT,
-            self.store_pull(&lease, &reference, access, &plan),
+            self.store_pull(&lease, &reference, access, &plan, &counters),
         )
         .await
         .unwrap_or_else(|_| Err(too_long()));
@@ -261,6 +339,7 @@ impl Containerd {
         reference: &ImageRef,
         access: &RegistryAccess,
         plan: &Plan,
+        counters: &Arc<Counters>,
     ) -> Result<()> {
         // Made before they are polled, so that the stream holds futures,
         // not a closure over borrowed layers.
@@ -268,7 +347,7 @@ impl Containerd {
             .image
             .layers
             .iter()
-            .map(|layer| self.fetch_layer(lease, reference, access, layer))
+            .map(|layer| self.fetch_layer(lease, reference, access, layer, counters))
             .collect();
         futures::stream::iter(fetches)
             .buffer_unordered(LAYERS_IN_FLIGHT_MAX)
@@ -296,14 +375,53 @@ impl Containerd {
         reference: &ImageRef,
         access: &RegistryAccess,
         layer: &Descriptor,
+        counters: &Arc<Counters>,
     ) -> Result<()> {
+        let index = counters.layer(&layer.digest);
         // A registry read may stall and resume: the write waits for the
         // whole pull's deadline, not for containerd's pace.
         self.write_content(lease, layer, &BTreeMap::new(), PULL_TIMEOUT, || async {
-            let stream = self.registries.blob(reference, access, layer);
+            let counting = counters.clone();
+            let stream = self
+                .registries
+                .blob(reference, access, layer)
+                .inspect(move |chunk| {
+                    if let Ok(chunk) = chunk {
+                        counting.add(index, chunk.len() as u64);
+                    }
+                });
             Ok(Box::new(StreamReader::new(Box::pin(stream))) as Reader)
         })
-        .await
+        .await?;
+        // Stored, whether it streamed or was here already.
+        counters.finish(index);
+        Ok(())
+    }
+
+    fn track(&self, name: &str, counters: Arc<Counters>) -> Tracked<'_> {
+        let mut table = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        table.insert(name.to_string(), counters.clone());
+        Tracked {
+            table: &self.progress,
+            name: name.to_string(),
+            counters,
+        }
+    }
+
+    pub(super) fn pulls_under_way(&self) -> Vec<(String, crate::PullProgress)> {
+        let table = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pulls: Vec<_> = table
+            .iter()
+            .map(|(name, c)| (name.clone(), c.progress()))
+            .collect();
+        pulls.sort_by(|a, b| a.0.cmp(&b.0));
+        pulls
+    }
+
+    pub(super) fn progress_of(&self, reference: &str) -> Option<crate::PullProgress> {
+        let name = ImageRef::parse(reference).ok()?.to_string();
+        let table = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        table.get(&name).map(|c| c.progress())
     }
 
     /// Keeps a config blob read while resolving (digest-checked), within

@@ -5,14 +5,21 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
-use shoal_api::client::Client;
-use shoal_types::SPEC_BYTES_MAX;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use shoal_api::client::{Client, Credential};
+use shoal_types::{TaskState, SPEC_BYTES_MAX};
 
 use crate::cli::ApplyArgs;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the pulls tasks wait for are looked at.
+const PULLS_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Nodes whose pulls are shown at once, and the time each has to answer.
+const PULL_NODES_MAX: usize = 8;
+const PULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let body = read_spec(&args.file)?;
@@ -27,7 +34,111 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         println!("app {} {verb} (version {})", applied.app, applied.version);
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&client, &applied.app, verb, applied.version, args.timeout).await
+    // Each node's pulls are asked of that node, with the same credential.
+    let credential =
+        crate::config::credential(args.target.config.as_deref(), args.target.addr.as_deref()).ok();
+    follow(
+        &client,
+        credential,
+        &applied.app,
+        verb,
+        applied.version,
+        args.timeout,
+    )
+    .await
+}
+
+/// A bar per node and image that a task of the app waits for, while the
+/// node pulls it.
+struct PullBars {
+    multi: MultiProgress,
+    credential: Option<Credential>,
+    /// Node name → its API address, read once.
+    addrs: Option<BTreeMap<String, String>>,
+    clients: BTreeMap<String, Client>,
+    bars: BTreeMap<(String, String), ProgressBar>,
+    next: Instant,
+}
+
+impl PullBars {
+    async fn update(&mut self, client: &Client, app: &str) {
+        if Instant::now() < self.next || self.credential.is_none() {
+            return;
+        }
+        self.next = Instant::now() + PULLS_POLL_INTERVAL;
+        let Ok(tasks) = client.tasks(Some(app)).await else {
+            return;
+        };
+        let waiting: BTreeSet<String> = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Preparing)
+            .map(|t| t.node.clone())
+            .take(PULL_NODES_MAX)
+            .collect();
+        if !waiting.is_empty() && self.addrs.is_none() {
+            let Ok(nodes) = client.nodes().await else {
+                return;
+            };
+            self.addrs = Some(nodes.into_iter().map(|n| (n.name, n.addr)).collect());
+        }
+        let mut asks = Vec::new();
+        for node in &waiting {
+            if let Some(node_client) = self.client(node) {
+                let node = node.clone();
+                asks.push(async move {
+                    let pulls =
+                        tokio::time::timeout(PULL_ANSWER_TIMEOUT, node_client.pulls()).await;
+                    (node, pulls)
+                });
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (node, pulls) in futures::future::join_all(asks).await {
+            let Ok(Ok(pulls)) = pulls else {
+                continue;
+            };
+            for pull in pulls {
+                let key = (node.clone(), pull.name.clone());
+                let bar = self.bars.entry(key.clone()).or_insert_with(|| {
+                    let bar = self.multi.add(ProgressBar::new(pull.total_bytes));
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "  {prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+                    ) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_prefix(format!("{node}: pulling {}", pull.name));
+                    bar
+                });
+                bar.set_length(pull.total_bytes);
+                bar.set_position(pull.done_bytes);
+                seen.insert(key);
+            }
+        }
+        self.bars.retain(|key, bar| {
+            let keep = seen.contains(key);
+            if !keep {
+                bar.finish_and_clear();
+            }
+            keep
+        });
+    }
+
+    fn client(&mut self, node: &str) -> Option<Client> {
+        if let Some(client) = self.clients.get(node) {
+            return Some(client.clone());
+        }
+        let addr = self.addrs.as_ref()?.get(node)?;
+        let client = Client::from_credential(self.credential.as_ref()?, Some(addr)).ok()?;
+        self.clients.insert(node.to_string(), client.clone());
+        Some(client)
+    }
+
+    fn clear(&mut self) {
+        for bar in self.bars.values() {
+            bar.finish_and_clear();
+        }
+        self.bars.clear();
+    }
 }
 
 pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -47,12 +158,22 @@ pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 
 async fn follow(
     client: &Client,
+    credential: Option<Credential>,
     app: &str,
     verb: &str,
     version: u64,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let bar = ProgressBar::new(0);
+    let multi = MultiProgress::new();
+    let bar = multi.add(ProgressBar::new(0));
+    let mut pulls = PullBars {
+        multi,
+        credential,
+        addrs: None,
+        clients: BTreeMap::new(),
+        bars: BTreeMap::new(),
+        next: Instant::now(),
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} running ({elapsed})")
             .map_err(|error| anyhow::anyhow!("progress template: {error}"))?
@@ -84,6 +205,7 @@ async fn follow(
         bar.set_position(u64::from(running));
         bar.tick();
         if let Some(broken) = &rollout.broken {
+            pulls.clear();
             bar.abandon();
             eprintln!(
                 "error: task {} {}: {}",
@@ -98,6 +220,7 @@ async fn follow(
             return Ok(ExitCode::FAILURE);
         }
         if rollout.done {
+            pulls.clear();
             bar.finish();
             println!("app {app} {verb} (version {version}): {running}/{wanted} running");
             return Ok(ExitCode::SUCCESS);
@@ -112,6 +235,7 @@ async fn follow(
             ));
         }
         if started.elapsed() > timeout {
+            pulls.clear();
             bar.abandon();
             eprintln!(
                 "error: app {app}: {running}/{wanted} running after {}s; it keeps trying: follow it with `shoal ps {app}`",
@@ -119,6 +243,7 @@ async fn follow(
             );
             return Ok(ExitCode::FAILURE);
         }
+        pulls.update(client, app).await;
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }

@@ -15,7 +15,7 @@ use shoal_runtime::{
     LABEL_TASK,
 };
 use shoal_state::Command;
-use shoal_types::{DesiredState, PinnedImage, Task, TaskStatus, Workload};
+use shoal_types::{DesiredState, PinnedImage, Task, TaskState, TaskStatus, Workload};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::network::{Attached, NodeNetwork};
@@ -34,6 +34,12 @@ const RESULTS_QUEUE_MAX: usize = 1024;
 const REPORT_BATCH_MAX: usize = 1024;
 /// How often task networks that nothing owns any more are looked for.
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
+/// A pull says how far it is after this long, then this often.
+const PULL_PROGRESS_FIRST: Duration = Duration::from_secs(2);
+const PULL_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// A progress report that the cluster does not take in this long is
+/// skipped (the pull goes on meanwhile).
+const PULL_PROGRESS_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the keeper uses, and nothing else: the node's name and log
 /// directory, the replicated log, the runtime, the node's task networking
@@ -208,7 +214,7 @@ async fn report<L: ReplicatedLog, R, N, C: Clock>(
     (!lost.is_empty()).then_some(lost)
 }
 
-async fn execute<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
+async fn execute<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: Clock>(
     shared: &Keeper<L, R, N, C>,
     action: Action,
 ) -> ActionResult {
@@ -263,7 +269,7 @@ async fn execute<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
     }
 }
 
-async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
+async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: Clock>(
     shared: &Keeper<L, R, N, C>,
     task: &Task,
     attempt: u32,
@@ -289,11 +295,20 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
         Err(error) if error.kind() == ErrorKind::ImageMissing => {
             let access =
                 super::registries::access_for(&shared.log, shared.data_key.as_ref(), &config.image);
-            shared
-                .runtime
-                .pull(&config.image, &access)
-                .await
-                .map_err(|error| failure(&task.id, "pulling its image", error))?;
+            // A long pull says how far it is in the task's message.
+            let pull = shared.runtime.pull(&config.image, &access);
+            tokio::pin!(pull);
+            let mut next = tokio::time::Instant::now() + PULL_PROGRESS_FIRST;
+            let pulled = loop {
+                tokio::select! {
+                    pulled = &mut pull => break pulled,
+                    () = tokio::time::sleep_until(next) => {
+                        next += PULL_PROGRESS_INTERVAL;
+                        report_pull_progress(shared, task, attempt, &config.image).await;
+                    }
+                }
+            };
+            pulled.map_err(|error| failure(&task.id, "pulling its image", error))?;
         }
         // The id is taken (left over from a crash between create and
         // report) or its container is in the way: start afresh, once.
@@ -308,6 +323,65 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C>(
         .await
         .map(|_| address)
         .map_err(|error| failure(&task.id, "running", error))
+}
+
+/// The task's status while its image is pulled, with how far the pull is
+/// in its message; proposed at most every [`PULL_PROGRESS_INTERVAL`], and
+/// only while the task is still preparing this attempt (a report that
+/// arrives late is dropped by the state machine, as it would move the
+/// status back).
+async fn report_pull_progress<L: ReplicatedLog, R: ImageStore, N, C: Clock>(
+    shared: &Keeper<L, R, N, C>,
+    task: &Task,
+    attempt: u32,
+    image: &str,
+) {
+    let Some(progress) = shared.runtime.pull_progress(image) else {
+        return;
+    };
+    if progress.total_bytes == 0 {
+        return;
+    }
+    let status = {
+        let state = shared.log.read();
+        let Some(current) = state.tasks.get(&task.id) else {
+            return;
+        };
+        let status = &current.status;
+        if status.attempt != attempt || status.state.rank() > TaskState::Preparing.rank() {
+            return;
+        }
+        TaskStatus {
+            state: TaskState::Preparing,
+            message: pulling_message(&progress),
+            updated_at_ms: shared.clock.now_ms(),
+            ..status.clone()
+        }
+    };
+    let command = Command::ReportTasks {
+        node: shared.node.clone(),
+        statuses: vec![(task.id.clone(), status)],
+    };
+    let proposed = tokio::time::timeout(
+        PULL_PROGRESS_REPORT_TIMEOUT,
+        shared.log.propose(shared.clock.now_ms(), command),
+    )
+    .await;
+    if !matches!(proposed, Ok(Ok(_))) {
+        tracing::debug!(task = %task.id, "pull progress not reported");
+    }
+}
+
+/// `pulling 43 % (12.1/28.0 MiB at 5.2 MiB/s)`.
+fn pulling_message(progress: &shoal_runtime::PullProgress) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    let percent = progress.done_bytes.saturating_mul(100) / progress.total_bytes.max(1);
+    format!(
+        "pulling {percent} % ({:.1}/{:.1} MiB at {:.1} MiB/s)",
+        progress.done_bytes as f64 / MIB,
+        progress.total_bytes as f64 / MIB,
+        progress.bytes_per_s as f64 / MIB
+    )
 }
 
 /// The message the task's status carries (the error's own words); its kind
@@ -519,6 +593,39 @@ mod tests {
             failed.message.contains("no such image") && failed.message.contains(&name),
             "{failed:?}"
         );
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn a_long_pull_says_how_far_it_is_in_the_task_message() {
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        let name = runtime.add_registry_image("busybox");
+        runtime.hold_pull(
+            &name,
+            shoal_runtime::PullProgress {
+                done_bytes: 12 << 20,
+                total_bytes: 28 << 20,
+                bytes_per_s: 5 << 20,
+                layers: Vec::new(),
+            },
+        );
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        let preparing = wait_for("the pull's progress in the task's status", || {
+            let status = status(&log, &task);
+            status.message.starts_with("pulling").then_some(status)
+        })
+        .await;
+        assert_eq!(preparing.state, TaskState::Preparing);
+        assert_eq!(
+            preparing.message,
+            "pulling 42 % (12.0/28.0 MiB at 5.0 MiB/s)"
+        );
+        runtime.release_pull(&name);
+        wait_for("the task running once pulled", || {
+            (status(&log, &task).state == TaskState::Running).then_some(())
+        })
+        .await;
         running.abort();
     }
 

@@ -388,6 +388,30 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         Ok(images.into_iter().map(image_view).collect())
     }
 
+    async fn pulls(&self) -> ApiResult<Vec<shoal_api::wire::PullView>> {
+        Ok(self
+            .0
+            .runtime
+            .pulls()
+            .into_iter()
+            .map(|(name, progress)| shoal_api::wire::PullView {
+                name,
+                done_bytes: progress.done_bytes,
+                total_bytes: progress.total_bytes,
+                bytes_per_s: progress.bytes_per_s,
+                layers: progress
+                    .layers
+                    .into_iter()
+                    .map(|layer| shoal_api::wire::LayerPullView {
+                        digest: layer.digest,
+                        done_bytes: layer.done_bytes,
+                        total_bytes: layer.total_bytes,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
     async fn remove_image(&self, name: String) -> ApiResult<()> {
         let node = &self.0.config.name;
         let name = shoal_runtime::image::normalize_name(name.trim())

@@ -422,3 +422,34 @@ async fn an_image_is_removed_unless_a_task_of_the_node_runs_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn pulls_under_way_say_how_far_they_are() {
+    let fixture = fixture().await;
+    let (status, body) = call(&fixture, Method::GET, "/v1/images/pulls", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, serde_json::json!([]));
+    let web = fixture.runtime.add_registry_image("registry.example/web:1");
+    fixture.runtime.hold_pull(
+        &web,
+        shoal_runtime::PullProgress {
+            done_bytes: 3,
+            total_bytes: 10,
+            bytes_per_s: 1,
+            layers: vec![shoal_runtime::LayerProgress {
+                digest: format!("sha256:{}", "a".repeat(64)),
+                done_bytes: 3,
+                total_bytes: 10,
+            }],
+        },
+    );
+    let (status, body) = call(&fixture, Method::GET, "/v1/images/pulls", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body[0]["name"], web.as_str(), "{body}");
+    assert_eq!(
+        (&body[0]["done_bytes"], &body[0]["total_bytes"]),
+        (&serde_json::json!(3), &serde_json::json!(10)),
+        "{body}"
+    );
+    assert_eq!(body[0]["layers"][0]["total_bytes"], 10, "{body}");
+}
