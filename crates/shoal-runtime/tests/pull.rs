@@ -109,6 +109,11 @@ fn free_port() -> u16 {
 /// content store holds its layer), pushed with skopeo to `host/repo:tag`;
 /// returns the manifest digest skopeo pushed.
 fn push_busybox(dir: &Path, host: &str, repo: &str, tag: &str) -> String {
+    push_busybox_with(dir, host, repo, tag, &[])
+}
+
+/// Pushed with skopeo's `extra` arguments (e.g. the layers' compression).
+fn push_busybox_with(dir: &Path, host: &str, repo: &str, tag: &str, extra: &[&str]) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let rootfs = busybox_rootfs(dir);
     std::fs::write(
@@ -126,6 +131,7 @@ fn push_busybox(dir: &Path, host: &str, repo: &str, tag: &str) -> String {
     let digest_file = dir.join(format!("push-{n}.digest"));
     let output = Command::new("skopeo")
         .args(["copy", "--insecure-policy", "--dest-tls-verify=false"])
+        .args(extra)
         .arg("--digestfile")
         .arg(&digest_file)
         .arg(format!("oci-archive:{}:{tag}", archive.display()))
@@ -474,6 +480,36 @@ async fn a_cut_download_resumes_without_fetching_a_byte_twice() {
         "bytes served: {:?}",
         served.bytes
     );
+}
+
+#[tokio::test]
+async fn a_zstd_image_pulls_and_runs() {
+    let Some((rt, _purge, dir)) = setup("a_zstd_image_pulls_and_runs").await else {
+        return;
+    };
+    let registry = Registry::start().await;
+    let host = registry.host();
+    push_busybox_with(
+        dir.path(),
+        &host,
+        "test/zstd",
+        "v1",
+        &["--dest-compress-format", "zstd"],
+    );
+    let reference = format!("{host}/test/zstd:v1");
+    // The registry holds its layer as zstd.
+    let manifest = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo inspect");
+    let manifest = String::from_utf8_lossy(&manifest.stdout);
+    assert!(manifest.contains("tar+zstd"), "{manifest}");
+    rt.pull(&reference, &RegistryAccess::default())
+        .await
+        .unwrap();
+    let printed = run_cat(&rt, dir.path(), &reference).await;
+    assert!(printed.contains("test/zstd"), "{printed:?}");
 }
 
 #[tokio::test]

@@ -385,6 +385,67 @@ fn apps_run_from_registry_images_pulled_where_they_run() {
     assert!(error.contains("not valid"), "{error}");
 }
 
+/// The Docker token flow, as Docker Hub and most registries speak it: the
+/// registry answers 401 naming a token server; the node gets a bearer
+/// token there (with the registry's credentials, when it has them) and
+/// pulls with it.
+#[test]
+fn a_registry_with_token_auth_is_pulled_from_with_a_bearer_token() {
+    let Some(node) = Node::start_or_skip("token") else {
+        return;
+    };
+    let registry = Registry::start_token();
+    let tokens = registry.tokens.as_ref().expect("a token server");
+    let rootfs = node.busybox_rootfs(&[("etc/motd", "by token\n")]);
+    registry.push_rootfs(&rootfs, "team/tok", "v1");
+    let host = registry.host();
+    let spec = HELLO
+        .replace("shoal.test/busybox:latest", &format!("{host}/team/tok:v1"))
+        .replace("echo hello from $(hostname)", "cat /etc/motd")
+        .replace("replicas: 3", "replicas: 1");
+
+    // Without credentials the token grants nothing: refused, with the
+    // reason, and nothing applied.
+    let error = node.apply_err(&spec);
+    assert!(
+        error.contains("services[0].image") && error.contains("refused"),
+        "{error}"
+    );
+    assert!(node
+        .shoal_json(&["apps"])
+        .as_array()
+        .expect("apps")
+        .is_empty());
+
+    // With them: pinned, pulled and run.
+    let output = node.shoal_with_stdin(
+        &[
+            "registry",
+            "add",
+            &host,
+            "--insecure",
+            "--username",
+            "docker",
+            "--password-stdin",
+        ],
+        &format!("{}\n", tokens.password),
+    );
+    assert!(output.status.success(), "{output:?}");
+    node.apply_ok(&spec);
+    node.wait_for("the image's file in the logs", || {
+        node.shoal_ok(&["logs", "demo.hello"])
+            .contains("by token")
+            .then_some(())
+    });
+    let granted = tokens.granted.lock().expect("granted").clone();
+    assert!(
+        granted
+            .iter()
+            .any(|g| g.starts_with("true:") && g.contains("repository:team/tok:pull")),
+        "{granted:?}"
+    );
+}
+
 #[test]
 fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
     let Some(node) = Node::start_or_skip("private") else {

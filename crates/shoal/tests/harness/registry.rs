@@ -17,6 +17,8 @@ pub struct Registry {
     /// TLS with basic auth: the CA file (the registry's own self-signed
     /// certificate) and the password of user `docker`.
     pub tls: Option<(std::path::PathBuf, String)>,
+    /// Bearer-token auth: the token server, which knows user `docker`.
+    pub tokens: Option<TokenServer>,
 }
 
 impl Registry {
@@ -31,7 +33,22 @@ impl Registry {
         Self::start_with(true)
     }
 
+    /// Plain HTTP with the Docker token flow: the registry answers 401
+    /// naming a token server of the test's own (`realm`), which hands
+    /// user `docker` (password [`TokenServer::password`]) a JWT signed
+    /// with a key whose certificate the registry trusts.
+    pub fn start_token() -> Registry {
+        let tokens = TokenServer::start();
+        let mut registry = Self::start_configured(false, Some(&tokens));
+        registry.tokens = Some(tokens);
+        registry
+    }
+
     fn start_with(tls: bool) -> Registry {
+        Self::start_configured(tls, None)
+    }
+
+    fn start_configured(tls: bool, tokens: Option<&TokenServer>) -> Registry {
         let dir = tempfile::tempdir().expect("registry dir");
         let port = free_port();
         let config = dir.path().join("config.yml");
@@ -106,6 +123,13 @@ impl Registry {
                 path("htpasswd")
             ));
         }
+        if let Some(tokens) = tokens {
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                tokens.port,
+                tokens.cert.display()
+            ));
+        }
         std::fs::write(&config, yaml).expect("registry config");
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -119,6 +143,7 @@ impl Registry {
             port,
             dir,
             tls: None,
+            tokens: None,
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -164,7 +189,14 @@ impl Registry {
         let digest_file = self.dir.path().join(format!("push-{n}.digest"));
         let mut skopeo = Command::new("skopeo");
         skopeo.args(["copy", "--insecure-policy"]);
+        if let Some(tokens) = &self.tokens {
+            skopeo
+                .arg("--dest-tls-verify=false")
+                .arg("--dest-creds")
+                .arg(format!("docker:{}", tokens.password));
+        }
         match &self.tls {
+            _ if self.tokens.is_some() => {}
             Some((ca, password)) => {
                 let certs = self.dir.path().join("certs.d");
                 std::fs::create_dir_all(&certs).expect("certs dir");
@@ -276,4 +308,203 @@ impl Drop for Throttle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+const TOKEN_SERVICE: &str = "shoal-test";
+const TOKEN_ISSUER: &str = "shoal-test-issuer";
+
+/// A token server for the Docker token flow: `GET /token?scope=…&service=…`
+/// with user `docker`'s basic credentials answers a JWT (RS256, its
+/// certificate in the `x5c` header) granting the actions asked; wrong
+/// credentials get 401, none get a token that grants nothing. Stops
+/// accepting when dropped.
+pub struct TokenServer {
+    pub port: u16,
+    pub password: String,
+    /// The certificate the registry trusts for tokens.
+    cert: std::path::PathBuf,
+    /// Scopes of the tokens handed out, in order.
+    pub granted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl TokenServer {
+    fn start() -> TokenServer {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().expect("token dir");
+        let key = dir.path().join("token.key");
+        let cert = dir.path().join("token.crt");
+        let output = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=shoal test token issuer"])
+            .args(["-addext", "keyUsage=digitalSignature,keyCertSign"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl must be installed");
+        assert!(output.status.success(), "openssl: {output:?}");
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(der.status.success(), "openssl x509: {der:?}");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+        let password = format!("token-pass-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the token server");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let granted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stopped, log, secret, signing_key) =
+            (stop.clone(), granted.clone(), password.clone(), key.clone());
+        std::thread::spawn(move || {
+            let mut serial = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                serial += 1;
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                answer_token(stream, &secret, &x5c, &signing_key, serial, &log);
+            }
+        });
+        TokenServer {
+            port,
+            password,
+            cert,
+            granted,
+            stop,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads one request and answers it (one request per connection).
+fn answer_token(
+    mut stream: std::net::TcpStream,
+    password: &str,
+    x5c: &str,
+    key: &Path,
+    serial: u64,
+    granted: &std::sync::Mutex<Vec<String>>,
+) {
+    use base64::Engine as _;
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut authorization = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_string());
+            }
+        }
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or("");
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let scopes: Vec<String> = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("scope="))
+        .map(|scope| {
+            scope
+                .replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+        })
+        .collect();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("docker:{password}"))
+    );
+    let (status, body) = match authorization.as_deref() {
+        Some(given) if given != expected => (
+            "401 Unauthorized",
+            r#"{"details":"wrong credentials"}"#.to_string(),
+        ),
+        given => {
+            // Anonymous: a token that grants nothing.
+            let access: Vec<serde_json::Value> = if given.is_some() {
+                scopes
+                    .iter()
+                    .filter_map(|scope| {
+                        let mut parts = scope.splitn(3, ':');
+                        let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                        Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            granted.lock().expect("granted").push(format!(
+                "{}:{}",
+                given.is_some(),
+                scopes.join(" ")
+            ));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs();
+            let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+            let claims = serde_json::json!({
+                "iss": TOKEN_ISSUER, "sub": if given.is_some() { "docker" } else { "" },
+                "aud": TOKEN_SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+                "jti": format!("t{serial}"), "access": access,
+            });
+            let signing_input = format!(
+                "{}.{}",
+                b64(header.to_string().as_bytes()),
+                b64(claims.to_string().as_bytes())
+            );
+            let mut openssl = Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(key)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("openssl");
+            openssl
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(signing_input.as_bytes())
+                .expect("sign input");
+            let signed = openssl.wait_with_output().expect("openssl dgst");
+            let token = format!("{signing_input}.{}", b64(&signed.stdout));
+            (
+                "200 OK",
+                serde_json::json!({"token": token, "access_token": token, "expires_in": 300})
+                    .to_string(),
+            )
+        }
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
