@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::registry::Registry;
+use harness::registry::{Registry, Throttle};
 use harness::{e2e_enabled, Node};
 use serde_json::Value;
 
@@ -383,6 +383,58 @@ fn apps_run_from_registry_images_pulled_where_they_run() {
     );
     let error = node.shoal_err(&["image", "pull", "Not A Reference"]);
     assert!(error.contains("not valid"), "{error}");
+}
+
+/// The registry killed in the middle of a layer and started again: the
+/// pull waits for it, asks for the rest of the layer only (Range), and the
+/// image is complete and checked; no byte comes twice.
+#[test]
+fn a_registry_killed_mid_layer_and_restarted_gives_a_complete_image() {
+    let Some(node) = Node::start_or_skip("resume") else {
+        return;
+    };
+    let mut registry = Registry::start();
+    let rootfs = node.busybox_rootfs(&[("etc/motd", "resumed\n")]);
+    let noise: Vec<u8> = (0..4 << 20).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(rootfs.join("noise"), noise).expect("noise");
+    registry.push_rootfs(&rootfs, "demo/resume", "v1");
+    // About 5 s for the layer, so that the kill lands in the middle of it.
+    let throttle = Throttle::start(registry.port, 1 << 20);
+    let reference = format!("{}/demo/resume:v1", throttle.host());
+    let pull = node.shoal_spawn(&["image", "pull", &reference, "-o", "json"]);
+    node.wait_for("the layer under way", || {
+        (throttle.served.load(std::sync::atomic::Ordering::Relaxed) > 1_500_000).then_some(())
+    });
+    registry.kill();
+    throttle.cut();
+    std::thread::sleep(Duration::from_secs(2));
+    registry.restart();
+    let output = pull.wait_with_output().expect("the pull");
+    assert!(output.status.success(), "{}", node.agent_log());
+    let pulled: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let size = pulled[0]["size_bytes"].as_u64().expect("size");
+    let served = throttle.served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        served < size + size / 20 + (64 << 10),
+        "{served} bytes through for an image of {size}: some came twice"
+    );
+    assert!(
+        node.agent_log()
+            .contains("blob download interrupted; resuming"),
+        "the kill did not cut the layer: {}",
+        node.agent_log()
+    );
+    // Complete and checked: it runs.
+    let spec = HELLO
+        .replace("shoal.test/busybox:latest", &reference)
+        .replace("echo hello from $(hostname)", "cat /etc/motd")
+        .replace("replicas: 3", "replicas: 1");
+    node.apply_ok(&spec);
+    node.wait_for("the resumed image's file in the logs", || {
+        node.shoal_ok(&["logs", "demo.hello"])
+            .contains("resumed")
+            .then_some(())
+    });
 }
 
 /// The Docker token flow, as Docker Hub and most registries speak it: the

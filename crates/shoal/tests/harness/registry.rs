@@ -170,6 +170,36 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Kills the registry (SIGKILL, mid-answer if it is answering).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a killed registry again, on the same port and storage.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("log");
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "docker-registry did not listen again on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The registry's own log (its access log lines included).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
@@ -242,6 +272,10 @@ impl Drop for Registry {
 /// together. Stops accepting when dropped.
 pub struct Throttle {
     pub port: u16,
+    /// The clients' connections, to cut them.
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// Bytes let through to clients so far, headers included.
+    pub served: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -253,7 +287,9 @@ impl Throttle {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stopped, counted, open) = (stop.clone(), served.clone(), connections.clone());
         std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 let client = match listener.accept() {
@@ -271,6 +307,11 @@ impl Throttle {
                 else {
                     continue;
                 };
+                if let Ok(kept) = client.try_clone() {
+                    let mut open = open.lock().expect("connections");
+                    open.retain(|c: &TcpStream| c.peer_addr().is_ok());
+                    open.push(kept);
+                }
                 // Requests go up unhindered.
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut client_r, &mut server_w);
@@ -278,6 +319,7 @@ impl Throttle {
                 });
                 // Answers come down at the rate, 16 KiB at a time.
                 let (mut server_r, mut client_w) = (server, client);
+                let counted = counted.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 << 10];
                     let pause = Duration::from_secs_f64(buf.len() as f64 / bytes_per_s as f64);
@@ -288,6 +330,7 @@ impl Throttle {
                                 if client_w.write_all(&buf[..n]).is_err() {
                                     break;
                                 }
+                                counted.fetch_add(n as u64, Ordering::Relaxed);
                                 std::thread::sleep(pause.mul_f64(n as f64 / buf.len() as f64));
                             }
                         }
@@ -296,11 +339,24 @@ impl Throttle {
                 });
             }
         });
-        Throttle { port, stop }
+        Throttle {
+            port,
+            connections,
+            served,
+            stop,
+        }
     }
 
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every client connection open now, as a registry that dies
+    /// does (what it had sent into socket buffers is lost with it).
+    pub fn cut(&self) {
+        for connection in self.connections.lock().expect("connections").drain(..) {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
