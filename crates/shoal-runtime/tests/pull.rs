@@ -21,7 +21,7 @@ use containerd_client::tonic::{Code, Request};
 use containerd_client::with_namespace;
 use futures::StreamExt;
 use shoal_runtime::containerd::Containerd;
-use shoal_runtime::image::write_rootfs_layout;
+use shoal_runtime::image::{write_layers_layout, write_rootfs_layout};
 use shoal_runtime::registry::RegistryAccess;
 use shoal_runtime::{
     ContainerConfig, ContainerStatus, ErrorKind, ImageStore, NetworkMode, Runtime, LABEL_TASK,
@@ -480,6 +480,47 @@ async fn a_cut_download_resumes_without_fetching_a_byte_twice() {
         "bytes served: {:?}",
         served.bytes
     );
+}
+
+#[tokio::test]
+async fn layers_unpack_in_their_order_while_later_ones_download() {
+    let Some((rt, _purge, dir)) =
+        setup("layers_unpack_in_their_order_while_later_ones_download").await
+    else {
+        return;
+    };
+    let registry = Registry::start().await;
+    // Busybox, then three layers that each write the file `cat` prints:
+    // the top one must win.
+    let base = busybox_rootfs(dir.path());
+    let mut uppers = Vec::new();
+    for n in 1..=3 {
+        let upper = dir.path().join(format!("upper-{n}"));
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::write(upper.join("etc/shoal-test"), format!("layer {n}")).unwrap();
+        // Some bulk, so that layers take turns downloading.
+        let bulk: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * n) as u8).collect();
+        std::fs::write(upper.join(format!("bulk-{n}")), bulk).unwrap();
+        uppers.push(upper);
+    }
+    let mut layers = vec![base.as_path()];
+    layers.extend(uppers.iter().map(|p| p.as_path()));
+    let archive = dir.path().join("layers.tar");
+    write_layers_layout(&layers, "test/layers:v1", File::create(&archive).unwrap()).unwrap();
+    let host = registry.host();
+    let output = Command::new("skopeo")
+        .args(["copy", "--insecure-policy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}:v1", archive.display()))
+        .arg(format!("docker://{host}/test/layers:v1"))
+        .output()
+        .expect("skopeo");
+    assert!(output.status.success(), "{output:?}");
+    let reference = format!("{host}/test/layers:v1");
+    rt.pull(&reference, &RegistryAccess::default())
+        .await
+        .unwrap();
+    let printed = run_cat(&rt, dir.path(), &reference).await;
+    assert_eq!(printed.trim(), "layer 3");
 }
 
 #[tokio::test]

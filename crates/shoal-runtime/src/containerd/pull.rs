@@ -332,7 +332,8 @@ impl Containerd {
     }
 
     /// Layers (streamed from the registry, [`LAYERS_IN_FLIGHT_MAX`] at
-    /// once), then the documents, then the unpacked snapshots.
+    /// once), each unpacked in order as soon as it and those below it are
+    /// stored, then the documents.
     async fn store_pull(
         &self,
         lease: &Lease,
@@ -341,18 +342,45 @@ impl Containerd {
         plan: &Plan,
         counters: &Arc<Counters>,
     ) -> Result<()> {
+        // Each layer says when it is stored, so that it is unpacked while
+        // the layers after it still download.
+        let (stored, waits): (Vec<_>, Vec<_>) = plan
+            .image
+            .layers
+            .iter()
+            .map(|_| tokio::sync::oneshot::channel::<()>())
+            .unzip();
         // Made before they are polled, so that the stream holds futures,
         // not a closure over borrowed layers.
         let fetches: Vec<_> = plan
             .image
             .layers
             .iter()
-            .map(|layer| self.fetch_layer(lease, reference, access, layer, counters))
+            .zip(stored)
+            .map(|(layer, stored)| async move {
+                self.fetch_layer(lease, reference, access, layer, counters)
+                    .await?;
+                let _ = stored.send(());
+                Ok::<(), RuntimeError>(())
+            })
             .collect();
-        futures::stream::iter(fetches)
+        let downloads = futures::stream::iter(fetches)
             .buffer_unordered(LAYERS_IN_FLIGHT_MAX)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .try_collect::<Vec<()>>();
+        let mut waits: Vec<Option<tokio::sync::oneshot::Receiver<()>>> =
+            waits.into_iter().map(Some).collect();
+        // A layer whose download failed or was dropped never says so: the
+        // unpack stops there, and the download's error is the pull's.
+        let unpacked = self.unpack_as_ready(lease, &plan.image, |i| {
+            let wait = waits.get_mut(i).and_then(Option::take);
+            async move {
+                match wait {
+                    Some(wait) => wait.await.is_ok(),
+                    None => false,
+                }
+            }
+        });
+        tokio::try_join!(downloads, unpacked)?;
         for (desc, bytes, labels) in &plan.documents {
             let bytes = bytes.clone();
             self.write_content(
@@ -364,7 +392,7 @@ impl Containerd {
             )
             .await?;
         }
-        self.unpack(lease, &plan.image).await
+        Ok(())
     }
 
     /// One layer streamed from the registry into the content store, unless

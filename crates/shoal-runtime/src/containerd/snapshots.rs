@@ -48,6 +48,24 @@ impl Containerd {
     /// Makes the committed snapshot of every layer stack of `image` exist,
     /// applying the layers that are missing.
     pub(super) async fn unpack(&self, lease: &Lease, image: &ResolvedImage) -> Result<()> {
+        self.unpack_as_ready(lease, image, |_| std::future::ready(true))
+            .await
+    }
+
+    /// [`Containerd::unpack`], each layer once `ready(i)` says it is in
+    /// the content store (layers still downloading meanwhile); stops
+    /// without an error when `ready` says a layer will not come (the
+    /// download says why).
+    pub(super) async fn unpack_as_ready<F, Fut>(
+        &self,
+        lease: &Lease,
+        image: &ResolvedImage,
+        mut ready: F,
+    ) -> Result<()>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let chain = chain_ids(&image.diff_ids)?;
         let Some(top) = chain.last() else {
             return Ok(());
@@ -63,6 +81,9 @@ impl Containerd {
                 self.lease_add(lease, &format!("snapshots/{}", self.snapshotter), chain_id)
                     .await?;
             } else {
+                if !ready(i).await {
+                    return Ok(());
+                }
                 self.apply_layer(lease, layer, &image.diff_ids[i], chain_id, &parent)
                     .await?;
             }

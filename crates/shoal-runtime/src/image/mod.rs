@@ -23,7 +23,7 @@ pub use identity::{
     chain_ids, check_digest, host_arch, normalize_name, oci_arch, pick_manifest, sha256_digest,
 };
 pub use process::{resolve_process, ProcessSpec};
-pub use rootfs::write_rootfs_layout;
+pub use rootfs::{write_layers_layout, write_rootfs_layout};
 pub use time::{now_epoch_s, rfc3339};
 
 use crate::RuntimeError;

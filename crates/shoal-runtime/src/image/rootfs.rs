@@ -23,33 +23,43 @@ const ROOTFS_DEPTH_MAX: usize = 256;
 /// `out`, named `name` (normalized). The layer keeps symlinks, modes and
 /// owners; the result only varies with the config's creation time.
 pub fn write_rootfs_layout(rootfs: &Path, name: &str, out: impl Write) -> Result<()> {
+    write_layers_layout(&[rootfs], name, out)
+}
+
+/// Writes an OCI image layout tarball with one layer per directory of
+/// `layers`, the first at the bottom (a file in a later one hides the same
+/// path below it), named `name` (normalized).
+pub fn write_layers_layout(layers: &[&Path], name: &str, out: impl Write) -> Result<()> {
     let full_name = normalize_name(name)?;
     let reference = oci_spec::distribution::Reference::from_str(&full_name)
         .map_err(|e| invalid(format!("image name {full_name:?}: {e}")))?;
 
-    let mut layer = tempfile::tempfile().map_err(io_err("creating a temporary layer file"))?;
-    {
-        let mut builder = tar::Builder::new(&mut layer);
-        builder.follow_symlinks(false);
-        builder.mode(tar::HeaderMode::Complete);
-        append_tree(&mut builder, rootfs, Path::new(""), 0)?;
-        builder
-            .finish()
-            .map_err(io_err(format!("writing the layer of {}", rootfs.display())))?;
-    }
-    layer.rewind().map_err(io_err("reading the layer back"))?;
-    let layer_desc = {
+    let mut files = Vec::with_capacity(layers.len());
+    let mut layer_descs = Vec::with_capacity(layers.len());
+    for rootfs in layers {
+        let mut layer = tempfile::tempfile().map_err(io_err("creating a temporary layer file"))?;
+        {
+            let mut builder = tar::Builder::new(&mut layer);
+            builder.follow_symlinks(false);
+            builder.mode(tar::HeaderMode::Complete);
+            append_tree(&mut builder, rootfs, Path::new(""), 0)?;
+            builder
+                .finish()
+                .map_err(io_err(format!("writing the layer of {}", rootfs.display())))?;
+        }
+        layer.rewind().map_err(io_err("reading the layer back"))?;
         let mut hasher = Sha256::new();
         let size = std::io::copy(&mut layer, &mut HashWriter(&mut hasher))
             .map_err(io_err("hashing the layer"))?;
-        Descriptor {
+        layer.rewind().map_err(io_err("reading the layer back"))?;
+        layer_descs.push(Descriptor {
             media_type: MEDIA_OCI_LAYER.to_string(),
             digest: format!("sha256:{}", hex::encode(hasher.finalize())),
             size,
             ..Descriptor::default()
-        }
-    };
-    layer.rewind().map_err(io_err("reading the layer back"))?;
+        });
+        files.push(layer);
+    }
 
     let config_file = ImageConfigFile {
         created: Some(rfc3339(now_epoch_s())),
@@ -61,7 +71,7 @@ pub fn write_rootfs_layout(rootfs: &Path, name: &str, out: impl Write) -> Result
         }),
         rootfs: RootFs {
             kind: "layers".to_string(),
-            diff_ids: vec![layer_desc.digest.clone()],
+            diff_ids: layer_descs.iter().map(|l| l.digest.clone()).collect(),
         },
     };
     let config_bytes =
@@ -72,7 +82,7 @@ pub fn write_rootfs_layout(rootfs: &Path, name: &str, out: impl Write) -> Result
         size: config_bytes.len() as u64,
         ..Descriptor::default()
     };
-    let manifest_bytes = manifest_json(&config, std::slice::from_ref(&layer_desc))?;
+    let manifest_bytes = manifest_json(&config, &layer_descs)?;
     let mut annotations = BTreeMap::from([(ANNOTATION_IMAGE_NAME.to_string(), full_name)]);
     if let Some(tag) = reference.tag() {
         annotations.insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
@@ -117,7 +127,9 @@ pub fn write_rootfs_layout(rootfs: &Path, name: &str, out: impl Write) -> Result
     )?;
     add(&blob(&manifest), manifest.size, &mut &manifest_bytes[..])?;
     add(&blob(&config), config.size, &mut &config_bytes[..])?;
-    add(&blob(&layer_desc), layer_desc.size, &mut layer)?;
+    for (desc, layer) in layer_descs.iter().zip(files.iter_mut()) {
+        add(&blob(desc), desc.size, layer)?;
+    }
     tar.into_inner()
         .map_err(io_err("finishing the layout"))?
         .flush()
