@@ -8,10 +8,10 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
-    JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd, RegistryView,
-    RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView,
-    VersionInfo,
+    ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
+    JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
+    RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated,
+    TokenView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +337,11 @@ impl Client {
             .await
             .map_err(|error| self.unreachable(error))?;
         check(response).await.map(|_| ())
+    }
+
+    /// The disk the node's images are on.
+    pub async fn image_disk(&self) -> Result<ImageDiskView> {
+        self.get("/v1/images/disk").await
     }
 
     /// Pulls under way on the node.

@@ -8,10 +8,10 @@ use shoal_types::AppSpec;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated,
-    JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd, RegistryView,
-    RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView,
-    VersionInfo,
+    ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
+    JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
+    RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated,
+    TokenView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -37,6 +37,7 @@ pub fn document() -> Value {
     add("ImageList", generator.subschema_for::<Vec<ImageView>>());
     add("Image", generator.subschema_for::<ImageView>());
     add("PullList", generator.subschema_for::<Vec<PullView>>());
+    add("ImageDisk", generator.subschema_for::<ImageDiskView>());
     add("ImagePull", generator.subschema_for::<ImagePull>());
     add("ErrorBody", generator.subschema_for::<ErrorBody>());
     add("TaintRequest", generator.subschema_for::<TaintRequest>());
@@ -188,6 +189,9 @@ pub fn document() -> Value {
                 ],
                 "responses": {"200": {"description": "log text", "content": {"text/plain": {"schema": {"type": "string"}}}}, "404": error.clone(), "default": error}
             }},
+            "/v1/images/disk": {
+                "get": {"summary": "The disk this node's images are on, and the marks of its image garbage collector", "responses": {"200": ok("the disk", "ImageDisk"), "default": error.clone()}}
+            },
             "/v1/images/pulls": {
                 "get": {"summary": "Pulls under way on this node, with how far each is", "responses": {"200": ok("pulls", "PullList"), "default": error.clone()}}
             },

@@ -19,8 +19,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImagePull, ImageView, NodeUpdate, NodeView, PlanView, PullView, TaintRequest, TaskView,
-    VersionInfo,
+    ImageDiskView, ImagePull, ImageView, NodeUpdate, NodeView, PlanView, PullView, TaintRequest,
+    TaskView, VersionInfo,
 };
 
 /// Largest image archive accepted by `POST /v1/images`, in bytes.
@@ -151,6 +151,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<Vec<ImageView>>> + Send;
     /// Pulls an image from its registry onto the answering node.
     fn pull_image(&self, reference: String) -> impl Future<Output = ApiResult<ImageView>> + Send;
+    /// The disk the answering node's images are on.
+    fn image_disk(&self) -> impl Future<Output = ApiResult<ImageDiskView>> + Send;
     /// Pulls under way on the answering node.
     fn pulls(&self) -> impl Future<Output = ApiResult<Vec<PullView>>> + Send;
     /// Removes an image from the answering node, unless a task of the
@@ -223,6 +225,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/apps/{name}", get(app::<B>).delete(remove_app::<B>))
         .route("/v1/tasks", get(tasks::<B>))
         .route("/v1/images/pulls", get(pulls_under_way::<B>))
+        .route("/v1/images/disk", get(image_disk::<B>))
         .route("/v1/logs/{target}", get(logs::<B>))
         .route("/v1/schema/app.json", get(app_schema))
         .route("/openapi.json", get(openapi))
@@ -367,6 +370,10 @@ async fn logs<B: Backend>(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+async fn image_disk<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<ImageDiskView>> {
+    backend.image_disk().await.map(Json)
 }
 
 async fn pulls_under_way<B: Backend>(

@@ -322,6 +322,21 @@ pub struct ImagePull {
     pub reference: String,
 }
 
+/// The disk a node's images are on, and when the node collects them.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ImageDiskView {
+    /// containerd's root directory.
+    pub path: String,
+    pub used_bytes: u64,
+    /// Used plus what is still free to use.
+    pub total_bytes: u64,
+    pub used_percent: u64,
+    /// Above this, pulled images no app names are removed, the oldest pull
+    /// first, down to `gc_low_percent`.
+    pub gc_high_percent: u8,
+    pub gc_low_percent: u8,
+}
+
 /// A pull under way on a node: how far it is.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PullView {

@@ -85,6 +85,9 @@ impl Backend for Fake {
     async fn import_image(&self, _: PathBuf, _: Option<String>) -> ApiResult<Vec<ImageView>> {
         nothing()
     }
+    async fn image_disk(&self) -> ApiResult<shoal_api::wire::ImageDiskView> {
+        nothing()
+    }
     async fn pulls(&self) -> ApiResult<Vec<shoal_api::wire::PullView>> {
         Ok(Vec::new())
     }

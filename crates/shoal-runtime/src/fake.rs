@@ -137,6 +137,11 @@ impl FakeRuntime {
         }
     }
 
+    /// The names of the images the fake holds now.
+    pub fn image_names(&self) -> Vec<String> {
+        self.state().images.keys().cloned().collect()
+    }
+
     /// Every reference pulled so far, normalized, in order.
     pub fn pulled(&self) -> Vec<String> {
         self.state().pulled.clone()
@@ -150,6 +155,7 @@ impl FakeRuntime {
             digest: image::sha256_digest(name.as_bytes()),
             size_bytes,
             created_s: Some(image::now_epoch_s()),
+            pulled: false,
         };
         self.state().images.insert(
             name.clone(),
@@ -354,7 +360,10 @@ impl ImageStore for FakeRuntime {
             .state()
             .images
             .values()
-            .map(|i| i.info.clone())
+            .map(|i| ImageInfo {
+                pulled: i.pulled,
+                ..i.info.clone()
+            })
             .collect())
     }
 
@@ -373,7 +382,10 @@ impl ImageStore for FakeRuntime {
                 message: format!("{name}: fetching the manifest: the registry has no such image"),
             });
         };
-        let info = image.info.clone();
+        let info = ImageInfo {
+            pulled: true,
+            ..image.info.clone()
+        };
         state.images.insert(
             name,
             FakeImage {
@@ -471,6 +483,7 @@ impl ImageStore for FakeRuntime {
                     digest: image.target.digest.clone(),
                     size_bytes: image.size_bytes(),
                     created_s: Some(image::now_epoch_s()),
+                    pulled: false,
                 };
                 let exec = image.config_file.config.clone().unwrap_or_default();
                 state.images.insert(

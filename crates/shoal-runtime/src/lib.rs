@@ -95,8 +95,13 @@ pub struct ImageInfo {
     pub digest: String,
     /// Sum of the (compressed) layer sizes plus config, in bytes.
     pub size_bytes: u64,
-    /// Creation time in seconds since the Unix epoch, when known.
+    /// Creation time in seconds since the Unix epoch, when known (for a
+    /// pulled image, when it was pulled).
     pub created_s: Option<i64>,
+    /// Pulled from a registry (so it can be pulled again), not imported by
+    /// hand.
+    #[serde(default)]
+    pub pulled: bool,
 }
 
 /// How far a pull under way is.

@@ -74,6 +74,30 @@ pub trait BlobPeers: Send + Sync + 'static {
         desc: &Descriptor,
         offset: u64,
     ) -> BoxFuture<'static, Option<BlobBody>>;
+
+    /// A blob (a manifest or index, by its digest) that another node
+    /// holds, from that node's store alone: nothing is fetched for it.
+    /// `None` when no node asked has it.
+    fn open_held(&self, reference: &ImageRef, digest: &str)
+        -> BoxFuture<'static, Option<BlobBody>>;
+}
+
+/// A document (manifest or index) by its digest from the nodes that hold
+/// it: read within the JSON bound and checked against the digest.
+async fn held_document(peers: &dyn BlobPeers, reference: &ImageRef, digest: &str) -> Option<Bytes> {
+    let mut body = peers.open_held(reference, digest).await?;
+    let limit = Limits::default().json_bytes_max as usize;
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(STALL_TIMEOUT, body.next())
+        .await
+        .ok()?
+    {
+        out.extend_from_slice(&chunk.ok()?);
+        if out.len() > limit {
+            return None;
+        }
+    }
+    (image::sha256_digest(&out) == digest).then(|| Bytes::from(out))
 }
 
 /// What the node knows about one registry host: how to reach it and who
@@ -318,6 +342,18 @@ impl Registries {
         reference: &ImageRef,
         access: &RegistryAccess,
     ) -> Result<FetchedManifest> {
+        // Pinned to a digest: the nodes that hold it answer first, so
+        // that a registry gone does not stop a task from moving.
+        if let (Some(digest), Some(peers)) = (reference.digest(), self.peers.get()) {
+            if let Some(bytes) = held_document(peers.as_ref(), reference, digest).await {
+                let media_type = media_type_of(&bytes)?;
+                return Ok(FetchedManifest {
+                    bytes,
+                    digest: digest.to_string(),
+                    media_type,
+                });
+            }
+        }
         let client = self.client(reference, access)?;
         let (bytes, _) = client
             .pull_manifest_raw(&reference.inner, &access.auth(), MANIFEST_TYPES)
@@ -1057,6 +1093,14 @@ mod download_tests {
     }
 
     impl BlobPeers for Peer {
+        fn open_held(
+            &self,
+            _reference: &ImageRef,
+            _digest: &str,
+        ) -> BoxFuture<'static, Option<BlobBody>> {
+            Box::pin(std::future::ready(None))
+        }
+
         fn open(
             &self,
             _reference: &ImageRef,
@@ -1149,6 +1193,14 @@ mod download_tests {
     struct Trickle(Vec<u8>);
 
     impl BlobPeers for Trickle {
+        fn open_held(
+            &self,
+            _reference: &ImageRef,
+            _digest: &str,
+        ) -> BoxFuture<'static, Option<BlobBody>> {
+            Box::pin(std::future::ready(None))
+        }
+
         fn open(
             &self,
             _reference: &ImageRef,

@@ -441,6 +441,18 @@ pub struct RuntimeArgs {
     /// containerd snapshotter for container filesystems.
     #[arg(long, default_value = "overlayfs")]
     pub snapshotter: String,
+    /// containerd's root directory: when its filesystem is fuller than
+    /// --image-gc-high (percent), pulled images no app names are removed,
+    /// the oldest pull first, down to --image-gc-low.
+    #[arg(long, default_value = "/var/lib/containerd")]
+    pub containerd_root: PathBuf,
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high: u8,
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low: u8,
+    /// How often the image garbage collector looks at the disk.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub image_gc_interval: std::time::Duration,
 }
 
 #[derive(Args)]

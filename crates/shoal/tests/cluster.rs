@@ -1394,3 +1394,92 @@ services:
         "{unknown:?}"
     );
 }
+
+/// With the registry gone, a task that moves off a dead node pulls its
+/// image from the node that runs the other replica: the manifest (by the
+/// digest pinned at apply), the config and the layer, each checked against
+/// its digest, none of them from the registry.
+#[test]
+fn with_the_registry_gone_a_moved_task_pulls_its_image_from_the_nodes_that_run_it() {
+    let Some(mut cluster) = Cluster::start_or_skip("outage", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let mut registry = Registry::start();
+    let rootfs = tempfile::tempdir().expect("rootfs dir");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(rootfs.path().join("fs"))
+        .status()
+        .expect("busybox-rootfs.sh");
+    assert!(status.success());
+    let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/outage", "v1");
+    cluster.shoal_ok(0, &["registry", "add", &registry.host(), "--insecure"]);
+    let spec = format!(
+        r#"
+name: outage
+services:
+  - name: web
+    image: {}/demo/outage:v1
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    replicas: 2
+"#,
+        registry.host()
+    );
+    cluster.apply_ok(0, &spec);
+    let tasks = cluster.wait_for("two replicas running", || {
+        let tasks = cluster.tasks(0);
+        (tasks.iter().filter(|t| t["state"] == "running").count() == 2).then_some(tasks)
+    });
+    let pinned = format!("{}/demo/outage@{digest}", registry.host());
+    let running_on: BTreeSet<String> = tasks
+        .iter()
+        .filter_map(|t| t["node"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(running_on.len(), 2, "{tasks:?}");
+    let leader = cluster.leader(0).expect("leader");
+    let victim_name = running_on
+        .iter()
+        .find(|n| **n != leader)
+        .expect("a replica off the leader")
+        .clone();
+    let spare_name = cluster
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .find(|n| !running_on.contains(n))
+        .expect("a node without a replica");
+    let holds = |cluster: &Cluster, node: &str| -> bool {
+        cluster
+            .shoal_json(0, &["images", "--node", node])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|i| i["name"] == pinned.as_str())
+    };
+    assert!(
+        !holds(&cluster, &spare_name),
+        "the spare node has the image already"
+    );
+
+    registry.kill();
+    let victim = cluster.index_of(&victim_name);
+    let watcher = (0..3).find(|i| *i != victim).expect("another node");
+    cluster.kill(victim);
+    cluster.wait_for("two replicas running on the live nodes", || {
+        (cluster.running_replicas(watcher, Some(&victim_name)) == 2).then_some(())
+    });
+    let moved: Vec<Value> = cluster
+        .tasks(watcher)
+        .into_iter()
+        .filter(|t| t["state"] == "running" && t["node"] == spare_name.as_str())
+        .collect();
+    assert_eq!(moved.len(), 1, "the task moved to the spare node");
+    assert_eq!(moved[0]["image_digest"], digest.as_str(), "{:?}", moved[0]);
+    assert!(
+        holds(&cluster, &spare_name),
+        "the spare node does not list the image"
+    );
+}

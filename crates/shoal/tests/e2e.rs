@@ -437,6 +437,65 @@ fn a_registry_killed_mid_layer_and_restarted_gives_a_complete_image() {
     });
 }
 
+/// The image garbage collector on a disk past its high-water mark (set at
+/// 1 % here, so that any disk is): a pulled image no app names goes, the
+/// image an app runs and one imported by hand stay, and `shoal images`
+/// says how full the disk is.
+#[test]
+fn a_full_disk_loses_the_images_no_app_names_and_keeps_the_others() {
+    let Some(node) = Node::start_with_args_or_skip(
+        "imagegc",
+        &[
+            "--image-gc-high",
+            "1",
+            "--image-gc-low",
+            "0",
+            "--image-gc-interval",
+            "1s",
+        ],
+    ) else {
+        return;
+    };
+    let registry = Registry::start();
+    let keep_fs = node.busybox_rootfs(&[("etc/motd", "kept\n")]);
+    let kept = registry.push_rootfs(&keep_fs, "demo/keep", "v1");
+    let drop_fs = node.busybox_rootfs(&[("etc/motd", "dropped\n")]);
+    registry.push_rootfs(&drop_fs, "demo/drop", "v1");
+    let host = registry.host();
+    let spec = HELLO
+        .replace("shoal.test/busybox:latest", &format!("{host}/demo/keep:v1"))
+        .replace("replicas: 3", "replicas: 1");
+    node.apply_ok(&spec);
+    let dropped = format!("{host}/demo/drop:v1");
+    node.shoal_ok(&["image", "pull", &dropped]);
+    let names = || -> Vec<String> {
+        node.shoal_json(&["images"])
+            .as_array()
+            .expect("images")
+            .iter()
+            .filter_map(|i| i["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    node.wait_for("the image no app names to be collected", || {
+        (!names().contains(&dropped)).then_some(())
+    });
+    let left = names();
+    assert!(
+        left.contains(&format!("{host}/demo/keep@{kept}")),
+        "the app's image was collected: {left:?}"
+    );
+    assert!(
+        left.contains(&"shoal.test/busybox:latest".to_string()),
+        "the image imported by hand was collected: {left:?}"
+    );
+    assert!(node.agent_log().contains("image collected"));
+    let table = node.shoal_ok(&["images"]);
+    assert!(
+        table.contains("disk /var/lib/containerd: ") && table.contains("above 1 %, down to 0 %"),
+        "{table}"
+    );
+}
+
 /// The Docker token flow, as Docker Hub and most registries speak it: the
 /// registry answers 401 naming a token server; the node gets a bearer
 /// token there (with the registry's credentials, when it has them) and

@@ -184,6 +184,7 @@ impl Containerd {
                     digest: image.target.digest.clone(),
                     size_bytes: image.size_bytes(),
                     created_s: record.created_at.map(|t| t.seconds),
+                    pulled: false,
                 });
             }
         }
@@ -221,6 +222,7 @@ impl ImageStore for Containerd {
                 digest: target.digest,
                 size_bytes,
                 created_s: record.created_at.map(|t| t.seconds),
+                pulled: record.labels.contains_key(super::pull::LABEL_PULLED_FROM),
             });
         }
         Ok(infos)

@@ -169,6 +169,7 @@ impl Containerd {
             digest: plan.target.digest.clone(),
             size_bytes: plan.image.size_bytes(),
             created_s: record.created_at.map(|t| t.seconds),
+            pulled: true,
         })
     }
 

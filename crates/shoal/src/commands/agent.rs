@@ -49,8 +49,20 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         token: args.token,
         role: args.role,
         cert_lifetime: cert_lifetime(&args.pki)?,
+        image_gc: image_gc(&args.runtime)?,
     };
     start(config, args.runtime).await
+}
+
+fn image_gc(args: &RuntimeArgs) -> anyhow::Result<crate::node::image_gc::ImageGcConfig> {
+    let config = crate::node::image_gc::ImageGcConfig {
+        root: args.containerd_root.clone(),
+        high_percent: args.image_gc_high,
+        low_percent: args.image_gc_low,
+        interval: args.image_gc_interval,
+    };
+    config.check().map_err(anyhow::Error::msg)?;
+    Ok(config)
 }
 
 fn cert_lifetime(args: &crate::cli::PkiArgs) -> anyhow::Result<std::time::Duration> {
@@ -83,6 +95,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         token: None,
         role: None,
         cert_lifetime: cert_lifetime(&args.pki)?,
+        image_gc: image_gc(&args.runtime)?,
     };
     let data_dir = config.data_dir.clone();
     eprintln!(

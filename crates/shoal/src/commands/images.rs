@@ -94,12 +94,47 @@ where
 }
 
 pub async fn list(args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let table = args.output.format == crate::cli::Format::Table;
     let Some(clients) = selected(&args.target, &args.nodes).await? else {
-        let images = super::client(&args.target)?.images().await?;
-        return print(args.output.format, &images);
+        let client = super::client(&args.target)?;
+        let images = client.images().await?;
+        let code = print(args.output.format, &images)?;
+        if table {
+            // A node of an older release has no disk to show.
+            if let Ok(disk) = client.image_disk().await {
+                println!("\n{}", disk_line(&disk));
+            }
+        }
+        return Ok(code);
     };
-    let answers = on_nodes(clients, |client| async move { client.images().await }).await;
-    print_per_node(args.output.format, &answers)
+    let answers = on_nodes(
+        clients.clone(),
+        |client| async move { client.images().await },
+    )
+    .await;
+    let code = print_per_node(args.output.format, &answers)?;
+    if table {
+        let disks = on_nodes(clients, |client| async move { client.image_disk().await }).await;
+        println!();
+        for (node, disk) in disks {
+            if let Ok(disk) = disk {
+                println!("{node}: {}", disk_line(&disk));
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `disk /var/lib/containerd: 43 % of 98.2 GiB used; …`
+fn disk_line(disk: &shoal_api::wire::ImageDiskView) -> String {
+    format!(
+        "disk {}: {} % of {} used; images no app names are removed above {} %, down to {} %",
+        disk.path,
+        disk.used_percent,
+        bytes(disk.total_bytes),
+        disk.gc_high_percent,
+        disk.gc_low_percent
+    )
 }
 
 fn print(format: crate::cli::Format, images: &[ImageView]) -> anyhow::Result<ExitCode> {

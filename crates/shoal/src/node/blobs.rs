@@ -31,7 +31,7 @@ use shoal_pki::seal::DataKey;
 use shoal_runtime::image::Descriptor;
 use shoal_runtime::registry::{BlobBody, BlobPeers, ImageRef, Registries};
 use shoal_runtime::ImageStore;
-use shoal_types::NodeStatus;
+use shoal_types::{NodeStatus, PinnedImage, Workload};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -57,6 +57,8 @@ const READ_CHUNK_BYTES: usize = 256 << 10;
 const HOME_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest failure message kept for readers of a spool.
 const FAILURE_BYTES_MAX: usize = 512;
+/// Nodes that run an image asked for one of its blobs before its home.
+const HOLDERS_ASKED_MAX: usize = 2;
 
 /// How far a spooled fetch is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -407,78 +409,188 @@ fn named_by_state(state: &shoal_state::State, reference: &ImageRef) -> (bool, bo
     (host_named, false)
 }
 
+impl<L: ReplicatedLog> ClusterBlobs<L> {
+    /// Up to [`HOLDERS_ASKED_MAX`] other alive nodes that run a task of
+    /// `reference` (so hold its blobs), in the blob's rank order.
+    fn holders(&self, reference: &ImageRef, digest: &str) -> Vec<(String, String)> {
+        let wanted = reference.to_string();
+        let state = self.log.read();
+        let mut holders: Vec<(String, String)> = state
+            .tasks
+            .values()
+            .filter(|t| t.node != self.node && t.status.state == shoal_types::TaskState::Running)
+            .filter(|t| {
+                let Workload::Container(container) = &t.spec.workload;
+                let run = PinnedImage::run_reference(t.image.as_ref(), &container.image);
+                ImageRef::parse(&run).is_ok_and(|r| r.to_string() == wanted)
+            })
+            .filter_map(|t| state.nodes.get(&t.node))
+            .filter(|n| n.status == NodeStatus::Alive && !n.addr.is_empty())
+            .map(|n| (n.name.clone(), n.addr.clone()))
+            .collect();
+        holders.sort_by_key(|(name, _)| std::cmp::Reverse(rank(digest, name)));
+        holders.dedup();
+        holders.truncate(HOLDERS_ASKED_MAX);
+        holders
+    }
+
+    /// The blob's home, unless it is this node.
+    fn home(&self, digest: &str) -> Option<(String, String)> {
+        let state = self.log.read();
+        home_of(
+            digest,
+            state
+                .nodes
+                .values()
+                .filter(|n| n.status == NodeStatus::Alive && !n.addr.is_empty())
+                .map(|n| (n.name.as_str(), n.addr.as_str())),
+        )
+        .map(|(name, addr)| (name.to_string(), addr.to_string()))
+    }
+}
+
+/// One ask of another node for a blob: the request, or `None` when its
+/// address does not parse.
+struct Ask {
+    node: String,
+    request: reqwest::RequestBuilder,
+    offset: u64,
+}
+
+impl Ask {
+    fn new(
+        client: &reqwest::Client,
+        (node, addr): (String, String),
+        digest: &str,
+        query: &[(&str, String)],
+        offset: u64,
+    ) -> Option<Ask> {
+        let endpoint = shoal_http::Endpoint::parse(&addr).ok()?;
+        let request = client
+            .get(endpoint.url(&BLOB_PATH.replace("{digest}", digest)))
+            .query(query)
+            .header(header::RANGE, format!("bytes={offset}-"));
+        Some(Ask {
+            node,
+            request,
+            offset,
+        })
+    }
+
+    /// The blob's bytes from the node, or `None` (said in the log) when it
+    /// does not answer in time or does not serve them.
+    async fn send(self, digest: &str) -> Option<BlobBody> {
+        let node = self.node;
+        let response = match tokio::time::timeout(HOME_ANSWER_TIMEOUT, self.request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                tracing::info!(blob = %digest, %node, error = %e, "a node asked for a blob did not answer");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(blob = %digest, %node, "a node asked for a blob did not answer in time");
+                return None;
+            }
+        };
+        let expected = if self.offset == 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::PARTIAL_CONTENT
+        };
+        if response.status() != expected {
+            tracing::debug!(blob = %digest, %node, status = %response.status(), "a node asked for a blob does not serve it");
+            return None;
+        }
+        tracing::debug!(blob = %digest, %node, offset = self.offset, "blob from another node");
+        let body = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other));
+        Some(Box::pin(body) as BlobBody)
+    }
+}
+
 impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
+    /// Nodes that run the image (from their content store) first, then the
+    /// blob's home (which fetches it once for everyone); the registry when
+    /// none of them gives it.
     fn open(
         &self,
         reference: &ImageRef,
         desc: &Descriptor,
         offset: u64,
     ) -> BoxFuture<'static, Option<BlobBody>> {
-        let home = {
-            let state = self.log.read();
-            home_of(
-                &desc.digest,
-                state
-                    .nodes
-                    .values()
-                    .filter(|n| n.status == NodeStatus::Alive && !n.addr.is_empty())
-                    .map(|n| (n.name.as_str(), n.addr.as_str())),
-            )
-            .map(|(name, addr)| (name.to_string(), addr.to_string()))
-        };
-        let Some((home, addr)) = home else {
-            return Box::pin(std::future::ready(None));
-        };
-        if home == self.node {
-            let body = match self.fetch(reference, desc, offset) {
+        let held: Vec<Ask> = self
+            .holders(reference, &desc.digest)
+            .into_iter()
+            .filter_map(|holder| {
+                let query = [("held_only", "true".to_string())];
+                Ask::new(&self.client, holder, &desc.digest, &query, offset)
+            })
+            .collect();
+        let home = self.home(&desc.digest);
+        // This node is the home: its spool, at once (not over HTTP).
+        let local = match &home {
+            Some((name, _)) if name == &self.node => match self.fetch(reference, desc, offset) {
                 Ok(fetch) => Some(fetch.body(offset)),
                 Err(refused) => {
                     tracing::debug!(blob = %desc.digest, ?refused, "the spool takes no fetch now");
                     None
                 }
-            };
-            return Box::pin(std::future::ready(body));
-        }
-        let url = match shoal_http::Endpoint::parse(&addr) {
-            Ok(endpoint) => endpoint.url(&BLOB_PATH.replace("{digest}", &desc.digest)),
-            Err(_) => return Box::pin(std::future::ready(None)),
+            },
+            _ => None,
         };
-        let request = self
-            .client
-            .get(url)
-            .query(&[
-                ("reference", reference.to_string()),
-                ("size", desc.size.to_string()),
-            ])
-            .header(header::RANGE, format!("bytes={offset}-"));
+        let home = home
+            .filter(|(name, _)| name != &self.node)
+            .and_then(|home| {
+                let query = [
+                    ("reference", reference.to_string()),
+                    ("size", desc.size.to_string()),
+                ];
+                Ask::new(&self.client, home, &desc.digest, &query, offset)
+            });
         let digest = desc.digest.clone();
         Box::pin(async move {
-            let answer = tokio::time::timeout(HOME_ANSWER_TIMEOUT, request.send()).await;
-            let response = match answer {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => {
-                    tracing::info!(blob = %digest, %home, error = %e, "the blob's home did not answer; asking the registry");
-                    return None;
+            for ask in held {
+                if let Some(body) = ask.send(&digest).await {
+                    return Some(body);
                 }
-                Err(_) => {
-                    tracing::info!(blob = %digest, %home, "the blob's home did not answer in time; asking the registry");
-                    return None;
-                }
-            };
-            let expected = if offset == 0 {
-                StatusCode::OK
-            } else {
-                StatusCode::PARTIAL_CONTENT
-            };
-            if response.status() != expected {
-                tracing::info!(blob = %digest, %home, status = %response.status(), "the blob's home does not serve it; asking the registry");
-                return None;
             }
-            tracing::debug!(blob = %digest, %home, offset, "blob from its home");
-            let body = response
-                .bytes_stream()
-                .map(|chunk| chunk.map_err(std::io::Error::other));
-            Some(Box::pin(body) as BlobBody)
+            if local.is_some() {
+                return local;
+            }
+            match home {
+                Some(ask) => ask.send(&digest).await,
+                None => None,
+            }
+        })
+    }
+
+    fn open_held(
+        &self,
+        reference: &ImageRef,
+        digest: &str,
+    ) -> BoxFuture<'static, Option<BlobBody>> {
+        let mut nodes = self.holders(reference, digest);
+        if let Some(home) = self.home(digest).filter(|(name, _)| name != &self.node) {
+            if !nodes.contains(&home) {
+                nodes.push(home);
+            }
+        }
+        let asks: Vec<Ask> = nodes
+            .into_iter()
+            .filter_map(|node| {
+                let query = [("held_only", "true".to_string())];
+                Ask::new(&self.client, node, digest, &query, 0)
+            })
+            .collect();
+        let digest = digest.to_string();
+        Box::pin(async move {
+            for ask in asks {
+                if let Some(body) = ask.send(&digest).await {
+                    return Some(body);
+                }
+            }
+            None
         })
     }
 }
@@ -513,6 +625,9 @@ pub fn router<R: ImageStore, L: ReplicatedLog + 'static>(
 struct BlobQuery {
     reference: Option<String>,
     size: Option<u64>,
+    /// Only from this node's content store: nothing is fetched.
+    #[serde(default)]
+    held_only: bool,
 }
 
 /// `GET /v1/internal/blobs/{digest}?reference=R&size=N` with an optional
@@ -556,6 +671,11 @@ async fn serve<R: ImageStore, L: ReplicatedLog + 'static>(
             )));
         }
         return Ok(respond(size, offset, body, permit));
+    }
+    if query.held_only {
+        return Err(ApiError::not_found(format!(
+            "digest: this node holds no blob {digest}"
+        )));
     }
     let reference = query.reference.as_deref().ok_or_else(|| {
         ApiError::bad_request("reference: the image the blob belongs to is required to fetch it")

@@ -10,6 +10,7 @@ pub mod gate;
 #[cfg(test)]
 mod gate_tests;
 mod host;
+pub mod image_gc;
 mod keeper;
 mod leader;
 mod logs;
@@ -60,6 +61,8 @@ pub struct NodeConfig {
     pub role: Option<String>,
     /// How long the certificates this node signs last.
     pub cert_lifetime: std::time::Duration,
+    /// When images are collected to free containerd's disk.
+    pub image_gc: image_gc::ImageGcConfig,
 }
 
 /// What the loops and the API handlers share. The log is a type parameter
@@ -238,6 +241,11 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         clock: crate::clock::SystemClock,
         data_key: shared.trust.data_key.clone(),
     })));
+    let image_gc = tokio::spawn(image_gc::run(
+        shared.raft.clone(),
+        shared.runtime.clone(),
+        shared.config.image_gc.clone(),
+    ));
     let network = tokio::spawn(network::run(network::NetworkLoop {
         node: shared.config.name.clone(),
         log: shared.raft.clone(),
@@ -258,6 +266,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     registration.abort();
     renewals.abort();
     facts.abort();
+    image_gc.abort();
     network.abort();
     let _ = stop_tx.send(());
     // Requests in flight get a moment; followers of logs do not hold the node up.

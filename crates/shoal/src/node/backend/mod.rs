@@ -388,6 +388,25 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         Ok(images.into_iter().map(image_view).collect())
     }
 
+    async fn image_disk(&self) -> ApiResult<shoal_api::wire::ImageDiskView> {
+        let config = &self.0.config.image_gc;
+        let root = config.root.clone();
+        let disk = tokio::task::spawn_blocking(move || super::image_gc::disk_use(&root))
+            .await
+            .map_err(|error| ApiError::internal(error.to_string()))?
+            .map_err(|error| {
+                ApiError::unavailable(format!("{}: {error}", config.root.display()))
+            })?;
+        Ok(shoal_api::wire::ImageDiskView {
+            path: config.root.display().to_string(),
+            used_bytes: disk.used_bytes,
+            total_bytes: disk.total_bytes,
+            used_percent: disk.percent(),
+            gc_high_percent: config.high_percent,
+            gc_low_percent: config.low_percent,
+        })
+    }
+
     async fn pulls(&self) -> ApiResult<Vec<shoal_api::wire::PullView>> {
         Ok(self
             .0

@@ -49,6 +49,12 @@ async fn fixture() -> Fixture {
         token: None,
         role: None,
         cert_lifetime: std::time::Duration::from_secs(3600),
+        image_gc: crate::node::image_gc::ImageGcConfig {
+            root: dir.path().to_path_buf(),
+            high_percent: 85,
+            low_percent: 80,
+            interval: std::time::Duration::from_secs(60),
+        },
     };
     let (trust, ..) = crate::node::trust::Trust::form(
         &dir.path().join("pki"),

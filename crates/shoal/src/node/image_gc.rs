@@ -1,0 +1,344 @@
+//! The image garbage collector: when the filesystem of containerd's root
+//! is fuller than a high-water mark, images no app of the cluster names are
+//! removed, the oldest pull first, until it is no fuller than a low-water
+//! mark (or nothing more may go).
+//!
+//! What is never removed: an image imported by hand (it cannot be pulled
+//! again); an image any app names, on any node, by its reference or its
+//! pinned digest (a node that takes a task over, or prepares for it, needs
+//! it, and the cluster keeps its copies); an image a container of this node
+//! runs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_cluster::log::ReplicatedLog;
+use shoal_runtime::{ContainerStatus, ImageInfo, ImageStore, Runtime};
+use shoal_types::{PinnedImage, Workload};
+
+/// Images one pass removes at most.
+const REMOVALS_PER_PASS_MAX: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct ImageGcConfig {
+    /// containerd's root directory; its filesystem is the one watched.
+    pub root: PathBuf,
+    pub high_percent: u8,
+    pub low_percent: u8,
+    pub interval: Duration,
+}
+
+impl ImageGcConfig {
+    /// The marks must leave room between them: `0 <= low < high <= 100`
+    /// (100 never collects).
+    pub fn check(&self) -> Result<(), String> {
+        if self.high_percent > 100 {
+            return Err(format!(
+                "--image-gc-high: a percentage up to 100, not {}",
+                self.high_percent
+            ));
+        }
+        if self.low_percent >= self.high_percent {
+            return Err(format!(
+                "--image-gc-low: below --image-gc-high ({} %), not {} %",
+                self.high_percent, self.low_percent
+            ));
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err("--image-gc-interval: at least 1s".into());
+        }
+        Ok(())
+    }
+}
+
+/// How full a filesystem is, as `df` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskUse {
+    pub used_bytes: u64,
+    /// Used plus what unprivileged writers may still use.
+    pub total_bytes: u64,
+}
+
+impl DiskUse {
+    /// Percent used, rounded up (as `df` does).
+    pub fn percent(&self) -> u64 {
+        if self.total_bytes == 0 {
+            return 0;
+        }
+        (self.used_bytes.saturating_mul(100)).div_ceil(self.total_bytes)
+    }
+}
+
+/// How full the filesystem holding `path` is.
+pub fn disk_use(path: &Path) -> std::io::Result<DiskUse> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other(format!("{}: a NUL in the path", path.display())))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points
+    // to memory of the right size, which statvfs fills when it returns 0.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    // The field types differ between platforms (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
+    let (block, blocks, free, available) = (
+        stat.f_frsize as u64,
+        stat.f_blocks as u64,
+        stat.f_bfree as u64,
+        stat.f_bavail as u64,
+    );
+    let used = blocks.saturating_sub(free) * block;
+    let available = available * block;
+    Ok(DiskUse {
+        used_bytes: used,
+        total_bytes: used + available,
+    })
+}
+
+/// Every image the cluster's apps name (normalized): each service's
+/// reference, its pinned run reference, and what each task wanted
+/// running anywhere runs (tasks of an older version included).
+pub fn wanted(state: &shoal_state::State) -> BTreeSet<String> {
+    let normalize = |name: &str| {
+        shoal_runtime::image::normalize_name(name).unwrap_or_else(|_| name.to_string())
+    };
+    let mut wanted = BTreeSet::new();
+    for app in state.apps.values() {
+        for service in &app.spec.services {
+            let Workload::Container(container) = &service.workload;
+            wanted.insert(normalize(&container.image));
+            let pin = app.images.get(&service.name);
+            wanted.insert(normalize(&PinnedImage::run_reference(
+                pin,
+                &container.image,
+            )));
+        }
+    }
+    for task in state.tasks.values() {
+        if task.desired != shoal_types::DesiredState::Running {
+            continue;
+        }
+        let Workload::Container(container) = &task.spec.workload;
+        wanted.insert(normalize(&PinnedImage::run_reference(
+            task.image.as_ref(),
+            &container.image,
+        )));
+    }
+    wanted
+}
+
+/// The images that may go, the oldest pull first: pulled, named by no app
+/// and run by no container here.
+pub fn candidates(
+    images: &[ImageInfo],
+    wanted: &BTreeSet<String>,
+    running: &BTreeSet<String>,
+) -> Vec<ImageInfo> {
+    let mut candidates: Vec<ImageInfo> = images
+        .iter()
+        .filter(|i| i.pulled && !wanted.contains(&i.name) && !running.contains(&i.name))
+        .cloned()
+        .collect();
+    candidates.sort_by(|a, b| {
+        (a.created_s.unwrap_or(0), &a.name).cmp(&(b.created_s.unwrap_or(0), &b.name))
+    });
+    candidates
+}
+
+/// One pass: the names removed.
+pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
+    log: &L,
+    runtime: &R,
+    config: &ImageGcConfig,
+    disk: &(dyn Fn(&Path) -> std::io::Result<DiskUse> + Send + Sync),
+) -> Result<Vec<String>, String> {
+    let measure = || disk(&config.root).map_err(|e| format!("{}: {e}", config.root.display()));
+    let before = measure()?;
+    if before.percent() <= u64::from(config.high_percent) {
+        return Ok(Vec::new());
+    }
+    let images = runtime.images().await.map_err(|e| e.to_string())?;
+    let running: BTreeSet<String> = runtime
+        .list()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| !matches!(c.status, ContainerStatus::Stopped { .. }))
+        .map(|c| c.image)
+        .collect();
+    let wanted = wanted(&log.read());
+    let mut removed = Vec::new();
+    for image in candidates(&images, &wanted, &running)
+        .into_iter()
+        .take(REMOVALS_PER_PASS_MAX)
+    {
+        if measure()?.percent() <= u64::from(config.low_percent) {
+            break;
+        }
+        // Named again since the pass began: it stays.
+        if wanted_now(log, &image.name) {
+            continue;
+        }
+        match runtime.remove_image(&image.name).await {
+            Ok(()) => {
+                tracing::info!(image = %image.name, size_bytes = image.size_bytes, "image collected: no app names it and the disk is full");
+                removed.push(image.name);
+            }
+            Err(error) => tracing::warn!(image = %image.name, %error, "collecting an image"),
+        }
+    }
+    if !removed.is_empty() {
+        let after = measure()?;
+        tracing::info!(
+            before = before.percent(),
+            after = after.percent(),
+            removed = removed.len(),
+            "image garbage collection"
+        );
+    }
+    Ok(removed)
+}
+
+fn wanted_now<L: ReplicatedLog>(log: &L, name: &str) -> bool {
+    wanted(&log.read()).contains(name)
+}
+
+/// The collector's loop, every `interval`.
+pub async fn run<L: ReplicatedLog, R: Runtime + ImageStore>(
+    log: L,
+    runtime: Arc<R>,
+    config: ImageGcConfig,
+) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(config.interval).await;
+        match pass(&log, runtime.as_ref(), &config, &disk_use).await {
+            Ok(_) => failing = false,
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "image garbage collection");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_cluster::log::MemoryLog;
+    use shoal_runtime::fake::FakeRuntime;
+    use shoal_state::{Command, State};
+
+    use super::*;
+
+    fn image(name: &str, created_s: i64, pulled: bool) -> ImageInfo {
+        ImageInfo {
+            name: name.into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size_bytes: 10,
+            created_s: Some(created_s),
+            pulled,
+        }
+    }
+
+    #[test]
+    fn only_pulled_images_nobody_wants_go_oldest_first() {
+        let images = [
+            image("r.example/new:1", 300, true),
+            image("r.example/old:1", 100, true),
+            image("r.example/app:1", 50, true),
+            image("r.example/running:1", 60, true),
+            image("shoal.test/busybox:latest", 10, false),
+        ];
+        let wanted = BTreeSet::from(["r.example/app:1".to_string()]);
+        let running = BTreeSet::from(["r.example/running:1".to_string()]);
+        let names: Vec<String> = candidates(&images, &wanted, &running)
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(names, ["r.example/old:1", "r.example/new:1"]);
+    }
+
+    #[test]
+    fn the_marks_must_leave_room() {
+        let config = |high, low| ImageGcConfig {
+            root: "/".into(),
+            high_percent: high,
+            low_percent: low,
+            interval: Duration::from_secs(60),
+        };
+        assert!(config(85, 80).check().is_ok());
+        assert!(config(100, 0).check().is_ok());
+        assert!(config(80, 80)
+            .check()
+            .unwrap_err()
+            .contains("--image-gc-low"));
+        assert!(config(101, 80)
+            .check()
+            .unwrap_err()
+            .contains("--image-gc-high"));
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_loses_unwanted_images_until_the_low_mark() {
+        let log = MemoryLog::new("n1", State::default());
+        log.apply(Command::RegisterNode {
+            node: shoal_types::Node::sample("n1", "127.0.0.1:7950"),
+        });
+        let runtime = FakeRuntime::new();
+        for name in [
+            "r.example/a:1",
+            "r.example/b:1",
+            "r.example/c:1",
+            "r.example/app:1",
+        ] {
+            runtime.add_registry_image(name);
+            runtime
+                .pull(name, &Default::default())
+                .await
+                .expect("pulled");
+        }
+        runtime.add_image("shoal.test/busybox:latest");
+        let spec = shoal_types::spec::parse_app(
+            b"name: web\nservices: [{name: s, image: r.example/app:1}]\n",
+        )
+        .expect("spec");
+        log.apply(Command::PutApp { spec });
+        // Every image takes 10 points of the disk: five make it 95 % full.
+        let disk = |_: &Path| {
+            Ok(DiskUse {
+                used_bytes: 45 + 10 * runtime.image_names().len() as u64,
+                total_bytes: 100,
+            })
+        };
+        let config = ImageGcConfig {
+            root: "/".into(),
+            high_percent: 85,
+            low_percent: 80,
+            interval: Duration::from_secs(60),
+        };
+        let removed = pass(&log, &runtime, &config, &disk).await.expect("pass");
+        // 95 -> 85 (not yet at the low mark) -> 75: two go, oldest (then
+        // by name) first; the app's image and the hand-imported one stay.
+        assert_eq!(removed, ["r.example/a:1", "r.example/b:1"]);
+        let left = runtime.image_names();
+        for kept in [
+            "r.example/c:1",
+            "r.example/app:1",
+            "shoal.test/busybox:latest",
+        ] {
+            assert!(left.iter().any(|n| n == kept), "{kept} removed: {left:?}");
+        }
+        // Under the high mark, a pass removes nothing.
+        assert!(pass(&log, &runtime, &config, &disk)
+            .await
+            .expect("pass")
+            .is_empty());
+    }
+}
