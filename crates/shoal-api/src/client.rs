@@ -328,15 +328,12 @@ impl Client {
     }
 
     pub async fn remove_app(&self, name: &str) -> Result<()> {
-        let request = self
-            .http
-            .delete(self.url(&format!("/v1/apps/{name}")))
-            .timeout(WRITE_TIMEOUT);
-        let response = request
-            .send()
-            .await
-            .map_err(|error| self.unreachable(error))?;
-        check(response).await.map(|_| ())
+        self.delete(
+            self.http
+                .delete(self.url(&format!("/v1/apps/{name}")))
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
     }
 
     /// The disk the node's images are on.
@@ -351,11 +348,17 @@ impl Client {
 
     /// Removes an image (by the name `images` lists) from the node.
     pub async fn remove_image(&self, name: &str) -> Result<()> {
-        let request = self
-            .http
-            .delete(self.url("/v1/images"))
-            .query(&[("name", name)])
-            .timeout(WRITE_TIMEOUT);
+        self.delete(
+            self.http
+                .delete(self.url("/v1/images"))
+                .query(&[("name", name)])
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+
+    /// Sends a request whose answer carries nothing.
+    async fn delete(&self, request: reqwest::RequestBuilder) -> Result<()> {
         let response = request
             .send()
             .await

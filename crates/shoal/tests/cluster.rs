@@ -1277,15 +1277,7 @@ fn five_nodes_starting_one_image_fetch_each_blob_from_the_registry_once() {
     wait_voters(&cluster, 0, 5);
     let registry = Registry::start();
     // Busybox and 6 MiB that do not compress: a layer of about 7 MiB.
-    let rootfs = tempfile::tempdir().expect("rootfs dir");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(rootfs.path().join("fs"))
-        .status()
-        .expect("busybox-rootfs.sh");
-    assert!(status.success());
+    let rootfs = busybox_rootfs();
     let noise: Vec<u8> = (0..6 << 20).map(|_| rand::random::<u8>()).collect();
     std::fs::write(rootfs.path().join("fs/noise"), noise).expect("noise");
     let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/big", "v1");
@@ -1406,15 +1398,7 @@ fn with_the_registry_gone_a_moved_task_pulls_its_image_from_the_nodes_that_run_i
     };
     wait_voters(&cluster, 0, 3);
     let mut registry = Registry::start();
-    let rootfs = tempfile::tempdir().expect("rootfs dir");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(rootfs.path().join("fs"))
-        .status()
-        .expect("busybox-rootfs.sh");
-    assert!(status.success());
+    let rootfs = busybox_rootfs();
     let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/outage", "v1");
     cluster.shoal_ok(0, &["registry", "add", &registry.host(), "--insecure"]);
     let spec = format!(
@@ -1482,4 +1466,18 @@ services:
         holds(&cluster, &spare_name),
         "the spare node does not list the image"
     );
+}
+
+/// A busybox root filesystem in `fs/` of a temporary directory.
+fn busybox_rootfs() -> tempfile::TempDir {
+    let rootfs = tempfile::tempdir().expect("rootfs dir");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(rootfs.path().join("fs"))
+        .status()
+        .expect("busybox-rootfs.sh");
+    assert!(status.success());
+    rootfs
 }
