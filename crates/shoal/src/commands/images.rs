@@ -12,6 +12,8 @@ use crate::output::{age, bytes, print_list};
 
 /// Nodes asked at once by a command over several nodes.
 const NODES_IN_FLIGHT_MAX: usize = 8;
+/// How often a pull's progress is asked while `shoal image pull` waits.
+const PULL_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An image on a named node, as `--node`/`--all-nodes` print it.
 #[derive(Serialize)]
@@ -195,18 +197,75 @@ fn print_per_node(
 }
 
 pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
+    // The name the image will have, to find its pull among the node's.
+    let name = shoal_runtime::registry::ImageRef::parse(&args.reference)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| args.reference.clone());
     let Some(clients) = selected(&args.target, &args.nodes).await? else {
-        let image = super::client(&args.target)?
-            .pull_image(&args.reference)
-            .await?;
+        let client = super::client(&args.target)?;
+        let watched = vec![(String::new(), client.clone())];
+        let image = with_pull_bars(watched, &name, client.pull_image(&args.reference)).await?;
         return print(args.output.format, &[image]);
     };
     let reference = args.reference.as_str();
-    let answers = on_nodes(clients, |client| async move {
+    let pulls = on_nodes(clients.clone(), |client| async move {
         client.pull_image(reference).await.map(|image| vec![image])
-    })
-    .await;
+    });
+    let answers = with_pull_bars(clients, &name, pulls).await;
     print_per_node(args.output.format, &answers)
+}
+
+/// Runs `work` while drawing a bar per node for its pull of `name` (on a
+/// terminal; nothing otherwise), from each node's `GET /v1/images/pulls`.
+async fn with_pull_bars<T>(
+    nodes: Vec<(String, Client)>,
+    name: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix}[{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+    )
+    .map(|style| style.progress_chars("=> "));
+    let bars: Vec<ProgressBar> = nodes
+        .iter()
+        .map(|(node, _)| {
+            let bar = multi.add(ProgressBar::new(0));
+            if let Ok(style) = &style {
+                bar.set_style(style.clone());
+            }
+            if !node.is_empty() {
+                bar.set_prefix(format!("{node}: "));
+            }
+            bar
+        })
+        .collect();
+    let watch = async {
+        loop {
+            tokio::time::sleep(PULL_POLL_INTERVAL).await;
+            for ((_, client), bar) in nodes.iter().zip(&bars) {
+                let Ok(Ok(pulls)) = tokio::time::timeout(PULL_POLL_INTERVAL, client.pulls()).await
+                else {
+                    continue;
+                };
+                if let Some(pull) = pulls.iter().find(|p| p.name == name) {
+                    bar.set_length(pull.total_bytes);
+                    bar.set_position(pull.done_bytes);
+                }
+            }
+        }
+    };
+    tokio::pin!(work);
+    tokio::pin!(watch);
+    let out = match futures::future::select(work, watch).await {
+        futures::future::Either::Left((out, _)) => out,
+        futures::future::Either::Right(((), work)) => work.await,
+    };
+    for bar in &bars {
+        bar.finish_and_clear();
+    }
+    out
 }
 
 pub async fn remove(args: ImageRmArgs) -> anyhow::Result<ExitCode> {
