@@ -75,23 +75,22 @@ pub trait BlobPeers: Send + Sync + 'static {
         offset: u64,
     ) -> BoxFuture<'static, Option<BlobBody>>;
 
-    /// A blob (a manifest or index, by its digest) that another node
-    /// holds, from that node's store alone: nothing is fetched for it.
-    /// `None` when no node asked has it.
-    fn open_held(&self, reference: &ImageRef, digest: &str)
-        -> BoxFuture<'static, Option<BlobBody>>;
+    /// A document (a manifest or index) by its digest, whole and checked
+    /// against it (see [`read_document`]), from another node's store
+    /// alone: nothing is fetched for it. `None` when no node asked has it.
+    fn held_document(
+        &self,
+        reference: &ImageRef,
+        digest: &str,
+    ) -> BoxFuture<'static, Option<Bytes>>;
 }
 
-/// A document (manifest or index) by its digest from the nodes that hold
-/// it: read within the JSON bound and checked against the digest.
-async fn held_document(peers: &dyn BlobPeers, reference: &ImageRef, digest: &str) -> Option<Bytes> {
-    let mut body = peers.open_held(reference, digest).await?;
+/// A document (manifest or index) read whole from `body` within the JSON
+/// bound, and only if its bytes have `digest`.
+pub async fn read_document(mut body: BlobBody, digest: &str) -> Option<Bytes> {
     let limit = Limits::default().json_bytes_max as usize;
     let mut out = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(STALL_TIMEOUT, body.next())
-        .await
-        .ok()?
-    {
+    while let Some(chunk) = body.next().await {
         out.extend_from_slice(&chunk.ok()?);
         if out.len() > limit {
             return None;
@@ -345,7 +344,7 @@ impl Registries {
         // Pinned to a digest: the nodes that hold it answer first, so
         // that a registry gone does not stop a task from moving.
         if let (Some(digest), Some(peers)) = (reference.digest(), self.peers.get()) {
-            if let Some(bytes) = held_document(peers.as_ref(), reference, digest).await {
+            if let Some(bytes) = peers.held_document(reference, digest).await {
                 let media_type = media_type_of(&bytes)?;
                 return Ok(FetchedManifest {
                     bytes,
@@ -1093,11 +1092,11 @@ mod download_tests {
     }
 
     impl BlobPeers for Peer {
-        fn open_held(
+        fn held_document(
             &self,
             _reference: &ImageRef,
             _digest: &str,
-        ) -> BoxFuture<'static, Option<BlobBody>> {
+        ) -> BoxFuture<'static, Option<Bytes>> {
             Box::pin(std::future::ready(None))
         }
 
@@ -1193,11 +1192,11 @@ mod download_tests {
     struct Trickle(Vec<u8>);
 
     impl BlobPeers for Trickle {
-        fn open_held(
+        fn held_document(
             &self,
             _reference: &ImageRef,
             _digest: &str,
-        ) -> BoxFuture<'static, Option<BlobBody>> {
+        ) -> BoxFuture<'static, Option<Bytes>> {
             Box::pin(std::future::ready(None))
         }
 

@@ -62,6 +62,11 @@ fn image_gc(args: &RuntimeArgs) -> anyhow::Result<crate::node::image_gc::ImageGc
         interval: args.image_gc_interval,
     };
     config.check().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        config.root.is_dir(),
+        "--containerd-root {}: no such directory; give containerd's `root` (see `containerd config dump`)",
+        config.root.display()
+    );
     Ok(config)
 }
 

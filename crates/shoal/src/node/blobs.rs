@@ -11,7 +11,7 @@
 //! trusted with nothing; a home that does not answer, refuses or runs an
 //! older release leaves the asker to the registry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,9 +29,9 @@ use shoal_api::server::ApiError;
 use shoal_cluster::log::ReplicatedLog;
 use shoal_pki::seal::DataKey;
 use shoal_runtime::image::Descriptor;
-use shoal_runtime::registry::{BlobBody, BlobPeers, ImageRef, Registries};
+use shoal_runtime::registry::{BlobBody, BlobPeers, ImageRef, Registries, RegistryAccess};
 use shoal_runtime::ImageStore;
-use shoal_types::{NodeStatus, PinnedImage, Workload};
+use shoal_types::{NodeStatus, Workload};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -59,6 +59,8 @@ const HOME_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const FAILURE_BYTES_MAX: usize = 512;
 /// Nodes that run an image asked for one of its blobs before its home.
 const HOLDERS_ASKED_MAX: usize = 2;
+/// Time one node has to give a manifest it holds, whole.
+const HELD_DOCUMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How far a spooled fetch is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -351,7 +353,7 @@ pub struct ClusterBlobs<L> {
     pub client: reqwest::Client,
     pub spool: Arc<Spool>,
     /// The registry clients the spool fetches with (never through peers).
-    pub registries: Registries,
+    pub registries: Arc<Registries>,
 }
 
 impl<L: ReplicatedLog> ClusterBlobs<L> {
@@ -368,23 +370,49 @@ impl<L: ReplicatedLog> ClusterBlobs<L> {
         desc: &Descriptor,
         offset: u64,
     ) -> Result<Arc<Fetch>, Refused> {
+        let access = self.fetch_access(reference)?;
+        join_fetch(
+            &self.spool,
+            &self.registries,
+            reference,
+            desc,
+            offset,
+            &access,
+        )
+    }
+
+    /// What a fetch for the cluster of `reference` may use, or why it may
+    /// not be made.
+    fn fetch_access(&self, reference: &ImageRef) -> Result<RegistryAccess, Refused> {
         let (host_named, repository_named) = named_by_state(&self.log.read(), reference);
         if !host_named {
             return Err(Refused::UnknownRegistry);
         }
-        self.spool.join(desc, offset, || {
-            let mut access = super::registries::access_for(
-                &self.log,
-                self.data_key.as_ref(),
-                &reference.to_string(),
-            );
-            if !repository_named {
-                access.username = None;
-                access.password = None;
-            }
-            Box::pin(self.registries.blob(reference, &access, desc))
-        })
+        let mut access = super::registries::access_for(
+            &self.log,
+            self.data_key.as_ref(),
+            &reference.to_string(),
+        );
+        if !repository_named {
+            access.username = None;
+            access.password = None;
+        }
+        Ok(access)
     }
+}
+
+/// The spool's fetch of `desc` from its registry, joined or started.
+fn join_fetch(
+    spool: &Arc<Spool>,
+    registries: &Arc<Registries>,
+    reference: &ImageRef,
+    desc: &Descriptor,
+    offset: u64,
+    access: &RegistryAccess,
+) -> Result<Arc<Fetch>, Refused> {
+    spool.join(desc, offset, || {
+        Box::pin(registries.blob(reference, access, desc))
+    })
 }
 
 /// Whether the state names `reference`'s registry (settings, or an app's
@@ -411,25 +439,40 @@ fn named_by_state(state: &shoal_state::State, reference: &ImageRef) -> (bool, bo
 
 impl<L: ReplicatedLog> ClusterBlobs<L> {
     /// Up to [`HOLDERS_ASKED_MAX`] other alive nodes that run a task of
-    /// `reference` (so hold its blobs), in the blob's rank order.
+    /// an image of `reference`'s repository (so likely hold the blob; one
+    /// that does not answers 404), in the blob's rank order.
     fn holders(&self, reference: &ImageRef, digest: &str) -> Vec<(String, String)> {
-        let wanted = reference.to_string();
         let state = self.log.read();
+        // The services of that repository: apps are few beside tasks, so
+        // references are parsed per service, not per task.
+        let services: BTreeSet<(&str, &str)> = state
+            .apps
+            .iter()
+            .flat_map(|(name, app)| {
+                app.spec.services.iter().filter_map(move |service| {
+                    let Workload::Container(container) = &service.workload;
+                    let image = ImageRef::parse(&container.image).ok()?;
+                    (image.registry() == reference.registry()
+                        && image.repository() == reference.repository())
+                    .then_some((name.as_str(), service.name.as_str()))
+                })
+            })
+            .collect();
+        if services.is_empty() {
+            return Vec::new();
+        }
         let mut holders: Vec<(String, String)> = state
             .tasks
             .values()
             .filter(|t| t.node != self.node && t.status.state == shoal_types::TaskState::Running)
-            .filter(|t| {
-                let Workload::Container(container) = &t.spec.workload;
-                let run = PinnedImage::run_reference(t.image.as_ref(), &container.image);
-                ImageRef::parse(&run).is_ok_and(|r| r.to_string() == wanted)
-            })
+            .filter(|t| services.contains(&(t.app.as_str(), t.service.as_str())))
             .filter_map(|t| state.nodes.get(&t.node))
             .filter(|n| n.status == NodeStatus::Alive && !n.addr.is_empty())
             .map(|n| (n.name.clone(), n.addr.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         holders.sort_by_key(|(name, _)| std::cmp::Reverse(rank(digest, name)));
-        holders.dedup();
         holders.truncate(HOLDERS_ASKED_MAX);
         holders
     }
@@ -528,12 +571,19 @@ impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
             })
             .collect();
         let home = self.home(&desc.digest);
-        // This node is the home: its spool, at once (not over HTTP).
+        // This node is the home: its spool (not over HTTP), once no holder
+        // gave the blob, so that nothing is fetched that a holder has.
         let local = match &home {
-            Some((name, _)) if name == &self.node => match self.fetch(reference, desc, offset) {
-                Ok(fetch) => Some(fetch.body(offset)),
+            Some((name, _)) if name == &self.node => match self.fetch_access(reference) {
+                Ok(access) => Some((
+                    self.spool.clone(),
+                    self.registries.clone(),
+                    reference.clone(),
+                    desc.clone(),
+                    access,
+                )),
                 Err(refused) => {
-                    tracing::debug!(blob = %desc.digest, ?refused, "the spool takes no fetch now");
+                    tracing::debug!(blob = %desc.digest, ?refused, "no fetch for the cluster");
                     None
                 }
             },
@@ -555,8 +605,14 @@ impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
                     return Some(body);
                 }
             }
-            if local.is_some() {
-                return local;
+            if let Some((spool, registries, reference, desc, access)) = local {
+                return match join_fetch(&spool, &registries, &reference, &desc, offset, &access) {
+                    Ok(fetch) => Some(fetch.body(offset)),
+                    Err(refused) => {
+                        tracing::debug!(blob = %desc.digest, ?refused, "the spool takes no fetch now");
+                        None
+                    }
+                };
             }
             match home {
                 Some(ask) => ask.send(&digest).await,
@@ -565,11 +621,11 @@ impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
         })
     }
 
-    fn open_held(
+    fn held_document(
         &self,
         reference: &ImageRef,
         digest: &str,
-    ) -> BoxFuture<'static, Option<BlobBody>> {
+    ) -> BoxFuture<'static, Option<Bytes>> {
         let mut nodes = self.holders(reference, digest);
         if let Some(home) = self.home(digest).filter(|(name, _)| name != &self.node) {
             if !nodes.contains(&home) {
@@ -585,9 +641,15 @@ impl<L: ReplicatedLog + 'static> BlobPeers for ClusterBlobs<L> {
             .collect();
         let digest = digest.to_string();
         Box::pin(async move {
+            // Each node in turn, each within a deadline; a wrong or
+            // oversized answer is the next node's turn.
             for ask in asks {
-                if let Some(body) = ask.send(&digest).await {
-                    return Some(body);
+                let read = async {
+                    let body = ask.send(&digest).await?;
+                    shoal_runtime::registry::read_document(body, &digest).await
+                };
+                if let Ok(Some(bytes)) = tokio::time::timeout(HELD_DOCUMENT_TIMEOUT, read).await {
+                    return Some(bytes);
                 }
             }
             None

@@ -20,6 +20,8 @@ use shoal_types::{PinnedImage, Workload};
 
 /// Images one pass removes at most.
 const REMOVALS_PER_PASS_MAX: usize = 64;
+/// Removals in a row that free nothing before a pass stops.
+const FREED_NOTHING_MAX: usize = 2;
 
 #[derive(Clone, Debug)]
 pub struct ImageGcConfig {
@@ -172,17 +174,28 @@ pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
         .filter(|c| !matches!(c.status, ContainerStatus::Stopped { .. }))
         .map(|c| c.image)
         .collect();
-    let wanted = wanted(&log.read());
+    let (mut wanted, mut wanted_at) = {
+        let state = log.read();
+        (wanted(&state), state.applied_index)
+    };
     let mut removed = Vec::new();
+    let mut last = before;
+    let mut freed_nothing = 0;
     for image in candidates(&images, &wanted, &running)
         .into_iter()
         .take(REMOVALS_PER_PASS_MAX)
     {
-        if measure()?.percent() <= u64::from(config.low_percent) {
+        if last.percent() <= u64::from(config.low_percent) {
             break;
         }
         // Named again since the pass began: it stays.
-        if wanted_now(log, &image.name) {
+        {
+            let state = log.read();
+            if state.applied_index != wanted_at {
+                (wanted, wanted_at) = (self::wanted(&state), state.applied_index);
+            }
+        }
+        if wanted.contains(&image.name) {
             continue;
         }
         match runtime.remove_image(&image.name).await {
@@ -192,6 +205,19 @@ pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
             }
             Err(error) => tracing::warn!(image = %image.name, %error, "collecting an image"),
         }
+        // Something else fills the disk when images free nothing: the
+        // pass stops rather than empty the node for nothing.
+        let now = measure()?;
+        if now.used_bytes >= last.used_bytes {
+            freed_nothing += 1;
+            if freed_nothing >= FREED_NOTHING_MAX {
+                tracing::warn!(root = %config.root.display(), "removing images frees nothing on this disk; something else fills it");
+                break;
+            }
+        } else {
+            freed_nothing = 0;
+        }
+        last = now;
     }
     if !removed.is_empty() {
         let after = measure()?;
@@ -203,10 +229,6 @@ pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
         );
     }
     Ok(removed)
-}
-
-fn wanted_now<L: ReplicatedLog>(log: &L, name: &str) -> bool {
-    wanted(&log.read()).contains(name)
 }
 
 /// The collector's loop, every `interval`.
@@ -340,5 +362,24 @@ mod tests {
             .await
             .expect("pass")
             .is_empty());
+
+        // A disk that removals do not empty (something else fills it): of
+        // the four images no app names, the pass removes two, which freed
+        // nothing, and stops.
+        for name in ["r.example/d:1", "r.example/e:1", "r.example/f:1"] {
+            runtime.add_registry_image(name);
+            runtime
+                .pull(name, &Default::default())
+                .await
+                .expect("pulled");
+        }
+        let full = |_: &Path| {
+            Ok(DiskUse {
+                used_bytes: 99,
+                total_bytes: 100,
+            })
+        };
+        let removed = pass(&log, &runtime, &config, &full).await.expect("pass");
+        assert_eq!(removed.len(), 2, "{removed:?}");
     }
 }

@@ -180,7 +180,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
             blobs::Spool::open(spool_dir.clone())
                 .with_context(|| format!("preparing {}", spool_dir.display()))?,
         ),
-        registries: shoal_runtime::registry::Registries::default(),
+        registries: Arc::new(shoal_runtime::registry::Registries::default()),
     });
     shared.runtime.fetch_blobs_through(cluster_blobs.clone());
     let blob_service = Arc::new(blobs::BlobService::new(
