@@ -36,9 +36,12 @@ mod preempt;
 mod reconcile;
 mod score;
 mod spread;
+mod standby;
 mod unplaced;
 
 pub mod duties;
+
+pub use standby::{standby, standby_among, standby_key};
 
 use std::collections::BTreeMap;
 

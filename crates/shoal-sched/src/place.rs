@@ -217,6 +217,12 @@ impl<'a> Scheduler<'a> {
             self.options.candidates.max(1)
         };
         let start = (self.rng.next() % admitting.len() as u64) as usize;
+        // Ties go to the node that ranks first for the service: among the
+        // nodes that run none of it, that is its standby, which every node
+        // names alike and which pulls the service's image ahead
+        // (`shoal_sched::standby`).
+        let key = crate::standby_key(app, &service.name);
+        let rank = |at: u32| shoal_types::rendezvous_rank(&key, &self.nodes[at as usize].node.name);
         let mut best: Option<(f64, u32)> = None;
         let mut found = 0;
         for step in 0..admitting.len() {
@@ -228,7 +234,8 @@ impl<'a> Scheduler<'a> {
             let better = match best {
                 None => true,
                 Some((best_score, best_at)) => {
-                    score > best_score || (score == best_score && at < best_at)
+                    score > best_score
+                        || (score == best_score && (rank(at), best_at) > (rank(best_at), at))
                 }
             };
             if better {

@@ -12,7 +12,7 @@ mod stellar;
 pub mod subnet;
 pub mod task;
 
-pub use node::{consensus_id, Node, NodeStatus};
+pub use node::{consensus_id, rendezvous_rank, Node, NodeStatus};
 pub use placement::{Affinity, Constraint, Labels, Spread, Taint, TaintEffect, Toleration};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{

@@ -120,6 +120,20 @@ impl NodeStatus {
 
 /// The node's id in the cluster's consensus, derived from its unique name
 /// (64-bit FNV-1a), so that every node computes the same id for a name.
+/// A node's rank for `key` (rendezvous hashing): FNV-1a over both,
+/// finished by SplitMix64's mixer so that close names spread. Every node
+/// ranks the same from the same names, and a node joining or leaving moves
+/// only the keys it ranks first for.
+pub fn rendezvous_rank(key: &str, node: &str) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in key.bytes().chain([0]).chain(node.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
 pub fn consensus_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)

@@ -1481,3 +1481,79 @@ fn busybox_rootfs() -> tempfile::TempDir {
     assert!(status.success());
     rootfs
 }
+
+/// Ready before needed: the standby of a service (the node that ranks
+/// first for it among those that run none of it) pulls its image ahead;
+/// with the registry gone and the only node running the service killed,
+/// the replica starts on the standby from the image it already holds.
+#[test]
+fn the_standby_of_a_service_holds_its_image_and_takes_the_replica_when_its_node_dies() {
+    let Some(mut cluster) = Cluster::start_or_skip("standby", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let mut registry = Registry::start();
+    let rootfs = busybox_rootfs();
+    let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/standby", "v1");
+    cluster.shoal_ok(0, &["registry", "add", &registry.host(), "--insecure"]);
+    let spec = format!(
+        r#"
+name: ready
+services:
+  - name: web
+    image: {}/demo/standby:v1
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+"#,
+        registry.host()
+    );
+    cluster.apply_ok(0, &spec);
+    let pinned = format!("{}/demo/standby@{digest}", registry.host());
+    let task = cluster.wait_for("the replica running", || {
+        cluster
+            .tasks(0)
+            .into_iter()
+            .find(|t| t["state"] == "running")
+    });
+    let home = task["node"].as_str().expect("node").to_string();
+    let holds = |cluster: &Cluster, node: &str| -> bool {
+        cluster
+            .shoal_json(0, &["images", "--node", node])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|i| i["name"] == pinned.as_str())
+    };
+    // One of the two other nodes pulls the image ahead; the third does not.
+    let standby = cluster.wait_for("the standby to hold the image", || {
+        cluster
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .filter(|n| *n != home)
+            .find(|n| holds(&cluster, n))
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let others: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .filter(|n| *n != home && *n != standby)
+        .collect();
+    assert!(
+        others.iter().all(|n| !holds(&cluster, n)),
+        "only the standby pulls ahead"
+    );
+
+    registry.kill();
+    let victim = cluster.index_of(&home);
+    let watcher = (0..3).find(|i| *i != victim).expect("another node");
+    cluster.kill(victim);
+    let moved = cluster.wait_for("the replica running on a live node", || {
+        cluster
+            .tasks(watcher)
+            .into_iter()
+            .find(|t| t["state"] == "running" && t["node"] != home.as_str())
+    });
+    assert_eq!(moved["node"], standby.as_str(), "{moved}");
+    assert_eq!(moved["image_digest"], digest.as_str(), "{moved}");
+}

@@ -331,16 +331,9 @@ fn home_of<'a>(
     nodes.max_by_key(|(name, _)| (rank(digest, name), *name))
 }
 
-/// A node's rank for a digest: FNV-1a over both, finished by SplitMix64's
-/// mixer so that close names spread.
+/// A node's rank for a digest.
 fn rank(digest: &str, node: &str) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for byte in digest.bytes().chain([0]).chain(node.bytes()) {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    hash ^ (hash >> 31)
+    shoal_types::rendezvous_rank(digest, node)
 }
 
 /// The cluster as a source of blobs: the home of each, or the spool here

@@ -15,6 +15,7 @@ mod keeper;
 mod leader;
 mod logs;
 pub mod network;
+mod prepull;
 mod registries;
 mod scheduler;
 pub mod trust;
@@ -241,6 +242,12 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         clock: crate::clock::SystemClock,
         data_key: shared.trust.data_key.clone(),
     })));
+    let prepulls = tokio::spawn(prepull::run(
+        shared.config.name.clone(),
+        shared.raft.clone(),
+        shared.runtime.clone(),
+        shared.trust.data_key.clone(),
+    ));
     let image_gc = tokio::spawn(image_gc::run(
         shared.raft.clone(),
         shared.runtime.clone(),
@@ -267,6 +274,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     renewals.abort();
     facts.abort();
     image_gc.abort();
+    prepulls.abort();
     network.abort();
     let _ = stop_tx.send(());
     // Requests in flight get a moment; followers of logs do not hold the node up.

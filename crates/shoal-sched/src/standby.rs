@@ -1,0 +1,51 @@
+//! Standby nodes: for each service, the node that takes over a replica
+//! lost with its node, named ahead so that it holds the service's image
+//! before it is needed.
+//!
+//! The standby of a service is, among the nodes that admit it and run none
+//! of its tasks, the one that ranks first for the service (rendezvous
+//! hashing over `APP/SERVICE`). Every node names the same standby from its
+//! own replica; the standby pulls the image ahead, and the scheduler, when
+//! scores tie, places on the node that ranks first for the service, which
+//! among the nodes that run none of it is that standby.
+
+use std::collections::BTreeSet;
+
+use shoal_state::fit;
+use shoal_state::State;
+use shoal_types::{DesiredState, ServiceSpec};
+
+/// The key nodes are ranked by for a service.
+pub fn standby_key(app: &str, service: &str) -> String {
+    format!("{app}/{service}")
+}
+
+/// The standby node of `service` of `app`, if a node admits it and runs
+/// none of its tasks.
+pub fn standby<'a>(state: &'a State, app: &str, service: &ServiceSpec) -> Option<&'a str> {
+    let running: BTreeSet<&str> = state
+        .tasks
+        .values()
+        .filter(|t| t.app == app && t.service == service.name)
+        .filter(|t| t.desired == DesiredState::Running)
+        .map(|t| t.node.as_str())
+        .collect();
+    standby_among(state, app, service, &running)
+}
+
+/// [`standby`], given the nodes where tasks of the service want to run.
+pub fn standby_among<'a>(
+    state: &'a State,
+    app: &str,
+    service: &ServiceSpec,
+    running: &BTreeSet<&str>,
+) -> Option<&'a str> {
+    let key = standby_key(app, &service.name);
+    state
+        .nodes
+        .values()
+        .filter(|node| !running.contains(node.name.as_str()))
+        .filter(|node| fit::admits(node, service).is_ok())
+        .max_by_key(|node| (shoal_types::rendezvous_rank(&key, &node.name), &node.name))
+        .map(|node| node.name.as_str())
+}

@@ -1,0 +1,165 @@
+//! Images ready before they are needed: a node that is the standby of a
+//! service (`shoal_sched::standby`: among the nodes that admit it and run
+//! none of it, the one that ranks first for it) pulls the service's pinned
+//! image ahead. The scheduler gives a replica lost with its node to that
+//! same node when scores tie, so the replica starts there without a pull,
+//! and without the registry.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_cluster::log::ReplicatedLog;
+use shoal_pki::seal::DataKey;
+use shoal_runtime::registry::ImageRef;
+use shoal_runtime::ImageStore;
+use shoal_types::{DesiredState, Kind, PinSource, PinnedImage, Workload};
+
+/// How often the node looks for what it should hold.
+const PREPULL_INTERVAL: Duration = Duration::from_secs(5);
+/// Pulls started in one look at most (one after another).
+const PULLS_PER_ROUND_MAX: usize = 4;
+/// A prepull that failed is tried again after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Failed references remembered; the memory is emptied when it is full.
+const FAILURES_KEPT_MAX: usize = 256;
+
+/// The run references (`REPO@DIGEST`) of the services this node is the
+/// standby of: services kept running (not global, not batch) whose image
+/// came from a registry.
+pub fn standby_images(state: &shoal_state::State, node: &str) -> BTreeSet<String> {
+    let mut running: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for task in state.tasks.values() {
+        if task.desired == DesiredState::Running {
+            running
+                .entry((task.app.as_str(), task.service.as_str()))
+                .or_default()
+                .insert(task.node.as_str());
+        }
+    }
+    let none = BTreeSet::new();
+    let mut images = BTreeSet::new();
+    for (name, app) in &state.apps {
+        for service in &app.spec.services {
+            if service.kind != Kind::Service {
+                continue;
+            }
+            let Some(pin) = app.images.get(&service.name) else {
+                continue;
+            };
+            if pin.source != PinSource::Registry {
+                continue;
+            }
+            let on = running
+                .get(&(name.as_str(), service.name.as_str()))
+                .unwrap_or(&none);
+            if shoal_sched::standby_among(state, name, service, on) != Some(node) {
+                continue;
+            }
+            let Workload::Container(container) = &service.workload;
+            images.insert(PinnedImage::run_reference(Some(pin), &container.image));
+        }
+    }
+    images
+}
+
+pub async fn run<L: ReplicatedLog, R: ImageStore>(
+    node: String,
+    log: L,
+    runtime: Arc<R>,
+    data_key: Option<DataKey>,
+) {
+    let mut failed: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(PREPULL_INTERVAL).await;
+        let wanted = standby_images(&log.read(), &node);
+        if wanted.is_empty() {
+            continue;
+        }
+        let Ok(images) = runtime.images().await else {
+            continue;
+        };
+        let have: BTreeSet<String> = images.into_iter().map(|i| i.name).collect();
+        let missing = wanted.into_iter().filter(|reference| {
+            let name = ImageRef::parse(reference).map(|r| r.to_string());
+            !name.is_ok_and(|name| have.contains(&name))
+                && failed
+                    .get(reference)
+                    .is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+        });
+        for reference in missing.take(PULLS_PER_ROUND_MAX).collect::<Vec<_>>() {
+            let access = super::registries::access_for(&log, data_key.as_ref(), &reference);
+            match runtime.pull(&reference, &access).await {
+                Ok(image) => {
+                    failed.remove(&reference);
+                    tracing::info!(image = %image.name, "image pulled ahead: this node is a service's standby");
+                }
+                Err(error) => {
+                    if failed.len() >= FAILURES_KEPT_MAX {
+                        failed.clear();
+                    }
+                    failed.insert(reference.clone(), Instant::now());
+                    tracing::warn!(image = %reference, %error, "pulling an image ahead (tried again in a minute)");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_cluster::log::MemoryLog;
+    use shoal_state::{Command, State};
+    use shoal_types::Node;
+
+    use super::*;
+
+    #[test]
+    fn only_the_standby_of_a_service_pulls_its_image_ahead() {
+        let log = MemoryLog::new("n1", State::default());
+        for name in ["n1", "n2", "n3"] {
+            log.apply(Command::RegisterNode {
+                node: Node::sample(name, &format!("{name}:7950")),
+            });
+        }
+        let spec = shoal_types::spec::parse_app(
+            b"name: web\nservices:\n  - {name: a, image: r.example/web:1}\n  - {name: g, image: r.example/web:1, kind: global}\n",
+        )
+        .expect("spec");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let pin = PinnedImage {
+            digest: digest.clone(),
+            source: PinSource::Registry,
+        };
+        log.apply(Command::PutAppPinned {
+            spec,
+            images: [("a".to_string(), pin.clone()), ("g".to_string(), pin)].into(),
+        });
+        let plan = shoal_sched::reconcile(&log.read());
+        log.apply(Command::ApplyPlan { plan });
+        let state = log.read();
+        let holder = state
+            .tasks
+            .values()
+            .find(|t| t.service == "a")
+            .map(|t| t.node.clone())
+            .expect("a placed");
+        let standby = shoal_sched::standby(&state, "web", &state.apps["web"].spec.services[0])
+            .expect("a standby")
+            .to_string();
+        assert_ne!(standby, holder);
+        for node in ["n1", "n2", "n3"] {
+            let images = standby_images(&state, node);
+            if node == standby {
+                // The service's image only: the global one runs everywhere.
+                assert_eq!(
+                    images,
+                    BTreeSet::from([format!("r.example/web@{digest}")]),
+                    "{node}"
+                );
+            } else {
+                assert!(images.is_empty(), "{node}: {images:?}");
+            }
+        }
+    }
+}
