@@ -46,6 +46,13 @@ pub fn standby_among<'a>(
         .values()
         .filter(|node| !running.contains(node.name.as_str()))
         .filter(|node| fit::admits(node, service).is_ok())
-        .max_by_key(|node| (shoal_types::rendezvous_rank(&key, &node.name), &node.name))
+        // Equal ranks (a 64-bit collision) go to the smaller name, as in
+        // placement, where the lower node index wins.
+        .max_by_key(|node| {
+            (
+                shoal_types::rendezvous_rank(&key, &node.name),
+                std::cmp::Reverse(node.name.as_str()),
+            )
+        })
         .map(|node| node.name.as_str())
 }

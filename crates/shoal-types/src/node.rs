@@ -118,8 +118,6 @@ impl NodeStatus {
     }
 }
 
-/// The node's id in the cluster's consensus, derived from its unique name
-/// (64-bit FNV-1a), so that every node computes the same id for a name.
 /// A node's rank for `key` (rendezvous hashing): FNV-1a over both,
 /// finished by SplitMix64's mixer so that close names spread. Every node
 /// ranks the same from the same names, and a node joining or leaving moves
@@ -134,6 +132,8 @@ pub fn rendezvous_rank(key: &str, node: &str) -> u64 {
     hash ^ (hash >> 31)
 }
 
+/// The node's id in the cluster's consensus, derived from its unique name
+/// (64-bit FNV-1a), so that every node computes the same id for a name.
 pub fn consensus_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)

@@ -247,6 +247,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         shared.raft.clone(),
         shared.runtime.clone(),
         shared.trust.data_key.clone(),
+        shared.config.image_gc.clone(),
     ));
     let image_gc = tokio::spawn(image_gc::run(
         shared.raft.clone(),

@@ -41,7 +41,7 @@ pub fn standby_images(state: &shoal_state::State, node: &str) -> BTreeSet<String
     let mut images = BTreeSet::new();
     for (name, app) in &state.apps {
         for service in &app.spec.services {
-            if service.kind != Kind::Service {
+            if service.kind != Kind::Service || service.replicas == 0 {
                 continue;
             }
             let Some(pin) = app.images.get(&service.name) else {
@@ -68,26 +68,55 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
     log: L,
     runtime: Arc<R>,
     data_key: Option<DataKey>,
+    gc: super::image_gc::ImageGcConfig,
 ) {
     let mut failed: HashMap<String, Instant> = HashMap::new();
+    // What this node stands by for, worked out again only when the state
+    // has moved.
+    let mut wanted = BTreeSet::new();
+    let mut seen_index = None;
     loop {
         tokio::time::sleep(PREPULL_INTERVAL).await;
-        let wanted = standby_images(&log.read(), &node);
+        let index = log.read().applied_index;
+        if seen_index != Some(index) {
+            wanted = standby_images(&log.read(), &node);
+            seen_index = Some(index);
+        }
         if wanted.is_empty() {
+            continue;
+        }
+        // A disk past the collector's high mark takes nothing ahead.
+        let root = gc.root.clone();
+        let full = tokio::task::spawn_blocking(move || super::image_gc::disk_use(&root))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|disk| disk.percent() > u64::from(gc.high_percent));
+        if full {
             continue;
         }
         let Ok(images) = runtime.images().await else {
             continue;
         };
         let have: BTreeSet<String> = images.into_iter().map(|i| i.name).collect();
-        let missing = wanted.into_iter().filter(|reference| {
-            let name = ImageRef::parse(reference).map(|r| r.to_string());
-            !name.is_ok_and(|name| have.contains(&name))
-                && failed
-                    .get(reference)
-                    .is_none_or(|at| at.elapsed() >= RETRY_AFTER)
-        });
-        for reference in missing.take(PULLS_PER_ROUND_MAX).collect::<Vec<_>>() {
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|reference| {
+                let name = ImageRef::parse(reference).map(|r| r.to_string());
+                !name.is_ok_and(|name| have.contains(&name))
+                    && failed
+                        .get(*reference)
+                        .is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+            })
+            .take(PULLS_PER_ROUND_MAX)
+            .cloned()
+            .collect();
+        for reference in missing {
+            // Still this node's to hold (an earlier pull of the round may
+            // have taken long)?
+            if !standby_images(&log.read(), &node).contains(&reference) {
+                continue;
+            }
             let access = super::registries::access_for(&log, data_key.as_ref(), &reference);
             match runtime.pull(&reference, &access).await {
                 Ok(image) => {
