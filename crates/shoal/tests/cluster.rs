@@ -1393,26 +1393,10 @@ services:
 /// its digest, none of them from the registry.
 #[test]
 fn with_the_registry_gone_a_moved_task_pulls_its_image_from_the_nodes_that_run_it() {
-    let Some(mut cluster) = Cluster::start_or_skip("outage", &[&[], &[], &[]]) else {
+    let Some((mut cluster, mut registry, digest)) = registry_cluster("outage") else {
         return;
     };
-    wait_voters(&cluster, 0, 3);
-    let mut registry = Registry::start();
-    let rootfs = busybox_rootfs();
-    let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/outage", "v1");
-    cluster.shoal_ok(0, &["registry", "add", &registry.host(), "--insecure"]);
-    let spec = format!(
-        r#"
-name: outage
-services:
-  - name: web
-    image: {}/demo/outage:v1
-    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-    replicas: 2
-"#,
-        registry.host()
-    );
-    cluster.apply_ok(0, &spec);
+    cluster.apply_ok(0, &registry_app(&registry, "outage", 2));
     let tasks = cluster.wait_for("two replicas running", || {
         let tasks = cluster.tasks(0);
         (tasks.iter().filter(|t| t["state"] == "running").count() == 2).then_some(tasks)
@@ -1435,14 +1419,7 @@ services:
         .map(|m| m.name.clone())
         .find(|n| !running_on.contains(n))
         .expect("a node without a replica");
-    let holds = |cluster: &Cluster, node: &str| -> bool {
-        cluster
-            .shoal_json(0, &["images", "--node", node])
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .any(|i| i["name"] == pinned.as_str())
-    };
+    let holds = |cluster: &Cluster, node: &str| holds_image(cluster, node, &pinned);
     assert!(
         !holds(&cluster, &spare_name),
         "the spare node has the image already"
@@ -1488,25 +1465,10 @@ fn busybox_rootfs() -> tempfile::TempDir {
 /// the replica starts on the standby from the image it already holds.
 #[test]
 fn the_standby_of_a_service_holds_its_image_and_takes_the_replica_when_its_node_dies() {
-    let Some(mut cluster) = Cluster::start_or_skip("standby", &[&[], &[], &[]]) else {
+    let Some((mut cluster, mut registry, digest)) = registry_cluster("standby") else {
         return;
     };
-    wait_voters(&cluster, 0, 3);
-    let mut registry = Registry::start();
-    let rootfs = busybox_rootfs();
-    let digest = registry.push_rootfs(&rootfs.path().join("fs"), "demo/standby", "v1");
-    cluster.shoal_ok(0, &["registry", "add", &registry.host(), "--insecure"]);
-    let spec = format!(
-        r#"
-name: ready
-services:
-  - name: web
-    image: {}/demo/standby:v1
-    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-"#,
-        registry.host()
-    );
-    cluster.apply_ok(0, &spec);
+    cluster.apply_ok(0, &registry_app(&registry, "standby", 1));
     let pinned = format!("{}/demo/standby@{digest}", registry.host());
     let task = cluster.wait_for("the replica running", || {
         cluster
@@ -1515,14 +1477,7 @@ services:
             .find(|t| t["state"] == "running")
     });
     let home = task["node"].as_str().expect("node").to_string();
-    let holds = |cluster: &Cluster, node: &str| -> bool {
-        cluster
-            .shoal_json(0, &["images", "--node", node])
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .any(|i| i["name"] == pinned.as_str())
-    };
+    let holds = |cluster: &Cluster, node: &str| holds_image(cluster, node, &pinned);
     // One of the two other nodes pulls the image ahead; the third does not.
     let standby = cluster.wait_for("the standby to hold the image", || {
         cluster
@@ -1556,4 +1511,41 @@ services:
     });
     assert_eq!(moved["node"], standby.as_str(), "{moved}");
     assert_eq!(moved["image_digest"], digest.as_str(), "{moved}");
+}
+
+/// A 3-node cluster with a registry it knows (`registry add`) holding
+/// busybox as `demo/TEST:v1`; the image's digest.
+fn registry_cluster(test: &str) -> Option<(Cluster, Registry, String)> {
+    let cluster = Cluster::start_or_skip(test, &[&[], &[], &[]])?;
+    wait_voters(&cluster, 0, 3);
+    let registry = Registry::start();
+    let rootfs = busybox_rootfs();
+    let digest = registry.push_rootfs(&rootfs.path().join("fs"), &format!("demo/{test}"), "v1");
+    cluster.shoal_ok(0, &["registry", "add", &registry.host(), "--insecure"]);
+    Some((cluster, registry, digest))
+}
+
+/// App TEST: one service `web` of `demo/TEST:v1` from the registry.
+fn registry_app(registry: &Registry, test: &str, replicas: u32) -> String {
+    format!(
+        r#"
+name: {test}
+services:
+  - name: web
+    image: {}/demo/{test}:v1
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    replicas: {replicas}
+"#,
+        registry.host()
+    )
+}
+
+/// Whether node `node` lists the image `name` (asked through node 0).
+fn holds_image(cluster: &Cluster, node: &str, name: &str) -> bool {
+    cluster
+        .shoal_json(0, &["images", "--node", node])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .any(|i| i["name"] == name)
 }
