@@ -85,6 +85,39 @@ pub struct ServiceView {
     /// Batch tasks that failed for good.
     #[serde(default)]
     pub failed: u32,
+    /// Whether the nodes named by the service's `prepull` hold its image
+    /// (asked of them when the app is read); absent for an image imported
+    /// by hand, which is never pulled ahead, and from nodes before 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepull: Option<PrepullView>,
+}
+
+/// A service's image held ahead of need, as the nodes holding it say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PrepullView {
+    /// The service's `prepull`: `successors`, `all` or `none`.
+    pub mode: shoal_types::Prepull,
+    /// Every node named to hold the image ahead holds it, and for
+    /// `successors` one is named: a replica lost with its node starts
+    /// elsewhere without a pull. Never for `none`.
+    pub protected: bool,
+    /// The nodes named to hold the image ahead (the service's standby, or
+    /// every node that may run it and does not), and whether they do.
+    pub nodes: Vec<PrepullNodeView>,
+    /// Why the service is not protected, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PrepullNodeView {
+    pub node: String,
+    /// Whether the node holds the image; absent when it could not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds: Option<bool>,
+    /// Why the node could not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Tasks of a service that fit on no node now, and why.

@@ -41,7 +41,7 @@ mod unplaced;
 
 pub mod duties;
 
-pub use standby::{standby, standby_among, standby_key};
+pub use standby::{prepull_nodes, standby, standby_among, standby_key};
 
 use std::collections::BTreeMap;
 

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use shoal_state::fit;
 use shoal_state::State;
-use shoal_types::{DesiredState, ServiceSpec};
+use shoal_types::{DesiredState, Kind, Prepull, ServiceSpec};
 
 /// The key nodes are ranked by for a service.
 pub fn standby_key(app: &str, service: &str) -> String {
@@ -55,4 +55,33 @@ pub fn standby_among<'a>(
             )
         })
         .map(|node| node.name.as_str())
+}
+
+/// The nodes that hold `service`'s image before they need it, by its
+/// `prepull`: for `successors` its standby, for `all` every node that
+/// admits it and runs none of it (the others run it), for `none` no node.
+/// Only a `kind: service` with replicas wanted has such nodes: a global
+/// service runs wherever it may, a batch job is not moved to a standby.
+pub fn prepull_nodes<'a>(
+    state: &'a State,
+    app: &str,
+    service: &ServiceSpec,
+    running: &BTreeSet<&str>,
+) -> Vec<&'a str> {
+    if service.kind != Kind::Service || service.replicas == 0 {
+        return Vec::new();
+    }
+    match service.prepull {
+        Prepull::Successors => standby_among(state, app, service, running)
+            .into_iter()
+            .collect(),
+        Prepull::All => state
+            .nodes
+            .values()
+            .filter(|node| !running.contains(node.name.as_str()))
+            .filter(|node| fit::admits(node, service).is_ok())
+            .map(|node| node.name.as_str())
+            .collect(),
+        Prepull::None => Vec::new(),
+    }
 }

@@ -319,10 +319,47 @@ impl Command {
             | Command::SetGossipKeys { .. }
             | Command::RemoveNode { .. } => 3,
             // Pinned images and registry settings came with format 4.
+            // A service's `prepull` other than the default came with format 5.
+            Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
+                if spec
+                    .services
+                    .iter()
+                    .any(|service| service.prepull != shoal_types::Prepull::default()) =>
+            {
+                5
+            }
             Command::PutAppPinned { .. }
             | Command::SetRegistry { .. }
             | Command::RemoveRegistry { .. } => 4,
             _ => LOG_VERSION_FIRST,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prepull_other_than_the_default_needs_format_5() {
+        let app = |prepull: &str| {
+            shoal_types::parse_app(
+                format!("name: a\nservices: [{{name: web, image: busybox, prepull: {prepull}}}]")
+                    .as_bytes(),
+            )
+            .expect("valid")
+        };
+        for (prepull, needed) in [("successors", 4), ("all", 5), ("none", 5)] {
+            let pinned = Command::PutAppPinned {
+                spec: app(prepull),
+                images: Default::default(),
+            };
+            assert_eq!(pinned.version_needed(), needed, "{prepull}");
+            let plain = Command::PutApp { spec: app(prepull) };
+            // Unpinned (a cluster with a node older than 0.4) needs format 1
+            // for the default.
+            let plain_needed = if needed == 5 { 5 } else { 1 };
+            assert_eq!(plain.version_needed(), plain_needed, "{prepull}");
         }
     }
 }

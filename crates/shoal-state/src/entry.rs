@@ -28,7 +28,9 @@ use crate::{ApplyError, Command};
 /// - 4 (shoal 0.4): `PutAppPinned`, an app with the digest each service's
 ///   image named when it was applied (`App::images`), copied into the tasks
 ///   placed for that version (`Task::image`).
-pub const LOG_VERSION: u32 = 4;
+/// - 5 (shoal 0.5): a service's `prepull` other than the default
+///   (`successors`): `all` or `none`.
+pub const LOG_VERSION: u32 = 5;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = 1;
 /// This build's release, stamped into the entries its leader appends so

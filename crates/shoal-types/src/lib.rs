@@ -17,7 +17,7 @@ pub use placement::{Affinity, Constraint, Labels, Spread, Taint, TaintEffect, To
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
     app_schema, check_dns_label, parse_app, AppSpec, ContainerSpec, FieldError, Kind,
-    PlacementSpec, Port, Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError, Strategy,
-    UserSpec, Workload, SPEC_BYTES_MAX,
+    PlacementSpec, Port, Prepull, Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError,
+    Strategy, UserSpec, Workload, SPEC_BYTES_MAX,
 };
 pub use task::{DesiredState, PinSource, PinnedImage, Promise, Task, TaskState, TaskStatus};

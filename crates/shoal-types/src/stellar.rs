@@ -175,6 +175,7 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
             priority: 0,
             placement: Default::default(),
             tolerations: Vec::new(),
+            prepull: Default::default(),
         });
     }
     if !errors.is_empty() {

@@ -1498,6 +1498,15 @@ fn the_standby_of_a_service_holds_its_image_and_takes_the_replica_when_its_node_
         others.iter().all(|n| !holds(&cluster, n)),
         "only the standby pulls ahead"
     );
+    // The service reports itself protected, naming its standby.
+    let prepull = prepull_view(&cluster, 0, "standby");
+    assert_eq!(prepull["mode"], "successors", "{prepull}");
+    assert_eq!(prepull["protected"], true, "{prepull}");
+    assert_eq!(
+        prepull["nodes"],
+        serde_json::json!([{"node": standby, "holds": true}]),
+        "{prepull}"
+    );
 
     registry.kill();
     let victim = cluster.index_of(&home);
@@ -1511,6 +1520,92 @@ fn the_standby_of_a_service_holds_its_image_and_takes_the_replica_when_its_node_
     });
     assert_eq!(moved["node"], standby.as_str(), "{moved}");
     assert_eq!(moved["image_digest"], digest.as_str(), "{moved}");
+    // The last node is the standby now: it takes the image from the node
+    // that runs it (the registry is still gone), and the service is
+    // protected again, two copies in the cluster.
+    let last = others[0].clone();
+    cluster.wait_for("the new standby to hold the image", || {
+        let prepull = prepull_view(&cluster, watcher, "standby");
+        (prepull["protected"] == true).then_some(())
+    });
+    let prepull = prepull_view(&cluster, watcher, "standby");
+    assert_eq!(
+        prepull["nodes"],
+        serde_json::json!([{"node": last, "holds": true}]),
+        "{prepull}"
+    );
+}
+
+/// `prepull: all`: every node that may run the service holds its image
+/// ahead and the service reports itself protected; `prepull: none` (a new
+/// version of the app, no task restarted) holds it nowhere ahead.
+#[test]
+fn prepull_all_holds_the_image_on_every_node_and_none_on_none() {
+    let Some((cluster, registry, digest)) = registry_cluster("prepullall") else {
+        return;
+    };
+    let spec = registry_app(&registry, "prepullall", 1) + "    prepull: all\n";
+    cluster.apply_ok(0, &spec);
+    let pinned = format!("{}/demo/prepullall@{digest}", registry.host());
+    let task = cluster.wait_for("the replica running", || {
+        cluster
+            .tasks(0)
+            .into_iter()
+            .find(|t| t["state"] == "running")
+    });
+    for member in &cluster.members {
+        cluster.wait_for("every node to hold the image", || {
+            holds_image(&cluster, &member.name, &pinned).then_some(())
+        });
+    }
+    let prepull = cluster.wait_for("the service protected", || {
+        let prepull = prepull_view(&cluster, 1, "prepullall");
+        (prepull["protected"] == true).then_some(prepull)
+    });
+    assert_eq!(prepull["mode"], "all", "{prepull}");
+    let mut named: Vec<String> = prepull["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["node"].as_str().expect("node").to_string())
+        .collect();
+    named.sort();
+    let mut others: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .filter(|n| task["node"] != n.as_str())
+        .collect();
+    others.sort();
+    assert_eq!(named, others, "the nodes that do not run it: {prepull}");
+    let listed = cluster.shoal_ok(2, &["apps"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("prepullall") && l.contains(" yes ")),
+        "{listed}"
+    );
+    let inspected = cluster.shoal_ok(2, &["app", "inspect", "prepullall"]);
+    assert!(inspected.contains("all: protected"), "{inspected}");
+
+    let spec = registry_app(&registry, "prepullall", 1) + "    prepull: none\n";
+    cluster.apply_ok(0, &spec);
+    let prepull = prepull_view(&cluster, 0, "prepullall");
+    assert_eq!(prepull["mode"], "none", "{prepull}");
+    assert_eq!(prepull["protected"], false, "{prepull}");
+    assert_eq!(prepull["nodes"], serde_json::json!([]), "{prepull}");
+    let tasks = cluster.tasks(0);
+    assert_eq!(tasks.len(), 1, "no task replaced: {tasks:?}");
+    assert_eq!(tasks[0]["id"], task["id"], "{tasks:?}");
+}
+
+/// The `prepull` view of service `web` of app `app`, read through node
+/// `index`.
+fn prepull_view(cluster: &Cluster, index: usize, app: &str) -> Value {
+    let app = cluster
+        .shoal_json(index, &["app", "inspect", app])
+        .expect("app inspect");
+    app["services"][0]["prepull"].clone()
 }
 
 /// A 3-node cluster with a registry it knows (`registry add`) holding

@@ -385,6 +385,57 @@ fn apps_run_from_registry_images_pulled_where_they_run() {
     assert!(error.contains("not valid"), "{error}");
 }
 
+/// A multi-platform image (an OCI index) runs the manifest of the node's
+/// platform, pinned by the index's digest; an index without the node's
+/// platform fails the apply, naming what it offers and what the cluster
+/// runs, and changes nothing.
+#[test]
+fn a_multi_platform_index_runs_the_nodes_platform_and_one_without_it_is_refused() {
+    let Some(node) = Node::start_or_skip("index") else {
+        return;
+    };
+    let registry = Registry::start();
+    let rootfs = node.busybox_rootfs(&[("etc/motd", "from the index\n")]);
+    let arch = shoal_runtime::image::host_arch();
+    let other = if arch == "arm64" { "amd64" } else { "arm64" };
+    let digest = registry.push_index(&rootfs, "demo/multi", "v1", &[other, arch]);
+    let spec = HELLO
+        .replace(
+            "shoal.test/busybox:latest",
+            &format!("{}/demo/multi:v1", registry.host()),
+        )
+        .replace("echo hello from $(hostname)", "cat /etc/motd");
+    node.apply_ok(&spec);
+    for task in node.tasks() {
+        assert_eq!(task["state"], "running", "{task}");
+        assert_eq!(task["image_digest"], digest.as_str(), "{task}");
+    }
+    node.wait_for("the image's file in the logs", || {
+        node.shoal_ok(&["logs", "demo.hello"])
+            .contains("from the index")
+            .then_some(())
+    });
+
+    let foreign = registry.push_index(&rootfs, "demo/foreign", "v1", &[other, "s390x"]);
+    assert_ne!(foreign, digest);
+    let spec = HELLO.replace(
+        "shoal.test/busybox:latest",
+        &format!("{}/demo/foreign:v1", registry.host()),
+    );
+    let error = node.apply_err(&spec);
+    assert!(error.contains("services[0].image"), "{error}");
+    assert!(
+        error.contains(&format!("offers linux/{other}, linux/s390x"))
+            && error.contains(&format!("the cluster runs linux/{arch}")),
+        "{error}"
+    );
+    let app = node.shoal_json(&["app", "inspect", "demo"]);
+    assert_eq!(
+        app["version"], 1,
+        "the refused apply changed nothing: {app}"
+    );
+}
+
 /// The registry killed in the middle of a layer and started again: the
 /// pull waits for it, asks for the rest of the layer only (Range), and the
 /// image is complete and checked; no byte comes twice.
@@ -488,7 +539,10 @@ fn a_full_disk_loses_the_images_no_app_names_and_keeps_the_others() {
         left.contains(&"shoal.test/busybox:latest".to_string()),
         "the image imported by hand was collected: {left:?}"
     );
-    assert!(node.agent_log().contains("image collected"));
+    // The line follows the removal: the listing may show it first.
+    node.wait_for("the collection in the agent's log", || {
+        node.agent_log().contains("image collected").then_some(())
+    });
     let table = node.shoal_ok(&["images"]);
     assert!(
         table.contains("disk /var/lib/containerd: ") && table.contains("above 1 %, down to 0 %"),

@@ -128,6 +128,12 @@ fn empty_app(name: &str) -> String {
     )
 }
 
+/// An app with a field newer than the last release reads (`prepull`,
+/// log format 5).
+fn prepull_app() -> String {
+    "name: prepull\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0, prepull: all}]\n".into()
+}
+
 /// Every container of every node with its process id (`ctr` as the witness).
 fn container_pids(cluster: &Cluster) -> BTreeMap<String, String> {
     let mut pids = BTreeMap::new();
@@ -223,6 +229,14 @@ fn a_running_cluster_upgrades_node_by_node() {
         });
         // And through the upgraded node itself.
         write(&cluster, index, &empty_app(&format!("up-{index}")));
+        if index == 0 {
+            // What only this release reads is refused while older nodes
+            // remain, saying what to do, and changes nothing.
+            let output = cluster.apply(index, &prepull_app());
+            let error = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "accepted in a mixed cluster");
+            assert!(error.contains("upgrade every node"), "{error}");
+        }
         if index < 2 {
             // Older nodes remain: everyone keeps writing the old format (a
             // node just restarted learns it within a few duty rounds).
@@ -243,6 +257,8 @@ fn a_running_cluster_upgrades_node_by_node() {
     for index in 0..3 {
         write(&cluster, index, &empty_app(&format!("after-{index}")));
     }
+    // Now it is accepted.
+    write(&cluster, 1, &prepull_app());
     let nodes = cluster.nodes(0).expect("nodes");
     for node in &nodes {
         assert_eq!(node["release"], release, "{node}");
@@ -255,7 +271,7 @@ fn a_running_cluster_upgrades_node_by_node() {
     let apps = states[0]["apps"].as_array().map_or(0, Vec::len);
     assert_eq!(
         apps,
-        1 + 3 + 3 + 3,
+        1 + 3 + 3 + 3 + 1,
         "every acknowledged write is kept: {}",
         states[0]
     );

@@ -16,8 +16,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
-    is_default, is_zero, ContainerSpec, Kind, Millis, PlacementSpec, Port, Resources, RestartSpec,
-    ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
+    is_default, is_zero, ContainerSpec, Kind, Millis, PlacementSpec, Port, Prepull, Resources,
+    RestartSpec, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
 };
 use crate::placement::Toleration;
 
@@ -75,6 +75,12 @@ pub(super) struct FlatService {
     /// Taints of nodes this service may run on anyway.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tolerations: Vec<Toleration>,
+    /// Which nodes pull the image before they need it: `successors` (the
+    /// node that would take over a lost replica; the default), `all` (every
+    /// node that may run the service) or `none`. For `kind: service` only.
+    /// Written only when not the default (shoal 0.5, log format 5).
+    #[serde(default, skip_serializing_if = "is_default")]
+    prepull: Prepull,
 }
 
 impl From<FlatService> for ServiceSpec {
@@ -98,6 +104,7 @@ impl From<FlatService> for ServiceSpec {
             priority,
             placement,
             tolerations,
+            prepull,
         } = flat;
         ServiceSpec {
             name,
@@ -120,6 +127,7 @@ impl From<FlatService> for ServiceSpec {
             priority,
             placement,
             tolerations,
+            prepull,
         }
     }
 }
@@ -140,6 +148,7 @@ impl From<ServiceSpec> for FlatService {
             priority,
             placement,
             tolerations,
+            prepull,
         } = spec;
         // A new variant stops this compiling: it needs a written form first.
         let Workload::Container(ContainerSpec {
@@ -169,6 +178,7 @@ impl From<ServiceSpec> for FlatService {
             priority,
             placement,
             tolerations,
+            prepull,
         }
     }
 }

@@ -86,6 +86,34 @@ pub struct ServiceSpec {
     pub placement: PlacementSpec,
     /// Taints of nodes this service may run on anyway.
     pub tolerations: Vec<Toleration>,
+    /// Which nodes hold the service's image before they need it.
+    pub prepull: Prepull,
+}
+
+/// Which nodes pull a service's image ahead of need, so that a replica
+/// lost with its node starts elsewhere without a pull (and without the
+/// registry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Prepull {
+    /// The node that would take over a lost replica (the service's
+    /// standby) holds the image: with the nodes running it, two copies.
+    #[default]
+    Successors,
+    /// Every node that may run the service holds the image.
+    All,
+    /// Only the nodes running the service hold the image.
+    None,
+}
+
+impl Prepull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prepull::Successors => "successors",
+            Prepull::All => "all",
+            Prepull::None => "none",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -124,6 +152,8 @@ impl ServiceSpec {
             priority,
             placement,
             tolerations,
+            // Which nodes hold the image ahead changes no task.
+            prepull: _,
         } = self;
         *name == other.name
             && *workload == other.workload
@@ -232,6 +262,34 @@ mod tests {
             assert!(!changed.same_task_as(&web()), "change {index}");
             assert!(!web().same_task_as(&changed), "change {index}");
         }
+    }
+
+    #[test]
+    fn prepull_is_read_checked_and_changes_no_task() {
+        let parse = |service: &str| parse_app(format!("name: a\nservices: [{service}]").as_bytes());
+        let all = parse("{name: web, image: busybox, prepull: all}").expect("valid");
+        assert_eq!(all.services[0].prepull, Prepull::All);
+        let mut other = web();
+        other.prepull = Prepull::None;
+        assert!(other.same_task_as(&web()), "prepull restarts no task");
+        // Written only when not the default, last in the service.
+        let json = serde_json::to_string(&all).expect("serializes");
+        assert!(json.ends_with(r#""prepull":"all"}]}"#), "{json}");
+        let default = parse("{name: web, image: busybox}").expect("valid");
+        assert_eq!(default.services[0].prepull, Prepull::Successors);
+        let json = serde_json::to_string(&default).expect("serializes");
+        assert!(!json.contains("prepull"), "{json}");
+
+        let error =
+            parse("{name: web, image: busybox, prepull: sometimes}").expect_err("bad value");
+        assert_eq!(error.errors[0].path, "services[0].prepull", "{error}");
+        assert!(error.to_string().contains("successors"), "{error}");
+        let error =
+            parse("{name: web, image: busybox, kind: global, prepull: all}").expect_err("global");
+        assert_eq!(error.errors[0].path, "services[0].prepull", "{error}");
+        assert!(error.to_string().contains("kind: service"), "{error}");
+        // The default is accepted for every kind.
+        parse("{name: web, image: busybox, kind: batch, prepull: successors}").expect("valid");
     }
 
     #[test]

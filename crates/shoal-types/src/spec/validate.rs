@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use super::{
-    AppSpec, ContainerSpec, FieldError, Kind, PlacementSpec, RestartPolicy, SpecError, Workload,
-    ARGS_MAX, ARG_BYTES_MAX, BACKOFF_MS_MAX, CPU_MILLIS_MAX, ENV_MAX, LABELS_MAX, MEMORY_BYTES_MAX,
-    MEMORY_BYTES_MIN, PORTS_MAX, SERVICES_MAX, STOP_GRACE_MS_MAX,
+    AppSpec, ContainerSpec, FieldError, Kind, PlacementSpec, Prepull, RestartPolicy, SpecError,
+    Workload, ARGS_MAX, ARG_BYTES_MAX, BACKOFF_MS_MAX, CPU_MILLIS_MAX, ENV_MAX, LABELS_MAX,
+    MEMORY_BYTES_MAX, MEMORY_BYTES_MIN, PORTS_MAX, SERVICES_MAX, STOP_GRACE_MS_MAX,
 };
 use crate::placement::check_label_key;
 use crate::placement::{
@@ -81,6 +81,18 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
                     format!("at most 16Ti, got {} bytes", memory.0),
                 );
             }
+        }
+        if service.kind != Kind::Service && service.prepull != Prepull::default() {
+            fail(
+                at("prepull"),
+                format!(
+                    "applies to `kind: service` only (a {} service's tasks are not moved to a standby); remove it",
+                    match service.kind {
+                        Kind::Global => "global",
+                        _ => "batch",
+                    }
+                ),
+            );
         }
         let restart = service.restart;
         match (service.kind, restart.policy) {

@@ -14,6 +14,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
                 app.name.clone(),
                 app.services.len().to_string(),
                 format!("{running}/{replicas}"),
+                protected(app),
                 app.version.to_string(),
                 since(app.updated_at_ms),
             ]
@@ -22,10 +23,59 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     print_list(
         args.output.format,
         &apps,
-        &["NAME", "SERVICES", "RUNNING", "VERSION", "UPDATED"],
+        &[
+            "NAME",
+            "SERVICES",
+            "RUNNING",
+            "PROTECTED",
+            "VERSION",
+            "UPDATED",
+        ],
         rows,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the images of an app's services are held ahead where their
+/// `prepull` says: `yes`, `no` (the services that are not), or `-` when
+/// no service has its image pulled ahead (all imported by hand, say).
+fn protected(app: &shoal_api::wire::AppView) -> String {
+    let views: Vec<(&str, &shoal_api::wire::PrepullView)> = app
+        .services
+        .iter()
+        .filter_map(|s| Some((s.name.as_str(), s.prepull.as_ref()?)))
+        .filter(|(_, view)| view.mode != shoal_types::Prepull::None)
+        .collect();
+    if views.is_empty() {
+        return "-".into();
+    }
+    let not: Vec<&str> = views
+        .iter()
+        .filter(|(_, view)| !view.protected)
+        .map(|(name, _)| *name)
+        .collect();
+    if not.is_empty() {
+        "yes".into()
+    } else {
+        format!("no ({})", not.join(", "))
+    }
+}
+
+/// A service's `prepull` in a few words: its mode, and whether its
+/// nodes hold the image.
+fn prepull_words(view: &shoal_api::wire::PrepullView) -> String {
+    let holding: Vec<&str> = view
+        .nodes
+        .iter()
+        .filter(|n| n.holds == Some(true))
+        .map(|n| n.node.as_str())
+        .collect();
+    match (view.mode, view.protected) {
+        (shoal_types::Prepull::None, _) => "none".into(),
+        (mode, true) if holding.is_empty() => format!("{}: protected", mode.as_str()),
+        (mode, true) => format!("{}: protected ({})", mode.as_str(), holding.join(", ")),
+        (mode, false) => format!("{}: not protected", mode.as_str()),
+    }
 }
 
 pub async fn inspect(name: String, output: Output, target: Target) -> anyhow::Result<ExitCode> {
@@ -70,11 +120,38 @@ pub async fn inspect(name: String, output: Output, target: Target) -> anyhow::Re
                 service.image.clone(),
                 digest,
                 progress,
+                service
+                    .prepull
+                    .as_ref()
+                    .map(prepull_words)
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    for line in table(&["NAME", "KIND", "IMAGE", "DIGEST", "RUNNING"], services).lines() {
+    for line in table(
+        &["NAME", "KIND", "IMAGE", "DIGEST", "RUNNING", "PREPULL"],
+        services,
+    )
+    .lines()
+    {
         println!("  {line}");
+    }
+    // Why a service whose image should be held ahead is not.
+    for service in &app.services {
+        let Some(view) = &service.prepull else {
+            continue;
+        };
+        if view.mode == shoal_types::Prepull::None || view.protected {
+            continue;
+        }
+        if let Some(reason) = &view.reason {
+            println!("  {}.{} is not protected: {reason}", app.name, service.name);
+        }
+        for node in view.nodes.iter().filter(|n| n.holds.is_none()) {
+            if let Some(error) = &node.error {
+                println!("    {}: {error}", node.node);
+            }
+        }
     }
     if !app.unplaced.is_empty() {
         println!("Not placed:");

@@ -4,12 +4,14 @@
 //! mark (or nothing more may go).
 //!
 //! What is never removed: an image imported by hand (it cannot be pulled
-//! again); an image any app names, on any node, by its reference or its
-//! pinned digest (a node that takes a task over, or prepares for it, needs
-//! it, and the cluster keeps its copies); an image a container of this node
-//! runs.
+//! again); an image a task of this node runs or is to run; an image this
+//! node holds ahead for a service (its `prepull`); an image an app names by
+//! its reference (a tag pulled by hand); and an image an app or a task
+//! names by its pinned digest unless two other nodes run it (the cluster
+//! keeps two copies of every image its services use, so the last but one
+//! never goes: a node that held it ahead as a former standby may drop it).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,8 @@ use shoal_types::{PinnedImage, Workload};
 const REMOVALS_PER_PASS_MAX: usize = 64;
 /// Removals in a row that free nothing before a pass stops.
 const FREED_NOTHING_MAX: usize = 2;
+/// Other nodes that must run an image before this one may drop its copy.
+const COPIES_ELSEWHERE_MIN: usize = 2;
 
 #[derive(Clone, Debug)]
 pub struct ImageGcConfig {
@@ -103,40 +107,67 @@ pub fn disk_use(path: &Path) -> std::io::Result<DiskUse> {
     })
 }
 
-/// Every image the cluster's apps name (normalized): each service's
-/// reference, its pinned run reference, and what each task wanted
-/// running anywhere runs (tasks of an older version included).
-pub fn wanted(state: &shoal_state::State) -> BTreeSet<String> {
+/// Every image this node keeps (normalized): what its tasks run or are to
+/// run, what it holds ahead for a service (`prepull`), each service's
+/// reference, and each image pinned by an app or run by a task anywhere
+/// (an older version's included) unless two other nodes run it.
+pub fn wanted(state: &shoal_state::State, node: &str) -> BTreeSet<String> {
     let normalize = |name: &str| {
         shoal_runtime::image::normalize_name(name).unwrap_or_else(|_| name.to_string())
     };
     let mut wanted = BTreeSet::new();
-    for app in state.apps.values() {
-        for service in &app.spec.services {
-            let Workload::Container(container) = &service.workload;
-            wanted.insert(normalize(&container.image));
-            let pin = app.images.get(&service.name);
-            wanted.insert(normalize(&PinnedImage::run_reference(
-                pin,
-                &container.image,
-            )));
-        }
-    }
+    // The other nodes where a task of each image runs, and every image of
+    // a task wanted running on another node.
+    let mut runs_on: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    let mut elsewhere = BTreeSet::new();
     for task in state.tasks.values() {
         if task.desired != shoal_types::DesiredState::Running {
             continue;
         }
         let Workload::Container(container) = &task.spec.workload;
-        wanted.insert(normalize(&PinnedImage::run_reference(
+        let reference = normalize(&PinnedImage::run_reference(
             task.image.as_ref(),
             &container.image,
-        )));
+        ));
+        if task.node == node {
+            wanted.insert(reference);
+        } else {
+            if task.status.state == shoal_types::TaskState::Running {
+                runs_on
+                    .entry(reference.clone())
+                    .or_default()
+                    .insert(task.node.as_str());
+            }
+            elsewhere.insert(reference);
+        }
+    }
+    let few_copies = |reference: &String| {
+        runs_on
+            .get(reference)
+            .is_none_or(|nodes| nodes.len() < COPIES_ELSEWHERE_MIN)
+    };
+    wanted.extend(elsewhere.into_iter().filter(few_copies));
+    for app in state.apps.values() {
+        for service in &app.spec.services {
+            let Workload::Container(container) = &service.workload;
+            wanted.insert(normalize(&container.image));
+            let pin = app.images.get(&service.name);
+            let reference = normalize(&PinnedImage::run_reference(pin, &container.image));
+            if few_copies(&reference) {
+                wanted.insert(reference);
+            }
+        }
+    }
+    for duty in super::prepull::duties(state, None) {
+        if duty.nodes.contains(&node) {
+            wanted.insert(normalize(&duty.reference));
+        }
     }
     wanted
 }
 
-/// The images that may go, the oldest pull first: pulled, named by no app
-/// and run by no container here.
+/// The images that may go, the oldest pull first: pulled, not kept
+/// ([`wanted`]) and run by no container here.
 pub fn candidates(
     images: &[ImageInfo],
     wanted: &BTreeSet<String>,
@@ -155,6 +186,7 @@ pub fn candidates(
 
 /// One pass: the names removed.
 pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
+    node: &str,
     log: &L,
     runtime: &R,
     config: &ImageGcConfig,
@@ -176,7 +208,7 @@ pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
         .collect();
     let (mut wanted, mut wanted_at) = {
         let state = log.read();
-        (wanted(&state), state.applied_index)
+        (wanted(&state, node), state.applied_index)
     };
     let mut removed = Vec::new();
     let mut last = before;
@@ -192,7 +224,7 @@ pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
         {
             let state = log.read();
             if state.applied_index != wanted_at {
-                (wanted, wanted_at) = (self::wanted(&state), state.applied_index);
+                (wanted, wanted_at) = (self::wanted(&state, node), state.applied_index);
             }
         }
         if wanted.contains(&image.name) {
@@ -200,7 +232,7 @@ pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
         }
         match runtime.remove_image(&image.name).await {
             Ok(()) => {
-                tracing::info!(image = %image.name, size_bytes = image.size_bytes, "image collected: no app names it and the disk is full");
+                tracing::info!(image = %image.name, size_bytes = image.size_bytes, "image collected: the node needs it for nothing and the disk is full");
                 removed.push(image.name);
             }
             Err(error) => tracing::warn!(image = %image.name, %error, "collecting an image"),
@@ -233,6 +265,7 @@ pub async fn pass<L: ReplicatedLog, R: Runtime + ImageStore>(
 
 /// The collector's loop, every `interval`.
 pub async fn run<L: ReplicatedLog, R: Runtime + ImageStore>(
+    node: String,
     log: L,
     runtime: Arc<R>,
     config: ImageGcConfig,
@@ -240,7 +273,7 @@ pub async fn run<L: ReplicatedLog, R: Runtime + ImageStore>(
     let mut failing = false;
     loop {
         tokio::time::sleep(config.interval).await;
-        match pass(&log, runtime.as_ref(), &config, &disk_use).await {
+        match pass(&node, &log, runtime.as_ref(), &config, &disk_use).await {
             Ok(_) => failing = false,
             Err(error) if !failing => {
                 failing = true;
@@ -345,7 +378,9 @@ mod tests {
             low_percent: 80,
             interval: Duration::from_secs(60),
         };
-        let removed = pass(&log, &runtime, &config, &disk).await.expect("pass");
+        let removed = pass("n1", &log, &runtime, &config, &disk)
+            .await
+            .expect("pass");
         // 95 -> 85 (not yet at the low mark) -> 75: two go, oldest (then
         // by name) first; the app's image and the hand-imported one stay.
         assert_eq!(removed, ["r.example/a:1", "r.example/b:1"]);
@@ -358,7 +393,7 @@ mod tests {
             assert!(left.iter().any(|n| n == kept), "{kept} removed: {left:?}");
         }
         // Under the high mark, a pass removes nothing.
-        assert!(pass(&log, &runtime, &config, &disk)
+        assert!(pass("n1", &log, &runtime, &config, &disk)
             .await
             .expect("pass")
             .is_empty());
@@ -379,7 +414,99 @@ mod tests {
                 total_bytes: 100,
             })
         };
-        let removed = pass(&log, &runtime, &config, &full).await.expect("pass");
+        let removed = pass("n1", &log, &runtime, &config, &full)
+            .await
+            .expect("pass");
         assert_eq!(removed.len(), 2, "{removed:?}");
+    }
+
+    /// A 5-node cluster running 3 replicas of a registry image, reported
+    /// running on their nodes `running` of them.
+    fn three_replicas(running: usize) -> (State, String) {
+        let log = MemoryLog::new("n1", State::default());
+        for name in ["n1", "n2", "n3", "n4", "n5"] {
+            log.apply(Command::RegisterNode {
+                node: shoal_types::Node::sample(name, &format!("{name}:7950")),
+            });
+        }
+        let spec = shoal_types::spec::parse_app(
+            b"name: web\nservices: [{name: s, image: r.example/web:1, replicas: 3}]\n",
+        )
+        .expect("spec");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let pin = PinnedImage {
+            digest: digest.clone(),
+            source: shoal_types::PinSource::Registry,
+        };
+        log.apply(Command::PutAppPinned {
+            spec,
+            images: [("s".to_string(), pin)].into(),
+        });
+        let plan = shoal_sched::reconcile(&log.read());
+        log.apply(Command::ApplyPlan { plan });
+        let tasks: Vec<shoal_types::Task> = log.read().tasks.values().cloned().collect();
+        for task in tasks.into_iter().take(running) {
+            let status = shoal_types::TaskStatus {
+                attempt: 1,
+                state: shoal_types::TaskState::Running,
+                promise: shoal_types::Promise::Kept,
+                message: String::new(),
+                container_id: Some(task.id.clone()),
+                exit_code: None,
+                restarts: 0,
+                started_at_ms: Some(1),
+                updated_at_ms: 1,
+                address: None,
+            };
+            log.apply(Command::ReportTasks {
+                node: task.node.clone(),
+                statuses: vec![(task.id.clone(), status)],
+            });
+        }
+        let state = log.read().clone();
+        (state, format!("r.example/web@{digest}"))
+    }
+
+    #[test]
+    fn a_node_keeps_what_it_runs_holds_ahead_or_the_cluster_lacks_copies_of() {
+        let (state, pinned) = three_replicas(3);
+        let service = &state.apps["web"].spec.services[0];
+        let runs: BTreeSet<&str> = state.tasks.values().map(|t| t.node.as_str()).collect();
+        let standby = shoal_sched::standby(&state, "web", service).expect("standby");
+        let spare = ["n1", "n2", "n3", "n4", "n5"]
+            .into_iter()
+            .find(|n| !runs.contains(n) && *n != standby)
+            .expect("a spare node");
+        for node in runs.iter().copied().chain([standby]) {
+            assert!(wanted(&state, node).contains(&pinned), "{node} drops it");
+        }
+        // A former standby: three other nodes run it, it may go; the tag
+        // an app names stays.
+        let spare_keeps = wanted(&state, spare);
+        assert!(!spare_keeps.contains(&pinned), "{spare_keeps:?}");
+        assert!(spare_keeps.contains("r.example/web:1"), "{spare_keeps:?}");
+
+        // Two run it elsewhere: still two copies after it goes.
+        let (state, pinned) = three_replicas(2);
+        let running: BTreeSet<&str> = state
+            .tasks
+            .values()
+            .filter(|t| t.status.state == shoal_types::TaskState::Running)
+            .map(|t| t.node.as_str())
+            .collect();
+        let idle: Vec<&str> = ["n1", "n2", "n3", "n4", "n5"]
+            .into_iter()
+            .filter(|n| !state.tasks.values().any(|t| t.node == *n))
+            .filter(|n| {
+                Some(*n) != shoal_sched::standby(&state, "web", &state.apps["web"].spec.services[0])
+            })
+            .collect();
+        assert_eq!(running.len(), 2);
+        assert!(!wanted(&state, idle[0]).contains(&pinned));
+        // One runs it: nobody else may drop theirs, the last but one.
+        let (state, pinned) = three_replicas(1);
+        for node in ["n1", "n2", "n3", "n4", "n5"] {
+            assert!(wanted(&state, node).contains(&pinned), "{node} drops it");
+        }
     }
 }

@@ -250,6 +250,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         shared.config.image_gc.clone(),
     ));
     let image_gc = tokio::spawn(image_gc::run(
+        shared.config.name.clone(),
         shared.raft.clone(),
         shared.runtime.clone(),
         shared.config.image_gc.clone(),

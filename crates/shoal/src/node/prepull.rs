@@ -1,9 +1,9 @@
-//! Images ready before they are needed: a node that is the standby of a
-//! service (`shoal_sched::standby`: among the nodes that admit it and run
-//! none of it, the one that ranks first for it) pulls the service's pinned
-//! image ahead. The scheduler gives a replica lost with its node to that
-//! same node when scores tie, so the replica starts there without a pull,
-//! and without the registry.
+//! Images ready before they are needed: by each service's `prepull`, the
+//! node that would take over a lost replica (`successors`, the default:
+//! the service's standby, `shoal_sched::standby`) or every node that may
+//! run it (`all`) pulls the service's pinned image ahead. The scheduler
+//! gives a replica lost with its node to the standby when scores tie, so
+//! the replica starts there without a pull, and without the registry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use shoal_cluster::log::ReplicatedLog;
 use shoal_pki::seal::DataKey;
 use shoal_runtime::registry::ImageRef;
 use shoal_runtime::ImageStore;
-use shoal_types::{DesiredState, Kind, PinSource, PinnedImage, Workload};
+use shoal_types::{DesiredState, PinSource, PinnedImage, Workload};
 
 /// How often the node looks for what it should hold.
 const PREPULL_INTERVAL: Duration = Duration::from_secs(5);
@@ -24,13 +24,23 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Failed references remembered; the memory is emptied when it is full.
 const FAILURES_KEPT_MAX: usize = 256;
 
-/// The run references (`REPO@DIGEST`) of the services this node is the
-/// standby of: services kept running (not global, not batch) whose image
-/// came from a registry.
-pub fn standby_images(state: &shoal_state::State, node: &str) -> BTreeSet<String> {
+/// One service's image held ahead: where, and by which reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Duty<'a> {
+    pub app: &'a str,
+    pub service: &'a shoal_types::ServiceSpec,
+    /// `REPO@DIGEST`, the reference the image is pulled and run by.
+    pub reference: String,
+    /// The nodes that hold it ahead (`shoal_sched::prepull_nodes`).
+    pub nodes: Vec<&'a str>,
+}
+
+/// Every service's image held ahead, of `app` or of every app: services
+/// whose image came from a registry and whose `prepull` names nodes.
+pub fn duties<'a>(state: &'a shoal_state::State, app: Option<&str>) -> Vec<Duty<'a>> {
     let mut running: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
     for task in state.tasks.values() {
-        if task.desired == DesiredState::Running {
+        if task.desired == DesiredState::Running && app.is_none_or(|app| task.app == app) {
             running
                 .entry((task.app.as_str(), task.service.as_str()))
                 .or_default()
@@ -38,13 +48,17 @@ pub fn standby_images(state: &shoal_state::State, node: &str) -> BTreeSet<String
         }
     }
     let none = BTreeSet::new();
-    let mut images = BTreeSet::new();
-    for (name, app) in &state.apps {
-        for service in &app.spec.services {
-            if service.kind != Kind::Service || service.replicas == 0 {
+    let mut duties = Vec::new();
+    for (name, spec) in &state.apps {
+        if app.is_some_and(|app| app != name) {
+            continue;
+        }
+        for service in &spec.spec.services {
+            // Only replicas are moved to a standby (`prepull_nodes`).
+            if service.kind != shoal_types::Kind::Service || service.replicas == 0 {
                 continue;
             }
-            let Some(pin) = app.images.get(&service.name) else {
+            let Some(pin) = spec.images.get(&service.name) else {
                 continue;
             };
             if pin.source != PinSource::Registry {
@@ -53,14 +67,25 @@ pub fn standby_images(state: &shoal_state::State, node: &str) -> BTreeSet<String
             let on = running
                 .get(&(name.as_str(), service.name.as_str()))
                 .unwrap_or(&none);
-            if shoal_sched::standby_among(state, name, service, on) != Some(node) {
-                continue;
-            }
             let Workload::Container(container) = &service.workload;
-            images.insert(PinnedImage::run_reference(Some(pin), &container.image));
+            duties.push(Duty {
+                app: name,
+                service,
+                reference: PinnedImage::run_reference(Some(pin), &container.image),
+                nodes: shoal_sched::prepull_nodes(state, name, service, on),
+            });
         }
     }
-    images
+    duties
+}
+
+/// The run references (`REPO@DIGEST`) of the images this node holds ahead.
+pub fn standby_images(state: &shoal_state::State, node: &str) -> BTreeSet<String> {
+    duties(state, None)
+        .into_iter()
+        .filter(|duty| duty.nodes.contains(&node))
+        .map(|duty| duty.reference)
+        .collect()
 }
 
 pub async fn run<L: ReplicatedLog, R: ImageStore>(
@@ -121,7 +146,7 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
             match runtime.pull(&reference, &access).await {
                 Ok(image) => {
                     failed.remove(&reference);
-                    tracing::info!(image = %image.name, "image pulled ahead: this node is a service's standby");
+                    tracing::info!(image = %image.name, "image pulled ahead (prepull)");
                 }
                 Err(error) => {
                     if failed.len() >= FAILURES_KEPT_MAX {
@@ -190,5 +215,61 @@ mod tests {
                 assert!(images.is_empty(), "{node}: {images:?}");
             }
         }
+    }
+
+    #[test]
+    fn all_holds_on_every_admitting_node_and_none_nowhere() {
+        let log = MemoryLog::new("n1", State::default());
+        for name in ["n1", "n2", "n3", "n4"] {
+            log.apply(Command::RegisterNode {
+                node: Node::sample(name, &format!("{name}:7950")),
+            });
+        }
+        log.apply(Command::TaintNode {
+            name: "n4".into(),
+            taint: "gpu=yes:NoSchedule".parse().expect("taint"),
+        });
+        let spec = shoal_types::spec::parse_app(
+            b"name: web\nservices:\n  - {name: all, image: r.example/all:1, prepull: all}\n  - {name: none, image: r.example/none:1, prepull: none}\n",
+        )
+        .expect("spec");
+        let pin = |byte: &str| PinnedImage {
+            digest: format!("sha256:{}", byte.repeat(32)),
+            source: PinSource::Registry,
+        };
+        log.apply(Command::PutAppPinned {
+            spec,
+            images: [
+                ("all".to_string(), pin("aa")),
+                ("none".to_string(), pin("bb")),
+            ]
+            .into(),
+        });
+        let plan = shoal_sched::reconcile(&log.read());
+        log.apply(Command::ApplyPlan { plan });
+        let state = log.read();
+        let running = state
+            .tasks
+            .values()
+            .find(|t| t.service == "all")
+            .map(|t| t.node.clone())
+            .expect("all placed");
+        let all = format!("r.example/all@sha256:{}", "aa".repeat(32));
+        for node in ["n1", "n2", "n3", "n4"] {
+            let images = standby_images(&state, node);
+            // Not where it runs, not on the node whose taint it does not
+            // tolerate, and `none` nowhere.
+            if node == running || node == "n4" {
+                assert!(images.is_empty(), "{node}: {images:?}");
+            } else {
+                assert_eq!(images, BTreeSet::from([all.clone()]), "{node}");
+            }
+        }
+        let of_web = duties(&state, Some("web"));
+        assert_eq!(of_web.len(), 2);
+        assert!(of_web
+            .iter()
+            .any(|d| d.service.name == "none" && d.nodes.is_empty()));
+        assert!(duties(&state, Some("other")).is_empty());
     }
 }

@@ -258,6 +258,112 @@ impl Registry {
             .trim()
             .to_string()
     }
+
+    /// Pushes `rootfs` as an image index `HOST/repo:tag` with one manifest
+    /// per architecture of `arches` (as OCI names them: `amd64`, `arm64`,
+    /// ...), all over the same layer (`skopeo copy --all` from an OCI
+    /// layout directory); returns the index digest the registry holds.
+    /// Plain HTTP registries only.
+    pub fn push_index(&self, rootfs: &Path, repo: &str, tag: &str, arches: &[&str]) -> String {
+        assert!(
+            self.tls.is_none() && self.tokens.is_none(),
+            "plain HTTP only"
+        );
+        use serde_json::{json, Value};
+        use shoal_runtime::image::sha256_digest;
+        const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+        const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let archive = self.dir.path().join(format!("push-{n}.tar"));
+        shoal_runtime::image::write_rootfs_layout(
+            rootfs,
+            &format!("{repo}:{tag}"),
+            File::create(&archive).expect("archive"),
+        )
+        .expect("OCI layout of the rootfs");
+        let layout = self.dir.path().join(format!("layout-{n}"));
+        std::fs::create_dir_all(&layout).expect("layout dir");
+        let status = Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout)
+            .status()
+            .expect("tar");
+        assert!(status.success(), "unpacking the layout");
+        let blob = |digest: &str| layout.join("blobs").join(digest.replacen(':', "/", 1));
+        let read = |digest: &str| -> Value {
+            serde_json::from_slice(&std::fs::read(blob(digest)).expect("blob")).expect("JSON blob")
+        };
+        let write = |bytes: &[u8]| -> (String, usize) {
+            let digest = sha256_digest(bytes);
+            std::fs::write(blob(&digest), bytes).expect("write blob");
+            (digest, bytes.len())
+        };
+        let top: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+                .expect("index.json is JSON");
+        let manifest = read(
+            top["manifests"][0]["digest"]
+                .as_str()
+                .expect("manifest digest"),
+        );
+        let config = read(
+            manifest["config"]["digest"]
+                .as_str()
+                .expect("config digest"),
+        );
+        let mut entries = Vec::new();
+        for arch in arches {
+            let mut config = config.clone();
+            config["architecture"] = json!(arch);
+            let (config_digest, config_size) = write(&serde_json::to_vec(&config).expect("config"));
+            let mut manifest = manifest.clone();
+            manifest["config"]["digest"] = json!(config_digest);
+            manifest["config"]["size"] = json!(config_size);
+            let (digest, size) = write(&serde_json::to_vec(&manifest).expect("manifest"));
+            entries.push(json!({
+                "mediaType": MANIFEST, "digest": digest, "size": size,
+                "platform": {"os": "linux", "architecture": arch},
+            }));
+        }
+        let index = json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries});
+        let (index_digest, size) = write(&serde_json::to_vec(&index).expect("index"));
+        let top = json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": INDEX, "digest": index_digest, "size": size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }]});
+        std::fs::write(
+            layout.join("index.json"),
+            serde_json::to_vec(&top).expect("index.json"),
+        )
+        .expect("write index.json");
+        let digest_file = self.dir.path().join(format!("push-{n}.digest"));
+        let output = Command::new("skopeo")
+            .args([
+                "copy",
+                "--all",
+                "--insecure-policy",
+                "--dest-tls-verify=false",
+            ])
+            .arg("--digestfile")
+            .arg(&digest_file)
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host()))
+            .output()
+            .expect("skopeo (Debian package skopeo) must be installed");
+        assert!(
+            output.status.success(),
+            "skopeo copy --all failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // skopeo writes the index anew (its own JSON), so the registry's
+        // digest is the one to pin.
+        std::fs::read_to_string(digest_file)
+            .expect("digest file")
+            .trim()
+            .to_string()
+    }
 }
 
 impl Drop for Registry {

@@ -3,6 +3,7 @@
 //! views it answers with are built in `views`.
 
 mod pins;
+mod protection;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -204,12 +205,16 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
 
     async fn apps(&self) -> ApiResult<Vec<AppView>> {
         self.fresh().await?;
-        let state = self.0.raft.read();
-        Ok(state
-            .apps
-            .keys()
-            .filter_map(|name| app_view(&state, name))
-            .collect())
+        let mut views: Vec<AppView> = {
+            let state = self.0.raft.read();
+            state
+                .apps
+                .keys()
+                .filter_map(|name| app_view(&state, name))
+                .collect()
+        };
+        self.protection(&mut views).await;
+        Ok(views)
     }
 
     async fn taint_node(&self, name: String, taint: String) -> ApiResult<NodeUpdate> {
@@ -312,7 +317,11 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
 
     async fn app(&self, name: String) -> ApiResult<AppView> {
         self.fresh().await?;
-        app_view(&self.0.raft.read(), &name)
+        let view = app_view(&self.0.raft.read(), &name);
+        let mut views = Vec::from_iter(view);
+        self.protection(&mut views).await;
+        views
+            .pop()
             .ok_or_else(|| ApiError::not_found(format!("app `{name}` not found; see `shoal apps`")))
     }
 

@@ -41,6 +41,8 @@ pub(super) fn app_view(state: &State, name: &str) -> Option<AppView> {
             running: progress.running,
             completed: progress.completed,
             failed: progress.failed,
+            // Asked of the nodes afterwards (`protection`).
+            prepull: None,
         })
         .collect();
     Some(AppView {
