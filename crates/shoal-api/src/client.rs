@@ -301,11 +301,14 @@ impl Client {
             .timeout(WRITE_TIMEOUT);
         self.send(request).await
     }
-    pub async fn apps(&self) -> Result<Vec<AppView>> {
-        self.get("/v1/apps").await
+    /// Every app; with `prepull`, whether the nodes hold each service's
+    /// image ahead (the node asks them: slower).
+    pub async fn apps(&self, prepull: bool) -> Result<Vec<AppView>> {
+        self.get(&format!("/v1/apps?prepull={prepull}")).await
     }
-    pub async fn app(&self, name: &str) -> Result<AppView> {
-        self.get(&format!("/v1/apps/{name}")).await
+    pub async fn app(&self, name: &str, prepull: bool) -> Result<AppView> {
+        self.get(&format!("/v1/apps/{name}?prepull={prepull}"))
+            .await
     }
     pub async fn tasks(&self, app: Option<&str>) -> Result<Vec<TaskView>> {
         match app {

@@ -79,6 +79,9 @@ pub fn document() -> Value {
         json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
     let id_param =
         json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let prepull_param = json!([{"name": "prepull", "in": "query", "required": false,
+        "schema": {"type": "boolean", "default": false},
+        "description": "also ask the nodes each service's `prepull` names whether they hold its image (the `prepull` of each service; slower)"}]);
     let json_body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": body(name)}}});
     let credentials = json!({
         "/v1/join/ca": {"get": {"summary": "The cluster's CA bundle (PEM), for a joiner to compare with the hash its join token pins", "security": [],
@@ -158,7 +161,7 @@ pub fn document() -> Value {
                 "responses": {"200": ok("the plan", "PlanView"), "422": error.clone(), "default": error}}},
             "/v1/node/leave": {"post": {"summary": "The answering node leaves the cluster: its work moves away, then it stops", "responses": {"202": {"description": "leaving"}, "default": error}}},
             "/v1/apps": {
-                "get": {"summary": "Every app", "responses": {"200": ok("apps", "AppList"), "default": error}},
+                "get": {"summary": "Every app", "parameters": prepull_param.clone(), "responses": {"200": ok("apps", "AppList"), "default": error}},
                 "post": {
                     "summary": "Create or update an app",
                     "description": "The body is an app spec in YAML or JSON (native or Stellar's application config), at most 1 MiB. A spec equal to the current one changes nothing. A rejected spec changes nothing and is answered with 422 and the fields at fault.",
@@ -171,7 +174,7 @@ pub fn document() -> Value {
             },
             "/v1/apps/{name}": {
                 "parameters": name_param,
-                "get": {"summary": "One app", "responses": {"200": ok("the app", "AppView"), "404": error.clone(), "default": error}},
+                "get": {"summary": "One app", "parameters": prepull_param, "responses": {"200": ok("the app", "AppView"), "404": error.clone(), "default": error}},
                 "delete": {"summary": "Remove an app and stop its tasks", "responses": {"204": {"description": "removed"}, "404": error.clone(), "default": error}}
             },
             "/v1/tasks": {"get": {

@@ -130,8 +130,10 @@ pub trait Backend: Send + Sync + 'static {
     fn plan(&self, body: Bytes) -> impl Future<Output = ApiResult<PlanView>> + Send;
     /// Validates and applies a spec (YAML or JSON, native or Stellar).
     fn apply(&self, body: Bytes) -> impl Future<Output = ApiResult<ApplyResponse>> + Send;
-    fn apps(&self) -> impl Future<Output = ApiResult<Vec<AppView>>> + Send;
-    fn app(&self, name: String) -> impl Future<Output = ApiResult<AppView>> + Send;
+    /// Every app; with `prepull`, each service's `prepull` view too, for
+    /// which the nodes named to hold its image are asked.
+    fn apps(&self, prepull: bool) -> impl Future<Output = ApiResult<Vec<AppView>>> + Send;
+    fn app(&self, name: String, prepull: bool) -> impl Future<Output = ApiResult<AppView>> + Send;
     fn remove_app(&self, name: String) -> impl Future<Output = ApiResult<()>> + Send;
     fn tasks(&self, app: Option<String>) -> impl Future<Output = ApiResult<Vec<TaskView>>> + Send;
     /// Logs of a task (`APP.SERVICE.SLOT.SERIAL`) or of every task of a
@@ -281,8 +283,18 @@ async fn apply<B: Backend>(
     backend.apply(body).await.map(Json)
 }
 
-async fn apps<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<AppView>>> {
-    backend.apps().await.map(Json)
+/// `?prepull=true`: ask the nodes whether they hold what they should.
+#[derive(Deserialize)]
+struct AppQuery {
+    #[serde(default)]
+    prepull: bool,
+}
+
+async fn apps<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(query): Query<AppQuery>,
+) -> ApiResult<Json<Vec<AppView>>> {
+    backend.apps(query.prepull).await.map(Json)
 }
 
 async fn taint_node<B: Backend>(
@@ -333,8 +345,9 @@ async fn plan<B: Backend>(State(backend): State<Arc<B>>, body: Bytes) -> ApiResu
 async fn app<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(name): Path<String>,
+    Query(query): Query<AppQuery>,
 ) -> ApiResult<Json<AppView>> {
-    backend.app(name).await.map(Json)
+    backend.app(name, query.prepull).await.map(Json)
 }
 
 async fn remove_app<B: Backend>(

@@ -61,10 +61,10 @@ impl Backend for Fake {
     async fn apply(&self, _: Bytes) -> ApiResult<ApplyResponse> {
         nothing()
     }
-    async fn apps(&self) -> ApiResult<Vec<AppView>> {
+    async fn apps(&self, _: bool) -> ApiResult<Vec<AppView>> {
         Ok(Vec::new())
     }
-    async fn app(&self, _: String) -> ApiResult<AppView> {
+    async fn app(&self, _: String, _: bool) -> ApiResult<AppView> {
         nothing()
     }
     async fn remove_app(&self, _: String) -> ApiResult<()> {

@@ -1590,6 +1590,9 @@ fn prepull_all_holds_the_image_on_every_node_and_none_on_none() {
 
     let spec = registry_app(&registry, "prepullall", 1) + "    prepull: none\n";
     cluster.apply_ok(0, &spec);
+    // Some rounds of the scheduler (it runs at every change, and at least
+    // every 0.5 s): a task it would replace is replaced by then.
+    std::thread::sleep(Duration::from_secs(3));
     let prepull = prepull_view(&cluster, 0, "prepullall");
     assert_eq!(prepull["mode"], "none", "{prepull}");
     assert_eq!(prepull["protected"], false, "{prepull}");

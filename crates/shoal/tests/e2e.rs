@@ -395,10 +395,21 @@ fn a_multi_platform_index_runs_the_nodes_platform_and_one_without_it_is_refused(
         return;
     };
     let registry = Registry::start();
-    let rootfs = node.busybox_rootfs(&[("etc/motd", "from the index\n")]);
     let arch = shoal_runtime::image::host_arch();
     let other = if arch == "arm64" { "amd64" } else { "arm64" };
-    let digest = registry.push_index(&rootfs, "demo/multi", "v1", &[other, arch]);
+    // The same busybox for both (it runs here), each saying which it is;
+    // the foreign one first in the index.
+    let (native_motd, foreign_motd) = (
+        format!("image for {arch}\n"),
+        format!("image for {other}\n"),
+    );
+    let native = node.busybox_rootfs(&[("etc/motd", native_motd.as_str())]);
+    let foreign = node.busybox_rootfs(&[("etc/motd", foreign_motd.as_str())]);
+    let digest = registry.push_index(
+        "demo/multi",
+        "v1",
+        &[(other, foreign.as_path()), (arch, native.as_path())],
+    );
     let spec = HELLO
         .replace(
             "shoal.test/busybox:latest",
@@ -410,14 +421,22 @@ fn a_multi_platform_index_runs_the_nodes_platform_and_one_without_it_is_refused(
         assert_eq!(task["state"], "running", "{task}");
         assert_eq!(task["image_digest"], digest.as_str(), "{task}");
     }
-    node.wait_for("the image's file in the logs", || {
-        node.shoal_ok(&["logs", "demo.hello"])
-            .contains("from the index")
-            .then_some(())
+    let logs = node.wait_for("the image's file in the logs", || {
+        let logs = node.shoal_ok(&["logs", "demo.hello"]);
+        logs.contains("image for").then_some(logs)
     });
+    assert!(
+        logs.contains(&format!("image for {arch}"))
+            && !logs.contains(&format!("image for {other}")),
+        "the node's own platform runs: {logs}"
+    );
 
-    let foreign = registry.push_index(&rootfs, "demo/foreign", "v1", &[other, "s390x"]);
-    assert_ne!(foreign, digest);
+    let unknown = registry.push_index(
+        "demo/foreign",
+        "v1",
+        &[(other, foreign.as_path()), ("s390x", foreign.as_path())],
+    );
+    assert_ne!(unknown, digest);
     let spec = HELLO.replace(
         "shoal.test/busybox:latest",
         &format!("{}/demo/foreign:v1", registry.host()),

@@ -236,6 +236,12 @@ fn a_running_cluster_upgrades_node_by_node() {
             let error = String::from_utf8_lossy(&output.stderr);
             assert!(!output.status.success(), "accepted in a mixed cluster");
             assert!(error.contains("upgrade every node"), "{error}");
+            let apps = cluster.shoal_json(index, &["apps"]).expect("apps");
+            assert!(
+                apps.as_array()
+                    .is_some_and(|apps| apps.iter().all(|app| app["name"] != "prepull")),
+                "the refused app is there: {apps}"
+            );
         }
         if index < 2 {
             // Older nodes remain: everyone keeps writing the old format (a

@@ -182,7 +182,7 @@ async fn follow(
     bar.set_message(format!("app {app} {verb} (version {version})"));
     let started = Instant::now();
     loop {
-        let view = client.app(app).await?;
+        let view = client.app(app, false).await?;
         let Some(rollout) = view.rollout else {
             bar.abandon();
             println!(

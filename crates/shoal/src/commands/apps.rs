@@ -4,7 +4,7 @@ use crate::cli::{Format, ListArgs, Output, Target};
 use crate::output::{print_json, print_list, since, table};
 
 pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let apps = super::client(&args.target)?.apps().await?;
+    let apps = super::client(&args.target)?.apps(true).await?;
     let rows = apps
         .iter()
         .map(|app| {
@@ -80,7 +80,7 @@ fn prepull_words(view: &shoal_api::wire::PrepullView) -> String {
 
 pub async fn inspect(name: String, output: Output, target: Target) -> anyhow::Result<ExitCode> {
     let client = super::client(&target)?;
-    let app = client.app(&name).await?;
+    let app = client.app(&name, true).await?;
     if output.format == Format::Json {
         print_json(&app)?;
         return Ok(ExitCode::SUCCESS);

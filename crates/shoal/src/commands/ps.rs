@@ -9,15 +9,15 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
     let client = super::client(&args.target)?;
     if let Some(app) = &args.app {
         // A typo'd app name is an error, not an empty list.
-        client.app(app).await?;
+        client.app(app, false).await?;
     }
     let tasks = client.tasks(args.app.as_deref()).await?;
     let mut rows: Vec<Vec<String>> = tasks.iter().map(row).collect();
     // Tasks that fit nowhere have no task id yet: one row per service, with why.
     if args.output.format == crate::cli::Format::Table {
         let apps = match &args.app {
-            Some(app) => vec![client.app(app).await?],
-            None => client.apps().await?,
+            Some(app) => vec![client.app(app, false).await?],
+            None => client.apps(false).await?,
         };
         for app in &apps {
             rows.extend(app.unplaced.iter().map(unplaced_row));

@@ -132,7 +132,13 @@ pub fn wanted(state: &shoal_state::State, node: &str) -> BTreeSet<String> {
         if task.node == node {
             wanted.insert(reference);
         } else {
-            if task.status.state == shoal_types::TaskState::Running {
+            // A copy counts on a node that is alive: a suspect one may be
+            // lost with its copy any moment.
+            let alive = state
+                .nodes
+                .get(&task.node)
+                .is_some_and(|n| n.status == shoal_types::NodeStatus::Alive);
+            if alive && task.status.state == shoal_types::TaskState::Running {
                 runs_on
                     .entry(reference.clone())
                     .or_default()
@@ -503,6 +509,17 @@ mod tests {
             .collect();
         assert_eq!(running.len(), 2);
         assert!(!wanted(&state, idle[0]).contains(&pinned));
+        // Of those two, one is suspect: its copy does not count.
+        let idle = idle[0].to_string();
+        let suspect = running.iter().next().expect("a node").to_string();
+        let mut state = state.clone();
+        if let Some(node) = state.nodes.get_mut(&suspect) {
+            node.status = shoal_types::NodeStatus::Suspect;
+        }
+        assert!(
+            wanted(&state, &idle).contains(&pinned),
+            "dropped with a suspect copy"
+        );
         // One runs it: nobody else may drop theirs, the last but one.
         let (state, pinned) = three_replicas(1);
         for node in ["n1", "n2", "n3", "n4", "n5"] {

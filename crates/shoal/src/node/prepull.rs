@@ -33,6 +33,8 @@ pub struct Duty<'a> {
     pub reference: String,
     /// The nodes that hold it ahead (`shoal_sched::prepull_nodes`).
     pub nodes: Vec<&'a str>,
+    /// The nodes where tasks of the service want to run (they hold it too).
+    pub running: usize,
 }
 
 /// Every service's image held ahead, of `app` or of every app: services
@@ -73,6 +75,7 @@ pub fn duties<'a>(state: &'a shoal_state::State, app: Option<&str>) -> Vec<Duty<
                 service,
                 reference: PinnedImage::run_reference(Some(pin), &container.image),
                 nodes: shoal_sched::prepull_nodes(state, name, service, on),
+                running: on.len(),
             });
         }
     }

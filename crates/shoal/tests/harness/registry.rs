@@ -259,12 +259,12 @@ impl Registry {
             .to_string()
     }
 
-    /// Pushes `rootfs` as an image index `HOST/repo:tag` with one manifest
-    /// per architecture of `arches` (as OCI names them: `amd64`, `arm64`,
-    /// ...), all over the same layer (`skopeo copy --all` from an OCI
-    /// layout directory); returns the index digest the registry holds.
-    /// Plain HTTP registries only.
-    pub fn push_index(&self, rootfs: &Path, repo: &str, tag: &str, arches: &[&str]) -> String {
+    /// Pushes an image index `HOST/repo:tag` with one manifest per
+    /// `(architecture, rootfs)` (architectures as OCI names them: `amd64`,
+    /// `arm64`, ...), each of its own one-layer root filesystem (`skopeo
+    /// copy --all` from an OCI layout directory); returns the index digest
+    /// the registry holds. Plain HTTP registries only.
+    pub fn push_index(&self, repo: &str, tag: &str, images: &[(&str, &Path)]) -> String {
         assert!(
             self.tls.is_none() && self.tokens.is_none(),
             "plain HTTP only"
@@ -274,23 +274,8 @@ impl Registry {
         const INDEX: &str = "application/vnd.oci.image.index.v1+json";
         const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let archive = self.dir.path().join(format!("push-{n}.tar"));
-        shoal_runtime::image::write_rootfs_layout(
-            rootfs,
-            &format!("{repo}:{tag}"),
-            File::create(&archive).expect("archive"),
-        )
-        .expect("OCI layout of the rootfs");
         let layout = self.dir.path().join(format!("layout-{n}"));
         std::fs::create_dir_all(&layout).expect("layout dir");
-        let status = Command::new("tar")
-            .arg("-xf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&layout)
-            .status()
-            .expect("tar");
-        assert!(status.success(), "unpacking the layout");
         let blob = |digest: &str| layout.join("blobs").join(digest.replacen(':', "/", 1));
         let read = |digest: &str| -> Value {
             serde_json::from_slice(&std::fs::read(blob(digest)).expect("blob")).expect("JSON blob")
@@ -300,22 +285,39 @@ impl Registry {
             std::fs::write(blob(&digest), bytes).expect("write blob");
             (digest, bytes.len())
         };
-        let top: Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
-                .expect("index.json is JSON");
-        let manifest = read(
-            top["manifests"][0]["digest"]
-                .as_str()
-                .expect("manifest digest"),
-        );
-        let config = read(
-            manifest["config"]["digest"]
-                .as_str()
-                .expect("config digest"),
-        );
         let mut entries = Vec::new();
-        for arch in arches {
-            let mut config = config.clone();
+        for (index, (arch, rootfs)) in images.iter().enumerate() {
+            // Each image's layout is unpacked over the last: blobs add up,
+            // index.json names the newest.
+            let archive = self.dir.path().join(format!("push-{n}-{index}.tar"));
+            shoal_runtime::image::write_rootfs_layout(
+                rootfs,
+                &format!("{repo}:{tag}"),
+                File::create(&archive).expect("archive"),
+            )
+            .expect("OCI layout of the rootfs");
+            let status = Command::new("tar")
+                .arg("-xf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&layout)
+                .status()
+                .expect("tar");
+            assert!(status.success(), "unpacking the layout");
+            let top: Value = serde_json::from_slice(
+                &std::fs::read(layout.join("index.json")).expect("index.json"),
+            )
+            .expect("index.json is JSON");
+            let manifest = read(
+                top["manifests"][0]["digest"]
+                    .as_str()
+                    .expect("manifest digest"),
+            );
+            let mut config = read(
+                manifest["config"]["digest"]
+                    .as_str()
+                    .expect("config digest"),
+            );
             config["architecture"] = json!(arch);
             let (config_digest, config_size) = write(&serde_json::to_vec(&config).expect("config"));
             let mut manifest = manifest.clone();

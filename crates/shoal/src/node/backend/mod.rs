@@ -30,6 +30,7 @@ use shoal_cluster::raft::RaftNode;
 
 use super::Shared;
 use crate::clock::now_ms;
+use pins::PINS_LOG_VERSION;
 use views::{app_view, image_view, node_views, stop_words, unplaced_view};
 
 pub struct NodeBackend<R, L = RaftNode>(pub Arc<Shared<R, L>>);
@@ -51,6 +52,8 @@ fn propose_error(error: ProposeError) -> ApiError {
             ApiError::not_found(format!("node `{name}` not found; see `shoal nodes`"))
         }
         ProposeError::Rejected(error) => ApiError::bad_request(error.to_string()),
+        // Not the request's fault, nor passing: an operator upgrades first.
+        ProposeError::MixedVersions(why) => ApiError::new(axum::http::StatusCode::CONFLICT, why),
         other => ApiError::unavailable(other.to_string()),
     }
 }
@@ -175,6 +178,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         let spec = shoal_types::parse_app(&body)?;
         let name = spec.name.clone();
         let images = self.pin_images(&spec).await?;
+        let unpinned = Command::PutApp { spec: spec.clone() };
         let pinned = Command::PutAppPinned {
             spec: spec.clone(),
             images,
@@ -182,13 +186,13 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         let proposed = match self.0.raft.propose(now_ms(), pinned).await {
             // Some node reads only formats before pins (the cluster is being
             // upgraded): the app goes in as before, its tags resolved by
-            // each node when it runs them.
-            Err(ProposeError::MixedVersions(why)) => {
+            // each node when it runs them; unless the spec itself needs a
+            // newer format (then the refusal stands).
+            Err(ProposeError::MixedVersions(why))
+                if unpinned.version_needed() < PINS_LOG_VERSION =>
+            {
                 tracing::warn!(app = %name, %why, "images not pinned while the cluster is upgraded");
-                self.0
-                    .raft
-                    .propose(now_ms(), Command::PutApp { spec })
-                    .await
+                self.0.raft.propose(now_ms(), unpinned).await
             }
             other => other,
         };
@@ -203,7 +207,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         }
     }
 
-    async fn apps(&self) -> ApiResult<Vec<AppView>> {
+    async fn apps(&self, prepull: bool) -> ApiResult<Vec<AppView>> {
         self.fresh().await?;
         let mut views: Vec<AppView> = {
             let state = self.0.raft.read();
@@ -213,7 +217,9 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
                 .filter_map(|name| app_view(&state, name))
                 .collect()
         };
-        self.protection(&mut views).await;
+        if prepull {
+            self.protection(&mut views).await;
+        }
         Ok(views)
     }
 
@@ -315,11 +321,13 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         })
     }
 
-    async fn app(&self, name: String) -> ApiResult<AppView> {
+    async fn app(&self, name: String, prepull: bool) -> ApiResult<AppView> {
         self.fresh().await?;
         let view = app_view(&self.0.raft.read(), &name);
         let mut views = Vec::from_iter(view);
-        self.protection(&mut views).await;
+        if prepull {
+            self.protection(&mut views).await;
+        }
         views
             .pop()
             .ok_or_else(|| ApiError::not_found(format!("app `{name}` not found; see `shoal apps`")))

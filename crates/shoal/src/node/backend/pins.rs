@@ -16,7 +16,7 @@ use shoal_types::{
 use super::NodeBackend;
 
 /// The log format that keeps pinned images (`PutAppPinned`).
-const PINS_LOG_VERSION: u32 = 4;
+pub(super) const PINS_LOG_VERSION: u32 = 4;
 
 impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     /// Service name → its pinned image. A reference that does not resolve,

@@ -1,7 +1,9 @@
 //! Whether each service is protected: the nodes its `prepull` names hold
-//! its image before they need it. The answering node asks each of those
-//! nodes what it holds (its public `GET /v1/images`, with this node's
-//! certificate), at most once per node for all the apps read.
+//! its image before they need it. Asked for (`?prepull=true`: `shoal apps`
+//! and `shoal app inspect` ask, a rollout's polling does not), the
+//! answering node asks each of those nodes what it holds (its public
+//! `GET /v1/images`, with this node's certificate), once per node for all
+//! the apps read, all within a few seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,6 +19,9 @@ use super::NodeBackend;
 
 /// How long a node has to say what it holds.
 const HELD_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long all the nodes have together; the ones not asked by then are
+/// shown as such.
+const HELD_ASKS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Nodes asked at once.
 const HELD_ASKS_AT_ONCE: usize = 8;
 /// Largest answer read from a node, in bytes (a list of its images).
@@ -31,21 +36,23 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
         // What to ask, from one look at the state.
         let (wanted, addrs) = {
             let state = self.0.raft.read();
-            let mut wanted: BTreeMap<(String, String), (Prepull, String, Vec<String>)> =
-                BTreeMap::new();
-            for app in apps.iter() {
-                for duty in super::super::prepull::duties(&state, Some(&app.name)) {
-                    wanted.insert(
-                        (duty.app.to_string(), duty.service.name.clone()),
-                        (
-                            duty.service.prepull,
-                            duty.reference,
-                            duty.nodes.iter().map(|node| node.to_string()).collect(),
-                        ),
-                    );
+            let read: BTreeSet<&str> = apps.iter().map(|app| app.name.as_str()).collect();
+            let mut wanted: BTreeMap<(String, String), Duty> = BTreeMap::new();
+            for duty in super::super::prepull::duties(&state, None) {
+                if !read.contains(duty.app) {
+                    continue;
                 }
+                wanted.insert(
+                    (duty.app.to_string(), duty.service.name.clone()),
+                    Duty {
+                        mode: duty.service.prepull,
+                        reference: duty.reference,
+                        nodes: duty.nodes.iter().map(|node| node.to_string()).collect(),
+                        running: duty.running,
+                    },
+                );
             }
-            let asked: BTreeSet<&String> = wanted.values().flat_map(|(_, _, n)| n).collect();
+            let asked: BTreeSet<&String> = wanted.values().flat_map(|d| &d.nodes).collect();
             let addrs: Vec<(String, Option<String>)> = asked
                 .into_iter()
                 .map(|name| {
@@ -59,19 +66,31 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
                 .collect();
             (wanted, addrs)
         };
-        let held: BTreeMap<String, Held> = futures::stream::iter(addrs)
+        let mut held: BTreeMap<String, Held> = BTreeMap::new();
+        let mut answers = futures::stream::iter(addrs)
             .map(|(name, addr)| async move {
                 let held = self.held_by(&name, addr.as_deref()).await;
                 (name, held)
             })
-            .buffer_unordered(HELD_ASKS_AT_ONCE)
-            .collect()
-            .await;
+            .buffer_unordered(HELD_ASKS_AT_ONCE);
+        let deadline = tokio::time::sleep(HELD_ASKS_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                answer = answers.next() => match answer {
+                    Some((name, answer)) => {
+                        held.insert(name, answer);
+                    }
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
         for app in apps.iter_mut() {
             for service in &mut app.services {
                 let key = (app.name.clone(), service.name.clone());
-                if let Some((mode, reference, nodes)) = wanted.get(&key) {
-                    service.prepull = Some(view(*mode, reference, nodes, &held));
+                if let Some(duty) = wanted.get(&key) {
+                    service.prepull = Some(view(duty, &held));
                 }
             }
         }
@@ -80,11 +99,9 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     /// The names of the images `node` holds.
     async fn held_by(&self, node: &str, addr: Option<&str>) -> Held {
         if node == self.0.config.name {
-            let images = self
-                .0
-                .runtime
-                .images()
+            let images = tokio::time::timeout(HELD_ANSWER_TIMEOUT, self.0.runtime.images())
                 .await
+                .map_err(|_| "containerd did not list the images in time".to_string())?
                 .map_err(|error| error.to_string())?;
             return Ok(images.into_iter().map(|image| image.name).collect());
         }
@@ -125,16 +142,22 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     }
 }
 
-/// A service's view from what its nodes said they hold.
-fn view(
+/// A service's image held ahead, as the state names it.
+#[derive(Clone, Debug)]
+struct Duty {
     mode: Prepull,
-    reference: &str,
-    nodes: &[String],
-    held: &BTreeMap<String, Held>,
-) -> PrepullView {
+    reference: String,
+    nodes: Vec<String>,
+    running: usize,
+}
+
+/// A service's view from what its nodes said they hold.
+fn view(duty: &Duty, held: &BTreeMap<String, Held>) -> PrepullView {
+    let mode = duty.mode;
     // Images are named as the image store names a pulled reference.
-    let name = ImageRef::parse(reference).map(|r| r.to_string());
-    let nodes: Vec<PrepullNodeView> = nodes
+    let name = ImageRef::parse(&duty.reference).map(|r| r.to_string());
+    let nodes: Vec<PrepullNodeView> = duty
+        .nodes
         .iter()
         .map(|node| match (held.get(node), &name) {
             (Some(Ok(images)), Ok(name)) => PrepullNodeView {
@@ -147,10 +170,18 @@ fn view(
                 holds: None,
                 error: Some(error.clone()),
             },
-            (None, _) | (_, Err(_)) => PrepullNodeView {
+            (None, _) => PrepullNodeView {
                 node: node.clone(),
                 holds: None,
-                error: Some("not asked".into()),
+                error: Some(format!(
+                    "not asked: the nodes had {} s together",
+                    HELD_ASKS_TIMEOUT.as_secs()
+                )),
+            },
+            (_, Err(_)) => PrepullNodeView {
+                node: node.clone(),
+                holds: None,
+                error: Some(format!("`{}` is no image reference", duty.reference)),
             },
         })
         .collect();
@@ -166,9 +197,11 @@ fn view(
         .collect();
     let reason = match mode {
         Prepull::None => Some("prepull is `none`: only the nodes running it hold the image".into()),
-        Prepull::Successors if nodes.is_empty() => Some(
-            "no node could take over a lost replica (none that may run it runs none of it)".into(),
-        ),
+        // Every node that may run it runs it: copies wherever it may go,
+        // but only if that is more than one node.
+        _ if nodes.is_empty() && duty.running < 2 => {
+            Some("no other node may run it, so none can take over a lost replica".into())
+        }
         _ if !lacking.is_empty() => Some(format!(
             "{} not yet pulled the image",
             match lacking.as_slice() {
@@ -210,22 +243,26 @@ mod tests {
             .to_string()]))
     }
 
+    fn duty(mode: Prepull, nodes: &[&str], running: usize) -> Duty {
+        Duty {
+            mode,
+            reference: REFERENCE.to_string(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            running,
+        }
+    }
+
     #[test]
     fn protected_only_when_every_named_node_holds_the_image() {
-        let nodes = vec!["n2".to_string(), "n3".to_string()];
         let all = view(
-            Prepull::All,
-            REFERENCE,
-            &nodes,
+            &duty(Prepull::All, &["n2", "n3"], 1),
             &held(&[("n2", holding()), ("n3", holding())]),
         );
         assert!(all.protected, "{all:?}");
         assert_eq!(all.reason, None);
 
         let one_lacks = view(
-            Prepull::All,
-            REFERENCE,
-            &nodes,
+            &duty(Prepull::All, &["n2", "n3"], 1),
             &held(&[("n2", holding()), ("n3", Ok(BTreeSet::new()))]),
         );
         assert!(!one_lacks.protected);
@@ -236,9 +273,7 @@ mod tests {
         assert_eq!(one_lacks.nodes[1].holds, Some(false));
 
         let silent = view(
-            Prepull::All,
-            REFERENCE,
-            &nodes,
+            &duty(Prepull::All, &["n2", "n3"], 1),
             &held(&[
                 ("n2", holding()),
                 ("n3", Err("no answer within 3 s".into())),
@@ -250,21 +285,31 @@ mod tests {
             silent.nodes[1].error.as_deref(),
             Some("no answer within 3 s")
         );
+        // A node the deadline left unasked is not taken to hold it.
+        let unasked = view(&duty(Prepull::All, &["n2"], 1), &held(&[]));
+        assert!(!unasked.protected);
+        assert!(unasked.nodes[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("not asked")));
 
-        // A standby named and holding it; none named; `none`.
+        // A standby named and holding it.
         let standby = view(
-            Prepull::Successors,
-            REFERENCE,
-            &nodes[..1],
+            &duty(Prepull::Successors, &["n2"], 1),
             &held(&[("n2", holding())]),
         );
         assert!(standby.protected);
-        let alone = view(Prepull::Successors, REFERENCE, &[], &held(&[]));
-        assert!(!alone.protected);
-        assert!(alone
-            .reason
-            .is_some_and(|r| r.contains("no node could take over")));
-        let none = view(Prepull::None, REFERENCE, &[], &held(&[]));
+        // Every node that may run it runs it: protected with two or more,
+        // whatever the mode; one alone is not.
+        for mode in [Prepull::Successors, Prepull::All] {
+            assert!(view(&duty(mode, &[], 2), &held(&[])).protected, "{mode:?}");
+            let alone = view(&duty(mode, &[], 1), &held(&[]));
+            assert!(!alone.protected, "{mode:?}");
+            assert!(alone
+                .reason
+                .is_some_and(|r| r.contains("no other node may run it")));
+        }
+        let none = view(&duty(Prepull::None, &[], 3), &held(&[]));
         assert!(!none.protected);
     }
 }

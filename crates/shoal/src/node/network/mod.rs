@@ -46,6 +46,10 @@ use tasks::netns_prefix;
 /// How often routes and the masquerade rule are checked again when
 /// nothing changes (someone may have flushed them).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Tries at taking the routes and the masquerade chain down on leaving.
+const TEARDOWN_ATTEMPTS_MAX: u32 = 5;
+/// Pause between two of them.
+const TEARDOWN_RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// Least time between two rebuilds of the DNS records (each walks every task).
 const RECORDS_REBUILD_MIN: Duration = Duration::from_millis(100);
 
@@ -122,10 +126,27 @@ impl NodeNetwork {
         self.torn_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(cluster) = cluster {
-            HostRoutes::new(self.runner.clone(), cluster).remove_all()?;
-            Masquerade::new(self.runner.clone(), cluster)
-                .with_chain(&masquerade_chain(&self.config.bridge))
-                .cleanup()?;
+            // The network loop may be adding a rule back as the flag is set
+            // (it stops at its next look): what is left busy is tried again.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let done = HostRoutes::new(self.runner.clone(), cluster)
+                    .remove_all()
+                    .and_then(|_| {
+                        Masquerade::new(self.runner.clone(), cluster)
+                            .with_chain(&masquerade_chain(&self.config.bridge))
+                            .cleanup()
+                    });
+                match done {
+                    Ok(()) => break,
+                    Err(error) if attempt >= TEARDOWN_ATTEMPTS_MAX => return Err(error.into()),
+                    Err(error) => {
+                        tracing::debug!(%error, attempt, "taking the node's network down; again");
+                        std::thread::sleep(TEARDOWN_RETRY_PAUSE);
+                    }
+                }
+            }
         }
         if self.attached()?.is_empty() {
             let bridge = self.config.bridge.as_str();
