@@ -25,8 +25,16 @@ pub enum Access {
     Voter,
 }
 
-/// Raft RPCs only voter-capable nodes send.
-const VOTER_ROUTES: [&str; 3] = ["/v1/raft/append", "/v1/raft/vote", "/v1/raft/snapshot"];
+/// Raft RPCs only voter-capable nodes send, and the membership changes
+/// only the leader makes (forwarded by a voter that just lost the lead).
+const VOTER_ROUTES: [&str; 6] = [
+    "/v1/raft/append",
+    "/v1/raft/vote",
+    "/v1/raft/snapshot",
+    "/v1/raft/add-learner",
+    "/v1/raft/change-voters",
+    "/v1/raft/remove-nodes",
+];
 
 /// What calling `method path` needs.
 pub fn required(method: &Method, path: &str) -> Access {
@@ -68,6 +76,10 @@ mod tests {
             (Method::POST, "/v1/raft/vote", Access::Voter),
             (Method::POST, "/v1/raft/snapshot", Access::Voter),
             (Method::POST, "/v1/raft/propose", Access::Node),
+            (Method::POST, "/v1/raft/read-index", Access::Node),
+            (Method::POST, "/v1/raft/add-learner", Access::Voter),
+            (Method::POST, "/v1/raft/change-voters", Access::Voter),
+            (Method::POST, "/v1/raft/remove-nodes", Access::Voter),
             (Method::POST, "/v1/internal/renew", Access::Node),
             (Method::GET, "/v1/internal/blobs/sha256:ab", Access::Node),
             (Method::GET, "/v1/tokens", Access::Admin),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shoal_cluster::raft::{RaftConfig, RaftNode, RaftRole};
+use shoal_cluster::raft::{ForwardPolicy, Forwarded, RaftConfig, RaftNode, RaftRole};
 use shoal_state::{Command, Outcome};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -61,6 +61,24 @@ fn config(id: u64, addr: SocketAddr, dir: &Path) -> RaftConfig {
     config
 }
 
+/// The tests' forward policy: every proposal forwarded to the leader is
+/// taken (these nodes serve no gate that could name the sender). The
+/// shoal binary's policy is tested there, through its gate.
+struct TakeForwarded;
+
+impl ForwardPolicy for TakeForwarded {
+    fn check(&self, _: &shoal_state::State, _: &Forwarded<'_>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Opens a node that takes forwarded proposals.
+async fn open(config: RaftConfig) -> RaftNode {
+    let raft = RaftNode::open(config).await.expect("node opens");
+    assert!(raft.set_forward_policy(std::sync::Arc::new(TakeForwarded)));
+    raft
+}
+
 struct TestNode {
     id: u64,
     addr: SocketAddr,
@@ -72,9 +90,7 @@ struct TestNode {
 impl TestNode {
     async fn start(id: u64, listener: TcpListener, dir: PathBuf) -> TestNode {
         let addr = listener.local_addr().expect("local addr");
-        let raft = RaftNode::open(config(id, addr, &dir))
-            .await
-            .expect("node opens");
+        let raft = open(config(id, addr, &dir)).await;
         let server = Some(serve(id, listener, raft.router()));
         TestNode {
             id,
@@ -102,9 +118,7 @@ impl TestNode {
     /// Opens the node again from its data dir, on the same address.
     async fn restart(&mut self) {
         let listener = bind(self.addr).await;
-        self.raft = RaftNode::open(config(self.id, self.addr, &self.dir))
-            .await
-            .expect("node reopens");
+        self.raft = open(config(self.id, self.addr, &self.dir)).await;
         self.server = Some(serve(self.id, listener, self.raft.router()));
     }
 }

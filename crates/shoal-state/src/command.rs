@@ -291,7 +291,84 @@ impl ApplyError {
     }
 }
 
+/// Who may have a command appended: what the leader checks when another
+/// node forwards it (the proposer's certificate, and for an operator's
+/// command the operator's own credential).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority<'a> {
+    /// The node the command is about, and only it: its registration, its
+    /// tasks' status, its leave.
+    Node(&'a str),
+    /// The leader, from its own duties: plans, verdicts on nodes, the CA,
+    /// admissions, gossip keys.
+    Leader,
+    /// An operator with a deployer or admin token: apps.
+    Deployer,
+    /// An operator with an admin token: everything else.
+    Admin,
+}
+
 impl Command {
+    /// Who may have this command appended. Every command is named, so a
+    /// new one cannot be added without deciding.
+    pub fn authority(&self) -> Authority<'_> {
+        match self {
+            Command::RegisterNode { node } => Authority::Node(&node.name),
+            Command::ReportTasks { node, .. } => Authority::Node(node),
+            Command::SetNodeStatus { name, status } if *status == NodeStatus::Left => {
+                Authority::Node(name)
+            }
+            Command::SetNodeStatus { .. }
+            | Command::ApplyPlan { .. }
+            | Command::ForgetNode { .. }
+            | Command::SetCa { .. }
+            | Command::AdmitNode { .. }
+            | Command::SetGossipKeys { .. } => Authority::Leader,
+            Command::PutApp { .. } | Command::PutAppPinned { .. } | Command::RemoveApp { .. } => {
+                Authority::Deployer
+            }
+            Command::SetRegistry { .. }
+            | Command::RemoveRegistry { .. }
+            | Command::SetSettings { .. }
+            | Command::TaintNode { .. }
+            | Command::UntaintNode { .. }
+            | Command::SetNodeDrain { .. }
+            | Command::CreateJoinToken { .. }
+            | Command::RevokeJoinToken { .. }
+            | Command::CreateApiToken { .. }
+            | Command::RevokeApiToken { .. }
+            | Command::RemoveNode { .. } => Authority::Admin,
+        }
+    }
+
+    /// The command's name as the log writes it (`create_api_token`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::RegisterNode { .. } => "register_node",
+            Command::PutApp { .. } => "put_app",
+            Command::SetRegistry { .. } => "set_registry",
+            Command::RemoveRegistry { .. } => "remove_registry",
+            Command::PutAppPinned { .. } => "put_app_pinned",
+            Command::RemoveApp { .. } => "remove_app",
+            Command::ApplyPlan { .. } => "apply_plan",
+            Command::SetNodeStatus { .. } => "set_node_status",
+            Command::SetSettings { .. } => "set_settings",
+            Command::ForgetNode { .. } => "forget_node",
+            Command::TaintNode { .. } => "taint_node",
+            Command::UntaintNode { .. } => "untaint_node",
+            Command::SetNodeDrain { .. } => "set_node_drain",
+            Command::ReportTasks { .. } => "report_tasks",
+            Command::SetCa { .. } => "set_ca",
+            Command::CreateJoinToken { .. } => "create_join_token",
+            Command::RevokeJoinToken { .. } => "revoke_join_token",
+            Command::AdmitNode { .. } => "admit_node",
+            Command::CreateApiToken { .. } => "create_api_token",
+            Command::RevokeApiToken { .. } => "revoke_api_token",
+            Command::SetGossipKeys { .. } => "set_gossip_keys",
+            Command::RemoveNode { .. } => "remove_node",
+        }
+    }
+
     /// The one node that may propose this command, for commands a node
     /// writes about itself (its registration, its tasks' status).
     pub fn writer(&self) -> Option<&str> {
@@ -339,6 +416,39 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commands_name_is_the_one_the_log_writes() {
+        let commands = [
+            Command::RemoveApp { name: "web".into() },
+            Command::RevokeApiToken { id: "abc".into() },
+            Command::ForgetNode { name: "n1".into() },
+            Command::SetNodeStatus {
+                name: "n1".into(),
+                status: NodeStatus::Left,
+            },
+        ];
+        for command in commands {
+            let json = serde_json::to_value(&command).expect("serializes");
+            assert_eq!(json["type"], command.name(), "{json}");
+        }
+        assert_eq!(
+            Command::SetNodeStatus {
+                name: "n1".into(),
+                status: NodeStatus::Left
+            }
+            .authority(),
+            Authority::Node("n1")
+        );
+        assert_eq!(
+            Command::SetNodeStatus {
+                name: "n1".into(),
+                status: NodeStatus::Dead
+            }
+            .authority(),
+            Authority::Leader
+        );
+    }
 
     #[test]
     fn a_prepull_other_than_the_default_needs_format_5() {

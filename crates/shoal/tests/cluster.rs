@@ -1647,3 +1647,174 @@ fn holds_image(cluster: &Cluster, node: &str, name: &str) -> bool {
         .iter()
         .any(|i| i["name"] == name)
 }
+
+/// The caller is the proposer: a worker's certificate proposes only what a
+/// worker writes about itself. A `create_api_token` sent with it straight
+/// to the leader's `/v1/raft/propose`, naming the worker or a voter as its
+/// proposer, is refused and written to the leader's audit log, and no
+/// token is made; the membership routes refuse the worker outright. An
+/// operator's command that the worker answers (the operator's token goes
+/// with the proposal to the leader) is taken.
+#[test]
+fn a_worker_certificate_proposes_only_what_a_worker_may() {
+    let Some(mut cluster) = Cluster::start_or_skip("proposer", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let token = cluster
+        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+        .trim()
+        .to_string();
+    let worker = cluster.join_with_token(&token);
+    cluster.import_busybox(worker);
+    let worker_name = cluster.members[worker].name.clone();
+    cluster.wait_for("the worker alive in the state", || {
+        cluster
+            .nodes(0)?
+            .iter()
+            .any(|n| n["name"] == worker_name.as_str() && n["status"] == "alive")
+            .then_some(())
+    });
+    let leader = cluster.leader(0).expect("a leader");
+    let leader_index = cluster.index_of(&leader);
+    let leader_ip = cluster.members[leader_index].ip.clone();
+    let (ca, _) = harness::credential_parts(&cluster.credential());
+    let ca_file = cluster.members[worker].data_dir.join("ca-for-test.pem");
+    std::fs::write(&ca_file, ca).expect("write CA");
+    let pki = cluster.members[worker].data_dir.join("pki");
+    let (cert, key) = (pki.join("node.pem"), pki.join("node.key"));
+    let post = |path: &str, body: &serde_json::Value| {
+        harness::curl(
+            &leader_ip,
+            7950,
+            path,
+            &ca_file,
+            &[
+                "--cert",
+                cert.to_str().expect("path"),
+                "--key",
+                key.to_str().expect("path"),
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body.to_string(),
+            ],
+        )
+    };
+    let rogue = "0123456789abcdef";
+    let mint = |proposer: &str| {
+        serde_json::json!({"timeout_ms": 2000, "entry": {
+            "version": 3, "at_ms": 1, "proposer": proposer,
+            "command": {"type": "create_api_token", "token": {
+                "id": rogue, "name": "rogue", "role": "admin", "hash": "00".repeat(32),
+                "created_at_ms": 1, "created_by": "rogue"}}}})
+    };
+    let (status, body) = post("/v1/raft/propose", &mint(&worker_name));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"failed\"") && body.contains("no voter"),
+        "{body}"
+    );
+    let (status, body) = post("/v1/raft/propose", &mint(&leader));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"failed\"") && body.contains("as its proposer"),
+        "{body}"
+    );
+    let (status, body) = post(
+        "/v1/raft/change-voters",
+        &serde_json::json!({"timeout_ms": 1000, "voters": [1]}),
+    );
+    assert_eq!(status, 403, "{body}");
+    let tokens = cluster.shoal_ok(0, &["token", "ls", "-o", "json"]);
+    assert!(
+        !tokens.contains(rogue),
+        "the rogue token was made: {tokens}"
+    );
+    let audit = std::fs::read_to_string(cluster.members[leader_index].data_dir.join("audit.log"))
+        .expect("the leader's audit log");
+    let refusals: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("create_api_token") && l.contains(&worker_name))
+        .filter(|l| l.contains("\"refused\""))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{audit}");
+
+    // The operator's own commands through the worker: taken, on the
+    // operator's token.
+    cluster.apply_ok(
+        worker,
+        "name: via-worker\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0}]\n",
+    );
+    cluster.shoal_ok(
+        worker,
+        &[
+            "token",
+            "create",
+            "--name",
+            "via-worker",
+            "--role",
+            "reader",
+        ],
+    );
+    let audit = std::fs::read_to_string(cluster.members[leader_index].data_dir.join("audit.log"))
+        .expect("the leader's audit log");
+    for command in ["put_app_pinned", "create_api_token"] {
+        assert!(
+            audit.lines().any(|l| l.contains(command)
+                && l.contains(&worker_name)
+                && l.contains("\"operator\":\"token:")
+                && !l.contains("\"refused\"")),
+            "{command} through the worker: {audit}"
+        );
+    }
+}
+
+/// No name takeover: a join under the name of a node the cluster knows
+/// (here a voter declared dead) is refused, saying how to free the name,
+/// and that node comes back as itself.
+#[test]
+fn a_known_nodes_name_is_not_taken_by_another_join() {
+    let Some(mut cluster) = Cluster::start_or_skip("takeover", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let first = cluster.members[0].ip.clone();
+    let victim = 2;
+    let name = cluster.members[victim].name.clone();
+    let worker_token = |cluster: &Cluster| {
+        cluster
+            .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+            .trim()
+            .to_string()
+    };
+    cluster.stop(victim);
+    cluster.wait_for("the voter declared dead", || {
+        cluster
+            .nodes(0)?
+            .iter()
+            .any(|n| n["name"] == name.as_str() && n["status"] == "dead")
+            .then_some(())
+    });
+    let token = worker_token(&cluster);
+    let (_, output) = cluster.try_join_as(&name, &first, &token);
+    let said = text(&output);
+    assert!(!output.status.success(), "joined under {name}: {said}");
+    // "known to the cluster", or "alive in" it: the joiner's own gossip
+    // may have spoken for the name already (gossip is not sealed yet).
+    assert!(
+        said.contains("refused the join") && said.contains(&format!("shoal node rm {name}")),
+        "{said}"
+    );
+    // The voter keeps its identity: it comes back as itself.
+    cluster.start(victim, std::slice::from_ref(&first));
+    cluster.wait_for("the voter alive again", || {
+        cluster
+            .nodes(0)?
+            .iter()
+            .any(|n| n["name"] == name.as_str() && n["status"] == "alive")
+            .then_some(())
+    });
+}

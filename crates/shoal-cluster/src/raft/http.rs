@@ -12,17 +12,17 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use openraft::error::RaftError as OpenRaftError;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::Snapshot;
 use serde::{Deserialize, Serialize};
-use shoal_state::Entry;
+use shoal_state::{ApplyError, Entry};
 
 use super::network::{post_json, SendError, SnapshotHeader, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE};
 use super::{
-    leader::LocalError, LeaderOp, LeaderResult, NodeInfo, ProposeError, RaftNode, TypeConfig,
-    APPEND_BODY_MAX_BYTES, FORWARD_BODY_MAX_BYTES, SNAPSHOT_BODY_MAX_BYTES,
+    leader::LocalError, Forwarded, ForwardedBy, LeaderOp, LeaderResult, NodeInfo, ProposeError,
+    RaftNode, TypeConfig, APPEND_BODY_MAX_BYTES, FORWARD_BODY_MAX_BYTES, SNAPSHOT_BODY_MAX_BYTES,
 };
 
 const PATH_PROPOSE: &str = "/v1/raft/propose";
@@ -151,6 +151,11 @@ pub(crate) enum ForwardReply {
 struct ProposeRequest {
     timeout_ms: u64,
     entry: Entry,
+    /// The bearer token of the API call the forwarding node answers, for
+    /// the leader to check the operator's role (never logged or stored;
+    /// absent from nodes before 0.5, whose voters are taken at their word).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operator: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -194,6 +199,7 @@ pub(crate) async fn forward(
             let body = ProposeRequest {
                 timeout_ms,
                 entry: entry.clone(),
+                operator: super::forward::operator_token(),
             };
             post_json(client, addr, PATH_PROPOSE, &body, timeout).await
         }
@@ -253,10 +259,44 @@ fn too_many(count: usize) -> Option<Response> {
     })
 }
 
+/// A proposal forwarded by another node: appended only if the node's
+/// forward policy lets the node that sent it (by its certificate) propose
+/// that command, checked against the state of this node, the leader.
 async fn propose(
     State(node): State<RaftNode>,
+    by: Option<Extension<ForwardedBy>>,
     Json(request): Json<ProposeRequest>,
 ) -> Json<ForwardReply> {
+    let refused = |why: String| {
+        Json(ForwardReply::Failed {
+            error: ProposeError::Rejected(ApplyError::WrongWriter(why)),
+        })
+    };
+    // A follower answers `not_leader` before anything is checked: the
+    // leader checks against the state it appends to.
+    let leader = node.inner.metrics.borrow().current_leader;
+    if leader != Some(node.inner.id) {
+        return Json(ForwardReply::NotLeader { leader });
+    }
+    let command = match request.entry.command.decode() {
+        Ok(command) => command,
+        Err(error) => return refused(format!("the command does not decode here: {error}")),
+    };
+    let checked = {
+        let state = node.read();
+        node.forward_policy().check(
+            &state,
+            &Forwarded {
+                by: by.as_ref().map(|Extension(by)| by),
+                entry: &request.entry,
+                command: &command,
+                operator: request.operator.as_deref(),
+            },
+        )
+    };
+    if let Err(why) = checked {
+        return refused(why);
+    }
     run_forwarded(&node, LeaderOp::Propose(request.entry), request.timeout_ms).await
 }
 

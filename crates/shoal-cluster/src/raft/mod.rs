@@ -18,6 +18,7 @@
 //! and network traits.
 
 mod config;
+mod forward;
 mod http;
 mod leader;
 mod network;
@@ -25,6 +26,7 @@ mod status;
 mod store;
 
 pub use config::RaftConfig;
+pub use forward::{ForwardPolicy, Forwarded, ForwardedBy, OPERATOR_TOKEN};
 pub use http::PATHS as ROUTER_PATHS;
 pub use status::{ProposeError, RaftError, RaftRole, RaftStatus};
 
@@ -105,6 +107,8 @@ struct Inner {
     /// last learnt it ([`RaftNode::set_cluster_log_version`]); the format
     /// this node appends entries in when it leads.
     cluster_log_version: AtomicU32,
+    /// Whether a forwarded proposal is appended (none until set: refused).
+    forward_policy: std::sync::OnceLock<Arc<dyn ForwardPolicy>>,
 }
 
 impl RaftNode {
@@ -210,8 +214,22 @@ impl RaftNode {
                 peers,
                 db: weak_db,
                 cluster_log_version: AtomicU32::new(shoal_state::LOG_VERSION_FIRST),
+                forward_policy: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Sets who may have a forwarded proposal appended when this node leads
+    /// (once; until then none is). Returns `false` when one was set already.
+    pub fn set_forward_policy(&self, policy: Arc<dyn ForwardPolicy>) -> bool {
+        self.inner.forward_policy.set(policy).is_ok()
+    }
+
+    pub(crate) fn forward_policy(&self) -> &dyn ForwardPolicy {
+        match self.inner.forward_policy.get() {
+            Some(policy) => policy.as_ref(),
+            None => &forward::RefuseForwarded,
+        }
     }
 
     /// The internal routes under `/v1/raft/*` (Raft RPCs and calls forwarded

@@ -30,6 +30,8 @@ use crate::clock::now_ms;
 
 /// A join token's lifetime when none is asked for, and the longest.
 const JOIN_TTL_DEFAULT: Duration = Duration::from_secs(3600);
+/// Held by the join being decided on this node, the leader.
+static JOINING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const JOIN_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 const JOIN_USES_MAX: u32 = 1000;
 const TOKEN_NAME_CHARS_MAX: usize = 100;
@@ -147,6 +149,9 @@ async fn join<R: Send + Sync + 'static>(
             },
         ));
     }
+    // One join at a time from the name check to its `AdmitNode`: two
+    // joins under one new name would otherwise both pass the check.
+    let _joining = JOINING.lock().await;
     let role = {
         let state = shared.raft.read();
         let record = state.security.join_tokens.get(&token.id).ok_or_else(|| {
@@ -167,16 +172,23 @@ async fn join<R: Send + Sync + 'static>(
         if let Some(why) = record.refusal(now_ms(), node_role(role)) {
             return Err(forbidden(why));
         }
-        if let Some(node) = state.nodes.get(&request.name) {
-            if node.status == shoal_types::NodeStatus::Alive {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "a node named `{}` is alive in the cluster; give this one another --name, or remove that one with `shoal node rm {}`",
-                        request.name, request.name
-                    ),
-                ));
-            }
+        // A name is the node's as long as the cluster knows it: another
+        // join under it (a worker token under a voter's name that is down)
+        // would end that node's identity. Only `shoal node rm` frees it.
+        let alive = state
+            .nodes
+            .get(&request.name)
+            .is_some_and(|node| node.status == shoal_types::NodeStatus::Alive);
+        if alive || state.security.admissions.contains_key(&request.name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a node named `{}` is {} the cluster; give this one another --name, or if that node is gone for good, remove it first with `shoal node rm {}`",
+                    request.name,
+                    if alive { "alive in" } else { "known to" },
+                    request.name
+                ),
+            ));
         }
         role
     };

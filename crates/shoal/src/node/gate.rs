@@ -20,6 +20,7 @@ use serde::Serialize;
 use shoal_api::access::Access;
 use shoal_api::wire::ErrorBody;
 use shoal_cluster::log::ReplicatedLog;
+use shoal_cluster::raft::{ForwardedBy, OPERATOR_TOKEN};
 use shoal_pki::identity::{Identity, Role};
 use shoal_pki::token::{ApiToken, SecretHash, API_DOMAIN};
 use shoal_state::security::ApiRole;
@@ -153,6 +154,12 @@ struct AuditRecord<'a> {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     refused: Option<&'a str>,
+    /// A proposal forwarded to the leader: its command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a str>,
+    /// And who vouched for it: the operator's token, or a voter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operator: Option<&'a str>,
 }
 
 impl Audit {
@@ -170,6 +177,27 @@ impl Audit {
         })
     }
 
+    /// A proposal another node forwarded to this one, the leader: taken
+    /// on an operator's word (`operator`), or refused (`refused`).
+    pub fn record_forward(
+        &self,
+        by: &str,
+        command: &str,
+        operator: Option<&str>,
+        refused: Option<&str>,
+    ) {
+        self.record(&AuditRecord {
+            at_ms: now_ms(),
+            caller: by.to_string(),
+            method: "POST",
+            path: FORWARD_PATH,
+            status: if refused.is_some() { 403 } else { 200 },
+            refused,
+            command: Some(command),
+            operator,
+        });
+    }
+
     fn record(&self, record: &AuditRecord<'_>) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
@@ -184,11 +212,14 @@ impl Audit {
     }
 }
 
+/// Where other nodes forward proposals to the leader.
+const FORWARD_PATH: &str = "/v1/raft/propose";
+
 /// What the gate needs from the node.
 pub struct Gate<L> {
     pub log: L,
     pub cluster_id: String,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
 }
 
 /// How much of a refused request's body is read before the answer, and
@@ -285,6 +316,8 @@ pub async fn check<L: ReplicatedLog>(
                 path: &path,
                 status: status.as_u16(),
                 refused: Some(&message),
+                command: None,
+                operator: None,
             });
         }
         tracing::debug!(%method, %path, caller = %caller.label(), %status, "refused");
@@ -300,8 +333,27 @@ pub async fn check<L: ReplicatedLog>(
     }
     let record = audited(&method, access);
     let label = caller.label();
+    // A node's call names it for the Raft routes (the leader takes the
+    // proposer from it); an API call's token goes with what its handler
+    // forwards to the leader, which checks the operator's role itself.
+    let mut operator = None;
+    match &caller {
+        Caller::Node { name, role } => {
+            request.extensions_mut().insert(ForwardedBy {
+                node: name.clone(),
+                voter: *role == Role::Voter,
+            });
+        }
+        Caller::Token { .. } => {
+            operator = authorization
+                .as_deref()
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::to_string);
+        }
+        Caller::Anonymous => {}
+    }
     request.extensions_mut().insert(caller);
-    let response = next.run(request).await;
+    let response = OPERATOR_TOKEN.scope(operator, next.run(request)).await;
     if record {
         gate.audit.record(&AuditRecord {
             at_ms: now_ms(),
@@ -310,6 +362,8 @@ pub async fn check<L: ReplicatedLog>(
             path: &path,
             status: response.status().as_u16(),
             refused: None,
+            command: None,
+            operator: None,
         });
     }
     response

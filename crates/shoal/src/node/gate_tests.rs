@@ -138,7 +138,13 @@ fn allowed(method: &Method, path: &str) -> Vec<Class> {
     match path {
         "/v1/health" => vec![Nobody, Reader, Deployer, Admin, Worker, Voter],
         "/v1/join/ca" | "/v1/join" => vec![Nobody, Reader, Deployer, Admin, Worker, Voter],
-        "/v1/raft/append" | "/v1/raft/vote" | "/v1/raft/snapshot" => vec![Voter],
+        // Raft's RPCs, and the membership changes only a leader makes.
+        "/v1/raft/append"
+        | "/v1/raft/vote"
+        | "/v1/raft/snapshot"
+        | "/v1/raft/add-learner"
+        | "/v1/raft/change-voters"
+        | "/v1/raft/remove-nodes" => vec![Voter],
         p if p.starts_with("/v1/raft/") || p.starts_with("/v1/internal/") => vec![Worker, Voter],
         p if p.starts_with("/v1/tokens") || p.starts_with("/v1/cluster/join-tokens") => {
             vec![Admin]
@@ -287,7 +293,7 @@ async fn only_the_allowed_cells_of_the_route_credential_matrix_pass() {
     let gate = Arc::new(Gate {
         log: log.clone(),
         cluster_id: CLUSTER.into(),
-        audit: Audit::open(dir.path()).expect("audit log"),
+        audit: Arc::new(Audit::open(dir.path()).expect("audit log")),
     });
     // Every handler answers 200: what is not 200 was the gate's doing.
     let router =

@@ -6,6 +6,7 @@ mod backend;
 mod blobs;
 mod cluster;
 mod credentials;
+mod forwards;
 pub mod gate;
 #[cfg(test)]
 mod gate_tests;
@@ -132,9 +133,15 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         &standing.trust.client_tls,
     )
     .map_err(anyhow::Error::msg)?;
-    let audit = gate::Audit::open(&config.data_dir)?;
+    let audit = Arc::new(gate::Audit::open(&config.data_dir)?);
     let (cluster_id, gossip_peers, trust) =
         (standing.cluster_id, standing.gossip_peers, standing.trust);
+    // Before the server takes a forwarded proposal: who may have which
+    // command appended when this node leads.
+    raft.set_forward_policy(Arc::new(forwards::NodeForwardPolicy {
+        cluster_id: cluster_id.clone(),
+        audit: audit.clone(),
+    }));
     let started_at_ms = now_ms();
     let membership = Membership::start(
         cluster::membership_config(&config, &cluster_id, started_at_ms),

@@ -284,6 +284,23 @@ impl Cluster {
     /// agent exits (within 60 s). Its data dir is left for inspection.
     pub fn try_join(&mut self, peer: &str, token: &str, extra: &[&str]) -> (usize, Output) {
         let index = self.add_member(&[]);
+        self.try_join_member(index, peer, token, extra)
+    }
+
+    /// [`Cluster::try_join`] under the name `name` (another node's, say).
+    pub fn try_join_as(&mut self, name: &str, peer: &str, token: &str) -> (usize, Output) {
+        let index = self.add_member(&[]);
+        self.members[index].name = name.to_string();
+        self.try_join_member(index, peer, token, &[])
+    }
+
+    fn try_join_member(
+        &mut self,
+        index: usize,
+        peer: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> (usize, Output) {
         let member = &self.members[index];
         let output = Command::new("timeout")
             .arg("60")
