@@ -3,6 +3,9 @@
 #   shoal   `shoal image pull` against a fresh `shoal dev` node
 #   ctr     `ctr images pull --plain-http` (containerd's own client)
 #   skopeo  `skopeo copy docker://… oci:DIR` (download to disk, no unpack)
+#   docker  `docker pull` from a dockerd this script starts on the same
+#           containerd (its own data root, no bridge, no iptables rules;
+#           Debian's docker.io, installed when missing)
 #   floor   sha256 and decompression of the same bytes from disk, on one core
 # for a 4-layer image of about 100 MB compressed, gzip and zstd, made here
 # (random bytes and text). Each figure is the median of BENCH_RUNS runs
@@ -11,7 +14,8 @@
 #
 # Knobs: BENCH_RUNS, BENCH_LAYER_MB (random MB per layer, default 20),
 # SHOAL_BIN (default target/release/shoal, built when missing), BENCH_KEEP=1.
-# Needs root, containerd, docker-registry, skopeo, zstd, python3. It asserts
+# Needs root, containerd, docker-registry, skopeo, zstd, python3 (and
+# docker.io, which it installs with apt-get when missing). It asserts
 # nothing about the timings; it prints a table and one line of JSON.
 set -euo pipefail
 export LC_ALL=C
@@ -30,7 +34,7 @@ warn() { printf '\033[1;33mwarning: %s\033[0m\n' "$*" >&2; }
 . "$ROOT/bench/lib.sh"
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "run as root: containerd needs it" >&2
@@ -46,6 +50,13 @@ WORK=$(mktemp -d /tmp/shoal-bench-pull.XXXXXX)
 STARTED_CONTAINERD=""
 REGISTRY_PID=""
 SHOAL_PID=""
+DOCKERD_PID=""
+DOCKER=/usr/bin/docker
+DOCKERD=/usr/sbin/dockerd
+DOCKER_KEY_EXISTED=""
+if [ -e /etc/docker/key.json ]; then DOCKER_KEY_EXISTED=1; fi
+MOBY_NS_EXISTED=""
+if ctr namespaces ls -q 2>/dev/null | grep -qx moby; then MOBY_NS_EXISTED=1; fi
 
 stop() { # pid name
   [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 0
@@ -56,6 +67,16 @@ stop() { # pid name
 }
 
 cleanup() {
+  stop "$DOCKERD_PID" dockerd
+  # dockerd unmounts its layers when it stops; whatever it left goes here.
+  if [ -d "$WORK/docker" ]; then
+    local mnt
+    for mnt in $(findmnt -rn -o TARGET | awk -v w="$WORK/docker/" 'index($0, w) == 1' | sort -r); do
+      umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+    done
+  fi
+  if [ -z "$DOCKER_KEY_EXISTED" ]; then rm -f /etc/docker/key.json; fi
+  if [ -z "$MOBY_NS_EXISTED" ]; then cleanup_namespace moby moby; fi
   stop "$SHOAL_PID" "shoal dev"
   cleanup_namespace "$NS_SHOAL" "shoal/$NS_SHOAL"
   cleanup_namespace "$NS_CTR" "$NS_CTR"
@@ -191,6 +212,26 @@ HOME=$WORK "$SHOAL" dev --data-dir "$WORK/shoal-data" --api "$SHOAL_ADDR" \
 SHOAL_PID=$!
 wait_for "shoal dev" "$SHOAL" nodes >/dev/null 2>&1
 
+# --------------------------------------------------------------- docker --
+if [ ! -x "$DOCKERD" ] || [ ! -x "$DOCKER" ]; then
+  say "installing Debian's docker.io"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >"$WORK/apt.log" 2>&1 ||
+    { cat "$WORK/apt.log" >&2; exit 1; }
+fi
+mkdir -p "$WORK/docker"
+export DOCKER_HOST=unix://$WORK/docker/docker.sock
+say "starting dockerd on the same containerd (log: $WORK/docker/dockerd.log)"
+# Loopback registries are insecure (plain HTTP) to dockerd by default.
+"$DOCKERD" --containerd "$CONTAINERD_SOCKET" \
+  --data-root "$WORK/docker/data" --exec-root "$WORK/docker/exec" \
+  --pidfile "$WORK/docker/dockerd.pid" -H "$DOCKER_HOST" \
+  --bridge none --iptables=false --ip6tables=false \
+  >"$WORK/docker/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+wait_for dockerd "$DOCKER" info >/dev/null 2>&1
+say "dockerd $("$DOCKER" version --format '{{.Server.Version}}')"
+
 # Each pull starts from an empty namespace and leaves none behind: content
 # is shared between namespaces, so a leftover blob would skip a download.
 empty() { # namespace
@@ -212,7 +253,7 @@ empty() { # namespace
 declare -A FIG
 for kind in gzip zstd; do
   ref=$REG/bench/big:$kind
-  for tool in shoal ctr skopeo floor; do
+  for tool in shoal ctr skopeo docker floor; do
     : >"$WORK/times.$tool.$kind"
   done
   for run in $(seq 1 "$RUNS"); do
@@ -234,6 +275,14 @@ for kind in gzip zstd; do
     since "$t0" >>"$WORK/times.skopeo.$kind"
     rm -rf "$WORK/skopeo-out"
 
+    t0=$EPOCHREALTIME
+    if "$DOCKER" pull -q "$ref" >"$WORK/docker-pull.out" 2>&1; then
+      since "$t0" >>"$WORK/times.docker.$kind"
+    else
+      warn "docker pull of $kind failed: $(tail -1 "$WORK/docker-pull.out")"
+    fi
+    "$DOCKER" rmi -f "$ref" >/dev/null 2>&1 || true
+
     # The floor: check every byte and decompress every layer, one core.
     t0=$EPOCHREALTIME
     for digest in ${LAYERS[$kind]}; do
@@ -243,21 +292,23 @@ for kind in gzip zstd; do
     done
     since "$t0" >>"$WORK/times.floor.$kind"
   done
-  for tool in shoal ctr skopeo floor; do
+  for tool in shoal ctr skopeo docker floor; do
     FIG[$tool.$kind]=$(median <"$WORK/times.$tool.$kind")
+    [ -n "${FIG[$tool.$kind]}" ] || FIG[$tool.$kind]=null
   done
 done
 
-printf '\n%-6s %10s %9s %9s %9s %9s %10s %11s\n' layers "MB" shoal_s ctr_s skopeo_s floor_s shoal/ctr shoal/floor
+printf '\n%-6s %10s %9s %9s %9s %9s %9s %10s %13s %11s\n' layers "MB" shoal_s ctr_s skopeo_s docker_s floor_s shoal/ctr shoal/docker shoal/floor
 for kind in gzip zstd; do
-  printf '%-6s %10.1f %9s %9s %9s %9s %10s %11s\n' "$kind" \
+  printf '%-6s %10.1f %9s %9s %9s %9s %9s %10s %13s %11s\n' "$kind" \
     "$(awk -v b="${BYTES[$kind]}" 'BEGIN { print b / 1048576 }')" \
-    "${FIG[shoal.$kind]}" "${FIG[ctr.$kind]}" "${FIG[skopeo.$kind]}" "${FIG[floor.$kind]}" \
-    "$(ratio "${FIG[shoal.$kind]}" "${FIG[ctr.$kind]}")" "$(ratio "${FIG[shoal.$kind]}" "${FIG[floor.$kind]}")"
+    "${FIG[shoal.$kind]}" "${FIG[ctr.$kind]}" "${FIG[skopeo.$kind]}" "${FIG[docker.$kind]}" "${FIG[floor.$kind]}" \
+    "$(ratio "${FIG[shoal.$kind]}" "${FIG[ctr.$kind]}")" "$(ratio "${FIG[shoal.$kind]}" "${FIG[docker.$kind]}")" \
+    "$(ratio "${FIG[shoal.$kind]}" "${FIG[floor.$kind]}")"
 done
 printf '{"runs":%s,"layer_random_mb":%s,"load":"%s"' "$RUNS" "$LAYER_MB" "$(cut -d' ' -f1-3 /proc/loadavg)"
 for kind in gzip zstd; do
-  printf ',"%s":{"bytes":%s,"shoal_s":%s,"ctr_s":%s,"skopeo_s":%s,"floor_s":%s}' "$kind" "${BYTES[$kind]}" \
-    "${FIG[shoal.$kind]}" "${FIG[ctr.$kind]}" "${FIG[skopeo.$kind]}" "${FIG[floor.$kind]}"
+  printf ',"%s":{"bytes":%s,"shoal_s":%s,"ctr_s":%s,"skopeo_s":%s,"docker_s":%s,"floor_s":%s}' "$kind" "${BYTES[$kind]}" \
+    "${FIG[shoal.$kind]}" "${FIG[ctr.$kind]}" "${FIG[skopeo.$kind]}" "${FIG[docker.$kind]}" "${FIG[floor.$kind]}"
 done
 echo "}"
