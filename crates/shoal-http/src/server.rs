@@ -3,6 +3,14 @@
 //! limit and a bound on connections at once; the peer's certificate chain,
 //! as TLS verified it, rides on every request as a [`Peer`] extension for
 //! the routes to decide who may do what.
+//!
+//! Connections cannot be hoarded: one source address holds at most
+//! [`ServeOptions::connections_per_source_max`]; after the handshake,
+//! nodes (a client certificate) and clients (none) draw on bounds of their
+//! own, so clients cannot take the nodes' share; a request's headers must
+//! arrive within [`ServeOptions::header_read_timeout`] (HTTP/1), and a
+//! connection with no request in flight for [`ServeOptions::idle_timeout`]
+//! is closed, whatever its protocol.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +22,6 @@ use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -27,6 +34,17 @@ pub struct ServeOptions {
     pub handshake_timeout: Duration,
     /// Connections open at once; `accept` waits for one to close beyond it.
     pub connections_max: usize,
+    /// Connections open at once from one source address; more are closed
+    /// as they come.
+    pub connections_per_source_max: usize,
+    /// Of `connections_max`, what handshaken connections without a client
+    /// certificate (API clients) may hold; the rest is the nodes'.
+    pub client_connections_max: usize,
+    /// HTTP/1: a request's headers (the first, and each next one on a kept
+    /// connection) must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// Once told to stop, how long requests in flight may finish.
     pub grace: Duration,
 }
@@ -36,8 +54,137 @@ impl Default for ServeOptions {
         ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             connections_max: 4096,
+            connections_per_source_max: 256,
+            client_connections_max: 3072,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(3),
         }
+    }
+}
+
+/// How often a connection looks whether it has been idle too long.
+const IDLE_CHECK_INTERVAL_MAX: Duration = Duration::from_secs(5);
+
+/// Connections open per source address.
+#[derive(Default)]
+struct Sources {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection counted against its source; uncounted when dropped.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    ip: std::net::IpAddr,
+}
+
+impl Sources {
+    /// A slot for a connection from `ip`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since the connection was accepted.
+    last_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    fn idle(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Counts a request in flight until dropped (its response sent, or the
+/// request abandoned).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        activity.touch();
+        InFlight(activity.clone())
+    }
+}
+
+/// A response's body that keeps its request counted in flight until it
+/// is sent (or dropped).
+struct InFlightBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -61,7 +208,20 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(options.connections_max.max(1)));
-    let graceful = GracefulShutdown::new();
+    let clients = Arc::new(Semaphore::new(
+        options
+            .client_connections_max
+            .clamp(1, options.connections_max.max(1)),
+    ));
+    let nodes = Arc::new(Semaphore::new(
+        options
+            .connections_max
+            .saturating_sub(options.client_connections_max)
+            .max(1),
+    ));
+    let sources = Arc::new(Sources::default());
+    // Told to stop: every connection finishes what is in flight and closes.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -83,12 +243,18 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = sources.take(addr.ip(), options.connections_per_source_max.max(1)) else {
+            tracing::debug!(%addr, "closed: its address holds as many connections as one may");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let watcher = graceful.watcher();
+        let mut stopping = stopping.clone();
+        let (clients, nodes) = (clients.clone(), nodes.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let stream =
                 match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -101,30 +267,87 @@ pub async fn serve(
                         return;
                     }
                 };
-            let certificates = stream
+            let certificates: Vec<CertificateDer<'static>> = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
+            // Nodes and clients each draw on their own share.
+            let class = if certificates.is_empty() {
+                clients
+            } else {
+                nodes
+            };
+            let Ok(_class_permit) = class.try_acquire_owned() else {
+                tracing::debug!(%addr, "closed: as many connections of its kind are open as may be");
+                return;
+            };
             let peer = Peer {
                 addr,
                 certificates: Arc::new(certificates),
             };
+            let activity = Activity::new();
+            let counted = activity.clone();
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(peer.clone());
-                router.clone().oneshot(request.map(Body::new))
+                let in_flight = InFlight::start(&counted);
+                let answer = router.clone().oneshot(request.map(Body::new));
+                async move {
+                    let response = answer.await;
+                    // Until the response's body is sent: the request is in
+                    // flight as long as the body is.
+                    response.map(|response| {
+                        response.map(|body| {
+                            Body::new(InFlightBody {
+                                body,
+                                _in_flight: in_flight,
+                            })
+                        })
+                    })
+                }
             });
-            let connection = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Some(options.header_read_timeout));
+            let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%addr, %error, "connection ended");
+            tokio::pin!(connection);
+            let check = options
+                .idle_timeout
+                .clamp(Duration::from_millis(10), IDLE_CHECK_INTERVAL_MAX);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(error) = ended {
+                            tracing::debug!(%addr, %error, "connection ended");
+                        }
+                        break;
+                    }
+                    _ = stopping.changed(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    () = tokio::time::sleep(check), if !closing => {
+                        if activity.idle() >= options.idle_timeout {
+                            tracing::debug!(%addr, "closing an idle connection");
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(options.grace, graceful.shutdown())
+    let _ = stop.send(true);
+    // Every connection gives its permit back when it has closed.
+    let all = u32::try_from(options.connections_max.max(1)).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.grace, permits.acquire_many(all))
         .await
         .is_err()
     {

@@ -1062,3 +1062,68 @@ fn a_cni_config_file_replaces_the_built_in_network() {
             .then_some(())
     });
 }
+
+/// Connections cannot be hoarded: 300 idle TLS connections from one
+/// address (a node keeps at most 256 from one) leave the API answering
+/// another address; past the bound the flooding address is refused, and
+/// once its connections close it is served again.
+#[test]
+fn an_idle_connection_flood_from_one_address_leaves_the_api_answering() {
+    let Some(node) = Node::start_or_skip("flood") else {
+        return;
+    };
+    let (ca, token) = harness::credential_parts(&node.credential());
+    let scratch = tempfile::tempdir().expect("scratch");
+    let ca_file = scratch.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).expect("CA file");
+    let credentials = shoal_pki::tls::Credentials::new(&ca).expect("roots");
+    let config = shoal_pki::tls::client_config(credentials).expect("TLS");
+    let port: u16 = node
+        .addr()
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .expect("port");
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut tcp = std::net::TcpStream::connect(node.addr()).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let name = rustls::pki_types::ServerName::try_from("shoal-node").expect("name");
+        let mut tls = rustls::ClientConnection::new(config.clone(), name).expect("client");
+        let mut handshaken = true;
+        while tls.is_handshaking() {
+            if tls.complete_io(&mut tcp).is_err() {
+                handshaken = false;
+                break;
+            }
+        }
+        if handshaken {
+            held.push((tls, tcp));
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        held.len() <= 256,
+        "{} connections kept from one address",
+        held.len()
+    );
+    assert!(refused >= 44, "only {refused} refused");
+    let bearer = format!("authorization: Bearer {token}");
+    let (status, body) = harness::curl(
+        "127.0.0.1",
+        port,
+        "/v1/nodes",
+        &ca_file,
+        &["--interface", "127.0.0.5", "-H", &bearer],
+    );
+    assert_eq!(status, 200, "another address is not answered: {body}");
+    let (status, _) = harness::curl("127.0.0.1", port, "/v1/nodes", &ca_file, &["-H", &bearer]);
+    assert_eq!(status, 0, "the flooding address got one more connection");
+    drop(held);
+    node.wait_for("the flooding address served again", || {
+        let (status, _) = harness::curl("127.0.0.1", port, "/v1/nodes", &ca_file, &["-H", &bearer]);
+        (status == 200).then_some(())
+    });
+}

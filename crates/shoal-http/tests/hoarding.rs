@@ -1,0 +1,181 @@
+//! The server loop against real TLS clients on loopback: one source
+//! address cannot hoard connections, idle ones are closed, and clients
+//! cannot take the nodes' share.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use shoal_http::{serve, ServeOptions};
+use shoal_pki::ca::Ca;
+use shoal_pki::identity::{Identity, Role};
+use shoal_pki::tls::Credentials;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+fn ca() -> &'static Ca {
+    static CA: std::sync::OnceLock<Ca> = std::sync::OnceLock::new();
+    CA.get_or_init(|| Ca::generate("test", 1, SystemTime::now()).expect("CA"))
+}
+
+/// Credentials of node `name`, or none (an API client) for `None`.
+fn credentials(name: Option<&str>) -> Arc<Credentials> {
+    let credentials = Credentials::new(ca().cert_pem()).expect("roots");
+    if let Some(name) = name {
+        let identity = Identity {
+            cluster_id: "test".into(),
+            role: Role::Voter,
+            name: name.into(),
+            admission: Identity::new_admission(),
+        };
+        let (chain, key) = ca()
+            .issue_new_key(&identity, Duration::from_secs(3600), SystemTime::now())
+            .expect("certificate");
+        credentials.set_identity(&chain, &key).expect("identity");
+    }
+    credentials
+}
+
+/// A server of one route (`GET /hello`) on a loopback port.
+async fn start(options: ServeOptions) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = axum::Router::new().route("/hello", axum::routing::get(|| async { "hi" }));
+    let tls = shoal_pki::tls::server_config(credentials(Some("server"))).expect("TLS");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, tls, router, options, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// A TLS connection to `addr` from `source`, handshaken and left idle.
+async fn connect(
+    addr: SocketAddr,
+    source: &str,
+    node: Option<&str>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let source: IpAddr = source.parse().expect("source address");
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(addr).await?;
+    // HTTP/1 only: `served` speaks it by hand.
+    let mut tls = (*shoal_pki::tls::client_config(credentials(node)).expect("client TLS")).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = Arc::new(tls);
+    let name = rustls::pki_types::ServerName::try_from("shoal-node").expect("name");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("handshake timed out")))
+}
+
+/// Whether the server closes `stream` within `wait`.
+async fn closed_within(stream: &mut TlsStream<TcpStream>, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+/// Whether a connection from `source` is taken and served: HTTP/1 by hand.
+async fn served(addr: SocketAddr, source: &str) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let Ok(mut stream) = connect(addr, source, None).await else {
+        return false;
+    };
+    let request = b"GET /hello HTTP/1.1\r\nhost: shoal-node\r\nconnection: close\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    // A peer that closes without TLS close_notify is fine here.
+    let _ = read;
+    String::from_utf8_lossy(&answer).ends_with("hi")
+}
+
+#[tokio::test]
+async fn one_source_cannot_hoard_connections_and_idle_ones_close() {
+    let (addr, _stop) = start(ServeOptions {
+        connections_per_source_max: 4,
+        // Longer than the fifth connection is watched below, so that only
+        // the per-source bound can close that one.
+        idle_timeout: Duration::from_secs(3),
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            connect(addr, "127.0.0.2", None)
+                .await
+                .expect("within the bound"),
+        );
+    }
+    // One more from the same address is closed as it comes.
+    match connect(addr, "127.0.0.2", None).await {
+        Err(_) => {}
+        Ok(mut fifth) => assert!(
+            closed_within(&mut fifth, Duration::from_millis(500)).await,
+            "a fifth connection from one address was kept"
+        ),
+    }
+    // Everyone else is served meanwhile.
+    assert!(
+        served(addr, "127.0.0.3").await,
+        "another address was not served"
+    );
+    // Idle, the four are closed; the address may connect again.
+    for (index, stream) in held.iter_mut().enumerate() {
+        assert!(
+            closed_within(stream, Duration::from_secs(8)).await,
+            "idle connection {index} still open"
+        );
+    }
+    assert!(
+        served(addr, "127.0.0.2").await,
+        "the address was not served again"
+    );
+}
+
+#[tokio::test]
+async fn clients_cannot_take_the_nodes_share() {
+    let (addr, _stop) = start(ServeOptions {
+        connections_max: 8,
+        client_connections_max: 3,
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        let source = format!("127.0.1.{}", index + 1);
+        clients.push(connect(addr, &source, None).await.expect("a client"));
+    }
+    // The clients' share is full: a fourth is closed...
+    let mut fourth = connect(addr, "127.0.1.9", None)
+        .await
+        .expect("the handshake completes before the share is looked at");
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(2)).await,
+        "a fourth client connection was kept"
+    );
+    // ...while a node still gets in, and stays.
+    let mut node = connect(addr, "127.0.2.1", Some("peer"))
+        .await
+        .expect("a node");
+    assert!(
+        !closed_within(&mut node, Duration::from_secs(1)).await,
+        "a node's connection was closed"
+    );
+    for (index, client) in clients.iter_mut().enumerate() {
+        assert!(
+            !closed_within(client, Duration::from_millis(100)).await,
+            "client {index} was closed"
+        );
+    }
+}
