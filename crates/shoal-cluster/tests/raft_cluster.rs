@@ -67,8 +67,8 @@ fn config(id: u64, addr: SocketAddr, dir: &Path) -> RaftConfig {
 struct TakeForwarded;
 
 impl ForwardPolicy for TakeForwarded {
-    fn check(&self, _: &shoal_state::State, _: &Forwarded<'_>) -> Result<(), String> {
-        Ok(())
+    fn check(&self, _: &shoal_state::State, _: &Forwarded<'_>) -> Result<Option<String>, String> {
+        Ok(None)
     }
 }
 

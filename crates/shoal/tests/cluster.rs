@@ -1723,6 +1723,38 @@ fn a_worker_certificate_proposes_only_what_a_worker_may() {
         body.contains("\"failed\"") && body.contains("as its proposer"),
         "{body}"
     );
+    // The leader's decisions, and another node's reports, neither.
+    let voter = cluster.members[(leader_index + 1) % 3].name.clone();
+    for (command, why) in [
+        (
+            serde_json::json!({"type": "set_node_status", "name": voter, "status": "dead"}),
+            "only the leader",
+        ),
+        (
+            serde_json::json!({"type": "apply_plan", "plan": {"place": [], "stop": [], "remove": []}}),
+            "only the leader",
+        ),
+        (
+            serde_json::json!({"type": "report_tasks", "node": voter, "statuses": []}),
+            "writes this about itself",
+        ),
+    ] {
+        let forged = serde_json::json!({"timeout_ms": 2000, "entry": {
+            "version": 3, "at_ms": 1, "proposer": worker_name, "command": command}});
+        let (status, body) = post("/v1/raft/propose", &forged);
+        assert!(
+            status == 200 && body.contains(why),
+            "{command}: {status} {body}"
+        );
+    }
+    // A proposer that is no node name, as long as the body allows: refused
+    // without being echoed.
+    let (status, body) = post("/v1/raft/propose", &mint(&"x".repeat(100_000)));
+    assert!(
+        status == 200 && body.contains("no node name") && body.len() < 1000,
+        "{status} {}",
+        body.len()
+    );
     let (status, body) = post(
         "/v1/raft/change-voters",
         &serde_json::json!({"timeout_ms": 1000, "voters": [1]}),
@@ -1740,7 +1772,7 @@ fn a_worker_certificate_proposes_only_what_a_worker_may() {
         .filter(|l| l.contains("create_api_token") && l.contains(&worker_name))
         .filter(|l| l.contains("\"refused\""))
         .collect();
-    assert_eq!(refusals.len(), 2, "{audit}");
+    assert_eq!(refusals.len(), 3, "{audit}");
 
     // The operator's own commands through the worker: taken, on the
     // operator's token.
@@ -1759,8 +1791,27 @@ fn a_worker_certificate_proposes_only_what_a_worker_may() {
             "reader",
         ],
     );
+    // A deployer's token answered by the worker mints no token either.
+    let deployer = cluster
+        .shoal_ok(
+            0,
+            &["token", "create", "--name", "deploy", "--role", "deployer"],
+        )
+        .trim()
+        .to_string();
+    let output = std::process::Command::new(harness::binary())
+        .args(["token", "create", "--name", "sneaky", "--role", "admin"])
+        .env("SHOAL_ADDR", cluster.addr(worker))
+        .env("SHOAL_CONFIG", cluster.credential())
+        .env("SHOAL_TOKEN", &deployer)
+        .output()
+        .expect("run shoal");
+    assert!(!output.status.success(), "{}", text(&output));
     let audit = std::fs::read_to_string(cluster.members[leader_index].data_dir.join("audit.log"))
         .expect("the leader's audit log");
+    let (_, admin_token) = harness::credential_parts(&cluster.credential());
+    let secret = admin_token.rsplit('-').next().expect("secret");
+    assert!(!audit.contains(secret), "a token's secret in the audit log");
     for command in ["put_app_pinned", "create_api_token"] {
         assert!(
             audit.lines().any(|l| l.contains(command)

@@ -45,9 +45,15 @@ pub struct Forwarded<'a> {
 }
 
 /// Decides whether the leader appends a forwarded proposal: `Err` says why
-/// not, in words for the proposer.
+/// not, in words for the proposer; `Ok(Some(who))` names who vouched for
+/// it beyond the sender (an operator).
 pub trait ForwardPolicy: Send + Sync + 'static {
-    fn check(&self, state: &State, forwarded: &Forwarded<'_>) -> Result<(), String>;
+    /// Decided with the state's read lock held: no I/O here.
+    fn check(&self, state: &State, forwarded: &Forwarded<'_>) -> Result<Option<String>, String>;
+
+    /// Called with what `check` decided once the lock is released (to
+    /// audit it, say).
+    fn decided(&self, _forwarded: &Forwarded<'_>, _decision: &Result<Option<String>, String>) {}
 }
 
 /// The policy of a node that was given none: it appends no forwarded
@@ -55,7 +61,7 @@ pub trait ForwardPolicy: Send + Sync + 'static {
 pub(crate) struct RefuseForwarded;
 
 impl ForwardPolicy for RefuseForwarded {
-    fn check(&self, _: &State, _: &Forwarded<'_>) -> Result<(), String> {
+    fn check(&self, _: &State, _: &Forwarded<'_>) -> Result<Option<String>, String> {
         Err("this node takes no forwarded proposals (it has no forward policy)".into())
     }
 }

@@ -282,19 +282,18 @@ async fn propose(
         Ok(command) => command,
         Err(error) => return refused(format!("the command does not decode here: {error}")),
     };
-    let checked = {
-        let state = node.read();
-        node.forward_policy().check(
-            &state,
-            &Forwarded {
-                by: by.as_ref().map(|Extension(by)| by),
-                entry: &request.entry,
-                command: &command,
-                operator: request.operator.as_deref(),
-            },
-        )
+    let forwarded = Forwarded {
+        by: by.as_ref().map(|Extension(by)| by),
+        entry: &request.entry,
+        command: &command,
+        operator: request.operator.as_deref(),
     };
-    if let Err(why) = checked {
+    let decision = {
+        let state = node.read();
+        node.forward_policy().check(&state, &forwarded)
+    };
+    node.forward_policy().decided(&forwarded, &decision);
+    if let Err(why) = decision {
         return refused(why);
     }
     run_forwarded(&node, LeaderOp::Propose(request.entry), request.timeout_ms).await

@@ -198,6 +198,9 @@ async fn join<R: Send + Sync + 'static>(
         name: request.name.clone(),
         admission: Identity::new_admission(),
     };
+    // Signed first, handed over only once admitted: a CSR that does not
+    // sign leaves no admission (and no name taken) behind.
+    let chain_pem = sign(&shared, &request.csr_pem, &identity)?;
     // Decided in log order: a single-use token admits one node.
     shared
         .raft
@@ -212,7 +215,6 @@ async fn join<R: Send + Sync + 'static>(
         )
         .await
         .map_err(proposal_error)?;
-    let chain_pem = sign(&shared, &request.csr_pem, &identity)?;
     tracing::info!(node = %identity.name, role = role.as_str(), token = %token.id, "admitted a node");
     Ok(Json(JoinResponse {
         cluster_id: shared.cluster_id.clone(),

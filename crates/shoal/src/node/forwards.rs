@@ -26,35 +26,83 @@ use shoal_state::{Authority, State};
 use super::gate::{allowed, identify, Audit, Caller, Refusal};
 use crate::clock::now_ms;
 
+/// Refused forwards written to the audit log one by one per second at
+/// most; the rest are counted in one line.
+const REFUSALS_AUDITED_PER_SECOND: u32 = 20;
+
 pub struct NodeForwardPolicy {
-    pub cluster_id: String,
-    pub audit: Arc<Audit>,
+    cluster_id: String,
+    audit: Arc<Audit>,
+    /// The second being counted, refusals written in it, and how many
+    /// were not.
+    refusals: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl NodeForwardPolicy {
+    pub fn new(cluster_id: String, audit: Arc<Audit>) -> NodeForwardPolicy {
+        NodeForwardPolicy {
+            cluster_id,
+            audit,
+            refusals: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// Whether this refusal is written on its own line (else counted);
+    /// the count of a second that ended is written first.
+    fn audit_refusal(&self) -> bool {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let (since, written, suppressed) = &mut *refusals;
+        if since.elapsed() >= std::time::Duration::from_secs(1) {
+            if *suppressed > 0 {
+                let note = format!(
+                    "{suppressed} more refused forwards in one second, not written one by one"
+                );
+                tracing::warn!("{note}");
+                self.audit
+                    .record_forward("several nodes", "-", None, Some(&note));
+            }
+            *since = std::time::Instant::now();
+            *written = 0;
+            *suppressed = 0;
+        }
+        if *written < REFUSALS_AUDITED_PER_SECOND {
+            *written += 1;
+            true
+        } else {
+            *suppressed += 1;
+            false
+        }
+    }
 }
 
 impl ForwardPolicy for NodeForwardPolicy {
-    fn check(&self, state: &State, forwarded: &Forwarded<'_>) -> Result<(), String> {
-        let decided = decide(state, &self.cluster_id, forwarded, now_ms());
+    fn check(&self, state: &State, forwarded: &Forwarded<'_>) -> Result<Option<String>, String> {
+        decide(state, &self.cluster_id, forwarded, now_ms())
+    }
+
+    fn decided(&self, forwarded: &Forwarded<'_>, decision: &Result<Option<String>, String>) {
         let by = forwarded.by.map_or_else(
             || "an unverified sender".to_string(),
             |by| {
                 format!(
-                    "node {} ({})",
+                    "node:{} ({})",
                     by.node,
                     if by.voter { "voter" } else { "worker" }
                 )
             },
         );
-        match &decided {
-            Err(why) => self
-                .audit
-                .record_forward(&by, forwarded.command.name(), None, Some(why)),
-            Ok(Some(operator)) => {
-                self.audit
-                    .record_forward(&by, forwarded.command.name(), Some(operator), None)
+        let command = forwarded.command.name();
+        match decision {
+            Err(why) => {
+                if self.audit_refusal() {
+                    self.audit.record_forward(&by, command, None, Some(why));
+                }
             }
+            Ok(Some(operator)) => self
+                .audit
+                .record_forward(&by, command, Some(operator), None),
             Ok(None) => {}
         }
-        decided.map(|_| ())
     }
 }
 
@@ -73,6 +121,13 @@ pub fn decide(
             "{name}: no verified node certificate names who forwarded it"
         ));
     };
+    // A proposer is a node's name: anything else is not echoed back.
+    if shoal_types::check_dns_label(&forwarded.entry.proposer).is_err() {
+        return Err(format!(
+            "{name}: the entry's proposer is no node name, and node `{}` forwarded it",
+            by.node
+        ));
+    }
     if forwarded.entry.proposer != by.node {
         return Err(format!(
             "{name}: the entry names `{}` as its proposer but node `{}` forwarded it",
@@ -122,7 +177,7 @@ pub fn decide(
         }
         None if by.voter => Ok(Some(format!("voter {}", by.node))),
         None => Err(format!(
-            "{name}: node `{}` is no voter and forwarded it without the credential of an operator who may",
+            "{name}: node `{}` is no voter and forwarded it without the credential of an operator who may (a worker of shoal 0.4 sends none: upgrade it, or send this to a voter)",
             by.node
         )),
     }
@@ -231,19 +286,68 @@ mod tests {
         // Its own writes, and its leave.
         assert_eq!(decided(&state, "w1", false, "w1", &own, None), Ok(None));
         assert_eq!(decided(&state, "w1", false, "w1", &leave, None), Ok(None));
-        // Not about another node, not the leader's decisions.
-        assert!(decided(&state, "w1", false, "w1", &other, None).is_err());
-        assert!(decided(&state, "w1", true, "w1", &verdict, None).is_err());
+        // Not about another node, not the leader's decisions, whoever
+        // vouches for it.
+        let refused = decided(&state, "w1", false, "w1", &other, None).expect_err("other");
+        assert!(refused.contains("only node `v1`"), "{refused}");
+        let register_other = Command::RegisterNode {
+            node: shoal_types::Node::sample("v1", "v1:7950"),
+        };
+        assert!(decided(&state, "w1", false, "w1", &register_other, Some(&admin)).is_err());
+        for leaders in [
+            verdict.clone(),
+            Command::ApplyPlan {
+                plan: Default::default(),
+            },
+            Command::ForgetNode { name: "v1".into() },
+        ] {
+            for (voter, operator) in [(true, None), (false, Some(&admin))] {
+                let refused = decided(&state, "w1", voter, "w1", &leaders, operator)
+                    .expect_err("the leader's decision");
+                assert!(refused.contains("only the leader"), "{refused}");
+            }
+        }
+        // A proposer that is no node name is not echoed back.
+        let long = "x".repeat(10_000);
+        let refused = decided(&state, "w1", false, &long, &own, None).expect_err("long");
+        assert!(
+            refused.len() < 200 && refused.contains("no node name"),
+            "{refused}"
+        );
         // The proposer is the certificate, not the body.
         let refused = decided(&state, "w1", false, "v1", &own, None).expect_err("posed");
         assert!(refused.contains("names `v1` as its proposer"), "{refused}");
         // An operator's command: the token's role decides, for any node.
         assert!(decided(&state, "w1", false, "w1", &mint, Some(&admin))
             .is_ok_and(|by| by.is_some_and(|by| by.contains(&admin.id))));
-        assert!(decided(&state, "w1", false, "w1", &mint, Some(&deployer)).is_err());
+        let refused =
+            decided(&state, "w1", false, "w1", &mint, Some(&deployer)).expect_err("deployer");
+        assert!(refused.contains("needs an admin token"), "{refused}");
         assert!(decided(&state, "w1", false, "w1", &app, Some(&deployer)).is_ok());
-        assert!(decided(&state, "w1", false, "w1", &app, Some(&reader)).is_err());
+        let refused = decided(&state, "w1", false, "w1", &app, Some(&reader)).expect_err("reader");
+        assert!(
+            refused.contains("needs a deployer or admin token"),
+            "{refused}"
+        );
+        // A voter's word does not outweigh a token that says otherwise.
         assert!(decided(&state, "v1", true, "v1", &mint, Some(&reader)).is_err());
+        // An expired token.
+        let expired = ApiToken::generate();
+        log.apply(Command::CreateApiToken {
+            token: ApiTokenRecord {
+                id: expired.id.clone(),
+                name: "old".into(),
+                role: ApiRole::Admin,
+                hash: expired.hash().to_hex(),
+                created_at_ms: 1,
+                expires_at_ms: Some(5),
+                created_by: "test".into(),
+            },
+        });
+        let later = log.read().clone();
+        let refused =
+            decided(&later, "w1", false, "w1", &mint, Some(&expired)).expect_err("expired");
+        assert!(refused.contains("expired"), "{refused}");
         // A token the cluster does not know.
         let stranger = ApiToken::generate();
         let refused =
@@ -265,5 +369,23 @@ mod tests {
             10
         )
         .is_err());
+    }
+
+    #[test]
+    fn refusals_are_audited_one_by_one_up_to_a_rate_then_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = Arc::new(Audit::open(dir.path()).expect("audit"));
+        let policy = NodeForwardPolicy::new(CLUSTER.into(), audit);
+        let written = (0..REFUSALS_AUDITED_PER_SECOND + 5)
+            .filter(|_| policy.audit_refusal())
+            .count();
+        assert_eq!(written, REFUSALS_AUDITED_PER_SECOND as usize);
+        // The next second: the count is written, and refusals again.
+        if let Ok(mut refusals) = policy.refusals.lock() {
+            refusals.0 -= std::time::Duration::from_secs(2);
+        }
+        assert!(policy.audit_refusal());
+        let log = std::fs::read_to_string(dir.path().join("audit.log")).expect("audit log");
+        assert!(log.contains("5 more refused forwards"), "{log}");
     }
 }

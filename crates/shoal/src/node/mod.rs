@@ -138,10 +138,10 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         (standing.cluster_id, standing.gossip_peers, standing.trust);
     // Before the server takes a forwarded proposal: who may have which
     // command appended when this node leads.
-    raft.set_forward_policy(Arc::new(forwards::NodeForwardPolicy {
-        cluster_id: cluster_id.clone(),
-        audit: audit.clone(),
-    }));
+    raft.set_forward_policy(Arc::new(forwards::NodeForwardPolicy::new(
+        cluster_id.clone(),
+        audit.clone(),
+    )));
     let started_at_ms = now_ms();
     let membership = Membership::start(
         cluster::membership_config(&config, &cluster_id, started_at_ms),
