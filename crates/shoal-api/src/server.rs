@@ -276,11 +276,19 @@ async fn nodes<B: Backend>(State(backend): State<Arc<B>>) -> ApiResult<Json<Vec<
     backend.nodes().await.map(Json)
 }
 
+/// What a handler names as the object of an accepted mutation (the app
+/// applied, the token made), for the node's audit log: a response
+/// extension, never sent.
+#[derive(Clone, Debug)]
+pub struct Audited(pub String);
+
 async fn apply<B: Backend>(
     State(backend): State<Arc<B>>,
     body: Bytes,
-) -> ApiResult<Json<ApplyResponse>> {
-    backend.apply(body).await.map(Json)
+) -> ApiResult<(axum::Extension<Audited>, Json<ApplyResponse>)> {
+    let applied = backend.apply(body).await?;
+    let object = format!("app {} version {}", applied.app, applied.version);
+    Ok((axum::Extension(Audited(object)), Json(applied)))
 }
 
 /// `?prepull=true`: ask the nodes whether they hold what they should.

@@ -870,9 +870,21 @@ fn the_api_is_tls_only_and_needs_a_credential() {
         "a secret is listed"
     );
 
+    // An accepted mutation names what it changed.
+    node.apply_ok(
+        "name: audited\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0}]\n",
+    );
     let audit = std::fs::read_to_string(node.data_dir.path().join("audit.log")).expect("audit log");
     assert!(audit.contains("\"status\":403"), "{audit}");
     assert!(audit.contains(&format!("token:{id} (reader)")), "{audit}");
+    assert!(
+        audit.contains("\"object\":\"app audited version 1\""),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(&format!("\"object\":\"token {id} (reader)\"")),
+        "{audit}"
+    );
     assert!(
         !audit.contains(&reader) && !audit.contains(&admin),
         "a secret in the audit log"

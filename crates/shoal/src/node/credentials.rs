@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use shoal_api::server::ApiError;
+use shoal_api::server::{ApiError, Audited};
 use shoal_api::wire::{
     JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, RenewRequest,
     RenewResponse, TokenCreate, TokenCreated, TokenView,
@@ -281,7 +281,7 @@ async fn create_token<R>(
     State(shared): State<Arc<Shared<R>>>,
     Extension(caller): Extension<Caller>,
     Json(request): Json<TokenCreate>,
-) -> Result<Json<TokenCreated>, ApiError> {
+) -> Result<(Extension<Audited>, Json<TokenCreated>), ApiError> {
     let role = ApiRole::parse(&request.role).ok_or_else(|| {
         ApiError::bad_request("role: use admin, deployer (apps and images) or reader")
     })?;
@@ -319,10 +319,17 @@ async fn create_token<R>(
         )
         .await
         .map_err(proposal_error)?;
-    Ok(Json(TokenCreated {
-        token: token.to_string(),
-        view: token_view(&record),
-    }))
+    Ok((
+        Extension(Audited(format!(
+            "token {} ({})",
+            record.id,
+            record.role.as_str()
+        ))),
+        Json(TokenCreated {
+            token: token.to_string(),
+            view: token_view(&record),
+        }),
+    ))
 }
 
 async fn remove_token<R>(

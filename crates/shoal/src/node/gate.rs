@@ -18,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use shoal_api::access::Access;
+use shoal_api::server::Audited;
 use shoal_api::wire::ErrorBody;
 use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::raft::{ForwardedBy, OPERATOR_TOKEN};
@@ -139,10 +140,43 @@ pub fn allowed(access: Access, caller: &Caller) -> bool {
     }
 }
 
-/// The append-only record of mutating requests on this node.
+/// Bytes of `audit.log` before it is rotated to `audit.log.1`.
+const AUDIT_FILE_BYTES_MAX: u64 = 16 << 20;
+/// Rotated files kept (`audit.log.1` … `.4`); the oldest goes.
+const AUDIT_FILES_KEPT: u32 = 4;
+/// Characters of a path and of a refusal's words kept in one line.
+const AUDIT_PATH_CHARS_MAX: usize = 256;
+const AUDIT_WORDS_CHARS_MAX: usize = 512;
+/// Refused requests written one by one per source address and second;
+/// beyond, counted in one line.
+const AUDIT_REFUSALS_PER_SOURCE_PER_SECOND: u32 = 10;
+/// Source addresses whose refusals are being counted, at most (the
+/// counts start over when more come).
+const AUDIT_SOURCES_TRACKED_MAX: usize = 4096;
+
+/// The record of mutating requests on this node: bounded lines, rotated by
+/// size with a few files kept, refusals rate-limited per source.
 pub struct Audit {
     path: PathBuf,
-    file: Mutex<Option<std::fs::File>>,
+    file: Mutex<Option<AuditFile>>,
+    /// [`AUDIT_FILE_BYTES_MAX`], smaller in tests.
+    file_bytes_max: u64,
+    /// Per source address: the second being counted, refusals written in
+    /// it, and how many were not.
+    refusals: Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32, u64)>>,
+}
+
+struct AuditFile {
+    file: std::fs::File,
+    bytes: u64,
+}
+
+/// At most `max` characters of `text`.
+fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
 }
 
 #[derive(Serialize)]
@@ -160,21 +194,60 @@ struct AuditRecord<'a> {
     /// And who vouched for it: the operator's token, or a voter.
     #[serde(skip_serializing_if = "Option::is_none")]
     operator: Option<&'a str>,
+    /// What an accepted mutation changed (`app web`, `token ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object: Option<&'a str>,
 }
 
 impl Audit {
     pub fn open(data_dir: &Path) -> anyhow::Result<Audit> {
         let path = data_dir.join("audit.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
+        let file = open_audit_file(&path)
             .map_err(|error| anyhow::anyhow!("opening {}: {error}", path.display()))?;
         Ok(Audit {
             path,
             file: Mutex::new(Some(file)),
+            file_bytes_max: AUDIT_FILE_BYTES_MAX,
+            refusals: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Whether a refusal of a request from `source` is written on its own
+    /// line; the count of a second that ended is written first.
+    fn refusal_written(&self, source: Option<std::net::IpAddr>) -> bool {
+        let Some(source) = source else {
+            return true;
+        };
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if refusals.len() >= AUDIT_SOURCES_TRACKED_MAX && !refusals.contains_key(&source) {
+            refusals.clear();
+        }
+        let now = std::time::Instant::now();
+        let (since, written, suppressed) = refusals.entry(source).or_insert((now, 0, 0));
+        if since.elapsed() >= std::time::Duration::from_secs(1) {
+            if *suppressed > 0 {
+                let note = format!("{suppressed} more refused requests from {source} in one second, not written one by one");
+                self.write(&AuditRecord {
+                    at_ms: now_ms(),
+                    caller: format!("source:{source}"),
+                    method: "-",
+                    path: "-",
+                    status: 0,
+                    refused: Some(&note),
+                    command: None,
+                    operator: None,
+                    object: None,
+                });
+            }
+            (*since, *written, *suppressed) = (now, 0, 0);
+        }
+        if *written < AUDIT_REFUSALS_PER_SOURCE_PER_SECOND {
+            *written += 1;
+            true
+        } else {
+            *suppressed += 1;
+            false
+        }
     }
 
     /// A proposal another node forwarded to this one, the leader: taken
@@ -195,21 +268,77 @@ impl Audit {
             refused,
             command: Some(command),
             operator,
+            object: None,
         });
     }
 
+    /// Writes `record` with its words clipped.
     fn record(&self, record: &AuditRecord<'_>) {
+        let path = clip(record.path, AUDIT_PATH_CHARS_MAX);
+        let refused = record
+            .refused
+            .map(|words| clip(words, AUDIT_WORDS_CHARS_MAX));
+        let object = record.object.map(|words| clip(words, AUDIT_PATH_CHARS_MAX));
+        self.write(&AuditRecord {
+            caller: record.caller.clone(),
+            path: &path,
+            refused: refused.as_deref(),
+            object: object.as_deref(),
+            ..*record
+        });
+    }
+
+    fn write(&self, record: &AuditRecord<'_>) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if file
+            .as_ref()
+            .is_some_and(|f| f.bytes + line.len() as u64 > self.file_bytes_max)
+        {
+            *file = None;
+            match rotate(&self.path).and_then(|()| open_audit_file(&self.path)) {
+                Ok(fresh) => *file = Some(fresh),
+                Err(error) => {
+                    tracing::warn!(%error, path = %self.path.display(), "rotating the audit log")
+                }
+            }
+        }
         if let Some(file) = file.as_mut() {
-            if let Err(error) = file.write_all(&line) {
-                tracing::warn!(%error, path = %self.path.display(), "writing the audit log");
+            match file.file.write_all(&line) {
+                Ok(()) => file.bytes += line.len() as u64,
+                Err(error) => {
+                    tracing::warn!(%error, path = %self.path.display(), "writing the audit log")
+                }
             }
         }
     }
+}
+
+/// Opens (creating, 0600) an audit file to append to, with its size.
+fn open_audit_file(path: &Path) -> std::io::Result<AuditFile> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let bytes = file.metadata()?.len();
+    Ok(AuditFile { file, bytes })
+}
+
+/// `audit.log` → `audit.log.1` → … → `audit.log.N`, the oldest dropped.
+fn rotate(path: &Path) -> std::io::Result<()> {
+    let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+    for n in (1..AUDIT_FILES_KEPT).rev() {
+        match std::fs::rename(numbered(n), numbered(n + 1)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    std::fs::rename(path, numbered(1))
 }
 
 /// Where other nodes forward proposals to the leader.
@@ -308,7 +437,8 @@ pub async fn check<L: ReplicatedLog>(
         ),
     };
     if let Some((status, message)) = refusal {
-        if audited(&method, access) {
+        let source = peer.as_ref().map(|peer| peer.addr.ip());
+        if audited(&method, access) && gate.audit.refusal_written(source) {
             gate.audit.record(&AuditRecord {
                 at_ms: now_ms(),
                 caller: caller.label(),
@@ -318,6 +448,7 @@ pub async fn check<L: ReplicatedLog>(
                 refused: Some(&message),
                 command: None,
                 operator: None,
+                object: None,
             });
         }
         tracing::debug!(%method, %path, caller = %caller.label(), %status, "refused");
@@ -364,7 +495,95 @@ pub async fn check<L: ReplicatedLog>(
             refused: None,
             command: None,
             operator: None,
+            object: response
+                .extensions()
+                .get::<Audited>()
+                .map(|Audited(object)| object.as_str()),
         });
     }
     response
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    fn refusal<'a>(path: &'a str, words: &'a str) -> AuditRecord<'a> {
+        AuditRecord {
+            at_ms: 1,
+            caller: "anonymous".into(),
+            method: "POST",
+            path,
+            status: 401,
+            refused: Some(words),
+            command: None,
+            operator: None,
+            object: None,
+        }
+    }
+
+    #[test]
+    fn lines_are_bounded_and_files_rotate_with_four_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut audit = Audit::open(dir.path()).expect("audit");
+        audit.file_bytes_max = 4096;
+        let long = "x".repeat(100_000);
+        audit.record(&refusal(&long, &long));
+        let first = std::fs::read_to_string(dir.path().join("audit.log")).expect("log");
+        assert!(first.len() < 1200, "a line of {} bytes", first.len());
+        for _ in 0..200 {
+            audit.record(&refusal("/v1/apps", "no credential"));
+        }
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "audit.log",
+                "audit.log.1",
+                "audit.log.2",
+                "audit.log.3",
+                "audit.log.4"
+            ]
+        );
+        for file in &files {
+            let len = std::fs::metadata(dir.path().join(file))
+                .expect("file")
+                .len();
+            assert!(len <= 4096, "{file}: {len} bytes");
+        }
+    }
+
+    #[test]
+    fn refusals_from_one_source_are_written_up_to_a_rate_then_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = Audit::open(dir.path()).expect("audit");
+        let (noisy, other): (std::net::IpAddr, std::net::IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
+        let written = (0..15)
+            .filter(|_| audit.refusal_written(Some(noisy)))
+            .count();
+        assert_eq!(written, AUDIT_REFUSALS_PER_SOURCE_PER_SECOND as usize);
+        assert!(
+            audit.refusal_written(Some(other)),
+            "another source is written"
+        );
+        // The next second: the count is written, and refusals again.
+        if let Ok(mut refusals) = audit.refusals.lock() {
+            if let Some(entry) = refusals.get_mut(&noisy) {
+                entry.0 -= std::time::Duration::from_secs(2);
+            }
+        }
+        assert!(audit.refusal_written(Some(noisy)));
+        let log = std::fs::read_to_string(dir.path().join("audit.log")).expect("log");
+        assert!(
+            log.contains("5 more refused requests from 192.0.2.1"),
+            "{log}"
+        );
+    }
 }

@@ -315,8 +315,11 @@ async fn only_the_allowed_cells_of_the_route_credential_matrix_pass() {
                 request = request.header("authorization", format!("Bearer {bearer}"));
             }
             let mut request = request.body(Body::empty()).expect("request");
+            // Each cell from an address of its own: refusals are audited
+            // one by one up to a rate per address.
+            let source = std::net::Ipv4Addr::from(0x0a00_0000_u32 + cells as u32);
             request.extensions_mut().insert(shoal_http::Peer {
-                addr: "127.0.0.1:1".parse().expect("addr"),
+                addr: std::net::SocketAddr::from((source, 1)),
                 certificates: Arc::new(
                     credential
                         .certificate

@@ -69,7 +69,13 @@ async fn list<R>(
 async fn add<R>(
     State(shared): State<Arc<Shared<R>>>,
     Json(request): Json<RegistryAdd>,
-) -> Result<Json<RegistryView>, ApiError> {
+) -> Result<
+    (
+        axum::Extension<shoal_api::server::Audited>,
+        Json<RegistryView>,
+    ),
+    ApiError,
+> {
     check_host(&request.host).map_err(|why| ApiError::bad_request(format!("host: {why}")))?;
     if let Some(pem) = &request.ca_pem {
         shoal_runtime::registry::check_ca_pem(pem)
@@ -122,7 +128,8 @@ async fn add<R>(
         )
         .await
         .map_err(proposal_error)?;
-    Ok(Json(view(&record)))
+    let object = shoal_api::server::Audited(format!("registry {}", record.host));
+    Ok((axum::Extension(object), Json(view(&record))))
 }
 
 async fn remove<R>(
