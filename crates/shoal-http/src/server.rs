@@ -63,6 +63,9 @@ impl Default for ServeOptions {
     }
 }
 
+/// TLS handshakes under way from one source address at once.
+const HANDSHAKES_PER_SOURCE_MAX: usize = 64;
+
 /// How often a connection looks whether it has been idle too long.
 const IDLE_CHECK_INTERVAL_MAX: Duration = Duration::from_secs(5);
 
@@ -220,6 +223,7 @@ pub async fn serve(
             .max(1),
     ));
     let sources = Arc::new(Sources::default());
+    let handshakes = Arc::new(Sources::default());
     // Told to stop: every connection finishes what is in flight and closes.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -243,18 +247,20 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = sources.take(addr.ip(), options.connections_per_source_max.max(1)) else {
-            tracing::debug!(%addr, "closed: its address holds as many connections as one may");
+        // Handshakes under way from one address are bounded here; its
+        // clients' connections once they are known to be clients (a node's
+        // own traffic may share an address with its workloads, masqueraded).
+        let Some(handshaking) = handshakes.take(addr.ip(), HANDSHAKES_PER_SOURCE_MAX) else {
+            tracing::debug!(%addr, "closed: its address has as many handshakes under way as one may");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let mut stopping = stopping.clone();
-        let (clients, nodes) = (clients.clone(), nodes.clone());
+        let (clients, nodes, sources) = (clients.clone(), nodes.clone(), sources.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let _slot = slot;
             let stream =
                 match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -274,11 +280,19 @@ pub async fn serve(
                 .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
             // Nodes and clients each draw on their own share.
-            let class = if certificates.is_empty() {
-                clients
+            drop(handshaking);
+            let client = certificates.is_empty();
+            let _slot = if client {
+                let Some(slot) = sources.take(addr.ip(), options.connections_per_source_max.max(1))
+                else {
+                    tracing::debug!(%addr, "closed: its address holds as many connections as one may");
+                    return;
+                };
+                Some(slot)
             } else {
-                nodes
+                None
             };
+            let class = if client { clients } else { nodes };
             let Ok(_class_permit) = class.try_acquire_owned() else {
                 tracing::debug!(%addr, "closed: as many connections of its kind are open as may be");
                 return;
@@ -320,6 +334,11 @@ pub async fn serve(
                 .idle_timeout
                 .clamp(Duration::from_millis(10), IDLE_CHECK_INTERVAL_MAX);
             let mut closing = false;
+            // Once closing, the peer has the grace to let go; then the
+            // connection is dropped (an HTTP/2 peer that never answers the
+            // shutdown's ping would hold it forever).
+            let cut = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+            tokio::pin!(cut);
             loop {
                 tokio::select! {
                     ended = connection.as_mut() => {
@@ -328,14 +347,20 @@ pub async fn serve(
                         }
                         break;
                     }
+                    () = &mut cut, if closing => {
+                        tracing::debug!(%addr, "cut: it did not close within the grace");
+                        break;
+                    }
                     _ = stopping.changed(), if !closing => {
                         closing = true;
+                        cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
                         connection.as_mut().graceful_shutdown();
                     }
                     () = tokio::time::sleep(check), if !closing => {
                         if activity.idle() >= options.idle_timeout {
                             tracing::debug!(%addr, "closing an idle connection");
                             closing = true;
+                            cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
                             connection.as_mut().graceful_shutdown();
                         }
                     }

@@ -117,7 +117,7 @@ async fn one_source_cannot_hoard_connections_and_idle_ones_close() {
                 .expect("within the bound"),
         );
     }
-    // One more from the same address is closed as it comes.
+    // One more from the same address is closed.
     match connect(addr, "127.0.0.2", None).await {
         Err(_) => {}
         Ok(mut fifth) => assert!(
@@ -178,4 +178,34 @@ async fn clients_cannot_take_the_nodes_share() {
             "client {index} was closed"
         );
     }
+}
+
+#[tokio::test]
+async fn a_nodes_connections_do_not_count_against_its_address() {
+    // A node's workloads leave through the node's address (masqueraded):
+    // their connections filling the address's bound must not lock the
+    // node itself out.
+    let (addr, _stop) = start(ServeOptions {
+        connections_per_source_max: 2,
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(connect(addr, "127.0.3.1", None).await.expect("a client"));
+    }
+    let mut third = connect(addr, "127.0.3.1", None)
+        .await
+        .expect("the handshake completes before the bound is looked at");
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)).await,
+        "a third client connection from the address was kept"
+    );
+    let mut node = connect(addr, "127.0.3.1", Some("peer"))
+        .await
+        .expect("the node");
+    assert!(
+        !closed_within(&mut node, Duration::from_secs(1)).await,
+        "the node was closed for its address's clients"
+    );
 }

@@ -153,6 +153,10 @@ const AUDIT_REFUSALS_PER_SOURCE_PER_SECOND: u32 = 10;
 /// Source addresses whose refusals are being counted, at most (the
 /// counts start over when more come).
 const AUDIT_SOURCES_TRACKED_MAX: usize = 4096;
+/// Refused requests written one by one per second from all sources
+/// together, so that many addresses cannot rotate the accepted
+/// mutations out of the kept files.
+const AUDIT_REFUSALS_PER_SECOND: u32 = 100;
 
 /// The record of mutating requests on this node: bounded lines, rotated by
 /// size with a few files kept, refusals rate-limited per source.
@@ -161,9 +165,13 @@ pub struct Audit {
     file: Mutex<Option<AuditFile>>,
     /// [`AUDIT_FILE_BYTES_MAX`], smaller in tests.
     file_bytes_max: u64,
+    /// [`AUDIT_REFUSALS_PER_SECOND`], larger in tests that count lines.
+    refusals_per_second: u32,
     /// Per source address: the second being counted, refusals written in
     /// it, and how many were not.
     refusals: Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32, u64)>>,
+    /// The same for all sources together.
+    all_refusals: Mutex<(std::time::Instant, u32, u64)>,
 }
 
 struct AuditFile {
@@ -208,13 +216,18 @@ impl Audit {
             path,
             file: Mutex::new(Some(file)),
             file_bytes_max: AUDIT_FILE_BYTES_MAX,
+            refusals_per_second: AUDIT_REFUSALS_PER_SECOND,
             refusals: Mutex::new(std::collections::HashMap::new()),
+            all_refusals: Mutex::new((std::time::Instant::now(), 0, 0)),
         })
     }
 
     /// Whether a refusal of a request from `source` is written on its own
     /// line; the count of a second that ended is written first.
     fn refusal_written(&self, source: Option<std::net::IpAddr>) -> bool {
+        if !self.refusal_within_all() {
+            return false;
+        }
         let Some(source) = source else {
             return true;
         };
@@ -242,6 +255,47 @@ impl Audit {
             (*since, *written, *suppressed) = (now, 0, 0);
         }
         if *written < AUDIT_REFUSALS_PER_SOURCE_PER_SECOND {
+            *written += 1;
+            true
+        } else {
+            *suppressed += 1;
+            false
+        }
+    }
+
+    /// The same log, with room for `per_second` refusals a second from all
+    /// sources together (for tests that count every line).
+    #[cfg(test)]
+    pub fn with_refusal_rate(mut self, per_second: u32) -> Audit {
+        self.refusals_per_second = per_second;
+        self
+    }
+
+    /// Whether the refusals of all sources together leave room for one
+    /// more line this second; the count of a second that ended is written.
+    fn refusal_within_all(&self) -> bool {
+        let mut all = self.all_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let (since, written, suppressed) = &mut *all;
+        if since.elapsed() >= std::time::Duration::from_secs(1) {
+            if *suppressed > 0 {
+                let note = format!(
+                    "{suppressed} more refused requests in one second, not written one by one"
+                );
+                self.write(&AuditRecord {
+                    at_ms: now_ms(),
+                    caller: "several sources".into(),
+                    method: "-",
+                    path: "-",
+                    status: 0,
+                    refused: Some(&note),
+                    command: None,
+                    operator: None,
+                    object: None,
+                });
+            }
+            (*since, *written, *suppressed) = (std::time::Instant::now(), 0, 0);
+        }
+        if *written < self.refusals_per_second {
             *written += 1;
             true
         } else {
@@ -294,16 +348,32 @@ impl Audit {
         };
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if file
+        // Full (or lost to an earlier failure): rotated, or reopened; the
+        // old file stays in use when that fails, and it is tried again at
+        // the next line.
+        let full = file
             .as_ref()
-            .is_some_and(|f| f.bytes + line.len() as u64 > self.file_bytes_max)
-        {
-            *file = None;
-            match rotate(&self.path).and_then(|()| open_audit_file(&self.path)) {
-                Ok(fresh) => *file = Some(fresh),
+            .is_none_or(|f| f.bytes + line.len() as u64 > self.file_bytes_max);
+        if full {
+            let renamed = match file.as_ref() {
+                Some(_) => rotate(&self.path),
+                None => Ok(()),
+            };
+            match renamed {
                 Err(error) => {
                     tracing::warn!(%error, path = %self.path.display(), "rotating the audit log")
                 }
+                Ok(()) => match open_audit_file(&self.path) {
+                    Ok(fresh) => *file = Some(fresh),
+                    Err(error) => {
+                        tracing::warn!(%error, path = %self.path.display(), "opening the audit log");
+                        // The old handle (now `.1`) takes lines until the
+                        // next try, a file's length later.
+                        if let Some(old) = file.as_mut() {
+                            old.bytes = 0;
+                        }
+                    }
+                },
             }
         }
         if let Some(file) = file.as_mut() {
@@ -576,7 +646,10 @@ mod audit_tests {
         // The next second: the count is written, and refusals again.
         if let Ok(mut refusals) = audit.refusals.lock() {
             if let Some(entry) = refusals.get_mut(&noisy) {
-                entry.0 -= std::time::Duration::from_secs(2);
+                entry.0 = entry
+                    .0
+                    .checked_sub(std::time::Duration::from_secs(2))
+                    .unwrap_or(entry.0);
             }
         }
         assert!(audit.refusal_written(Some(noisy)));
@@ -585,5 +658,34 @@ mod audit_tests {
             log.contains("5 more refused requests from 192.0.2.1"),
             "{log}"
         );
+    }
+
+    #[test]
+    fn rotation_loses_no_line_while_the_kept_files_hold_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut audit = Audit::open(dir.path()).expect("audit");
+        audit.file_bytes_max = 4096;
+        for index in 0..60 {
+            audit.record(&refusal(&format!("/v1/apps/{index}"), "no credential"));
+        }
+        let lines: usize = ["audit.log", "audit.log.1", "audit.log.2", "audit.log.3"]
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(dir.path().join(file)).ok())
+            .map(|text| text.lines().count())
+            .sum();
+        assert_eq!(lines, 60);
+    }
+
+    #[test]
+    fn many_sources_together_are_held_to_a_rate_too() {
+        let dir = tempfile::tempdir().expect("dir");
+        let audit = Audit::open(dir.path()).expect("audit");
+        let written = (0..150u32)
+            .filter(|n| {
+                let source = std::net::IpAddr::from(std::net::Ipv4Addr::from(0xc000_0200 + n));
+                audit.refusal_written(Some(source))
+            })
+            .count();
+        assert_eq!(written, AUDIT_REFUSALS_PER_SECOND as usize);
     }
 }

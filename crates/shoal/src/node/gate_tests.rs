@@ -293,7 +293,12 @@ async fn only_the_allowed_cells_of_the_route_credential_matrix_pass() {
     let gate = Arc::new(Gate {
         log: log.clone(),
         cluster_id: CLUSTER.into(),
-        audit: Arc::new(Audit::open(dir.path()).expect("audit log")),
+        // Every refusal on its own line: the matrix counts them.
+        audit: Arc::new(
+            Audit::open(dir.path())
+                .expect("audit log")
+                .with_refusal_rate(u32::MAX),
+        ),
     });
     // Every handler answers 200: what is not 200 was the gate's doing.
     let router =
