@@ -41,11 +41,7 @@ pub fn standby_among<'a>(
     running: &BTreeSet<&str>,
 ) -> Option<&'a str> {
     let key = standby_key(app, &service.name);
-    state
-        .nodes
-        .values()
-        .filter(|node| !running.contains(node.name.as_str()))
-        .filter(|node| fit::admits(node, service).is_ok())
+    free_admitting(state, service, running)
         // Equal ranks (a 64-bit collision) go to the smaller name, as in
         // placement, where the lower node index wins.
         .max_by_key(|node| {
@@ -75,13 +71,25 @@ pub fn prepull_nodes<'a>(
         Prepull::Successors => standby_among(state, app, service, running)
             .into_iter()
             .collect(),
-        Prepull::All => state
-            .nodes
-            .values()
-            .filter(|node| !running.contains(node.name.as_str()))
-            .filter(|node| fit::admits(node, service).is_ok())
+        Prepull::All => free_admitting(state, service, running)
             .map(|node| node.name.as_str())
             .collect(),
         Prepull::None => Vec::new(),
     }
+}
+
+/// The nodes that admit `service` and run none of it.
+fn free_admitting<'a, 's>(
+    state: &'a State,
+    service: &'s ServiceSpec,
+    running: &'s BTreeSet<&str>,
+) -> impl Iterator<Item = &'a shoal_types::Node> + 's
+where
+    'a: 's,
+{
+    state
+        .nodes
+        .values()
+        .filter(move |node| !running.contains(node.name.as_str()))
+        .filter(move |node| fit::admits(node, service).is_ok())
 }

@@ -23,7 +23,7 @@ use shoal_api::access::Access;
 use shoal_cluster::raft::{ForwardPolicy, Forwarded};
 use shoal_state::{Authority, State};
 
-use super::gate::{allowed, identify, Audit, Caller, Refusal};
+use super::gate::{allowed, identify, Audit, Caller, LineRate, Refusal};
 use crate::clock::now_ms;
 
 /// Refused forwards written to the audit log one by one per second at
@@ -33,9 +33,8 @@ const REFUSALS_AUDITED_PER_SECOND: u32 = 20;
 pub struct NodeForwardPolicy {
     cluster_id: String,
     audit: Arc<Audit>,
-    /// The second being counted, refusals written in it, and how many
-    /// were not.
-    refusals: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+    /// Refusals written.
+    refusals: std::sync::Mutex<LineRate>,
 }
 
 impl NodeForwardPolicy {
@@ -43,35 +42,21 @@ impl NodeForwardPolicy {
         NodeForwardPolicy {
             cluster_id,
             audit,
-            refusals: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+            refusals: std::sync::Mutex::new(LineRate::new()),
         }
     }
 
     /// Whether this refusal is written on its own line (else counted);
     /// the count of a second that ended is written first.
     fn audit_refusal(&self) -> bool {
-        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        let (since, written, suppressed) = &mut *refusals;
-        if since.elapsed() >= std::time::Duration::from_secs(1) {
-            if *suppressed > 0 {
-                let note = format!(
-                    "{suppressed} more refused forwards in one second, not written one by one"
-                );
-                tracing::warn!("{note}");
-                self.audit
-                    .record_forward("several nodes", "-", None, Some(&note));
-            }
-            *since = std::time::Instant::now();
-            *written = 0;
-            *suppressed = 0;
-        }
-        if *written < REFUSALS_AUDITED_PER_SECOND {
-            *written += 1;
-            true
-        } else {
-            *suppressed += 1;
-            false
-        }
+        let (fits, ended) = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(REFUSALS_AUDITED_PER_SECOND);
+        self.audit
+            .note_suppressed("several nodes", "forwards", ended);
+        fits
     }
 }
 
@@ -382,10 +367,7 @@ mod tests {
         assert_eq!(written, REFUSALS_AUDITED_PER_SECOND as usize);
         // The next second: the count is written, and refusals again.
         if let Ok(mut refusals) = policy.refusals.lock() {
-            refusals.0 = refusals
-                .0
-                .checked_sub(std::time::Duration::from_secs(2))
-                .unwrap_or(refusals.0);
+            refusals.end_second();
         }
         assert!(policy.audit_refusal());
         let log = std::fs::read_to_string(dir.path().join("audit.log")).expect("audit log");

@@ -158,6 +158,51 @@ const AUDIT_SOURCES_TRACKED_MAX: usize = 4096;
 /// mutations out of the kept files.
 const AUDIT_REFUSALS_PER_SECOND: u32 = 100;
 
+/// Lines of one kind written per second: up to a rate, the rest counted.
+#[derive(Debug)]
+pub struct LineRate {
+    since: std::time::Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+impl LineRate {
+    pub fn new() -> LineRate {
+        LineRate {
+            since: std::time::Instant::now(),
+            written: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more line fits in this second at `per_second`; and,
+    /// when this call starts a new second, how many lines the one that
+    /// ended did not write (0 when none), for the caller to say so.
+    pub fn admit(&mut self, per_second: u32) -> (bool, u64) {
+        let mut ended = 0;
+        if self.since.elapsed() >= std::time::Duration::from_secs(1) {
+            ended = self.suppressed;
+            *self = LineRate::new();
+        }
+        if self.written < per_second {
+            self.written += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
+    }
+
+    /// Ends the second being counted (tests).
+    #[cfg(test)]
+    pub fn end_second(&mut self) {
+        self.since = self
+            .since
+            .checked_sub(std::time::Duration::from_secs(2))
+            .unwrap_or(self.since);
+    }
+}
+
 /// The record of mutating requests on this node: bounded lines, rotated by
 /// size with a few files kept, refusals rate-limited per source.
 pub struct Audit {
@@ -167,11 +212,10 @@ pub struct Audit {
     file_bytes_max: u64,
     /// [`AUDIT_REFUSALS_PER_SECOND`], larger in tests that count lines.
     refusals_per_second: u32,
-    /// Per source address: the second being counted, refusals written in
-    /// it, and how many were not.
-    refusals: Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32, u64)>>,
-    /// The same for all sources together.
-    all_refusals: Mutex<(std::time::Instant, u32, u64)>,
+    /// Refusals written per source address.
+    refusals: Mutex<std::collections::HashMap<std::net::IpAddr, LineRate>>,
+    /// And from all sources together.
+    all_refusals: Mutex<LineRate>,
 }
 
 struct AuditFile {
@@ -218,49 +262,62 @@ impl Audit {
             file_bytes_max: AUDIT_FILE_BYTES_MAX,
             refusals_per_second: AUDIT_REFUSALS_PER_SECOND,
             refusals: Mutex::new(std::collections::HashMap::new()),
-            all_refusals: Mutex::new((std::time::Instant::now(), 0, 0)),
+            all_refusals: Mutex::new(LineRate::new()),
         })
     }
 
     /// Whether a refusal of a request from `source` is written on its own
     /// line; the count of a second that ended is written first.
     fn refusal_written(&self, source: Option<std::net::IpAddr>) -> bool {
-        if !self.refusal_within_all() {
+        let (fits, ended) = self
+            .all_refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(self.refusals_per_second);
+        self.note_suppressed("several sources", "requests", ended);
+        if !fits {
             return false;
         }
         let Some(source) = source else {
             return true;
         };
-        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        if refusals.len() >= AUDIT_SOURCES_TRACKED_MAX && !refusals.contains_key(&source) {
-            refusals.clear();
-        }
-        let now = std::time::Instant::now();
-        let (since, written, suppressed) = refusals.entry(source).or_insert((now, 0, 0));
-        if since.elapsed() >= std::time::Duration::from_secs(1) {
-            if *suppressed > 0 {
-                let note = format!("{suppressed} more refused requests from {source} in one second, not written one by one");
-                self.write(&AuditRecord {
-                    at_ms: now_ms(),
-                    caller: format!("source:{source}"),
-                    method: "-",
-                    path: "-",
-                    status: 0,
-                    refused: Some(&note),
-                    command: None,
-                    operator: None,
-                    object: None,
-                });
+        let (fits, ended) = {
+            let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            if refusals.len() >= AUDIT_SOURCES_TRACKED_MAX && !refusals.contains_key(&source) {
+                refusals.clear();
             }
-            (*since, *written, *suppressed) = (now, 0, 0);
+            refusals
+                .entry(source)
+                .or_insert_with(LineRate::new)
+                .admit(AUDIT_REFUSALS_PER_SOURCE_PER_SECOND)
+        };
+        self.note_suppressed(
+            &format!("source:{source}"),
+            &format!("requests from {source}"),
+            ended,
+        );
+        fits
+    }
+
+    /// Says in one line (as `caller`) that `count` refusals of `what` were
+    /// not written one by one.
+    pub fn note_suppressed(&self, caller: &str, what: &str, count: u64) {
+        if count == 0 {
+            return;
         }
-        if *written < AUDIT_REFUSALS_PER_SOURCE_PER_SECOND {
-            *written += 1;
-            true
-        } else {
-            *suppressed += 1;
-            false
-        }
+        let note = format!("{count} more refused {what} in one second, not written one by one");
+        tracing::warn!("{note}");
+        self.write(&AuditRecord {
+            at_ms: now_ms(),
+            caller: caller.to_string(),
+            method: "-",
+            path: "-",
+            status: 0,
+            refused: Some(&note),
+            command: None,
+            operator: None,
+            object: None,
+        });
     }
 
     /// The same log, with room for `per_second` refusals a second from all
@@ -269,39 +326,6 @@ impl Audit {
     pub fn with_refusal_rate(mut self, per_second: u32) -> Audit {
         self.refusals_per_second = per_second;
         self
-    }
-
-    /// Whether the refusals of all sources together leave room for one
-    /// more line this second; the count of a second that ended is written.
-    fn refusal_within_all(&self) -> bool {
-        let mut all = self.all_refusals.lock().unwrap_or_else(|p| p.into_inner());
-        let (since, written, suppressed) = &mut *all;
-        if since.elapsed() >= std::time::Duration::from_secs(1) {
-            if *suppressed > 0 {
-                let note = format!(
-                    "{suppressed} more refused requests in one second, not written one by one"
-                );
-                self.write(&AuditRecord {
-                    at_ms: now_ms(),
-                    caller: "several sources".into(),
-                    method: "-",
-                    path: "-",
-                    status: 0,
-                    refused: Some(&note),
-                    command: None,
-                    operator: None,
-                    object: None,
-                });
-            }
-            (*since, *written, *suppressed) = (std::time::Instant::now(), 0, 0);
-        }
-        if *written < self.refusals_per_second {
-            *written += 1;
-            true
-        } else {
-            *suppressed += 1;
-            false
-        }
     }
 
     /// A proposal another node forwarded to this one, the leader: taken
@@ -645,11 +669,8 @@ mod audit_tests {
         );
         // The next second: the count is written, and refusals again.
         if let Ok(mut refusals) = audit.refusals.lock() {
-            if let Some(entry) = refusals.get_mut(&noisy) {
-                entry.0 = entry
-                    .0
-                    .checked_sub(std::time::Duration::from_secs(2))
-                    .unwrap_or(entry.0);
+            if let Some(rate) = refusals.get_mut(&noisy) {
+                rate.end_second();
             }
         }
         assert!(audit.refusal_written(Some(noisy)));
