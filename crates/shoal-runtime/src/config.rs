@@ -47,7 +47,8 @@ pub struct ContainerConfig {
 /// The network namespace of a container.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// A new namespace of its own with nothing in it (loopback down).
+    /// A new namespace of its own holding only its loopback, which runc
+    /// brings up.
     #[default]
     Isolated,
     /// The node's own namespace: its interfaces, addresses and ports.

@@ -5,6 +5,7 @@
 
 mod harness;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use harness::registry::{Registry, Throttle};
@@ -1169,4 +1170,239 @@ fn an_idle_connection_flood_from_one_address_leaves_the_api_answering() {
         let (status, _) = harness::curl("127.0.0.1", port, "/v1/nodes", &ca_file, &["-H", &bearer]);
         (status == 200).then_some(())
     });
+}
+
+/// Every task runs hardened, whatever its spec says. The OCI spec containerd
+/// holds for a default task is read back (`ctr containers info`) and checked
+/// field by field against the rules of the security issue: no new
+/// privileges; Docker's default capabilities without NET_RAW, none
+/// inheritable or ambient; a seccomp filter that refuses mounts, new
+/// namespaces, modules, the clock, BPF and io_uring; no host namespace;
+/// the host's kernel memory, keys and firmware masked and /proc/sys
+/// read-only; no host path mounted but the node's resolv.conf and hosts
+/// file. A `network: false` task has a network namespace of its own with
+/// only a loopback, not the node's.
+#[test]
+fn a_default_task_runs_hardened_and_network_false_is_loopback_only() {
+    let Some(node) = Node::start_or_skip("hardened") else {
+        return;
+    };
+    node.apply_ok(
+        "name: hard\nservices:\n  - {name: web, image: shoal.test/busybox:latest, command: [sleep, '3600'], stop_grace_period: 1s}\n  - {name: solo, image: shoal.test/busybox:latest, command: [sleep, '3600'], stop_grace_period: 1s, network: false}\n",
+    );
+    let tasks = node.tasks();
+    let id = |service: &str| {
+        tasks
+            .iter()
+            .find(|t| t["service"] == service)
+            .and_then(|t| t["container_id"].as_str())
+            .unwrap_or_else(|| panic!("no {service} task: {tasks:?}"))
+            .to_string()
+    };
+    let (web, solo) = (id("web"), id("solo"));
+    let info: Value = serde_json::from_str(&node.ctr(&["containers", "info", &web]))
+        .expect("ctr containers info is JSON");
+    let spec = &info["Spec"];
+    let strings = |value: &Value| -> BTreeSet<String> {
+        value
+            .as_array()
+            .unwrap_or_else(|| panic!("not an array: {value}"))
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_string())
+            .collect()
+    };
+
+    let process = &spec["process"];
+    assert_eq!(process["noNewPrivileges"], true, "{process}");
+    let docker_without_net_raw: BTreeSet<String> = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ]
+    .map(String::from)
+    .into();
+    let caps = &process["capabilities"];
+    for set in ["bounding", "effective", "permitted"] {
+        assert_eq!(strings(&caps[set]), docker_without_net_raw, "{set}");
+    }
+    for set in ["inheritable", "ambient"] {
+        assert!(
+            caps[set].is_null() || strings(&caps[set]).is_empty(),
+            "{set}: {caps}"
+        );
+    }
+
+    let linux = &spec["linux"];
+    let seccomp = &linux["seccomp"];
+    assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO", "{seccomp}");
+    let refused: BTreeSet<String> = seccomp["syscalls"]
+        .as_array()
+        .expect("seccomp rules")
+        .iter()
+        .filter(|rule| rule["action"] == "SCMP_ACT_ERRNO" && rule["errnoRet"] == 1)
+        .flat_map(|rule| strings(&rule["names"]))
+        .collect();
+    let allowed: BTreeSet<String> = seccomp["syscalls"]
+        .as_array()
+        .expect("seccomp rules")
+        .iter()
+        .filter(|rule| rule["action"] == "SCMP_ACT_ALLOW" && rule["args"].is_null())
+        .flat_map(|rule| strings(&rule["names"]))
+        .collect();
+    for call in [
+        "mount",
+        "umount2",
+        "pivot_root",
+        "unshare",
+        "setns",
+        "init_module",
+        "finit_module",
+        "kexec_load",
+        "reboot",
+        "clock_settime",
+        "settimeofday",
+        "bpf",
+        "perf_event_open",
+        "keyctl",
+        "io_uring_setup",
+        "userfaultfd",
+        "open_by_handle_at",
+        "swapon",
+    ] {
+        assert!(refused.contains(call), "{call} is not refused");
+        assert!(!allowed.contains(call), "{call} is allowed");
+    }
+    let namespaces: BTreeMap<String, Option<String>> = linux["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .map(|ns| {
+            (
+                ns["type"].as_str().expect("type").to_string(),
+                ns["path"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    let kinds: BTreeSet<&str> = namespaces.keys().map(String::as_str).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["pid", "network", "ipc", "uts", "mount", "cgroup"]),
+        "{namespaces:?}"
+    );
+    for (kind, path) in &namespaces {
+        match kind.as_str() {
+            // The task's own namespace, made by the node for CNI.
+            "network" => {
+                let path = path
+                    .as_deref()
+                    .expect("a networked task joins its namespace");
+                assert!(path.contains(&web), "{path}");
+            }
+            _ => assert!(path.is_none(), "{kind} joins {path:?}"),
+        }
+    }
+    let masked = strings(&linux["maskedPaths"]);
+    for path in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/sys/firmware",
+    ] {
+        assert!(masked.contains(path), "{path} is not masked: {masked:?}");
+    }
+    let readonly = strings(&linux["readonlyPaths"]);
+    for path in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
+        assert!(readonly.contains(path), "{path} is writable: {readonly:?}");
+    }
+    assert!(
+        linux["devices"].is_null() || strings(&linux["devices"]).is_empty(),
+        "no host device: {}",
+        linux["devices"]
+    );
+    let device_rules = linux["resources"]["devices"].as_array().expect("rules");
+    assert_eq!(device_rules[0]["allow"], false, "deny every device first");
+    let mut bound = BTreeSet::new();
+    for mount in spec["mounts"].as_array().expect("mounts") {
+        let options = strings(&mount["options"]);
+        if mount["type"] == "bind" || options.contains("bind") || options.contains("rbind") {
+            assert!(options.contains("ro"), "a writable host mount: {mount}");
+            bound.insert(
+                mount["destination"]
+                    .as_str()
+                    .expect("destination")
+                    .to_string(),
+            );
+        }
+        if mount["destination"] == "/proc" {
+            for option in ["nosuid", "noexec", "nodev"] {
+                assert!(options.contains(option), "/proc without {option}: {mount}");
+            }
+        }
+        if mount["destination"] == "/sys" {
+            assert!(options.contains("ro"), "/sys is writable: {mount}");
+        }
+    }
+    assert_eq!(
+        bound,
+        BTreeSet::from(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()])
+    );
+
+    // Seen from inside: the filter and the flag hold, and a user namespace
+    // (which needs no capability) is refused.
+    let status = node.exec_ok(
+        &web,
+        &["grep", "-E", "^(NoNewPrivs|Seccomp):", "/proc/self/status"],
+    );
+    assert!(
+        status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"),
+        "{status}"
+    );
+    let userns = node.exec(&web, &["unshare", "-U", "true"]);
+    assert!(!userns.status.success(), "a user namespace was made");
+
+    // network: false: a namespace of its own, not the node's, with only a
+    // loopback, and nothing of the node's mounted.
+    let info: Value = serde_json::from_str(&node.ctr(&["containers", "info", &solo]))
+        .expect("ctr containers info is JSON");
+    let network = info["Spec"]["linux"]["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .find(|ns| ns["type"] == "network")
+        .cloned()
+        .expect("network: false still has a network namespace");
+    assert!(network["path"].is_null(), "{network}");
+    assert!(
+        !info["Spec"]["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["type"] == "bind"),
+        "{}",
+        info["Spec"]["mounts"]
+    );
+    let links = node.exec_ok(&solo, &["ls", "/sys/class/net"]);
+    assert_eq!(
+        links.split_whitespace().collect::<Vec<_>>(),
+        ["lo"],
+        "{links}"
+    );
+    let own = node.exec_ok(&solo, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"]);
+    let host = std::fs::metadata("/proc/self/ns/net").expect("the node's namespace");
+    assert_ne!(
+        own.trim(),
+        std::os::unix::fs::MetadataExt::ino(&host).to_string(),
+        "network: false shares the node's network"
+    );
+    node.shoal_ok(&["rm", "hard"]);
 }

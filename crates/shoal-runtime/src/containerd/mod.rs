@@ -15,6 +15,7 @@ mod content;
 mod images;
 mod leases;
 mod pull;
+mod seccomp;
 mod snapshots;
 mod spec;
 mod tasks;

@@ -1,5 +1,7 @@
-//! The OCI runtime spec of a container: oci-spec's defaults with the
-//! process, rootfs, limits, namespaces and mounts the config asks for.
+//! The OCI runtime spec of a container: oci-spec's defaults, hardened
+//! (the seccomp profile, no new privileges, Docker's capability set without
+//! `NET_RAW`, masked and read-only kernel paths), with the process, rootfs,
+//! limits, namespaces and mounts the config asks for.
 
 use std::path::PathBuf;
 
@@ -18,15 +20,15 @@ pub(super) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runti
 /// Below this CFS quota (µs per period) the kernel refuses the value.
 const CPU_QUOTA_US_MIN: i64 = 1_000;
 
-/// Docker's default capability set: what a container's root may do without
-/// being privileged.
-const CAPABILITIES: [Capability; 14] = [
+/// What a container's root may do: Docker's default set without `NET_RAW`
+/// (raw sockets forge packets on the task's network; ping works without it,
+/// through `net.ipv4.ping_group_range`).
+pub const CAPABILITIES: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
     Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
@@ -37,9 +39,39 @@ const CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
+/// Kernel paths a container sees as empty (`/dev/null` or an empty
+/// read-only tmpfs): they show the host's hardware, memory and keys.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+/// Kernel paths a container may read but not write.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Lets every user of a network namespace of its own send ICMP echo
+/// through datagram sockets, so ping works without `NET_RAW`.
+const PING_GROUP_RANGE: (&str, &str) = ("net.ipv4.ping_group_range", "0 2147483647");
+
 /// The OCI runtime spec for a container: oci-spec's defaults (namespaces
-/// pid, net, ipc, uts, mount, cgroup; standard mounts; no terminal) with
-/// the process, rootfs, limits and cgroup set from the config.
+/// pid, net, ipc, uts, mount, cgroup; standard mounts; no terminal),
+/// hardened, with the process, rootfs, limits and cgroup set from the
+/// config.
 pub(super) fn build_spec(
     config: &ContainerConfig,
     process: &ProcessSpec,
@@ -74,6 +106,8 @@ pub(super) fn build_spec(
             .build()
             .map_err(oci)?,
     ));
+    // setuid binaries and file capabilities grant nothing.
+    proc.set_no_new_privileges(Some(true));
     spec.set_process(Some(proc));
 
     let hostname = if config.hostname.is_empty() {
@@ -124,6 +158,13 @@ pub(super) fn build_spec(
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_resources(Some(resources.build().map_err(oci)?));
     linux.set_cgroups_path(Some(PathBuf::from(cgroups_path)));
+    linux.set_seccomp(Some(super::seccomp::profile()));
+    linux.set_masked_paths(Some(MASKED_PATHS.map(String::from).to_vec()));
+    linux.set_readonly_paths(Some(READONLY_PATHS.map(String::from).to_vec()));
+    if config.network != NetworkMode::Host {
+        let (key, value) = PING_GROUP_RANGE;
+        linux.set_sysctl(Some([(key.to_string(), value.to_string())].into()));
+    }
     if let Some(namespaces) = linux.namespaces_mut() {
         match &config.network {
             NetworkMode::Isolated => {}
@@ -138,24 +179,27 @@ pub(super) fn build_spec(
         }
     }
     spec.set_linux(Some(linux));
-    if !config.mounts.is_empty() {
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for mount in &config.mounts {
-            let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
-            if mount.read_only {
-                options.push("ro".into());
-            }
-            mounts.push(
-                MountBuilder::default()
-                    .destination(mount.destination.clone())
-                    .typ("bind")
-                    .source(mount.source.clone())
-                    .options(options)
-                    .build()
-                    .map_err(oci)?,
-            );
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for mount in mounts.iter_mut() {
+        if mount.destination() == &PathBuf::from("/proc") {
+            mount.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into()]));
         }
-        spec.set_mounts(Some(mounts));
     }
+    for mount in &config.mounts {
+        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        if mount.read_only {
+            options.push("ro".into());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(mount.destination.clone())
+                .typ("bind")
+                .source(mount.source.clone())
+                .options(options)
+                .build()
+                .map_err(oci)?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
     Ok(spec)
 }

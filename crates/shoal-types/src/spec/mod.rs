@@ -78,7 +78,9 @@ pub struct ServiceSpec {
     pub ports: Vec<Port>,
     /// Time between SIGTERM and SIGKILL when the task stops.
     pub stop_grace_period: Millis,
-    /// Whether the service gets a network (CNI) of its own.
+    /// Whether the service's tasks get the cluster network (CNI): an
+    /// address, DNS, published ports. Without it a task has a network
+    /// namespace of its own with only a loopback.
     pub network: bool,
     pub kind: Kind,
     /// 0 to 1000; a task may take the place of tasks of a lower priority.

@@ -172,7 +172,7 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
                 } else if !service.network {
                     fail(
                         port_at("host_port"),
-                        "publishes a port of the task's own network, which needs `network: true`; with `network: false` the task listens on the node's ports itself".into(),
+                        "publishes a port of the task's own network, which needs `network: true`; with `network: false` the task has only a loopback, which nothing outside it reaches".into(),
                     );
                 } else if let Some(other) =
                     host_ports_seen.insert((host_port, port.protocol), port_index)

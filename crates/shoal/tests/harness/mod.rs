@@ -322,6 +322,28 @@ impl Node {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs `args` inside the container `container_id` (`ctr tasks exec`).
+    pub fn exec(&self, container_id: &str, args: &[&str]) -> std::process::Output {
+        let exec_id = format!("e2e-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        Command::new("ctr")
+            .args(["--namespace", &self.namespace, "tasks", "exec"])
+            .args(["--exec-id", &exec_id, container_id])
+            .args(args)
+            .output()
+            .expect("ctr tasks exec")
+    }
+
+    /// [`exec`](Self::exec) that must succeed; its stdout.
+    pub fn exec_ok(&self, container_id: &str, args: &[&str]) -> String {
+        let output = self.exec(container_id, args);
+        assert!(
+            output.status.success(),
+            "exec {args:?} in {container_id}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Running containerd tasks: container id → pid.
     pub fn containerd_running_tasks(&self) -> BTreeMap<String, u32> {
         self.ctr(&["tasks", "ls"])

@@ -35,22 +35,13 @@ impl NodeNetwork {
     /// Gives a task what its container needs: for a networked service a
     /// namespace of its own wired to the bridge by CNI (the same one again
     /// when the task restarts), a resolv.conf naming the node's DNS server
-    /// and a hosts file; else the node's own network. Blocking.
+    /// and a hosts file; else a namespace of its own that holds only its
+    /// loopback (the runtime makes it, with the container). Blocking.
     pub fn attach(&self, task: &Task, zone: &str) -> anyhow::Result<Attached> {
         if !task.spec.network {
-            let resolv = self.config.resolv_conf.clone();
-            let mounts = if resolv.exists() {
-                vec![BindMount {
-                    source: resolv,
-                    destination: "/etc/resolv.conf".into(),
-                    read_only: true,
-                }]
-            } else {
-                Vec::new()
-            };
             return Ok(Attached {
-                network: NetworkMode::Host,
-                mounts,
+                network: NetworkMode::Isolated,
+                mounts: Vec::new(),
                 address: None,
             });
         }

@@ -1,0 +1,655 @@
+//! The seccomp profile every task runs under.
+//!
+//! An allow list: the system calls an ordinary program makes (files, I/O,
+//! memory, threads, signals, time, sockets, System V and POSIX IPC) pass;
+//! the ones that reach past the container (modules, kexec, mounts, new
+//! namespaces, the clock, swap, the kernel keyring, BPF, perf, io_uring,
+//! userfaultfd) fail with `EPERM`, named so the refusal is plain; anything
+//! else fails with `ENOSYS`, which C libraries treat as "this kernel lacks
+//! it" and fall back from (a newer call they try first keeps working under
+//! an older list). runc itself answers `ENOSYS` for calls newer than every
+//! name here, and skips names its libseccomp does not know on this
+//! architecture, so one list serves every architecture.
+
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
+    LinuxSeccompOperator, LinuxSyscall,
+};
+
+/// `EPERM`: what a refused call returns.
+const EPERM: u32 = 1;
+/// `ENOSYS`: what a call the profile does not know returns.
+const ENOSYS: u32 = 38;
+
+/// The `clone` flags that make a namespace (mount, cgroup, UTS, IPC, user,
+/// PID, network). A `clone` with none of them passes.
+const CLONE_NAMESPACE_FLAGS: u64 = 0x0002_0000 // CLONE_NEWNS
+    | 0x0200_0000 // CLONE_NEWCGROUP
+    | 0x0400_0000 // CLONE_NEWUTS
+    | 0x0800_0000 // CLONE_NEWIPC
+    | 0x1000_0000 // CLONE_NEWUSER
+    | 0x2000_0000 // CLONE_NEWPID
+    | 0x4000_0000; // CLONE_NEWNET
+
+/// The execution domains `personality` may select: Linux (0), Linux with
+/// 32-bit addresses (0x8), Linux reporting a 2.6 kernel (0x20000), both
+/// (0x20008), and the query that changes nothing (0xffffffff).
+const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
+
+/// Files, directories and their metadata.
+const FILES: &[&str] = &[
+    "access",
+    "faccessat",
+    "faccessat2",
+    "chdir",
+    "fchdir",
+    "getcwd",
+    "chroot",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "chown",
+    "chown32",
+    "fchown",
+    "fchown32",
+    "fchownat",
+    "lchown",
+    "lchown32",
+    "umask",
+    "creat",
+    "open",
+    "openat",
+    "openat2",
+    "close",
+    "close_range",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "fcntl64",
+    "ioctl",
+    "flock",
+    "link",
+    "linkat",
+    "unlink",
+    "unlinkat",
+    "symlink",
+    "symlinkat",
+    "readlink",
+    "readlinkat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "mknod",
+    "mknodat",
+    "stat",
+    "stat64",
+    "lstat",
+    "lstat64",
+    "fstat",
+    "fstat64",
+    "fstatat64",
+    "newfstatat",
+    "statx",
+    "statfs",
+    "statfs64",
+    "fstatfs",
+    "fstatfs64",
+    "truncate",
+    "truncate64",
+    "ftruncate",
+    "ftruncate64",
+    "getdents",
+    "getdents64",
+    "utime",
+    "utimes",
+    "futimesat",
+    "utimensat",
+    "utimensat_time64",
+    "fsync",
+    "fdatasync",
+    "sync",
+    "syncfs",
+    "sync_file_range",
+    "sync_file_range2",
+    "arm_sync_file_range",
+    "fallocate",
+    "fadvise64",
+    "fadvise64_64",
+    "arm_fadvise64_64",
+    "getxattr",
+    "lgetxattr",
+    "fgetxattr",
+    "setxattr",
+    "lsetxattr",
+    "fsetxattr",
+    "listxattr",
+    "llistxattr",
+    "flistxattr",
+    "removexattr",
+    "lremovexattr",
+    "fremovexattr",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_add_watch",
+    "inotify_rm_watch",
+    "copy_file_range",
+    "memfd_create",
+];
+
+/// Reading, writing and waiting on descriptors.
+const IO: &[&str] = &[
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "pread64",
+    "pwrite64",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "lseek",
+    "_llseek",
+    "sendfile",
+    "sendfile64",
+    "splice",
+    "tee",
+    "vmsplice",
+    "pipe",
+    "pipe2",
+    "select",
+    "_newselect",
+    "pselect6",
+    "pselect6_time64",
+    "poll",
+    "ppoll",
+    "ppoll_time64",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_ctl_old",
+    "epoll_wait",
+    "epoll_wait_old",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "eventfd",
+    "eventfd2",
+    "signalfd",
+    "signalfd4",
+    "timerfd_create",
+    "timerfd_settime",
+    "timerfd_settime64",
+    "timerfd_gettime",
+    "timerfd_gettime64",
+    "io_setup",
+    "io_destroy",
+    "io_submit",
+    "io_cancel",
+    "io_getevents",
+    "io_pgetevents",
+    "io_pgetevents_time64",
+];
+
+/// The process's own memory.
+const MEMORY: &[&str] = &[
+    "brk",
+    "mmap",
+    "mmap2",
+    "munmap",
+    "mremap",
+    "mprotect",
+    "pkey_mprotect",
+    "pkey_alloc",
+    "pkey_free",
+    "madvise",
+    "mlock",
+    "mlock2",
+    "munlock",
+    "mlockall",
+    "munlockall",
+    "mincore",
+    "msync",
+    "remap_file_pages",
+    "membarrier",
+    "get_mempolicy",
+];
+
+/// Processes, threads, identities and scheduling within the container.
+const PROCESSES: &[&str] = &[
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "wait4",
+    "waitid",
+    "waitpid",
+    "getpid",
+    "getppid",
+    "gettid",
+    "getpgid",
+    "setpgid",
+    "getpgrp",
+    "getsid",
+    "setsid",
+    "getuid",
+    "getuid32",
+    "geteuid",
+    "geteuid32",
+    "getgid",
+    "getgid32",
+    "getegid",
+    "getegid32",
+    "setuid",
+    "setuid32",
+    "setgid",
+    "setgid32",
+    "setreuid",
+    "setreuid32",
+    "setregid",
+    "setregid32",
+    "setresuid",
+    "setresuid32",
+    "setresgid",
+    "setresgid32",
+    "getresuid",
+    "getresuid32",
+    "getresgid",
+    "getresgid32",
+    "getgroups",
+    "getgroups32",
+    "setgroups",
+    "setgroups32",
+    "setfsuid",
+    "setfsuid32",
+    "setfsgid",
+    "setfsgid32",
+    "capget",
+    "capset",
+    "prctl",
+    "arch_prctl",
+    "modify_ldt",
+    "set_tid_address",
+    "set_robust_list",
+    "get_robust_list",
+    "futex",
+    "futex_time64",
+    "futex_waitv",
+    "rseq",
+    "set_thread_area",
+    "get_thread_area",
+    "set_tls",
+    "breakpoint",
+    "cacheflush",
+    "getrlimit",
+    "ugetrlimit",
+    "setrlimit",
+    "prlimit64",
+    "getrusage",
+    "getpriority",
+    "setpriority",
+    "sched_yield",
+    "sched_getaffinity",
+    "sched_setaffinity",
+    "sched_getparam",
+    "sched_setparam",
+    "sched_getscheduler",
+    "sched_setscheduler",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_rr_get_interval",
+    "sched_rr_get_interval_time64",
+    "sched_getattr",
+    "sched_setattr",
+    "ioprio_get",
+    "ioprio_set",
+    "uname",
+    "sysinfo",
+    "getcpu",
+    "getrandom",
+    "times",
+    "restart_syscall",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pidfd_getfd",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "seccomp",
+    "landlock_create_ruleset",
+    "landlock_add_rule",
+    "landlock_restrict_self",
+];
+
+/// Signals and timers.
+const SIGNALS_AND_TIME: &[&str] = &[
+    "kill",
+    "tkill",
+    "tgkill",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigpending",
+    "rt_sigtimedwait",
+    "rt_sigtimedwait_time64",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "sigaction",
+    "sigprocmask",
+    "sigreturn",
+    "sigsuspend",
+    "sigpending",
+    "sigaltstack",
+    "signal",
+    "pause",
+    "alarm",
+    "time",
+    "gettimeofday",
+    "clock_gettime",
+    "clock_gettime64",
+    "clock_getres",
+    "clock_getres_time64",
+    "clock_nanosleep",
+    "clock_nanosleep_time64",
+    "nanosleep",
+    "getitimer",
+    "setitimer",
+    "timer_create",
+    "timer_delete",
+    "timer_settime",
+    "timer_settime64",
+    "timer_gettime",
+    "timer_gettime64",
+    "timer_getoverrun",
+];
+
+/// Sockets and inter-process communication.
+const SOCKETS_AND_IPC: &[&str] = &[
+    "socket",
+    "socketpair",
+    "socketcall",
+    "bind",
+    "connect",
+    "listen",
+    "accept",
+    "accept4",
+    "getsockname",
+    "getpeername",
+    "getsockopt",
+    "setsockopt",
+    "send",
+    "sendto",
+    "sendmsg",
+    "sendmmsg",
+    "recv",
+    "recvfrom",
+    "recvmsg",
+    "recvmmsg",
+    "recvmmsg_time64",
+    "shutdown",
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semtimedop_time64",
+    "semctl",
+    "shmget",
+    "shmat",
+    "shmdt",
+    "shmctl",
+    "ipc",
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedsend_time64",
+    "mq_timedreceive",
+    "mq_timedreceive_time64",
+    "mq_notify",
+    "mq_getsetattr",
+];
+
+/// Calls that reach past the container: refused with `EPERM`.
+pub const REFUSED: &[&str] = &[
+    // Kernel code and the machine.
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "query_module",
+    "get_kernel_syms",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "iopl",
+    "ioperm",
+    "swapon",
+    "swapoff",
+    "syslog",
+    "vhangup",
+    "nfsservctl",
+    "uselib",
+    "ustat",
+    "sysfs",
+    "_sysctl",
+    "vm86",
+    "vm86old",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "lookup_dcookie",
+    // Mounts and namespaces.
+    "mount",
+    "umount",
+    "umount2",
+    "pivot_root",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "sethostname",
+    "setdomainname",
+    // The clock every container shares.
+    "settimeofday",
+    "stime",
+    "clock_settime",
+    "clock_settime64",
+    "clock_adjtime",
+    "clock_adjtime64",
+    "adjtimex",
+    // Kernel interfaces with a history of escapes or that see the whole host.
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "fanotify_init",
+    "kcmp",
+    "mbind",
+    "set_mempolicy",
+    "migrate_pages",
+    "move_pages",
+];
+
+fn rule(names: &[&str], action: LinuxSeccompAction) -> LinuxSyscall {
+    let mut rule = LinuxSyscall::default();
+    rule.set_names(names.iter().map(|name| name.to_string()).collect());
+    rule.set_action(action);
+    rule
+}
+
+fn arg(index: usize, value: u64, value_two: u64, op: LinuxSeccompOperator) -> LinuxSeccompArg {
+    LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(value)
+        .value_two(value_two)
+        .op(op)
+        .build()
+        .expect("every field of a seccomp argument is set")
+}
+
+/// The architectures a filter is built for on this machine: its own and the
+/// 32-bit ones its kernel also runs.
+fn architectures() -> Vec<Arch> {
+    match std::env::consts::ARCH {
+        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        _ => vec![Arch::ScmpArchNative],
+    }
+}
+
+/// The profile for the OCI spec's `linux.seccomp`.
+pub fn profile() -> LinuxSeccomp {
+    let allowed: Vec<&str> = [
+        FILES,
+        IO,
+        MEMORY,
+        PROCESSES,
+        SIGNALS_AND_TIME,
+        SOCKETS_AND_IPC,
+    ]
+    .concat();
+    let mut syscalls = vec![rule(&allowed, LinuxSeccompAction::ScmpActAllow)];
+    // clone: only without a namespace flag (the flags are its first
+    // argument on the architectures above).
+    let mut clone = rule(&["clone"], LinuxSeccompAction::ScmpActAllow);
+    clone.set_args(Some(vec![arg(
+        0,
+        CLONE_NAMESPACE_FLAGS,
+        0,
+        LinuxSeccompOperator::ScmpCmpMaskedEq,
+    )]));
+    syscalls.push(clone);
+    for persona in PERSONALITIES {
+        let mut personality = rule(&["personality"], LinuxSeccompAction::ScmpActAllow);
+        personality.set_args(Some(vec![arg(
+            0,
+            persona,
+            0,
+            LinuxSeccompOperator::ScmpCmpEq,
+        )]));
+        syscalls.push(personality);
+    }
+    let mut refused = rule(REFUSED, LinuxSeccompAction::ScmpActErrno);
+    refused.set_errno_ret(Some(EPERM));
+    syscalls.push(refused);
+
+    let mut profile = LinuxSeccomp::default();
+    profile.set_default_action(LinuxSeccompAction::ScmpActErrno);
+    profile.set_default_errno_ret(Some(ENOSYS));
+    profile.set_architectures(Some(architectures()));
+    profile.set_syscalls(Some(syscalls));
+    profile
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn names(profile: &LinuxSeccomp, action: LinuxSeccompAction) -> BTreeSet<String> {
+        profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|rule| rule.action() == action && rule.args().is_none())
+            .flat_map(|rule| rule.names().iter().cloned())
+            .collect()
+    }
+
+    #[test]
+    fn no_call_is_both_allowed_and_refused_nor_listed_twice() {
+        let all: Vec<&str> = [
+            FILES,
+            IO,
+            MEMORY,
+            PROCESSES,
+            SIGNALS_AND_TIME,
+            SOCKETS_AND_IPC,
+        ]
+        .concat();
+        let unique: BTreeSet<&str> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len(), "a name is listed twice");
+        let refused: BTreeSet<&str> = REFUSED.iter().copied().collect();
+        assert_eq!(
+            refused.len(),
+            REFUSED.len(),
+            "a refused name is listed twice"
+        );
+        let both: Vec<_> = unique.intersection(&refused).collect();
+        assert!(both.is_empty(), "allowed and refused: {both:?}");
+        for conditional in ["clone", "clone3", "personality"] {
+            assert!(!unique.contains(conditional) && !refused.contains(conditional));
+        }
+    }
+
+    #[test]
+    fn the_profile_refuses_what_reaches_past_the_container() {
+        let profile = profile();
+        assert_eq!(profile.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(profile.default_errno_ret(), Some(ENOSYS));
+        let refused = names(&profile, LinuxSeccompAction::ScmpActErrno);
+        for call in [
+            "mount",
+            "unshare",
+            "setns",
+            "init_module",
+            "kexec_load",
+            "bpf",
+            "keyctl",
+            "io_uring_setup",
+            "clock_settime",
+            "reboot",
+            "pivot_root",
+            "userfaultfd",
+        ] {
+            assert!(refused.contains(call), "{call} is not refused");
+        }
+        let allowed = names(&profile, LinuxSeccompAction::ScmpActAllow);
+        for call in [
+            "read",
+            "openat",
+            "execve",
+            "futex",
+            "epoll_pwait",
+            "socket",
+            "statx",
+        ] {
+            assert!(allowed.contains(call), "{call} is not allowed");
+        }
+        // clone3 is left to the default (ENOSYS), so C libraries fall back to
+        // clone, whose flags the filter can see.
+        assert!(!allowed.contains("clone3") && !refused.contains("clone3"));
+        let clone = profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .find(|rule| rule.names() == &["clone".to_string()])
+            .expect("a clone rule");
+        let args = clone.args().as_ref().expect("clone has a condition");
+        assert_eq!(args[0].op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+        assert_eq!(args[0].value(), CLONE_NAMESPACE_FLAGS);
+        assert_eq!(args[0].value_two(), Some(0));
+    }
+}
