@@ -36,6 +36,10 @@ pub struct NodeView {
     /// Whether the node is drained: no new work, its work moved away.
     #[serde(default)]
     pub drain: bool,
+    /// What the node's operator lets its tasks do beyond the hardened
+    /// defaults: `privileged`, `host_network` (`--allow-…`).
+    #[serde(default)]
+    pub allows: Vec<String>,
     /// The node's subnet of the cluster CIDR, for its tasks' addresses.
     #[serde(default)]
     pub subnet: Option<String>,

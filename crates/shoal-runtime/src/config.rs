@@ -42,6 +42,24 @@ pub struct ContainerConfig {
     /// Host files or directories bind-mounted into the container (e.g. its
     /// `/etc/resolv.conf`).
     pub mounts: Vec<BindMount>,
+    /// What the container may do beyond the hardened defaults, and what it
+    /// gives up; the default is the defaults.
+    pub privileges: Privileges,
+}
+
+/// Departures from the hardened defaults every container runs with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Privileges {
+    /// Every capability, no seccomp filter, no masked or read-only kernel
+    /// paths, `/sys` writable, every device allowed by the device cgroup.
+    pub privileged: bool,
+    /// The node's PID namespace instead of one of its own.
+    pub host_pid: bool,
+    /// The capabilities of the container's root, by name without `CAP_`
+    /// (`NET_ADMIN`); the default set when `None`.
+    pub capabilities: Option<Vec<String>>,
+    /// The image's files mounted read-only.
+    pub read_only_root: bool,
 }
 
 /// The network namespace of a container.

@@ -521,6 +521,7 @@ mod tests {
             hostname: "h".into(),
             network: Default::default(),
             mounts: Vec::new(),
+            privileges: Default::default(),
         }
     }
 

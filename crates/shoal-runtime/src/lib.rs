@@ -22,7 +22,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use config::check_identifier;
-pub use config::{validate_config, BindMount, ContainerConfig, NetworkMode, ID_CHARS_MAX};
+pub use config::{
+    validate_config, BindMount, ContainerConfig, NetworkMode, Privileges, ID_CHARS_MAX,
+};
 pub use error::{ErrorKind, Result, RuntimeError};
 
 /// Label every container made by shoal carries: its task id.

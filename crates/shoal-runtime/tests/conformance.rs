@@ -116,6 +116,7 @@ fn config<B: Backend>(b: &B, id: &str, prog: &Prog) -> ContainerConfig {
         hostname: id.to_string(),
         network: Default::default(),
         mounts: Vec::new(),
+        privileges: Default::default(),
     }
 }
 

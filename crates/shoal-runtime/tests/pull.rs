@@ -179,6 +179,7 @@ async fn run_cat(rt: &Containerd, dir: &Path, image: &str) -> String {
         hostname: id.clone(),
         network: NetworkMode::default(),
         mounts: Vec::new(),
+        privileges: Default::default(),
     };
     rt.run(&config).await.unwrap();
     for _ in 0..300 {

@@ -515,6 +515,7 @@ mod tests {
                     taints: Vec::new(),
                     drain: false,
                     subnet: None,
+                    allows: Default::default(),
                 },
             );
         }

@@ -132,6 +132,9 @@ impl<'a> Scheduler<'a> {
         if fit::untolerated(node, service, |effect| effect == TaintEffect::NoExecute).is_some() {
             return Err(StopReason::NodeTainted);
         }
+        if node.allows.lacks(service.needs()).is_some() {
+            return Err(StopReason::NotAllowed);
+        }
         match service.kind {
             Kind::Service | Kind::Batch => scaled(task.slot < service.replicas),
             // A global task follows its node's labels and taints, and one per

@@ -391,3 +391,56 @@ fn two_plans_from_one_snapshot_never_over_commit_a_node() {
     assert!(rejected[0].contains("less than 1 cpu free"), "{rejected:?}");
     assert!(cluster.state.overcommitted_nodes().is_empty());
 }
+
+#[test]
+fn a_service_that_loosens_the_defaults_runs_only_where_the_operator_allows_it() {
+    const HOSTNET: &str = "name: ops\nservices:\n  - {name: probe, image: busybox, replicas: 2, network: false, security: {host_network: true}}\n";
+    let mut cluster = Cluster::with_nodes(&["a", "b", "c"]);
+    cluster.put(HOSTNET);
+    let plan = reconcile(&cluster.state);
+    assert!(plan.place.is_empty(), "{:?}", plan.place);
+    assert_eq!(
+        plan.unplaced[0].words(),
+        "0 of 3 nodes can take it: 3 do not allow tasks on the node's network (their agents lack --allow-host-network)"
+    );
+    assert_eq!(Command::ApplyPlan { plan }.version_needed(), 6);
+
+    let allowing = |cluster: &mut Cluster, name: &str, host_network: bool| {
+        let mut node = cluster.state.nodes[name].clone();
+        node.allows.host_network = host_network;
+        cluster.apply(Command::RegisterNode { node });
+    };
+    allowing(&mut cluster, "b", true);
+    // A plan made now, applied after b's operator took the flag away, is
+    // refused by the state machine.
+    let stale = reconcile(&cluster.state);
+    assert_eq!(stale.place.len(), 2);
+    assert!(stale.place.iter().all(|placement| placement.node == "b"));
+    allowing(&mut cluster, "b", false);
+    let Outcome::PlanApplied {
+        placed, rejected, ..
+    } = cluster.apply(Command::ApplyPlan { plan: stale })
+    else {
+        panic!("plan outcome");
+    };
+    assert!(placed.is_empty(), "{placed:?}");
+    assert_eq!(rejected.len(), 2);
+
+    allowing(&mut cluster, "b", true);
+    cluster.schedule();
+    assert_eq!(cluster.running_per_node(), [("b".to_string(), 2)]);
+    // A task that needs nothing is placed anywhere, as before.
+    cluster.put(WEB);
+    cluster.schedule();
+    assert_eq!(cluster.state.tasks.len(), 5);
+
+    // The flag taken away: its tasks are stopped, the others stay.
+    allowing(&mut cluster, "b", false);
+    let plan = reconcile(&cluster.state);
+    assert_eq!(plan.stop.len(), 2, "{:?}", plan.stop);
+    assert!(plan.stop.iter().all(|id| id.starts_with("ops.probe.")));
+    assert!(plan
+        .stop_why
+        .iter()
+        .all(|why| *why == StopReason::NotAllowed));
+}

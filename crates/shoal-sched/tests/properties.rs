@@ -185,6 +185,7 @@ proptest! {
                 taints: Vec::new(),
                 drain: false,
                 subnet: None,
+                allows: Default::default(),
             }});
             if case.tainted {
                 let taint: Taint = "special=yes:NoSchedule".parse().expect("taint");

@@ -128,6 +128,7 @@ impl Run {
             taints: Vec::new(),
             drain: false,
             subnet: None,
+            allows: Default::default(),
         };
         self.apply(Command::RegisterNode { node });
         for taint in &spec.taints {

@@ -93,6 +93,7 @@ pub fn node(name: &str, cpus: u32, memory_bytes: u64, labels: BTreeMap<String, S
         drain: false,
         // The state machine assigns it on first registration.
         subnet: None,
+        allows: Default::default(),
     }
 }
 

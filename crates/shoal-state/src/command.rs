@@ -195,6 +195,8 @@ pub enum StopReason {
     NodeDrained,
     /// Its node has a `NoExecute` taint it does not tolerate.
     NodeTainted,
+    /// Its node's operator no longer allows what it needs.
+    NotAllowed,
     /// Its slot is beyond the replica count.
     ScaledDown,
     /// A global task whose node no longer admits its service.
@@ -221,6 +223,23 @@ pub struct Unplaced {
     /// Why, as data (format 2 on), worded only at the edge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<crate::unplaced::UnplacedReason>,
+}
+
+impl Unplaced {
+    /// Whether the reason names a node's allowance (format 6).
+    pub fn names_an_allowance(&self) -> bool {
+        use crate::fit::Reject;
+        use crate::unplaced::UnplacedReason;
+        match &self.why {
+            Some(UnplacedReason::FitsNowhere { rejects, .. }) => rejects
+                .iter()
+                .any(|rejected| matches!(rejected.reject, Reject::NotAllowed(_))),
+            Some(UnplacedReason::AdmittedButLimited { first, .. }) => {
+                matches!(first, Reject::NotAllowed(_))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What applying an entry did, returned to whoever proposed it.
@@ -324,6 +343,13 @@ impl Command {
             | Command::SetCa { .. }
             | Command::AdmitNode { .. }
             | Command::SetGossipKeys { .. } => Authority::Leader,
+            // A container that loosens the defaults runs with the node's
+            // privileges: an admin's decision.
+            Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
+                if spec.services.iter().any(|service| service.needs().any()) =>
+            {
+                Authority::Admin
+            }
             Command::PutApp { .. } | Command::PutAppPinned { .. } | Command::RemoveApp { .. } => {
                 Authority::Deployer
             }
@@ -384,6 +410,22 @@ impl Command {
     /// every node reads that format.
     pub fn version_needed(&self) -> u32 {
         match self {
+            // A container's security, a node's allowances and the reason a
+            // node lacks one came with format 6.
+            Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
+                if spec
+                    .services
+                    .iter()
+                    .any(|service| !service.security().is_default()) =>
+            {
+                6
+            }
+            Command::RegisterNode { node } if !node.allows.is_none() => 6,
+            Command::ApplyPlan { plan }
+                if plan.unplaced.iter().any(Unplaced::names_an_allowance) =>
+            {
+                6
+            }
             // Reasons as data came with format 2.
             Command::ApplyPlan { plan } if plan.unplaced.iter().any(|u| u.why.is_some()) => 2,
             // Security came with format 3.
@@ -471,5 +513,91 @@ mod tests {
             let plain_needed = if needed == 5 { 5 } else { 1 };
             assert_eq!(plain.version_needed(), plain_needed, "{prepull}");
         }
+    }
+
+    #[test]
+    fn security_allowances_and_their_reasons_need_format_6_and_loosening_an_admin() {
+        let app = |security: &str| {
+            shoal_types::parse_app(
+                format!(
+                    "name: a\nservices: [{{name: web, image: busybox, network: false, security: {security}}}]"
+                )
+                .as_bytes(),
+            )
+            .expect("valid")
+        };
+        for (security, admin) in [
+            ("{}", false),
+            ("{read_only_root: true}", false),
+            ("{capabilities: {drop: [ALL]}}", false),
+            ("{capabilities: {add: [SYS_ADMIN]}}", true),
+            ("{privileged: true}", true),
+            ("{host_pid: true}", true),
+            ("{host_network: true}", true),
+        ] {
+            let default = security == "{}";
+            for command in [
+                Command::PutApp {
+                    spec: app(security),
+                },
+                Command::PutAppPinned {
+                    spec: app(security),
+                    images: Default::default(),
+                },
+            ] {
+                let floor = if matches!(command, Command::PutApp { .. }) {
+                    1
+                } else {
+                    4
+                };
+                let needed = if default { floor } else { 6 };
+                assert_eq!(command.version_needed(), needed, "{security}");
+                let expected = if admin {
+                    Authority::Admin
+                } else {
+                    Authority::Deployer
+                };
+                assert_eq!(command.authority(), expected, "{security}");
+            }
+        }
+
+        let mut node = shoal_types::Node::sample("n1", "127.0.0.1:7950");
+        let register = |node: &shoal_types::Node| Command::RegisterNode { node: node.clone() };
+        assert_eq!(register(&node).version_needed(), 1);
+        node.allows.host_network = true;
+        assert_eq!(register(&node).version_needed(), 6);
+        let json = serde_json::to_string(&node).expect("serializes");
+        assert!(
+            json.ends_with(r#""allows":{"host_network":true}}"#),
+            "{json}"
+        );
+        node.allows = Default::default();
+        let json = serde_json::to_string(&node).expect("serializes");
+        assert!(!json.contains("allows"), "{json}");
+
+        let plan = |reject: crate::fit::Reject| Command::ApplyPlan {
+            plan: crate::Plan {
+                unplaced: vec![Unplaced {
+                    app: "a".into(),
+                    service: "web".into(),
+                    count: 1,
+                    reason: String::new(),
+                    why: Some(crate::unplaced::UnplacedReason::FitsNowhere {
+                        nodes: 1,
+                        rejects: vec![crate::unplaced::Rejected { reject, nodes: 1 }],
+                        no_lower_priority: false,
+                    }),
+                }],
+                ..Default::default()
+            },
+        };
+        assert_eq!(plan(crate::fit::Reject::Draining).version_needed(), 2);
+        assert_eq!(
+            plan(crate::fit::Reject::NotAllowed(
+                shoal_types::Allowance::Privileged
+            ))
+            .version_needed(),
+            6
+        );
     }
 }

@@ -30,7 +30,11 @@ use crate::{ApplyError, Command};
 ///   placed for that version (`Task::image`).
 /// - 5 (shoal 0.5): a service's `prepull` other than the default
 ///   (`successors`): `all` or `none`.
-pub const LOG_VERSION: u32 = 5;
+/// - 6 (shoal 0.6): a container's `security` other than the default
+///   (privileged, the node's network or PID namespace, capabilities, a
+///   read-only root), a node's `allows` (what its operator lets tasks do
+///   beyond the defaults), and a plan's reason `not_allowed`.
+pub const LOG_VERSION: u32 = 6;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = 1;
 /// This build's release, stamped into the entries its leader appends so

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use shoal_types::{
-    Constraint, DesiredState, Labels, Node, Protocol, ServiceSpec, Taint, TaintEffect, Task,
+    Allowance, Constraint, DesiredState, Labels, Node, Protocol, ServiceSpec, Taint, TaintEffect,
+    Task,
 };
 
 /// What a task of a service asks of a node, in millicores and bytes.
@@ -46,11 +47,23 @@ pub enum Reject {
     Draining,
     Constraint(Constraint),
     Tainted(Taint),
-    Cpu { request_millis: u64 },
-    Memory { request_bytes: u64 },
-    SpreadLimit { over: String, max_per: u32 },
+    Cpu {
+        request_millis: u64,
+    },
+    Memory {
+        request_bytes: u64,
+    },
+    SpreadLimit {
+        over: String,
+        max_per: u32,
+    },
     AlreadyRunsOne,
-    HostPort { port: u16, protocol: Protocol },
+    HostPort {
+        port: u16,
+        protocol: Protocol,
+    },
+    /// The node's operator does not allow what the task needs (format 6).
+    NotAllowed(Allowance),
 }
 
 impl fmt::Display for Reject {
@@ -70,6 +83,12 @@ impl fmt::Display for Reject {
                 write!(f, "at the limit of {max_per} per `{over}`")
             }
             Reject::AlreadyRunsOne => write!(f, "already running one (global)"),
+            Reject::NotAllowed(allowance) => write!(
+                f,
+                "not allowing {} (its agent lacks {})",
+                allowance.what(),
+                allowance.flag()
+            ),
             Reject::HostPort { port, protocol } => {
                 write!(
                     f,
@@ -83,7 +102,8 @@ impl fmt::Display for Reject {
 
 /// The checks that depend only on the node and the spec, not on what else
 /// runs there: liveness, drain, constraints, taints (NoSchedule and
-/// NoExecute; PreferNoSchedule is a preference).
+/// NoExecute; PreferNoSchedule is a preference), and what the node's
+/// operator allows.
 pub fn admits(node: &Node, spec: &ServiceSpec) -> Result<(), Reject> {
     if node.status != shoal_types::NodeStatus::Alive {
         return Err(Reject::NotAlive);
@@ -98,6 +118,9 @@ pub fn admits(node: &Node, spec: &ServiceSpec) -> Result<(), Reject> {
     }
     if let Some(taint) = untolerated(node, spec, |effect| effect != TaintEffect::PreferNoSchedule) {
         return Err(Reject::Tainted(taint.clone()));
+    }
+    if let Some(allowance) = node.allows.lacks(spec.needs()) {
+        return Err(Reject::NotAllowed(allowance));
     }
     Ok(())
 }

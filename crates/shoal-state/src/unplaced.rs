@@ -66,6 +66,12 @@ impl fmt::Display for UnplacedReason {
                                     format!("{count} {} {reject}", if one { "has" } else { "have" })
                                 }
                                 Reject::Constraint(_) => format!("{count} {reject}"),
+                                Reject::NotAllowed(allowance) => format!(
+                                    "{count} {} allow {} (their agents lack {})",
+                                    if one { "does not" } else { "do not" },
+                                    allowance.what(),
+                                    allowance.flag()
+                                ),
                                 Reject::SpreadLimit { .. }
                                 | Reject::AlreadyRunsOne
                                 | Reject::HostPort { .. }

@@ -12,12 +12,12 @@ mod stellar;
 pub mod subnet;
 pub mod task;
 
-pub use node::{consensus_id, rendezvous_rank, Node, NodeStatus};
+pub use node::{consensus_id, rendezvous_rank, Allowance, Allows, Node, NodeStatus};
 pub use placement::{Affinity, Constraint, Labels, Spread, Taint, TaintEffect, Toleration};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
-    app_schema, check_dns_label, parse_app, AppSpec, ContainerSpec, FieldError, Kind,
-    PlacementSpec, Port, Prepull, Protocol, RestartPolicy, RestartSpec, ServiceSpec, SpecError,
-    Strategy, UserSpec, Workload, SPEC_BYTES_MAX,
+    app_schema, check_dns_label, parse_app, AppSpec, ContainerSpec, FieldError, Kind, Needs,
+    PlacementSpec, Port, Prepull, Protocol, RestartPolicy, RestartSpec, Security, ServiceSpec,
+    SpecError, Strategy, UserSpec, Workload, SPEC_BYTES_MAX,
 };
 pub use task::{DesiredState, PinSource, PinnedImage, Promise, Task, TaskState, TaskStatus};

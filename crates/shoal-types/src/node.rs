@@ -44,6 +44,75 @@ pub struct Node {
     /// until the node is forgotten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// What the node's operator lets its tasks do beyond the hardened
+    /// defaults (`--allow-privileged`, `--allow-host-network`). Set by the
+    /// node; written only when it allows something (shoal 0.6, log format 6).
+    #[serde(default, skip_serializing_if = "Allows::is_none")]
+    pub allows: Allows,
+}
+
+/// What a node's operator lets its tasks do beyond the hardened defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Allows {
+    /// `--allow-privileged`: privileged tasks, the node's PID namespace,
+    /// capabilities beyond the default set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// `--allow-host-network`: tasks on the node's own network.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_network: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl Allows {
+    pub fn is_none(&self) -> bool {
+        *self == Allows::default()
+    }
+
+    /// What a node lacks to run a task that needs `needs`, if anything.
+    pub fn lacks(&self, needs: crate::Needs) -> Option<Allowance> {
+        if needs.privileged && !self.privileged {
+            Some(Allowance::Privileged)
+        } else if needs.host_network && !self.host_network {
+            Some(Allowance::HostNetwork)
+        } else {
+            None
+        }
+    }
+}
+
+/// One thing a node's operator may allow its tasks.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Allowance {
+    /// Privileged tasks, the node's PID namespace, added capabilities.
+    Privileged,
+    /// Tasks on the node's own network.
+    HostNetwork,
+}
+
+impl Allowance {
+    /// The agent's flag that allows it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Allowance::Privileged => "--allow-privileged",
+            Allowance::HostNetwork => "--allow-host-network",
+        }
+    }
+
+    /// What it allows, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            Allowance::Privileged => "privileged tasks",
+            Allowance::HostNetwork => "tasks on the node's network",
+        }
+    }
 }
 
 impl Node {
@@ -65,6 +134,7 @@ impl Node {
             taints: Vec::new(),
             drain: false,
             subnet: None,
+            allows: Allows::default(),
         }
     }
 

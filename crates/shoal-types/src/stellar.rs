@@ -163,6 +163,7 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
                     uid: p.uid,
                     gid: p.gid,
                 }),
+                security: Default::default(),
             }),
             replicas: service.replicas.unwrap_or(1),
             resources: Default::default(),

@@ -63,6 +63,7 @@ fn the_stored_form_reads_back_into_the_same_spec_and_bytes() {
                 uid: 1000,
                 gid: 100
             }),
+            security: Default::default(),
         })
     );
     assert_eq!(
@@ -74,6 +75,7 @@ fn the_stored_form_reads_back_into_the_same_spec_and_bytes() {
             env: BTreeMap::new(),
             working_dir: None,
             user: None,
+            security: Default::default(),
         })
     );
 }

@@ -360,6 +360,30 @@ pub struct AgentArgs {
     pub reserve: ReserveArgs,
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub allow: AllowArgs,
+}
+
+/// What the node lets its tasks do beyond the hardened defaults; each also
+/// needs an admin token on the app that asks for it.
+#[derive(Args, Clone, Default)]
+pub struct AllowArgs {
+    /// Run privileged tasks, tasks in the node's PID namespace and tasks
+    /// with capabilities beyond the default set.
+    #[arg(long)]
+    pub allow_privileged: bool,
+    /// Run tasks on the node's own network (`security.host_network`).
+    #[arg(long)]
+    pub allow_host_network: bool,
+}
+
+impl AllowArgs {
+    pub fn allows(&self) -> shoal_types::Allows {
+        shoal_types::Allows {
+            privileged: self.allow_privileged,
+            host_network: self.allow_host_network,
+        }
+    }
 }
 
 /// The node's container network.
@@ -419,6 +443,8 @@ pub struct DevArgs {
     pub network: NetworkArgs,
     #[command(flatten)]
     pub pki: PkiArgs,
+    #[command(flatten)]
+    pub allow: AllowArgs,
 }
 
 #[derive(Args, Clone)]

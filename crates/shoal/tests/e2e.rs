@@ -1406,3 +1406,278 @@ fn a_default_task_runs_hardened_and_network_false_is_loopback_only() {
     );
     node.shoal_ok(&["rm", "hard"]);
 }
+
+/// `shoal apply -f SPEC` with `token` instead of the node's admin token
+/// (the admin's when `None`).
+fn apply_as(node: &Node, token: Option<&str>, spec: &str) -> std::process::Output {
+    let path = node.scratch.path().join(format!(
+        "as-{}.yaml",
+        harness::COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&path, spec).expect("write spec");
+    let mut command = std::process::Command::new(harness::binary());
+    command
+        .args(["apply", "--timeout", "60s", "-f"])
+        .arg(&path)
+        .env("SHOAL_ADDR", node.addr())
+        .env("SHOAL_CONFIG", node.credential());
+    if let Some(token) = token {
+        command.env("SHOAL_TOKEN", token);
+    }
+    command.output().expect("run shoal apply")
+}
+
+fn service(fields: &str) -> String {
+    format!("name: loose\nservices: [{{name: s, image: shoal.test/busybox:latest, command: [sleep, '3600'], stop_grace_period: 1s, {fields}}}]\n")
+}
+
+/// What loosens the hardened defaults is refused, naming the field, with a
+/// non-zero exit and the cluster unchanged: from a deployer token always
+/// (it needs an admin's), from an admin's while no node's operator allows
+/// it, and what shoal has no field for (devices, host mounts, seccomp or
+/// AppArmor off) always. The expected outcomes are written from the
+/// security issue's rules. A node started with `--allow-privileged` and
+/// `--allow-host-network` then runs an admin's privileged task (every
+/// capability, no filter) and a task on its network and PID namespace.
+#[test]
+fn what_loosens_the_defaults_needs_an_admin_and_a_node_that_allows_it() {
+    let Some(node) = Node::start_or_skip("loosen") else {
+        return;
+    };
+    let token = |role: &str| {
+        node.shoal_json(&["token", "create", "--name", role, "--role", role])["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    };
+    let (deployer, reader) = (token("deployer"), token("reader"));
+    // (who, fields, what the error must name)
+    let forbidden: Vec<(Option<&str>, &str, Vec<&str>)> = vec![
+        // An admin, but no node allows it.
+        (
+            None,
+            "security: {privileged: true}",
+            vec!["services[0].security.privileged", "--allow-privileged"],
+        ),
+        (
+            None,
+            "security: {host_pid: true}",
+            vec!["services[0].security.host_pid", "--allow-privileged"],
+        ),
+        (
+            None,
+            "security: {capabilities: {add: [SYS_ADMIN]}}",
+            vec![
+                "services[0].security.capabilities.add",
+                "--allow-privileged",
+            ],
+        ),
+        (
+            None,
+            "security: {capabilities: {add: [NET_RAW]}}",
+            vec![
+                "services[0].security.capabilities.add",
+                "--allow-privileged",
+            ],
+        ),
+        (
+            None,
+            "network: false, security: {host_network: true}",
+            vec!["services[0].security.host_network", "--allow-host-network"],
+        ),
+        // Invalid whoever asks.
+        (
+            None,
+            "security: {host_network: true}",
+            vec!["services[0].security.host_network", "network: false"],
+        ),
+        (
+            None,
+            "security: {capabilities: {add: [ALL]}}",
+            vec![
+                "services[0].security.capabilities.add[0]",
+                "privileged: true",
+            ],
+        ),
+        (
+            None,
+            "security: {capabilities: {add: [CAP_EVERYTHING]}}",
+            vec![
+                "services[0].security.capabilities.add[0]",
+                "capabilities(7)",
+            ],
+        ),
+        (
+            None,
+            "security: {capabilities: {drop: [bogus]}}",
+            vec!["services[0].security.capabilities.drop[0]"],
+        ),
+        (
+            None,
+            "security: {seccomp: unconfined}",
+            vec!["services[0].security.seccomp", "unknown field"],
+        ),
+        (
+            None,
+            "security: {apparmor: unconfined}",
+            vec!["services[0].security.apparmor", "unknown field"],
+        ),
+        (
+            None,
+            "security: {no_new_privileges: false}",
+            vec!["services[0].security.no_new_privileges", "unknown field"],
+        ),
+        (
+            None,
+            "privileged: true",
+            vec!["services[0].privileged", "unknown field"],
+        ),
+        (
+            None,
+            "cap_add: [SYS_ADMIN]",
+            vec!["services[0].cap_add", "unknown field"],
+        ),
+        (
+            None,
+            "devices: [/dev/sda]",
+            vec!["services[0].devices", "unknown field"],
+        ),
+        (
+            None,
+            "volumes: [{host_path: /, target: /host}]",
+            vec!["services[0].volumes", "unknown field"],
+        ),
+        (None, "pid: host", vec!["services[0].pid", "unknown field"]),
+        // A deployer may deploy, but not beyond the defaults.
+        (
+            Some(&deployer),
+            "security: {privileged: true}",
+            vec!["services[0].security.privileged", "admin token"],
+        ),
+        (
+            Some(&deployer),
+            "security: {host_pid: true}",
+            vec!["services[0].security.host_pid", "admin token"],
+        ),
+        (
+            Some(&deployer),
+            "security: {capabilities: {add: [NET_ADMIN]}}",
+            vec!["services[0].security.capabilities.add", "admin token"],
+        ),
+        (
+            Some(&deployer),
+            "network: false, security: {host_network: true}",
+            vec!["services[0].security.host_network", "admin token"],
+        ),
+        // A reader may not deploy at all.
+        (
+            Some(&reader),
+            "security: {read_only_root: true}",
+            vec!["deployer or admin"],
+        ),
+    ];
+    assert!(forbidden.len() >= 20);
+    for (who, fields, named) in &forbidden {
+        let output = apply_as(&node, *who, &service(fields));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{fields}: accepted");
+        for words in named {
+            assert!(stderr.contains(words), "{fields}: no {words:?} in {stderr}");
+        }
+    }
+    assert_eq!(
+        node.shoal_json(&["apps"]),
+        Value::Array(Vec::new()),
+        "a refused app is there"
+    );
+    assert!(node.tasks().is_empty());
+    // Tightening needs nothing more than a deployer.
+    let output = apply_as(
+        &node,
+        Some(&deployer),
+        &service("security: {read_only_root: true, capabilities: {drop: [ALL]}}"),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let id = node.tasks()[0]["container_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let touched = node.exec(&id, &["touch", "/x"]);
+    assert!(!touched.status.success(), "the root is writable");
+    let status = node.exec_ok(&id, &["grep", "^CapEff:", "/proc/self/status"]);
+    assert!(status.contains("0000000000000000"), "{status}");
+    node.shoal_ok(&["rm", "loose"]);
+
+    // A node whose operator allows both.
+    let Some(allowing) =
+        Node::start_with_args_or_skip("allowing", &["--allow-privileged", "--allow-host-network"])
+    else {
+        return;
+    };
+    let deployer = allowing.shoal_json(&["token", "create", "--name", "d", "--role", "deployer"])
+        ["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let output = apply_as(
+        &allowing,
+        Some(&deployer),
+        &service("security: {privileged: true}"),
+    );
+    assert!(!output.status.success(), "a deployer ran a privileged task");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("admin token"));
+    allowing.apply_ok(
+        "name: ops\nservices:\n  - {name: root, image: shoal.test/busybox:latest, command: [sleep, '3600'], stop_grace_period: 1s, security: {privileged: true}}\n  - {name: host, image: shoal.test/busybox:latest, command: [sleep, '3600'], stop_grace_period: 1s, network: false, security: {host_network: true, host_pid: true}}\n",
+    );
+    let tasks = allowing.tasks();
+    let id = |service: &str| {
+        tasks
+            .iter()
+            .find(|t| t["service"] == service)
+            .and_then(|t| t["container_id"].as_str())
+            .unwrap_or_else(|| panic!("no {service} task: {tasks:?}"))
+            .to_string()
+    };
+    let root = allowing.exec_ok(
+        &id("root"),
+        &[
+            "grep",
+            "-E",
+            "^(CapEff|Seccomp|NoNewPrivs):",
+            "/proc/self/status",
+        ],
+    );
+    assert!(
+        root.contains("Seccomp:\t0") && root.contains("NoNewPrivs:\t0"),
+        "{root}"
+    );
+    // Every capability the node has (its agent's bounding set, which
+    // this test process shares).
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let bounding = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapBnd:"))
+        .expect("CapBnd")
+        .trim();
+    assert!(root.contains(&format!("CapEff:\t{bounding}")), "{root}");
+    let host = id("host");
+    let own = allowing.exec_ok(&host, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"]);
+    let node_ns = std::fs::metadata("/proc/self/ns/net").expect("the node's namespace");
+    assert_eq!(
+        own.trim(),
+        std::os::unix::fs::MetadataExt::ino(&node_ns).to_string(),
+        "not on the node's network"
+    );
+    let pid_ns = allowing.exec_ok(&host, &["stat", "-L", "-c", "%i", "/proc/self/ns/pid"]);
+    let node_pid_ns = std::fs::metadata("/proc/self/ns/pid").expect("the node's pid namespace");
+    assert_eq!(
+        pid_ns.trim(),
+        std::os::unix::fs::MetadataExt::ino(&node_pid_ns).to_string(),
+        "not in the node's PID namespace"
+    );
+    allowing.shoal_ok(&["rm", "ops"]);
+}

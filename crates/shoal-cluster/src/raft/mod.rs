@@ -284,6 +284,16 @@ impl RaftNode {
     /// `wait_max` for a leader.
     pub async fn propose(&self, at_ms: u64, command: Command) -> Result<Outcome, ProposeError> {
         let entry = Entry::proposed(at_ms, &self.inner.info.name, &command);
+        // Refused here already when this node knows some node reads too old
+        // a format (once it has learnt the cluster's format at all): an older
+        // leader would refuse it in words of its own, or not decode it.
+        let known = self.cluster_log_version();
+        if known > shoal_state::LOG_VERSION_FIRST {
+            entry
+                .clone()
+                .appended_by(&self.inner.info.name, known)
+                .map_err(ProposeError::MixedVersions)?;
+        }
         match self.on_leader(LeaderOp::Propose(entry)).await? {
             LeaderResult::Applied(result) => result.map_err(ProposeError::Rejected),
             other => Err(unexpected(other)),

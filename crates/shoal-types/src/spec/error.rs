@@ -18,7 +18,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    pub(crate) fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
         SpecError {
             errors: vec![FieldError {
                 path: path.into(),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
     is_default, is_zero, ContainerSpec, Kind, Millis, PlacementSpec, Port, Prepull, Resources,
-    RestartSpec, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
+    RestartSpec, Security, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
 };
 use crate::placement::Toleration;
 
@@ -81,6 +81,13 @@ pub(super) struct FlatService {
     /// Written only when not the default (shoal 0.5, log format 5).
     #[serde(default, skip_serializing_if = "is_default")]
     prepull: Prepull,
+    /// What the container may do beyond the hardened defaults every task
+    /// runs with (privileged, the node's network or PID namespace, added
+    /// capabilities: each needs a node that allows it and an admin token),
+    /// and what it gives up (dropped capabilities, a read-only root).
+    /// Written only when not the default (shoal 0.6, log format 6).
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    security: Security,
 }
 
 impl From<FlatService> for ServiceSpec {
@@ -105,6 +112,7 @@ impl From<FlatService> for ServiceSpec {
             placement,
             tolerations,
             prepull,
+            security,
         } = flat;
         ServiceSpec {
             name,
@@ -115,6 +123,7 @@ impl From<FlatService> for ServiceSpec {
                 env,
                 working_dir,
                 user,
+                security,
             }),
             replicas,
             resources,
@@ -158,6 +167,7 @@ impl From<ServiceSpec> for FlatService {
             env,
             working_dir,
             user,
+            security,
         }) = workload;
         FlatService {
             name,
@@ -179,6 +189,7 @@ impl From<ServiceSpec> for FlatService {
             placement,
             tolerations,
             prepull,
+            security,
         }
     }
 }

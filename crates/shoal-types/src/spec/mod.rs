@@ -14,6 +14,7 @@ mod placement;
 mod ports;
 mod resources;
 mod restart;
+mod security;
 mod validate;
 mod workload;
 
@@ -30,6 +31,7 @@ pub use placement::{PlacementSpec, Strategy};
 pub use ports::{Port, Protocol};
 pub use resources::{Bytes, Millicores, Resources};
 pub use restart::{RestartPolicy, RestartSpec};
+pub use security::{Capabilities, Needs, Security, CAPABILITIES, DEFAULT_CAPABILITIES};
 pub use validate::{check_dns_label, validate};
 pub use workload::{ContainerSpec, UserSpec, Workload};
 
@@ -171,6 +173,18 @@ impl ServiceSpec {
             && *tolerations == other.tolerations
     }
 
+    /// What the service's container may do beyond the defaults.
+    pub fn security(&self) -> &Security {
+        let Workload::Container(container) = &self.workload;
+        &container.security
+    }
+
+    /// What a node's operator must allow before a task of this service
+    /// may run there.
+    pub fn needs(&self) -> Needs {
+        self.security().needs()
+    }
+
     /// The image the service's tasks run, to show to people; every
     /// workload today is a container.
     pub fn image(&self) -> &str {
@@ -292,6 +306,106 @@ mod tests {
         assert!(error.to_string().contains("kind: service"), "{error}");
         // The default is accepted for every kind.
         parse("{name: web, image: busybox, kind: batch, prepull: successors}").expect("valid");
+    }
+
+    #[test]
+    fn security_is_read_normalized_checked_and_written_only_when_set() {
+        let parse = |service: &str| parse_app(format!("name: a\nservices: [{service}]").as_bytes());
+        let app = parse(
+            "{name: web, image: busybox, network: false, security: {host_network: true, capabilities: {add: [cap_net_admin, NET_ADMIN, SYS_TIME], drop: [all]}, read_only_root: true}}",
+        )
+        .expect("valid");
+        let security = app.services[0].security();
+        assert_eq!(security.capabilities.add, ["NET_ADMIN", "SYS_TIME"]);
+        assert_eq!(security.capabilities.drop, ["ALL"]);
+        assert_eq!(
+            app.services[0].needs(),
+            Needs {
+                privileged: true,
+                host_network: true
+            }
+        );
+        // Dropping everything and adding two leaves the two.
+        assert_eq!(security.effective_capabilities(), ["NET_ADMIN", "SYS_TIME"]);
+        let json = serde_json::to_string(&app).expect("serializes");
+        assert!(json.contains(r#""security":{"host_network":true,"capabilities":{"add":["NET_ADMIN","SYS_TIME"],"drop":["ALL"]},"read_only_root":true}"#), "{json}");
+        // A spec without it is written as before.
+        let json = serde_json::to_string(&parse("{name: web, image: busybox}").expect("valid"))
+            .expect("serializes");
+        assert!(!json.contains("security"), "{json}");
+
+        // Tightening needs no allowance; adding a default one neither.
+        let tight = parse(
+            "{name: web, image: busybox, security: {read_only_root: true, capabilities: {add: [CHOWN], drop: [NET_BIND_SERVICE]}}}",
+        )
+        .expect("valid");
+        assert!(!tight.services[0].needs().any());
+        assert_eq!(tight.services[0].security().first_loosening(), None);
+        assert!(!tight.services[0]
+            .security()
+            .effective_capabilities()
+            .contains(&"NET_BIND_SERVICE"));
+        for (field, needs) in [
+            ("privileged: true", "security.privileged"),
+            ("host_pid: true", "security.host_pid"),
+            (
+                "capabilities: {add: [NET_RAW]}",
+                "security.capabilities.add",
+            ),
+        ] {
+            let app = parse(&format!(
+                "{{name: web, image: busybox, security: {{{field}}}}}"
+            ))
+            .expect("valid");
+            assert!(app.services[0].needs().privileged, "{field}");
+            assert_eq!(app.services[0].security().first_loosening(), Some(needs));
+        }
+        let everything =
+            parse("{name: web, image: busybox, security: {privileged: true}}").expect("valid");
+        assert_eq!(
+            everything.services[0]
+                .security()
+                .effective_capabilities()
+                .len(),
+            CAPABILITIES.len()
+        );
+
+        for (service, path, words) in [
+            (
+                "{name: web, image: busybox, security: {host_network: true}}",
+                "services[0].security.host_network",
+                "network: false",
+            ),
+            (
+                "{name: web, image: busybox, security: {capabilities: {add: [NET_FOO]}}}",
+                "services[0].security.capabilities.add[0]",
+                "capabilities(7)",
+            ),
+            (
+                "{name: web, image: busybox, security: {capabilities: {add: [ALL]}}}",
+                "services[0].security.capabilities.add[0]",
+                "privileged: true",
+            ),
+            (
+                "{name: web, image: busybox, security: {capabilities: {drop: [CHOWN, bogus]}}}",
+                "services[0].security.capabilities.drop[1]",
+                "or ALL",
+            ),
+            (
+                "{name: web, image: busybox, security: {privileged: yes please}}",
+                "services[0].security.privileged",
+                "",
+            ),
+            (
+                "{name: web, image: busybox, security: {seccomp: unconfined}}",
+                "services[0].security.seccomp",
+                "unknown field",
+            ),
+        ] {
+            let error = parse(service).expect_err(service);
+            assert_eq!(error.errors[0].path, path, "{error}");
+            assert!(error.to_string().contains(words), "{error}");
+        }
     }
 
     #[test]

@@ -51,7 +51,15 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
             );
         }
         match &mut service.workload {
-            Workload::Container(container) => validate_container(container, &at, &mut fail),
+            Workload::Container(container) => {
+                validate_container(container, &at, &mut fail);
+                super::security::validate_security(
+                    &mut container.security,
+                    service.network,
+                    &at,
+                    &mut fail,
+                );
+            }
         }
         if let Some(cpu) = service.resources.cpu {
             if cpu.0 == 0 {

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::Security;
+
 /// What each task of a service runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -31,6 +33,9 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     /// The image's user when unset.
     pub user: Option<UserSpec>,
+    /// What the container may do beyond the hardened defaults, and what it
+    /// gives up.
+    pub security: Security,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -50,6 +50,7 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         role: args.role,
         cert_lifetime: cert_lifetime(&args.pki)?,
         image_gc: image_gc(&args.runtime)?,
+        allows: args.allow.allows(),
     };
     start(config, args.runtime).await
 }
@@ -101,6 +102,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         role: None,
         cert_lifetime: cert_lifetime(&args.pki)?,
         image_gc: image_gc(&args.runtime)?,
+        allows: args.allow.allows(),
     };
     let data_dir = config.data_dir.clone();
     eprintln!(

@@ -24,6 +24,9 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
                     if node.drain {
                         status.push_str(", drained");
                     }
+                    if !node.allows.is_empty() {
+                        status.push_str(&format!(", allows {}", node.allows.join(" ")));
+                    }
                     if !node.taints.is_empty() {
                         status.push_str(&format!(", tainted {}", node.taints.join(" ")));
                     }

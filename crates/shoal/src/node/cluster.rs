@@ -425,11 +425,11 @@ pub fn membership_config(
     membership
 }
 
-/// Records this node in the cluster state (through the leader), retrying
-/// until the cluster answers.
-pub async fn register<R>(shared: Arc<Shared<R>>) {
+/// The record this node registers: its facts, less what its operator keeps
+/// back, and what its operator allows.
+fn registration<R, L>(shared: &Shared<R, L>) -> Node {
     let facts = facts(&shared.config, shared.started_at_ms);
-    let node = Node {
+    Node {
         name: facts.name,
         addr: facts.api_addr,
         os: facts.os,
@@ -447,7 +447,19 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
         taints: Vec::new(),
         drain: false,
         subnet: None,
-    };
+        allows: shared.config.allows,
+    }
+}
+
+/// The log format that holds a node's allowances.
+const ALLOWS_LOG_VERSION: u32 = 6;
+
+/// Records this node in the cluster state (through the leader), retrying
+/// until the cluster answers. While some node reads no format with
+/// allowances (the cluster is being upgraded), the node registers without
+/// them; [`register_allowances`] writes them once every node reads them.
+pub async fn register<R>(shared: Arc<Shared<R>>) {
+    let mut node = registration(&shared);
     let mut cidr_wanted = shared.config.network.cluster_cidr.clone();
     for attempt in 0..REGISTER_ATTEMPTS_MAX {
         // `--cluster-cidr` shapes a new cluster: set it before the first
@@ -490,6 +502,13 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
                 tracing::info!("registered in the cluster state");
                 return;
             }
+            Err(ProposeError::MixedVersions(why)) if !node.allows.is_none() => {
+                tracing::warn!(
+                    %why,
+                    "registering without what --allow-privileged and --allow-host-network allow until every node runs shoal 0.6"
+                );
+                node.allows = shoal_types::Allows::default();
+            }
             Err(error) => {
                 if attempt % 10 == 0 {
                     tracing::info!(%error, "cannot register yet; retrying");
@@ -501,10 +520,40 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
     tracing::error!("gave up registering in the cluster state");
 }
 
-/// Re-announces this node's facts (memory used) now and then.
+/// Registers this node again when the state holds other allowances than
+/// its operator gave it (they were left out while the cluster was being
+/// upgraded), once every node reads them.
+async fn register_allowances<R>(shared: &Shared<R>) {
+    let stored = {
+        let state = shared.raft.read();
+        state.nodes.get(&shared.config.name).map(|node| node.allows)
+    };
+    let Some(stored) = stored else {
+        return;
+    };
+    if stored == shared.config.allows
+        || (!shared.config.allows.is_none()
+            && shared.raft.cluster_log_version() < ALLOWS_LOG_VERSION)
+    {
+        return;
+    }
+    let node = registration(shared);
+    match shared
+        .raft
+        .propose(now_ms(), Command::RegisterNode { node })
+        .await
+    {
+        Ok(_) => tracing::info!(allows = ?shared.config.allows, "registered what this node allows"),
+        Err(error) => tracing::debug!(%error, "registering what this node allows"),
+    }
+}
+
+/// Re-announces this node's facts (memory used) now and then, and
+/// registers its allowances when the state does not hold them yet.
 pub async fn refresh_facts<R>(shared: Arc<Shared<R>>) {
     loop {
         tokio::time::sleep(FACTS_INTERVAL).await;
+        register_allowances(&shared).await;
         if let Err(error) = shared
             .membership
             .update_facts(facts(&shared.config, shared.started_at_ms))

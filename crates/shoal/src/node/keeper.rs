@@ -11,8 +11,8 @@ use std::time::Duration;
 use shoal_agent::{Action, ActionResult, Observed, Reconciler};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_runtime::{
-    ContainerConfig, ContainerStatus, ErrorKind, ImageStore, Runtime, RuntimeError, LABEL_ATTEMPT,
-    LABEL_TASK,
+    ContainerConfig, ContainerStatus, ErrorKind, ImageStore, Privileges, Runtime, RuntimeError,
+    LABEL_ATTEMPT, LABEL_TASK,
 };
 use shoal_state::Command;
 use shoal_types::{DesiredState, PinnedImage, Task, TaskState, TaskStatus, Workload};
@@ -53,6 +53,9 @@ pub struct Keeper<L, R, N, C> {
     pub clock: C,
     /// Opens registry passwords (voter-capable nodes only).
     pub data_key: Option<shoal_pki::seal::DataKey>,
+    /// What this node's operator lets tasks do beyond the hardened
+    /// defaults: a task that needs more is not run, whatever the state says.
+    pub allows: shoal_types::Allows,
 }
 
 /// A task's network, as the keeper needs it: made before its container
@@ -275,6 +278,14 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
     attempt: u32,
     replace: bool,
 ) -> Result<Option<Ipv4Addr>, String> {
+    // The node's own promise: nothing beyond what its operator allows.
+    if let Some(allowance) = shared.allows.lacks(task.spec.needs()) {
+        return Err(format!(
+            "this node does not allow {} (its agent runs without {})",
+            allowance.what(),
+            allowance.flag()
+        ));
+    }
     let zone = shared.log.read().settings.dns_zone.clone();
     let (network, owned) = (shared.network.clone(), task.clone());
     let attached = tokio::task::spawn_blocking(move || network.attach(&owned, &zone))
@@ -424,6 +435,24 @@ fn container_config<L, R, N, C>(
         hostname: super::network::hostname(task),
         network: attached.network,
         mounts: attached.mounts,
+        privileges: privileges(spec.security()),
+    }
+}
+
+/// What the runtime is asked to give a container beyond the defaults.
+fn privileges(security: &shoal_types::Security) -> Privileges {
+    let changed = !security.capabilities.add.is_empty() || !security.capabilities.drop.is_empty();
+    Privileges {
+        privileged: security.privileged,
+        host_pid: security.host_pid,
+        capabilities: changed.then(|| {
+            security
+                .effective_capabilities()
+                .into_iter()
+                .map(String::from)
+                .collect()
+        }),
+        read_only_root: security.read_only_root,
     }
 }
 
@@ -474,14 +503,20 @@ mod tests {
     /// A log holding node `n1` and app `web` (one replica of busybox)
     /// placed on it; returns the log and the task id.
     fn placed() -> (MemoryLog, String) {
-        let log = MemoryLog::new("n1", State::default());
-        log.apply(Command::RegisterNode {
-            node: Node::sample("n1", "n1:7950"),
-        });
-        let spec = shoal_types::parse_app(
-            b"name: web\nservices: [{name: hello, image: busybox, replicas: 1}]\n",
+        placed_with(
+            "name: web\nservices: [{name: hello, image: busybox, replicas: 1}]\n",
+            shoal_types::Allows::default(),
         )
-        .expect("spec");
+    }
+
+    /// A log holding node `n1` (registered with `allows`) and the app of
+    /// `spec` (a service `hello` of app `web`) placed on it.
+    fn placed_with(spec: &str, allows: shoal_types::Allows) -> (MemoryLog, String) {
+        let log = MemoryLog::new("n1", State::default());
+        let mut node = Node::sample("n1", "n1:7950");
+        node.allows = allows;
+        log.apply(Command::RegisterNode { node });
+        let spec = shoal_types::parse_app(spec.as_bytes()).expect("spec");
         log.apply(Command::PutApp { spec });
         let outcome = log.apply(Command::ApplyPlan {
             plan: Plan {
@@ -514,6 +549,7 @@ mod tests {
             network: Arc::new(FakeNetwork::default()),
             clock,
             data_key: None,
+            allows: Default::default(),
         })
     }
 
@@ -563,6 +599,55 @@ mod tests {
             "stamped by the keeper's clock"
         );
         assert!(network.attached.lock().expect("lock").contains(&task));
+        running.abort();
+    }
+
+    /// The node keeps its own promise: a task that needs more than its
+    /// operator allows is not run, even when the state says the node
+    /// allows it (a stale or forged record); with the flag it runs with
+    /// what it asked for.
+    #[tokio::test]
+    async fn a_task_beyond_what_the_node_allows_is_not_run() {
+        const PRIVILEGED: &str = "name: web\nservices: [{name: hello, image: busybox, replicas: 1, security: {privileged: true, read_only_root: true}}]\n";
+        let claimed = shoal_types::Allows {
+            privileged: true,
+            host_network: false,
+        };
+        let (log, task) = placed_with(PRIVILEGED, claimed);
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        let failed = wait_for("the task reported failed", || {
+            let status = status(&log, &task);
+            (status.state == TaskState::Failed).then_some(status)
+        })
+        .await;
+        assert!(
+            failed.message.contains("does not allow privileged tasks")
+                && failed.message.contains("--allow-privileged"),
+            "{failed:?}"
+        );
+        assert!(
+            containers(&runtime).await.is_empty(),
+            "a container was made"
+        );
+        running.abort();
+
+        let (log, task) = placed_with(PRIVILEGED, claimed);
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        let mut allowed = keeper(&log, &runtime, SystemClock);
+        Arc::get_mut(&mut allowed).expect("one owner").allows = claimed;
+        let running = tokio::spawn(run(allowed));
+        wait_for("the task reported running", || {
+            (status(&log, &task).state == TaskState::Running).then_some(())
+        })
+        .await;
+        let privileges = runtime.config(&task).expect("its config").privileges;
+        assert!(
+            privileges.privileged && privileges.read_only_root,
+            "{privileges:?}"
+        );
         running.abort();
     }
 
@@ -654,6 +739,7 @@ mod tests {
             hostname: "leftover".into(),
             network: NetworkMode::Isolated,
             mounts: Vec::new(),
+            privileges: Default::default(),
         };
         runtime.run(&leftover).await.expect("leftover runs");
         assert!(runtime.exit(&task, 1));

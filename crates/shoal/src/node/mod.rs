@@ -65,6 +65,10 @@ pub struct NodeConfig {
     pub cert_lifetime: std::time::Duration,
     /// When images are collected to free containerd's disk.
     pub image_gc: image_gc::ImageGcConfig,
+    /// What this node's operator lets its tasks do beyond the hardened
+    /// defaults (`--allow-privileged`, `--allow-host-network`). The node
+    /// runs nothing beyond it, whatever the state asks.
+    pub allows: shoal_types::Allows,
 }
 
 /// What the loops and the API handlers share. The log is a type parameter
@@ -248,6 +252,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         network: shared.network.clone(),
         clock: crate::clock::SystemClock,
         data_key: shared.trust.data_key.clone(),
+        allows: shared.config.allows,
     })));
     let prepulls = tokio::spawn(prepull::run(
         shared.config.name.clone(),

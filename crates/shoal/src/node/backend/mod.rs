@@ -36,6 +36,75 @@ use views::{app_view, image_view, node_views, stop_words, unplaced_view};
 pub struct NodeBackend<R, L = RaftNode>(pub Arc<Shared<R, L>>);
 
 impl<R, L: ReplicatedLog> NodeBackend<R, L> {
+    /// A spec that loosens the hardened defaults (`security`) is taken
+    /// only from an admin token, and only when some node's operator allows
+    /// what it needs; the error names the field. The leader checks the
+    /// token again when the proposal is forwarded (`Command::authority`).
+    fn check_loosening(&self, spec: &shoal_types::AppSpec) -> ApiResult<()> {
+        for (index, service) in spec.services.iter().enumerate() {
+            let Some(field) = service.security().first_loosening() else {
+                continue;
+            };
+            let path = format!("services[{index}].{field}");
+            let state = self.0.raft.read();
+            let caller = forward_operator().and_then(|token| {
+                super::gate::identify(
+                    &state,
+                    &self.0.cluster_id,
+                    None,
+                    Some(&format!("Bearer {token}")),
+                    now_ms(),
+                )
+                .ok()
+            });
+            let admin = matches!(
+                caller,
+                Some(super::gate::Caller::Token {
+                    role: shoal_state::security::ApiRole::Admin,
+                    ..
+                })
+            );
+            if !admin {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    format!(
+                        "{path}: runs the task beyond the hardened defaults, which needs an admin token; {} may not",
+                        caller.map_or_else(|| "this caller".to_string(), |caller| caller.label())
+                    ),
+                ));
+            }
+            let needs = service.needs();
+            let allowed = state
+                .nodes
+                .values()
+                .any(|node| node.status == NodeStatus::Alive && node.allows.lacks(needs).is_none());
+            if !allowed {
+                if let Some(allowance) = shoal_types::Allows::default().lacks(needs) {
+                    return Err(shoal_types::SpecError::one(
+                        path,
+                        format!(
+                            "no alive node allows {}; start the agents of the nodes that may run it with {} (every node must run shoal 0.6 or later)",
+                            allowance.what(),
+                            allowance.flag()
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bearer token of the API call being answered.
+fn forward_operator() -> Option<String> {
+    shoal_cluster::raft::OPERATOR_TOKEN
+        .try_with(Clone::clone)
+        .ok()
+        .flatten()
+}
+
+impl<R, L: ReplicatedLog> NodeBackend<R, L> {
     /// Waits until this node's state holds every write acknowledged
     /// before the call (reads are linearizable).
     async fn fresh(&self) -> ApiResult<()> {
@@ -176,6 +245,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
 
     async fn apply(&self, body: Bytes) -> ApiResult<ApplyResponse> {
         let spec = shoal_types::parse_app(&body)?;
+        self.check_loosening(&spec)?;
         let name = spec.name.clone();
         let images = self.pin_images(&spec).await?;
         let unpinned = Command::PutApp { spec: spec.clone() };

@@ -55,6 +55,7 @@ async fn fixture() -> Fixture {
             low_percent: 80,
             interval: std::time::Duration::from_secs(60),
         },
+        allows: Default::default(),
     };
     let (trust, ..) = crate::node::trust::Trust::form(
         &dir.path().join("pki"),

@@ -110,6 +110,16 @@ pub(super) fn stop_words(state: &State, task: &shoal_types::Task, why: StopReaso
                 None => format!("node {name} is tainted NoExecute"),
             }
         }
+        StopReason::NotAllowed => {
+            match node.and_then(|node| node.allows.lacks(task.spec.needs())) {
+                Some(allowance) => format!(
+                    "node {name} no longer allows {} (its agent lacks {})",
+                    allowance.what(),
+                    allowance.flag()
+                ),
+                None => format!("node {name} no longer allows what it needs"),
+            }
+        }
         StopReason::ScaledDown => "scaled down".into(),
         StopReason::NotAdmitted => {
             match node.and_then(|node| shoal_state::fit::admits(node, &task.spec).err()) {
@@ -214,6 +224,16 @@ pub(super) fn node_views(
                     .map(|n| n.taints.iter().map(Taint::to_string).collect())
                     .unwrap_or_default(),
                 drain: recorded.is_some_and(|n| n.drain),
+                allows: recorded.map_or_else(Vec::new, |n| {
+                    [
+                        (n.allows.privileged, "privileged"),
+                        (n.allows.host_network, "host_network"),
+                    ]
+                    .into_iter()
+                    .filter(|(allowed, _)| *allowed)
+                    .map(|(_, name)| name.to_string())
+                    .collect()
+                }),
                 subnet: recorded.and_then(|n| n.subnet.clone()),
                 cpu_allocatable_millis: recorded.map_or(0, |n| n.cpu_allocatable_millis),
                 memory_allocatable_bytes: recorded.map_or(0, |n| n.memory_allocatable_bytes),

@@ -35,9 +35,29 @@ impl NodeNetwork {
     /// Gives a task what its container needs: for a networked service a
     /// namespace of its own wired to the bridge by CNI (the same one again
     /// when the task restarts), a resolv.conf naming the node's DNS server
-    /// and a hosts file; else a namespace of its own that holds only its
+    /// and a hosts file; with `security.host_network` the node's network
+    /// and resolv.conf; else a namespace of its own that holds only its
     /// loopback (the runtime makes it, with the container). Blocking.
     pub fn attach(&self, task: &Task, zone: &str) -> anyhow::Result<Attached> {
+        if !task.spec.network && task.spec.security().host_network {
+            // On the node's own network (its operator allows it): the
+            // node's resolver config too.
+            let resolv = self.config.resolv_conf.clone();
+            let mounts = if resolv.exists() {
+                vec![BindMount {
+                    source: resolv,
+                    destination: "/etc/resolv.conf".into(),
+                    read_only: true,
+                }]
+            } else {
+                Vec::new()
+            };
+            return Ok(Attached {
+                network: NetworkMode::Host,
+                mounts,
+                address: None,
+            });
+        }
         if !task.spec.network {
             return Ok(Attached {
                 network: NetworkMode::Isolated,
