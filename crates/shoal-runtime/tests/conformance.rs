@@ -928,20 +928,21 @@ async fn containerd_network_modes_and_bind_mounts() {
 /// Docker's default capabilities without NET_RAW (bit 13), no user
 /// namespace however the kernel is set, the host's memory and keys hidden,
 /// /proc/sys read-only, and a network namespace of its own holding only a
-/// loopback that is up and answers.
+/// loopback that is up and answers. A capability added opens its calls.
 #[tokio::test]
 async fn containerd_default_task_is_hardened() {
     let Some(b) = CdBackend::setup("containerd_default_task_is_hardened").await else {
         return;
     };
     let script = "grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd|CapPrm):' /proc/self/status; \
-                  unshare -U true 2>/dev/null; echo USERNS=$?; \
-                  unshare -n true 2>/dev/null; echo NETNS=$?; \
-                  mount -t tmpfs none /mnt 2>/dev/null; echo MOUNT=$?; \
+                  echo USERNS=$(unshare -U true 2>&1); \
+                  echo NETNS=$(unshare -n true 2>&1); \
+                  mkdir -p /m; echo MOUNT=$(mount -t tmpfs none /m 2>&1 && echo mounted); \
                   echo TIMERS=$(wc -c </proc/timer_list); \
                   echo FIRMWARE=$(ls /sys/firmware | wc -l); \
                   echo 1 2>/dev/null >/proc/sys/kernel/ns_last_pid; echo SYSCTL=$?; \
-                  echo LINKS=$(ls /sys/class/net | tr '\\n' ' '); \
+                  echo UP=$(for l in /sys/class/net/*; do [ ${l##*/} = lo ] || cat $l/operstate; done | grep -c '^up$'); \
+                  echo ROUTES=$(tail -n +2 /proc/net/route | wc -l); \
                   echo LO=$(cat /sys/class/net/lo/operstate); \
                   echo PINGERS=$(cat /proc/sys/net/ipv4/ping_group_range); \
                   ping -c 1 -W 2 127.0.0.1 >/dev/null 2>&1; echo RAW=$?; \
@@ -955,19 +956,24 @@ async fn containerd_default_task_is_hardened() {
     let log = wait_log(&c.log_path, "ONLY").await;
     // Docker's default set is a80425fb; without NET_RAW (1 << 13) it is:
     let caps = "00000000a80405fb";
+    // EPERM, as the filter (or the missing capability) says, not ENOSYS.
+    let refused = "Operation not permitted";
     for expected in [
         "NoNewPrivs:\t1".to_string(),
         "Seccomp:\t2".to_string(),
         format!("CapEff:\t{caps}"),
         format!("CapPrm:\t{caps}"),
         format!("CapBnd:\t{caps}"),
-        "USERNS=1".into(),
-        "NETNS=1".into(),
-        "MOUNT=1".into(),
+        format!("USERNS=unshare: unshare(0x10000000): {refused}"),
+        format!("NETNS=unshare: unshare(0x40000000): {refused}"),
+        // busybox's words for EPERM from mount(2).
+        "MOUNT=mount: permission denied (are you root?)".to_string(),
         "TIMERS=0".into(),
         "FIRMWARE=0".into(),
         "SYSCTL=1".into(),
-        "LINKS=lo\n".into(),
+        // Only the loopback is up, and no route leads anywhere.
+        "UP=0".into(),
+        "ROUTES=0".into(),
         "LO=unknown".into(),
         // Every group may open ICMP datagram sockets (ping without raw
         // sockets); a raw socket, which busybox's ping asks for, is refused.
@@ -978,4 +984,37 @@ async fn containerd_default_task_is_hardened() {
         assert!(log.contains(&expected), "no {expected:?} in:\n{log}");
     }
     b.rt.remove("hardened").await.unwrap();
+
+    // A capability added lets through the calls the kernel checks it for:
+    // with SYS_ADMIN the container mounts in its own mount namespace.
+    let mut c = config(&b, "sysadmin", &Prog::Exit(0));
+    c.command = Some(strings(&[
+        "sh",
+        "-c",
+        "mkdir -p /m && mount -t tmpfs none /m && echo MOUNTED; echo ONLY",
+    ]));
+    let mut names: Vec<String> = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FSETID",
+        "FOWNER",
+        "MKNOD",
+        "SETGID",
+        "SETUID",
+        "SETFCAP",
+        "SETPCAP",
+        "NET_BIND_SERVICE",
+        "SYS_CHROOT",
+        "KILL",
+        "AUDIT_WRITE",
+    ]
+    .map(String::from)
+    .to_vec();
+    names.push("SYS_ADMIN".into());
+    c.privileges.capabilities = Some(names);
+    b.rt.run(&c).await.expect("run sysadmin");
+    assert_eq!(wait_stopped(&b, "sysadmin").await, 0);
+    let log = wait_log(&c.log_path, "ONLY").await;
+    assert!(log.contains("MOUNTED"), "{log}");
+    b.rt.remove("sysadmin").await.unwrap();
 }

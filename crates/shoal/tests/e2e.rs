@@ -1369,6 +1369,8 @@ fn a_default_task_runs_hardened_and_network_false_is_loopback_only() {
     );
     let userns = node.exec(&web, &["unshare", "-U", "true"]);
     assert!(!userns.status.success(), "a user namespace was made");
+    let said = String::from_utf8_lossy(&userns.stderr);
+    assert!(said.contains("Operation not permitted"), "{said}");
 
     // network: false: a namespace of its own, not the node's, with only a
     // loopback, and nothing of the node's mounted.
@@ -1391,12 +1393,19 @@ fn a_default_task_runs_hardened_and_network_false_is_loopback_only() {
         "{}",
         info["Spec"]["mounts"]
     );
-    let links = node.exec_ok(&solo, &["ls", "/sys/class/net"]);
-    assert_eq!(
-        links.split_whitespace().collect::<Vec<_>>(),
-        ["lo"],
-        "{links}"
+    // Only the loopback is up (a kernel may add fallback tunnels, down, to
+    // every namespace), and no route leads anywhere.
+    let links = node.exec_ok(
+        &solo,
+        &[
+            "sh",
+            "-c",
+            "for l in /sys/class/net/*; do echo ${l##*/} $(cat $l/operstate); done; echo ROUTES=$(tail -n +2 /proc/net/route | wc -l)",
+        ],
     );
+    assert!(links.contains("lo unknown\n"), "{links}");
+    assert!(!links.contains(" up\n"), "{links}");
+    assert!(links.contains("ROUTES=0\n"), "{links}");
     let own = node.exec_ok(&solo, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"]);
     let host = std::fs::metadata("/proc/self/ns/net").expect("the node's namespace");
     assert_ne!(

@@ -265,7 +265,7 @@ fn too_many(count: usize) -> Option<Response> {
 async fn propose(
     State(node): State<RaftNode>,
     by: Option<Extension<ForwardedBy>>,
-    Json(request): Json<ProposeRequest>,
+    Json(mut request): Json<ProposeRequest>,
 ) -> Json<ForwardReply> {
     let refused = |why: String| {
         Json(ForwardReply::Failed {
@@ -282,6 +282,10 @@ async fn propose(
         Ok(command) => command,
         Err(error) => return refused(format!("the command does not decode here: {error}")),
     };
+    // The format the command needs is this node's to say, not the
+    // sender's: an entry labelled older than its command would be appended
+    // in a format the cluster's older nodes cannot decode, and halt them.
+    request.entry.version = request.entry.version.max(command.version_needed());
     let forwarded = Forwarded {
         by: by.as_ref().map(|Extension(by)| by),
         entry: &request.entry,

@@ -12,8 +12,8 @@
 //! architecture, so one list serves every architecture.
 
 use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
-    LinuxSeccompOperator, LinuxSyscall,
+    Arch, Capabilities, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg,
+    LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscall,
 };
 
 /// `EPERM`: what a refused call returns.
@@ -30,6 +30,10 @@ const CLONE_NAMESPACE_FLAGS: u64 = 0x0002_0000 // CLONE_NEWNS
     | 0x1000_0000 // CLONE_NEWUSER
     | 0x2000_0000 // CLONE_NEWPID
     | 0x4000_0000; // CLONE_NEWNET
+
+/// `AF_VSOCK`: sockets to the hypervisor and its guests, which on a
+/// virtual machine reach the host's services; refused.
+const AF_VSOCK: u64 = 40;
 
 /// The execution domains `personality` may select: Linux (0), Linux with
 /// 32-bit addresses (0x8), Linux reporting a 2.6 kernel (0x20000), both
@@ -139,6 +143,10 @@ const FILES: &[&str] = &[
     "inotify_rm_watch",
     "copy_file_range",
     "memfd_create",
+    "readahead",
+    "readdir",
+    "fanotify_mark",
+    "name_to_handle_at",
 ];
 
 /// Reading, writing and waiting on descriptors.
@@ -193,6 +201,7 @@ const IO: &[&str] = &[
     "io_getevents",
     "io_pgetevents",
     "io_pgetevents_time64",
+    "timerfd",
 ];
 
 /// The process's own memory.
@@ -217,6 +226,8 @@ const MEMORY: &[&str] = &[
     "remap_file_pages",
     "membarrier",
     "get_mempolicy",
+    "memfd_secret",
+    "process_mrelease",
 ];
 
 /// Processes, threads, identities and scheduling within the container.
@@ -368,11 +379,13 @@ const SIGNALS_AND_TIME: &[&str] = &[
     "timer_gettime",
     "timer_gettime64",
     "timer_getoverrun",
+    "adjtimex",
+    "clock_adjtime",
+    "clock_adjtime64",
 ];
 
 /// Sockets and inter-process communication.
 const SOCKETS_AND_IPC: &[&str] = &[
-    "socket",
     "socketpair",
     "socketcall",
     "bind",
@@ -419,7 +432,7 @@ const SOCKETS_AND_IPC: &[&str] = &[
 ];
 
 /// Calls that reach past the container: refused with `EPERM`.
-pub const REFUSED: &[&str] = &[
+const REFUSED: &[&str] = &[
     // Kernel code and the machine.
     "init_module",
     "finit_module",
@@ -468,9 +481,6 @@ pub const REFUSED: &[&str] = &[
     "stime",
     "clock_settime",
     "clock_settime64",
-    "clock_adjtime",
-    "clock_adjtime64",
-    "adjtimex",
     // Kernel interfaces with a history of escapes or that see the whole host.
     "bpf",
     "perf_event_open",
@@ -482,13 +492,68 @@ pub const REFUSED: &[&str] = &[
     "io_uring_enter",
     "io_uring_register",
     "open_by_handle_at",
-    "name_to_handle_at",
     "fanotify_init",
     "kcmp",
     "mbind",
     "set_mempolicy",
     "migrate_pages",
     "move_pages",
+];
+
+/// Refused calls a capability the container holds lets through: what the
+/// kernel itself checks that capability for (an admin added it, on a node
+/// that allows it). `clone` with namespace flags comes with `SYS_ADMIN`.
+const BY_CAPABILITY: &[(Capability, &[&str])] = &[
+    (
+        Capability::SysAdmin,
+        &[
+            "mount",
+            "umount",
+            "umount2",
+            "pivot_root",
+            "open_tree",
+            "move_mount",
+            "fsopen",
+            "fsconfig",
+            "fsmount",
+            "fspick",
+            "mount_setattr",
+            "unshare",
+            "setns",
+            "sethostname",
+            "setdomainname",
+            "quotactl",
+            "quotactl_fd",
+            "lookup_dcookie",
+            "fanotify_init",
+            "bpf",
+            "perf_event_open",
+        ],
+    ),
+    (Capability::Bpf, &["bpf"]),
+    (Capability::Perfmon, &["perf_event_open"]),
+    (
+        Capability::SysBoot,
+        &["reboot", "kexec_load", "kexec_file_load"],
+    ),
+    (
+        Capability::SysModule,
+        &["init_module", "finit_module", "delete_module"],
+    ),
+    (
+        Capability::SysTime,
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
+    (Capability::SysPtrace, &["kcmp"]),
+    (Capability::SysRawio, &["iopl", "ioperm"]),
+    (Capability::SysPacct, &["acct"]),
+    (Capability::Syslog, &["syslog"]),
+    (
+        Capability::SysNice,
+        &["mbind", "set_mempolicy", "migrate_pages", "move_pages"],
+    ),
+    (Capability::DacReadSearch, &["open_by_handle_at"]),
+    (Capability::SysTtyConfig, &["vhangup"]),
 ];
 
 fn rule(names: &[&str], action: LinuxSeccompAction) -> LinuxSyscall {
@@ -514,13 +579,21 @@ fn architectures() -> Vec<Arch> {
     match std::env::consts::ARCH {
         "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
         "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        // Elsewhere the clone filter may read the wrong argument (s390x
+        // swaps them): only the native architecture, as runc takes it.
         _ => vec![Arch::ScmpArchNative],
     }
 }
 
-/// The profile for the OCI spec's `linux.seccomp`.
-pub fn profile() -> LinuxSeccomp {
-    let allowed: Vec<&str> = [
+/// The profile for the OCI spec's `linux.seccomp` of a container whose
+/// root holds `capabilities`.
+pub fn profile(capabilities: &Capabilities) -> LinuxSeccomp {
+    let granted: Vec<&str> = BY_CAPABILITY
+        .iter()
+        .filter(|(capability, _)| capabilities.contains(capability))
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect();
+    let mut allowed: Vec<&str> = [
         FILES,
         IO,
         MEMORY,
@@ -529,17 +602,22 @@ pub fn profile() -> LinuxSeccomp {
         SOCKETS_AND_IPC,
     ]
     .concat();
+    allowed.extend(granted.iter().copied());
     let mut syscalls = vec![rule(&allowed, LinuxSeccompAction::ScmpActAllow)];
-    // clone: only without a namespace flag (the flags are its first
-    // argument on the architectures above).
-    let mut clone = rule(&["clone"], LinuxSeccompAction::ScmpActAllow);
-    clone.set_args(Some(vec![arg(
-        0,
-        CLONE_NAMESPACE_FLAGS,
-        0,
-        LinuxSeccompOperator::ScmpCmpMaskedEq,
-    )]));
-    syscalls.push(clone);
+    if capabilities.contains(&Capability::SysAdmin) {
+        syscalls.push(rule(&["clone"], LinuxSeccompAction::ScmpActAllow));
+    } else {
+        // clone: only without a namespace flag (the flags are its first
+        // argument on x86 and Arm); with one it falls to the default.
+        let mut clone = rule(&["clone"], LinuxSeccompAction::ScmpActAllow);
+        clone.set_args(Some(vec![arg(
+            0,
+            CLONE_NAMESPACE_FLAGS,
+            0,
+            LinuxSeccompOperator::ScmpCmpMaskedEq,
+        )]));
+        syscalls.push(clone);
+    }
     for persona in PERSONALITIES {
         let mut personality = rule(&["personality"], LinuxSeccompAction::ScmpActAllow);
         personality.set_args(Some(vec![arg(
@@ -550,7 +628,30 @@ pub fn profile() -> LinuxSeccomp {
         )]));
         syscalls.push(personality);
     }
-    let mut refused = rule(REFUSED, LinuxSeccompAction::ScmpActErrno);
+    // socket: every address family but AF_VSOCK.
+    let mut socket = rule(&["socket"], LinuxSeccompAction::ScmpActAllow);
+    socket.set_args(Some(vec![arg(
+        0,
+        AF_VSOCK,
+        0,
+        LinuxSeccompOperator::ScmpCmpNe,
+    )]));
+    syscalls.push(socket);
+    let mut vsock = rule(&["socket"], LinuxSeccompAction::ScmpActErrno);
+    vsock.set_errno_ret(Some(EPERM));
+    vsock.set_args(Some(vec![arg(
+        0,
+        AF_VSOCK,
+        0,
+        LinuxSeccompOperator::ScmpCmpEq,
+    )]));
+    syscalls.push(vsock);
+    let refused: Vec<&str> = REFUSED
+        .iter()
+        .copied()
+        .filter(|name| !granted.contains(name))
+        .collect();
+    let mut refused = rule(&refused, LinuxSeccompAction::ScmpActErrno);
     refused.set_errno_ret(Some(EPERM));
     syscalls.push(refused);
 
@@ -578,6 +679,20 @@ mod tests {
             .collect()
     }
 
+    fn default_capabilities() -> Capabilities {
+        super::super::spec::CAPABILITIES.into_iter().collect()
+    }
+
+    fn conditions(profile: &LinuxSeccomp, call: &str) -> Vec<(LinuxSeccompAction, u64)> {
+        profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|rule| rule.names() == &[call.to_string()])
+            .filter_map(|rule| Some((rule.action(), rule.args().as_ref()?.first()?.value())))
+            .collect()
+    }
+
     #[test]
     fn no_call_is_both_allowed_and_refused_nor_listed_twice() {
         let all: Vec<&str> = [
@@ -599,14 +714,24 @@ mod tests {
         );
         let both: Vec<_> = unique.intersection(&refused).collect();
         assert!(both.is_empty(), "allowed and refused: {both:?}");
-        for conditional in ["clone", "clone3", "personality"] {
+        for conditional in ["clone", "clone3", "personality", "socket"] {
             assert!(!unique.contains(conditional) && !refused.contains(conditional));
+        }
+        // What a capability lets through is a refused call, else it would
+        // be allowed (or unknown) whatever the capabilities.
+        for (capability, calls) in BY_CAPABILITY {
+            for call in *calls {
+                assert!(
+                    refused.contains(call),
+                    "{capability}: {call} is not refused"
+                );
+            }
         }
     }
 
     #[test]
     fn the_profile_refuses_what_reaches_past_the_container() {
-        let profile = profile();
+        let profile = profile(&default_capabilities());
         assert_eq!(profile.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert_eq!(profile.default_errno_ret(), Some(ENOSYS));
         let refused = names(&profile, LinuxSeccompAction::ScmpActErrno);
@@ -623,6 +748,7 @@ mod tests {
             "reboot",
             "pivot_root",
             "userfaultfd",
+            "open_by_handle_at",
         ] {
             assert!(refused.contains(call), "{call} is not refused");
         }
@@ -633,23 +759,59 @@ mod tests {
             "execve",
             "futex",
             "epoll_pwait",
-            "socket",
             "statx",
+            "adjtimex",
+            "readahead",
         ] {
             assert!(allowed.contains(call), "{call} is not allowed");
         }
         // clone3 is left to the default (ENOSYS), so C libraries fall back to
         // clone, whose flags the filter can see.
         assert!(!allowed.contains("clone3") && !refused.contains("clone3"));
+        assert_eq!(
+            conditions(&profile, "clone"),
+            [(LinuxSeccompAction::ScmpActAllow, CLONE_NAMESPACE_FLAGS)]
+        );
         let clone = profile
             .syscalls()
             .iter()
             .flatten()
             .find(|rule| rule.names() == &["clone".to_string()])
-            .expect("a clone rule");
-        let args = clone.args().as_ref().expect("clone has a condition");
-        assert_eq!(args[0].op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
-        assert_eq!(args[0].value(), CLONE_NAMESPACE_FLAGS);
-        assert_eq!(args[0].value_two(), Some(0));
+            .and_then(|rule| rule.args().clone())
+            .expect("clone has a condition");
+        assert_eq!(clone[0].op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+        assert_eq!(clone[0].value_two(), Some(0));
+        // Sockets of every family but the hypervisor's.
+        assert_eq!(
+            conditions(&profile, "socket"),
+            [
+                (LinuxSeccompAction::ScmpActAllow, AF_VSOCK),
+                (LinuxSeccompAction::ScmpActErrno, AF_VSOCK)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_capability_added_lets_its_calls_through() {
+        let mut capabilities = default_capabilities();
+        capabilities.insert(Capability::SysAdmin);
+        capabilities.insert(Capability::SysTime);
+        let profile = profile(&capabilities);
+        let allowed = names(&profile, LinuxSeccompAction::ScmpActAllow);
+        let refused = names(&profile, LinuxSeccompAction::ScmpActErrno);
+        for call in [
+            "mount",
+            "unshare",
+            "setns",
+            "clock_settime",
+            "settimeofday",
+            "clone",
+        ] {
+            assert!(allowed.contains(call), "{call} is not allowed");
+            assert!(!refused.contains(call), "{call} is still refused");
+        }
+        for call in ["init_module", "reboot", "keyctl", "io_uring_setup", "kcmp"] {
+            assert!(refused.contains(call), "{call} is not refused");
+        }
     }
 }

@@ -183,7 +183,7 @@ pub(super) fn build_spec(
         LinuxCapabilitiesBuilder::default()
             .bounding(caps.clone())
             .effective(caps.clone())
-            .permitted(caps)
+            .permitted(caps.clone())
             // Nothing carries over exec or to non-root users, as in Docker.
             .inheritable(oci_spec::runtime::Capabilities::new())
             .ambient(oci_spec::runtime::Capabilities::new())
@@ -249,7 +249,7 @@ pub(super) fn build_spec(
         linux.set_masked_paths(None);
         linux.set_readonly_paths(None);
     } else {
-        linux.set_seccomp(Some(super::seccomp::profile()));
+        linux.set_seccomp(Some(super::seccomp::profile(&caps)));
         linux.set_masked_paths(Some(MASKED_PATHS.map(String::from).to_vec()));
         linux.set_readonly_paths(Some(READONLY_PATHS.map(String::from).to_vec()));
     }

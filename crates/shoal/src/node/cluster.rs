@@ -502,7 +502,15 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
                 tracing::info!("registered in the cluster state");
                 return;
             }
-            Err(ProposeError::MixedVersions(why)) if !node.allows.is_none() => {
+            // Some node reads no allowances, as far as the leader knows. When
+            // the log holds format-6 entries already every node reads them,
+            // and the leader only has not heard every node's facts yet (it
+            // just took over): retry with them, or this node's tasks that
+            // need them would be stopped.
+            Err(ProposeError::MixedVersions(why))
+                if !node.allows.is_none()
+                    && shared.raft.read().log_version < ALLOWS_LOG_VERSION =>
+            {
                 tracing::warn!(
                     %why,
                     "registering without what --allow-privileged and --allow-host-network allow until every node runs shoal 0.6"

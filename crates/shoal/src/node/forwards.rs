@@ -314,6 +314,17 @@ mod tests {
             refused.contains("needs a deployer or admin token"),
             "{refused}"
         );
+        // An app that loosens the hardened defaults: an admin's only.
+        let privileged = Command::PutApp {
+            spec: shoal_types::parse_app(
+                b"name: ops\nservices: [{name: root, image: busybox, security: {privileged: true}}]\n",
+            )
+            .expect("valid"),
+        };
+        let refused = decided(&state, "w1", false, "w1", &privileged, Some(&deployer))
+            .expect_err("a deployer's privileged app");
+        assert!(refused.contains("needs an admin token"), "{refused}");
+        assert!(decided(&state, "w1", false, "w1", &privileged, Some(&admin)).is_ok());
         // A voter's word does not outweigh a token that says otherwise.
         assert!(decided(&state, "v1", true, "v1", &mint, Some(&reader)).is_err());
         // An expired token.

@@ -24,8 +24,23 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
             let state = shared.raft.read();
             let mut plan = shoal_sched::reconcile(&state);
             // Reasons as data need format 2; older nodes read words.
-            if shared.raft.cluster_log_version() < 2 {
+            let format = shared.raft.cluster_log_version();
+            if format < 2 {
                 plan = plan.worded();
+            } else if format < shoal_state::fit::NOT_ALLOWED_LOG_VERSION {
+                // A reason naming a node's allowance needs format 6; older
+                // nodes read it in words.
+                plan.unplaced = plan
+                    .unplaced
+                    .iter()
+                    .map(|unplaced| {
+                        if unplaced.names_an_allowance() {
+                            unplaced.worded()
+                        } else {
+                            unplaced.clone()
+                        }
+                    })
+                    .collect();
             }
             (!plan.changes_nothing(&state)).then_some(plan)
         };
