@@ -1,5 +1,18 @@
 //! `shoal`: every node runs this one binary; the same binary is the CLI.
 
+/// The CLI's `println!`, in every module below: when the reader of its
+/// output goes away (`shoal ps | head -1`), the process ends quietly with
+/// success, as Unix tools do, where std's would panic (Rust ignores
+/// SIGPIPE, which a node needs: a peer that goes must not end it).
+macro_rules! println {
+    () => {
+        $crate::stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 mod clock;
 mod commands;
@@ -39,6 +52,22 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes one line to stdout for [`println!`]; a closed pipe ends the
+/// process (the reader has what it wanted), another error ends it with a
+/// message.
+fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let written = writeln!(std::io::stdout().lock(), "{args}");
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("error: writing to stdout: {error}");
+            std::process::exit(1);
         }
     }
 }

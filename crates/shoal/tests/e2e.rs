@@ -1690,3 +1690,46 @@ fn what_loosens_the_defaults_needs_an_admin_and_a_node_that_allows_it() {
     );
     allowing.shoal_ok(&["rm", "ops"]);
 }
+
+/// A reader that goes away early (`shoal logs APP | head -n 1`,
+/// `shoal ps | true`) ends the CLI quietly and with success, as Unix tools
+/// do: no panic, no error, nothing on stderr.
+#[test]
+fn the_cli_ends_quietly_when_its_reader_goes_away() {
+    let Some(node) = Node::start_or_skip("brokenpipe") else {
+        return;
+    };
+    // About 600 kB of log, more than a pipe holds.
+    node.apply_ok(
+        "name: bulk\nservices: [{name: s, image: shoal.test/busybox:latest, command: [sh, -c, 'seq 1 100000; echo DONE; sleep 3600'], stop_grace_period: 1s}]\n",
+    );
+    node.wait_for("the whole log written", || {
+        node.shoal_ok(&["logs", "bulk.s", "--tail", "5"])
+            .contains("DONE")
+            .then_some(())
+    });
+    let errors = node.scratch.path().join("stderr");
+    for (pipeline, first) in [
+        ("\"$SHOAL\" logs bulk.s | head -n 1", "1\n"),
+        ("\"$SHOAL\" ps | true", ""),
+        ("\"$SHOAL\" ps -o json | true", ""),
+    ] {
+        let output = std::process::Command::new("bash")
+            .args(["-c", &format!("set -o pipefail; {pipeline}")])
+            .env("SHOAL", harness::binary())
+            .env("SHOAL_ADDR", node.addr())
+            .env("SHOAL_CONFIG", node.credential())
+            .stderr(std::fs::File::create(&errors).expect("stderr file"))
+            .output()
+            .expect("run bash");
+        let stderr = std::fs::read_to_string(&errors).expect("stderr");
+        assert!(
+            output.status.success(),
+            "{pipeline}: {:?} {stderr}",
+            output.status
+        );
+        assert_eq!(stderr, "", "{pipeline}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), first, "{pipeline}");
+    }
+    node.shoal_ok(&["rm", "bulk"]);
+}
