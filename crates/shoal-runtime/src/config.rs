@@ -47,6 +47,37 @@ pub struct ContainerConfig {
     pub privileges: Privileges,
 }
 
+impl ContainerConfig {
+    /// Container `id` of `image`, its output appended to `log_path`, its
+    /// hostname its id: the image's own command, environment and user, no
+    /// limits, labels or mounts, a network namespace of its own and the
+    /// hardened defaults. The rest is set field by field.
+    pub fn new(
+        id: impl Into<String>,
+        image: impl Into<String>,
+        log_path: impl Into<PathBuf>,
+    ) -> ContainerConfig {
+        let id = id.into();
+        ContainerConfig {
+            hostname: id.clone(),
+            id,
+            image: image.into(),
+            command: None,
+            args: None,
+            env: BTreeMap::new(),
+            working_dir: None,
+            user: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            labels: BTreeMap::new(),
+            log_path: log_path.into(),
+            network: NetworkMode::default(),
+            mounts: Vec::new(),
+            privileges: Privileges::default(),
+        }
+    }
+}
+
 /// Departures from the hardened defaults every container runs with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Privileges {

@@ -507,21 +507,8 @@ mod tests {
 
     fn config(id: &str, image: &str, dir: &std::path::Path) -> ContainerConfig {
         ContainerConfig {
-            id: id.into(),
-            image: image.into(),
-            command: None,
-            args: None,
-            env: BTreeMap::new(),
-            working_dir: None,
-            user: None,
-            cpu_millis: None,
-            memory_bytes: None,
             labels: BTreeMap::from([(LABEL_TASK.to_string(), "t".to_string())]),
-            log_path: dir.join("log"),
-            hostname: "h".into(),
-            network: Default::default(),
-            mounts: Vec::new(),
-            privileges: Default::default(),
+            ..ContainerConfig::new(id, image, dir.join("log"))
         }
     }
 

@@ -99,24 +99,17 @@ trait Backend: Send + Sync {
 fn config<B: Backend>(b: &B, id: &str, prog: &Prog) -> ContainerConfig {
     let (command, args) = prog.command();
     ContainerConfig {
-        id: id.to_string(),
-        image: b.image().to_string(),
         command: Some(command),
         args,
-        env: BTreeMap::new(),
-        working_dir: None,
-        user: None,
-        cpu_millis: None,
-        memory_bytes: None,
         labels: BTreeMap::from([
             (LABEL_TASK.to_string(), format!("task-{id}")),
             (LABEL_ATTEMPT.to_string(), "1".to_string()),
         ]),
-        log_path: b.dir().join("logs").join(format!("{id}.log")),
-        hostname: id.to_string(),
-        network: Default::default(),
-        mounts: Vec::new(),
-        privileges: Default::default(),
+        ..ContainerConfig::new(
+            id,
+            b.image(),
+            b.dir().join("logs").join(format!("{id}.log")),
+        )
     }
 }
 

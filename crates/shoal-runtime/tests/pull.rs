@@ -23,9 +23,7 @@ use futures::StreamExt;
 use shoal_runtime::containerd::Containerd;
 use shoal_runtime::image::{write_layers_layout, write_rootfs_layout};
 use shoal_runtime::registry::RegistryAccess;
-use shoal_runtime::{
-    ContainerConfig, ContainerStatus, ErrorKind, ImageStore, NetworkMode, Runtime, LABEL_TASK,
-};
+use shoal_runtime::{ContainerConfig, ContainerStatus, ErrorKind, ImageStore, Runtime, LABEL_TASK};
 
 mod support;
 use support::{busybox_rootfs, test_namespace, NamespacePurge};
@@ -165,21 +163,9 @@ async fn run_cat(rt: &Containerd, dir: &Path, image: &str) -> String {
     let id = format!("pull-run-{}", NEXT.fetch_add(1, Ordering::Relaxed));
     let log = dir.join(format!("{id}.log"));
     let config = ContainerConfig {
-        id: id.clone(),
-        image: image.to_string(),
         command: Some(vec!["cat".into(), "/etc/shoal-test".into()]),
-        args: None,
-        env: BTreeMap::new(),
-        working_dir: None,
-        user: None,
-        cpu_millis: None,
-        memory_bytes: None,
         labels: BTreeMap::from([(LABEL_TASK.to_string(), id.clone())]),
-        log_path: log.clone(),
-        hostname: id.clone(),
-        network: NetworkMode::default(),
-        mounts: Vec::new(),
-        privileges: Default::default(),
+        ..ContainerConfig::new(id.clone(), image, log.clone())
     };
     rt.run(&config).await.unwrap();
     for _ in 0..300 {

@@ -8,7 +8,7 @@ use shoal_types::{AppSpec, Node, NodeStatus, PinnedImage, Taint, TaintEffect, Ta
 
 use crate::registries::RegistryRecord;
 use crate::security::{ApiTokenRecord, CaRecord, GossipKeysRecord, JoinTokenRecord, NodeRole};
-use crate::{State, LOG_VERSION_FIRST};
+use crate::{format, State};
 
 /// Status reports accepted in one command.
 pub const REPORTS_PER_COMMAND_MAX: usize = 4096;
@@ -418,16 +418,18 @@ impl Command {
                     .iter()
                     .any(|service| !service.security().is_default()) =>
             {
-                6
+                format::ALLOWS
             }
-            Command::RegisterNode { node } if !node.allows.is_none() => 6,
+            Command::RegisterNode { node } if !node.allows.is_none() => format::ALLOWS,
             Command::ApplyPlan { plan }
                 if plan.unplaced.iter().any(Unplaced::names_an_allowance) =>
             {
-                6
+                format::ALLOWS
             }
             // Reasons as data came with format 2.
-            Command::ApplyPlan { plan } if plan.unplaced.iter().any(|u| u.why.is_some()) => 2,
+            Command::ApplyPlan { plan } if plan.unplaced.iter().any(|u| u.why.is_some()) => {
+                format::REASONS
+            }
             // Security came with format 3.
             Command::SetCa { .. }
             | Command::CreateJoinToken { .. }
@@ -436,7 +438,7 @@ impl Command {
             | Command::CreateApiToken { .. }
             | Command::RevokeApiToken { .. }
             | Command::SetGossipKeys { .. }
-            | Command::RemoveNode { .. } => 3,
+            | Command::RemoveNode { .. } => format::SECURITY,
             // Pinned images and registry settings came with format 4.
             // A service's `prepull` other than the default came with format 5.
             Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
@@ -445,12 +447,23 @@ impl Command {
                     .iter()
                     .any(|service| service.prepull != shoal_types::Prepull::default()) =>
             {
-                5
+                format::PREPULL
             }
             Command::PutAppPinned { .. }
             | Command::SetRegistry { .. }
-            | Command::RemoveRegistry { .. } => 4,
-            _ => LOG_VERSION_FIRST,
+            | Command::RemoveRegistry { .. } => format::PINS,
+            // Named one by one: a new command must say its format here.
+            Command::RegisterNode { .. }
+            | Command::PutApp { .. }
+            | Command::RemoveApp { .. }
+            | Command::ApplyPlan { .. }
+            | Command::SetNodeStatus { .. }
+            | Command::SetSettings { .. }
+            | Command::ForgetNode { .. }
+            | Command::TaintNode { .. }
+            | Command::UntaintNode { .. }
+            | Command::SetNodeDrain { .. }
+            | Command::ReportTasks { .. } => format::FIRST,
         }
     }
 }

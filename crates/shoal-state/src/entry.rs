@@ -34,9 +34,27 @@ use crate::{ApplyError, Command};
 ///   (privileged, the node's network or PID namespace, capabilities, a
 ///   read-only root), a node's `allows` (what its operator lets tasks do
 ///   beyond the defaults), and a plan's reason `not_allowed`.
-pub const LOG_VERSION: u32 = 6;
+pub const LOG_VERSION: u32 = format::ALLOWS;
 /// The format of entries and snapshots written before formats were named.
-pub const LOG_VERSION_FIRST: u32 = 1;
+pub const LOG_VERSION_FIRST: u32 = format::FIRST;
+
+/// The log format that first held each thing, by name, so that a writer
+/// and a reader of a format say the same number (see [`LOG_VERSION`] for
+/// what each holds).
+pub mod format {
+    /// Entries and snapshots written before formats were named.
+    pub const FIRST: u32 = 1;
+    /// Proposer and leader named, writer checks, reasons as data.
+    pub const REASONS: u32 = 2;
+    /// The cluster's trust: CA, tokens, admissions, gossip keys, removals.
+    pub const SECURITY: u32 = 3;
+    /// Pinned images and registry settings.
+    pub const PINS: u32 = 4;
+    /// A service's `prepull` other than the default.
+    pub const PREPULL: u32 = 5;
+    /// A container's `security`, a node's `allows`, the reason `not_allowed`.
+    pub const ALLOWS: u32 = 6;
+}
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.
 pub const RELEASE: &str = env!("CARGO_PKG_VERSION");

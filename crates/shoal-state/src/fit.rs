@@ -37,9 +37,6 @@ impl Request {
     }
 }
 
-/// The log format whose plans may give [`Reject::NotAllowed`] as a reason.
-pub const NOT_ALLOWED_LOG_VERSION: u32 = 6;
-
 /// Why a node cannot take a task.
 #[derive(
     Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

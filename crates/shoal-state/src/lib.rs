@@ -22,7 +22,7 @@ pub mod security;
 pub mod unplaced;
 
 pub use command::*;
-pub use entry::{Entry, Meta, RawCommand, LOG_VERSION, LOG_VERSION_FIRST, RELEASE};
+pub use entry::{format, Entry, Meta, RawCommand, LOG_VERSION, LOG_VERSION_FIRST, RELEASE};
 pub use plan::GLOBAL_SLOTS_MAX;
 
 /// Hash maps for the hot paths of scheduling and applying plans: foldhash

@@ -308,7 +308,7 @@ pub(super) fn build_spec(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use oci_spec::runtime::LinuxSeccompAction;
 
@@ -317,21 +317,9 @@ mod tests {
 
     fn config(network: NetworkMode, privileges: Privileges) -> ContainerConfig {
         ContainerConfig {
-            id: "c1".into(),
-            image: "docker.io/library/x:latest".into(),
-            command: None,
-            args: None,
-            env: BTreeMap::new(),
-            working_dir: None,
-            user: None,
-            cpu_millis: None,
-            memory_bytes: None,
-            labels: BTreeMap::new(),
-            log_path: PathBuf::from("/tmp/x.log"),
-            hostname: "h".into(),
             network,
-            mounts: Vec::new(),
             privileges,
+            ..ContainerConfig::new("c1", "docker.io/library/x:latest", "/tmp/x.log")
         }
     }
 

@@ -92,29 +92,14 @@ fn parse_numeric_user(user: &str) -> Option<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
     use super::*;
 
     fn config(command: Option<&[&str]>, args: Option<&[&str]>) -> ContainerConfig {
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
         ContainerConfig {
-            id: "c1".into(),
-            image: "docker.io/library/x:latest".into(),
             command: command.map(strings),
             args: args.map(strings),
-            env: BTreeMap::new(),
-            working_dir: None,
-            user: None,
-            cpu_millis: None,
-            memory_bytes: None,
-            labels: BTreeMap::new(),
-            log_path: PathBuf::from("/tmp/x.log"),
-            hostname: "h".into(),
-            network: Default::default(),
-            mounts: Vec::new(),
-            privileges: Default::default(),
+            ..ContainerConfig::new("c1", "docker.io/library/x:latest", "/tmp/x.log")
         }
     }
 

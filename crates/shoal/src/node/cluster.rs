@@ -451,9 +451,6 @@ fn registration<R, L>(shared: &Shared<R, L>) -> Node {
     }
 }
 
-/// The log format that holds a node's allowances.
-const ALLOWS_LOG_VERSION: u32 = 6;
-
 /// Records this node in the cluster state (through the leader), retrying
 /// until the cluster answers. While some node reads no format with
 /// allowances (the cluster is being upgraded), the node registers without
@@ -509,7 +506,7 @@ pub async fn register<R>(shared: Arc<Shared<R>>) {
             // need them would be stopped.
             Err(ProposeError::MixedVersions(why))
                 if !node.allows.is_none()
-                    && shared.raft.read().log_version < ALLOWS_LOG_VERSION =>
+                    && shared.raft.read().log_version < shoal_state::format::ALLOWS =>
             {
                 tracing::warn!(
                     %why,
@@ -541,7 +538,7 @@ async fn register_allowances<R>(shared: &Shared<R>) {
     };
     if stored == shared.config.allows
         || (!shared.config.allows.is_none()
-            && shared.raft.cluster_log_version() < ALLOWS_LOG_VERSION)
+            && shared.raft.cluster_log_version() < shoal_state::format::ALLOWS)
     {
         return;
     }

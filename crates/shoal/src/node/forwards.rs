@@ -23,7 +23,7 @@ use shoal_api::access::Access;
 use shoal_cluster::raft::{ForwardPolicy, Forwarded};
 use shoal_state::{Authority, State};
 
-use super::gate::{allowed, identify, Audit, Caller, LineRate, Refusal};
+use super::gate::{operator_may, token_needed, Audit, LineRate, OperatorRefusal, Refusal};
 use crate::clock::now_ms;
 
 /// Refused forwards written to the audit log one by one per second at
@@ -137,29 +137,17 @@ pub fn decide(
         Authority::Admin => Access::Admin,
     };
     match forwarded.operator {
-        Some(token) => {
-            let caller = identify(
-                state,
-                cluster_id,
-                None,
-                Some(&format!("Bearer {token}")),
-                now_ms,
-            )
-            .map_err(|Refusal(why)| format!("{name}: the operator's credential: {why}"))?;
-            if matches!(caller, Caller::Token { .. }) && allowed(access, &caller) {
-                Ok(Some(caller.label()))
-            } else {
-                Err(format!(
-                    "{name}: {} may not do this; it needs {}",
-                    caller.label(),
-                    if access == Access::Deploy {
-                        "a deployer or admin token"
-                    } else {
-                        "an admin token"
-                    }
-                ))
+        Some(token) => match operator_may(state, cluster_id, token, access, now_ms) {
+            Ok(caller) => Ok(Some(caller.label())),
+            Err(OperatorRefusal::Credential(Refusal(why))) => {
+                Err(format!("{name}: the operator's credential: {why}"))
             }
-        }
+            Err(OperatorRefusal::Role(caller)) => Err(format!(
+                "{name}: {} may not do this; it needs {}",
+                caller.label(),
+                token_needed(access)
+            )),
+        },
         None if by.voter => Ok(Some(format!("voter {}", by.node))),
         None => Err(format!(
             "{name}: node `{}` is no voter and forwarded it without the credential of an operator who may (a worker of shoal 0.4 sends none: upgrade it, or send this to a voter)",

@@ -140,6 +140,50 @@ pub fn allowed(access: Access, caller: &Caller) -> bool {
     }
 }
 
+/// Why an operator's API token may not do something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorRefusal {
+    /// The token is not taken (malformed, unknown, wrong secret, expired).
+    Credential(Refusal),
+    /// The caller it names may not do what is asked.
+    Role(Caller),
+}
+
+/// Whether the API token `secret` of an operator may do what `access`
+/// needs: the caller it names, or why not. The API node (for what it
+/// checks before proposing) and the leader (for a forwarded proposal)
+/// decide by this one rule.
+pub fn operator_may(
+    state: &ClusterState,
+    cluster_id: &str,
+    secret: &str,
+    access: Access,
+    now_ms: u64,
+) -> Result<Caller, OperatorRefusal> {
+    let caller = identify(
+        state,
+        cluster_id,
+        None,
+        Some(&format!("Bearer {secret}")),
+        now_ms,
+    )
+    .map_err(OperatorRefusal::Credential)?;
+    if matches!(caller, Caller::Token { .. }) && allowed(access, &caller) {
+        Ok(caller)
+    } else {
+        Err(OperatorRefusal::Role(caller))
+    }
+}
+
+/// How an error names the token that `access` needs.
+pub fn token_needed(access: Access) -> &'static str {
+    match access {
+        Access::Admin => "an admin token",
+        Access::Deploy => "a deployer or admin token",
+        _ => "an API token",
+    }
+}
+
 /// Bytes of `audit.log` before it is rotated to `audit.log.1`.
 const AUDIT_FILE_BYTES_MAX: u64 = 16 << 20;
 /// Rotated files kept (`audit.log.1` … `.4`); the oldest goes.

@@ -722,24 +722,15 @@ mod tests {
         // Left by an agent that died: the task's container, exited, and a
         // container of a task the cluster no longer has.
         let mut leftover = ContainerConfig {
-            id: task.clone(),
-            image: "busybox".into(),
-            command: None,
-            args: None,
-            env: Default::default(),
-            working_dir: None,
-            user: None,
-            cpu_millis: None,
-            memory_bytes: None,
             labels: BTreeMap::from([
                 (LABEL_TASK.to_string(), task.clone()),
                 (LABEL_ATTEMPT.to_string(), "1".to_string()),
             ]),
-            log_path: std::env::temp_dir().join("leftover.log"),
-            hostname: "leftover".into(),
-            network: NetworkMode::Isolated,
-            mounts: Vec::new(),
-            privileges: Default::default(),
+            ..ContainerConfig::new(
+                task.clone(),
+                "busybox",
+                std::env::temp_dir().join("leftover.log"),
+            )
         };
         runtime.run(&leftover).await.expect("leftover runs");
         assert!(runtime.exit(&task, 1));

@@ -25,9 +25,9 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) {
             let mut plan = shoal_sched::reconcile(&state);
             // Reasons as data need format 2; older nodes read words.
             let format = shared.raft.cluster_log_version();
-            if format < 2 {
+            if format < shoal_state::format::REASONS {
                 plan = plan.worded();
-            } else if format < shoal_state::fit::NOT_ALLOWED_LOG_VERSION {
+            } else if format < shoal_state::format::ALLOWS {
                 // A reason naming a node's allowance needs format 6; older
                 // nodes read it in words.
                 plan.unplaced = plan

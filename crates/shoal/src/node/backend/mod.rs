@@ -30,7 +30,6 @@ use shoal_cluster::raft::RaftNode;
 
 use super::Shared;
 use crate::clock::now_ms;
-use pins::PINS_LOG_VERSION;
 use views::{app_view, image_view, node_views, stop_words, unplaced_view};
 
 pub struct NodeBackend<R, L = RaftNode>(pub Arc<Shared<R, L>>);
@@ -47,29 +46,20 @@ impl<R, L: ReplicatedLog> NodeBackend<R, L> {
             };
             let path = format!("services[{index}].{field}");
             let state = self.0.raft.read();
-            let caller = forward_operator().and_then(|token| {
-                super::gate::identify(
-                    &state,
-                    &self.0.cluster_id,
-                    None,
-                    Some(&format!("Bearer {token}")),
-                    now_ms(),
-                )
-                .ok()
+            let access = shoal_api::access::Access::Admin;
+            let decision = forward_operator().map(|token| {
+                super::gate::operator_may(&state, &self.0.cluster_id, &token, access, now_ms())
             });
-            let admin = matches!(
-                caller,
-                Some(super::gate::Caller::Token {
-                    role: shoal_state::security::ApiRole::Admin,
-                    ..
-                })
-            );
-            if !admin {
+            if !matches!(decision, Some(Ok(_))) {
+                let caller = match decision {
+                    Some(Err(super::gate::OperatorRefusal::Role(caller))) => caller.label(),
+                    _ => "this caller".to_string(),
+                };
                 return Err(ApiError::new(
                     axum::http::StatusCode::FORBIDDEN,
                     format!(
-                        "{path}: runs the task beyond the hardened defaults, which needs an admin token; {} may not",
-                        caller.map_or_else(|| "this caller".to_string(), |caller| caller.label())
+                        "{path}: runs the task beyond the hardened defaults, which needs {}; {caller} may not",
+                        super::gate::token_needed(access)
                     ),
                 ));
             }
@@ -259,7 +249,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
             // each node when it runs them; unless the spec itself needs a
             // newer format (then the refusal stands).
             Err(ProposeError::MixedVersions(why))
-                if unpinned.version_needed() < PINS_LOG_VERSION =>
+                if unpinned.version_needed() < shoal_state::format::PINS =>
             {
                 tracing::warn!(app = %name, %why, "images not pinned while the cluster is upgraded");
                 self.0.raft.propose(now_ms(), unpinned).await

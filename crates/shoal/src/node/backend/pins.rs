@@ -15,9 +15,6 @@ use shoal_types::{
 
 use super::NodeBackend;
 
-/// The log format that keeps pinned images (`PutAppPinned`).
-pub(super) const PINS_LOG_VERSION: u32 = 4;
-
 impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     /// Service name → its pinned image. A reference that does not resolve,
     /// a registry that cannot be reached or refuses, or an image with no
@@ -30,7 +27,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
         // While some node reads no pins (the cluster is being upgraded) they
         // could not be kept: the app goes in unpinned, as before, and an
         // image imported by hand only on other nodes still applies.
-        if self.0.raft.cluster_log_version() < PINS_LOG_VERSION {
+        if self.0.raft.cluster_log_version() < shoal_state::format::PINS {
             return Ok(BTreeMap::new());
         }
         let nodes: Vec<Node> = self
