@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shoal_cluster::membership::{
-    Member, MemberStatus, Membership, MembershipConfig, MembershipError, NodeFacts,
+    GossipKey, GossipKeyring, GossipSealing, Member, MemberStatus, Membership, MembershipConfig,
+    MembershipError, MembershipStats, NodeFacts,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -415,6 +416,26 @@ async fn bad_configs_are_refused() {
     let err = Membership::start(unspecified, vec![]).await.unwrap_err();
     assert!(err.to_string().contains("advertise"), "{err}");
 
+    // Sealing without a ring could send or take nothing.
+    let mut keyless = base.clone();
+    keyless.sealing = GossipSealing {
+        keyring: None,
+        send_sealed: true,
+        accept_plaintext: true,
+    };
+    let err = Membership::start(keyless, vec![]).await.unwrap_err();
+    assert!(err.to_string().contains("sealing needs a keyring"), "{err}");
+    let mut bad_ring = base.clone();
+    bad_ring.sealing = GossipSealing::sealed(GossipKeyring {
+        keys: vec![GossipKey {
+            id: 1,
+            key: "not hex".into(),
+        }],
+        primary: 1,
+    });
+    let err = Membership::start(bad_ring, vec![]).await.unwrap_err();
+    assert!(err.to_string().contains("64 hex digits"), "{err}");
+
     let mut slow_rtt = base.clone();
     slow_rtt.probe_rtt = slow_rtt.probe_period;
     assert!(Membership::start(slow_rtt, vec![]).await.is_err());
@@ -433,4 +454,254 @@ async fn bad_configs_are_refused() {
     let node = Membership::start(base, vec![]).await.unwrap();
     assert_eq!(node.members().len(), 1);
     node.shutdown().await;
+}
+
+fn sealed(
+    name: &str,
+    n: u32,
+    at: SocketAddr,
+    dir: &Path,
+    ring: &GossipKeyring,
+) -> MembershipConfig {
+    let mut config = config(name, n, at, "test", dir);
+    config.sealing = GossipSealing::sealed(ring.clone());
+    config
+}
+
+fn names(node: &Membership) -> Vec<String> {
+    node.members().into_iter().map(|m| m.facts.name).collect()
+}
+
+/// An upgrade to sealed gossip, as the nodes see it: members of a release
+/// without a ring (plaintext), members that hold the ring but still send
+/// plaintext, then one that seals while still taking plaintext, then all
+/// sealed. Nobody is suspected at any step; once sealed, a member of the
+/// old kind is neither heard nor admitted.
+#[tokio::test]
+async fn a_cluster_moves_from_plaintext_to_sealed_gossip_without_losing_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = GossipKeyring::generate(1);
+    let a = start("a", 1, addr(20, 1), dir.path(), &[]).await;
+    let b = start("b", 2, addr(20, 2), dir.path(), &[a.advertise()]).await;
+    let c = start("c", 3, addr(20, 3), dir.path(), &[a.advertise()]).await;
+    let all = [&a, &b, &c];
+    wait_for("plaintext members to converge", CONVERGE, || {
+        converged(&all)
+    })
+    .await;
+    let steady = |what: &'static str| async move {
+        // Several probe periods: a member that could not hear another
+        // would be suspected in this time.
+        for _ in 0..30 {
+            assert!(converged(&all), "{what}: a member was lost");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    // a and b are upgraded: they hold the ring and still speak plaintext.
+    for node in [&a, &b] {
+        node.set_sealing(&GossipSealing::plaintext(Some(ring.clone())))
+            .unwrap();
+    }
+    steady("a and b hold the ring, c does not").await;
+    // c too; then a seals while it still takes plaintext (its grace).
+    c.set_sealing(&GossipSealing::plaintext(Some(ring.clone())))
+        .unwrap();
+    a.set_sealing(&GossipSealing {
+        keyring: Some(ring.clone()),
+        send_sealed: true,
+        accept_plaintext: true,
+    })
+    .unwrap();
+    steady("a seals, b and c send plaintext").await;
+    assert!(b.stats().sealed_received > 0 && c.stats().sealed_received > 0);
+    // Everyone seals only.
+    for node in all {
+        node.set_sealing(&GossipSealing::sealed(ring.clone()))
+            .unwrap();
+        assert!(node.sealing().is_sealed());
+    }
+    let before: Vec<MembershipStats> = all.iter().map(|node| node.stats()).collect();
+    steady("all seal").await;
+    for (node, before) in all.iter().zip(&before) {
+        let now = node.stats();
+        assert!(
+            now.sealed_received > before.sealed_received
+                && now.datagrams_sent - before.datagrams_sent
+                    == now.sealed_sent - before.sealed_sent,
+            "{} sent something unsealed: {now:?}",
+            node.name()
+        );
+    }
+
+    // A member of a release without sealed gossip announces itself: the
+    // cluster drops what it sends, and it hears nothing back.
+    let old = start("old", 4, addr(20, 4), dir.path(), &[a.advertise()]).await;
+    wait_for("the old member's plaintext to be dropped", CONVERGE, || {
+        a.stats().dropped_unsealed > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in all {
+        assert_eq!(names(node), ["a", "b", "c"], "{} admitted it", node.name());
+    }
+    assert_eq!(names(&old), ["old"]);
+    assert_eq!(old.stats().sealed_received, 0);
+    shutdown_all(&[&a, &b, &c, &old]).await;
+}
+
+/// What a sealed member drops and counts, sent 2,000 times each at it:
+/// random bytes, this cluster's plaintext, one of its own sealed datagrams
+/// replayed, cut short and bent, and a member sealing with another key. Its
+/// member list stays as it was, and every datagram is counted as dropped.
+#[tokio::test]
+async fn forged_replayed_cut_and_plaintext_datagrams_are_dropped_and_counted() {
+    const EACH: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = GossipKeyring::generate(1);
+    // A tap posing as a peer catches one real sealed datagram of x.
+    let tap = tokio::net::UdpSocket::bind(addr(21, 9)).await.unwrap();
+    let x = Membership::start(
+        sealed("x1", 1, addr(21, 1), dir.path(), &ring),
+        vec![addr(21, 9)],
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 2048];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), tap.recv_from(&mut buf))
+        .await
+        .expect("x announces itself to the tap in time")
+        .unwrap();
+    let sealed_datagram = buf[..len].to_vec();
+    assert!(
+        !sealed_datagram.windows(2).any(|w| w == b"x1"),
+        "the node's name is in clear"
+    );
+    // A member of the same cluster id with another ring.
+    let other_ring = GossipKeyring {
+        keys: vec![GossipKey {
+            id: 9,
+            key: "ab".repeat(32),
+        }],
+        primary: 9,
+    };
+    let foreign = Membership::start(
+        sealed("x2", 2, addr(21, 2), dir.path(), &other_ring),
+        vec![x.advertise()],
+    )
+    .await
+    .unwrap();
+    wait_for("the other ring's datagrams to be refused", CONVERGE, || {
+        x.stats().dropped_unknown_key > 0
+    })
+    .await;
+    // The same key id with other key bytes does not open either.
+    foreign
+        .set_sealing(&GossipSealing::sealed(GossipKeyring {
+            keys: vec![GossipKey {
+                id: 1,
+                key: "cd".repeat(32),
+            }],
+            primary: 1,
+        }))
+        .unwrap();
+    wait_for("the other key's datagrams to be refused", CONVERGE, || {
+        x.stats().dropped_forged > 0
+    })
+    .await;
+    shutdown_all(&[&foreign]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = x.stats();
+    let dropped = |s: &MembershipStats| {
+        s.dropped_malformed
+            + s.dropped_unsealed
+            + s.dropped_truncated
+            + s.dropped_unknown_key
+            + s.dropped_forged
+            + s.dropped_replayed
+            + s.dropped_stale
+            + s.dropped_oversize
+    };
+    // This cluster's plaintext envelope, caught from a plaintext member.
+    let plain_tap = tokio::net::UdpSocket::bind(addr(21, 8)).await.unwrap();
+    let plain = start("p", 3, addr(21, 3), dir.path(), &[addr(21, 8)]).await;
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), plain_tap.recv_from(&mut buf))
+        .await
+        .expect("the plaintext member announces itself in time")
+        .unwrap();
+    let plaintext = buf[..len].to_vec();
+    plain.shutdown().await;
+
+    let mut seed = 0x5eed_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut sent = 0u64;
+    let tap = tap.into_std().unwrap();
+    tap.set_nonblocking(false).unwrap();
+    let send = |bytes: &[u8], sent: &mut u64| {
+        tap.send_to(bytes, x.advertise()).unwrap();
+        *sent += 1;
+    };
+    for round in 0..EACH {
+        let random: Vec<u8> = (0..1 + (next() % 300) as usize)
+            .map(|_| next() as u8)
+            .collect();
+        send(&random, &mut sent);
+        send(&plaintext, &mut sent);
+        send(&sealed_datagram, &mut sent);
+        send(
+            &sealed_datagram[..1 + (next() as usize) % (sealed_datagram.len() - 1)],
+            &mut sent,
+        );
+        let mut bent = sealed_datagram.clone();
+        let at = (next() as usize) % bent.len();
+        bent[at] ^= 1 << (round % 8);
+        send(&bent, &mut sent);
+        if round % 50 == 49 {
+            // Let the member keep up: UDP drops what a socket cannot hold.
+            // Waits until it has taken all, or takes no more for 50 ms.
+            let mut seen = 0;
+            let mut still = 0;
+            while still < 50 {
+                let now = x.stats().datagrams_received - before.datagrams_received;
+                if now >= sent {
+                    break;
+                }
+                still = if now == seen { still + 1 } else { 0 };
+                seen = now;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = x.stats();
+    let received = after.datagrams_received - before.datagrams_received;
+    // Loopback may lose a few under the flood; what arrives is what counts.
+    assert!(
+        received * 100 >= sent * 95,
+        "{received} of {sent} datagrams arrived"
+    );
+    // Only the first copy of x's own datagram could pass (x had not seen
+    // it); every other one is dropped and counted.
+    let counted = dropped(&after) - dropped(&before);
+    assert!(
+        counted + 1 >= received,
+        "{counted} of {received} dropped: {after:?}"
+    );
+    let share = received / 5;
+    assert!(
+        after.dropped_replayed - before.dropped_replayed + 100 >= share,
+        "{after:?}"
+    );
+    assert!(
+        after.dropped_unsealed - before.dropped_unsealed + 100 >= share,
+        "{after:?}"
+    );
+    assert_eq!(names(&x), ["x1"], "a dropped datagram changed the members");
+    shutdown_all(&[&x]).await;
 }

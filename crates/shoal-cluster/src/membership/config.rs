@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::facts::FactsMsg;
+use super::wire::GossipKeyring;
 use super::{MembershipError, NodeFacts, CLUSTER_ID_MAX_BYTES, FACTS_MAX_BYTES, NAME_MAX_BYTES};
 
 #[derive(Clone, Debug)]
@@ -31,6 +32,67 @@ pub struct MembershipConfig {
     pub probe_rtt: Duration,
     /// How long a suspect has to refute the suspicion before it is dead.
     pub suspect_to_down_after: Duration,
+    /// Which envelopes are sent and taken; plaintext until the cluster
+    /// seals (see [`GossipSealing`]).
+    pub sealing: GossipSealing,
+}
+
+/// Which envelopes a member sends and takes. A cluster speaks plaintext
+/// until every node reads sealed gossip; it then seals with the cluster's
+/// keyring, taking plaintext a little longer so that nodes that switch a
+/// moment later are still heard, and then only sealed datagrams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GossipSealing {
+    /// The keys datagrams are sealed and opened with. With a ring and
+    /// plaintext sent, sealed datagrams are still opened.
+    pub keyring: Option<GossipKeyring>,
+    /// Seal every datagram sent (needs a ring).
+    pub send_sealed: bool,
+    /// Take plaintext datagrams (the cluster id's hash, not a secret).
+    pub accept_plaintext: bool,
+}
+
+impl GossipSealing {
+    /// Plaintext sent and taken, and sealed datagrams opened with `keyring`.
+    pub fn plaintext(keyring: Option<GossipKeyring>) -> GossipSealing {
+        GossipSealing {
+            keyring,
+            send_sealed: false,
+            accept_plaintext: true,
+        }
+    }
+
+    /// Sealed datagrams only.
+    pub fn sealed(keyring: GossipKeyring) -> GossipSealing {
+        GossipSealing {
+            keyring: Some(keyring),
+            send_sealed: true,
+            accept_plaintext: false,
+        }
+    }
+
+    /// Whether nothing but sealed datagrams is sent and taken.
+    pub fn is_sealed(&self) -> bool {
+        self.send_sealed && !self.accept_plaintext
+    }
+
+    pub(super) fn check(&self) -> Result<(), String> {
+        match &self.keyring {
+            Some(ring) => ring
+                .check()
+                .map_err(|message| format!("keyring: {message}")),
+            None if self.send_sealed || !self.accept_plaintext => Err(
+                "sealing needs a keyring: without one no datagram could be sent or taken".into(),
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Default for GossipSealing {
+    fn default() -> GossipSealing {
+        GossipSealing::plaintext(None)
+    }
 }
 
 impl MembershipConfig {
@@ -56,6 +118,7 @@ impl MembershipConfig {
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(200),
             suspect_to_down_after: Duration::from_secs(2),
+            sealing: GossipSealing::default(),
         }
     }
 
@@ -93,6 +156,9 @@ impl MembershipConfig {
         }
         if self.dead_forget_after < Duration::from_secs(1) {
             return invalid("dead_forget_after must be at least 1s".into());
+        }
+        if let Err(message) = self.sealing.check() {
+            return invalid(format!("sealing: {message}"));
         }
         check_facts(&self.name, &self.facts)
     }

@@ -12,9 +12,10 @@ use super::config::check_facts;
 use super::driver::{Command, Driver};
 use super::identity::NodeId;
 use super::stats::Counters;
+use super::wire::Envelope;
 use super::{
-    peer_cache, wall_ms, Member, MemberStatus, MembershipConfig, MembershipError, MembershipStats,
-    NodeFacts, COMMANDS_MAX,
+    peer_cache, wall_ms, GossipSealing, Member, MemberStatus, MembershipConfig, MembershipError,
+    MembershipStats, NodeFacts, COMMANDS_MAX,
 };
 
 /// State shared by the handle and the gossip task.
@@ -25,6 +26,23 @@ pub(super) struct Shared {
     pub(super) pending_facts: Mutex<Option<NodeFacts>>,
     pub(super) facts_wakeup: Notify,
     pub(super) counters: Counters,
+    /// How datagrams are wrapped and unwrapped, swapped whole.
+    pub(super) envelope: RwLock<Arc<Envelope>>,
+    /// What the envelope was made from (keys included), to report.
+    pub(super) sealing: RwLock<GossipSealing>,
+    pub(super) cluster_id: String,
+    /// Random per start: with a sequence number, it lets receivers drop
+    /// replayed sealed datagrams.
+    pub(super) session: u64,
+}
+
+impl Shared {
+    pub(super) fn envelope(&self) -> Arc<Envelope> {
+        self.envelope
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }
 
 impl Shared {
@@ -100,12 +118,19 @@ impl Membership {
             since_ms: started_ms,
         };
         let (changes, _) = watch::channel(0);
+        let session: u64 = rand::random();
+        let envelope = Envelope::new(&config.sealing, &config.cluster_id, session)
+            .map_err(MembershipError::InvalidConfig)?;
         let shared = Arc::new(Shared {
             members: RwLock::new(vec![self_member]),
             changes,
             pending_facts: Mutex::new(None),
             facts_wakeup: Notify::new(),
             counters: Counters::default(),
+            envelope: RwLock::new(Arc::new(envelope)),
+            sealing: RwLock::new(config.sealing.clone()),
+            cluster_id: config.cluster_id.clone(),
+            session,
         });
         let (commands, command_rx) = mpsc::channel(COMMANDS_MAX);
         let (stop, stop_rx) = watch::channel(false);
@@ -130,6 +155,35 @@ impl Membership {
             stop,
             task: Mutex::new(Some(task)),
         })
+    }
+
+    /// Sends and takes datagrams as `sealing` says from the next one on.
+    /// Rotate keys by installing a key on every node, then making it the
+    /// primary, then removing the old one: members keep opening each
+    /// other's datagrams throughout.
+    pub fn set_sealing(&self, sealing: &GossipSealing) -> Result<(), MembershipError> {
+        let envelope = Envelope::new(sealing, &self.shared.cluster_id, self.shared.session)
+            .map_err(MembershipError::InvalidConfig)?;
+        *self
+            .shared
+            .envelope
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(envelope);
+        *self
+            .shared
+            .sealing
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = sealing.clone();
+        Ok(())
+    }
+
+    /// How datagrams are sent and taken now.
+    pub fn sealing(&self) -> GossipSealing {
+        self.shared
+            .sealing
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// This node's name.

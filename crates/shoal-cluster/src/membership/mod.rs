@@ -58,9 +58,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::MembershipConfig;
+pub use config::{GossipSealing, MembershipConfig};
 pub use handle::Membership;
 pub use stats::MembershipStats;
+pub use wire::{GossipKey, GossipKeyring, KEYS_MAX as GOSSIP_KEYS_MAX, SKEW_MAX_MS};
 
 /// Where gossip listens unless told otherwise (the memberlist/Serf port).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;

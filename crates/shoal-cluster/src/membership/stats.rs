@@ -12,6 +12,21 @@ pub struct MembershipStats {
     pub dropped_other_cluster: u64,
     /// Datagrams without a valid envelope.
     pub dropped_malformed: u64,
+    /// Plaintext where only sealed datagrams are taken.
+    pub dropped_unsealed: u64,
+    /// Shorter than a sealed datagram can be.
+    pub dropped_truncated: u64,
+    /// Sealed with a key id this node's ring does not hold.
+    pub dropped_unknown_key: u64,
+    /// Did not authenticate: forged, changed on the way, another cluster's.
+    pub dropped_forged: u64,
+    /// Seen before (the same sender session and sequence).
+    pub dropped_replayed: u64,
+    /// Sent further than `SKEW_MAX_MS` from this node's clock.
+    pub dropped_stale: u64,
+    /// Sealed datagrams sent and opened.
+    pub sealed_sent: u64,
+    pub sealed_received: u64,
     /// Datagrams over the size limit.
     pub dropped_oversize: u64,
     /// Datagrams dropped because they would add members past
@@ -28,6 +43,14 @@ pub(super) struct Counters {
     pub(super) datagrams_sent: AtomicU64,
     pub(super) dropped_other_cluster: AtomicU64,
     pub(super) dropped_malformed: AtomicU64,
+    pub(super) dropped_unsealed: AtomicU64,
+    pub(super) dropped_truncated: AtomicU64,
+    pub(super) dropped_unknown_key: AtomicU64,
+    pub(super) dropped_forged: AtomicU64,
+    pub(super) dropped_replayed: AtomicU64,
+    pub(super) dropped_stale: AtomicU64,
+    pub(super) sealed_sent: AtomicU64,
+    pub(super) sealed_received: AtomicU64,
     pub(super) dropped_oversize: AtomicU64,
     pub(super) dropped_members_full: AtomicU64,
     pub(super) protocol_errors: AtomicU64,
@@ -46,6 +69,14 @@ impl Counters {
             datagrams_sent: get(&self.datagrams_sent),
             dropped_other_cluster: get(&self.dropped_other_cluster),
             dropped_malformed: get(&self.dropped_malformed),
+            dropped_unsealed: get(&self.dropped_unsealed),
+            dropped_truncated: get(&self.dropped_truncated),
+            dropped_unknown_key: get(&self.dropped_unknown_key),
+            dropped_forged: get(&self.dropped_forged),
+            dropped_replayed: get(&self.dropped_replayed),
+            dropped_stale: get(&self.dropped_stale),
+            sealed_sent: get(&self.sealed_sent),
+            sealed_received: get(&self.sealed_received),
             dropped_oversize: get(&self.dropped_oversize),
             dropped_members_full: get(&self.dropped_members_full),
             protocol_errors: get(&self.protocol_errors),

@@ -7,30 +7,48 @@ use foca::{Codec, Message, PostcardCodec};
 
 use super::super::identity::NodeId;
 use super::super::stats::Counters;
-use super::super::wire::{self, Reject, PREFIX_LEN};
+use super::super::wall_ms;
+use super::super::wire::{Reject, OVERHEAD};
 use super::super::{MEMBERS_MAX, PACKET_MAX_BYTES};
 use super::Driver;
 
 impl Driver {
-    pub(super) fn receive(&mut self, datagram: &[u8]) {
-        let counters = &self.shared.counters;
+    pub(super) fn receive(&mut self, datagram: &mut [u8]) {
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
         Counters::bump(&counters.datagrams_received);
-        if datagram.len() > PREFIX_LEN + PACKET_MAX_BYTES {
+        if datagram.len() > OVERHEAD + PACKET_MAX_BYTES {
             Counters::bump(&counters.dropped_oversize);
             return;
         }
-        let packet = match wire::open(&self.prefix, datagram) {
-            Ok(packet) => packet,
-            Err(Reject::OtherCluster) => {
-                Counters::bump(&counters.dropped_other_cluster);
-                tracing::trace!("dropped a datagram of another cluster");
-                return;
+        let envelope = shared.envelope();
+        let range = match envelope.unwrap(datagram, wall_ms(), &mut self.replays) {
+            Ok((range, sealed)) => {
+                if sealed {
+                    Counters::bump(&counters.sealed_received);
+                }
+                range
             }
-            Err(Reject::Malformed) => {
-                Counters::bump(&counters.dropped_malformed);
+            Err(reject) => {
+                Counters::bump(match reject {
+                    Reject::Malformed => &counters.dropped_malformed,
+                    Reject::OtherCluster => &counters.dropped_other_cluster,
+                    Reject::Unsealed => &counters.dropped_unsealed,
+                    Reject::Truncated => &counters.dropped_truncated,
+                    Reject::UnknownKey => &counters.dropped_unknown_key,
+                    Reject::Forged => &counters.dropped_forged,
+                    Reject::Replayed => &counters.dropped_replayed,
+                    Reject::Stale => &counters.dropped_stale,
+                });
+                tracing::trace!(?reject, "dropped a gossip datagram");
                 return;
             }
         };
+        let packet = &datagram[range];
+        if packet.is_empty() {
+            Counters::bump(&counters.dropped_truncated);
+            return;
+        }
         if self.foca.iter_membership_state().len() >= MEMBERS_MAX && self.would_add_members(packet)
         {
             Counters::bump(&counters.dropped_members_full);

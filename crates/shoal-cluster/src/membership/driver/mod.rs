@@ -30,7 +30,7 @@ use super::facts::{FactsHandler, FactsMsg, SharedFacts};
 use super::handle::Shared;
 use super::identity::NodeId;
 use super::stats::Counters;
-use super::wire::{self, Prefix, PREFIX_LEN};
+use super::wire::{Replays, OVERHEAD};
 use super::{MemberStatus, MembershipConfig, NodeFacts, PACKET_MAX_BYTES, PEERS_MAX, TIMERS_MAX};
 
 /// Housekeeping period: join retries, facts refresh, peer cache writes.
@@ -67,7 +67,10 @@ pub(crate) struct Driver {
     foca: Swim,
     runtime: AccumulatingRuntime<NodeId>,
     socket: UdpSocket,
-    prefix: Prefix,
+    /// Sequence numbers of the datagrams this node sends.
+    sequence: u64,
+    /// What each sealing sender sent lately, to drop replays.
+    replays: Replays,
     cluster_id: String,
     name: String,
     shared: Arc<Shared>,
@@ -148,7 +151,8 @@ impl Driver {
             foca,
             runtime: AccumulatingRuntime::new(),
             socket,
-            prefix: wire::prefix(&config.cluster_id),
+            sequence: 0,
+            replays: Replays::default(),
             cluster_id: config.cluster_id,
             name: config.name,
             shared,
@@ -170,7 +174,7 @@ impl Driver {
             peers_changed: false,
             fingerprint: None,
             tracked: HashMap::new(),
-            send_buf: Vec::with_capacity(PREFIX_LEN + PACKET_MAX_BYTES),
+            send_buf: Vec::with_capacity(OVERHEAD + PACKET_MAX_BYTES),
         };
         driver.broadcast_own_facts(false);
         driver
@@ -181,7 +185,7 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut recv_buf = vec![0u8; PREFIX_LEN + PACKET_MAX_BYTES + 1];
+        let mut recv_buf = vec![0u8; OVERHEAD + PACKET_MAX_BYTES + 1];
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -234,8 +238,8 @@ impl Driver {
                 }
                 Event::TimerDue => self.fire_due_timers(),
                 Event::Datagram(len) => {
-                    let datagram = recv_buf.get(..len).unwrap_or_default();
-                    self.receive(datagram);
+                    let len = len.min(recv_buf.len());
+                    self.receive(&mut recv_buf[..len]);
                 }
                 Event::RecvError(err) => {
                     tracing::debug!("gossip socket receive error: {err}");
@@ -297,9 +301,17 @@ impl Driver {
                 }
             }
             while let Some((dst, data)) = self.runtime.to_send() {
-                self.send_buf.clear();
-                self.send_buf.extend_from_slice(&self.prefix);
-                self.send_buf.extend_from_slice(&data);
+                let envelope = self.shared.envelope();
+                self.sequence = self.sequence.wrapping_add(1);
+                match envelope.wrap(self.sequence, super::wall_ms(), &data, &mut self.send_buf) {
+                    Ok(true) => Counters::bump(&self.shared.counters.sealed_sent),
+                    Ok(false) => {}
+                    Err(error) => {
+                        Counters::bump(&self.shared.counters.send_errors);
+                        tracing::warn!(%error, "sealing a gossip datagram");
+                        continue;
+                    }
+                }
                 match self.socket.send_to(&self.send_buf, dst.addr).await {
                     Ok(_) => Counters::bump(&self.shared.counters.datagrams_sent),
                     Err(err) => {
