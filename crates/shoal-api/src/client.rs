@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
+    GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
     JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
     RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated,
     TokenView, VersionInfo,
@@ -211,6 +211,10 @@ impl Client {
                 .timeout(WRITE_TIMEOUT),
         )
         .await
+    }
+    /// The cluster's gossip keyring, from a node that holds the data key.
+    pub async fn gossip_keys(&self) -> Result<GossipKeys> {
+        self.get("/v1/internal/gossip-keys").await
     }
     pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse> {
         self.send(

@@ -8,7 +8,7 @@ use shoal_types::AppSpec;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
+    GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
     JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
     RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated,
     TokenView, VersionInfo,
@@ -64,6 +64,7 @@ pub fn document() -> Value {
     add("JoinResponse", generator.subschema_for::<JoinResponse>());
     add("RenewRequest", generator.subschema_for::<RenewRequest>());
     add("RenewResponse", generator.subschema_for::<RenewResponse>());
+    add("GossipKeys", generator.subschema_for::<GossipKeys>());
     add("RegistryAdd", generator.subschema_for::<RegistryAdd>());
     add("RegistryView", generator.subschema_for::<RegistryView>());
     add(
@@ -92,6 +93,8 @@ pub fn document() -> Value {
         "/v1/internal/renew": {"post": {"summary": "A node renews its certificate (node certificates only)",
             "requestBody": json_body("RenewRequest"),
             "responses": {"200": ok("the renewed certificate", "RenewResponse"), "default": error.clone()}}},
+        "/v1/internal/gossip-keys": {"get": {"summary": "The gossip keyring the cluster's state holds (node certificates only; answered by a node that holds the data key)",
+            "responses": {"200": ok("the keyring", "GossipKeys"), "default": error.clone()}}},
         "/v1/internal/blobs/{digest}": {"parameters": [
                 {"name": "digest", "in": "path", "required": true, "schema": {"type": "string"}, "description": "sha256:HEX"},
                 {"name": "reference", "in": "query", "schema": {"type": "string"}, "description": "the image the blob belongs to, where to fetch it when this node does not hold it"},

@@ -439,6 +439,62 @@ pub struct ClusterInfo {
     /// The answering node's release (empty from shoal 0.1).
     #[serde(default)]
     pub release: String,
+    /// The answering node's gossip: whether it seals, its keyring's ids,
+    /// what it sent, took and dropped (absent before shoal 0.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<GossipView>,
+}
+
+/// One node's gossip since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GossipView {
+    /// `sealed` (only sealed datagrams sent and taken), `sealing` (sealed
+    /// sent, plaintext still taken for a moment after the switch),
+    /// `plaintext` (the cluster has a node that reads no sealed gossip, or
+    /// this node holds no keyring yet).
+    pub mode: String,
+    /// The generation of the keyring this node holds (0: none).
+    pub keyring_generation: u64,
+    pub key_ids: Vec<u32>,
+    /// The key this node seals with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key: Option<u32>,
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    pub sealed_received: u64,
+    pub sealed_sent: u64,
+    /// Datagrams dropped, by reason: `malformed`, `other_cluster`,
+    /// `unsealed` (plaintext where only sealed ones are taken),
+    /// `truncated`, `unknown_key`, `forged`, `replayed`, `stale`,
+    /// `oversize`, `members_full`.
+    pub dropped: std::collections::BTreeMap<String, u64>,
+}
+
+/// `GET /v1/internal/gossip-keys` (node certificates only; answered by
+/// nodes that hold the data key), and part of a join's answer: the gossip
+/// keyring the cluster's state holds now.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GossipKeys {
+    /// Grows with every change of the ring.
+    pub generation: u64,
+    /// The keyring (JSON: keys by id, and the primary). Secret: it travels
+    /// only over mTLS and is kept in a 0600 file.
+    pub keyring: String,
+    /// Whether the cluster seals its gossip already (every node reads
+    /// format 7): a node that joins then speaks sealed from the start.
+    #[serde(default)]
+    pub sealed: bool,
+}
+
+impl std::fmt::Debug for GossipKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GossipKeys(generation {}, sealed {}, keys secret)",
+            self.generation, self.sealed
+        )
+    }
 }
 
 /// One record the cluster's DNS serves (`shoal dns list`).
@@ -555,7 +611,7 @@ pub struct JoinRequest {
     pub csr_pem: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 pub struct JoinResponse {
     pub cluster_id: String,
     pub chain_pem: String,
@@ -565,6 +621,22 @@ pub struct JoinResponse {
     /// The data key (hex), for voters only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<String>,
+    /// The keys gossip is sealed with (absent from a leader older than
+    /// shoal 0.7, or before the cluster has a keyring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip_keys: Option<GossipKeys>,
+}
+
+/// Never shows the data key.
+impl std::fmt::Debug for JoinResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinResponse")
+            .field("cluster_id", &self.cluster_id)
+            .field("gossip_addr", &self.gossip_addr)
+            .field("data_key", &self.data_key.as_ref().map(|_| "(secret)"))
+            .field("gossip_keys", &self.gossip_keys)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /v1/internal/renew`: a node renews its certificate.

@@ -34,7 +34,11 @@ use crate::{ApplyError, Command};
 ///   (privileged, the node's network or PID namespace, capabilities, a
 ///   read-only root), a node's `allows` (what its operator lets tasks do
 ///   beyond the defaults), and a plan's reason `not_allowed`.
-pub const LOG_VERSION: u32 = format::ALLOWS;
+/// - 7 (shoal 0.7): gossip is sealed. No entry changes: that an entry of
+///   format 7 was applied (`State::log_version`) tells every node that
+///   every node holds the cluster's gossip keyring, so it seals its
+///   datagrams and soon takes no plaintext ones.
+pub const LOG_VERSION: u32 = format::SEALED_GOSSIP;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
 
@@ -54,6 +58,8 @@ pub mod format {
     pub const PREPULL: u32 = 5;
     /// A container's `security`, a node's `allows`, the reason `not_allowed`.
     pub const ALLOWS: u32 = 6;
+    /// Gossip sealed with the cluster's keyring, plaintext no longer taken.
+    pub const SEALED_GOSSIP: u32 = 7;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

@@ -1090,6 +1090,209 @@ fn dns_record_latency() {
 /// cluster (which never receives the secret) are refused with the reason;
 /// a node that joined comes back after a restart without a token; a
 /// removed node's certificate is refused by the others within 5 s.
+/// Gossip is sealed from a new cluster's first datagram. A process that
+/// knows the cluster id (it is in the CA's subject, which anyone may fetch)
+/// and speaks plaintext SWIM to every node, under a new name and under a
+/// node's own, is neither heard nor admitted: no node lists it, no learner
+/// is added, no node's facts or status change; each node counts what it
+/// dropped. The keyring goes only to node certificates, from a node that
+/// holds the data key; a worker that lost its copy fetches it again.
+#[test]
+fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
+    use shoal_cluster::membership::{Membership, MembershipConfig, NodeFacts};
+
+    let Some(mut cluster) = Cluster::start_or_skip("sealed", &[&["zone=a"], &["zone=b"], &[]])
+    else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let infos: Vec<Value> = (0..3)
+        .map(|index| {
+            cluster.wait_for("gossip sealed on every node", || {
+                let info = cluster.shoal_json(index, &["cluster", "info"])?;
+                (info["gossip"]["mode"] == "sealed").then_some(info)
+            })
+        })
+        .collect();
+    for info in &infos {
+        let gossip = &info["gossip"];
+        assert_eq!(info["log_version"], shoal_state::LOG_VERSION, "{info}");
+        assert!(gossip["keyring_generation"].as_u64() >= Some(1), "{info}");
+        assert_eq!(
+            gossip["key_ids"].as_array().map(Vec::len),
+            Some(1),
+            "{info}"
+        );
+        // Nodes that form or join a cluster seal from their first datagram.
+        assert_eq!(gossip["sealed_sent"], gossip["datagrams_sent"], "{info}");
+        assert!(gossip["sealed_received"].as_u64() > Some(0), "{info}");
+    }
+    let before = cluster.nodes(0).expect("nodes");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cluster_id = infos[0]["cluster_id"].as_str().expect("cluster id");
+    let gossip_addrs: Vec<std::net::SocketAddr> = infos
+        .iter()
+        .filter_map(|info| info["gossip_addr"].as_str()?.parse().ok())
+        .collect();
+    assert_eq!(gossip_addrs.len(), 3, "{infos:?}");
+    let victim = cluster.members[1].name.clone();
+    let intruders: Vec<Membership> = [("intruder", 4_242), (victim.as_str(), 1)]
+        .into_iter()
+        .map(|(name, raft_id)| {
+            let facts = NodeFacts {
+                name: name.into(),
+                api_addr: "127.0.0.1:1".into(),
+                raft_id,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                cpus: 512,
+                memory_total_bytes: 1 << 40,
+                memory_used_bytes: 0,
+                labels: BTreeMap::from([("zone".to_string(), "forged".to_string())]),
+                started_at_ms: u64::MAX / 2,
+                release: "9.9.9".into(),
+                log_version: 1,
+            };
+            let bind: std::net::SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+                .parse()
+                .expect("address");
+            let config = MembershipConfig::new(
+                name,
+                bind,
+                cluster_id,
+                facts,
+                cluster.scratch.path().join(format!("{name}.peers.json")),
+            );
+            runtime
+                .block_on(Membership::start(config, gossip_addrs.clone()))
+                .expect("the plaintext member starts")
+        })
+        .collect();
+    cluster.wait_for("every node to drop the plaintext datagrams", || {
+        (0..3)
+            .all(|index| {
+                cluster
+                    .shoal_json(index, &["cluster", "info"])
+                    .and_then(|info| info["gossip"]["dropped"]["unsealed"].as_u64())
+                    > Some(0)
+            })
+            .then_some(())
+    });
+    // Several probe rounds and leader duty passes.
+    std::thread::sleep(Duration::from_secs(5));
+    for intruder in &intruders {
+        let heard: Vec<String> = intruder
+            .members()
+            .into_iter()
+            .map(|m| m.facts.name)
+            .collect();
+        assert_eq!(
+            heard.len(),
+            1,
+            "a node answered the plaintext member: {heard:?}"
+        );
+    }
+    for index in 0..3 {
+        let nodes = cluster.nodes(index).expect("nodes");
+        assert_eq!(nodes.len(), 3, "{nodes:?}");
+        for (node, earlier) in nodes.iter().zip(&before) {
+            assert_eq!(node["name"], earlier["name"], "{nodes:?}");
+            assert_eq!(node["status"], "alive", "{node}");
+            assert_eq!(node["cpus"], earlier["cpus"], "facts taken over: {node}");
+            assert_eq!(
+                node["labels"], earlier["labels"],
+                "facts taken over: {node}"
+            );
+        }
+        let info = cluster
+            .shoal_json(index, &["cluster", "info"])
+            .expect("info");
+        assert_eq!(info["learners"], serde_json::json!([]), "{info}");
+        assert_eq!(info["log_version"], shoal_state::LOG_VERSION, "{info}");
+    }
+    let text = cluster.shoal_ok(0, &["cluster", "info"]);
+    assert!(text.contains("Gossip:      sealed"), "{text}");
+    assert!(text.contains("unsealed "), "{text}");
+    runtime.block_on(async {
+        for intruder in &intruders {
+            intruder.shutdown().await;
+        }
+    });
+
+    // A worker gets the keyring with its certificate and seals at once.
+    let token = cluster
+        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+        .trim()
+        .to_string();
+    let worker = cluster.join_with_token(&token);
+    let sealed_on = |cluster: &Cluster, index: usize| {
+        cluster.wait_for("the node to seal its gossip", || {
+            let info = cluster.shoal_json(index, &["cluster", "info"])?;
+            let alive = cluster
+                .nodes(0)?
+                .iter()
+                .all(|node| node["status"] == "alive");
+            (info["gossip"]["mode"] == "sealed" && alive).then_some(info)
+        })
+    };
+    let info = sealed_on(&cluster, worker);
+    assert_eq!(
+        info["gossip"]["sealed_sent"], info["gossip"]["datagrams_sent"],
+        "{info}"
+    );
+    // Who gets the keyring: node certificates only, from a voter.
+    let (ca, admin) = harness::credential_parts(&cluster.credential());
+    let ca_file = cluster.scratch.path().join("ca-for-gossip-keys.pem");
+    std::fs::write(&ca_file, ca).expect("write CA");
+    let pki = cluster.members[worker].data_dir.join("pki");
+    let (cert, key) = (pki.join("node.pem"), pki.join("node.key"));
+    let as_worker = [
+        "--cert",
+        cert.to_str().expect("path"),
+        "--key",
+        key.to_str().expect("path"),
+    ];
+    let ip = |index: usize| cluster.members[index].ip.clone();
+    let path = "/v1/internal/gossip-keys";
+    let (status, body) = harness::curl(&ip(0), 7950, path, &ca_file, &as_worker);
+    assert_eq!(status, 200, "{body}");
+    let keys: Value = serde_json::from_str(&body).expect("json");
+    assert!(keys["generation"].as_u64() >= Some(1), "{keys}");
+    assert_eq!(keys["sealed"], true, "{keys}");
+    assert!(keys["keyring"]
+        .as_str()
+        .is_some_and(|ring| ring.contains("primary")));
+    let (status, body) = harness::curl(&ip(worker), 7950, path, &ca_file, &as_worker);
+    assert_eq!(status, 421, "a worker holds no data key: {body}");
+    let bearer = format!("authorization: Bearer {admin}");
+    let (status, body) = harness::curl(&ip(0), 7950, path, &ca_file, &["-H", &bearer]);
+    assert_eq!(status, 403, "an API token, even an admin's: {body}");
+    let (status, body) = harness::curl(&ip(0), 7950, path, &ca_file, &[]);
+    assert_eq!(status, 401, "no credential: {body}");
+    assert!(!body.contains("primary"), "{body}");
+
+    // The worker loses its copy: it fetches the keyring from a voter again
+    // (its Raft log arrives over TLS), and seals again.
+    let file = pki.join("gossip.json");
+    cluster.stop(worker);
+    std::fs::remove_file(&file).expect("the worker kept the keyring");
+    cluster.start(worker, &[]);
+    sealed_on(&cluster, worker);
+    let mode = std::fs::metadata(&file)
+        .map(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777)
+        .expect("the keyring kept again");
+    assert_eq!(mode, 0o600);
+    assert!(
+        cluster.logs().contains("took the cluster's gossip keyring"),
+        "the worker did not fetch it"
+    );
+}
+
 #[test]
 fn nodes_join_only_with_a_valid_token_that_pins_the_ca() {
     let Some(mut cluster) = Cluster::start_or_skip("join", &[&[]]) else {

@@ -128,18 +128,6 @@ fn empty_app(name: &str) -> String {
     )
 }
 
-/// An app with a field newer than the last release reads (a container's
-/// `security`, log format 6), that loosens nothing.
-fn tightened_app() -> String {
-    "name: tightened\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0, security: {read_only_root: true}}]\n".into()
-}
-
-/// An app that needs a node's allowance (`--allow-host-network`, which
-/// the first node upgraded is started with).
-fn host_network_app() -> String {
-    "name: hostnet\nservices: [{name: a, image: shoal.test/busybox:latest, replicas: 0, network: false, security: {host_network: true}}]\n".into()
-}
-
 /// Every container of every node with its process id (`ctr` as the witness).
 fn container_pids(cluster: &Cluster) -> BTreeMap<String, String> {
     let mut pids = BTreeMap::new();
@@ -224,13 +212,6 @@ fn a_running_cluster_upgrades_node_by_node() {
             &empty_app(&format!("down-{index}")),
         );
         cluster.members[index].agent_binary = harness::binary().into();
-        // The first node upgraded allows tasks on its network: while older
-        // nodes remain it registers without it, and afterwards with it.
-        if index == 0 {
-            cluster.members[index]
-                .extra_args
-                .push("--allow-host-network".into());
-        }
         cluster.start(index, &[]);
         cluster.wait_for("the upgraded node back among 3 alive nodes", || {
             let nodes = cluster.nodes(index)?;
@@ -250,26 +231,12 @@ fn a_running_cluster_upgrades_node_by_node() {
                 || (cluster_info(&cluster, index)?["log_version"] == old_format).then_some(()),
             );
         }
-        if index == 0 {
-            // What only this release reads is refused while older nodes
-            // remain (once the node has learnt the cluster's format, the
-            // node itself says what to do), and changes nothing.
-            let output = cluster.apply(index, &tightened_app());
-            let error = String::from_utf8_lossy(&output.stderr);
-            assert!(!output.status.success(), "accepted in a mixed cluster");
-            assert!(error.contains("upgrade every node"), "{error}");
-            // No node has its allowance in the state yet.
-            let output = cluster.apply(index, &host_network_app());
-            let error = String::from_utf8_lossy(&output.stderr);
-            assert!(!output.status.success(), "accepted in a mixed cluster");
-            assert!(error.contains("--allow-host-network"), "{error}");
-            let apps = cluster.shoal_json(index, &["apps"]).expect("apps");
-            assert!(
-                apps.as_array().is_some_and(|apps| apps
-                    .iter()
-                    .all(|app| app["name"] != "tightened" && app["name"] != "hostnet")),
-                "a refused app is there: {apps}"
-            );
+        if index < 2 {
+            // An older node reads no sealed gossip: the upgraded node
+            // speaks plaintext, or it would not be heard.
+            let info = cluster_info(&cluster, index).expect("cluster info");
+            assert_eq!(info["gossip"]["mode"], "plaintext", "{info}");
+            assert_eq!(info["gossip"]["sealed_sent"], 0, "{info}");
         }
     }
 
@@ -280,21 +247,28 @@ fn a_running_cluster_upgrades_node_by_node() {
                 .then_some(())
         });
     }
+    // Every node holds the keyring and seals its gossip; once the moment
+    // for the others to switch too has passed, it takes no plaintext.
+    for index in 0..3 {
+        cluster.wait_for("the node to take sealed gossip only", || {
+            let info = cluster_info(&cluster, index)?;
+            (info["gossip"]["mode"] == "sealed").then_some(())
+        });
+    }
     for index in 0..3 {
         write(&cluster, index, &empty_app(&format!("after-{index}")));
     }
-    // Now it is accepted, and the first node registers its allowance.
-    write(&cluster, 1, &tightened_app());
-    cluster.wait_for("the first node's allowance to be registered", || {
-        cluster
-            .apply(1, &host_network_app())
-            .status
-            .success()
-            .then_some(())
-    });
     let nodes = cluster.nodes(0).expect("nodes");
     for node in &nodes {
         assert_eq!(node["release"], release, "{node}");
+        assert_eq!(node["status"], "alive", "{node}");
+    }
+    for index in 0..3 {
+        let info = cluster_info(&cluster, index).expect("cluster info");
+        assert!(
+            info["gossip"]["sealed_received"].as_u64() > Some(0),
+            "{info}"
+        );
     }
 
     assert_eq!(container_pids(&cluster), before, "no container restarted");
@@ -304,7 +278,7 @@ fn a_running_cluster_upgrades_node_by_node() {
     let apps = states[0]["apps"].as_array().map_or(0, Vec::len);
     assert_eq!(
         apps,
-        1 + 3 + 3 + 3 + 2,
+        1 + 3 + 3 + 3,
         "every acknowledged write is kept: {}",
         states[0]
     );

@@ -90,5 +90,46 @@ pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
             &info.release
         }
     );
+    if let Some(gossip) = &info.gossip {
+        println!(
+            "Gossip:      {} (keyring generation {}, keys {}), {} sent ({} sealed), {} received ({} sealed)",
+            gossip.mode,
+            gossip.keyring_generation,
+            if gossip.key_ids.is_empty() {
+                "none".to_string()
+            } else {
+                gossip
+                    .key_ids
+                    .iter()
+                    .map(|id| {
+                        if Some(*id) == gossip.primary_key {
+                            format!("{id} (sealing)")
+                        } else {
+                            id.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            gossip.datagrams_sent,
+            gossip.sealed_sent,
+            gossip.datagrams_received,
+            gossip.sealed_received
+        );
+        let dropped: Vec<String> = gossip
+            .dropped
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        println!(
+            "Dropped:     {}",
+            if dropped.is_empty() {
+                "none".to_string()
+            } else {
+                dropped.join(", ")
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -184,6 +184,13 @@ async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::
                     &key.key_pem(),
                     data_key,
                 )?;
+                // The gossip keyring (absent from a leader older than 0.7):
+                // kept before gossip starts, so that a node joining a
+                // cluster that seals speaks sealed from its first datagram.
+                if let Some(keys) = &answer.gossip_keys {
+                    let held = super::gossip_keys::from_delivery(keys)?;
+                    super::gossip_keys::save(pki_dir, &held)?;
+                }
                 tracing::info!(cluster = %answer.cluster_id, role = trust.identity.role.as_str(), "joined with a token");
                 let mut gossip_peers = Vec::new();
                 if let Ok(mut addrs) = answer.gossip_addr.to_socket_addrs() {
@@ -265,6 +272,18 @@ pub async fn found(
         raft.propose(now_ms(), command)
             .await
             .context("recording the new cluster's CA and first credentials")?;
+    }
+    // The gossip keyring: a new cluster seals its gossip from the start.
+    if let Some(data_key) = &trust.data_key {
+        let keys = super::gossip_keys::seal_record(
+            data_key,
+            1,
+            &shoal_cluster::membership::GossipKeyring::generate(1),
+            now_ms(),
+        )?;
+        raft.propose(now_ms(), Command::SetGossipKeys { keys })
+            .await
+            .context("recording the new cluster's gossip keyring")?;
     }
     let path = super::trust::write_admin(
         &config.data_dir,
@@ -408,20 +427,40 @@ pub fn facts(config: &NodeConfig, started_at_ms: u64) -> NodeFacts {
     }
 }
 
+/// The facts this node gossips: the log format it reads is this build's
+/// only once it holds the gossip keyring (see `gossip_keys`).
+fn gossiped_facts<R, L>(shared: &Shared<R, L>) -> NodeFacts {
+    let mut facts = facts(&shared.config, shared.started_at_ms);
+    facts.log_version =
+        super::gossip_keys::log_version_read(shared.membership.sealing().keyring.is_some());
+    facts
+}
+
+/// Tells the others this node's facts now.
+pub fn spread_facts<R, L>(shared: &Shared<R, L>) {
+    if let Err(error) = shared.membership.update_facts(gossiped_facts(shared)) {
+        tracing::warn!(%error, "spreading this node's facts");
+    }
+}
+
 pub fn membership_config(
     config: &NodeConfig,
     cluster_id: &str,
     started_at_ms: u64,
+    gossip: &super::gossip_keys::Held,
 ) -> MembershipConfig {
+    let mut facts = facts(config, started_at_ms);
+    facts.log_version = gossip.log_version();
     let mut membership = MembershipConfig::new(
         config.name.clone(),
         config.gossip_bind,
         cluster_id,
-        facts(config, started_at_ms),
+        facts,
         config.data_dir.join("peers.json"),
     );
     membership.advertise = config.gossip_advertise;
     membership.dead_forget_after = config.forget_dead_after;
+    membership.sealing = super::gossip_keys::sealing(gossip, None, std::time::Instant::now());
     membership
 }
 
@@ -559,12 +598,7 @@ pub async fn refresh_facts<R>(shared: Arc<Shared<R>>) {
     loop {
         tokio::time::sleep(FACTS_INTERVAL).await;
         register_allowances(&shared).await;
-        if let Err(error) = shared
-            .membership
-            .update_facts(facts(&shared.config, shared.started_at_ms))
-        {
-            tracing::warn!(%error, "spreading this node's facts");
-        }
+        spread_facts(&shared);
     }
 }
 

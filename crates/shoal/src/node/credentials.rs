@@ -229,6 +229,10 @@ async fn join<R: Send + Sync + 'static>(
                 .map(|key| key.to_hex().to_string()),
             Role::Worker => None,
         },
+        gossip_keys: super::gossip_keys::answer(&shared).unwrap_or_else(|error| {
+            tracing::warn!(%error, "handing the gossip keyring to a joining node");
+            None
+        }),
     }))
 }
 

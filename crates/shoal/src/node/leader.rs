@@ -47,7 +47,7 @@ fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
         .map(|member| (member.facts.raft_id, member.facts.log_version_read()))
         .chain(std::iter::once((
             consensus_id(&shared.config.name),
-            shoal_state::LOG_VERSION,
+            super::gossip_keys::log_version_read(shared.membership.sealing().keyring.is_some()),
         )))
         .collect();
     let registered: Vec<u64> = shared

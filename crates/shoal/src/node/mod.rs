@@ -10,6 +10,7 @@ mod forwards;
 pub mod gate;
 #[cfg(test)]
 mod gate_tests;
+mod gossip_keys;
 mod host;
 pub mod image_gc;
 mod keeper;
@@ -87,6 +88,8 @@ pub struct Shared<R, L = RaftNode> {
     pub network: Arc<network::NodeNetwork>,
     /// Set once `shoal node leave` was asked; the loops wind down.
     pub leaving: tokio::sync::watch::Sender<bool>,
+    /// The generation of the gossip keyring this node holds (0: none).
+    pub gossip_generation: std::sync::atomic::AtomicU64,
 }
 
 impl<R, L: ReplicatedLog> Shared<R, L> {
@@ -147,8 +150,10 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         audit.clone(),
     )));
     let started_at_ms = now_ms();
+    let gossip = gossip_keys::Held::at_start(trust.dir(), &raft.read(), trust.data_key.as_ref())
+        .context("reading the gossip keyring")?;
     let membership = Membership::start(
-        cluster::membership_config(&config, &cluster_id, started_at_ms),
+        cluster::membership_config(&config, &cluster_id, started_at_ms, &gossip),
         gossip_peers,
     )
     .await
@@ -169,6 +174,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         http,
         trust,
         leaving,
+        gossip_generation: std::sync::atomic::AtomicU64::new(gossip.generation),
     });
 
     // Blobs: asked of their home node before the registry, and served to
@@ -211,6 +217,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let router = shoal_api::server::router(backend)
         .merge(shared.raft.router())
         .merge(credentials::router(shared.clone()))
+        .merge(gossip_keys::router(shared.clone()))
         .merge(registries::router(shared.clone()))
         .merge(blobs::router(blob_service))
         .layer(axum::middleware::from_fn_with_state(
@@ -242,6 +249,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let registration = tokio::spawn(cluster::register(shared.clone()));
     let renewals = tokio::spawn(cluster::renew_certificates(shared.clone()));
     let duties = tokio::spawn(leader::run(shared.clone()));
+    let gossip_keys = tokio::spawn(gossip_keys::run(shared.clone(), gossip));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
     let keeper = tokio::spawn(keeper::run(Arc::new(keeper::Keeper {
@@ -285,6 +293,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         }
     };
     registration.abort();
+    gossip_keys.abort();
     renewals.abort();
     facts.abort();
     image_gc.abort();

@@ -60,7 +60,7 @@ pub fn pki_role(role: NodeRole) -> Role {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let temporary = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -101,6 +101,11 @@ impl Trust {
             identity,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The directory of the node's keys.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The node's credentials from its data dir, if it has any.

@@ -8,9 +8,12 @@ use foca::{Codec, Message, PostcardCodec};
 use super::super::identity::NodeId;
 use super::super::stats::Counters;
 use super::super::wall_ms;
-use super::super::wire::{Reject, OVERHEAD};
+use super::super::wire::{Reject, OVERHEAD, SKEW_MAX_MS};
 use super::super::{MEMBERS_MAX, PACKET_MAX_BYTES};
 use super::Driver;
+
+/// How often the node says that it drops gossip for its clock.
+const STALE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Driver {
     pub(super) fn receive(&mut self, datagram: &mut [u8]) {
@@ -41,6 +44,9 @@ impl Driver {
                     Reject::Stale => &counters.dropped_stale,
                 });
                 tracing::trace!(?reject, "dropped a gossip datagram");
+                if reject == Reject::Stale {
+                    self.warn_stale();
+                }
                 return;
             }
         };
@@ -59,6 +65,23 @@ impl Driver {
             Counters::bump(&self.shared.counters.protocol_errors);
             tracing::debug!("gossip packet refused: {err}");
         }
+    }
+
+    /// Says, at most once a minute, that sealed datagrams are dropped for
+    /// their clock: a node whose clock is off is not heard, and dies.
+    fn warn_stale(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self
+            .stale_warned_at
+            .is_some_and(|at| now.duration_since(at) < STALE_WARN_EVERY)
+        {
+            return;
+        }
+        self.stale_warned_at = Some(now);
+        tracing::warn!(
+            "dropped sealed gossip sent more than {} s from this node's clock: the nodes' clocks must agree (run NTP on every node)",
+            SKEW_MAX_MS / 1000
+        );
     }
 
     /// Whether handling `packet` could add a member foca does not know.

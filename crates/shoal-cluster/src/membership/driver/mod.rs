@@ -71,6 +71,8 @@ pub(crate) struct Driver {
     sequence: u64,
     /// What each sealing sender sent lately, to drop replays.
     replays: Replays,
+    /// When the node last said that it drops datagrams for the clock.
+    stale_warned_at: Option<Instant>,
     cluster_id: String,
     name: String,
     shared: Arc<Shared>,
@@ -153,6 +155,7 @@ impl Driver {
             socket,
             sequence: 0,
             replays: Replays::default(),
+            stale_warned_at: None,
             cluster_id: config.cluster_id,
             name: config.name,
             shared,

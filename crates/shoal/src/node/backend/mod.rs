@@ -187,6 +187,12 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
             },
             log_version: shared.raft.cluster_log_version(),
             release: shoal_state::RELEASE.to_string(),
+            gossip: Some(super::gossip_keys::view(
+                &shared.membership,
+                shared
+                    .gossip_generation
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )),
         })
     }
 

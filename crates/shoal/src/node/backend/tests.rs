@@ -99,6 +99,7 @@ async fn fixture() -> Fixture {
         trust,
         network,
         leaving: tokio::sync::watch::channel(false).0,
+        gossip_generation: Default::default(),
     });
     Fixture {
         log,
