@@ -473,8 +473,8 @@ pub struct GossipView {
 /// `GET /v1/internal/gossip-keys` (node certificates only; answered by
 /// nodes that hold the data key), and part of a join's answer: the gossip
 /// keyring the cluster's state holds now.
+/// Unknown fields are ignored: a newer voter may add some.
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct GossipKeys {
     /// Grows with every change of the ring.
     pub generation: u64,

@@ -453,6 +453,10 @@ pub struct PkiArgs {
     /// each renews itself at a random 50–80 % of it.
     #[arg(long, default_value = "7d", value_parser = parse_duration, hide = true)]
     pub cert_lifetime: std::time::Duration,
+    /// How old the gossip keyring's key gets before the leader (when this
+    /// node leads) rotates it (1s to 90d); removing a node rotates it at once.
+    #[arg(long, default_value = "1d", value_parser = parse_duration)]
+    pub gossip_key_rotation: std::time::Duration,
 }
 
 #[derive(Args, Clone)]

@@ -265,10 +265,12 @@ fn a_running_cluster_upgrades_node_by_node() {
     }
     for index in 0..3 {
         let info = cluster_info(&cluster, index).expect("cluster info");
-        assert!(
-            info["gossip"]["sealed_received"].as_u64() > Some(0),
-            "{info}"
-        );
+        let gossip = &info["gossip"];
+        assert!(gossip["sealed_received"].as_u64() > Some(0), "{info}");
+        // Nobody sent plaintext to a node that no longer took it, nor
+        // sealed with a key another did not hold.
+        assert_eq!(gossip["dropped"]["unsealed"], 0, "{info}");
+        assert_eq!(gossip["dropped"]["unknown_key"], 0, "{info}");
     }
 
     assert_eq!(container_pids(&cluster), before, "no container restarted");

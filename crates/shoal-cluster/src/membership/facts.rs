@@ -53,6 +53,8 @@ struct WireFirst {
 struct WireMore {
     release: String,
     log_version: u32,
+    /// From shoal 0.7 on.
+    gossip_keys: u64,
 }
 
 impl FactsMsg {
@@ -80,6 +82,7 @@ impl FactsMsg {
         let more = serde_json::to_vec(&WireMore {
             release: facts.release,
             log_version: facts.log_version,
+            gossip_keys: facts.gossip_keys,
         })
         .expect("facts serialize: strings and numbers");
         let mut bytes = postcard::to_allocvec(&first)?;
@@ -117,6 +120,7 @@ impl FactsMsg {
                 started_at_ms: first.started_at_ms,
                 release: more.release,
                 log_version: more.log_version,
+                gossip_keys: more.gossip_keys,
             },
         };
         let name = &msg.facts.name;

@@ -75,8 +75,8 @@ pub const CLUSTER_ID_MAX_BYTES: usize = 256;
 /// Largest encoded facts broadcast, in bytes; it must fit in one datagram
 /// next to the header and membership updates.
 pub const FACTS_MAX_BYTES: usize = 768;
-/// Largest foca packet, in bytes (foca's `max_packet_size`); a datagram
-/// adds the 13-byte envelope. Below a 1500-byte MTU.
+/// Largest datagram sent, in bytes, below a 1500-byte MTU: foca's packets
+/// are kept to this less what sealing adds (`wire::OVERHEAD`, 73 bytes).
 pub const PACKET_MAX_BYTES: usize = 1400;
 /// Peers kept as seeds and written to the peer cache, at most.
 pub const PEERS_MAX: usize = 64;
@@ -110,6 +110,11 @@ pub struct NodeFacts {
     /// The newest log format the node reads (0 from shoal 0.1, which reads
     /// only the first).
     pub log_version: u32,
+    /// The generation of the gossip keyring the node holds (0: none, or a
+    /// release before 0.7): the leader takes the next step of a key
+    /// rotation only once every member holds the last.
+    #[serde(default)]
+    pub gossip_keys: u64,
 }
 
 impl NodeFacts {

@@ -55,8 +55,9 @@ const TAG_LEN: usize = 16;
 /// What sealing adds to a foca packet (more than the plaintext prefix).
 pub(crate) const OVERHEAD: usize = HEADER_LEN + INNER_LEN + TAG_LEN;
 /// A sealed packet further than this from the receiver's clock is dropped:
-/// the nodes' clocks must agree within it (as certificates need anyway).
-pub const SKEW_MAX_MS: u64 = 30_000;
+/// the nodes' clocks must agree within it, as the certificates a node signs
+/// (backdated by as much) need anyway.
+pub const SKEW_MAX_MS: u64 = 60_000;
 /// Keys in a ring at once.
 pub const KEYS_MAX: usize = 4;
 /// Sequence numbers remembered per sender session.
@@ -205,19 +206,21 @@ impl Envelope {
 /// Delivered to nodes over mTLS; rotated by installing a key, making it
 /// primary, then removing the old one, so no member ever fails to open a
 /// packet of another.
+/// Unknown fields are ignored: a newer release may add some.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GossipKeyring {
     pub keys: Vec<GossipKey>,
     pub primary: u32,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GossipKey {
     pub id: u32,
     /// 32 bytes, hex.
     pub key: String,
+    /// When it was made (ms since the epoch): the leader rotates by age.
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 impl Drop for GossipKey {
@@ -234,14 +237,15 @@ impl fmt::Debug for GossipKeyring {
 }
 
 impl GossipKeyring {
-    /// A ring of one new random key.
-    pub fn generate(id: u32) -> GossipKeyring {
+    /// A ring of one new random key, made at `created_ms`.
+    pub fn generate(id: u32, created_ms: u64) -> GossipKeyring {
         let mut key = [0u8; 32];
         rand::fill(&mut key[..]);
         let ring = GossipKeyring {
             keys: vec![GossipKey {
                 id,
                 key: hex::encode(key),
+                created_ms,
             }],
             primary: id,
         };
@@ -532,7 +536,7 @@ mod tests {
 
     #[test]
     fn opens_what_the_ring_sealed_once() {
-        let ring = GossipKeyring::generate(1);
+        let ring = GossipKeyring::generate(1, 0);
         let a = sealer(&ring, "x");
         let mut out = Vec::new();
         a.seal(1, 1_000, b"data", &mut out).expect("seal");
@@ -558,7 +562,7 @@ mod tests {
         // Another key.
         let mut foreign = out.clone();
         assert_eq!(
-            sealer(&GossipKeyring::generate(2), "x").open(
+            sealer(&GossipKeyring::generate(2, 0), "x").open(
                 &mut foreign,
                 1_000,
                 &mut Replays::default()
@@ -567,7 +571,7 @@ mod tests {
         );
         let mut wrong_key = out.clone();
         assert_eq!(
-            sealer(&GossipKeyring::generate(1), "x").open(
+            sealer(&GossipKeyring::generate(1, 0), "x").open(
                 &mut wrong_key,
                 1_000,
                 &mut Replays::default()
@@ -606,23 +610,23 @@ mod tests {
 
     #[test]
     fn rings_are_checked() {
-        let mut ring = GossipKeyring::generate(1);
+        let mut ring = GossipKeyring::generate(1, 0);
         assert!(ring.check().is_ok());
         ring.primary = 9;
         assert!(ring.check().is_err());
-        let mut twice = GossipKeyring::generate(1);
+        let mut twice = GossipKeyring::generate(1, 0);
         twice.keys.push(twice.keys[0].clone());
         assert!(twice.check().is_err());
-        let mut bad = GossipKeyring::generate(1);
+        let mut bad = GossipKeyring::generate(1, 0);
         bad.keys[0].key = "zz".into();
         assert!(bad.check().is_err());
-        let ring = GossipKeyring::generate(3);
+        let ring = GossipKeyring::generate(3, 0);
         assert!(!format!("{ring:?}").contains(&ring.keys[0].key));
     }
 
     #[test]
     fn the_envelope_sends_and_takes_what_its_sealing_says() {
-        let ring = GossipKeyring::generate(1);
+        let ring = GossipKeyring::generate(1, 0);
         let envelope = |sealing: GossipSealing| Envelope::new(&sealing, "x", 7).expect("envelope");
         let old = envelope(GossipSealing::plaintext(None));
         let keyed = envelope(GossipSealing::plaintext(Some(ring.clone())));

@@ -49,6 +49,7 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         token: args.token,
         role: args.role,
         cert_lifetime: cert_lifetime(&args.pki)?,
+        gossip_key_rotation: gossip_key_rotation(&args.pki)?,
         image_gc: image_gc(&args.runtime)?,
         allows: args.allow.allows(),
     };
@@ -81,6 +82,16 @@ fn cert_lifetime(args: &crate::cli::PkiArgs) -> anyhow::Result<std::time::Durati
     Ok(args.cert_lifetime)
 }
 
+fn gossip_key_rotation(args: &crate::cli::PkiArgs) -> anyhow::Result<std::time::Duration> {
+    let range = std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(90 * 86_400);
+    anyhow::ensure!(
+        range.contains(&args.gossip_key_rotation),
+        "--gossip-key-rotation: 1s to 90d, not {}",
+        humantime::format_duration(args.gossip_key_rotation)
+    );
+    Ok(args.gossip_key_rotation)
+}
+
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let bind = resolve(&args.api).context("--api")?;
@@ -101,6 +112,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         token: None,
         role: None,
         cert_lifetime: cert_lifetime(&args.pki)?,
+        gossip_key_rotation: gossip_key_rotation(&args.pki)?,
         image_gc: image_gc(&args.runtime)?,
         allows: args.allow.allows(),
     };

@@ -278,7 +278,7 @@ pub async fn found(
         let keys = super::gossip_keys::seal_record(
             data_key,
             1,
-            &shoal_cluster::membership::GossipKeyring::generate(1),
+            &shoal_cluster::membership::GossipKeyring::generate(1, now_ms()),
             now_ms(),
         )?;
         raft.propose(now_ms(), Command::SetGossipKeys { keys })
@@ -424,6 +424,7 @@ pub fn facts(config: &NodeConfig, started_at_ms: u64) -> NodeFacts {
         started_at_ms,
         release: shoal_state::RELEASE.to_string(),
         log_version: shoal_state::LOG_VERSION,
+        gossip_keys: 0,
     }
 }
 
@@ -433,6 +434,9 @@ fn gossiped_facts<R, L>(shared: &Shared<R, L>) -> NodeFacts {
     let mut facts = facts(&shared.config, shared.started_at_ms);
     facts.log_version =
         super::gossip_keys::log_version_read(shared.membership.sealing().keyring.is_some());
+    facts.gossip_keys = shared
+        .gossip_generation
+        .load(std::sync::atomic::Ordering::Relaxed);
     facts
 }
 
@@ -451,6 +455,7 @@ pub fn membership_config(
 ) -> MembershipConfig {
     let mut facts = facts(config, started_at_ms);
     facts.log_version = gossip.log_version();
+    facts.gossip_keys = gossip.generation;
     let mut membership = MembershipConfig::new(
         config.name.clone(),
         config.gossip_bind,

@@ -32,7 +32,7 @@ use shoal_api::client::Client;
 use shoal_api::server::ApiError;
 use shoal_api::wire::{GossipKeys, GossipView};
 use shoal_cluster::log::ReplicatedLog;
-use shoal_cluster::membership::{GossipKeyring, GossipSealing, Membership};
+use shoal_cluster::membership::{GossipKeyring, GossipSealing, MemberStatus, Membership};
 use shoal_pki::seal::DataKey;
 use shoal_state::format::SEALED_GOSSIP;
 use shoal_state::security::GossipKeysRecord;
@@ -54,9 +54,9 @@ pub const PLAINTEXT_GRACE: Duration = Duration::from_secs(30);
 /// Voters asked for the ring in one round.
 const VOTERS_ASKED_MAX: usize = 7;
 
-/// The ring a node holds, and whether its cluster seals.
+/// The ring a node holds, and whether its cluster seals. Unknown fields
+/// are ignored (a newer release may add some, and a node may go back).
 #[derive(Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Held {
     /// The generation of the state's record the ring came from (0: none).
     pub generation: u64,
@@ -74,16 +74,27 @@ impl Held {
         pki_dir: &Path,
         state: &shoal_state::State,
         data_key: Option<&DataKey>,
-    ) -> anyhow::Result<Held> {
-        let mut held = load(pki_dir)?.unwrap_or_default();
+    ) -> Held {
+        // What cannot be read is fetched again: it is no reason to stop.
+        let mut held = load(pki_dir)
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "ignoring the kept gossip keyring");
+                None
+            })
+            .unwrap_or_default();
         if let (Some(key), Some(record)) = (data_key, &state.security.gossip) {
             if record.generation > held.generation || held.keyring.is_none() {
-                held.keyring = Some(open_record(key, record)?);
-                held.generation = record.generation;
+                match open_record(key, record) {
+                    Ok(ring) => {
+                        held.keyring = Some(ring);
+                        held.generation = record.generation;
+                    }
+                    Err(error) => tracing::warn!(%error, "opening the state's gossip keyring"),
+                }
             }
         }
         held.sealed |= state.log_version >= SEALED_GOSSIP;
-        Ok(held)
+        held
     }
 
     /// The log format this node tells the others it reads.
@@ -299,32 +310,24 @@ async fn keys_route<R>(State(shared): State<Arc<Shared<R>>>) -> Result<Json<Goss
 }
 
 /// Follows the state's ring on every node and sets how the node gossips;
-/// on the leader, records a ring when the state holds none, and records
-/// it again in format 7 once every node reads that.
+/// on the leader, records a ring when the state holds none, records it
+/// again in format 7 once every node reads that, and rotates it.
 pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>, mut held: Held) {
     let mut changes = shared.raft.subscribe();
     let mut grace_until = None;
-    let mut complained = false;
+    let mut fetching = Fetching::default();
     loop {
         if shared.is_leader() {
             if let Err(error) = lead(&shared).await {
                 tracing::debug!(%error, "recording the gossip keyring");
             }
         }
-        let mut changed = false;
-        match follow(&shared, &mut held).await {
-            Ok(took) => {
-                complained = false;
-                changed = took;
-            }
-            Err(error) if !complained => {
-                complained = true;
-                tracing::warn!(%error, "following the cluster's gossip keyring");
-            }
-            Err(error) => tracing::debug!(%error, "following the cluster's gossip keyring"),
-        }
-        let applied = shared.raft.read().log_version;
-        if !held.sealed && applied >= SEALED_GOSSIP {
+        let changed = follow(&shared, &mut held, &mut fetching).await;
+        // The cluster seals once this node has applied a format-7 entry,
+        // or (a node that lags, or that was away) once it opens a sealed
+        // datagram, which only a node that applied one sends.
+        let sealed_heard = held.keyring.is_some() && shared.membership.stats().sealed_received > 0;
+        if !held.sealed && (shared.raft.read().log_version >= SEALED_GOSSIP || sealed_heard) {
             held.sealed = true;
             grace_until = Some(Instant::now() + PLAINTEXT_GRACE);
             if let Err(error) = save(shared.trust.dir(), &held) {
@@ -343,44 +346,129 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>, mut held: Hel
                 Err(error) => tracing::warn!(%error, "changing how gossip is sealed"),
             }
         }
-        if changed {
-            // The others learn at once that this node reads format 7.
-            super::cluster::spread_facts(&shared);
-        }
         shared
             .gossip_generation
             .store(held.generation, Ordering::Relaxed);
+        if changed {
+            // The others learn at once that this node holds the ring (and
+            // so reads format 7), and the leader that it may take the next
+            // step of a rotation.
+            super::cluster::spread_facts(&shared);
+        }
         let _ = tokio::time::timeout(FOLLOW_INTERVAL, changes.changed()).await;
     }
 }
 
-/// Takes the state's ring when it is newer than the one held; whether
-/// the held ring changed.
-async fn follow<R>(shared: &Shared<R>, held: &mut Held) -> anyhow::Result<bool> {
-    let Some(record) = shared.raft.read().security.gossip.clone() else {
-        return Ok(false);
-    };
-    if held.keyring.is_some() && record.generation <= held.generation {
-        return Ok(false);
+/// When a node may ask the voters for the ring again.
+struct Fetching {
+    next_at: Instant,
+    backoff: Duration,
+    complained: bool,
+    /// Sealed datagrams this node could not open, when it last looked.
+    unknown_keys: u64,
+}
+
+impl Default for Fetching {
+    fn default() -> Fetching {
+        Fetching {
+            next_at: Instant::now(),
+            backoff: FETCH_BACKOFF_MIN,
+            complained: false,
+            unknown_keys: 0,
+        }
     }
-    let fetched = match &shared.trust.data_key {
-        Some(key) => Held {
+}
+
+/// The first and the longest wait after a fetch that failed.
+const FETCH_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const FETCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Takes the state's ring when it is newer than the one held. Asks a voter
+/// for it, and whether the cluster seals, when its own state cannot say:
+/// it holds no ring but hears sealed datagrams it cannot open, or it hears
+/// no other member at all (its state lags, or it was away while the
+/// cluster sealed or rotated, and nobody hears it). Whether the held ring
+/// or what the node knows of it changed.
+async fn follow<R>(shared: &Shared<R>, held: &mut Held, fetching: &mut Fetching) -> bool {
+    let record = shared.raft.read().security.gossip.clone();
+    let unknown_keys = shared.membership.stats().dropped_unknown_key;
+    let unheard = unknown_keys > fetching.unknown_keys;
+    fetching.unknown_keys = unknown_keys;
+    let from_state = record
+        .as_ref()
+        .is_some_and(|record| held.keyring.is_none() || record.generation > held.generation);
+    let others_known = shared
+        .raft
+        .status()
+        .nodes
+        .keys()
+        .any(|id| *id != shared.node_id());
+    let alone = others_known
+        && !shared.membership.members().iter().any(|member| {
+            member.status == MemberStatus::Alive && member.facts.name != shared.config.name
+        });
+    let ask = !from_state && ((held.keyring.is_none() && unheard) || alone);
+    if !from_state && !ask {
+        return false;
+    }
+    // The same keys recorded again (the switch to format 7): nothing to
+    // take. A key id is never used twice.
+    if let (true, Some(record), Some(ring)) = (from_state, &record, &held.keyring) {
+        if record.ids == ring.ids() && record.primary == ring.primary {
+            held.generation = record.generation;
+            return true;
+        }
+    }
+    let taken = match (&shared.trust.data_key, &record) {
+        (Some(key), Some(record)) if from_state => open_record(key, record).map(|ring| Held {
             generation: record.generation,
-            keyring: Some(open_record(key, &record)?),
+            keyring: Some(ring),
             sealed: held.sealed,
-        },
-        None => fetch(shared, record.generation).await?,
+        }),
+        _ if Instant::now() < fetching.next_at => return false,
+        _ => {
+            let generation = record.as_ref().map_or(0, |record| record.generation);
+            fetch(shared, generation.max(held.generation)).await
+        }
     };
-    held.generation = fetched.generation;
-    held.keyring = fetched.keyring;
-    held.sealed |= fetched.sealed;
-    save(shared.trust.dir(), held)?;
+    let taken = match taken {
+        Ok(taken) => taken,
+        Err(error) => {
+            fetching.next_at = Instant::now() + fetching.backoff;
+            fetching.backoff = (fetching.backoff * 2).min(FETCH_BACKOFF_MAX);
+            if fetching.complained {
+                tracing::debug!(%error, "taking the cluster's gossip keyring");
+            } else {
+                fetching.complained = true;
+                tracing::warn!(%error, "taking the cluster's gossip keyring");
+            }
+            return false;
+        }
+    };
+    let news = held.keyring.is_none()
+        || taken.generation > held.generation
+        || (taken.sealed && !held.sealed);
+    if !news {
+        // Asked because nobody is heard, and nothing new: ask again later.
+        fetching.next_at = Instant::now() + FETCH_BACKOFF_MAX;
+        return false;
+    }
+    *fetching = Fetching {
+        unknown_keys,
+        ..Fetching::default()
+    };
+    held.generation = taken.generation;
+    held.keyring = taken.keyring;
+    held.sealed |= taken.sealed;
+    if let Err(error) = save(shared.trust.dir(), held) {
+        tracing::warn!(%error, "keeping the gossip keyring");
+    }
     tracing::info!(
         generation = held.generation,
-        ids = ?record.ids,
+        ids = ?held.keyring.as_ref().map(GossipKeyring::ids),
         "took the cluster's gossip keyring"
     );
-    Ok(true)
+    true
 }
 
 /// The ring of `generation` or newer, from the leader or another voter.
@@ -398,15 +486,16 @@ async fn fetch<R>(shared: &Shared<R>, generation: u64) -> anyhow::Result<Held> {
     }
     let mut last_error = "no voter is known".to_string();
     for addr in voters.iter().take(VOTERS_ASKED_MAX) {
-        let client = Client::new(addr, &shared.trust.client_tls, None)?;
-        match client.gossip_keys().await {
-            Ok(keys) => {
-                let held = from_delivery(&keys)?;
-                if held.generation >= generation {
-                    return Ok(held);
-                }
-                last_error = format!("{addr} holds generation {} still", held.generation);
-            }
+        let answer = match Client::new(addr, &shared.trust.client_tls, None) {
+            Ok(client) => client
+                .gossip_keys()
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match answer.and_then(|keys| from_delivery(&keys).map_err(|error| error.to_string())) {
+            Ok(held) if held.generation >= generation => return Ok(held),
+            Ok(held) => last_error = format!("{addr} holds generation {} still", held.generation),
             Err(error) => last_error = format!("{addr}: {error}"),
         }
     }
@@ -414,35 +503,121 @@ async fn fetch<R>(shared: &Shared<R>, generation: u64) -> anyhow::Result<Held> {
 }
 
 /// The leader's part: a ring when the state holds none (a cluster formed
-/// before shoal 0.7), and the ring again once the cluster's format is 7,
-/// so that an entry of that format is applied everywhere even when nothing
-/// else is written.
+/// before shoal 0.7); the ring again once the cluster's format is 7, so
+/// that an entry of that format is applied everywhere even when nothing
+/// else is written; and, in a cluster that seals, the next step of a key
+/// rotation once every live member holds the ring as it is.
 async fn lead<R>(shared: &Shared<R>) -> anyhow::Result<()> {
     let Some(data_key) = &shared.trust.data_key else {
         return Ok(());
     };
-    let (record, applied) = {
+    let now = now_ms();
+    let (record, applied, removed_at, admitted) = {
         let state = shared.raft.read();
-        (state.security.gossip.clone(), state.log_version)
+        (
+            state.security.gossip.clone(),
+            state.log_version,
+            state
+                .security
+                .removed
+                .values()
+                .map(|removed| removed.removed_at_ms)
+                .max(),
+            state
+                .security
+                .admissions
+                .keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<String>>(),
+        )
     };
     let keys = match record {
-        None => seal_record(data_key, 1, &GossipKeyring::generate(1), now_ms())?,
+        None => seal_record(data_key, 1, &GossipKeyring::generate(1, now), now)?,
         Some(record)
             if applied < SEALED_GOSSIP && shared.raft.cluster_log_version() >= SEALED_GOSSIP =>
         {
             let ring = open_record(data_key, &record)?;
-            seal_record(data_key, record.generation + 1, &ring, now_ms())?
+            seal_record(data_key, record.generation + 1, &ring, now)?
         }
-        Some(_) => return Ok(()),
+        Some(_) if applied < SEALED_GOSSIP => return Ok(()),
+        Some(record) => {
+            let behind: Vec<String> = shared
+                .membership
+                .members()
+                .into_iter()
+                .filter(|member| {
+                    // A removed node never gets the ring again: not waited for.
+                    matches!(member.status, MemberStatus::Alive | MemberStatus::Suspect)
+                        && admitted.contains(&member.facts.name)
+                        && member.facts.gossip_keys < record.generation
+                })
+                .map(|member| member.facts.name)
+                .collect();
+            if !behind.is_empty() {
+                tracing::debug!(
+                    ?behind,
+                    generation = record.generation,
+                    "members still take the gossip keyring"
+                );
+                return Ok(());
+            }
+            let ring = open_record(data_key, &record)?;
+            let Some(next) =
+                rotation_step(&ring, removed_at, shared.config.gossip_key_rotation, now)
+            else {
+                return Ok(());
+            };
+            seal_record(data_key, record.generation + 1, &next, now)?
+        }
     };
-    let generation = keys.generation;
+    let (generation, ids, primary) = (keys.generation, keys.ids.clone(), keys.primary);
     shared
         .raft
-        .propose(now_ms(), Command::SetGossipKeys { keys })
+        .propose(now, Command::SetGossipKeys { keys })
         .await
         .context("recording the gossip keyring")?;
-    tracing::info!(generation, "recorded the cluster's gossip keyring");
+    tracing::info!(
+        generation,
+        ?ids,
+        primary,
+        "recorded the cluster's gossip keyring"
+    );
     Ok(())
+}
+
+/// The next step of a rotation of `ring`, if one is due. A rotation
+/// installs a new key (every node opens with it, the old key still seals),
+/// then makes it the primary (every node opens with both), then removes
+/// the old keys (every node seals with the new one); the caller takes a
+/// step only once every live member holds the ring as it is, so no member
+/// ever gets a datagram it cannot open. A rotation starts when the newest
+/// key is `every` old, and at once when a node was removed after the
+/// newest key was made (it may hold it).
+pub fn rotation_step(
+    ring: &GossipKeyring,
+    removed_at_ms: Option<u64>,
+    every: Duration,
+    now_ms: u64,
+) -> Option<GossipKeyring> {
+    let newest = ring.keys.iter().max_by_key(|key| key.id)?;
+    let mut next = ring.clone();
+    if ring.keys.len() > 1 && ring.primary != newest.id {
+        next.primary = newest.id;
+        return Some(next);
+    }
+    if ring.keys.len() > 1 {
+        next.keys.retain(|key| key.id == newest.id);
+        return Some(next);
+    }
+    let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+    let due = now_ms.saturating_sub(newest.created_ms) >= every_ms
+        || removed_at_ms.is_some_and(|at| at >= newest.created_ms);
+    if !due {
+        return None;
+    }
+    let fresh = GossipKeyring::generate(newest.id.wrapping_add(1).max(1), now_ms);
+    next.keys.extend(fresh.keys.iter().cloned());
+    Some(next)
 }
 
 #[cfg(test)]
@@ -451,7 +626,7 @@ mod tests {
 
     #[test]
     fn a_node_seals_only_once_it_holds_the_ring_and_its_cluster_seals() {
-        let ring = GossipKeyring::generate(1);
+        let ring = GossipKeyring::generate(1, 0);
         let now = Instant::now();
         let none = Held::default();
         assert_eq!(sealing(&none, None, now), GossipSealing::plaintext(None));
@@ -492,7 +667,7 @@ mod tests {
     #[test]
     fn the_ring_is_sealed_in_the_state_and_kept_in_a_private_file() {
         let key = DataKey::generate();
-        let ring = GossipKeyring::generate(3);
+        let ring = GossipKeyring::generate(3, 0);
         let record = seal_record(&key, 4, &ring, 9).expect("seal");
         assert_eq!(
             (record.generation, record.ids.clone(), record.primary),
@@ -523,17 +698,17 @@ mod tests {
 
         // A voter takes the state's ring when it is newer than its file's.
         let mut state = shoal_state::State::default();
-        let newer = GossipKeyring::generate(5);
+        let newer = GossipKeyring::generate(5, 0);
         state.security.gossip = Some(seal_record(&key, 6, &newer, 9).expect("seal"));
-        let at_start = Held::at_start(dir.path(), &state, Some(&key)).expect("start");
+        let at_start = Held::at_start(dir.path(), &state, Some(&key));
         assert_eq!((at_start.generation, at_start.keyring), (6, Some(newer)));
         assert!(at_start.sealed, "the file said the cluster seals");
         // A worker keeps its file's.
-        let worker = Held::at_start(dir.path(), &state, None).expect("start");
+        let worker = Held::at_start(dir.path(), &state, None);
         assert_eq!((worker.generation, worker.keyring), (4, Some(ring)));
 
         // Delivered and read back.
-        let keys = delivery(2, &GossipKeyring::generate(1), true).expect("delivery");
+        let keys = delivery(2, &GossipKeyring::generate(1, 0), true).expect("delivery");
         assert!(!format!("{keys:?}").contains(&keys.keyring));
         let taken = from_delivery(&keys).expect("taken");
         assert_eq!((taken.generation, taken.sealed), (2, true));
@@ -542,5 +717,39 @@ mod tests {
             ..keys
         };
         assert!(from_delivery(&bent).is_err());
+    }
+
+    #[test]
+    fn a_rotation_installs_then_seals_with_then_removes_a_new_key() {
+        const DAY: u64 = 86_400_000;
+        let every = Duration::from_millis(DAY);
+        let ring = GossipKeyring::generate(1, 1_000);
+        assert!(
+            rotation_step(&ring, None, every, 1_000 + DAY - 1).is_none(),
+            "not due"
+        );
+        assert!(
+            rotation_step(&ring, Some(999), every, 2_000).is_none(),
+            "removed before the key was made"
+        );
+        // Due by age: a new key joins, the old one still seals.
+        let installed = rotation_step(&ring, None, every, 1_000 + DAY).expect("due");
+        assert_eq!((installed.ids(), installed.primary), (vec![1, 2], 1));
+        assert_eq!(installed.keys[1].created_ms, 1_000 + DAY);
+        assert_ne!(installed.keys[0].key, installed.keys[1].key);
+        // Then it seals, then the old one goes; then nothing until due.
+        let sealing = rotation_step(&installed, None, every, 1_000 + DAY).expect("step 2");
+        assert_eq!((sealing.ids(), sealing.primary), (vec![1, 2], 2));
+        let rotated = rotation_step(&sealing, None, every, 1_000 + DAY).expect("step 3");
+        assert_eq!((rotated.ids(), rotated.primary), (vec![2], 2));
+        assert_eq!(rotated.keys[0].key, installed.keys[1].key);
+        assert!(rotation_step(&rotated, None, every, 2_000 + DAY).is_none());
+        // A node removed after the newest key was made: at once.
+        let at_once = rotation_step(&rotated, Some(1_000 + DAY), every, 2_000 + DAY)
+            .expect("a removed node may hold the key");
+        assert_eq!((at_once.ids(), at_once.primary), (vec![2, 3], 2));
+        for ring in [&installed, &sealing, &rotated, &at_once] {
+            assert!(ring.check().is_ok(), "{ring:?}");
+        }
     }
 }

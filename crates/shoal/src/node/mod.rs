@@ -64,6 +64,8 @@ pub struct NodeConfig {
     pub role: Option<String>,
     /// How long the certificates this node signs last.
     pub cert_lifetime: std::time::Duration,
+    /// How old the gossip key gets before this node, leading, rotates it.
+    pub gossip_key_rotation: std::time::Duration,
     /// When images are collected to free containerd's disk.
     pub image_gc: image_gc::ImageGcConfig,
     /// What this node's operator lets its tasks do beyond the hardened
@@ -150,8 +152,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         audit.clone(),
     )));
     let started_at_ms = now_ms();
-    let gossip = gossip_keys::Held::at_start(trust.dir(), &raft.read(), trust.data_key.as_ref())
-        .context("reading the gossip keyring")?;
+    let gossip = gossip_keys::Held::at_start(trust.dir(), &raft.read(), trust.data_key.as_ref());
     let membership = Membership::start(
         cluster::membership_config(&config, &cluster_id, started_at_ms, &gossip),
         gossip_peers,

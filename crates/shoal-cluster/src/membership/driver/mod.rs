@@ -129,8 +129,9 @@ impl Driver {
             frequency: ANNOUNCE_TO_DEAD_INTERVAL,
             num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
         });
+        // Sealed, a packet still fits the datagram size below the MTU.
         foca_config.max_packet_size =
-            NonZeroUsize::new(PACKET_MAX_BYTES).unwrap_or(NonZeroUsize::MIN);
+            NonZeroUsize::new(PACKET_MAX_BYTES - OVERHEAD).unwrap_or(NonZeroUsize::MIN);
 
         let facts = SharedFacts::default();
         let handler = FactsHandler {

@@ -49,6 +49,7 @@ async fn fixture() -> Fixture {
         token: None,
         role: None,
         cert_lifetime: std::time::Duration::from_secs(3600),
+        gossip_key_rotation: std::time::Duration::from_secs(86_400),
         image_gc: crate::node::image_gc::ImageGcConfig {
             root: dir.path().to_path_buf(),
             high_percent: 85,
