@@ -1091,7 +1091,8 @@ fn dns_record_latency() {
 /// node's own, is neither heard nor admitted: no node lists it, no learner
 /// is added, no node's facts or status change; each node counts what it
 /// dropped. The keyring goes only to node certificates, from a node that
-/// holds the data key; a worker that lost its copy fetches it again.
+/// holds the data key; a worker that lost its copy fetches it again. A
+/// removed worker's key is retired at once, and it leaves the consensus.
 #[test]
 fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
     use shoal_cluster::membership::{Membership, MembershipConfig, NodeFacts};
@@ -1310,6 +1311,11 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
     cluster.wait_for("the removed worker's gossip dropped", || {
         let info = cluster.shoal_json(0, &["cluster", "info"])?;
         (info["gossip"]["dropped"]["unknown_key"].as_u64()? > 0).then_some(())
+    });
+    // It leaves the consensus: the log no longer goes to it.
+    cluster.wait_for("the removed worker out of the consensus", || {
+        let info = cluster.shoal_json(0, &["cluster", "info"])?;
+        (info["learners"] == serde_json::json!([])).then_some(())
     });
     // Unheard, the removed worker is seen dead (gossip lists it until it
     // forgets it); the others stay alive.

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use shoal_cluster::membership::{Member, MemberStatus};
+use shoal_cluster::raft::RaftStatus;
 use shoal_sched::duties::{self, Consensus, Duty, DutyBounds, Liveness};
+use shoal_state::security::Security;
 use shoal_state::Command;
 use shoal_types::{consensus_id, NodeStatus};
 
@@ -40,19 +42,21 @@ pub async fn run<R: Send + Sync + 'static>(shared: std::sync::Arc<Shared<R>>) {
 /// (its metrics not loaded, a membership change in flight), and an entry
 /// appended in a format they cannot read would halt them.
 fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
+    let state = shared.raft.read();
+    // Only a node the cluster admitted, under its own consensus id, speaks
+    // for the format it reads.
     let facts: BTreeMap<u64, u32> = shared
         .membership
         .members()
         .iter()
+        .filter(|member| admitted(&state.security, &member.facts.name, member.facts.raft_id))
         .map(|member| (member.facts.raft_id, member.facts.log_version_read()))
         .chain(std::iter::once((
             consensus_id(&shared.config.name),
             super::gossip_keys::log_version_read(shared.membership.sealing().keyring.is_some()),
         )))
         .collect();
-    let registered: Vec<u64> = shared
-        .raft
-        .read()
+    let registered: Vec<u64> = state
         .nodes
         .values()
         .filter(|node| matches!(node.status, NodeStatus::Alive | NodeStatus::Suspect))
@@ -73,6 +77,31 @@ fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
         })
         .min()
         .unwrap_or(shoal_state::LOG_VERSION_FIRST)
+}
+
+/// Whether a gossip member named `name` with consensus id `raft_id` is a
+/// node the cluster admitted (`shoal node rm` takes the admission away),
+/// under its own id. Gossip's members are the members' own word: only such
+/// a member is made a learner or counts toward the cluster's log format.
+fn admitted(security: &Security, name: &str, raft_id: u64) -> bool {
+    raft_id == consensus_id(name) && security.admissions.contains_key(name)
+}
+
+/// The learners the cluster no longer admits (removed with `shoal node
+/// rm`): they leave the consensus, so that they get the log no more.
+fn removed_learners(status: &RaftStatus, security: &Security) -> BTreeSet<u64> {
+    status
+        .learners
+        .iter()
+        .copied()
+        .filter(|id| *id != status.node_id)
+        .filter(|id| {
+            status
+                .nodes
+                .get(id)
+                .is_some_and(|node| !admitted(security, &node.name, *id))
+        })
+        .collect()
 }
 
 /// A gossip member as the duties see it.
@@ -120,7 +149,25 @@ async fn pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
         gossip_started_ms: shared.started_at_ms,
         ..DutyBounds::default()
     };
-    let duties = duties::leader_duties(&shared.raft.read(), &members, &consensus, &bounds, now);
+    let (duties, removed) = {
+        let state = shared.raft.read();
+        let mut duties = duties::leader_duties(&state, &members, &consensus, &bounds, now);
+        duties.retain(|duty| match duty {
+            Duty::AddLearner { id, name, .. } => {
+                let ok = admitted(&state.security, name, *id);
+                if !ok {
+                    tracing::debug!(node = %name, "not made a learner: the cluster has not admitted it");
+                }
+                ok
+            }
+            _ => true,
+        });
+        (duties, removed_learners(&status, &state.security))
+    };
+    if !removed.is_empty() {
+        tracing::info!(learners = ?removed, "removed nodes leave the consensus");
+        shared.raft.remove_nodes(removed).await?;
+    }
     for duty in duties {
         match duty {
             Duty::AddLearner { id, name, api_addr } => {
@@ -156,4 +203,63 @@ async fn pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_cluster::raft::{NodeInfo, RaftRole};
+    use shoal_state::security::{Admission, NodeRole};
+
+    use super::*;
+
+    fn security(names: &[&str]) -> Security {
+        let mut security = Security::default();
+        for name in names {
+            security.admissions.insert(
+                name.to_string(),
+                Admission {
+                    role: NodeRole::Worker,
+                    admission: format!("adm-{name}"),
+                    admitted_at_ms: 1,
+                    token: String::new(),
+                },
+            );
+        }
+        security
+    }
+
+    #[test]
+    fn only_admitted_members_under_their_own_id_are_trusted() {
+        let security = security(&["a", "b"]);
+        assert!(admitted(&security, "a", consensus_id("a")));
+        assert!(!admitted(&security, "a", consensus_id("b")), "another's id");
+        assert!(
+            !admitted(&security, "c", consensus_id("c")),
+            "never admitted"
+        );
+
+        let node = |name: &str| NodeInfo {
+            name: name.into(),
+            api_addr: format!("{name}:7950"),
+        };
+        let status = RaftStatus {
+            node_id: consensus_id("a"),
+            leader: Some(consensus_id("a")),
+            role: RaftRole::Leader,
+            term: 1,
+            last_applied: 1,
+            voters: BTreeSet::from([consensus_id("a")]),
+            learners: BTreeSet::from([consensus_id("b"), consensus_id("c")]),
+            nodes: ["a", "b", "c"]
+                .into_iter()
+                .map(|name| (consensus_id(name), node(name)))
+                .collect(),
+        };
+        // c was removed (its admission is gone): it leaves; b stays.
+        assert_eq!(
+            removed_learners(&status, &security),
+            BTreeSet::from([consensus_id("c")])
+        );
+        assert!(removed_learners(&status, &self::security(&["a", "b", "c"])).is_empty());
+    }
 }
