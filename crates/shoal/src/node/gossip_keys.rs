@@ -318,7 +318,7 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>, mut held: Hel
     let mut fetching = Fetching::default();
     loop {
         if shared.is_leader() {
-            if let Err(error) = lead(&shared).await {
+            if let Err(error) = lead(&shared, &held).await {
                 tracing::debug!(%error, "recording the gossip keyring");
             }
         }
@@ -366,6 +366,8 @@ struct Fetching {
     complained: bool,
     /// Sealed datagrams this node could not open, when it last looked.
     unknown_keys: u64,
+    /// When the node last looked whether it hears anyone.
+    alone_checked_at: Instant,
 }
 
 impl Default for Fetching {
@@ -375,6 +377,7 @@ impl Default for Fetching {
             backoff: FETCH_BACKOFF_MIN,
             complained: false,
             unknown_keys: 0,
+            alone_checked_at: Instant::now(),
         }
     }
 }
@@ -382,6 +385,8 @@ impl Default for Fetching {
 /// The first and the longest wait after a fetch that failed.
 const FETCH_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const FETCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a node looks whether it hears no other member.
+const ALONE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Takes the state's ring when it is newer than the one held. Asks a voter
 /// for it, and whether the cluster seals, when its own state cannot say:
@@ -397,17 +402,8 @@ async fn follow<R>(shared: &Shared<R>, held: &mut Held, fetching: &mut Fetching)
     let from_state = record
         .as_ref()
         .is_some_and(|record| held.keyring.is_none() || record.generation > held.generation);
-    let others_known = shared
-        .raft
-        .status()
-        .nodes
-        .keys()
-        .any(|id| *id != shared.node_id());
-    let alone = others_known
-        && !shared.membership.members().iter().any(|member| {
-            member.status == MemberStatus::Alive && member.facts.name != shared.config.name
-        });
-    let ask = !from_state && ((held.keyring.is_none() && unheard) || alone);
+    let ask = !from_state
+        && ((held.keyring.is_none() && unheard) || alone(shared, fetching, Instant::now()));
     if !from_state && !ask {
         return false;
     }
@@ -455,6 +451,7 @@ async fn follow<R>(shared: &Shared<R>, held: &mut Held, fetching: &mut Fetching)
     }
     *fetching = Fetching {
         unknown_keys,
+        alone_checked_at: fetching.alone_checked_at,
         ..Fetching::default()
     };
     held.generation = taken.generation;
@@ -469,6 +466,21 @@ async fn follow<R>(shared: &Shared<R>, held: &mut Held, fetching: &mut Fetching)
         "took the cluster's gossip keyring"
     );
     true
+}
+
+/// Whether this node hears no other member while the consensus knows
+/// others; looked at most every [`ALONE_CHECK_EVERY`] (it lists every
+/// member), and only once a fetch may be tried.
+fn alone<R>(shared: &Shared<R>, fetching: &mut Fetching, now: Instant) -> bool {
+    if now < fetching.next_at || now < fetching.alone_checked_at + ALONE_CHECK_EVERY {
+        return false;
+    }
+    fetching.alone_checked_at = now;
+    let own = shared.node_id();
+    shared.raft.status().nodes.keys().any(|id| *id != own)
+        && !shared.membership.members().iter().any(|member| {
+            member.status == MemberStatus::Alive && member.facts.name != shared.config.name
+        })
 }
 
 /// The ring of `generation` or newer, from the leader or another voter.
@@ -507,12 +519,12 @@ async fn fetch<R>(shared: &Shared<R>, generation: u64) -> anyhow::Result<Held> {
 /// that an entry of that format is applied everywhere even when nothing
 /// else is written; and, in a cluster that seals, the next step of a key
 /// rotation once every live member holds the ring as it is.
-async fn lead<R>(shared: &Shared<R>) -> anyhow::Result<()> {
+async fn lead<R>(shared: &Shared<R>, held: &Held) -> anyhow::Result<()> {
     let Some(data_key) = &shared.trust.data_key else {
         return Ok(());
     };
     let now = now_ms();
-    let (record, applied, removed_at, admitted) = {
+    let (record, applied, removed_at) = {
         let state = shared.raft.read();
         (
             state.security.gossip.clone(),
@@ -523,36 +535,47 @@ async fn lead<R>(shared: &Shared<R>) -> anyhow::Result<()> {
                 .values()
                 .map(|removed| removed.removed_at_ms)
                 .max(),
-            state
-                .security
-                .admissions
-                .keys()
-                .cloned()
-                .collect::<std::collections::BTreeSet<String>>(),
         )
+    };
+    // The ring this node follows is the state's, unless it has not taken
+    // the newest yet: opened once per generation, not on every pass.
+    let ring_of = |record: &GossipKeysRecord| match &held.keyring {
+        Some(ring) if held.generation == record.generation => Ok(ring.clone()),
+        _ => open_record(data_key, record),
     };
     let keys = match record {
         None => seal_record(data_key, 1, &GossipKeyring::generate(1, now), now)?,
         Some(record)
             if applied < SEALED_GOSSIP && shared.raft.cluster_log_version() >= SEALED_GOSSIP =>
         {
-            let ring = open_record(data_key, &record)?;
-            seal_record(data_key, record.generation + 1, &ring, now)?
+            seal_record(data_key, record.generation + 1, &ring_of(&record)?, now)?
         }
         Some(_) if applied < SEALED_GOSSIP => return Ok(()),
         Some(record) => {
-            let behind: Vec<String> = shared
-                .membership
-                .members()
-                .into_iter()
-                .filter(|member| {
-                    // A removed node never gets the ring again: not waited for.
-                    matches!(member.status, MemberStatus::Alive | MemberStatus::Suspect)
-                        && admitted.contains(&member.facts.name)
-                        && member.facts.gossip_keys < record.generation
-                })
-                .map(|member| member.facts.name)
-                .collect();
+            let Some(next) = rotation_step(
+                &ring_of(&record)?,
+                removed_at,
+                shared.config.gossip_key_rotation,
+                now,
+            ) else {
+                return Ok(());
+            };
+            // Due: only once every live member the cluster admits holds the
+            // ring as it is (a removed node never gets it again).
+            let behind: Vec<String> = {
+                let state = shared.raft.read();
+                shared
+                    .membership
+                    .members()
+                    .into_iter()
+                    .filter(|member| {
+                        matches!(member.status, MemberStatus::Alive | MemberStatus::Suspect)
+                            && state.security.admissions.contains_key(&member.facts.name)
+                            && member.facts.gossip_keys < record.generation
+                    })
+                    .map(|member| member.facts.name)
+                    .collect()
+            };
             if !behind.is_empty() {
                 tracing::debug!(
                     ?behind,
@@ -561,12 +584,6 @@ async fn lead<R>(shared: &Shared<R>) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let ring = open_record(data_key, &record)?;
-            let Some(next) =
-                rotation_step(&ring, removed_at, shared.config.gossip_key_rotation, now)
-            else {
-                return Ok(());
-            };
             seal_record(data_key, record.generation + 1, &next, now)?
         }
     };

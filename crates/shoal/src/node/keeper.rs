@@ -575,6 +575,15 @@ mod tests {
         log.read().tasks[task].status.clone()
     }
 
+    /// Waits until `task` is reported in `state`; its status then.
+    async fn reported(log: &MemoryLog, task: &str, state: TaskState) -> TaskStatus {
+        wait_for(&format!("the task reported {state:?}"), || {
+            let status = status(log, task);
+            (status.state == state).then_some(status)
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn a_placed_task_runs_and_is_reported() {
         let (log, task) = placed();
@@ -583,10 +592,7 @@ mod tests {
         let keeper = keeper(&log, &runtime, ManualClock::at(1_000_000));
         let network = keeper.network.clone();
         let running = tokio::spawn(run(keeper));
-        wait_for("the task reported running", || {
-            (status(&log, &task).state == TaskState::Running).then_some(())
-        })
-        .await;
+        reported(&log, &task, TaskState::Running).await;
         let listed = containers(&runtime).await;
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!(listed[0].id, task);
@@ -617,11 +623,7 @@ mod tests {
         let runtime = Arc::new(FakeRuntime::new());
         runtime.add_image("busybox");
         let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
-        let failed = wait_for("the task reported failed", || {
-            let status = status(&log, &task);
-            (status.state == TaskState::Failed).then_some(status)
-        })
-        .await;
+        let failed = reported(&log, &task, TaskState::Failed).await;
         assert!(
             failed.message.contains("does not allow privileged tasks")
                 && failed.message.contains("--allow-privileged"),
@@ -639,10 +641,7 @@ mod tests {
         let mut allowed = keeper(&log, &runtime, SystemClock);
         Arc::get_mut(&mut allowed).expect("one owner").allows = claimed;
         let running = tokio::spawn(run(allowed));
-        wait_for("the task reported running", || {
-            (status(&log, &task).state == TaskState::Running).then_some(())
-        })
-        .await;
+        reported(&log, &task, TaskState::Running).await;
         let privileges = runtime.config(&task).expect("its config").privileges;
         assert!(
             privileges.privileged && privileges.read_only_root,
@@ -657,10 +656,7 @@ mod tests {
         let runtime = Arc::new(FakeRuntime::new());
         let name = runtime.add_registry_image("busybox");
         let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
-        wait_for("the task reported running after a pull", || {
-            (status(&log, &task).state == TaskState::Running).then_some(())
-        })
-        .await;
+        reported(&log, &task, TaskState::Running).await;
         assert_eq!(runtime.pulled(), std::slice::from_ref(&name));
         running.abort();
 
@@ -669,11 +665,7 @@ mod tests {
         let (log, task) = placed();
         let runtime = Arc::new(FakeRuntime::new());
         let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
-        let failed = wait_for("the task reported failed", || {
-            let status = status(&log, &task);
-            (status.state == TaskState::Failed).then_some(status)
-        })
-        .await;
+        let failed = reported(&log, &task, TaskState::Failed).await;
         assert!(
             failed.message.contains("no such image") && failed.message.contains(&name),
             "{failed:?}"
