@@ -68,6 +68,11 @@ struct State {
     snapshots: BTreeSet<String>,
     failures: Vec<(FakeOp, RuntimeError)>,
     next_pid: u32,
+    /// How long a registry resolve takes (none by default), and the
+    /// resolves under way now and at most so far.
+    resolve_pause: Option<std::time::Duration>,
+    resolving: usize,
+    resolving_max: usize,
 }
 
 #[derive(Debug, Default)]
@@ -197,6 +202,16 @@ impl FakeRuntime {
     /// [`ErrorKind::Transient`] with `message`.
     pub fn fail_next(&self, op: FakeOp, message: impl Into<String>) {
         self.fail_next_with(op, RuntimeError::containerd(ErrorKind::Transient, message));
+    }
+
+    /// Registry resolves take `pause` from now on.
+    pub fn pause_resolves(&self, pause: std::time::Duration) {
+        self.state().resolve_pause = Some(pause);
+    }
+
+    /// The most resolves that were under way at once.
+    pub fn resolves_at_once_max(&self) -> usize {
+        self.state().resolving_max
     }
 
     /// Makes the next call of `op` fail with `error` without doing anything.
@@ -438,7 +453,17 @@ impl ImageStore for FakeRuntime {
     async fn resolve(&self, reference: &str, _access: &RegistryAccess) -> Result<ImageResolution> {
         self.take_failure(FakeOp::Pull)?;
         let name = ImageRef::parse(reference)?.to_string();
-        let state = self.state();
+        let pause = {
+            let mut state = self.state();
+            state.resolving += 1;
+            state.resolving_max = state.resolving_max.max(state.resolving);
+            state.resolve_pause
+        };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        let mut state = self.state();
+        state.resolving -= 1;
         if let Some(image) = state.images.get(&name).filter(|i| !i.pulled) {
             return Ok(ImageResolution {
                 name,

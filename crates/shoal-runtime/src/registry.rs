@@ -6,7 +6,11 @@
 //! with a Range request, no byte fetched twice, the digest still checked
 //! over the whole blob), that gives up on a connection with no progress,
 //! and the choice of plain HTTP only for loopback registries or those the
-//! operator marked insecure.
+//! operator marked insecure. oci-client hands a registry's password to
+//! whatever token service the registry names; before it may, the token
+//! service is checked here to be reached over HTTPS (or plain HTTP only
+//! where the registry itself may be), so a password never crosses the
+//! network in clear.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,6 +44,9 @@ pub const BLOB_ATTEMPTS_MAX: u32 = 6;
 const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(500);
 /// Connecting to a registry.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole of the request that asks a registry which token service it
+/// uses.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections one blob may use in all, however much each one delivers.
 const BLOB_CONNECTIONS_MAX: u32 = 64;
 /// Longest registry error message kept.
@@ -251,9 +258,133 @@ impl FetchedManifest {
     }
 }
 
+/// One registry host under one set of settings: oci-client's client (with
+/// its token cache), and whether the token service it sends the password
+/// to has been found safe.
+struct RegistryClient {
+    oci: Client,
+    /// For the one request oci-client does not let us look at: the
+    /// registry's challenge, which names its token service.
+    http: reqwest::Client,
+    /// The registry may be spoken to over plain HTTP.
+    plain_http: bool,
+    /// There is a password to protect.
+    credentials: bool,
+    /// Set once the token service was checked (a failed check is tried
+    /// again by the next request).
+    token_service_safe: tokio::sync::OnceCell<()>,
+}
+
+impl RegistryClient {
+    /// oci-client's client, once the token service the registry names (if
+    /// any) is known to receive the password safely. Asked only when the
+    /// registry is about to be spoken to, so a registry that is down does
+    /// not stop pulls that peers can serve.
+    async fn ready(&self, reference: &ImageRef) -> Result<&Client> {
+        if self.credentials {
+            self.token_service_safe
+                .get_or_try_init(|| self.check_token_service(reference))
+                .await?;
+        }
+        Ok(&self.oci)
+    }
+
+    async fn check_token_service(&self, reference: &ImageRef) -> Result<()> {
+        let registry = reference.inner.resolve_registry();
+        let scheme = if self.plain_http { "http" } else { "https" };
+        let url = format!("{scheme}://{registry}/v2/");
+        let answer = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| RuntimeError::Registry {
+                kind: ErrorKind::Transient,
+                message: bounded(format!(
+                    "{reference}: asking the registry for its token service: {}",
+                    error_chain(&e)
+                )),
+            })?;
+        for challenge in answer.headers().get_all(reqwest::header::WWW_AUTHENTICATE) {
+            let Some(realm) = challenge.to_str().ok().and_then(bearer_realm) else {
+                continue;
+            };
+            if let Some(why) = token_service_refusal(&realm, reference.registry(), self.plain_http)
+            {
+                return Err(RuntimeError::Registry {
+                    kind: ErrorKind::Invalid,
+                    message: bounded(format!("{}: {why}", reference.registry())),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The token service a `WWW-Authenticate` value names for the Bearer
+/// scheme, if it has one.
+fn bearer_realm(header: &str) -> Option<String> {
+    http_auth::ChallengeParser::new(header)
+        .filter_map(|challenge| challenge.ok())
+        .filter(|challenge| challenge.scheme.eq_ignore_ascii_case("bearer"))
+        .find_map(|challenge| {
+            challenge
+                .params
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("realm"))
+                .map(|(_, value)| value.to_unescaped())
+        })
+}
+
+/// Why the registry `registry` (a host, with its port if any) may not have
+/// its password sent to the token service at `realm`, or `None` when it
+/// may: over HTTPS anywhere (the registry chose it, as Docker Hub chooses
+/// auth.docker.io), over plain HTTP only to a loopback address, or to the
+/// registry's own host when plain HTTP is allowed for the registry.
+fn token_service_refusal(realm: &str, registry: &str, registry_plain_http: bool) -> Option<String> {
+    let fix = "serve the token service over HTTPS, or add the registry with `shoal registry add --insecure` if it and its token service share a host on a network you trust";
+    let Ok(url) = reqwest::Url::parse(realm) else {
+        return Some(format!(
+            "the registry names a token service that is no URL ({realm:?}); its password is not sent"
+        ));
+    };
+    match url.scheme() {
+        "https" => return None,
+        "http" => {}
+        other => {
+            return Some(format!(
+                "the registry names a token service reached by {other:?}, not HTTPS ({realm}); its password is not sent"
+            ))
+        }
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if loopback {
+        return None;
+    }
+    let registry_host = registry
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']').map(|(h, _)| h))
+        .unwrap_or_else(|| registry.rsplit_once(':').map_or(registry, |(h, _)| h));
+    let same_host = url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .is_some_and(|h| h.eq_ignore_ascii_case(registry_host));
+    if registry_plain_http && same_host {
+        return None;
+    }
+    Some(format!(
+        "the registry sends its password to a token service over plain HTTP ({realm}), where anyone on the path could read it; shoal sends it over HTTPS only: {fix}"
+    ))
+}
+
 /// Registry clients, one per host and settings, each with its token cache.
 pub struct Registries {
-    clients: Mutex<HashMap<String, Arc<Client>>>,
+    clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
     /// [`STALL_TIMEOUT`], shorter in tests.
     stall: Duration,
     /// Asked for every blob before the registry, once set.
@@ -295,7 +426,7 @@ impl Registries {
         let _ = self.peers.set(peers);
     }
 
-    fn client(&self, reference: &ImageRef, access: &RegistryAccess) -> Result<Arc<Client>> {
+    fn client(&self, reference: &ImageRef, access: &RegistryAccess) -> Result<Arc<RegistryClient>> {
         install_ring();
         let host = reference.registry().to_string();
         let key = access.cache_key(&host);
@@ -309,23 +440,38 @@ impl Registries {
             max_concurrent_download: 1,
             ..ClientConfig::default()
         };
-        if access.insecure || (!access.explicit && reference.is_loopback()) {
+        let plain_http = access.insecure || (!access.explicit && reference.is_loopback());
+        if plain_http {
             config.protocol = oci_client::client::ClientProtocol::HttpsExcept(vec![host.clone()]);
         }
+        let settings_error = |e: &dyn std::fmt::Display| RuntimeError::Registry {
+            kind: ErrorKind::Invalid,
+            message: format!("{host}: the registry's settings do not make a client: {e}"),
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CHALLENGE_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &access.ca_pem {
             config.extra_root_certificates.push(Certificate {
                 encoding: CertificateEncoding::Pem,
                 data: pem.as_bytes().to_vec(),
             });
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| settings_error(&e))?;
+            http = http.tls_certs_merge(certs);
         }
         // `Client::new` would fall back to a client without the CA (and
         // without our timeouts) on a bad certificate.
-        let client = Arc::new(
-            Client::try_from(config).map_err(|e| RuntimeError::Registry {
-                kind: ErrorKind::Invalid,
-                message: format!("{host}: the registry's settings do not make a client: {e}"),
-            })?,
-        );
+        let oci = Client::try_from(config).map_err(|e| settings_error(&e))?;
+        let http = http.build().map_err(|e| settings_error(&e))?;
+        let client = Arc::new(RegistryClient {
+            oci,
+            http,
+            plain_http,
+            credentials: access.password.is_some(),
+            token_service_safe: tokio::sync::OnceCell::new(),
+        });
         if clients.len() >= CLIENTS_MAX {
             clients.clear();
         }
@@ -355,6 +501,8 @@ impl Registries {
         }
         let client = self.client(reference, access)?;
         let (bytes, _) = client
+            .ready(reference)
+            .await?
             .pull_manifest_raw(&reference.inner, &access.auth(), MANIFEST_TYPES)
             .await
             .map_err(|e| registry_error(reference, "fetching the manifest", e))?;
@@ -466,7 +614,7 @@ impl Registries {
 type Body = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 struct BlobDownload {
-    client: Result<Arc<Client>>,
+    client: Result<Arc<RegistryClient>>,
     reference: ImageRef,
     auth: RegistryAuth,
     desc: Descriptor,
@@ -640,6 +788,14 @@ impl BlobDownload {
                 digest: self.desc.digest.clone(),
                 size: i64::try_from(self.desc.size).unwrap_or(i64::MAX),
                 ..OciDescriptor::default()
+            };
+            let client = match client.ready(&self.reference).await {
+                Ok(client) => client,
+                Err(e) if e.kind() == ErrorKind::Transient => {
+                    tracing::warn!(image = %self.reference, blob = %self.desc.digest, error = %e, "registry unreachable; retrying");
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             // Blob calls use the credentials stored for the registry (under
             // the name oci-client resolves it to).
@@ -1282,5 +1438,200 @@ mod download_tests {
             server.requests.load(Ordering::SeqCst),
             BLOB_ATTEMPTS_MAX as usize
         );
+    }
+}
+
+/// The token service a registry names must receive its password safely.
+#[cfg(test)]
+mod token_service_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+
+    use super::*;
+
+    #[test]
+    fn a_password_goes_to_a_token_service_over_https_or_to_this_machine() {
+        for (realm, registry, plain, allowed) in [
+            ("https://auth.example/token", "r.example", false, true),
+            ("https://10.1.1.1:8443/token", "10.1.1.1:5000", true, true),
+            ("http://auth.example/token", "r.example", false, false),
+            // Plain HTTP to the registry's own host only when plain HTTP
+            // is allowed for the registry.
+            ("http://r.example:5001/token", "r.example:5000", true, true),
+            (
+                "http://r.example:5001/token",
+                "r.example:5000",
+                false,
+                false,
+            ),
+            ("http://other.example/token", "r.example:5000", true, false),
+            ("http://127.0.0.1:9000/token", "r.example", false, true),
+            ("http://localhost/token", "r.example", false, true),
+            ("http://[::1]:9000/token", "r.example", false, true),
+            ("http://[fd00::1]/token", "[fd00::1]:5000", true, true),
+            ("http://[fd00::2]/token", "[fd00::1]:5000", true, false),
+            ("ftp://auth.example/token", "r.example", false, false),
+            ("not a url", "r.example", false, false),
+        ] {
+            let refusal = token_service_refusal(realm, registry, plain);
+            assert_eq!(
+                refusal.is_none(),
+                allowed,
+                "{realm} for {registry}: {refusal:?}"
+            );
+        }
+        let why = token_service_refusal("http://auth.example/t", "r.example", false).unwrap();
+        assert!(
+            why.contains("http://auth.example/t") && why.contains("HTTPS"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_bearer_realm_is_read_from_the_challenge() {
+        assert_eq!(
+            bearer_realm(r#"Bearer realm="https://auth.example/token",service="r""#).as_deref(),
+            Some("https://auth.example/token")
+        );
+        assert_eq!(
+            bearer_realm(r#"Basic realm="r", Bearer service="r",realm="http://a/t""#).as_deref(),
+            Some("http://a/t")
+        );
+        assert_eq!(bearer_realm(r#"Basic realm="Registry""#), None);
+        assert_eq!(bearer_realm("Bearer"), None);
+    }
+
+    struct Registry {
+        realm: std::sync::Mutex<String>,
+        manifests: AtomicUsize,
+        tokens: AtomicUsize,
+    }
+
+    const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+
+    /// A registry on loopback whose challenge names `realm`, with a token
+    /// service of its own at /token.
+    async fn serve() -> (Arc<Registry>, std::net::SocketAddr) {
+        let registry = Arc::new(Registry {
+            realm: std::sync::Mutex::new(String::new()),
+            manifests: AtomicUsize::new(0),
+            tokens: AtomicUsize::new(0),
+        });
+        let challenge = |registry: &Registry| -> Response {
+            let realm = registry.realm.lock().unwrap().clone();
+            (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    "www-authenticate",
+                    format!(r#"Bearer realm="{realm}",service="test""#),
+                )],
+            )
+                .into_response()
+        };
+        let app = axum::Router::new()
+            .route(
+                "/v2/",
+                axum::routing::get({
+                    let registry = registry.clone();
+                    move || async move { challenge(&registry) }
+                }),
+            )
+            .route(
+                "/token",
+                axum::routing::get({
+                    let registry = registry.clone();
+                    move |headers: HeaderMap| async move {
+                        registry.tokens.fetch_add(1, Ordering::SeqCst);
+                        let basic = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.starts_with("Basic "));
+                        if basic {
+                            (StatusCode::OK, r#"{"token":"granted"}"#).into_response()
+                        } else {
+                            StatusCode::UNAUTHORIZED.into_response()
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/v2/t/manifests/{tag}",
+                axum::routing::get({
+                    let registry = registry.clone();
+                    move |headers: HeaderMap| async move {
+                        registry.manifests.fetch_add(1, Ordering::SeqCst);
+                        let bearer = headers.get("authorization").and_then(|v| v.to_str().ok())
+                            == Some("Bearer granted");
+                        if bearer {
+                            ([("content-type", MEDIA_OCI_MANIFEST)], MANIFEST).into_response()
+                        } else {
+                            challenge(&registry)
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (registry, addr)
+    }
+
+    fn access() -> RegistryAccess {
+        RegistryAccess {
+            username: Some("ci".into()),
+            password: Some("hunter2-SECRET".into()),
+            ..RegistryAccess::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_password_is_not_sent_to_a_token_service_over_plain_http() {
+        let (registry, addr) = serve().await;
+        // TEST-NET-1: nothing answers there; the password must not even
+        // be tried.
+        *registry.realm.lock().unwrap() = "http://192.0.2.7/token".into();
+        let reference = ImageRef::parse(&format!("{addr}/t:1")).unwrap();
+        let registries = Registries::default();
+        let error = registries
+            .manifest(&reference, &access())
+            .await
+            .expect_err("refused");
+        let message = error.to_string();
+        assert_eq!(error.kind(), ErrorKind::Invalid, "{message}");
+        assert!(
+            message.contains("http://192.0.2.7/token") && message.contains("over plain HTTP"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+        assert_eq!(registry.manifests.load(Ordering::SeqCst), 0);
+        // A blob is refused alike, with no connection retried for it.
+        let desc = Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: image::sha256_digest(b"{}"),
+            size: 2,
+            ..Descriptor::default()
+        };
+        let error = registries
+            .small_blob(&reference, &access(), &desc)
+            .await
+            .expect_err("refused");
+        assert!(error.to_string().contains("over plain HTTP"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_token_service_on_this_machine_gets_the_password() {
+        let (registry, addr) = serve().await;
+        *registry.realm.lock().unwrap() = format!("http://{addr}/token");
+        let reference = ImageRef::parse(&format!("{addr}/t:1")).unwrap();
+        let fetched = Registries::default()
+            .manifest(&reference, &access())
+            .await
+            .expect("manifest");
+        assert_eq!(fetched.bytes.as_ref(), MANIFEST.as_bytes());
+        assert!(registry.tokens.load(Ordering::SeqCst) >= 1);
     }
 }

@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::InfoRequest;
 use containerd_client::tonic::{Code, Request};
 use containerd_client::with_namespace;
@@ -285,6 +286,9 @@ enum Fault {
     CutFirstAfter(usize),
     /// Flips one bit in the middle of every blob larger than 4 KiB.
     Bend,
+    /// Sends this many bytes of every blob larger than 4 KiB, then
+    /// nothing, holding the connection open.
+    StallAfter(usize),
 }
 
 #[derive(Default)]
@@ -350,6 +354,15 @@ async fn proxy(State(proxy): State<Arc<Proxy>>, request: axum::extract::Request)
         .get("content-length")
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
+    if let Fault::StallAfter(n) = proxy.fault {
+        if size > 4096 {
+            let bytes = upstream.bytes().await.unwrap();
+            let head = bytes.slice(..n.min(bytes.len()));
+            let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) })
+                .chain(futures::stream::pending());
+            return response.body(Body::from_stream(body)).unwrap();
+        }
+    }
     let bend_at = (proxy.fault == Fault::Bend && size > 4096).then_some(size / 2);
     let state = proxy.clone();
     let mut sent = 0usize;
@@ -467,6 +480,59 @@ async fn a_cut_download_resumes_without_fetching_a_byte_twice() {
         "bytes served: {:?}",
         served.bytes
     );
+}
+
+/// The ids of the leases in the test's namespace.
+async fn leases(rt: &Containerd) -> Vec<String> {
+    let request = containerd_client::services::v1::ListRequest::default();
+    LeasesClient::new(rt.channel())
+        .list(with_namespace!(request, rt.namespace()))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases
+        .into_iter()
+        .map(|lease| lease.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pull_given_up_by_its_caller_leaves_no_lease() {
+    let Some((rt, _purge, dir)) = setup("a_pull_given_up_by_its_caller_leaves_no_lease").await
+    else {
+        return;
+    };
+    let registry = Registry::start().await;
+    push_busybox(dir.path(), &registry.host(), "test/abandoned", "v1");
+    let (host, _proxy) = start_proxy(registry.host(), Fault::StallAfter(16 << 10)).await;
+    let reference = format!("{host}/test/abandoned:v1");
+
+    let access = RegistryAccess::default();
+    let mut pull = Box::pin(rt.pull(&reference, &access));
+    // The pull stalls in its layer, holding its lease.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        tokio::select! {
+            result = &mut pull => panic!("the stalled pull ended: {result:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        held = leases(&rt).await;
+        if !held.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 1, "the pull holds one lease: {held:?}");
+    // Its caller gives up: the future is dropped mid-layer.
+    drop(pull);
+    let mut left = held.clone();
+    for _ in 0..50 {
+        left = leases(&rt).await;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left.is_empty(), "leases left behind: {left:?}");
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures::StreamExt;
+
 use shoal_api::server::{ApiError, ApiResult};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_runtime::image::{oci_arch, Platform};
@@ -14,6 +16,9 @@ use shoal_types::{
 };
 
 use super::NodeBackend;
+
+/// Distinct image references resolved at the same time by one apply.
+const RESOLVES_AT_ONCE: usize = 8;
 
 impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     /// Service name → its pinned image. A reference that does not resolve,
@@ -39,35 +44,43 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
             .filter(|node| node.status == NodeStatus::Alive)
             .cloned()
             .collect();
-        let mut resolved: BTreeMap<String, ImageResolution> = BTreeMap::new();
+        // Each distinct reference once, several at a time: an app of many
+        // services waits for its slowest registry, not for their sum.
+        let references: BTreeSet<String> = spec
+            .services
+            .iter()
+            .map(|service| {
+                let Workload::Container(container) = &service.workload;
+                container.image.clone()
+            })
+            .collect();
+        let resolved: BTreeMap<String, Result<ImageResolution, shoal_runtime::RuntimeError>> =
+            futures::stream::iter(references)
+                .map(|reference: String| async move {
+                    let access = self.registry_access(&reference);
+                    let resolution = self.0.runtime.resolve(&reference, &access).await;
+                    (reference, resolution)
+                })
+                .buffer_unordered(RESOLVES_AT_ONCE)
+                .collect()
+                .await;
         let mut pins = BTreeMap::new();
         let mut errors = Vec::new();
         let mut unreachable = false;
         for (index, service) in spec.services.iter().enumerate() {
             let Workload::Container(container) = &service.workload;
             let path = format!("services[{index}].image");
-            let reference = &container.image;
-            if !resolved.contains_key(reference) {
-                match self
-                    .0
-                    .runtime
-                    .resolve(reference, &self.registry_access(reference))
-                    .await
-                {
-                    Ok(resolution) => {
-                        resolved.insert(reference.clone(), resolution);
-                    }
-                    Err(error) => {
-                        unreachable |= error.kind() == ErrorKind::Transient;
-                        errors.push(FieldError {
-                            path,
-                            message: error.to_string(),
-                        });
-                        continue;
-                    }
+            let resolution = match &resolved[&container.image] {
+                Ok(resolution) => resolution,
+                Err(error) => {
+                    unreachable |= error.kind() == ErrorKind::Transient;
+                    errors.push(FieldError {
+                        path,
+                        message: error.to_string(),
+                    });
+                    continue;
                 }
-            }
-            let resolution = &resolved[reference];
+            };
             if let Some(message) = platform_gap(resolution, &nodes) {
                 errors.push(FieldError { path, message });
                 continue;

@@ -202,6 +202,35 @@ async fn images_are_pinned_at_apply_and_an_unknown_one_changes_nothing() {
 }
 
 #[tokio::test]
+async fn an_apps_images_are_resolved_at_the_same_time() {
+    let fixture = fixture().await;
+    for name in ["a", "b", "c", "d"] {
+        fixture
+            .runtime
+            .add_registry_image(&format!("registry.example/{name}:1"));
+    }
+    fixture
+        .runtime
+        .pause_resolves(std::time::Duration::from_millis(50));
+    // Five services, four distinct images (one named twice).
+    let spec = "name: many\nservices:\n  - {name: a, image: registry.example/a:1}\n  - {name: b, image: registry.example/b:1}\n  - {name: c, image: registry.example/c:1}\n  - {name: d, image: registry.example/d:1}\n  - {name: e, image: registry.example/a:1}\n";
+    let (status, body) = call(&fixture, Method::POST, "/v1/apps", spec).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(fixture.runtime.resolves_at_once_max(), 4);
+    let (_, app) = call(&fixture, Method::GET, "/v1/apps/many", "").await;
+    let services = app["services"].as_array().expect("services");
+    assert_eq!(services.len(), 5, "{app}");
+    assert_eq!(
+        services[0]["image_digest"], services[4]["image_digest"],
+        "{app}"
+    );
+    assert_ne!(
+        services[0]["image_digest"], services[1]["image_digest"],
+        "{app}"
+    );
+}
+
+#[tokio::test]
 async fn a_bad_spec_names_the_field_and_changes_nothing() {
     let fixture = fixture().await;
     let before = fixture.log.commands().len();
