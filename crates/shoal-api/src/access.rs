@@ -82,6 +82,11 @@ mod tests {
             (Method::POST, "/v1/raft/remove-nodes", Access::Voter),
             (Method::POST, "/v1/internal/renew", Access::Node),
             (Method::GET, "/v1/internal/gossip-keys", Access::Node),
+            (
+                Method::POST,
+                "/v1/internal/registry-credentials",
+                Access::Node,
+            ),
             (Method::GET, "/v1/internal/blobs/sha256:ab", Access::Node),
             (Method::GET, "/v1/tokens", Access::Admin),
             (Method::GET, "/v1/cluster/join-tokens", Access::Admin),

@@ -10,8 +10,8 @@ use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
     GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
     JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
-    RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated,
-    TokenView, VersionInfo,
+    RegistryCredentials, RegistryCredentialsRequest, RegistryView, RenewRequest, RenewResponse,
+    TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +215,19 @@ impl Client {
     /// The cluster's gossip keyring, from a node that holds the data key.
     pub async fn gossip_keys(&self) -> Result<GossipKeys> {
         self.get("/v1/internal/gossip-keys").await
+    }
+    /// A registry's credentials, from a node that holds the data key.
+    pub async fn registry_credentials(
+        &self,
+        request: &RegistryCredentialsRequest,
+    ) -> Result<RegistryCredentials> {
+        self.send(
+            self.http
+                .post(self.url("/v1/internal/registry-credentials"))
+                .json(request)
+                .timeout(Duration::from_secs(10)),
+        )
+        .await
     }
     pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse> {
         self.send(

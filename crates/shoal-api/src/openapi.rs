@@ -10,8 +10,8 @@ use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
     GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
     JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
-    RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskView, TokenCreate, TokenCreated,
-    TokenView, VersionInfo,
+    RegistryCredentials, RegistryCredentialsRequest, RegistryView, RenewRequest, RenewResponse,
+    TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -65,6 +65,14 @@ pub fn document() -> Value {
     add("RenewRequest", generator.subschema_for::<RenewRequest>());
     add("RenewResponse", generator.subschema_for::<RenewResponse>());
     add("GossipKeys", generator.subschema_for::<GossipKeys>());
+    add(
+        "RegistryCredentialsRequest",
+        generator.subschema_for::<RegistryCredentialsRequest>(),
+    );
+    add(
+        "RegistryCredentials",
+        generator.subschema_for::<RegistryCredentials>(),
+    );
     add("RegistryAdd", generator.subschema_for::<RegistryAdd>());
     add("RegistryView", generator.subschema_for::<RegistryView>());
     add(
@@ -95,6 +103,9 @@ pub fn document() -> Value {
             "responses": {"200": ok("the renewed certificate", "RenewResponse"), "default": error.clone()}}},
         "/v1/internal/gossip-keys": {"get": {"summary": "The gossip keyring the cluster's state holds (node certificates only; answered by a node that holds the data key)",
             "responses": {"200": ok("the keyring", "GossipKeys"), "default": error.clone()}}},
+        "/v1/internal/registry-credentials": {"post": {"summary": "A registry's credentials for a node that pulls from it: it runs or holds ahead an image of the registry, or answers an operator's call whose token is sent along (node certificates only; answered by a node that holds the data key)",
+            "requestBody": json_body("RegistryCredentialsRequest"),
+            "responses": {"200": ok("the credentials", "RegistryCredentials"), "default": error.clone()}}},
         "/v1/internal/blobs/{digest}": {"parameters": [
                 {"name": "digest", "in": "path", "required": true, "schema": {"type": "string"}, "description": "sha256:HEX"},
                 {"name": "reference", "in": "query", "schema": {"type": "string"}, "description": "the image the blob belongs to, where to fetch it when this node does not hold it"},

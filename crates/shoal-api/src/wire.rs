@@ -497,6 +497,45 @@ impl std::fmt::Debug for GossipKeys {
     }
 }
 
+/// `POST /v1/internal/registry-credentials` (node certificates only;
+/// answered by nodes that hold the data key): a node that holds no data
+/// key asks for the credentials of a registry it is to pull from.
+/// Unknown fields are ignored: a newer node may add some.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RegistryCredentialsRequest {
+    /// The registry's host as `shoal registry add` named it.
+    pub host: String,
+    /// The API token of the operator whose call the asking node answers
+    /// (an apply or a pull through a worker), which may stand for the
+    /// reason to pull; it travels only over the nodes' mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryCredentialsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentialsRequest")
+            .field("host", &self.host)
+            .field("operator", &self.operator.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// A registry's credentials, opened for a node that pulls from it.
+/// Secret: they travel only over mTLS and are kept only in the memory of
+/// the node that asked.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryCredentials({}, password secret)", self.username)
+    }
+}
+
 /// One record the cluster's DNS serves (`shoal dns list`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DnsRecordView {

@@ -1917,6 +1917,185 @@ fn prepull_view(cluster: &Cluster, index: usize, app: &str) -> Value {
     app["services"][0]["prepull"].clone()
 }
 
+/// A worker holds no data key, yet pulls from a private registry: a voter
+/// gives it the registry's credentials over mTLS because it is to run a
+/// task of that registry's image, and, answering an operator's apply, on
+/// the operator's token. A node with no reason to pull from the registry
+/// and no operator's token is refused them, and the password is in no
+/// file of the worker's and not in its log.
+#[test]
+fn a_worker_pulls_from_a_private_registry_with_credentials_a_voter_gives_it() {
+    let Some(mut cluster) = Cluster::start_or_skip("privw", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let registry = Registry::start_tls();
+    let (ca, password) = registry.tls.clone().expect("tls");
+    let rootfs = busybox_rootfs();
+    std::fs::write(
+        rootfs.path().join("fs/etc/motd"),
+        "from the private registry\n",
+    )
+    .expect("motd");
+    registry.push_rootfs(&rootfs.path().join("fs"), "team/private", "v1");
+    registry.push_rootfs(&rootfs.path().join("fs"), "team/second", "v1");
+    let host = registry.host();
+    let ca = ca.to_str().expect("utf-8").to_string();
+    let output = cluster.shoal_with_stdin(
+        0,
+        &[
+            "registry",
+            "add",
+            &host,
+            "--ca-file",
+            &ca,
+            "--username",
+            "docker",
+            "--password-stdin",
+        ],
+        &format!("{password}\n"),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let token = cluster
+        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+        .trim()
+        .to_string();
+    let worker = cluster.join_with_token(&token);
+    let worker_name = cluster.members[worker].name.clone();
+    let app = |name: &str, repository: &str| {
+        format!(
+            r#"
+name: {name}
+services:
+  - name: web
+    image: {host}/team/{repository}:v1
+    command: ["/bin/sh", "-c", "cat /etc/motd; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    prepull: none
+    placement: {{constraints: ["node.name == {worker_name}"]}}
+"#
+        )
+    };
+    let runs = |cluster: &Cluster, app: &str| {
+        cluster.wait_for("the worker to run the private image", || {
+            let logs = cluster.shoal(0, &["logs", &format!("{app}.web")]);
+            String::from_utf8_lossy(&logs.stdout)
+                .contains("from the private registry")
+                .then_some(())
+        });
+    };
+    // Applied through a voter: the worker is to run a task of the
+    // registry's image, and a voter gives it the credentials for it.
+    cluster.apply_ok(0, &app("privw", "private"));
+    runs(&cluster, "privw");
+    // Applied through the worker: it pins the image with credentials the
+    // operator's token stands for.
+    cluster.apply_ok(worker, &app("privw2", "second"));
+    runs(&cluster, "privw2");
+
+    // Who gets them, asked straight with node certificates.
+    let (ca_pem, admin) = harness::credential_parts(&cluster.credential());
+    let ca_file = cluster
+        .scratch
+        .path()
+        .join("ca-for-registry-credentials.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let as_node = |index: usize| {
+        let pki = cluster.members[index].data_dir.join("pki");
+        [
+            "--cert".to_string(),
+            pki.join("node.pem").to_str().expect("path").to_string(),
+            "--key".to_string(),
+            pki.join("node.key").to_str().expect("path").to_string(),
+        ]
+    };
+    let ask = |asker: usize, body: String| {
+        let mut args: Vec<String> = as_node(asker).to_vec();
+        args.extend([
+            "-X".into(),
+            "POST".into(),
+            "-H".into(),
+            "content-type: application/json".into(),
+            "--data".into(),
+            body,
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        harness::curl(
+            &cluster.members[0].ip,
+            7950,
+            "/v1/internal/registry-credentials",
+            &ca_file,
+            &args,
+        )
+    };
+    let plain = serde_json::json!({ "host": host }).to_string();
+    let (status, body) = ask(worker, plain.clone());
+    assert_eq!(status, 200, "the worker runs the registry's images: {body}");
+    assert!(body.contains("\"docker\""), "{body}");
+    // Node 2 runs nothing of it and holds nothing ahead (prepull: none).
+    let (status, body) = ask(2, plain);
+    assert_eq!(status, 403, "node 2 does not pull from it: {body}");
+    assert!(!body.contains(&password), "{body}");
+    let (status, body) = ask(
+        2,
+        serde_json::json!({ "host": host, "operator": "shoal_not-a-token" }).to_string(),
+    );
+    assert_eq!(
+        status, 403,
+        "a token that is none stands for nothing: {body}"
+    );
+    let (status, body) = ask(
+        2,
+        serde_json::json!({ "host": host, "operator": admin }).to_string(),
+    );
+    assert_eq!(status, 200, "an operator who may deploy: {body}");
+    // No node certificate, an admin's bearer token: not a node.
+    let bearer = format!("authorization: Bearer {admin}");
+    let (status, body) = harness::curl(
+        &cluster.members[0].ip,
+        7950,
+        "/v1/internal/registry-credentials",
+        &ca_file,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &serde_json::json!({ "host": host }).to_string(),
+        ],
+    );
+    assert_eq!(status, 403, "an API token is no node: {body}");
+
+    // The worker kept them in memory only.
+    let mut files = vec![cluster.members[worker].data_dir.clone()];
+    let mut seen = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir").flatten() {
+                files.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            seen += 1;
+            assert!(
+                !bytes
+                    .windows(password.len())
+                    .any(|w| w == password.as_bytes()),
+                "the password is in the clear in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(seen > 3, "looked at {seen} files");
+    for index in 0..cluster.members.len() {
+        assert!(
+            !cluster.agent_log(index).contains(&password),
+            "the password is in node {index}'s log"
+        );
+    }
+}
+
 /// A 3-node cluster with a registry it knows (`registry add`) holding
 /// busybox as `demo/TEST:v1`; the image's digest.
 fn registry_cluster(test: &str) -> Option<(Cluster, Registry, String)> {

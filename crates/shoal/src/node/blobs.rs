@@ -27,7 +27,6 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use shoal_api::server::ApiError;
 use shoal_cluster::log::ReplicatedLog;
-use shoal_pki::seal::DataKey;
 use shoal_runtime::image::Descriptor;
 use shoal_runtime::registry::{BlobBody, BlobPeers, ImageRef, Registries, RegistryAccess};
 use shoal_runtime::ImageStore;
@@ -341,7 +340,9 @@ fn rank(digest: &str, node: &str) -> u64 {
 pub struct ClusterBlobs<L> {
     pub node: String,
     pub log: L,
-    pub data_key: Option<DataKey>,
+    /// The registry passwords this node holds (never asked of a voter
+    /// for another node's fetch).
+    pub credentials: Arc<super::registries::PullCredentials>,
     /// Node certificates, no overall timeout (bodies are long).
     pub client: reqwest::Client,
     pub spool: Arc<Spool>,
@@ -381,11 +382,8 @@ impl<L: ReplicatedLog> ClusterBlobs<L> {
         if !host_named {
             return Err(Refused::UnknownRegistry);
         }
-        let mut access = super::registries::access_for(
-            &self.log,
-            self.data_key.as_ref(),
-            &reference.to_string(),
-        );
+        let mut access =
+            super::registries::access_held(&self.log, &self.credentials, &reference.to_string());
         if !repository_named {
             access.username = None;
             access.password = None;

@@ -485,17 +485,7 @@ fn alone<R>(shared: &Shared<R>, fetching: &mut Fetching, now: Instant) -> bool {
 
 /// The ring of `generation` or newer, from the leader or another voter.
 async fn fetch<R>(shared: &Shared<R>, generation: u64) -> anyhow::Result<Held> {
-    let status = shared.raft.status();
-    let mut voters: Vec<String> = status
-        .voters
-        .iter()
-        .filter(|id| **id != shared.node_id())
-        .filter_map(|id| status.nodes.get(id).map(|node| node.api_addr.clone()))
-        .collect();
-    if let Some(leader) = status.leader.and_then(|id| status.nodes.get(&id)) {
-        voters.retain(|addr| addr != &leader.api_addr);
-        voters.insert(0, leader.api_addr.clone());
-    }
+    let voters = super::voter_addrs(&shared.raft, shared.node_id());
     let mut last_error = "no voter is known".to_string();
     for addr in voters.iter().take(VOTERS_ASKED_MAX) {
         let answer = match Client::new(addr, &shared.trust.client_tls, None) {

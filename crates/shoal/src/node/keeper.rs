@@ -52,7 +52,8 @@ pub struct Keeper<L, R, N, C> {
     pub network: Arc<N>,
     pub clock: C,
     /// Opens registry passwords (voter-capable nodes only).
-    pub data_key: Option<shoal_pki::seal::DataKey>,
+    /// The registry passwords pulls use.
+    pub credentials: Arc<super::registries::PullCredentials>,
     /// What this node's operator lets tasks do beyond the hardened
     /// defaults: a task that needs more is not run, whatever the state says.
     pub allows: shoal_types::Allows,
@@ -305,7 +306,8 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
         // restart back-off spaces the next.
         Err(error) if error.kind() == ErrorKind::ImageMissing => {
             let access =
-                super::registries::access_for(&shared.log, shared.data_key.as_ref(), &config.image);
+                super::registries::access_for(&shared.log, &shared.credentials, &config.image)
+                    .await;
             // A long pull says how far it is in the task's message.
             let pull = shared.runtime.pull(&config.image, &access);
             tokio::pin!(pull);
@@ -548,7 +550,7 @@ mod tests {
             runtime: runtime.clone(),
             network: Arc::new(FakeNetwork::default()),
             clock,
-            data_key: None,
+            credentials: Arc::new(crate::node::registries::PullCredentials::local(None)),
             allows: Default::default(),
         })
     }

@@ -92,6 +92,8 @@ pub struct Shared<R, L = RaftNode> {
     pub leaving: tokio::sync::watch::Sender<bool>,
     /// The generation of the gossip keyring this node holds (0: none).
     pub gossip_generation: std::sync::atomic::AtomicU64,
+    /// The registry passwords this node pulls with.
+    pub pull_credentials: Arc<registries::PullCredentials>,
 }
 
 impl<R, L: ReplicatedLog> Shared<R, L> {
@@ -164,7 +166,19 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         config.network.clone(),
         &config.data_dir,
     ));
+    let pull_credentials = Arc::new(registries::PullCredentials::asking(
+        trust.data_key.clone(),
+        registries::AskVoters {
+            addrs: Box::new({
+                let raft = raft.clone();
+                let me = consensus_id(&config.name);
+                move || voter_addrs(&raft, me)
+            }),
+            tls: trust.client_tls.clone(),
+        },
+    ));
     let shared = Arc::new(Shared {
+        pull_credentials,
         network,
         config,
         raft,
@@ -193,7 +207,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let cluster_blobs = Arc::new(blobs::ClusterBlobs {
         node: shared.config.name.clone(),
         log: shared.raft.clone(),
-        data_key: shared.trust.data_key.clone(),
+        credentials: shared.pull_credentials.clone(),
         client: blob_client,
         spool: Arc::new(
             blobs::Spool::open(spool_dir.clone())
@@ -260,14 +274,14 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         runtime: shared.runtime.clone(),
         network: shared.network.clone(),
         clock: crate::clock::SystemClock,
-        data_key: shared.trust.data_key.clone(),
+        credentials: shared.pull_credentials.clone(),
         allows: shared.config.allows,
     })));
     let prepulls = tokio::spawn(prepull::run(
         shared.config.name.clone(),
         shared.raft.clone(),
         shared.runtime.clone(),
-        shared.trust.data_key.clone(),
+        shared.pull_credentials.clone(),
         shared.config.image_gc.clone(),
     ));
     let image_gc = tokio::spawn(image_gc::run(
@@ -311,6 +325,24 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     shared.raft.shutdown().await;
     tracing::info!("node stopped; its containers keep running and are adopted on restart");
     outcome
+}
+
+/// The API addresses of the voters other than `me`, the leader's first.
+pub fn voter_addrs(raft: &RaftNode, me: u64) -> Vec<String> {
+    let status = raft.status();
+    let mut voters: Vec<String> = status
+        .voters
+        .iter()
+        .filter(|id| **id != me)
+        .filter_map(|id| status.nodes.get(id).map(|node| node.api_addr.clone()))
+        .collect();
+    if let Some(leader) = status.leader.and_then(|id| status.nodes.get(&id)) {
+        if status.leader != Some(me) {
+            voters.retain(|addr| addr != &leader.api_addr);
+            voters.insert(0, leader.api_addr.clone());
+        }
+    }
+    voters
 }
 
 async fn shutdown_signal() {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_cluster::log::ReplicatedLog;
-use shoal_pki::seal::DataKey;
 use shoal_runtime::registry::ImageRef;
 use shoal_runtime::ImageStore;
 use shoal_types::{DesiredState, PinSource, PinnedImage, Workload};
@@ -95,7 +94,7 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
     node: String,
     log: L,
     runtime: Arc<R>,
-    data_key: Option<DataKey>,
+    credentials: Arc<super::registries::PullCredentials>,
     gc: super::image_gc::ImageGcConfig,
 ) {
     let mut failed: HashMap<String, Instant> = HashMap::new();
@@ -145,7 +144,7 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
             if !standby_images(&log.read(), &node).contains(&reference) {
                 continue;
             }
-            let access = super::registries::access_for(&log, data_key.as_ref(), &reference);
+            let access = super::registries::access_for(&log, &credentials, &reference).await;
             match runtime.pull(&reference, &access).await {
                 Ok(image) => {
                     failed.remove(&reference);

@@ -1,24 +1,37 @@
 //! Registry settings: the routes that set, list and remove them (the
 //! password sealed here with the data key, as the CA key is, before it is
-//! proposed), and what a pull of a reference uses, built from the state
-//! and opened with the data key by the node that pulls.
+//! proposed), and what a pull of a reference uses, built from the state.
+//!
+//! A node that holds the data key opens the password itself. A worker
+//! holds none: it asks a voter (`POST /v1/internal/registry-credentials`
+//! over mTLS), which hands a registry's credentials only to a node that
+//! runs a task of an image from that registry or holds one ahead for a
+//! service, or that answers an operator's call (an apply, a pull) whose
+//! token it sends along and that may deploy. The worker keeps them in
+//! memory for a while, never on disk.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use shoal_api::access::Access;
+use shoal_api::client::{Client, ClientError};
 use shoal_api::server::ApiError;
-use shoal_api::wire::{RegistryAdd, RegistryView};
+use shoal_api::wire::{RegistryAdd, RegistryCredentials, RegistryCredentialsRequest, RegistryView};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::raft::ProposeError;
 use shoal_pki::seal::DataKey;
 use shoal_runtime::registry::{ImageRef, RegistryAccess};
 use shoal_state::registries::{check_host, RegistryRecord};
 use shoal_state::{ApplyError, Command};
+use shoal_types::{DesiredState, PinnedImage, Workload};
 use zeroize::Zeroizing;
 
+use super::gate::Caller;
 use super::trust::DATA_KEY_ID;
 use super::Shared;
 use crate::clock::now_ms;
@@ -28,10 +41,25 @@ const BODY_BYTES_MAX: usize = 96 * 1024;
 /// Longest password accepted.
 const PASSWORD_BYTES_MAX: usize = 1024;
 
+/// How long a worker keeps credentials a voter gave it.
+const KEPT_FOR: Duration = Duration::from_secs(600);
+/// How long a worker waits before it asks again for credentials a voter
+/// refused it (without an operator's token).
+const REFUSED_FOR: Duration = Duration::from_secs(30);
+/// Voters asked for one registry's credentials, at most.
+const VOTERS_ASKED_MAX: usize = 3;
+/// Registries whose credentials or refusals a worker remembers; the
+/// memory is emptied when it is full.
+const REMEMBERED_MAX: usize = 256;
+
 pub fn router<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) -> Router {
     Router::new()
         .route("/v1/registries", get(list::<R>).post(add::<R>))
         .route("/v1/registries/{host}", delete(remove::<R>))
+        .route(
+            "/v1/internal/registry-credentials",
+            post(credentials_route::<R>),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
 }
@@ -155,55 +183,371 @@ fn proposal_error(error: ProposeError) -> ApiError {
     }
 }
 
-/// What pulling `reference` uses on this node: the settings of its
-/// registry host, with the password opened by `data_key` (a node without
-/// one pulls without credentials, and says so in its log). No settings:
-/// anonymous, plain HTTP only for a loopback registry.
-pub fn access_for<L: ReplicatedLog>(
-    log: &L,
-    data_key: Option<&DataKey>,
-    reference: &str,
-) -> RegistryAccess {
-    let Ok(image) = ImageRef::parse(reference) else {
-        return RegistryAccess::default();
-    };
-    let state = log.read();
-    let Some(record) = state.registries.get(image.registry()) else {
-        return RegistryAccess::default();
-    };
-    let password = match (&record.password_sealed, data_key) {
-        (Some(sealed), Some(key)) => hex::decode(sealed)
-            .ok()
-            .and_then(|sealed| {
-                shoal_pki::seal::open(
-                    |id| (id == DATA_KEY_ID).then_some(key),
-                    &password_aad(&record.host),
-                    &sealed,
-                )
-                .ok()
-            })
-            .and_then(|plain| String::from_utf8(plain.to_vec()).ok())
-            .or_else(|| {
-                tracing::warn!(
-                    registry = %record.host,
-                    "the registry's password does not open with this node's data key: pulling without the credentials"
-                );
-                None
-            }),
-        (Some(_), None) => {
-            tracing::warn!(
-                registry = %record.host,
-                "this node holds no data key: pulling without the registry's credentials"
-            );
-            None
-        }
-        (None, _) => None,
-    };
+/// The registry settings `reference` is pulled under, when the state
+/// holds some for its host.
+fn record_for<L: ReplicatedLog>(log: &L, reference: &str) -> Option<RegistryRecord> {
+    let image = ImageRef::parse(reference).ok()?;
+    log.read().registries.get(image.registry()).cloned()
+}
+
+fn access(record: &RegistryRecord, password: Option<String>) -> RegistryAccess {
     RegistryAccess {
         explicit: true,
         insecure: record.insecure,
         ca_pem: record.ca_pem.clone(),
         username: password.as_ref().and(record.username.clone()),
         password,
+    }
+}
+
+/// What pulling `reference` uses on this node: the settings of its
+/// registry host, with the password opened here or given by a voter (a
+/// node that gets none pulls without, and says so in its log). No
+/// settings: anonymous, plain HTTP only for a loopback registry.
+pub async fn access_for<L: ReplicatedLog>(
+    log: &L,
+    credentials: &PullCredentials,
+    reference: &str,
+) -> RegistryAccess {
+    let Some(record) = record_for(log, reference) else {
+        return RegistryAccess::default();
+    };
+    let password = credentials.password(&record).await;
+    access(&record, password)
+}
+
+/// What pulling `reference` uses on this node without asking anyone: the
+/// password opened here, or kept from a voter's answer (a blob home's
+/// fetch for another node, which must not wait on a third).
+pub fn access_held<L: ReplicatedLog>(
+    log: &L,
+    credentials: &PullCredentials,
+    reference: &str,
+) -> RegistryAccess {
+    let Some(record) = record_for(log, reference) else {
+        return RegistryAccess::default();
+    };
+    let password = credentials.held(&record);
+    access(&record, password)
+}
+
+/// Opens a sealed registry password with the data key.
+fn open_password(key: &DataKey, record: &RegistryRecord, sealed: &str) -> Option<String> {
+    hex::decode(sealed)
+        .ok()
+        .and_then(|sealed| {
+            shoal_pki::seal::open(
+                |id| (id == DATA_KEY_ID).then_some(key),
+                &password_aad(&record.host),
+                &sealed,
+            )
+            .ok()
+        })
+        .and_then(|plain| String::from_utf8(plain.to_vec()).ok())
+        .or_else(|| {
+            tracing::warn!(
+                registry = %record.host,
+                "the registry's password does not open with this node's data key: pulling without the credentials"
+            );
+            None
+        })
+}
+
+/// How a node without the data key reaches the voters.
+pub struct AskVoters {
+    /// The voters' API addresses, the leader's first.
+    pub addrs: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// A password a voter gave, while it is kept.
+struct Kept {
+    /// The sealed value it was opened from: a password changed in the
+    /// state is asked for again.
+    sealed: String,
+    password: Zeroizing<String>,
+    at: Instant,
+}
+
+/// The registry passwords this node pulls with: opened with its data key,
+/// or (a worker) asked of a voter and kept in memory.
+pub struct PullCredentials {
+    data_key: Option<DataKey>,
+    voters: Option<AskVoters>,
+    kept: Mutex<HashMap<String, Kept>>,
+    /// Registries a voter refused this node (without an operator's
+    /// token), and when.
+    refused: Mutex<HashMap<String, Instant>>,
+}
+
+impl PullCredentials {
+    /// A node that holds the data key (or, in tests, one that asks no one).
+    pub fn local(data_key: Option<DataKey>) -> Self {
+        PullCredentials {
+            data_key,
+            voters: None,
+            kept: Mutex::default(),
+            refused: Mutex::default(),
+        }
+    }
+
+    /// A node that asks the voters when it holds no data key.
+    pub fn asking(data_key: Option<DataKey>, voters: AskVoters) -> Self {
+        PullCredentials {
+            voters: Some(voters),
+            ..Self::local(data_key)
+        }
+    }
+
+    fn held(&self, record: &RegistryRecord) -> Option<String> {
+        let sealed = record.password_sealed.as_ref()?;
+        if let Some(key) = &self.data_key {
+            return open_password(key, record, sealed);
+        }
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(&record.host)
+            .filter(|kept| kept.sealed == *sealed && kept.at.elapsed() < KEPT_FOR)
+            .map(|kept| kept.password.to_string())
+    }
+
+    async fn password(&self, record: &RegistryRecord) -> Option<String> {
+        let sealed = record.password_sealed.as_ref()?;
+        if let Some(password) = self.held(record) {
+            return Some(password);
+        }
+        if self.data_key.is_some() {
+            return None;
+        }
+        let Some(voters) = &self.voters else {
+            tracing::warn!(
+                registry = %record.host,
+                "this node holds no data key: pulling without the registry's credentials"
+            );
+            return None;
+        };
+        let operator = shoal_cluster::raft::OPERATOR_TOKEN
+            .try_with(Clone::clone)
+            .ok()
+            .flatten();
+        if operator.is_none() {
+            let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if refused
+                .get(&record.host)
+                .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+            {
+                return None;
+            }
+        }
+        let request = RegistryCredentialsRequest {
+            host: record.host.clone(),
+            operator: operator.clone(),
+        };
+        let mut last_error = "no voter is known".to_string();
+        for addr in (voters.addrs)().iter().take(VOTERS_ASKED_MAX) {
+            let answer = match Client::new(addr, &voters.tls, None) {
+                Ok(client) => client.registry_credentials(&request).await,
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(given) => {
+                    let password = Zeroizing::new(given.password);
+                    let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.len() >= REMEMBERED_MAX {
+                        kept.clear();
+                    }
+                    kept.insert(
+                        record.host.clone(),
+                        Kept {
+                            sealed: sealed.clone(),
+                            password: password.clone(),
+                            at: Instant::now(),
+                        },
+                    );
+                    return Some(password.to_string());
+                }
+                // A voter's refusal is the rule's: another would refuse too.
+                Err(ClientError::Api {
+                    status: 403,
+                    message,
+                    ..
+                }) => {
+                    tracing::warn!(registry = %record.host, %message, "a voter gives this node no credentials for the registry: pulling without them");
+                    if operator.is_none() {
+                        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                        if refused.len() >= REMEMBERED_MAX {
+                            refused.clear();
+                        }
+                        refused.insert(record.host.clone(), Instant::now());
+                    }
+                    return None;
+                }
+                Err(error) => last_error = format!("{addr}: {error}"),
+            }
+        }
+        tracing::warn!(registry = %record.host, error = %last_error, "no voter gave the registry's credentials: pulling without them");
+        None
+    }
+}
+
+/// Whether `node` pulls from the registry `host`: a task of it that is to
+/// run there names an image of that registry, or it holds such an image
+/// ahead for a service (`prepull`).
+pub fn pulls_from(state: &shoal_state::State, node: &str, host: &str) -> bool {
+    let of_host =
+        |reference: &str| ImageRef::parse(reference).is_ok_and(|image| image.registry() == host);
+    let runs = state.tasks.values().any(|task| {
+        let Workload::Container(container) = &task.spec.workload;
+        task.node == node
+            && task.desired == DesiredState::Running
+            && of_host(&PinnedImage::run_reference(
+                task.image.as_ref(),
+                &container.image,
+            ))
+    });
+    runs || super::prepull::standby_images(state, node)
+        .iter()
+        .any(|reference| of_host(reference))
+}
+
+/// `POST /v1/internal/registry-credentials`: a registry's credentials for
+/// the node that asks (node certificates only: the gate refuses others,
+/// and removed nodes), when it pulls from that registry or sends the
+/// token of an operator who may deploy.
+async fn credentials_route<R>(
+    State(shared): State<Arc<Shared<R>>>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<RegistryCredentialsRequest>,
+) -> Result<Json<RegistryCredentials>, ApiError> {
+    let Some(key) = &shared.trust.data_key else {
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this node holds no data key; ask a voter-capable node",
+        ));
+    };
+    let Caller::Node { name, .. } = &caller else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "registry credentials go to nodes only",
+        ));
+    };
+    let (record, reason) = {
+        let state = shared.raft.read();
+        let Some(record) = state.registries.get(&request.host).cloned() else {
+            return Err(ApiError::not_found(format!(
+                "no registry {:?} is set (shoal registry ls)",
+                request.host
+            )));
+        };
+        let reason = if pulls_from(&state, name, &record.host) {
+            Some("it pulls from it".to_string())
+        } else {
+            request.operator.as_deref().and_then(|token| {
+                super::gate::operator_may(
+                    &state,
+                    &shared.cluster_id,
+                    token,
+                    Access::Deploy,
+                    now_ms(),
+                )
+                .ok()
+                .map(|operator| format!("for {}", operator.label()))
+            })
+        };
+        (record, reason)
+    };
+    let Some(reason) = reason else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node {name} runs no task of an image from {} and holds none ahead: a registry's credentials go only to the nodes that pull from it, or to a node answering the call of an operator who may deploy",
+                record.host
+            ),
+        ));
+    };
+    let (Some(username), Some(sealed)) = (&record.username, &record.password_sealed) else {
+        return Err(ApiError::not_found(format!(
+            "registry {} has no credentials set",
+            record.host
+        )));
+    };
+    let Some(password) = open_password(key, &record, sealed) else {
+        return Err(ApiError::internal(
+            "the registry's password cannot be opened here",
+        ));
+    };
+    tracing::info!(node = %name, registry = %record.host, %reason, "registry credentials handed to a node");
+    Ok(Json(RegistryCredentials {
+        username: username.clone(),
+        password,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_cluster::log::MemoryLog;
+    use shoal_state::{Command, State};
+    use shoal_types::{Node, PinSource, PinnedImage};
+
+    use super::*;
+
+    /// Four nodes, one service of a private registry with one replica
+    /// and a standby, one of a public registry, one node tainted.
+    #[test]
+    fn a_node_pulls_from_a_registry_it_runs_or_holds_ahead_an_image_of() {
+        let log = MemoryLog::new("n1", State::default());
+        for name in ["n1", "n2", "n3", "n4"] {
+            log.apply(Command::RegisterNode {
+                node: Node::sample(name, &format!("{name}:7950")),
+            });
+        }
+        log.apply(Command::TaintNode {
+            name: "n4".into(),
+            taint: "gpu=yes:NoSchedule".parse().expect("taint"),
+        });
+        let spec = shoal_types::spec::parse_app(
+            b"name: web\nservices:\n  - {name: a, image: private.example:5000/web:1}\n  - {name: b, image: public.example/b:1, prepull: none}\n",
+        )
+        .expect("spec");
+        let pin = |byte: &str| PinnedImage {
+            digest: format!("sha256:{}", byte.repeat(32)),
+            source: PinSource::Registry,
+        };
+        log.apply(Command::PutAppPinned {
+            spec,
+            images: [("a".to_string(), pin("aa")), ("b".to_string(), pin("bb"))].into(),
+        });
+        let plan = shoal_sched::reconcile(&log.read());
+        log.apply(Command::ApplyPlan { plan });
+        let state = log.read();
+        let runs_a = state
+            .tasks
+            .values()
+            .find(|t| t.service == "a")
+            .map(|t| t.node.clone())
+            .expect("a placed");
+        let runs_b = state
+            .tasks
+            .values()
+            .find(|t| t.service == "b")
+            .map(|t| t.node.clone())
+            .expect("b placed");
+        let standby = shoal_sched::standby(&state, "web", &state.apps["web"].spec.services[0])
+            .expect("a standby")
+            .to_string();
+        for node in ["n1", "n2", "n3", "n4"] {
+            assert_eq!(
+                pulls_from(&state, node, "private.example:5000"),
+                node == runs_a || node == standby,
+                "{node} (a runs on {runs_a}, its standby is {standby})"
+            );
+            assert_eq!(
+                pulls_from(&state, node, "public.example"),
+                node == runs_b,
+                "{node}"
+            );
+            assert!(!pulls_from(&state, node, "other.example"), "{node}");
+        }
+        // The tainted node neither runs nor stands by for anything.
+        assert!(!pulls_from(&state, "n4", "private.example:5000"));
     }
 }

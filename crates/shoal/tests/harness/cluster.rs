@@ -519,6 +519,33 @@ impl Cluster {
             .expect("run shoal")
     }
 
+    /// `shoal ARGS` through node `index` with `input` on its stdin.
+    pub fn shoal_with_stdin(&self, index: usize, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("SHOAL_ADDR", self.addr(index))
+            .env("SHOAL_CONFIG", self.credential())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn shoal");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("run shoal")
+    }
+
+    /// The whole log of node `index`'s agent.
+    pub fn agent_log(&self, index: usize) -> String {
+        let name = &self.members[index].name;
+        std::fs::read_to_string(self.scratch.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     pub fn shoal_ok(&self, index: usize, args: &[&str]) -> String {
         let output = self.shoal(index, args);
         assert!(

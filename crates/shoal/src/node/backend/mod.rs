@@ -119,8 +119,8 @@ fn propose_error(error: ProposeError) -> ApiError {
 
 impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     /// The settings and credentials a pull of `reference` uses here.
-    pub(super) fn registry_access(&self, reference: &str) -> RegistryAccess {
-        super::registries::access_for(&self.0.raft, self.0.trust.data_key.as_ref(), reference)
+    pub(super) async fn registry_access(&self, reference: &str) -> RegistryAccess {
+        super::registries::access_for(&self.0.raft, &self.0.pull_credentials, reference).await
     }
 
     async fn node_update(&self, name: &str, command: Command) -> ApiResult<NodeUpdate> {
@@ -589,7 +589,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
         let image = self
             .0
             .runtime
-            .pull(&reference, &self.registry_access(&reference))
+            .pull(&reference, &self.registry_access(&reference).await)
             .await
             .map_err(|error| match error.kind() {
                 ErrorKind::ImageMissing => ApiError::not_found(error.to_string()),

@@ -57,7 +57,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
         let resolved: BTreeMap<String, Result<ImageResolution, shoal_runtime::RuntimeError>> =
             futures::stream::iter(references)
                 .map(|reference: String| async move {
-                    let access = self.registry_access(&reference);
+                    let access = self.registry_access(&reference).await;
                     let resolution = self.0.runtime.resolve(&reference, &access).await;
                     (reference, resolution)
                 })

@@ -101,6 +101,7 @@ async fn fixture() -> Fixture {
         network,
         leaving: tokio::sync::watch::channel(false).0,
         gossip_generation: Default::default(),
+        pull_credentials: Arc::new(crate::node::registries::PullCredentials::local(None)),
     });
     Fixture {
         log,
