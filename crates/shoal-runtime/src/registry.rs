@@ -1,16 +1,17 @@
 //! Images from registries: references resolved to manifests, and blobs
 //! streamed out of the registry with their digest checked over every byte.
 //!
-//! The distribution API and its token dance are `oci-client`'s; what it
-//! lacks is here: a blob download that survives a cut connection (resumed
-//! with a Range request, no byte fetched twice, the digest still checked
-//! over the whole blob), that gives up on a connection with no progress,
-//! and the choice of plain HTTP only for loopback registries or those the
-//! operator marked insecure. oci-client hands a registry's password to
-//! whatever token service the registry names; before it may, the token
-//! service is checked here to be reached over HTTPS (or plain HTTP only
-//! where the registry itself may be), so a password never crosses the
-//! network in clear.
+//! The distribution API is `oci-client`'s; what it lacks is here: a blob
+//! download that survives a cut connection (resumed with a Range request,
+//! no byte fetched twice, the digest still checked over the whole blob),
+//! that gives up on a connection with no progress, the choice of plain
+//! HTTP only for loopback registries or those the operator marked
+//! insecure, and, with credentials, the Docker token flow: oci-client
+//! would send a registry's password to whatever token service a challenge
+//! names, following redirects; here every token service named is checked
+//! to be reached over HTTPS (or plain HTTP only where the registry itself
+//! may be), redirects are refused, and oci-client gets the bearer token
+//! alone, so a password never crosses the network in clear.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,6 +28,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
 
 use crate::image::{
     self, is_index_media_type, Descriptor, Limits, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
@@ -135,13 +137,6 @@ impl std::fmt::Debug for RegistryAccess {
 }
 
 impl RegistryAccess {
-    fn auth(&self) -> RegistryAuth {
-        match (&self.username, &self.password) {
-            (Some(user), Some(password)) => RegistryAuth::Basic(user.clone(), password.clone()),
-            _ => RegistryAuth::Anonymous,
-        }
-    }
-
     /// A stable key for the client cache that does not keep the secret in
     /// clear: a hash of every setting.
     fn cache_key(&self, host: &str) -> String {
@@ -258,89 +253,295 @@ impl FetchedManifest {
     }
 }
 
-/// One registry host under one set of settings: oci-client's client (with
-/// its token cache), and whether the token service it sends the password
-/// to has been found safe.
+/// One registry host (and, with credentials, one repository: tokens are
+/// scoped to it) under one set of settings.
+///
+/// With credentials, shoal does the Docker token flow itself rather than
+/// leave it to oci-client, which sends the password to whatever token
+/// service a challenge names, follows redirects to get there, and asks
+/// again on every token it lacks: here the registry's challenge is read
+/// once per token, every token service it names is checked
+/// ([`token_service_refusal`]), redirects are refused, and oci-client is
+/// handed the bearer token alone, so it never sees a challenge.
 struct RegistryClient {
-    oci: Client,
-    /// For the one request oci-client does not let us look at: the
-    /// registry's challenge, which names its token service.
-    http: reqwest::Client,
-    /// The registry may be spoken to over plain HTTP.
+    host: String,
     plain_http: bool,
-    /// There is a password to protect.
-    credentials: bool,
-    /// Set once the token service was checked (a failed check is tried
-    /// again by the next request).
-    token_service_safe: tokio::sync::OnceCell<()>,
+    ca_pem: Option<String>,
+    stall: Duration,
+    /// For the challenge and the token, never following a redirect.
+    http: reqwest::Client,
+    credentials: Option<(String, Zeroizing<String>)>,
+    /// oci-client's client with the authorization it uses, until when;
+    /// one caller at a time gets a new one.
+    current: tokio::sync::Mutex<Option<(Arc<Client>, Option<tokio::time::Instant>)>>,
 }
 
-impl RegistryClient {
-    /// oci-client's client, once the token service the registry names (if
-    /// any) is known to receive the password safely. Asked only when the
-    /// registry is about to be spoken to, so a registry that is down does
-    /// not stop pulls that peers can serve.
-    async fn ready(&self, reference: &ImageRef) -> Result<&Client> {
-        if self.credentials {
-            self.token_service_safe
-                .get_or_try_init(|| self.check_token_service(reference))
-                .await?;
+/// How a registry answered `GET /v2/` when asked without credentials.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    /// No credentials needed, or a Basic challenge: the password goes to
+    /// the registry itself.
+    Registry,
+    /// The Docker token flow: the token service and the service name.
+    Token {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// Reads the `WWW-Authenticate` values of a 401: the first Bearer
+/// challenge's token service, every token service any Bearer challenge
+/// names being allowed (a second `realm` must not slip past the check).
+fn read_challenge(
+    values: &[&str],
+    registry: &str,
+    plain_http: bool,
+) -> std::result::Result<Challenge, String> {
+    let mut token = None;
+    for value in values {
+        for challenge in http_auth::ChallengeParser::new(value).filter_map(|c| c.ok()) {
+            if !challenge.scheme.eq_ignore_ascii_case("bearer") {
+                continue;
+            }
+            let param = |name: &str| {
+                challenge
+                    .params
+                    .iter()
+                    .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+                    .map(|(_, value)| value.to_unescaped())
+                    .collect::<Vec<_>>()
+            };
+            let realms = param("realm");
+            for realm in &realms {
+                if let Some(why) = token_service_refusal(realm, registry, plain_http) {
+                    return Err(why);
+                }
+            }
+            if token.is_none() {
+                if let Some(realm) = realms.into_iter().next() {
+                    token = Some(Challenge::Token {
+                        realm,
+                        service: param("service").into_iter().next(),
+                    });
+                }
+            }
         }
-        Ok(&self.oci)
+    }
+    Ok(token.unwrap_or(Challenge::Registry))
+}
+
+/// What a token service answers.
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// A token service's answer is read up to this much.
+const TOKEN_ANSWER_BYTES_MAX: usize = 64 << 10;
+/// A token whose service says nothing of its lifetime is used this long
+/// (the distribution spec's default).
+const TOKEN_LIFETIME_DEFAULT_S: u64 = 60;
+/// Nor longer than this, whatever it says.
+const TOKEN_LIFETIME_MAX_S: u64 = 3600;
+
+impl RegistryClient {
+    /// oci-client's client for the next request, with a token that is
+    /// still good (a new one fetched when it is not).
+    async fn ready(&self, reference: &ImageRef) -> Result<Arc<Client>> {
+        let mut current = self.current.lock().await;
+        if let Some((client, until)) = current.as_ref() {
+            if until.is_none_or(|until| tokio::time::Instant::now() < until) {
+                return Ok(client.clone());
+            }
+        }
+        let (auth, until) = match &self.credentials {
+            None => (RegistryAuth::Anonymous, None),
+            Some((username, password)) => self.authorize(reference, username, password).await?,
+        };
+        let client = Arc::new(self.oci_client()?);
+        client
+            .store_auth_if_needed(reference.inner.resolve_registry(), &auth)
+            .await;
+        *current = Some((client.clone(), until));
+        Ok(client)
     }
 
-    async fn check_token_service(&self, reference: &ImageRef) -> Result<()> {
+    fn oci_client(&self) -> Result<Client> {
+        let mut config = ClientConfig {
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(self.stall),
+            max_concurrent_download: 1,
+            ..ClientConfig::default()
+        };
+        if self.plain_http {
+            config.protocol =
+                oci_client::client::ClientProtocol::HttpsExcept(vec![self.host.clone()]);
+        }
+        if let Some(pem) = &self.ca_pem {
+            config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.as_bytes().to_vec(),
+            });
+        }
+        // `Client::new` would fall back to a client without the CA (and
+        // without our timeouts) on a bad certificate.
+        Client::try_from(config).map_err(|e| settings_error(&self.host, &e))
+    }
+
+    /// The authorization the password earns: itself, for a registry that
+    /// takes it (Basic), or a bearer token for the repository from the
+    /// token service the registry names, once that service is found safe.
+    async fn authorize(
+        &self,
+        reference: &ImageRef,
+        username: &str,
+        password: &str,
+    ) -> Result<(RegistryAuth, Option<tokio::time::Instant>)> {
         let registry = reference.inner.resolve_registry();
         let scheme = if self.plain_http { "http" } else { "https" };
         let url = format!("{scheme}://{registry}/v2/");
+        let unreachable = |what: &str, e: &reqwest::Error| RuntimeError::Registry {
+            kind: ErrorKind::Transient,
+            message: bounded(format!("{reference}: {what}: {}", error_chain(e))),
+        };
         let answer = self
             .http
             .get(&url)
             .send()
             .await
-            .map_err(|e| RuntimeError::Registry {
-                kind: ErrorKind::Transient,
+            .map_err(|e| unreachable("asking the registry how to authenticate", &e))?;
+        let status = answer.status();
+        let refused = |why: String| RuntimeError::Registry {
+            kind: ErrorKind::Invalid,
+            message: bounded(format!("{}: {why}", reference.registry())),
+        };
+        let challenge = if status.is_success() {
+            Challenge::Registry
+        } else if status == reqwest::StatusCode::UNAUTHORIZED {
+            let values: Vec<&str> = answer
+                .headers()
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .collect();
+            read_challenge(&values, reference.registry(), self.plain_http).map_err(refused)?
+        } else if status.is_redirection() {
+            return Err(refused(format!(
+                "the registry answers {url} with a redirect ({status}); its password is not sent where it redirects: name the registry by the host that answers"
+            )));
+        } else {
+            return Err(RuntimeError::Registry {
+                kind: if status.is_server_error()
+                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Invalid
+                },
                 message: bounded(format!(
-                    "{reference}: asking the registry for its token service: {}",
-                    error_chain(&e)
+                    "{reference}: the registry answered {url} with {status}"
                 )),
-            })?;
-        for challenge in answer.headers().get_all(reqwest::header::WWW_AUTHENTICATE) {
-            let Some(realm) = challenge.to_str().ok().and_then(bearer_realm) else {
-                continue;
-            };
-            if let Some(why) = token_service_refusal(&realm, reference.registry(), self.plain_http)
-            {
-                return Err(RuntimeError::Registry {
-                    kind: ErrorKind::Invalid,
-                    message: bounded(format!("{}: {why}", reference.registry())),
-                });
+            });
+        };
+        let (realm, service) = match challenge {
+            Challenge::Registry => {
+                return Ok((
+                    RegistryAuth::Basic(username.to_string(), password.to_string()),
+                    None,
+                ))
             }
+            Challenge::Token { realm, service } => (realm, service),
+        };
+        let scope = format!("repository:{}:pull", reference.repository());
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(service) = &service {
+            query.push(("service", service.as_str()));
         }
-        Ok(())
+        let asked = tokio::time::Instant::now();
+        let answer = self
+            .http
+            .get(&realm)
+            .query(&query)
+            .basic_auth(username, Some(password))
+            .send()
+            .await
+            .map_err(|e| unreachable("asking the registry's token service", &e))?;
+        let status = answer.status();
+        if !status.is_success() {
+            let kind =
+                if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Invalid
+                };
+            let what = if matches!(status.as_u16(), 401 | 403) {
+                "the registry's token service refused the credentials (add them with `shoal registry add`)".to_string()
+            } else {
+                format!("the registry's token service answered {status}")
+            };
+            return Err(RuntimeError::Registry {
+                kind,
+                message: bounded(format!("{reference}: {what}")),
+            });
+        }
+        let body = read_limited(answer, TOKEN_ANSWER_BYTES_MAX)
+            .await
+            .map_err(|e| unreachable("reading the registry's token", &e))?;
+        let token: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
+            refused("the registry's token service answered something that is no token".into())
+        })?;
+        let Some(bearer) = token.token.or(token.access_token).filter(|t| !t.is_empty()) else {
+            return Err(refused(
+                "the registry's token service answered without a token".into(),
+            ));
+        };
+        // Used for four fifths of its life, so that it is not out of date
+        // when it arrives.
+        let lifetime_ms = token
+            .expires_in
+            .unwrap_or(TOKEN_LIFETIME_DEFAULT_S)
+            .min(TOKEN_LIFETIME_MAX_S)
+            * 800;
+        Ok((
+            RegistryAuth::Bearer(bearer),
+            Some(asked + Duration::from_millis(lifetime_ms)),
+        ))
     }
 }
 
-/// The token service a `WWW-Authenticate` value names for the Bearer
-/// scheme, if it has one.
-fn bearer_realm(header: &str) -> Option<String> {
-    http_auth::ChallengeParser::new(header)
-        .filter_map(|challenge| challenge.ok())
-        .filter(|challenge| challenge.scheme.eq_ignore_ascii_case("bearer"))
-        .find_map(|challenge| {
-            challenge
-                .params
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case("realm"))
-                .map(|(_, value)| value.to_unescaped())
-        })
+/// The body of `answer`, refused beyond `max` bytes.
+async fn read_limited(
+    mut answer: reqwest::Response,
+    max: usize,
+) -> std::result::Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.chunk().await? {
+        if body.len() + chunk.len() > max {
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn settings_error(host: &str, e: &dyn std::fmt::Display) -> RuntimeError {
+    RuntimeError::Registry {
+        kind: ErrorKind::Invalid,
+        message: format!("{host}: the registry's settings do not make a client: {e}"),
+    }
 }
 
 /// Why the registry `registry` (a host, with its port if any) may not have
 /// its password sent to the token service at `realm`, or `None` when it
 /// may: over HTTPS anywhere (the registry chose it, as Docker Hub chooses
-/// auth.docker.io), over plain HTTP only to a loopback address, or to the
-/// registry's own host when plain HTTP is allowed for the registry.
+/// auth.docker.io), over plain HTTP only to the registry's own host when
+/// plain HTTP is allowed for the registry, or to a loopback address when
+/// the registry is on this machine too.
 fn token_service_refusal(realm: &str, registry: &str, registry_plain_http: bool) -> Option<String> {
     let fix = "serve the token service over HTTPS, or add the registry with `shoal registry add --insecure` if it and its token service share a host on a network you trust";
     let Ok(url) = reqwest::Url::parse(realm) else {
@@ -357,19 +558,26 @@ fn token_service_refusal(realm: &str, registry: &str, registry_plain_http: bool)
             ))
         }
     }
-    let loopback = match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    if loopback {
-        return None;
-    }
     let registry_host = registry
         .strip_prefix('[')
         .and_then(|h| h.split_once(']').map(|(h, _)| h))
         .unwrap_or_else(|| registry.rsplit_once(':').map_or(registry, |(h, _)| h));
+    let is_loopback = |host: &str| {
+        host.eq_ignore_ascii_case("localhost")
+            || IpAddr::from_str(host).is_ok_and(|ip| ip.is_loopback())
+    };
+    let realm_loopback = match url.host() {
+        Some(url::Host::Domain(name)) => is_loopback(name),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    // A registry on this machine may have its token service here too; a
+    // remote one naming this machine would hand the password to whatever
+    // listens on that port here.
+    if realm_loopback && is_loopback(registry_host) {
+        return None;
+    }
     let same_host = url
         .host_str()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
@@ -429,49 +637,44 @@ impl Registries {
     fn client(&self, reference: &ImageRef, access: &RegistryAccess) -> Result<Arc<RegistryClient>> {
         install_ring();
         let host = reference.registry().to_string();
-        let key = access.cache_key(&host);
+        let credentials = match (&access.username, &access.password) {
+            (Some(username), Some(password)) => {
+                Some((username.clone(), Zeroizing::new(password.clone())))
+            }
+            _ => None,
+        };
+        // Tokens are scoped to a repository: with credentials, a client
+        // per repository.
+        let mut key = access.cache_key(&host);
+        if credentials.is_some() {
+            key.push(' ');
+            key.push_str(reference.repository());
+        }
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let mut config = ClientConfig {
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(self.stall),
-            max_concurrent_download: 1,
-            ..ClientConfig::default()
-        };
-        let plain_http = access.insecure || (!access.explicit && reference.is_loopback());
-        if plain_http {
-            config.protocol = oci_client::client::ClientProtocol::HttpsExcept(vec![host.clone()]);
-        }
-        let settings_error = |e: &dyn std::fmt::Display| RuntimeError::Registry {
-            kind: ErrorKind::Invalid,
-            message: format!("{host}: the registry's settings do not make a client: {e}"),
-        };
         let mut http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CHALLENGE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &access.ca_pem {
-            config.extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem.as_bytes().to_vec(),
-            });
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| settings_error(&e))?;
+                .map_err(|e| settings_error(&host, &e))?;
             http = http.tls_certs_merge(certs);
         }
-        // `Client::new` would fall back to a client without the CA (and
-        // without our timeouts) on a bad certificate.
-        let oci = Client::try_from(config).map_err(|e| settings_error(&e))?;
-        let http = http.build().map_err(|e| settings_error(&e))?;
-        let client = Arc::new(RegistryClient {
-            oci,
-            http,
-            plain_http,
-            credentials: access.password.is_some(),
-            token_service_safe: tokio::sync::OnceCell::new(),
-        });
+        let client = RegistryClient {
+            plain_http: access.insecure || (!access.explicit && reference.is_loopback()),
+            ca_pem: access.ca_pem.clone(),
+            stall: self.stall,
+            http: http.build().map_err(|e| settings_error(&host, &e))?,
+            credentials,
+            host,
+            current: tokio::sync::Mutex::new(None),
+        };
+        // A bad CA fails here, not at the first request.
+        client.oci_client()?;
+        let client = Arc::new(client);
         if clients.len() >= CLIENTS_MAX {
             clients.clear();
         }
@@ -500,10 +703,12 @@ impl Registries {
             }
         }
         let client = self.client(reference, access)?;
+        // Authorized as `ready` decided (the auth given here is not used:
+        // one is stored already).
         let (bytes, _) = client
             .ready(reference)
             .await?
-            .pull_manifest_raw(&reference.inner, &access.auth(), MANIFEST_TYPES)
+            .pull_manifest_raw(&reference.inner, &RegistryAuth::Anonymous, MANIFEST_TYPES)
             .await
             .map_err(|e| registry_error(reference, "fetching the manifest", e))?;
         let limit = Limits::default().json_bytes_max;
@@ -572,7 +777,6 @@ impl Registries {
         let state = BlobDownload {
             client: self.client(reference, access),
             reference: reference.clone(),
-            auth: access.auth(),
             desc: desc.clone(),
             offset: 0,
             hasher: Sha256::new(),
@@ -616,7 +820,6 @@ type Body = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 struct BlobDownload {
     client: Result<Arc<RegistryClient>>,
     reference: ImageRef,
-    auth: RegistryAuth,
     desc: Descriptor,
     offset: u64,
     hasher: Sha256,
@@ -789,6 +992,8 @@ impl BlobDownload {
                 size: i64::try_from(self.desc.size).unwrap_or(i64::MAX),
                 ..OciDescriptor::default()
             };
+            // Authorized as `ready` decided: oci-client holds no password
+            // to hand to a token service of its choosing.
             let client = match client.ready(&self.reference).await {
                 Ok(client) => client,
                 Err(e) if e.kind() == ErrorKind::Transient => {
@@ -797,11 +1002,6 @@ impl BlobDownload {
                 }
                 Err(e) => return Err(e),
             };
-            // Blob calls use the credentials stored for the registry (under
-            // the name oci-client resolves it to).
-            client
-                .store_auth_if_needed(self.reference.inner.resolve_registry(), &self.auth)
-                .await;
             let opened: std::result::Result<Body, _> = if self.offset == 0 {
                 client
                     .pull_blob_stream(&self.reference.inner, &layer)
@@ -1446,6 +1646,7 @@ mod download_tests {
 mod token_service_tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use axum::extract::{Query, State};
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
 
@@ -1460,6 +1661,7 @@ mod token_service_tests {
             // Plain HTTP to the registry's own host only when plain HTTP
             // is allowed for the registry.
             ("http://r.example:5001/token", "r.example:5000", true, true),
+            ("http://R.Example:5001/token", "r.example:5000", true, true),
             (
                 "http://r.example:5001/token",
                 "r.example:5000",
@@ -1467,11 +1669,12 @@ mod token_service_tests {
                 false,
             ),
             ("http://other.example/token", "r.example:5000", true, false),
-            ("http://127.0.0.1:9000/token", "r.example", false, true),
-            ("http://localhost/token", "r.example", false, true),
-            ("http://[::1]:9000/token", "r.example", false, true),
-            ("http://[fd00::1]/token", "[fd00::1]:5000", true, true),
-            ("http://[fd00::2]/token", "[fd00::1]:5000", true, false),
+            // This machine, for a registry on this machine only.
+            ("http://127.0.0.1:9000/token", "127.0.0.1:5000", false, true),
+            ("http://localhost/token", "localhost:5000", false, true),
+            ("http://[::1]:9000/token", "[::1]:5000", false, true),
+            ("http://127.0.0.1:9000/token", "r.example", false, false),
+            ("http://localhost/token", "r.example", true, false),
             ("ftp://auth.example/token", "r.example", false, false),
             ("not a url", "r.example", false, false),
         ] {
@@ -1490,92 +1693,149 @@ mod token_service_tests {
     }
 
     #[test]
-    fn the_bearer_realm_is_read_from_the_challenge() {
+    fn every_token_service_a_challenge_names_is_checked() {
+        let read = |values: &[&str]| read_challenge(values, "r.example", false);
         assert_eq!(
-            bearer_realm(r#"Bearer realm="https://auth.example/token",service="r""#).as_deref(),
-            Some("https://auth.example/token")
+            read(&[r#"Bearer realm="https://auth.example/token",service="r""#]),
+            Ok(Challenge::Token {
+                realm: "https://auth.example/token".into(),
+                service: Some("r".into())
+            })
         );
         assert_eq!(
-            bearer_realm(r#"Basic realm="r", Bearer service="r",realm="http://a/t""#).as_deref(),
-            Some("http://a/t")
+            read(&[r#"Basic realm="Registry""#]),
+            Ok(Challenge::Registry)
         );
-        assert_eq!(bearer_realm(r#"Basic realm="Registry""#), None);
-        assert_eq!(bearer_realm("Bearer"), None);
+        assert_eq!(read(&[]), Ok(Challenge::Registry));
+        // A second realm in the same challenge, a second challenge, a
+        // second header: each is checked.
+        assert!(
+            read(&[r#"Bearer realm="https://a.example/t",realm="http://b.example/t""#]).is_err()
+        );
+        assert!(read(&[r#"Basic realm="x", Bearer realm="https://a.example/t", Bearer realm="http://b.example/t""#]).is_err());
+        assert!(read(&[
+            r#"Bearer realm="https://a.example/t""#,
+            r#"Bearer realm="http://b.example/t""#
+        ])
+        .is_err());
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum V2 {
+        /// 401 with the challenge.
+        Challenge,
+        /// A redirect to the token service's host.
+        Redirect,
+        /// 502 for the first request, then the challenge.
+        FailOnce,
     }
 
     struct Registry {
         realm: std::sync::Mutex<String>,
+        v2: V2,
+        v2_asked: AtomicUsize,
+        expires_in: u64,
         manifests: AtomicUsize,
         tokens: AtomicUsize,
     }
 
     const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
 
-    /// A registry on loopback whose challenge names `realm`, with a token
-    /// service of its own at /token.
-    async fn serve() -> (Arc<Registry>, std::net::SocketAddr) {
-        let registry = Arc::new(Registry {
-            realm: std::sync::Mutex::new(String::new()),
-            manifests: AtomicUsize::new(0),
-            tokens: AtomicUsize::new(0),
-        });
-        let challenge = |registry: &Registry| -> Response {
-            let realm = registry.realm.lock().unwrap().clone();
-            (
-                StatusCode::UNAUTHORIZED,
-                [(
-                    "www-authenticate",
-                    format!(r#"Bearer realm="{realm}",service="test""#),
-                )],
+    fn challenge(registry: &Registry) -> Response {
+        let realm = registry.realm.lock().unwrap().clone();
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                "www-authenticate",
+                format!(r#"Bearer realm="{realm}",service="test""#),
+            )],
+        )
+            .into_response()
+    }
+
+    async fn v2(State(registry): State<Arc<Registry>>) -> Response {
+        let n = registry.v2_asked.fetch_add(1, Ordering::SeqCst);
+        match registry.v2 {
+            V2::Redirect => (
+                StatusCode::TEMPORARY_REDIRECT,
+                [("location", "http://192.0.2.7/v2/")],
             )
-                .into_response()
-        };
-        let app = axum::Router::new()
-            .route(
-                "/v2/",
-                axum::routing::get({
-                    let registry = registry.clone();
-                    move || async move { challenge(&registry) }
-                }),
-            )
-            .route(
-                "/token",
-                axum::routing::get({
-                    let registry = registry.clone();
-                    move |headers: HeaderMap| async move {
-                        registry.tokens.fetch_add(1, Ordering::SeqCst);
-                        let basic = headers
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .is_some_and(|v| v.starts_with("Basic "));
-                        if basic {
-                            (StatusCode::OK, r#"{"token":"granted"}"#).into_response()
-                        } else {
-                            StatusCode::UNAUTHORIZED.into_response()
-                        }
-                    }
-                }),
-            )
-            .route(
-                "/v2/t/manifests/{tag}",
-                axum::routing::get({
-                    let registry = registry.clone();
-                    move |headers: HeaderMap| async move {
-                        registry.manifests.fetch_add(1, Ordering::SeqCst);
-                        let bearer = headers.get("authorization").and_then(|v| v.to_str().ok())
-                            == Some("Bearer granted");
-                        if bearer {
-                            ([("content-type", MEDIA_OCI_MANIFEST)], MANIFEST).into_response()
-                        } else {
-                            challenge(&registry)
-                        }
-                    }
-                }),
-            );
+                .into_response(),
+            V2::FailOnce if n == 0 => StatusCode::BAD_GATEWAY.into_response(),
+            _ => challenge(&registry),
+        }
+    }
+
+    /// Grants `token-REPO-N` for the repository the scope names, to Basic
+    /// credentials.
+    async fn token(
+        State(registry): State<Arc<Registry>>,
+        Query(query): Query<std::collections::HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        let n = registry.tokens.fetch_add(1, Ordering::SeqCst);
+        let basic = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Basic "));
+        let repository = query
+            .get("scope")
+            .and_then(|s| s.strip_prefix("repository:")?.strip_suffix(":pull"))
+            .unwrap_or("none");
+        if !basic || query.get("service").map(String::as_str) != Some("test") {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        axum::Json(serde_json::json!({
+            "token": format!("token-{repository}-{n}"),
+            "expires_in": registry.expires_in,
+        }))
+        .into_response()
+    }
+
+    async fn manifest(
+        State(registry): State<Arc<Registry>>,
+        axum::extract::Path((repository, _tag)): axum::extract::Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        registry.manifests.fetch_add(1, Ordering::SeqCst);
+        let scoped = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(&format!("Bearer token-{repository}-")));
+        if scoped {
+            ([("content-type", MEDIA_OCI_MANIFEST)], MANIFEST).into_response()
+        } else {
+            challenge(&registry)
+        }
+    }
+
+    /// A registry on loopback whose challenge names `realm` (`{addr}` is
+    /// its own address), with a token service of its own at /token.
+    async fn serve(
+        v2_mode: V2,
+        realm: &str,
+        expires_in: u64,
+    ) -> (Arc<Registry>, std::net::SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let registry = Arc::new(Registry {
+            realm: std::sync::Mutex::new(realm.replace("{addr}", &addr.to_string())),
+            v2: v2_mode,
+            v2_asked: AtomicUsize::new(0),
+            expires_in,
+            manifests: AtomicUsize::new(0),
+            tokens: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new()
+            .route("/v2/", axum::routing::get(v2))
+            .route("/token", axum::routing::get(token))
+            .route(
+                "/v2/{repository}/manifests/{tag}",
+                axum::routing::get(manifest),
+            )
+            .with_state(registry.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (registry, addr)
     }
@@ -1588,16 +1848,18 @@ mod token_service_tests {
         }
     }
 
+    fn reference(addr: std::net::SocketAddr, repository: &str) -> ImageRef {
+        ImageRef::parse(&format!("{addr}/{repository}:1")).unwrap()
+    }
+
     #[tokio::test]
     async fn a_password_is_not_sent_to_a_token_service_over_plain_http() {
-        let (registry, addr) = serve().await;
         // TEST-NET-1: nothing answers there; the password must not even
         // be tried.
-        *registry.realm.lock().unwrap() = "http://192.0.2.7/token".into();
-        let reference = ImageRef::parse(&format!("{addr}/t:1")).unwrap();
+        let (registry, addr) = serve(V2::Challenge, "http://192.0.2.7/token", 60).await;
         let registries = Registries::default();
         let error = registries
-            .manifest(&reference, &access())
+            .manifest(&reference(addr, "t"), &access())
             .await
             .expect_err("refused");
         let message = error.to_string();
@@ -1608,7 +1870,7 @@ mod token_service_tests {
         );
         assert!(!message.contains("hunter2"), "{message}");
         assert_eq!(registry.manifests.load(Ordering::SeqCst), 0);
-        // A blob is refused alike, with no connection retried for it.
+        // A blob is refused alike.
         let desc = Descriptor {
             media_type: "application/octet-stream".into(),
             digest: image::sha256_digest(b"{}"),
@@ -1616,22 +1878,68 @@ mod token_service_tests {
             ..Descriptor::default()
         };
         let error = registries
-            .small_blob(&reference, &access(), &desc)
+            .small_blob(&reference(addr, "t"), &access(), &desc)
             .await
             .expect_err("refused");
         assert!(error.to_string().contains("over plain HTTP"), "{error}");
     }
 
     #[tokio::test]
-    async fn a_token_service_on_this_machine_gets_the_password() {
-        let (registry, addr) = serve().await;
-        *registry.realm.lock().unwrap() = format!("http://{addr}/token");
-        let reference = ImageRef::parse(&format!("{addr}/t:1")).unwrap();
-        let fetched = Registries::default()
-            .manifest(&reference, &access())
+    async fn a_redirect_of_the_challenge_is_not_followed_with_the_password() {
+        let (registry, addr) = serve(V2::Redirect, "http://{addr}/token", 60).await;
+        let error = Registries::default()
+            .manifest(&reference(addr, "t"), &access())
+            .await
+            .expect_err("refused");
+        assert_eq!(error.kind(), ErrorKind::Invalid, "{error}");
+        assert!(error.to_string().contains("redirect"), "{error}");
+        assert_eq!(registry.tokens.load(Ordering::SeqCst), 0);
+        assert_eq!(registry.manifests.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_fails_once_is_asked_again() {
+        let (registry, addr) = serve(V2::FailOnce, "http://{addr}/token", 60).await;
+        let registries = Registries::default();
+        let error = registries
+            .manifest(&reference(addr, "t"), &access())
+            .await
+            .expect_err("the registry failed");
+        assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
+        let fetched = registries
+            .manifest(&reference(addr, "t"), &access())
+            .await
+            .expect("asked again");
+        assert_eq!(fetched.bytes.as_ref(), MANIFEST.as_bytes());
+        assert_eq!(registry.v2_asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn each_repository_gets_its_token_and_a_token_is_renewed_before_it_ends() {
+        // Tokens that live 1 s: used for 0.8 s.
+        let (registry, addr) = serve(V2::Challenge, "http://{addr}/token", 1).await;
+        let registries = Registries::default();
+        for repository in ["t", "u", "t"] {
+            let fetched = registries
+                .manifest(&reference(addr, repository), &access())
+                .await
+                .expect("manifest");
+            assert_eq!(fetched.bytes.as_ref(), MANIFEST.as_bytes());
+        }
+        assert_eq!(
+            registry.tokens.load(Ordering::SeqCst),
+            2,
+            "one token per repository"
+        );
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        registries
+            .manifest(&reference(addr, "t"), &access())
             .await
             .expect("manifest");
-        assert_eq!(fetched.bytes.as_ref(), MANIFEST.as_bytes());
-        assert!(registry.tokens.load(Ordering::SeqCst) >= 1);
+        assert_eq!(
+            registry.tokens.load(Ordering::SeqCst),
+            3,
+            "a new token once the first ran out"
+        );
     }
 }

@@ -1983,13 +1983,16 @@ services:
                 .then_some(())
         });
     };
-    // Applied through a voter: the worker is to run a task of the
-    // registry's image, and a voter gives it the credentials for it.
-    cluster.apply_ok(0, &app("privw", "private"));
+    // Applied through the worker first: it pins the image with the
+    // credentials the operator's token stands for (it runs nothing yet).
+    cluster.apply_ok(worker, &app("privw", "private"));
     runs(&cluster, "privw");
-    // Applied through the worker: it pins the image with credentials the
-    // operator's token stands for.
-    cluster.apply_ok(worker, &app("privw2", "second"));
+    // Applied through a voter, once the worker's memory of them is gone
+    // (restarted): it is to run a task of the registry's image, and a
+    // voter gives it the credentials for that.
+    cluster.stop(worker);
+    cluster.start(worker, &[]);
+    cluster.apply_ok(0, &app("privw2", "second"));
     runs(&cluster, "privw2");
 
     // Who gets them, asked straight with node certificates.

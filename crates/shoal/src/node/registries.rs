@@ -46,6 +46,8 @@ const KEPT_FOR: Duration = Duration::from_secs(600);
 /// How long a worker waits before it asks again for credentials a voter
 /// refused it (without an operator's token).
 const REFUSED_FOR: Duration = Duration::from_secs(30);
+/// How long a worker waits before it asks again when no voter answered.
+const UNANSWERED_FOR: Duration = Duration::from_secs(5);
 /// Voters asked for one registry's credentials, at most.
 const VOTERS_ASKED_MAX: usize = 3;
 /// Registries whose credentials or refusals a worker remembers; the
@@ -62,6 +64,28 @@ pub fn router<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) -> Router {
         )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
+}
+
+/// Settings are found by the host an image reference names, so a host is
+/// taken only as references name it: in lower case, and Docker Hub as
+/// `docker.io` (settings under another name would never be used).
+fn as_references_name_it(host: &str) -> Result<(), String> {
+    let lower = host.to_ascii_lowercase();
+    if lower != host {
+        return Err(format!(
+            "`{host}`: write it in lower case (`{lower}`), as image references name it"
+        ));
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    if matches!(
+        name,
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
+    ) {
+        return Err(format!(
+            "`{host}` is Docker Hub, which image references name `docker.io`: add `docker.io`"
+        ));
+    }
+    Ok(())
 }
 
 /// What a sealed password is bound to: its purpose and its host, so that
@@ -104,7 +128,9 @@ async fn add<R>(
     ),
     ApiError,
 > {
-    check_host(&request.host).map_err(|why| ApiError::bad_request(format!("host: {why}")))?;
+    check_host(&request.host)
+        .and_then(|()| as_references_name_it(&request.host))
+        .map_err(|why| ApiError::bad_request(format!("host: {why}")))?;
     if let Some(pem) = &request.ca_pem {
         shoal_runtime::registry::check_ca_pem(pem)
             .map_err(|why| ApiError::bad_request(format!("ca_pem: {why}")))?;
@@ -276,8 +302,11 @@ pub struct PullCredentials {
     voters: Option<AskVoters>,
     kept: Mutex<HashMap<String, Kept>>,
     /// Registries a voter refused this node (without an operator's
-    /// token), and when.
+    /// token), or no voter answered for, and until when that stands.
     refused: Mutex<HashMap<String, Instant>>,
+    /// One question to the voters at a time: the pulls and resolves that
+    /// need the same credentials wait for the first one's answer.
+    asking: tokio::sync::Mutex<()>,
 }
 
 impl PullCredentials {
@@ -288,6 +317,7 @@ impl PullCredentials {
             voters: None,
             kept: Mutex::default(),
             refused: Mutex::default(),
+            asking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -329,11 +359,16 @@ impl PullCredentials {
             .try_with(Clone::clone)
             .ok()
             .flatten();
+        let _turn = self.asking.lock().await;
+        // Another caller may have been given them while this one waited.
+        if let Some(password) = self.held(record) {
+            return Some(password);
+        }
         if operator.is_none() {
             let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
             if refused
                 .get(&record.host)
-                .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+                .is_some_and(|until| Instant::now() < *until)
             {
                 return None;
             }
@@ -373,11 +408,7 @@ impl PullCredentials {
                 }) => {
                     tracing::warn!(registry = %record.host, %message, "a voter gives this node no credentials for the registry: pulling without them");
                     if operator.is_none() {
-                        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-                        if refused.len() >= REMEMBERED_MAX {
-                            refused.clear();
-                        }
-                        refused.insert(record.host.clone(), Instant::now());
+                        self.refuse_for(&record.host, REFUSED_FOR);
                     }
                     return None;
                 }
@@ -385,7 +416,16 @@ impl PullCredentials {
             }
         }
         tracing::warn!(registry = %record.host, error = %last_error, "no voter gave the registry's credentials: pulling without them");
+        self.refuse_for(&record.host, UNANSWERED_FOR);
         None
+    }
+
+    fn refuse_for(&self, host: &str, wait: Duration) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= REMEMBERED_MAX {
+            refused.clear();
+        }
+        refused.insert(host.to_string(), Instant::now() + wait);
     }
 }
 
@@ -430,6 +470,13 @@ async fn credentials_route<R>(
             "registry credentials go to nodes only",
         ));
     };
+    // Decided on a state that holds every write the asking node may have
+    // seen (the task placed on it), not on this voter's lagging copy.
+    shared
+        .raft
+        .linearizable_read()
+        .await
+        .map_err(|error| ApiError::unavailable(error.to_string()))?;
     let (record, reason) = {
         let state = shared.raft.read();
         let Some(record) = state.registries.get(&request.host).cloned() else {
@@ -489,6 +536,18 @@ mod tests {
     use shoal_types::{Node, PinSource, PinnedImage};
 
     use super::*;
+
+    #[test]
+    fn a_registry_is_added_by_the_name_references_give_it() {
+        assert_eq!(as_references_name_it("registry.example:5000"), Ok(()));
+        assert_eq!(as_references_name_it("docker.io"), Ok(()));
+        let upper = as_references_name_it("Registry.Example").unwrap_err();
+        assert!(upper.contains("`registry.example`"), "{upper}");
+        for alias in ["index.docker.io", "registry-1.docker.io:443"] {
+            let why = as_references_name_it(alias).unwrap_err();
+            assert!(why.contains("add `docker.io`"), "{why}");
+        }
+    }
 
     /// Four nodes, one service of a private registry with one replica
     /// and a standby, one of a public registry, one node tainted.
