@@ -8,9 +8,13 @@
 //! [`ServeOptions::connections_per_source_max`]; after the handshake,
 //! nodes (a client certificate) and clients (none) draw on bounds of their
 //! own, so clients cannot take the nodes' share; a request's headers must
-//! arrive within [`ServeOptions::header_read_timeout`] (HTTP/1), and a
-//! connection with no request in flight for [`ServeOptions::idle_timeout`]
-//! is closed, whatever its protocol.
+//! arrive within [`ServeOptions::header_read_timeout`] (HTTP/1), a
+//! request body that a handler waits on sends its next bytes within
+//! [`ServeOptions::body_stall_timeout`] or the read fails (a request held
+//! in flight by a client that never finishes its body would keep the
+//! connection from ever being idle), and a connection with no request in
+//! flight for [`ServeOptions::idle_timeout`] is closed, whatever its
+//! protocol.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +47,9 @@ pub struct ServeOptions {
     /// HTTP/1: a request's headers (the first, and each next one on a kept
     /// connection) must arrive within this.
     pub header_read_timeout: Duration,
+    /// A handler that waits this long for the next bytes of a request's
+    /// body gets an error instead.
+    pub body_stall_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// Once told to stop, how long requests in flight may finish.
@@ -57,6 +64,7 @@ impl Default for ServeOptions {
             connections_per_source_max: 256,
             client_connections_max: 3072,
             header_read_timeout: Duration::from_secs(10),
+            body_stall_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(3),
         }
@@ -191,6 +199,68 @@ impl Drop for InFlight {
     }
 }
 
+/// A request's body whose reader gets an error once it has waited
+/// `stall` for the next frame: the wait counts only while the reader is
+/// waiting, so a handler that reads late loses nothing the client sent.
+struct StallBody {
+    inner: Incoming,
+    stall: Duration,
+    /// Set while the reader waits: when the wait gives up.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error a stalled body's reader gets.
+#[derive(Debug)]
+struct BodyStalled(Duration);
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no byte of the request body arrived for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl hyper::body::Body for StallBody {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline = None;
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let stall = this.stall;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.deadline = None;
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(stall)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Who is at the other end of the connection a request came on.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -306,7 +376,14 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(peer.clone());
                 let in_flight = InFlight::start(&counted);
-                let answer = router.clone().oneshot(request.map(Body::new));
+                let stall = options.body_stall_timeout;
+                let answer = router.clone().oneshot(request.map(|inner| {
+                    Body::new(StallBody {
+                        inner,
+                        stall,
+                        deadline: None,
+                    })
+                }));
                 async move {
                     let response = answer.await;
                     // Until the response's body is sent: the request is in

@@ -41,7 +41,12 @@ fn credentials(name: Option<&str>) -> Arc<Credentials> {
 async fn start(options: ServeOptions) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let router = axum::Router::new().route("/hello", axum::routing::get(|| async { "hi" }));
+    let router = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hi" }))
+        .route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body }),
+        );
     let tls = shoal_pki::tls::server_config(credentials(Some("server"))).expect("TLS");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(listener, tls, router, options, async {
@@ -207,5 +212,52 @@ async fn a_nodes_connections_do_not_count_against_its_address() {
     assert!(
         !closed_within(&mut node, Duration::from_secs(1)).await,
         "the node was closed for its address's clients"
+    );
+}
+
+/// A client that sends a request's headers and part of its body, then
+/// nothing: the handler reading the body gets an error after the stall
+/// timeout, the request ends, and the connection, idle now, is closed.
+/// Without the bound the request stayed in flight and the connection open
+/// for good.
+#[tokio::test]
+async fn a_request_whose_body_stalls_does_not_hold_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _stop) = start(ServeOptions {
+        body_stall_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(500),
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut stream = connect(addr, "127.0.0.4", None).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nhost: shoal-node\r\ncontent-length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the connection stayed open with its body stalled"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A body that arrives whole, if slowly, is read.
+    assert!(served(addr, "127.0.0.4").await);
+    let mut stream = connect(addr, "127.0.0.4", None).await.expect("connect");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: shoal-node\r\nconnection: close\r\ncontent-length: 6\r\n\r\nabc")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stream.write_all(b"def").await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("abcdef"),
+        "{answer}"
     );
 }
