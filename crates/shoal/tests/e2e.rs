@@ -631,6 +631,48 @@ fn a_registry_with_token_auth_is_pulled_from_with_a_bearer_token() {
     );
 }
 
+/// `shoal apply` on a terminal draws a bar for each node and image that a
+/// task waits for while the node pulls it (a pseudo-terminal made by
+/// `script`; off a terminal nothing is drawn).
+#[test]
+fn apply_on_a_terminal_draws_a_bar_while_the_image_is_pulled() {
+    let Some(node) = Node::start_or_skip("pullbar") else {
+        return;
+    };
+    let registry = Registry::start();
+    let rootfs = node.busybox_rootfs(&[]);
+    // 3 MiB that do not compress, through 512 KiB/s: a pull of about 6 s.
+    let noise: Vec<u8> = (0..3 << 20).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(rootfs.join("noise"), noise).expect("noise");
+    registry.push_rootfs(&rootfs, "demo/bar", "v1");
+    let throttle = Throttle::start(registry.port, 512 << 10);
+    let spec = HELLO
+        .replace(
+            "shoal.test/busybox:latest",
+            &format!("{}/demo/bar:v1", throttle.host()),
+        )
+        .replace("replicas: 3", "replicas: 1");
+    let path = node.scratch.path().join("bar.yaml");
+    std::fs::write(&path, spec).expect("spec");
+    let command = format!(
+        "stty cols 200 rows 40; exec {} apply -f {} --timeout 120s",
+        harness::binary(),
+        path.display()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("SHOAL_ADDR", node.addr())
+        .env("SHOAL_CONFIG", node.credential())
+        .env("TERM", "xterm")
+        .output()
+        .expect("script (util-linux) must be installed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let bar = format!("pulling {}/demo/bar@sha256:", throttle.host());
+    assert!(text.contains(&bar), "no pull bar on the terminal: {text}");
+    assert!(text.contains("KiB/s") || text.contains("MiB/s"), "{text}");
+}
+
 #[test]
 fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
     let Some(node) = Node::start_or_skip("private") else {
