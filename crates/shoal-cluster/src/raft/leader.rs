@@ -13,6 +13,10 @@ use shoal_state::{ApplyError, Entry, Outcome};
 use super::network::SendError;
 use super::{http, NodeInfo, ProposeError, RaftNode, TypeConfig, LEADER_POLL_MAX};
 
+/// How long a leader waits before it asks a majority again to confirm its
+/// leadership for a read.
+const READ_INDEX_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// A call that must run on the leader.
 #[derive(Debug, Clone)]
 pub(crate) enum LeaderOp {
@@ -181,24 +185,42 @@ impl RaftNode {
                 }
             }
             LeaderOp::ReadIndex => {
-                match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
-                    Ok(Ok((read, _applied))) => Ok(LeaderResult::ReadIndex(
-                        read.map(|log_id| log_id.index).unwrap_or(0),
-                    )),
-                    Ok(Err(OpenRaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)))) => {
-                        Err(LocalError::NotLeader(to.leader_id))
+                // openraft gives each voter one heartbeat interval to
+                // answer; a moment when a majority answers later (a loaded
+                // machine) is no lost quorum, so the leader asks again
+                // until the call's time is up.
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(remaining, raft.get_read_log_id()).await {
+                        Ok(Ok((read, _applied))) => {
+                            return Ok(LeaderResult::ReadIndex(
+                                read.map(|log_id| log_id.index).unwrap_or(0),
+                            ))
+                        }
+                        Ok(Err(OpenRaftError::APIError(CheckIsLeaderError::ForwardToLeader(
+                            to,
+                        )))) => return Err(LocalError::NotLeader(to.leader_id)),
+                        Ok(Err(OpenRaftError::APIError(CheckIsLeaderError::QuorumNotEnough(
+                            error,
+                        )))) => {
+                            if Instant::now() + READ_INDEX_RETRY_PAUSE < deadline {
+                                tokio::time::sleep(READ_INDEX_RETRY_PAUSE).await;
+                                continue;
+                            }
+                            return Err(LocalError::Failed(ProposeError::NoQuorum(format!(
+                                "leader {id} could not confirm its leadership within {ms} ms: {error}; {}",
+                                self.unreachable_voters()
+                            ))));
+                        }
+                        Ok(Err(OpenRaftError::Fatal(error))) => return Err(fatal(error)),
+                        Err(_) => {
+                            return Err(LocalError::Failed(ProposeError::NoQuorum(format!(
+                                "leader {id} could not confirm its leadership with a majority of voters within {ms} ms; {}",
+                                self.unreachable_voters()
+                            ))))
+                        }
                     }
-                    Ok(Err(OpenRaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)))) => {
-                        Err(LocalError::Failed(ProposeError::NoQuorum(format!(
-                            "leader {id} could not confirm its leadership: {error}; {}",
-                            self.unreachable_voters()
-                        ))))
-                    }
-                    Ok(Err(OpenRaftError::Fatal(error))) => Err(fatal(error)),
-                    Err(_) => Err(LocalError::Failed(ProposeError::NoQuorum(format!(
-                        "leader {id} could not confirm its leadership with a majority of voters within {ms} ms; {}",
-                        self.unreachable_voters()
-                    )))),
                 }
             }
             LeaderOp::AddLearner(node_id, node) => {
