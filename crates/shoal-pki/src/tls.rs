@@ -6,6 +6,11 @@
 //! configs built from it look at it on every handshake, so a renewed
 //! certificate or a new root takes effect on the next connection without
 //! rebuilding any client or server.
+//!
+//! A server's chain to the roots says only that it is some node of the
+//! cluster. A process that knows more sets a [`ServerCheck`]: a node, that
+//! the server is the node it dialled and is not removed; a joiner, that the
+//! server may take its token (a voter).
 
 use std::sync::{Arc, RwLock};
 
@@ -49,10 +54,16 @@ struct Trust {
     server_verifier: Arc<dyn ServerCertVerifier>,
 }
 
+/// What a client checks of a server whose chain verified, given the
+/// server's identity and the name or address it dialled: `Err` says why
+/// the server is not taken (the handshake fails with it).
+pub type ServerCheck = dyn Fn(&Identity, &ServerName<'_>) -> Result<(), String> + Send + Sync;
+
 /// What a process trusts and who it is; shared by its configs.
 pub struct Credentials {
     trust: RwLock<Arc<Trust>>,
     identity: RwLock<Option<(Arc<CertifiedKey>, Identity)>>,
+    server_check: RwLock<Option<Arc<ServerCheck>>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -102,7 +113,21 @@ impl Credentials {
         Ok(Arc::new(Credentials {
             trust: RwLock::new(Arc::new(trust(roots_pem)?)),
             identity: RwLock::new(None),
+            server_check: RwLock::new(None),
         }))
+    }
+
+    /// From the next handshake on, a server whose chain verified is taken
+    /// only if `check` says so (`None`: any node of the cluster).
+    pub fn set_server_check(&self, check: Option<Arc<ServerCheck>>) {
+        *self.server_check.write().unwrap_or_else(|p| p.into_inner()) = check;
+    }
+
+    fn server_check(&self) -> Option<Arc<ServerCheck>> {
+        self.server_check
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Trusts these roots from the next handshake on.
@@ -218,19 +243,26 @@ impl ServerCertVerifier for LiveServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _dialled: &ServerName<'_>,
+        dialled: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let name = ServerName::try_from(crate::SERVER_NAME)
             .map_err(|_| rustls::Error::General("the shoal server name".into()))?;
-        self.0.current_trust().server_verifier.verify_server_cert(
+        let verified = self.0.current_trust().server_verifier.verify_server_cert(
             end_entity,
             intermediates,
             &name,
             ocsp_response,
             now,
-        )
+        )?;
+        if let Some(check) = self.0.server_check() {
+            let identity = Identity::from_cert_der(end_entity).map_err(|error| {
+                rustls::Error::General(format!("the server's certificate: {error}"))
+            })?;
+            check(&identity, dialled).map_err(rustls::Error::General)?;
+        }
+        Ok(verified)
     }
     fn verify_tls12_signature(
         &self,
@@ -299,7 +331,8 @@ pub fn server_config(credentials: Arc<Credentials>) -> Result<Arc<ServerConfig>,
 
 /// A client that trusts servers whose certificate chains to the current
 /// roots and names [`SERVER_NAME`](crate::SERVER_NAME), whatever address
-/// it dialled, and shows its own certificate when it has one.
+/// it dialled, and that pass the [`ServerCheck`] set, if any; it shows its
+/// own certificate when it has one.
 pub fn client_config(credentials: Arc<Credentials>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])

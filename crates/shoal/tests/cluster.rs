@@ -1702,7 +1702,13 @@ fn with_the_registry_gone_a_moved_task_pulls_its_image_from_the_nodes_that_run_i
     let Some((mut cluster, mut registry, digest)) = registry_cluster("outage") else {
         return;
     };
-    cluster.apply_ok(0, &registry_app(&registry, "outage", 2));
+    // No node holds the image ahead (`prepull: none`): the spare node
+    // (else the service's standby, which pulls within seconds) must get
+    // it from the nodes that run it.
+    cluster.apply_ok(
+        0,
+        &(registry_app(&registry, "outage", 2) + "    prepull: none\n"),
+    );
     let tasks = cluster.wait_for("two replicas running", || {
         let tasks = cluster.tasks(0);
         (tasks.iter().filter(|t| t["state"] == "running").count() == 2).then_some(tasks)
@@ -2097,6 +2103,147 @@ services:
             "the password is in node {index}'s log"
         );
     }
+}
+
+/// A TLS server of the test's own on `addr`, showing the certificate and
+/// key kept in `pki` (a node's `DATA_DIR/pki`): it answers `GET
+/// /v1/join/ca` with `roots` and every other request 503, noting each
+/// (method, path). Stopped when the sender is dropped or sent.
+fn impostor(
+    runtime: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    pki: &std::path::Path,
+    roots: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let credentials = shoal_pki::tls::Credentials::new(roots).expect("roots");
+    credentials
+        .set_identity(
+            &std::fs::read_to_string(pki.join("node.pem")).expect("certificate"),
+            &std::fs::read_to_string(pki.join("node.key")).expect("key"),
+        )
+        .expect("identity");
+    let tls = shoal_pki::tls::server_config(credentials).expect("TLS");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    let roots = roots.to_string();
+    let router = axum::Router::new()
+        .route(
+            "/v1/join/ca",
+            axum::routing::get(move || async move { roots }),
+        )
+        .fallback(move |request: axum::extract::Request| {
+            let noted = noted.clone();
+            async move {
+                noted.lock().unwrap().push(format!(
+                    "{} {}",
+                    request.method(),
+                    request.uri().path()
+                ));
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("binding the impostor to {addr}: {error}"),
+            }
+        }
+    });
+    runtime.spawn(shoal_http::serve(
+        listener,
+        tls,
+        router,
+        shoal_http::ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (seen, stop)
+}
+
+/// Servers are who they claim (issue 24 point 5): at a voter's address, a
+/// worker's certificate (of the cluster's CA, so it chains) gets no
+/// request from the nodes that dial that voter, where the voter's own
+/// certificate gets the leader's Raft calls at once; and a joiner sends
+/// its join token to no worker's certificate.
+#[test]
+fn a_server_that_is_not_the_node_dialled_gets_nothing() {
+    let Some(mut cluster) = Cluster::start_or_skip("posing", &[&[], &[], &[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 3);
+    let token = cluster
+        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+        .trim()
+        .to_string();
+    let worker = cluster.join_with_token(&token);
+    let leader = cluster.wait_for("a leader", || cluster.leader(0));
+    let leader = cluster.index_of(&leader);
+    let victim = (0..3).find(|i| *i != leader).expect("a follower");
+    let addr: std::net::SocketAddr = format!("{}:7950", cluster.members[victim].ip)
+        .parse()
+        .expect("address");
+    let (roots, _) = harness::credential_parts(&cluster.credential());
+    let worker_pki = cluster.members[worker].data_dir.join("pki");
+    let victim_pki = cluster.members[victim].data_dir.join("pki");
+    cluster.stop(victim);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // The worker's certificate where the follower was: the leader keeps
+    // dialling the follower, and sends it nothing. (Within the seconds
+    // before gossip finds the follower dead and the leader demotes it.)
+    let (seen, stop) = impostor(&runtime, addr, &worker_pki, &roots);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a worker's certificate at a voter's address was sent {:?}",
+        seen.lock().unwrap()
+    );
+    let _ = stop.send(());
+
+    // The follower's own certificate there: the leader's calls arrive at
+    // once (so it did dial this address all along).
+    let (seen, stop) = impostor(&runtime, addr, &victim_pki, &roots);
+    cluster.wait_for("the leader to call the follower's certificate", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("POST /v1/raft/"))
+            .then_some(())
+    });
+    let _ = stop.send(());
+
+    // A joiner that is told the worker's certificate is its peer sends it
+    // no token, and says why.
+    let (seen, stop) = impostor(&runtime, addr, &worker_pki, &roots);
+    let voter_token = cluster
+        .shoal_ok(0, &["cluster", "token", "create", "--role", "voter"])
+        .trim()
+        .to_string();
+    let (_, output) = cluster.try_join(&addr.to_string(), &voter_token, &[]);
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("goes only to a voter"), "{said}");
+    assert!(
+        !seen.lock().unwrap().iter().any(|r| r.contains("/v1/join")),
+        "the joiner sent {:?}",
+        seen.lock().unwrap()
+    );
+    let _ = stop.send(());
 }
 
 /// A 3-node cluster with a registry it knows (`registry add`) holding

@@ -164,6 +164,22 @@ async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::
             &token.ca_hash[..12]
         );
         let credentials = shoal_pki::tls::Credentials::new(&roots)?;
+        // The token goes only to a node that may admit: a voter. A worker
+        // (or a removed node, whose certificate still chains) in the path
+        // gets nothing.
+        credentials.set_server_check(Some(Arc::new(
+            |identity: &shoal_pki::identity::Identity, _: &rustls::pki_types::ServerName<'_>| {
+                if identity.role == shoal_pki::identity::Role::Voter {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the server is node {} with a {} certificate: a join token goes only to a voter",
+                        identity.name,
+                        identity.role.as_str()
+                    ))
+                }
+            },
+        )));
         let verified = shoal_pki::tls::client_config(credentials)?;
         let request = JoinRequest {
             token: token.to_string(),

@@ -125,6 +125,60 @@ pub fn identify(
     })
 }
 
+/// Why a node does not take a server it dialled at `dialled` (an address,
+/// or a host name) that shows `identity`, a certificate of the cluster's
+/// roots: of another cluster, removed from this one, or another node than
+/// the one(s) the state says are at that address. `None` when it is taken
+/// (an address the state does not know is taken on the certificate).
+pub fn server_refusal(
+    state: &ClusterState,
+    cluster_id: &str,
+    identity: &Identity,
+    dialled: &rustls::pki_types::ServerName<'_>,
+) -> Option<String> {
+    if identity.cluster_id != cluster_id {
+        return Some(format!(
+            "the server's certificate is of cluster {}, this is {cluster_id}",
+            identity.cluster_id
+        ));
+    }
+    if !state.security.accepts(&identity.name, &identity.admission) {
+        return Some(format!(
+            "the server's certificate is of node {}, which was removed from the cluster",
+            identity.name
+        ));
+    }
+    let host = match dialled {
+        rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        rustls::pki_types::ServerName::DnsName(name) => name.as_ref().to_ascii_lowercase(),
+        _ => return None,
+    };
+    let at: Vec<&str> = state
+        .nodes
+        .values()
+        .filter(|node| {
+            shoal_http::Endpoint::parse(&node.addr).is_ok_and(|endpoint| {
+                let authority = endpoint.authority();
+                let node_host = authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(host, _)| host)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                node_host.eq_ignore_ascii_case(&host)
+            })
+        })
+        .map(|node| node.name.as_str())
+        .collect();
+    if !at.is_empty() && !at.contains(&identity.name.as_str()) {
+        return Some(format!(
+            "{host} is node {} in the cluster's state, but the server there shows the certificate of node {}",
+            at.join(", "),
+            identity.name
+        ));
+    }
+    None
+}
+
 /// Whether `caller` may do what `access` needs.
 pub fn allowed(access: Access, caller: &Caller) -> bool {
     match (access, caller) {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
-use shoal_cluster::log::MemoryLog;
+use shoal_cluster::log::{MemoryLog, ReplicatedLog};
 use shoal_pki::ca::Ca;
 use shoal_pki::identity::{Identity, Role};
 use shoal_pki::token::ApiToken;
@@ -380,4 +380,62 @@ async fn only_the_allowed_cells_of_the_route_credential_matrix_pass() {
         );
     }
     assert!(audit.contains(&format!("token:{} (admin)", admin.id)));
+}
+
+/// A node takes a server it dialled only when the server's certificate is
+/// of this cluster, not removed, and of the node the state says is at the
+/// address dialled.
+#[test]
+fn a_server_is_the_node_dialled_and_not_removed() {
+    use rustls::pki_types::ServerName;
+    let log = MemoryLog::new("a", State::default());
+    admit(&log, "a", NodeRole::Voter, "000000000000000a", true);
+    admit(&log, "b", NodeRole::Voter, "000000000000000b", false);
+    // (Names of different lengths: the helper names join tokens by them.)
+    admit(&log, "wk", NodeRole::Worker, "00000000000000ff", false);
+    for (name, addr) in [
+        ("a", "10.0.0.1:7950"),
+        ("b", "10.0.0.2:7950"),
+        ("wk", "10.0.0.9:7950"),
+    ] {
+        log.apply(Command::RegisterNode {
+            node: shoal_types::Node::sample(name, addr),
+        });
+    }
+    let identity = |name: &str, admission: &str, cluster: &str| Identity {
+        cluster_id: cluster.into(),
+        role: Role::Voter,
+        name: name.into(),
+        admission: admission.into(),
+    };
+    let ip = |text: &str| ServerName::from(text.parse::<std::net::IpAddr>().expect("ip"));
+    let refusal = |who: &Identity, dialled: &ServerName<'_>| {
+        gate::server_refusal(&log.read(), CLUSTER, who, dialled)
+    };
+    let b = identity("b", "000000000000000b", CLUSTER);
+    assert_eq!(refusal(&b, &ip("10.0.0.2")), None, "b where b is");
+    assert_eq!(
+        refusal(&b, &ip("10.9.9.9")),
+        None,
+        "an address the state does not know"
+    );
+    let why = refusal(
+        &identity("wk", "00000000000000ff", CLUSTER),
+        &ip("10.0.0.2"),
+    )
+    .expect("wk at b's address");
+    assert!(why.contains("node b") && why.contains("node wk"), "{why}");
+    let why = refusal(&identity("b", "000000000000000b", "other"), &ip("10.0.0.2"))
+        .expect("another cluster");
+    assert!(why.contains("cluster other"), "{why}");
+    // wk is removed: its certificate is refused even at its own address.
+    log.apply(Command::RemoveNode { name: "wk".into() });
+    let why = refusal(
+        &identity("wk", "00000000000000ff", CLUSTER),
+        &ip("10.0.0.9"),
+    )
+    .expect("removed");
+    assert!(why.contains("removed"), "{why}");
+    // A stale admission of b (b joined again since) is refused too.
+    assert!(refusal(&identity("b", "00000000000000bb", CLUSTER), &ip("10.0.0.2")).is_some());
 }

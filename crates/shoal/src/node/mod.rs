@@ -127,6 +127,18 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     ))
     .await
     .with_context(|| format!("opening the cluster state in {}", config.data_dir.display()))?;
+    // Servers are who they claim: the node dialled, not removed.
+    standing.trust.credentials.set_server_check(Some(Arc::new({
+        let raft = raft.clone();
+        let cluster_id = standing.cluster_id.clone();
+        move |identity: &shoal_pki::identity::Identity,
+              dialled: &rustls::pki_types::ServerName<'_>| {
+            match gate::server_refusal(&raft.read(), &cluster_id, identity, dialled) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            }
+        }
+    })));
     if let Some(formation) = standing.formation {
         raft.initialize().await.context("forming a new cluster")?;
         cluster::found(&config, &raft, &standing.trust, formation).await?;
