@@ -1,6 +1,6 @@
 # Shared by the setup, demo and test scripts. Source it; do not run it.
 
-SHOAL_PACKAGES="containerd runc containernetworking-plugins iproute2 util-linux protobuf-compiler iptables busybox-static dnsutils curl ca-certificates gcc libc6-dev pkg-config docker-registry skopeo openssl"
+SHOAL_PACKAGES="containerd runc containernetworking-plugins iproute2 util-linux protobuf-compiler iptables busybox-static dnsutils curl ca-certificates gcc libc6-dev pkg-config docker-registry skopeo openssl python3-venv"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -68,4 +68,16 @@ stop_started_containerd() {
     kill "$STARTED_CONTAINERD_PID" 2>/dev/null || true
     wait "$STARTED_CONTAINERD_PID" 2>/dev/null || true
   fi
+}
+
+# schemathesis (PyPI) in a venv of its own under target/, for the API's
+# property-based test; prints the path of its `st` binary.
+ensure_schemathesis() {
+  local venv=target/schemathesis-venv
+  if [ ! -x "$venv/bin/st" ]; then
+    say "installing schemathesis (PyPI) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'schemathesis==4.32.5' >&2
+  fi
+  echo "$PWD/$venv/bin/st"
 }

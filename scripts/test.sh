@@ -15,5 +15,7 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-say "cargo test (SHOAL_E2E=1: end-to-end against containerd)"
+SHOAL_SCHEMATHESIS=$(ensure_schemathesis)
+export SHOAL_SCHEMATHESIS
+say "cargo test (SHOAL_E2E=1: end-to-end against containerd; schemathesis against the API)"
 SHOAL_E2E=1 cargo test --workspace --locked
