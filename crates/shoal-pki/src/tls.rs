@@ -341,6 +341,10 @@ pub fn client_config(credentials: Arc<Credentials>) -> Result<Arc<ClientConfig>,
         .with_custom_certificate_verifier(Arc::new(LiveServerVerifier(credentials.clone())))
         .with_client_cert_resolver(Arc::new(LiveCert(credentials)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // A resumed session is not verified again (rustls takes the first
+    // handshake's word): a server accepted once, then removed, would be
+    // accepted for the ticket's life. Every connection is verified anew.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -2108,7 +2108,7 @@ services:
 /// A TLS server of the test's own on `addr`, showing the certificate and
 /// key kept in `pki` (a node's `DATA_DIR/pki`): it answers `GET
 /// /v1/join/ca` with `roots` and every other request 503, noting each
-/// (method, path). Stopped when the sender is dropped or sent.
+/// (method, path and body). Stopped when the sender is dropped or sent.
 fn impostor(
     runtime: &tokio::runtime::Runtime,
     addr: std::net::SocketAddr,
@@ -2137,11 +2137,14 @@ fn impostor(
         .fallback(move |request: axum::extract::Request| {
             let noted = noted.clone();
             async move {
-                noted.lock().unwrap().push(format!(
-                    "{} {}",
-                    request.method(),
-                    request.uri().path()
-                ));
+                let line = format!("{} {}", request.method(), request.uri().path());
+                let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                noted
+                    .lock()
+                    .unwrap()
+                    .push(format!("{line} {}", String::from_utf8_lossy(&body)));
                 axum::http::StatusCode::SERVICE_UNAVAILABLE
             }
         });
@@ -2228,7 +2231,8 @@ fn a_server_that_is_not_the_node_dialled_gets_nothing() {
     let _ = stop.send(());
 
     // A joiner that is told the worker's certificate is its peer sends it
-    // no token, and says why.
+    // no token (at most a decoy, to learn where the leader is), and says
+    // why.
     let (seen, stop) = impostor(&runtime, addr, &worker_pki, &roots);
     let voter_token = cluster
         .shoal_ok(0, &["cluster", "token", "create", "--role", "voter"])
@@ -2238,12 +2242,30 @@ fn a_server_that_is_not_the_node_dialled_gets_nothing() {
     let said = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "{said}");
     assert!(said.contains("goes only to a voter"), "{said}");
+    let secret = voter_token.rsplit('-').next().expect("the token's secret");
+    assert!(secret.len() >= 16, "{voter_token}");
     assert!(
-        !seen.lock().unwrap().iter().any(|r| r.contains("/v1/join")),
-        "the joiner sent {:?}",
+        !seen.lock().unwrap().iter().any(|r| r.contains(secret)),
+        "the joiner sent its token: {:?}",
         seen.lock().unwrap()
     );
     let _ = stop.send(());
+
+    // Through the worker itself: the joiner learns the leader's address
+    // from it with a decoy token and joins there.
+    let token = cluster
+        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+        .trim()
+        .to_string();
+    let joined = cluster.join_via(worker, &token);
+    let name = cluster.members[joined].name.clone();
+    cluster.wait_for("the node joined through a worker listed alive", || {
+        cluster
+            .nodes(0)?
+            .iter()
+            .any(|node| node["name"] == name.as_str() && node["status"] == "alive")
+            .then_some(())
+    });
 }
 
 /// A 3-node cluster with a registry it knows (`registry add`) holding

@@ -16,6 +16,8 @@ use super::{http, NodeInfo, ProposeError, RaftNode, TypeConfig, LEADER_POLL_MAX}
 /// How long a leader waits before it asks a majority again to confirm its
 /// leadership for a read.
 const READ_INDEX_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// The pause doubles up to this.
+const READ_INDEX_RETRY_PAUSE_MAX: Duration = Duration::from_millis(400);
 
 /// A call that must run on the leader.
 #[derive(Debug, Clone)]
@@ -190,6 +192,7 @@ impl RaftNode {
                 // machine) is no lost quorum, so the leader asks again
                 // until the call's time is up.
                 let deadline = Instant::now() + timeout;
+                let mut pause = READ_INDEX_RETRY_PAUSE;
                 loop {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(remaining, raft.get_read_log_id()).await {
@@ -204,8 +207,9 @@ impl RaftNode {
                         Ok(Err(OpenRaftError::APIError(CheckIsLeaderError::QuorumNotEnough(
                             error,
                         )))) => {
-                            if Instant::now() + READ_INDEX_RETRY_PAUSE < deadline {
-                                tokio::time::sleep(READ_INDEX_RETRY_PAUSE).await;
+                            if Instant::now() + pause < deadline {
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(READ_INDEX_RETRY_PAUSE_MAX);
                                 continue;
                             }
                             return Err(LocalError::Failed(ProposeError::NoQuorum(format!(

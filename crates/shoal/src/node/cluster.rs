@@ -167,8 +167,12 @@ async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::
         // The token goes only to a node that may admit: a voter. A worker
         // (or a removed node, whose certificate still chains) in the path
         // gets nothing.
-        credentials.set_server_check(Some(Arc::new(
-            |identity: &shoal_pki::identity::Identity, _: &rustls::pki_types::ServerName<'_>| {
+        let shown: Arc<std::sync::Mutex<Option<shoal_pki::identity::Identity>>> = Arc::default();
+        credentials.set_server_check(Some(Arc::new({
+            let shown = shown.clone();
+            move |identity: &shoal_pki::identity::Identity,
+                  _: &rustls::pki_types::ServerName<'_>| {
+                *shown.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.clone());
                 if identity.role == shoal_pki::identity::Role::Voter {
                     Ok(())
                 } else {
@@ -178,8 +182,8 @@ async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::
                         identity.role.as_str()
                     ))
                 }
-            },
-        )));
+            }
+        })));
         let verified = shoal_pki::tls::client_config(credentials)?;
         let request = JoinRequest {
             token: token.to_string(),
@@ -237,11 +241,58 @@ async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::
             }
             Err(error) => {
                 last_error = format!("{peer}: {error}");
+                // A worker of this cluster: it may say where the leader
+                // is, asked with a decoy token that carries nothing of
+                // this node's.
+                let worker = shown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .filter(|identity| identity.role != shoal_pki::identity::Role::Voter);
+                if worker.is_some() {
+                    if let Some(leader) =
+                        leader_named_by(&peer, &roots, &token.ca_hash, config).await
+                    {
+                        if !queue.contains(&leader) {
+                            queue.push_front(leader);
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
     anyhow::bail!("no peer admitted this node ({last_error}); check --peer and that the peer runs")
+}
+
+/// The leader's address, as `peer` (a node of the cluster whose CA hashes
+/// to `ca_hash`, but no voter) names it when asked to admit this node with
+/// a decoy token: a fresh one of no use to anyone, so that nothing of the
+/// real token reaches a node that may not take it.
+async fn leader_named_by(
+    peer: &str,
+    roots: &str,
+    ca_hash: &str,
+    config: &NodeConfig,
+) -> Option<String> {
+    let credentials = shoal_pki::tls::Credentials::new(roots).ok()?;
+    let tls = shoal_pki::tls::client_config(credentials).ok()?;
+    let decoy = JoinRequest {
+        token: JoinToken::generate(ca_hash).to_string(),
+        name: config.name.clone(),
+        role: config.role.clone(),
+        csr_pem: String::new(),
+    };
+    match Client::new(peer, &tls, None).ok()?.join(&decoy).await {
+        Err(ClientError::Api {
+            status: 421,
+            message,
+            ..
+        }) => message
+            .strip_prefix("join through the leader: ")
+            .map(|leader| leader.trim().to_string()),
+        _ => None,
+    }
 }
 
 async fn ask_peers(peers: &[String], trust: &Trust) -> anyhow::Result<ClusterInfo> {

@@ -150,9 +150,17 @@ pub fn server_refusal(
     }
     let host = match dialled {
         rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-        rustls::pki_types::ServerName::DnsName(name) => name.as_ref().to_ascii_lowercase(),
+        rustls::pki_types::ServerName::DnsName(name) => {
+            name.as_ref().trim_end_matches('.').to_ascii_lowercase()
+        }
         _ => return None,
     };
+    // Addresses compared as addresses (`2001:db8::1` is `2001:0db8::1`).
+    let same =
+        |a: &str, b: &str| match (a.parse::<std::net::IpAddr>(), b.parse::<std::net::IpAddr>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a.trim_end_matches('.').eq_ignore_ascii_case(b),
+        };
     let at: Vec<&str> = state
         .nodes
         .values()
@@ -164,7 +172,7 @@ pub fn server_refusal(
                     .map_or(authority, |(host, _)| host)
                     .trim_start_matches('[')
                     .trim_end_matches(']');
-                node_host.eq_ignore_ascii_case(&host)
+                same(node_host, &host)
             })
         })
         .map(|node| node.name.as_str())

@@ -428,6 +428,20 @@ fn a_server_is_the_node_dialled_and_not_removed() {
     let why = refusal(&identity("b", "000000000000000b", "other"), &ip("10.0.0.2"))
         .expect("another cluster");
     assert!(why.contains("cluster other"), "{why}");
+    // Addresses are compared as addresses.
+    log.apply(Command::RegisterNode {
+        node: shoal_types::Node::sample("b", "[2001:db8::2]:7950"),
+    });
+    assert_eq!(
+        refusal(&b, &ip("2001:0db8:0:0::2")),
+        None,
+        "b at its IPv6 address"
+    );
+    assert!(refusal(
+        &identity("a", "000000000000000a", CLUSTER),
+        &ip("2001:db8::2")
+    )
+    .is_some());
     // wk is removed: its certificate is refused even at its own address.
     log.apply(Command::RemoveNode { name: "wk".into() });
     let why = refusal(

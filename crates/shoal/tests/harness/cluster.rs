@@ -279,6 +279,15 @@ impl Cluster {
         index
     }
 
+    /// A new node (127.X.Y.N) joins through node `peer` with `token`.
+    pub fn join_via(&mut self, peer: usize, token: &str) -> usize {
+        let index = self.add_member(&[]);
+        let peer = self.members[peer].ip.clone();
+        self.spawn(index, std::slice::from_ref(&peer), Some(token));
+        self.wait_api(index);
+        index
+    }
+
     /// A new member (127.X.Y.N) that tries to join through `peer` with
     /// `token` and `extra` flags, expected to give up: its output once the
     /// agent exits (within 60 s). Its data dir is left for inspection.

@@ -22,41 +22,32 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("data dir");
-    // A free UDP port of loopback for gossip (it must be concrete).
-    let loopback = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("a free loopback port");
-    let config = NodeConfig {
-        name: "n1".into(),
-        data_dir: dir.path().to_path_buf(),
-        bind: loopback,
-        advertise: "127.0.0.1:7950".into(),
-        gossip_bind: loopback,
-        gossip_advertise: loopback,
-        peers: Vec::new(),
-        forget_dead_after: std::time::Duration::from_secs(3600),
-        labels: Default::default(),
-        reserve_cpu_millis: 0,
-        reserve_memory_bytes: 0,
-        network: network::NetworkConfig {
-            bridge: "shoaltest0".into(),
-            cni_plugin_dirs: Vec::new(),
-            cluster_cidr: None,
-            resolv_conf: dir.path().join("resolv.conf"),
-            dns_port: 0,
-            cni_config: None,
-        },
-        token: None,
-        role: None,
-        cert_lifetime: std::time::Duration::from_secs(3600),
-        gossip_key_rotation: std::time::Duration::from_secs(86_400),
-        image_gc: crate::node::image_gc::ImageGcConfig {
-            root: dir.path().to_path_buf(),
-            high_percent: 85,
-            low_percent: 80,
-            interval: std::time::Duration::from_secs(60),
-        },
-        allows: Default::default(),
+    // A free UDP port of loopback for gossip (it must be concrete); another
+    // test may take it between the look and the bind, then another one.
+    let mut attempt = 0;
+    let (config, membership) = loop {
+        attempt += 1;
+        let loopback = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.local_addr())
+            .expect("a free loopback port");
+        let config = node_config(dir.path(), loopback);
+        let facts = crate::node::cluster::facts(&config, 0);
+        match Membership::start(
+            MembershipConfig::new(
+                "n1",
+                loopback,
+                "test-cluster",
+                facts,
+                dir.path().join("peers.json"),
+            ),
+            Vec::new(),
+        )
+        .await
+        {
+            Ok(membership) => break (config, membership),
+            Err(error) if attempt < 10 => eprintln!("gossip on {loopback}: {error}; another port"),
+            Err(error) => panic!("gossip on loopback: {error}"),
+        }
     };
     let (trust, ..) = crate::node::trust::Trust::form(
         &dir.path().join("pki"),
@@ -69,19 +60,6 @@ async fn fixture() -> Fixture {
     log.apply(Command::RegisterNode {
         node: Node::sample("n1", "127.0.0.1:7950"),
     });
-    let facts = crate::node::cluster::facts(&config, 0);
-    let membership = Membership::start(
-        MembershipConfig::new(
-            "n1",
-            loopback,
-            "test-cluster",
-            facts,
-            dir.path().join("peers.json"),
-        ),
-        Vec::new(),
-    )
-    .await
-    .expect("gossip on loopback");
     let network = Arc::new(network::NodeNetwork::new(
         config.network.clone(),
         dir.path(),
@@ -108,6 +86,42 @@ async fn fixture() -> Fixture {
         runtime,
         router: shoal_api::server::router(Arc::new(NodeBackend(shared))),
         _dir: dir,
+    }
+}
+
+/// The node's settings for the fixture, its gossip on `loopback`.
+fn node_config(dir: &std::path::Path, loopback: std::net::SocketAddr) -> NodeConfig {
+    NodeConfig {
+        name: "n1".into(),
+        data_dir: dir.to_path_buf(),
+        bind: loopback,
+        advertise: "127.0.0.1:7950".into(),
+        gossip_bind: loopback,
+        gossip_advertise: loopback,
+        peers: Vec::new(),
+        forget_dead_after: std::time::Duration::from_secs(3600),
+        labels: Default::default(),
+        reserve_cpu_millis: 0,
+        reserve_memory_bytes: 0,
+        network: network::NetworkConfig {
+            bridge: "shoaltest0".into(),
+            cni_plugin_dirs: Vec::new(),
+            cluster_cidr: None,
+            resolv_conf: dir.join("resolv.conf"),
+            dns_port: 0,
+            cni_config: None,
+        },
+        token: None,
+        role: None,
+        cert_lifetime: std::time::Duration::from_secs(3600),
+        gossip_key_rotation: std::time::Duration::from_secs(86_400),
+        image_gc: crate::node::image_gc::ImageGcConfig {
+            root: dir.to_path_buf(),
+            high_percent: 85,
+            low_percent: 80,
+            interval: std::time::Duration::from_secs(60),
+        },
+        allows: Default::default(),
     }
 }
 
