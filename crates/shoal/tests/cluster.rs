@@ -2078,24 +2078,7 @@ services:
     assert_eq!(status, 403, "an API token is no node: {body}");
 
     // The worker kept them in memory only.
-    let mut files = vec![cluster.members[worker].data_dir.clone()];
-    let mut seen = 0;
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).expect("read dir").flatten() {
-                files.push(entry.path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            seen += 1;
-            assert!(
-                !bytes
-                    .windows(password.len())
-                    .any(|w| w == password.as_bytes()),
-                "the password is in the clear in {}",
-                path.display()
-            );
-        }
-    }
+    let seen = harness::assert_secret_in_no_file(&cluster.members[worker].data_dir, &password);
     assert!(seen > 3, "looked at {seen} files");
     for index in 0..cluster.members.len() {
         assert!(

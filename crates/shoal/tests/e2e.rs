@@ -732,24 +732,7 @@ fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
     assert_eq!(listed[0]["host"], host.as_str(), "{listed}");
     assert_eq!(listed[0]["password"], true, "{listed}");
     assert!(!listed.to_string().contains(&password), "{listed}");
-    let mut files = vec![node.data_dir.path().to_path_buf()];
-    let mut seen = 0;
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).expect("read dir").flatten() {
-                files.push(entry.path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            seen += 1;
-            assert!(
-                !bytes
-                    .windows(password.len())
-                    .any(|w| w == password.as_bytes()),
-                "the password is in the clear in {}",
-                path.display()
-            );
-        }
-    }
+    let seen = harness::assert_secret_in_no_file(node.data_dir.path(), &password);
     assert!(seen > 3, "looked at {seen} files");
     assert!(
         !node.agent_log().contains(&password),

@@ -18,8 +18,12 @@ use shoal_types::{DesiredState, PinSource, PinnedImage, Workload};
 const PREPULL_INTERVAL: Duration = Duration::from_secs(5);
 /// Pulls started in one look at most (one after another).
 const PULLS_PER_ROUND_MAX: usize = 4;
-/// A prepull that failed is tried again after this long.
-const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// A prepull that failed is tried again after this long, doubled after
+/// each failure in a row up to [`RETRY_AFTER_MAX`] (the first failure is
+/// often a moment when no node holds the image yet: the one that is to run
+/// it has just started it, and the registry is gone).
+const RETRY_AFTER_FIRST: Duration = Duration::from_secs(5);
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 /// Failed references remembered; the memory is emptied when it is full.
 const FAILURES_KEPT_MAX: usize = 256;
 
@@ -97,7 +101,8 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
     credentials: Arc<super::registries::PullCredentials>,
     gc: super::image_gc::ImageGcConfig,
 ) {
-    let mut failed: HashMap<String, Instant> = HashMap::new();
+    // Reference → when it last failed, and the wait before the next try.
+    let mut failed: HashMap<String, (Instant, Duration)> = HashMap::new();
     // What this node stands by for, worked out again only when the state
     // has moved.
     let mut wanted = BTreeSet::new();
@@ -133,7 +138,7 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
                 !name.is_ok_and(|name| have.contains(&name))
                     && failed
                         .get(*reference)
-                        .is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+                        .is_none_or(|(at, wait)| at.elapsed() >= *wait)
             })
             .take(PULLS_PER_ROUND_MAX)
             .cloned()
@@ -154,8 +159,13 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
                     if failed.len() >= FAILURES_KEPT_MAX {
                         failed.clear();
                     }
-                    failed.insert(reference.clone(), Instant::now());
-                    tracing::warn!(image = %reference, %error, "pulling an image ahead (tried again in a minute)");
+                    let wait = failed
+                        .get(&reference)
+                        .map_or(RETRY_AFTER_FIRST, |(_, wait)| {
+                            (*wait * 2).min(RETRY_AFTER_MAX)
+                        });
+                    failed.insert(reference.clone(), (Instant::now(), wait));
+                    tracing::warn!(image = %reference, %error, retry_in = ?wait, "pulling an image ahead failed");
                 }
             }
         }

@@ -530,3 +530,25 @@ pub fn curl(
         _ => (0, String::from_utf8_lossy(&output.stderr).into_owned()),
     }
 }
+
+/// Panics when `secret` is in the clear in any file under `dir` (each read
+/// whole); how many files were read.
+pub fn assert_secret_in_no_file(dir: &Path, secret: &str) -> usize {
+    let mut files = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir").flatten() {
+                files.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            seen += 1;
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the secret is in the clear in {}",
+                path.display()
+            );
+        }
+    }
+    seen
+}
