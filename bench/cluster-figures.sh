@@ -8,6 +8,12 @@
 #   2. task failover: kill -9 of a follower that runs a replica of a
 #      3-replica app until `shoal ps` shows 3 replicas running on live nodes;
 #      3 rounds
+#   2b. the same with the registry gone: one replica of an image pulled from
+#      a docker-registry of the script's own, held ahead by the service's
+#      standby (`prepull: successors`, the default); the registry is
+#      stopped, then the node running the replica is killed (-9) until the
+#      replica runs on another node; the killed node comes back and, as the
+#      next standby, takes the image from the node running it; 3 rounds
 #   3. write throughput and latency through the API with wrk: 1 and 64
 #      connections, 10 s each, all to the leader, then all to a follower
 #   4. idle memory: VmRSS of each agent after 10 s of idling with all the
@@ -116,6 +122,7 @@ cleanup_all() {
   set +e
   trap - EXIT INT TERM
   [ -n "${WRK_PID:-}" ] && { kill -TERM "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null; }
+  [ -n "${REGISTRY_PID:-}" ] && { kill -TERM "$REGISTRY_PID" 2>/dev/null; wait "$REGISTRY_PID" 2>/dev/null; }
   for i in "${NODES[@]}"; do stop_agent "$i"; done
   for i in "${NODES[@]}"; do
     [ -f "$WORK/state/ns-$i" ] && cleanup_namespace "${NS[i]}" "shoal/${NS[i]}"
@@ -254,6 +261,8 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v jq >/dev/null || need+=(jq)
 command -v curl >/dev/null || need+=(curl)
 { command -v busybox >/dev/null || [ -x /bin/busybox ]; } || need+=(busybox-static)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   apt-get update -qq
@@ -391,6 +400,86 @@ done
 read -r T_MIN T_MED T_MAX < <(stats <"$RES/task")
 note_busy "task failover"
 
+# ------------------------------------- 2b. task failover, registry gone --
+
+say "---- 2b. task failover with the registry gone: $TASK_ROUNDS rounds ----"
+note_busy "task failover, registry gone"
+REG_PORT=""
+for port in $(shuf -i 20000-60000 -n 20); do
+  [ -z "$(ss -Hltn "src 127.0.0.1:$port" 2>/dev/null)" ] && { REG_PORT=$port; break; }
+done
+[ -n "$REG_PORT" ] || die "no free loopback port for the registry"
+REG=127.0.0.1:$REG_PORT
+cat >"$WORK/registry.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry
+http:
+  addr: $REG
+YAML
+docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+REGISTRY_PID=$!
+wait_for "docker-registry on $REG" curl -fsS "http://$REG/v2/" -o /dev/null
+"$SHOAL" image pack --rootfs "$WORK/rootfs" --name bench/standby:v1 -o "$WORK/standby.tar" >/dev/null
+skopeo copy --quiet --insecure-policy --dest-tls-verify=false \
+  "oci-archive:$WORK/standby.tar:v1" "docker://$REG/bench/standby:v1" ||
+  die "skopeo copy of the image to $REG failed"
+cat >"$WORK/standby.yaml" <<YAML
+name: standby
+services:
+  - name: web
+    image: $REG/bench/standby:v1
+    command: ["/bin/sh", "-c", "$LOOP"]
+    replicas: 1
+YAML
+LEADER=$(wait_ready)
+sh_at "$LEADER" apply -f "$WORK/standby.yaml" --timeout "${TIMEOUT}s" >"$WORK/apply-standby.log" 2>&1 ||
+  { cat "$WORK/apply-standby.log" >&2; die "shoal apply of standby failed"; }
+standby_protected() { # index
+  sh_at "$1" app inspect standby -o json 2>/dev/null | jq -e '.services[0].prepull.protected == true' >/dev/null
+}
+standby_runs_on() { # index; the live node running the replica
+  sh_at "$1" ps standby -o json 2>/dev/null |
+    jq -r '.[] | select(.desired == "running" and .state == "running") | .node'
+}
+runs_without() { # watcher-index victim-name
+  local nodes
+  nodes=$(standby_runs_on "$1") || return 1
+  [ -n "$nodes" ] && ! grep -qx -- "$2" <<<"$nodes"
+}
+: >"$RES/standby"
+for r in $(seq 1 "$TASK_ROUNDS"); do
+  LEADER=$(wait_ready)
+  wait_for "the standby to hold the image (the service protected)" standby_protected "$LEADER"
+  if [ "$r" -eq 1 ]; then
+    kill -TERM "$REGISTRY_PID" 2>/dev/null
+    wait "$REGISTRY_PID" 2>/dev/null || true
+    REGISTRY_PID=""
+    ! curl -fsS "http://$REG/v2/" -o /dev/null 2>/dev/null || die "the registry still answers"
+    say "registry stopped"
+  fi
+  runner=$(standby_runs_on "$LEADER" | head -1)
+  victim=$(index_of "$runner") || die "round $r: no node runs the replica of standby"
+  watcher=$LEADER
+  [ "$victim" -ne "$LEADER" ] || watcher=$(( LEADER % 3 + 1 ))
+  kill9_agent "$victim"
+  t0=$KILLED_AT
+  wait_for "the replica of standby running on a live node after ${NAME[victim]} died" \
+    runs_without "$watcher" "${NAME[victim]}"
+  secs=$(since "$t0")
+  echo "$secs" >>"$RES/standby"
+  what=follower
+  [ "$victim" -ne "$LEADER" ] || what=leader
+  say "round $r: killed ${NAME[victim]} ($what, ran the replica); running on $(standby_runs_on "$watcher" | head -1) after ${secs}s, registry gone"
+  start_agent "$victim"
+  wait_ready >/dev/null
+done
+read -r S_MIN S_MED S_MAX < <(stats <"$RES/standby")
+note_busy "task failover, registry gone"
+
 # VmRSS of every agent after IDLE_SECONDS of idling, into $RES/rss.LABEL
 # ("name kB" lines) and the count of apps into $RES/apps.LABEL.
 rss_snapshot() { # label
@@ -506,6 +595,9 @@ echo "   target: within 2 s"
 echo "2. task failover (kill -9 of a follower running a replica -> 3 of 3 replicas running on live nodes), $TASK_ROUNDS rounds:"
 echo "   min ${T_MIN}s  median ${T_MED}s  max ${T_MAX}s   (all: $(paste -sd' ' "$RES/task"))"
 echo "   target: within 5 s; anchors: Docker Swarm declares a node down after ~15 s, Nomad after ~20 s, Kubernetes evicts after ~5 min 50 s"
+echo "2b. the same with the registry stopped (one replica of a registry image, its standby holding it ahead), $TASK_ROUNDS rounds:"
+echo "   min ${S_MIN}s  median ${S_MED}s  max ${S_MAX}s   (all: $(paste -sd' ' "$RES/standby"))"
+echo "   target: within 5 s, as with the registry up"
 echo "3. writes through the API (POST /v1/apps of a new replicas:0 app each; no containers), wrk ${WRK_SECONDS}s per row:"
 printf '   %-9s %5s  %-6s %10s %9s %9s %9s %9s %7s\n' target conns node writes/s p50_ms p90_ms p99_ms max_ms errors
 for row in "${WRK_ROWS[@]}"; do
@@ -541,6 +633,8 @@ jq -cn \
   --argjson leader "$(jq -cs . <"$RES/leader")" --argjson task "$(jq -cs . <"$RES/task")" \
   --argjson lmin "$L_MIN" --argjson lmed "$L_MED" --argjson lmax "$L_MAX" \
   --argjson tmin "$T_MIN" --argjson tmed "$T_MED" --argjson tmax "$T_MAX" \
+  --argjson standby "$(jq -cs . <"$RES/standby")" \
+  --argjson smin "$S_MIN" --argjson smed "$S_MED" --argjson smax "$S_MAX" \
   --argjson writes "$json_rows" --argjson idle "$IDLE_SECONDS" \
   --argjson rss_after "$(rss_json after_writes)" --argjson rss_before "$(rss_json before_writes)" \
   --argjson log_errors "$LOG_ERRORS" --argjson log_unreachable "$LOG_ERRORS_UNREACHABLE" \
@@ -549,6 +643,7 @@ jq -cn \
     shoal: $shoal, runtime_s: $runtime,
     leader_failover_s: {min: $lmin, median: $lmed, max: $lmax, all: $leader},
     task_failover_s: {min: $tmin, median: $tmed, max: $tmax, all: $task},
+    task_failover_registry_gone_s: {min: $smin, median: $smed, max: $smax, all: $standby},
     writes: $writes,
     idle_rss_mib: ($rss_after + {idle_s: $idle, before_writes: $rss_before}),
     agent_log_lines: {error: $log_errors, error_peer_unreachable: $log_unreachable, warn: $log_warnings},

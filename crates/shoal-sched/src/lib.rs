@@ -148,6 +148,10 @@ struct Scheduler<'a> {
     /// Kept tasks per node, built on the first preemption.
     victims: Option<Vec<Vec<Victim<'a>>>>,
     stopped: HashSet<&'a str>,
+    /// Services (by number) that lose a task to its node this run (dead,
+    /// drained, tainted, shrunk, no longer allowing it): the task is
+    /// placed again, on the node holding the image ahead if it can.
+    displaced: HashSet<u32>,
     /// The last (app, service) looked up and what was found.
     last_service: std::cell::Cell<LastService<'a>>,
     preemptions: usize,
@@ -198,6 +202,7 @@ impl<'a> Scheduler<'a> {
             columns: HashMap::default(),
             victims: None,
             stopped: HashSet::default(),
+            displaced: HashSet::default(),
             last_service: std::cell::Cell::new(None),
             preemptions: 0,
             most_tasks: 0,

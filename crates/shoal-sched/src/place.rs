@@ -54,17 +54,22 @@ impl<'a> Scheduler<'a> {
         let admitting = self.admitting(service);
         let request = Request::of(service);
         let mut context = SpreadContext::new(self, app, service, &admitting);
+        let mut holder = self.image_holder(app, service, &admitting);
         for (done, slot) in missing.iter().enumerate() {
             if self.plan.place.len() >= self.options.placements_max {
                 return;
             }
             let chosen = self
-                .choose(app, service, request, &admitting, &context)
+                .choose(app, service, request, &admitting, &context, holder)
                 .or_else(|| self.preempt(service, request, &admitting, &context));
             match chosen {
                 Some(at) => {
                     self.place(app, version, service, *slot, at, request);
                     context.placed(at);
+                    // It holds one copy, for one task.
+                    if holder == Some(at) {
+                        holder = None;
+                    }
                 }
                 None => {
                     let left = (missing.len() - done) as u32;
@@ -199,6 +204,46 @@ impl<'a> Scheduler<'a> {
         context.refuses(at)
     }
 
+    /// The node that holds `service`'s image ahead of need as this run
+    /// begins, when the service lost a task to its node: its standby
+    /// (`prepull: successors`, the default), the admitting node running
+    /// none of it that ranks first for it. `None` for other kinds and
+    /// `prepull` values (with `all` every admitting node holds it, with
+    /// `none` none does), and for new or scaled services (their image is
+    /// on no node yet, or on every node that runs one).
+    fn image_holder(
+        &self,
+        app: &'a str,
+        service: &'a ServiceSpec,
+        admitting: &[u32],
+    ) -> Option<u32> {
+        if !self.displaced.contains(&self.sid(app, service))
+            || service.kind != Kind::Service
+            || service.replicas == 0
+            || service.prepull != shoal_types::Prepull::Successors
+        {
+            return None;
+        }
+        let counts = self.per_node.get(&self.sid(app, service));
+        let key = crate::standby_key(app, &service.name);
+        admitting
+            .iter()
+            .copied()
+            .filter(|at| {
+                counts
+                    .and_then(|counts| counts.get(at))
+                    .is_none_or(|n| *n == 0)
+            })
+            // The rank, then the smaller name, as `standby` decides.
+            .max_by_key(|at| {
+                let name = self.nodes[*at as usize].node.name.as_str();
+                (
+                    shoal_types::rendezvous_rank(&key, name),
+                    std::cmp::Reverse(name),
+                )
+            })
+    }
+
     /// The best node for one more task of `service`, if any has room.
     fn choose(
         &mut self,
@@ -207,6 +252,7 @@ impl<'a> Scheduler<'a> {
         request: Request,
         admitting: &[u32],
         context: &SpreadContext<'a>,
+        holder: Option<u32>,
     ) -> Option<u32> {
         if admitting.is_empty() {
             return None;
@@ -225,12 +271,21 @@ impl<'a> Scheduler<'a> {
         let rank = |at: u32| shoal_types::rendezvous_rank(&key, &self.nodes[at as usize].node.name);
         let mut best: Option<(f64, u32)> = None;
         let mut found = 0;
-        for step in 0..admitting.len() {
-            let at = admitting[(start + step) % admitting.len()];
-            if self.refuses(at, service, request, context).is_some() {
+        // The node holding the image is scored whether or not the sample
+        // takes it, then the sample.
+        let holder = holder.filter(|at| self.refuses(*at, service, request, context).is_none());
+        let sample = (0..admitting.len()).map(|step| admitting[(start + step) % admitting.len()]);
+        for at in holder
+            .into_iter()
+            .chain(sample.filter(|at| Some(*at) != holder))
+        {
+            if Some(at) != holder && self.refuses(at, service, request, context).is_some() {
                 continue;
             }
-            let score = self.score(app, service, request, at, context);
+            let mut score = self.score(app, service, request, at, context);
+            if Some(at) == holder {
+                score += crate::score::IMAGE_HELD_SCORE;
+            }
             let better = match best {
                 None => true,
                 Some((best_score, best_at)) => {

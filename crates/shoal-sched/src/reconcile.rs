@@ -168,6 +168,18 @@ impl<'a> Scheduler<'a> {
         }
         self.plan.stop.push(task.id.clone());
         self.plan.stop_why.push(why);
+        if matches!(
+            why,
+            StopReason::NodeLost
+                | StopReason::NodeDrained
+                | StopReason::NodeTainted
+                | StopReason::NotAllowed
+                | StopReason::NodeShrank
+        ) {
+            if let Some((_, _, sid)) = self.service_of(task) {
+                self.displaced.insert(sid);
+            }
+        }
         if let Some(at) = self.index.get(task.node.as_str()) {
             let info = &mut self.nodes[*at as usize];
             info.used.subtract(Request::of(&task.spec));

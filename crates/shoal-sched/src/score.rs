@@ -34,6 +34,13 @@ pub(crate) const SPREAD_EXCESS_PENALTY_PER_TASK: f64 = 20.0;
 /// even share: leans towards the emptier values before any is above it.
 pub(crate) const SPREAD_PENALTY_PER_TASK: f64 = 2.0;
 
+/// Points given to the node that holds the service's image ahead of need
+/// (its standby): the strategy's whole range, so that a replica lost with
+/// its node starts where no pull is needed (and none can fail while the
+/// registry is away) unless affinities, spread or soft taints say
+/// otherwise, not for being a little fuller than another node.
+pub(crate) const IMAGE_HELD_SCORE: f64 = 10.0;
+
 /// Points taken from a node with a `PreferNoSchedule` taint the service
 /// does not tolerate: five times the strategy's range, so that such a node
 /// is chosen only when every other one scores far worse.

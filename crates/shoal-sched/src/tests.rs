@@ -338,6 +338,92 @@ fn tasks_of_a_dead_node_are_placed_again_on_live_ones() {
 }
 
 #[test]
+fn a_lost_replica_goes_to_the_node_holding_its_image_even_when_it_is_busier() {
+    // Each case: how the standby's neighbour and the standby are loaded
+    // (tasks that request nothing), and whether the standby should win.
+    for (filler_on_standby, standby_wins) in [(0, true), (3, true)] {
+        let mut cluster = Cluster::with_nodes(&["a", "b", "c"]);
+        cluster.put("name: web\nservices: [{name: hello, image: busybox}]");
+        cluster.schedule();
+        let runner = cluster
+            .state
+            .tasks
+            .values()
+            .next()
+            .expect("a task")
+            .node
+            .clone();
+        let service = cluster.state.apps["web"].spec.services[0].clone();
+        let standby = crate::standby(&cluster.state, "web", &service)
+            .expect("a standby")
+            .to_string();
+        let other = ["a", "b", "c"]
+            .into_iter()
+            .find(|n| *n != runner && *n != standby)
+            .expect("a third node");
+        if filler_on_standby > 0 {
+            cluster.put(&format!(
+                "name: filler\nservices: [{{name: f, image: busybox, replicas: {filler_on_standby}, placement: {{constraints: [\"node.name == {standby}\"]}}}}]"
+            ));
+            cluster.schedule();
+        }
+        cluster.apply(Command::SetNodeStatus {
+            name: runner.clone(),
+            status: NodeStatus::Dead,
+        });
+        let plan = cluster.schedule();
+        let placed: Vec<&str> = plan
+            .place
+            .iter()
+            .filter(|p| p.app == "web")
+            .map(|p| p.node.as_str())
+            .collect();
+        let expected = if standby_wins {
+            standby.as_str()
+        } else {
+            other
+        };
+        assert_eq!(
+            placed,
+            [expected],
+            "{filler_on_standby} filler tasks on the standby {standby}, {other} empty"
+        );
+    }
+    // With `prepull: none` no node holds the image: the emptier node wins.
+    let mut cluster = Cluster::with_nodes(&["a", "b"]);
+    cluster.put("name: web\nservices: [{name: hello, image: busybox, prepull: none}]");
+    cluster.schedule();
+    let runner = cluster
+        .state
+        .tasks
+        .values()
+        .next()
+        .expect("a task")
+        .node
+        .clone();
+    let spare = if runner == "a" { "b" } else { "a" };
+    cluster.put(&format!(
+        "name: filler\nservices: [{{name: f, image: busybox, replicas: 3, placement: {{constraints: [\"node.name == {spare}\"]}}}}]"
+    ));
+    cluster.schedule();
+    cluster.apply(Command::RegisterNode {
+        node: Node::sample("c", "c:7950"),
+    });
+    cluster.apply(Command::SetNodeStatus {
+        name: runner,
+        status: NodeStatus::Dead,
+    });
+    let plan = cluster.schedule();
+    let placed: Vec<&str> = plan
+        .place
+        .iter()
+        .filter(|p| p.app == "web")
+        .map(|p| p.node.as_str())
+        .collect();
+    assert_eq!(placed, ["c"]);
+}
+
+#[test]
 fn a_stale_plan_never_publishes_one_host_port_twice_on_a_node() {
     let mut cluster = Cluster::with_nodes(&["a"]);
     let spec = |app: &str| {

@@ -430,8 +430,9 @@ fn named_by_state(state: &shoal_state::State, reference: &ImageRef) -> (bool, bo
 
 impl<L: ReplicatedLog> ClusterBlobs<L> {
     /// Up to [`HOLDERS_ASKED_MAX`] other alive nodes that run a task of
-    /// an image of `reference`'s repository (so likely hold the blob; one
-    /// that does not answers 404), in the blob's rank order.
+    /// an image of `reference`'s repository, in the blob's rank order, then
+    /// those that hold one ahead for such a service (its standby): they
+    /// likely hold the blob (one that does not answers 404).
     fn holders(&self, reference: &ImageRef, digest: &str) -> Vec<(String, String)> {
         let state = self.log.read();
         // The services of that repository: apps are few beside tasks, so
@@ -452,18 +453,34 @@ impl<L: ReplicatedLog> ClusterBlobs<L> {
         if services.is_empty() {
             return Vec::new();
         }
+        let alive = |name: &str| {
+            state
+                .nodes
+                .get(name)
+                .filter(|n| n.name != self.node)
+                .filter(|n| n.status == NodeStatus::Alive && !n.addr.is_empty())
+                .map(|n| (n.name.clone(), n.addr.clone()))
+        };
         let mut holders: Vec<(String, String)> = state
             .tasks
             .values()
-            .filter(|t| t.node != self.node && t.status.state == shoal_types::TaskState::Running)
+            .filter(|t| t.status.state == shoal_types::TaskState::Running)
             .filter(|t| services.contains(&(t.app.as_str(), t.service.as_str())))
-            .filter_map(|t| state.nodes.get(&t.node))
-            .filter(|n| n.status == NodeStatus::Alive && !n.addr.is_empty())
-            .map(|n| (n.name.clone(), n.addr.clone()))
+            .filter_map(|t| alive(&t.node))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
         holders.sort_by_key(|(name, _)| std::cmp::Reverse(rank(digest, name)));
+        let mut ahead: Vec<(String, String)> = super::prepull::duties(&state, None)
+            .iter()
+            .filter(|duty| services.contains(&(duty.app, duty.service.name.as_str())))
+            .flat_map(|duty| duty.nodes.iter().filter_map(|node| alive(node)))
+            .filter(|node| !holders.contains(node))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        ahead.sort_by_key(|(name, _)| std::cmp::Reverse(rank(digest, name)));
+        holders.extend(ahead);
         holders.truncate(HOLDERS_ASKED_MAX);
         holders
     }
@@ -946,6 +963,112 @@ mod tests {
             Some(Refused::NotUnderWay)
         );
         assert_eq!(opened.load(Ordering::SeqCst), 0);
+    }
+
+    /// One replica of a registry image on four nodes, running: the node
+    /// that runs it and the service's standby are asked for its blobs; a
+    /// dead runner is not, and the standby still is (the registry may be
+    /// gone while the replica moves).
+    #[tokio::test]
+    async fn the_nodes_running_an_image_and_its_standby_are_asked_for_its_blobs() {
+        use shoal_cluster::log::MemoryLog;
+        use shoal_state::Command;
+        let log = MemoryLog::new("n1", shoal_state::State::default());
+        for name in ["n1", "n2", "n3", "n4"] {
+            log.apply(Command::RegisterNode {
+                node: shoal_types::Node::sample(name, &format!("{name}:7950")),
+            });
+        }
+        let spec = shoal_types::spec::parse_app(
+            b"name: web\nservices: [{name: s, image: r.example/web:1}]\n",
+        )
+        .expect("spec");
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        let pin = shoal_types::PinnedImage {
+            digest: digest.clone(),
+            source: shoal_types::PinSource::Registry,
+        };
+        log.apply(Command::PutAppPinned {
+            spec,
+            images: [("s".to_string(), pin)].into(),
+        });
+        let plan = shoal_sched::reconcile(&log.read());
+        log.apply(Command::ApplyPlan { plan });
+        let task = log.read().tasks.values().next().cloned().expect("a task");
+        log.apply(Command::ReportTasks {
+            node: task.node.clone(),
+            statuses: vec![(
+                task.id.clone(),
+                shoal_types::TaskStatus {
+                    attempt: 1,
+                    state: shoal_types::TaskState::Running,
+                    promise: shoal_types::Promise::Kept,
+                    message: String::new(),
+                    container_id: Some(task.id.clone()),
+                    exit_code: None,
+                    restarts: 0,
+                    started_at_ms: Some(1),
+                    updated_at_ms: 1,
+                    address: None,
+                },
+            )],
+        });
+        let state = log.read().clone();
+        let standby = shoal_sched::standby(&state, "web", &state.apps["web"].spec.services[0])
+            .expect("a standby")
+            .to_string();
+        let asker = ["n1", "n2", "n3", "n4"]
+            .into_iter()
+            .find(|n| *n != task.node && *n != standby)
+            .expect("another node");
+        let dir = tempfile::tempdir().expect("dir");
+        let blobs = ClusterBlobs {
+            node: asker.to_string(),
+            log: log.clone(),
+            credentials: Arc::new(super::super::registries::PullCredentials::local(None)),
+            // Never used to send: the holders are only listed.
+            client: shoal_http::client(Default::default(), &{
+                let provider = shoal_pki::tls::provider();
+                Arc::new(
+                    rustls::ClientConfig::builder_with_provider(provider)
+                        .with_safe_default_protocol_versions()
+                        .expect("TLS 1.3")
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+            })
+            .expect("client"),
+            spool: Arc::new(Spool::open(dir.path().to_path_buf()).expect("spool")),
+            registries: Arc::new(Registries::default()),
+        };
+        let reference = ImageRef::parse(&format!("r.example/web@{digest}")).expect("ref");
+        let names = |blobs: &ClusterBlobs<MemoryLog>| -> Vec<String> {
+            blobs
+                .holders(&reference, &digest)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        };
+        assert_eq!(names(&blobs), [task.node.clone(), standby.clone()]);
+        // The standby asks only the runner; the runner asks only the standby.
+        for (me, other) in [(&standby, &task.node), (&task.node, &standby)] {
+            let mine = ClusterBlobs {
+                node: me.clone(),
+                log: log.clone(),
+                credentials: blobs.credentials.clone(),
+                client: blobs.client.clone(),
+                spool: blobs.spool.clone(),
+                registries: blobs.registries.clone(),
+            };
+            assert_eq!(names(&mine), std::slice::from_ref(other), "asked by {me}");
+        }
+        log.apply(Command::SetNodeStatus {
+            name: task.node.clone(),
+            status: shoal_types::NodeStatus::Dead,
+        });
+        assert_eq!(names(&blobs), std::slice::from_ref(&standby));
+        let other = ImageRef::parse("r.example/other:1").expect("ref");
+        assert!(blobs.holders(&other, &digest).is_empty());
     }
 
     #[test]
