@@ -55,6 +55,14 @@ pub fn required(method: &Method, path: &str) -> Access {
             Access::Deploy
         }
         path if path.starts_with("/v1/apps/") && method == Method::DELETE => Access::Deploy,
+        // Secrets and configs go with the apps that use them; a secret's
+        // value is never read back through the API.
+        "/v1/secrets" | "/v1/configs" if method == Method::POST => Access::Deploy,
+        path if (path.starts_with("/v1/secrets/") || path.starts_with("/v1/configs/"))
+            && (method == Method::PUT || method == Method::DELETE) =>
+        {
+            Access::Deploy
+        }
         "/v1/images" if method == Method::DELETE => Access::Deploy,
         _ => Access::Admin,
     }
@@ -102,6 +110,15 @@ mod tests {
             (Method::DELETE, "/v1/registries/r.example", Access::Admin),
             (Method::GET, "/v1/images/pull", Access::Read),
             (Method::DELETE, "/v1/apps/web", Access::Deploy),
+            (Method::GET, "/v1/secrets", Access::Read),
+            (Method::POST, "/v1/secrets", Access::Deploy),
+            (Method::PUT, "/v1/secrets/db", Access::Deploy),
+            (Method::DELETE, "/v1/secrets/db", Access::Deploy),
+            (Method::POST, "/v1/secrets/db", Access::Admin),
+            (Method::GET, "/v1/configs", Access::Read),
+            (Method::POST, "/v1/configs", Access::Deploy),
+            (Method::PUT, "/v1/configs/app.toml", Access::Deploy),
+            (Method::DELETE, "/v1/configs/app.toml", Access::Deploy),
             (Method::PUT, "/v1/cluster/settings", Access::Admin),
             (Method::POST, "/v1/node/leave", Access::Admin),
             (Method::DELETE, "/v1/nodes/n2", Access::Admin),

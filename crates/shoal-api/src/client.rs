@@ -8,10 +8,11 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
-    JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
-    RegistryCredentials, RegistryCredentialsRequest, RegistryView, RenewRequest, RenewResponse,
-    TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
+    FileCreate, FileUpdate, FileView, GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest,
+    JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView,
+    PullView, RegistryAdd, RegistryCredentials, RegistryCredentialsRequest, RegistryView,
+    RenewRequest, RenewResponse, TaintRequest, TaskSecrets, TaskSecretsRequest, TaskView,
+    TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,41 @@ impl Client {
             .timeout(WRITE_TIMEOUT);
         self.send_empty(request).await
     }
+    /// Creates a secret or config (`kind` is `secrets` or `configs`).
+    pub async fn create_file(&self, kind: &str, request: &FileCreate) -> Result<FileView> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/{kind}")))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+    /// Gives a secret or config a new value (its next version).
+    pub async fn update_file(
+        &self,
+        kind: &str,
+        name: &str,
+        request: &FileUpdate,
+    ) -> Result<FileView> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/{kind}/{name}")))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+    pub async fn files(&self, kind: &str) -> Result<Vec<FileView>> {
+        self.get(&format!("/v1/{kind}")).await
+    }
+    pub async fn remove_file(&self, kind: &str, name: &str) -> Result<()> {
+        let request = self
+            .http
+            .delete(self.url(&format!("/v1/{kind}/{name}")))
+            .timeout(WRITE_TIMEOUT);
+        self.send_empty(request).await
+    }
     pub async fn tokens(&self) -> Result<Vec<TokenView>> {
         self.get("/v1/tokens").await
     }
@@ -215,6 +251,17 @@ impl Client {
     /// The cluster's gossip keyring, from a node that holds the data key.
     pub async fn gossip_keys(&self) -> Result<GossipKeys> {
         self.get("/v1/internal/gossip-keys").await
+    }
+    /// The secrets of a task placed on this node, from a node that holds
+    /// the data key.
+    pub async fn task_secrets(&self, request: &TaskSecretsRequest) -> Result<TaskSecrets> {
+        self.send(
+            self.http
+                .post(self.url("/v1/internal/task-secrets"))
+                .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
     }
     /// A registry's credentials, from a node that holds the data key.
     pub async fn registry_credentials(

@@ -8,10 +8,11 @@ use shoal_types::AppSpec;
 
 use crate::wire::{
     AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest, JoinResponse, JoinTokenCreate,
-    JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView, PullView, RegistryAdd,
-    RegistryCredentials, RegistryCredentialsRequest, RegistryView, RenewRequest, RenewResponse,
-    TaintRequest, TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
+    FileCreate, FileUpdate, FileView, GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest,
+    JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView,
+    PullView, RegistryAdd, RegistryCredentials, RegistryCredentialsRequest, RegistryView,
+    RenewRequest, RenewResponse, TaintRequest, TaskSecrets, TaskSecretsRequest, TaskView,
+    TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -79,6 +80,15 @@ pub fn document() -> Value {
         "RegistryList",
         generator.subschema_for::<Vec<RegistryView>>(),
     );
+    add(
+        "TaskSecretsRequest",
+        generator.subschema_for::<TaskSecretsRequest>(),
+    );
+    add("TaskSecrets", generator.subschema_for::<TaskSecrets>());
+    add("FileCreate", generator.subschema_for::<FileCreate>());
+    add("FileUpdate", generator.subschema_for::<FileUpdate>());
+    add("FileView", generator.subschema_for::<FileView>());
+    add("FileList", generator.subschema_for::<Vec<FileView>>());
     let schemas = generator.take_definitions(true);
     let body = |name: &str| refs[name].clone();
     let ok = |description: &str, name: &str| json!({"description": description, "content": {"application/json": {"schema": body(name)}}});
@@ -106,6 +116,9 @@ pub fn document() -> Value {
         "/v1/internal/registry-credentials": {"post": {"summary": "A registry's credentials for a node that pulls from it: it runs or holds ahead an image of the registry, or answers an operator's call whose token is sent along (node certificates only; answered by a node that holds the data key)",
             "requestBody": json_body("RegistryCredentialsRequest"),
             "responses": {"200": ok("the credentials", "RegistryCredentials"), "default": error.clone()}}},
+        "/v1/internal/task-secrets": {"post": {"summary": "The secrets of a task placed on the asking node and meant to run, as it starts it (node certificates only; answered by a node that holds the data key)",
+            "requestBody": json_body("TaskSecretsRequest"),
+            "responses": {"200": ok("the values", "TaskSecrets"), "default": error.clone()}}},
         "/v1/internal/blobs/{digest}": {"parameters": [
                 {"name": "digest", "in": "path", "required": true, "schema": {"type": "string"}, "description": "sha256:HEX"},
                 {"name": "reference", "in": "query", "schema": {"type": "string"}, "description": "the image the blob belongs to, where to fetch it when this node does not hold it"},
@@ -122,6 +135,24 @@ pub fn document() -> Value {
         },
         "/v1/registries/{host}": {"parameters": [{"name": "host", "in": "path", "required": true, "schema": {"type": "string"}}],
             "delete": {"summary": "Forget a registry's settings", "responses": {"204": {"description": "removed"}, "default": error.clone()}}},
+        "/v1/secrets": {
+            "get": {"summary": "Secrets: names, versions, sizes and the services that list them (never their values)", "responses": {"200": ok("secrets", "FileList"), "default": error.clone()}},
+            "post": {"summary": "Create a secret; its value is sealed with the cluster's data key and never shown again (send it to a voter node)", "requestBody": json_body("FileCreate"),
+                "responses": {"200": ok("the secret", "FileView"), "default": error.clone()}}
+        },
+        "/v1/secrets/{name}": {"parameters": name_param.clone(),
+            "put": {"summary": "Give a secret a new value, its next version (send it to a voter node)", "requestBody": json_body("FileUpdate"),
+                "responses": {"200": ok("the secret", "FileView"), "default": error.clone()}},
+            "delete": {"summary": "Remove a secret no service lists", "responses": {"204": {"description": "removed"}, "default": error.clone()}}},
+        "/v1/configs": {
+            "get": {"summary": "Configs: names, versions, sizes and the services that list them", "responses": {"200": ok("configs", "FileList"), "default": error.clone()}},
+            "post": {"summary": "Create a config", "requestBody": json_body("FileCreate"),
+                "responses": {"200": ok("the config", "FileView"), "default": error.clone()}}
+        },
+        "/v1/configs/{name}": {"parameters": name_param.clone(),
+            "put": {"summary": "Give a config a new value, its next version", "requestBody": json_body("FileUpdate"),
+                "responses": {"200": ok("the config", "FileView"), "default": error.clone()}},
+            "delete": {"summary": "Remove a config no service lists", "responses": {"204": {"description": "removed"}, "default": error.clone()}}},
         "/v1/tokens": {
             "get": {"summary": "API tokens (never their secrets)", "responses": {"200": ok("tokens", "TokenList"), "default": error.clone()}},
             "post": {"summary": "Make an API token; its secret is in this answer only", "requestBody": json_body("TokenCreate"),

@@ -350,6 +350,56 @@ pub struct RegistryView {
     pub updated_at_ms: u64,
 }
 
+/// `POST /v1/secrets`, `POST /v1/configs`: a new secret or config.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileCreate {
+    /// 1 to 64 letters, digits, `-`, `_` and `.`, starting with a letter
+    /// or digit.
+    pub name: String,
+    /// The value, base64 (standard alphabet, padded); at most 256 KiB
+    /// once decoded. A secret's is sealed with the cluster's data key as
+    /// it arrives and never shown again.
+    pub data: String,
+}
+
+/// `PUT /v1/secrets/{name}`, `PUT /v1/configs/{name}`: a new value, which
+/// makes the next version.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpdate {
+    /// The value, base64; as in `FileCreate`.
+    pub data: String,
+}
+
+impl std::fmt::Debug for FileCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileCreate")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FileUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileUpdate").finish_non_exhaustive()
+    }
+}
+
+/// A secret or config as listed: never a secret's value.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct FileView {
+    pub name: String,
+    /// 1 when created, one more with each new value.
+    pub version: u64,
+    /// The value's length.
+    pub bytes: u64,
+    /// The services (`APP/SERVICE`) that list it.
+    pub used_by: Vec<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
 /// `POST /v1/images/pull`: the image the answering node pulls.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -493,6 +543,49 @@ impl std::fmt::Debug for GossipKeys {
             f,
             "GossipKeys(generation {}, sealed {}, keys secret)",
             self.generation, self.sealed
+        )
+    }
+}
+
+/// `POST /v1/internal/task-secrets` (node certificates only; answered by
+/// nodes that hold the data key): a node that holds no data key asks for
+/// the secrets of a task placed on it, as it starts the task.
+/// Unknown fields are ignored: a newer node may add some.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TaskSecretsRequest {
+    /// The task's id (`APP.SERVICE.SLOT.SERIAL`).
+    pub task: String,
+}
+
+/// The values of the secrets a task's service lists, each at the version
+/// the state holds now. They travel only over the nodes' mTLS.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskSecrets {
+    pub secrets: Vec<SecretValue>,
+}
+
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SecretValue {
+    pub name: String,
+    pub version: u64,
+    /// The value, base64.
+    pub data: String,
+}
+
+impl std::fmt::Debug for TaskSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.secrets.iter().map(|s| (&s.name, s.version)))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SecretValue({} version {}, value secret)",
+            self.name, self.version
         )
     }
 }

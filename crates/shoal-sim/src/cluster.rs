@@ -47,6 +47,10 @@ pub fn describe(command: &Command) -> String {
         Command::RemoveApp { name } => format!("remove app {name}"),
         Command::SetRegistry { registry } => format!("set registry {}", registry.host),
         Command::RemoveRegistry { host } => format!("remove registry {host}"),
+        Command::PutSecret { secret } => format!("put secret {}", secret.name),
+        Command::RemoveSecret { name } => format!("remove secret {name}"),
+        Command::PutConfig { config } => format!("put config {}", config.name),
+        Command::RemoveConfig { name } => format!("remove config {name}"),
         Command::ApplyPlan { plan } => format!(
             "apply plan ({} placements, {} stops, {} removals)",
             plan.place.len(),

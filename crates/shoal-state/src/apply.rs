@@ -5,7 +5,9 @@
 use shoal_types::subnet::Ipv4Cidr;
 use std::collections::BTreeMap;
 
-use shoal_types::{AppSpec, Node, NodeStatus, PinnedImage, Taint, TaintEffect, TaskStatus};
+use shoal_types::{
+    AppSpec, FileKind, Node, NodeStatus, PinnedImage, Taint, TaintEffect, TaskStatus,
+};
 
 use crate::{
     check_dns_zone, App, ApplyError, Command, Entry, Meta, Outcome, State, REPORTS_PER_COMMAND_MAX,
@@ -71,14 +73,20 @@ impl State {
             ),
             Command::ForgetNode { name } => self.forget_node(name),
             Command::PutApp { spec } => {
+                self.check_files_of(spec)?;
                 Ok(self.put_app(spec, &BTreeMap::new(), now_ms, meta.version))
             }
             Command::PutAppPinned { spec, images } => {
+                self.check_files_of(spec)?;
                 Ok(self.put_app(spec, images, now_ms, meta.version))
             }
             Command::RemoveApp { name } => self.remove_app(name),
             Command::SetRegistry { registry } => self.set_registry(registry),
             Command::RemoveRegistry { host } => self.remove_registry(host),
+            Command::PutSecret { secret } => self.put_file(FileKind::Secret, secret),
+            Command::RemoveSecret { name } => self.remove_file(FileKind::Secret, name),
+            Command::PutConfig { config } => self.put_file(FileKind::Config, config),
+            Command::RemoveConfig { name } => self.remove_file(FileKind::Config, name),
             Command::ApplyPlan { plan } => self.apply_plan(plan, now_ms),
             Command::ReportTasks { node, statuses } => self.report_tasks(node, statuses),
             Command::SetCa { ca } => self.set_ca(ca),

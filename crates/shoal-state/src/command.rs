@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use shoal_types::{AppSpec, Node, NodeStatus, PinnedImage, Taint, TaintEffect, TaskStatus};
 
+use crate::files::FileRecord;
 use crate::registries::RegistryRecord;
 use crate::security::{ApiTokenRecord, CaRecord, GossipKeysRecord, JoinTokenRecord, NodeRole};
 use crate::{format, State};
@@ -37,6 +38,22 @@ pub enum Command {
     },
     RemoveRegistry {
         host: String,
+    },
+    /// A secret created (version 1) or given a new value (the next
+    /// version), its value sealed with the data key (format 8).
+    PutSecret {
+        secret: FileRecord,
+    },
+    /// A secret no service lists removed (format 8).
+    RemoveSecret {
+        name: String,
+    },
+    /// A config created or given a new value (format 8).
+    PutConfig {
+        config: FileRecord,
+    },
+    RemoveConfig {
+        name: String,
     },
     /// The same, with the image each service runs pinned to the digest its
     /// reference named at apply (format 4); the same spec with other
@@ -350,9 +367,13 @@ impl Command {
             {
                 Authority::Admin
             }
-            Command::PutApp { .. } | Command::PutAppPinned { .. } | Command::RemoveApp { .. } => {
-                Authority::Deployer
-            }
+            Command::PutApp { .. }
+            | Command::PutAppPinned { .. }
+            | Command::RemoveApp { .. }
+            | Command::PutSecret { .. }
+            | Command::RemoveSecret { .. }
+            | Command::PutConfig { .. }
+            | Command::RemoveConfig { .. } => Authority::Deployer,
             Command::SetRegistry { .. }
             | Command::RemoveRegistry { .. }
             | Command::SetSettings { .. }
@@ -374,6 +395,10 @@ impl Command {
             Command::PutApp { .. } => "put_app",
             Command::SetRegistry { .. } => "set_registry",
             Command::RemoveRegistry { .. } => "remove_registry",
+            Command::PutSecret { .. } => "put_secret",
+            Command::RemoveSecret { .. } => "remove_secret",
+            Command::PutConfig { .. } => "put_config",
+            Command::RemoveConfig { .. } => "remove_config",
             Command::PutAppPinned { .. } => "put_app_pinned",
             Command::RemoveApp { .. } => "remove_app",
             Command::ApplyPlan { .. } => "apply_plan",
@@ -410,6 +435,20 @@ impl Command {
     /// every node reads that format.
     pub fn version_needed(&self) -> u32 {
         match self {
+            // Secrets and configs, and services that list them, came with
+            // format 8.
+            Command::PutSecret { .. }
+            | Command::RemoveSecret { .. }
+            | Command::PutConfig { .. }
+            | Command::RemoveConfig { .. } => format::FILES,
+            Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
+                if spec
+                    .services
+                    .iter()
+                    .any(|service| service.files().next().is_some()) =>
+            {
+                format::FILES
+            }
             // A container's security, a node's allowances and the reason a
             // node lacks one came with format 6.
             Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
@@ -503,6 +542,48 @@ mod tests {
             .authority(),
             Authority::Leader
         );
+    }
+
+    #[test]
+    fn secrets_configs_and_apps_that_list_them_need_format_8() {
+        let app = |files: &str| {
+            shoal_types::parse_app(
+                format!("name: a\nservices: [{{name: web, image: busybox{files}}}]").as_bytes(),
+            )
+            .expect("valid")
+        };
+        for (files, needed) in [
+            ("", 1),
+            (", secrets: [{name: db}]", 8),
+            (", configs: [{name: app.toml}]", 8),
+            (", prepull: all, secrets: [{name: db}]", 8),
+        ] {
+            assert_eq!(
+                Command::PutApp { spec: app(files) }.version_needed(),
+                needed,
+                "{files}"
+            );
+        }
+        let record = FileRecord {
+            name: "db".into(),
+            version: 1,
+            data: String::new(),
+            bytes: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        for command in [
+            Command::PutSecret {
+                secret: record.clone(),
+            },
+            Command::RemoveSecret { name: "db".into() },
+            Command::PutConfig { config: record },
+            Command::RemoveConfig { name: "db".into() },
+        ] {
+            assert_eq!(command.version_needed(), 8, "{}", command.name());
+            // Deployers create what their apps use.
+            assert_eq!(command.authority(), Authority::Deployer);
+        }
     }
 
     #[test]

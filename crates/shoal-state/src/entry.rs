@@ -38,7 +38,10 @@ use crate::{ApplyError, Command};
 ///   format 7 was applied (`State::log_version`) tells every node that
 ///   every node holds the cluster's gossip keyring, so it seals its
 ///   datagrams and soon takes no plaintext ones.
-pub const LOG_VERSION: u32 = format::SEALED_GOSSIP;
+/// - 8 (shoal 0.8): secrets and configs (`PutSecret`, `RemoveSecret`,
+///   `PutConfig`, `RemoveConfig`, `State::secrets` and `State::configs`)
+///   and a service's `secrets` and `configs`, written only when listed.
+pub const LOG_VERSION: u32 = format::FILES;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
 
@@ -60,6 +63,8 @@ pub mod format {
     pub const ALLOWS: u32 = 6;
     /// Gossip sealed with the cluster's keyring, plaintext no longer taken.
     pub const SEALED_GOSSIP: u32 = 7;
+    /// Secrets and configs, and the services that list them.
+    pub const FILES: u32 = 8;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

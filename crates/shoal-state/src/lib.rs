@@ -14,6 +14,7 @@
 mod apply;
 pub mod command;
 pub mod entry;
+pub mod files;
 pub mod fit;
 mod plan;
 pub mod registries;
@@ -83,6 +84,12 @@ pub struct State {
     /// Registry settings by host (format 4).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registries: BTreeMap<String, registries::RegistryRecord>,
+    /// Secrets by name, their values sealed (format 8).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, files::FileRecord>,
+    /// Configs by name (format 8).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, files::FileRecord>,
 }
 
 /// Why a snapshot could not be restored.

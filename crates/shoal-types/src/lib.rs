@@ -16,8 +16,9 @@ pub use node::{consensus_id, rendezvous_rank, Allowance, Allows, Node, NodeStatu
 pub use placement::{Affinity, Constraint, Labels, Spread, Taint, TaintEffect, Toleration};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
-    app_schema, check_dns_label, parse_app, AppSpec, ContainerSpec, FieldError, Kind, Needs,
-    PlacementSpec, Port, Prepull, Protocol, RestartPolicy, RestartSpec, Security, ServiceSpec,
-    SpecError, Strategy, UserSpec, Workload, SPEC_BYTES_MAX,
+    app_schema, check_dns_label, check_object_name, parse_app, AppSpec, ContainerSpec, FieldError,
+    FileKind, FileMode, FileRef, Kind, Needs, PlacementSpec, Port, Prepull, Protocol,
+    RestartPolicy, RestartSpec, Security, ServiceSpec, SpecError, Strategy, UserSpec, Workload,
+    SPEC_BYTES_MAX,
 };
 pub use task::{DesiredState, PinSource, PinnedImage, Promise, Task, TaskState, TaskStatus};

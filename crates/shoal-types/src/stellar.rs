@@ -177,6 +177,8 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
             placement: Default::default(),
             tolerations: Vec::new(),
             prepull: Default::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
         });
     }
     if !errors.is_empty() {

@@ -100,6 +100,17 @@ pub enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Secrets: values services get as files in memory, sealed in the
+    /// cluster's state and never shown again.
+    Secret {
+        #[command(subcommand)]
+        command: FileCommand,
+    },
+    /// Configs: values services get as read-only files.
+    Config {
+        #[command(subcommand)]
+        command: FileCommand,
+    },
     /// The CLI's contexts: which cluster and credential it uses.
     Context {
         #[command(subcommand)]
@@ -221,6 +232,42 @@ pub enum TokenCommand {
     /// Revoke an API token: every node refuses it from now on.
     Rm {
         id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FileCommand {
+    /// Create one from a file, or from stdin with `-f -`.
+    Create {
+        /// 1 to 64 letters, digits, `-`, `_` and `.`; the file's name in
+        /// the container by default.
+        name: String,
+        /// The value: a file of at most 256 KiB, or `-` for stdin.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Give one a new value, its next version.
+    Update {
+        name: String,
+        /// The value: a file of at most 256 KiB, or `-` for stdin.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List them: name, version, size, the services that use them.
+    Ls(ListArgs),
+    /// Remove one no service lists.
+    Rm {
+        name: String,
         #[command(flatten)]
         target: Target,
     },

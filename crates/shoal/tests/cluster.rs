@@ -2509,3 +2509,117 @@ fn a_known_nodes_name_is_not_taken_by_another_join() {
             .then_some(())
     });
 }
+
+/// A worker holds no data key, yet runs a task with a secret: a voter
+/// gives it the task's secrets over mTLS as it starts the task, because
+/// the task is placed on it; a node the task is not placed on, and an API
+/// token, are refused them; the worker keeps the value in memory only.
+#[test]
+fn a_worker_gets_the_secrets_of_its_tasks_from_a_voter_and_no_other_node_does() {
+    let Some(mut cluster) = Cluster::start_or_skip("secretw", &[&[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 1);
+    let canary = format!("SHOAL-CANARY-{}", std::process::id() as u64 * 6007 + 31);
+    let output = cluster.shoal_with_stdin(0, &["secret", "create", "canary", "-f", "-"], &canary);
+    assert!(output.status.success(), "{output:?}");
+    let token = cluster
+        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+        .trim()
+        .to_string();
+    let worker = cluster.join_with_token(&token);
+    cluster.import_busybox(worker);
+    let worker_name = cluster.members[worker].name.clone();
+    cluster.apply_ok(
+        0,
+        &format!(
+            r#"
+name: vault
+services:
+  - name: web
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "sha256sum /run/secrets/canary; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    secrets: [{{name: canary}}]
+    placement: {{constraints: ["node.name == {worker_name}"]}}
+"#
+        ),
+    );
+    let expected = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(canary.as_bytes()))
+    };
+    cluster.wait_for("the worker's task to read the secret", || {
+        let logs = cluster.shoal(0, &["logs", "vault.web"]);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains(&expected)
+            .then_some(())
+    });
+    let task = cluster.shoal_json(0, &["ps", "vault"]).expect("ps")[0]["id"]
+        .as_str()
+        .expect("task id")
+        .to_string();
+
+    // Asked straight with node certificates and a token.
+    let (ca_pem, admin) = harness::credential_parts(&cluster.credential());
+    let ca_file = cluster.scratch.path().join("ca-for-task-secrets.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let body = serde_json::json!({ "task": task }).to_string();
+    let ask = |asker: usize| {
+        let pki = cluster.members[asker].data_dir.join("pki");
+        let (cert, key) = (pki.join("node.pem"), pki.join("node.key"));
+        harness::curl(
+            &cluster.members[0].ip,
+            7950,
+            "/v1/internal/task-secrets",
+            &ca_file,
+            &[
+                "--cert",
+                cert.to_str().expect("path"),
+                "--key",
+                key.to_str().expect("path"),
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data",
+                &body,
+            ],
+        )
+    };
+    let (status, answer) = ask(worker);
+    assert_eq!(status, 200, "the task is placed on the worker: {answer}");
+    assert!(answer.contains("\"canary\""), "{answer}");
+    let (status, answer) = ask(0);
+    assert_eq!(status, 403, "the task is not placed on node 0: {answer}");
+    assert!(!answer.contains("data"), "{answer}");
+    let bearer = format!("authorization: Bearer {admin}");
+    let (status, answer) = harness::curl(
+        &cluster.members[0].ip,
+        7950,
+        "/v1/internal/task-secrets",
+        &ca_file,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &body,
+        ],
+    );
+    assert_eq!(status, 403, "an API token is no node: {answer}");
+
+    // In memory only, on the node running the task.
+    let files = harness::task_files_dir(&cluster.members[worker].data_dir);
+    assert!(files.join(&task).is_dir(), "{files:?}");
+    for index in 0..cluster.members.len() {
+        let seen = harness::assert_secret_in_no_file(&cluster.members[index].data_dir, &canary);
+        assert!(seen > 3, "looked at {seen} files");
+        assert!(
+            !cluster.agent_log(index).contains(&canary),
+            "the secret is in node {index}'s log"
+        );
+    }
+}

@@ -744,6 +744,146 @@ fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
 }
 
+/// A secret and a config reach a task as files: the secret only in
+/// memory (the node's tmpfs, bound read-only into the container), with its
+/// mode and owner, never in the clear on disk, in a log, a listing or an
+/// inspection; a new value is the next version; one in use cannot be
+/// removed; the task's files go within 5 s of the task stopping.
+#[test]
+fn secrets_and_configs_reach_tasks_as_files_and_the_secret_stays_in_memory() {
+    let Some(node) = Node::start_or_skip("secrets") else {
+        return;
+    };
+    let canary = format!(
+        "SHOAL-CANARY-{}",
+        std::process::id() as u64 * 7919 + 104_729
+    );
+    let create = node.shoal_with_stdin(&["secret", "create", "canary", "-f", "-"], &canary);
+    assert!(create.status.success(), "{create:?}");
+    let config = node.data_dir.path().join("app.toml.src");
+    std::fs::write(&config, "answer = 42\n").expect("write config");
+    node.shoal_ok(&[
+        "config",
+        "create",
+        "app.toml",
+        "-f",
+        config.to_str().expect("path"),
+    ]);
+
+    // Bad input: named, and nothing changes.
+    let bad = node.shoal(&["secret", "create", "../canary", "-f", "-"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("name:"),
+        "{bad:?}"
+    );
+    let twice = node.shoal_with_stdin(&["secret", "create", "canary", "-f", "-"], "other");
+    assert!(!twice.status.success());
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("shoal secret update canary"),
+        "{twice:?}"
+    );
+    let missing = node.apply_err(
+        "name: nope\nservices: [{name: a, image: shoal.test/busybox:latest, secrets: [{name: absent}]}]\n",
+    );
+    assert!(
+        missing.contains("services[0].secrets[0].name") && missing.contains("no secret absent"),
+        "{missing}"
+    );
+
+    // A reader as uid 1000 and a root task that tries to write the file.
+    let expected_sum = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(canary.as_bytes()))
+    };
+    let spec = r#"
+name: vault
+services:
+  - name: reader
+    image: shoal.test/busybox:latest
+    user: {uid: 1000, gid: 1000}
+    command: ["/bin/sh", "-c", "stat -c 'mode %a owner %u:%g' /run/secrets/canary; sha256sum /run/secrets/canary; cat /etc/app.toml; stat -c 'config %a %u' /etc/app.toml; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    secrets: [{name: canary, mode: "0440"}]
+    configs: [{name: app.toml, target: /etc/app.toml}]
+  - name: root
+    image: shoal.test/busybox:latest
+    command: ["/bin/sh", "-c", "echo x > /run/secrets/pw || echo 'cannot write'; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    secrets: [{name: canary, target: pw}]
+"#;
+    node.apply_ok(spec);
+    let logs = node.wait_for("the files as the tasks see them", || {
+        let reader = node.shoal_ok(&["logs", "vault.reader"]);
+        let root = node.shoal_ok(&["logs", "vault.root"]);
+        (reader.contains("config") && root.contains("cannot write")).then_some(reader + &root)
+    });
+    assert!(logs.contains("mode 440 owner 1000:1000"), "{logs}");
+    assert!(logs.contains(&expected_sum), "{logs}");
+    assert!(logs.contains("answer = 42"), "{logs}");
+    assert!(logs.contains("config 444 1000"), "{logs}");
+    assert!(logs.contains("Read-only file system"), "{logs}");
+    assert!(!logs.contains(&canary), "{logs}");
+
+    // Listed and inspected without the value; in the clear in no file of
+    // the data dir and in no log; in memory only, for the running tasks.
+    let listed = node.shoal_json(&["secret", "ls"]);
+    assert_eq!(listed[0]["name"], "canary", "{listed}");
+    assert_eq!(listed[0]["version"], 1, "{listed}");
+    assert_eq!(listed[0]["bytes"], canary.len(), "{listed}");
+    assert_eq!(
+        listed[0]["used_by"],
+        serde_json::json!(["vault/reader", "vault/root"]),
+        "{listed}"
+    );
+    let inspect = node.shoal_ok(&["app", "inspect", "vault", "-o", "json"]);
+    assert!(!inspect.contains(&canary) && !listed.to_string().contains(&canary));
+    let seen = harness::assert_secret_in_no_file(node.data_dir.path(), &canary);
+    assert!(seen > 3, "looked at {seen} files");
+    assert!(
+        !node.agent_log().contains(&canary),
+        "the secret is in the agent's log"
+    );
+    let files = harness::task_files_dir(node.data_dir.path());
+    let task_dirs = || -> BTreeSet<String> {
+        std::fs::read_dir(&files)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(task_dirs().len(), 2, "{files:?}");
+
+    // A new value is the next version; in use, it cannot be removed.
+    let update = node.shoal_with_stdin(&["secret", "update", "canary", "-f", "-"], "v2");
+    assert!(update.status.success(), "{update:?}");
+    assert_eq!(node.shoal_json(&["secret", "ls"])[0]["version"], 2);
+    let in_use = node.shoal(&["secret", "rm", "canary"]);
+    assert!(!in_use.status.success());
+    assert!(
+        String::from_utf8_lossy(&in_use.stderr).contains("used by vault/reader, vault/root"),
+        "{in_use:?}"
+    );
+
+    // The app goes: its tasks' files go within 5 s of them stopping.
+    node.shoal_ok(&["rm", "vault"]);
+    let gone = std::time::Instant::now();
+    node.wait_for("the tasks' files gone", || {
+        task_dirs().is_empty().then_some(())
+    });
+    eprintln!(
+        "task files gone {:?} after `shoal rm` returned",
+        gone.elapsed()
+    );
+    node.shoal_ok(&["secret", "rm", "canary"]);
+    node.shoal_ok(&["config", "rm", "app.toml"]);
+    assert_eq!(
+        node.shoal_json(&["secret", "ls"]).as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
 #[test]
 fn listings_have_the_documented_json_fields() {
     let Some(node) = Node::start_or_skip("listings") else {

@@ -16,8 +16,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
-    is_default, is_zero, ContainerSpec, Kind, Millis, PlacementSpec, Port, Prepull, Resources,
-    RestartSpec, Security, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
+    is_default, is_zero, ContainerSpec, FileRef, Kind, Millis, PlacementSpec, Port, Prepull,
+    Resources, RestartSpec, Security, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
 };
 use crate::placement::Toleration;
 
@@ -88,6 +88,15 @@ pub(super) struct FlatService {
     /// Written only when not the default (shoal 0.6, log format 6).
     #[serde(default, skip_serializing_if = "Security::is_default")]
     security: Security,
+    /// Secrets the tasks get as files, read-only, in memory on the node
+    /// (`/run/secrets/NAME` by default). Written only when listed (shoal
+    /// 0.8, log format 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<FileRef>,
+    /// Configs the tasks get as files, read-only (`/NAME` by default).
+    /// Written only when listed (shoal 0.8, log format 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    configs: Vec<FileRef>,
 }
 
 impl From<FlatService> for ServiceSpec {
@@ -113,6 +122,8 @@ impl From<FlatService> for ServiceSpec {
             tolerations,
             prepull,
             security,
+            secrets,
+            configs,
         } = flat;
         ServiceSpec {
             name,
@@ -137,6 +148,8 @@ impl From<FlatService> for ServiceSpec {
             placement,
             tolerations,
             prepull,
+            secrets,
+            configs,
         }
     }
 }
@@ -158,6 +171,8 @@ impl From<ServiceSpec> for FlatService {
             placement,
             tolerations,
             prepull,
+            secrets,
+            configs,
         } = spec;
         // A new variant stops this compiling: it needs a written form first.
         let Workload::Container(ContainerSpec {
@@ -190,6 +205,8 @@ impl From<ServiceSpec> for FlatService {
             tolerations,
             prepull,
             security,
+            secrets,
+            configs,
         }
     }
 }

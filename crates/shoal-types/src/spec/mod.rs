@@ -9,6 +9,7 @@
 
 mod duration;
 mod error;
+mod files;
 mod flat;
 mod placement;
 mod ports;
@@ -27,6 +28,9 @@ use crate::placement::Toleration;
 
 pub use duration::Millis;
 pub use error::{FieldError, SpecError};
+pub use files::{
+    check_object_name, check_target, FileKind, FileMode, FileRef, FILES_MAX, OBJECT_NAME_CHARS_MAX,
+};
 pub use placement::{PlacementSpec, Strategy};
 pub use ports::{Port, Protocol};
 pub use resources::{Bytes, Millicores, Resources};
@@ -92,6 +96,10 @@ pub struct ServiceSpec {
     pub tolerations: Vec<Toleration>,
     /// Which nodes hold the service's image before they need it.
     pub prepull: Prepull,
+    /// Secrets its tasks get as files (format 8).
+    pub secrets: Vec<FileRef>,
+    /// Configs its tasks get as files (format 8).
+    pub configs: Vec<FileRef>,
 }
 
 /// Which nodes pull a service's image ahead of need, so that a replica
@@ -158,6 +166,8 @@ impl ServiceSpec {
             tolerations,
             // Which nodes hold the image ahead changes no task.
             prepull: _,
+            secrets,
+            configs,
         } = self;
         *name == other.name
             && *workload == other.workload
@@ -171,6 +181,14 @@ impl ServiceSpec {
             && *priority == other.priority
             && *placement == other.placement
             && *tolerations == other.tolerations
+            && *secrets == other.secrets
+            && *configs == other.configs
+    }
+
+    /// The secrets and configs its tasks get, with their kind.
+    pub fn files(&self) -> impl Iterator<Item = (FileKind, &FileRef)> {
+        let secrets = self.secrets.iter().map(|file| (FileKind::Secret, file));
+        secrets.chain(self.configs.iter().map(|file| (FileKind::Config, file)))
     }
 
     /// What the service's container may do beyond the defaults.
@@ -257,6 +275,88 @@ mod tests {
     fn container(spec: &mut ServiceSpec) -> &mut ContainerSpec {
         let Workload::Container(container) = &mut spec.workload;
         container
+    }
+
+    #[test]
+    fn secrets_and_configs_are_read_checked_and_written_only_when_listed() {
+        let parse = |files: &str| {
+            parse_app(
+                format!("name: a\nservices: [{{name: web, image: busybox, {files}}}]").as_bytes(),
+            )
+        };
+        let app = parse(
+            r#"user: {uid: 7, gid: 8}, secrets: [{name: db, mode: "0440"}, {name: tls.key, target: /etc/tls/key.pem, uid: 0}], configs: [{name: app.toml}]"#,
+        )
+        .expect("valid");
+        let service = &app.services[0];
+        let files: Vec<_> = service
+            .files()
+            .map(|(kind, file)| (kind, file.target_path(kind), file.mode_or_default(kind)))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                (
+                    FileKind::Secret,
+                    "/run/secrets/db".to_string(),
+                    FileMode(0o440)
+                ),
+                (
+                    FileKind::Secret,
+                    "/etc/tls/key.pem".to_string(),
+                    FileMode(0o400)
+                ),
+                (FileKind::Config, "/app.toml".to_string(), FileMode(0o444)),
+            ]
+        );
+        let json = serde_json::to_string(&app).expect("json");
+        assert!(
+            json.ends_with(r#""secrets":[{"name":"db","mode":"0440"},{"name":"tls.key","target":"/etc/tls/key.pem","uid":0}],"configs":[{"name":"app.toml"}]}]}"#),
+            "{json}"
+        );
+        let plain = serde_json::to_string(&parse("replicas: 1").expect("valid")).expect("json");
+        assert!(
+            !plain.contains("secrets") && !plain.contains("configs"),
+            "{plain}"
+        );
+        // A change of the files a task gets replaces the task.
+        let mut other = service.clone();
+        other.secrets[0].mode = None;
+        assert!(!other.same_task_as(service));
+        for (files, path) in [
+            ("secrets: [{name: ../db}]", "services[0].secrets[0].name"),
+            (
+                "secrets: [{name: db, mode: 0440}]",
+                "services[0].secrets[0].mode",
+            ),
+            (
+                r#"secrets: [{name: db, mode: "4755"}]"#,
+                "services[0].secrets[0].mode",
+            ),
+            (
+                "secrets: [{name: db, target: etc/db}]",
+                "services[0].secrets[0].target",
+            ),
+            (
+                "secrets: [{name: db, target: /proc/db}]",
+                "services[0].secrets[0].target",
+            ),
+            (
+                "secrets: [{name: db}, {name: pw, target: db}]",
+                "services[0].secrets[1].target",
+            ),
+            (
+                "secrets: [{name: db, target: /x}], configs: [{name: c, target: /x}]",
+                "services[0].configs[0].target",
+            ),
+            (
+                "configs: [{name: c, owner: root}]",
+                "services[0].configs[0]",
+            ),
+        ] {
+            let error = parse(files).expect_err(files);
+            assert!(error.errors[0].path.starts_with(path), "{files}: {error}");
+        }
     }
 
     #[test]

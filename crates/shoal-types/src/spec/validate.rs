@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use super::{
-    AppSpec, ContainerSpec, FieldError, Kind, PlacementSpec, Prepull, RestartPolicy, SpecError,
-    Workload, ARGS_MAX, ARG_BYTES_MAX, BACKOFF_MS_MAX, CPU_MILLIS_MAX, ENV_MAX, LABELS_MAX,
-    MEMORY_BYTES_MAX, MEMORY_BYTES_MIN, PORTS_MAX, SERVICES_MAX, STOP_GRACE_MS_MAX,
+    check_object_name, check_target, AppSpec, ContainerSpec, FieldError, FileKind, Kind,
+    PlacementSpec, Prepull, RestartPolicy, SpecError, Workload, ARGS_MAX, ARG_BYTES_MAX,
+    BACKOFF_MS_MAX, CPU_MILLIS_MAX, ENV_MAX, FILES_MAX, LABELS_MAX, MEMORY_BYTES_MAX,
+    MEMORY_BYTES_MIN, PORTS_MAX, SERVICES_MAX, STOP_GRACE_MS_MAX,
 };
 use crate::placement::check_label_key;
 use crate::placement::{
@@ -102,6 +103,7 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
                 ),
             );
         }
+        validate_files(service, &at, &mut fail);
         let restart = service.restart;
         match (service.kind, restart.policy) {
             (Kind::Batch, Some(RestartPolicy::Always)) => fail(
@@ -212,6 +214,52 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
         Ok(())
     } else {
         Err(SpecError { errors })
+    }
+}
+
+/// The secrets and configs a service lists: names, targets (one file per
+/// path), owners.
+fn validate_files(
+    service: &super::ServiceSpec,
+    at: &impl Fn(&str) -> String,
+    fail: &mut impl FnMut(String, String),
+) {
+    for (kind, list) in [
+        (FileKind::Secret, &service.secrets),
+        (FileKind::Config, &service.configs),
+    ] {
+        if list.len() > FILES_MAX {
+            fail(
+                at(kind.field()),
+                format!("at most {FILES_MAX} per service, got {}", list.len()),
+            );
+        }
+    }
+    let mut targets: BTreeMap<String, String> = BTreeMap::new();
+    let mut index_of = BTreeMap::new();
+    for (kind, file) in service.files() {
+        let index = index_of.entry(kind).or_insert(0usize);
+        let here = format!("{}[{index}]", kind.field());
+        *index += 1;
+        if let Err(message) = check_object_name(&file.name) {
+            fail(at(&format!("{here}.name")), message);
+            continue;
+        }
+        if let Some(target) = &file.target {
+            if let Err(message) = check_target(target) {
+                fail(at(&format!("{here}.target")), message);
+                continue;
+            }
+        }
+        let path = file.target_path(kind);
+        if let Some(first) = targets.insert(path.clone(), here.clone()) {
+            fail(
+                at(&format!("{here}.target")),
+                format!(
+                    "`{path}` is already the file of {first}; give one of them another `target`"
+                ),
+            );
+        }
     }
 }
 

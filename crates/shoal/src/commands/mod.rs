@@ -5,6 +5,7 @@ pub mod apply;
 pub mod apps;
 pub mod cluster;
 pub mod dns;
+pub mod files;
 pub mod images;
 pub mod logs;
 pub mod nodes;
@@ -66,6 +67,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node { command } => nodes::change(command).await,
         Command::Token { command } => tokens::api(command).await,
         Command::Registry { command } => registries::run(command).await,
+        Command::Secret { command } => files::run(shoal_types::FileKind::Secret, command).await,
+        Command::Config { command } => files::run(shoal_types::FileKind::Config, command).await,
         Command::Context { command } => tokens::context(command),
     }
 }

@@ -153,6 +153,11 @@ fn allowed(method: &Method, path: &str) -> Vec<Class> {
         // Deployers handle apps and images; pulling an image is theirs too.
         "/v1/apps" | "/v1/plan" | "/v1/images" | "/v1/images/pull" => vec![Deployer, Admin],
         "/v1/apps/web" => vec![Deployer, Admin],
+        // Secrets and configs are written by those who deploy the apps
+        // that use them; no route reads a secret's value.
+        "/v1/secrets" | "/v1/configs" | "/v1/secrets/web" | "/v1/configs/web" => {
+            vec![Deployer, Admin]
+        }
         _ => vec![Admin],
     }
 }

@@ -34,6 +34,9 @@ const RESULTS_QUEUE_MAX: usize = 1024;
 const REPORT_BATCH_MAX: usize = 1024;
 /// How often task networks that nothing owns any more are looked for.
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the files of tasks whose container no longer runs are
+/// looked for (a task's secrets go within 5 s of it stopping).
+const FILES_GARBAGE_INTERVAL: Duration = Duration::from_secs(2);
 /// A pull says how far it is after this long, then this often.
 const PULL_PROGRESS_FIRST: Duration = Duration::from_secs(2);
 const PULL_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -57,6 +60,8 @@ pub struct Keeper<L, R, N, C> {
     /// What this node's operator lets tasks do beyond the hardened
     /// defaults: a task that needs more is not run, whatever the state says.
     pub allows: shoal_types::Allows,
+    /// Its tasks' secrets and configs, as files in memory.
+    pub files: Arc<super::task_files::TaskFiles>,
 }
 
 /// A task's network, as the keeper needs it: made before its container
@@ -96,6 +101,7 @@ where
     let mut runtime_failing = false;
     // The first pass looks for leftovers of a crash at once.
     let mut garbage_at = std::time::Instant::now();
+    let mut files_garbage_at = garbage_at;
     loop {
         changes.borrow_and_update();
         let observed = match shared.runtime.list().await {
@@ -130,6 +136,25 @@ where
                 .collect();
             let network = shared.network.clone();
             let _ = tokio::task::spawn_blocking(move || network.collect_garbage(&live)).await;
+        }
+        if std::time::Instant::now() >= files_garbage_at {
+            files_garbage_at = std::time::Instant::now() + FILES_GARBAGE_INTERVAL;
+            // Files stay while their container runs, or while a task meant
+            // to run has none yet (it is being started).
+            let live: BTreeSet<String> = observed
+                .iter()
+                .filter(|(_, observed)| matches!(observed, Observed::Running))
+                .map(|(id, _)| id.clone())
+                .chain(
+                    desired
+                        .iter()
+                        .filter(|task| task.desired == DesiredState::Running)
+                        .filter(|task| !observed.contains_key(&task.id))
+                        .map(|task| task.id.clone()),
+                )
+                .collect();
+            let files = shared.files.clone();
+            let _ = tokio::task::spawn_blocking(move || files.collect_garbage(&live)).await;
         }
         let now = shared.clock.now_ms();
         let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
@@ -253,11 +278,19 @@ async fn execute<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: C
             }
             .await
             .map_err(|error| failure(&container_id, "stopping", error));
-            // The address is freed once the container is gone.
+            // The address is freed once the container is gone, and its
+            // files go.
             let result = match result {
                 Ok(exit_code) => {
                     let (network, id) = (shared.network.clone(), container_id.clone());
-                    match tokio::task::spawn_blocking(move || network.detach(&id)).await {
+                    let files = shared.files.clone();
+                    let released = tokio::task::spawn_blocking(move || {
+                        if let Err(error) = files.release(&id) {
+                            tracing::warn!(task = %id, %error, "removing a task's files");
+                        }
+                        network.detach(&id)
+                    });
+                    match released.await {
                         Ok(Ok(())) => Ok(exit_code),
                         Ok(Err(error)) => Err(format!("releasing its network: {error:#}")),
                         Err(error) => Err(format!("releasing its network: {error}")),
@@ -294,7 +327,15 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
         .map_err(|error| error.to_string())?
         .map_err(|error| format!("setting up its network: {error:#}"))?;
     let address = attached.address;
-    let config = container_config(shared, task, attempt, attached);
+    // Its files stay until its container runs (or failed to).
+    let _starting = shared.files.starting(&task.id);
+    let files = shared
+        .files
+        .prepare(&shared.log, task)
+        .await
+        .map_err(|error| format!("its secrets and configs: {error}"))?;
+    let mut config = container_config(shared, task, attempt, attached);
+    config.mounts.extend(files);
     let removing = |error| failure(&task.id, "removing", error);
     if replace {
         shared.runtime.remove(&task.id).await.map_err(removing)?;
@@ -552,6 +593,12 @@ mod tests {
             clock,
             credentials: Arc::new(crate::node::registries::PullCredentials::local(None)),
             allows: Default::default(),
+            // These tasks list no secrets or configs: nothing is written.
+            files: Arc::new(crate::node::task_files::TaskFiles::new(
+                std::env::temp_dir().join("shoal-keeper-tests-write-no-files"),
+                None,
+                None,
+            )),
         })
     }
 

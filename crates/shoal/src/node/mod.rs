@@ -6,6 +6,7 @@ mod backend;
 mod blobs;
 mod cluster;
 mod credentials;
+mod files;
 mod forwards;
 pub mod gate;
 #[cfg(test)]
@@ -20,6 +21,7 @@ pub mod network;
 mod prepull;
 mod registries;
 mod scheduler;
+mod task_files;
 pub mod trust;
 
 use std::net::SocketAddr;
@@ -246,6 +248,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         .merge(credentials::router(shared.clone()))
         .merge(gossip_keys::router(shared.clone()))
         .merge(registries::router(shared.clone()))
+        .merge(files::router(shared.clone()))
         .merge(blobs::router(blob_service))
         .layer(axum::middleware::from_fn_with_state(
             gate,
@@ -279,6 +282,18 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let gossip_keys = tokio::spawn(gossip_keys::run(shared.clone(), gossip));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
+    let task_files = Arc::new(task_files::TaskFiles::new(
+        task_files::node_dir(&task_files::files_root(), &shared.config.data_dir),
+        shared.trust.data_key.clone(),
+        Some(registries::AskVoters {
+            addrs: Box::new({
+                let raft = shared.raft.clone();
+                let me = consensus_id(&shared.config.name);
+                move || voter_addrs(&raft, me)
+            }),
+            tls: shared.trust.client_tls.clone(),
+        }),
+    ));
     let keeper = tokio::spawn(keeper::run(Arc::new(keeper::Keeper {
         node: shared.config.name.clone(),
         logs_dir: shared.logs_dir(),
@@ -288,6 +303,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         clock: crate::clock::SystemClock,
         credentials: shared.pull_credentials.clone(),
         allows: shared.config.allows,
+        files: task_files,
     })));
     let prepulls = tokio::spawn(prepull::run(
         shared.config.name.clone(),

@@ -751,6 +751,7 @@ impl Drop for Cluster {
             cleanup_namespace(&member.namespace);
             // In network namespaces, bridges and chains go with the namespace.
             super::cleanup_network(&member.data_dir, &member.bridge, self.netns.is_none());
+            super::cleanup_task_files(&member.data_dir);
         }
         // Network namespaces and the bridge go when `netns` drops.
     }

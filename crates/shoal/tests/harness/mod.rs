@@ -57,6 +57,33 @@ pub fn test_cluster_cidr(serial: u32) -> String {
     )
 }
 
+/// The directory in which a node's agent keeps its tasks' secrets and
+/// configs: `/run/shoal/files` where `/run` is a tmpfs, else
+/// `/dev/shm/shoal/files`, then one per data dir (the first 8 bytes of the
+/// SHA-256 of the data dir's path, in hex), a directory per task in it.
+pub fn task_files_dir(data_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let data_dir = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let run_is_tmpfs = Command::new("stat")
+        .args(["-f", "-c", "%T", "/run"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "tmpfs");
+    let root = if run_is_tmpfs {
+        "/run/shoal/files"
+    } else {
+        "/dev/shm/shoal/files"
+    };
+    Path::new(root).join(hex::encode(&hash[..8]))
+}
+
+/// Removes [`task_files_dir`].
+pub fn cleanup_task_files(data_dir: &Path) {
+    let _ = std::fs::remove_dir_all(task_files_dir(data_dir));
+}
+
 /// Releases what a node's agent made on the host's network: the
 /// namespaces of its tasks (as named in its data dir), and when it ran in
 /// the host's network namespace its bridge and masquerade chain.
@@ -401,6 +428,7 @@ impl Drop for Node {
         self.kill_agent();
         cleanup_namespace(&self.namespace);
         cleanup_network(self.data_dir.path(), &self.bridge, true);
+        cleanup_task_files(self.data_dir.path());
     }
 }
 
