@@ -77,6 +77,8 @@ impl std::fmt::Debug for Credential {
 /// A node answers a write within its own bounds (a few seconds without a
 /// leader); this only guards against a node that does not answer at all.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest JSON answer read (every app of a large cluster fits).
+const RESPONSE_BYTES_MAX: usize = 256 << 20;
 
 #[derive(Clone)]
 pub struct Client {
@@ -509,11 +511,26 @@ impl Client {
             .send()
             .await
             .map_err(|error| self.unreachable(error))?;
-        let response = check(response).await?;
-        response
-            .json()
+        let mut response = check(response).await?;
+        // Read up to the bound, never more.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|error| ClientError::Protocol(error.to_string()))
+            .map_err(|error| ClientError::Protocol(error.to_string()))?
+        {
+            if body.len() + chunk.len() > RESPONSE_BYTES_MAX {
+                return Err(ClientError::Protocol(format!(
+                    "the answer is longer than {} MiB",
+                    RESPONSE_BYTES_MAX >> 20
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let parsed = serde_json::from_slice(&body);
+        // The answer may be a secret's value (a task's secrets).
+        zeroize::Zeroize::zeroize(&mut body);
+        parsed.map_err(|error| ClientError::Protocol(error.to_string()))
     }
 }
 

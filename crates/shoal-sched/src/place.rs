@@ -224,24 +224,12 @@ impl<'a> Scheduler<'a> {
         {
             return None;
         }
-        let counts = self.per_node.get(&self.sid(app, service));
-        let key = crate::standby_key(app, &service.name);
-        admitting
-            .iter()
-            .copied()
-            .filter(|at| {
-                counts
-                    .and_then(|counts| counts.get(at))
-                    .is_none_or(|n| *n == 0)
-            })
-            // The rank, then the smaller name, as `standby` decides.
-            .max_by_key(|at| {
-                let name = self.nodes[*at as usize].node.name.as_str();
-                (
-                    shoal_types::rendezvous_rank(&key, name),
-                    std::cmp::Reverse(name),
-                )
-            })
+        // The standby as the state names it, which is the node that
+        // pulled the image ahead (not one that merely runs none of it now,
+        // as a node shedding tasks does).
+        let name = crate::standby(self.state, app, service)?;
+        let at = *self.index.get(name)?;
+        admitting.contains(&at).then_some(at)
     }
 
     /// The best node for one more task of `service`, if any has room.

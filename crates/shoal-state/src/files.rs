@@ -19,8 +19,9 @@ pub const FILE_BYTES_MAX: usize = 256 * 1024;
 /// Largest value as stored: base64 of the value, sealed (nonce, tag and
 /// key id), with room to spare.
 const STORED_CHARS_MAX: usize = FILE_BYTES_MAX / 3 * 4 + 256;
-/// All values of one kind together, as stored.
-const STORED_CHARS_TOTAL_MAX: usize = 64 << 20;
+/// All values of secrets and configs together, as stored (the state, and
+/// so every snapshot, holds them).
+const STORED_CHARS_TOTAL_MAX: usize = 32 << 20;
 
 /// One secret or config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +30,10 @@ pub struct FileRecord {
     pub name: String,
     /// 1 when created; one more with every new value.
     pub version: u64,
+    // `created_at_ms` stays what the first version said: a new value
+    // names it, and a secret's value is sealed for it (with the name and
+    // the version), so a sealed value of a secret removed and made again
+    // under the same name never opens as the new one.
     /// The value in base64: sealed with the data key for a secret, as
     /// given for a config.
     pub data: String,
@@ -110,22 +115,31 @@ impl State {
                 "the cluster holds {FILES_KEPT_MAX} {kind}s, the limit; remove some with `shoal {kind} rm`"
             )));
         }
-        let total: usize = files
-            .values()
-            .filter(|file| file.name != record.name)
+        let total: usize = [FileKind::Secret, FileKind::Config]
+            .into_iter()
+            .flat_map(|of| {
+                self.files(of)
+                    .values()
+                    .filter(move |file| of != kind || file.name != record.name)
+            })
             .map(|file| file.data.len())
             .sum();
         if total + record.data.len() > STORED_CHARS_TOTAL_MAX {
             return Err(ApplyError::TooLarge(format!(
-                "the {kind}s' values would take more than {} MiB together; remove some with `shoal {kind} rm`",
+                "secrets and configs would take more than {} MiB together; remove some with `shoal secret rm` or `shoal config rm`",
                 STORED_CHARS_TOTAL_MAX >> 20
             )));
         }
-        let mut record = record.clone();
-        if let Some(file) = current {
-            record.created_at_ms = file.created_at_ms;
+        // A new value of the same secret, not of one removed and made
+        // again meanwhile (a value is sealed for its creation too).
+        if current.is_some_and(|file| file.created_at_ms != record.created_at_ms) {
+            return Err(ApplyError::Refused(format!(
+                "{kind} {} was removed and created again meanwhile; try again",
+                record.name
+            )));
         }
-        self.files_mut(kind).insert(record.name.clone(), record);
+        self.files_mut(kind)
+            .insert(record.name.clone(), record.clone());
         Ok(Outcome::SecurityChanged)
     }
 
@@ -145,6 +159,20 @@ impl State {
             return Err(ApplyError::Refused(format!(
                 "{kind} {name} is used by {}: remove it from their spec first",
                 users.join(", ")
+            )));
+        }
+        // Tasks of an older version keep their own spec until they stop;
+        // one that restarts meanwhile needs the value.
+        if let Some(task) = self.tasks.values().find(|task| {
+            task.desired == shoal_types::DesiredState::Running
+                && task
+                    .spec
+                    .files()
+                    .any(|(of, file)| of == kind && file.name == name)
+        }) {
+            return Err(ApplyError::Refused(format!(
+                "{kind} {name} is used by task {}, which is still meant to run: wait until it has stopped",
+                task.id
             )));
         }
         self.files_mut(kind).remove(name);

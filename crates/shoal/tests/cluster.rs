@@ -1222,11 +1222,7 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
     });
 
     // A worker gets the keyring with its certificate and seals at once.
-    let token = cluster
-        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
-        .trim()
-        .to_string();
-    let worker = cluster.join_with_token(&token);
+    let worker = cluster.join_worker();
     let sealed_on = |cluster: &Cluster, index: usize| {
         cluster.wait_for("the node to seal its gossip", || {
             let info = cluster.shoal_json(index, &["cluster", "info"])?;
@@ -1962,11 +1958,7 @@ fn a_worker_pulls_from_a_private_registry_with_credentials_a_voter_gives_it() {
         &format!("{password}\n"),
     );
     assert!(output.status.success(), "{output:?}");
-    let token = cluster
-        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
-        .trim()
-        .to_string();
-    let worker = cluster.join_with_token(&token);
+    let worker = cluster.join_worker();
     let worker_name = cluster.members[worker].name.clone();
     let app = |name: &str, repository: &str| {
         format!(
@@ -2168,11 +2160,7 @@ fn a_server_that_is_not_the_node_dialled_gets_nothing() {
         return;
     };
     wait_voters(&cluster, 0, 3);
-    let token = cluster
-        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
-        .trim()
-        .to_string();
-    let worker = cluster.join_with_token(&token);
+    let worker = cluster.join_worker();
     let leader = cluster.wait_for("a leader", || cluster.leader(0));
     let leader = cluster.index_of(&leader);
     let victim = (0..3).find(|i| *i != leader).expect("a follower");
@@ -2236,10 +2224,7 @@ fn a_server_that_is_not_the_node_dialled_gets_nothing() {
 
     // Through the worker itself: the joiner learns the leader's address
     // from it with a decoy token and joins there.
-    let token = cluster
-        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
-        .trim()
-        .to_string();
+    let token = cluster.worker_token();
     let joined = cluster.join_via(worker, &token);
     let name = cluster.members[joined].name.clone();
     cluster.wait_for("the node joined through a worker listed alive", || {
@@ -2301,11 +2286,7 @@ fn a_worker_certificate_proposes_only_what_a_worker_may() {
         return;
     };
     wait_voters(&cluster, 0, 3);
-    let token = cluster
-        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
-        .trim()
-        .to_string();
-    let worker = cluster.join_with_token(&token);
+    let worker = cluster.join_worker();
     cluster.import_busybox(worker);
     let worker_name = cluster.members[worker].name.clone();
     cluster.wait_for("the worker alive in the state", || {
@@ -2475,12 +2456,6 @@ fn a_known_nodes_name_is_not_taken_by_another_join() {
     let first = cluster.members[0].ip.clone();
     let victim = 2;
     let name = cluster.members[victim].name.clone();
-    let worker_token = |cluster: &Cluster| {
-        cluster
-            .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
-            .trim()
-            .to_string()
-    };
     cluster.stop(victim);
     cluster.wait_for("the voter declared dead", || {
         cluster
@@ -2489,7 +2464,7 @@ fn a_known_nodes_name_is_not_taken_by_another_join() {
             .any(|n| n["name"] == name.as_str() && n["status"] == "dead")
             .then_some(())
     });
-    let token = worker_token(&cluster);
+    let token = cluster.worker_token();
     let (_, output) = cluster.try_join_as(&name, &first, &token);
     let said = text(&output);
     assert!(!output.status.success(), "joined under {name}: {said}");
@@ -2523,11 +2498,7 @@ fn a_worker_gets_the_secrets_of_its_tasks_from_a_voter_and_no_other_node_does() 
     let canary = format!("SHOAL-CANARY-{}", std::process::id() as u64 * 6007 + 31);
     let output = cluster.shoal_with_stdin(0, &["secret", "create", "canary", "-f", "-"], &canary);
     assert!(output.status.success(), "{output:?}");
-    let token = cluster
-        .shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
-        .trim()
-        .to_string();
-    let worker = cluster.join_with_token(&token);
+    let worker = cluster.join_worker();
     cluster.import_busybox(worker);
     let worker_name = cluster.members[worker].name.clone();
     cluster.apply_ok(
@@ -2618,7 +2589,7 @@ services:
         let seen = harness::assert_secret_in_no_file(&cluster.members[index].data_dir, &canary);
         assert!(seen > 3, "looked at {seen} files");
         assert!(
-            !cluster.agent_log(index).contains(&canary),
+            !harness::holds_secret(&cluster.agent_log(index), &canary),
             "the secret is in node {index}'s log"
         );
     }

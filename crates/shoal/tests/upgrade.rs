@@ -232,6 +232,13 @@ fn a_running_cluster_upgrades_node_by_node() {
             );
         }
         if index < 2 {
+            // A secret needs a format older nodes do not read: refused,
+            // saying why, and nothing is kept.
+            let refused =
+                cluster.shoal_with_stdin(index, &["secret", "create", "early", "-f", "-"], "pw");
+            assert!(!refused.status.success(), "{refused:?}");
+            let said = String::from_utf8_lossy(&refused.stderr);
+            assert!(said.contains("upgrade every node"), "{said}");
             // An older node reads no sealed gossip: the upgraded node
             // speaks plaintext, or it would not be heard.
             let info = cluster_info(&cluster, index).expect("cluster info");
@@ -257,6 +264,21 @@ fn a_running_cluster_upgrades_node_by_node() {
     }
     for index in 0..3 {
         write(&cluster, index, &empty_app(&format!("after-{index}")));
+    }
+    // Now a secret is taken, and every node lists it (the one refused
+    // before is not there).
+    let created = cluster.shoal_with_stdin(0, &["secret", "create", "late", "-f", "-"], "pw");
+    assert!(created.status.success(), "{created:?}");
+    for index in 0..3 {
+        cluster.wait_for("the secret listed by every node", || {
+            let listed = cluster.shoal_json(index, &["secret", "ls"])?;
+            let names: Vec<&str> = listed
+                .as_array()?
+                .iter()
+                .filter_map(|s| s["name"].as_str())
+                .collect();
+            (names == ["late"]).then_some(())
+        });
     }
     let nodes = cluster.nodes(0).expect("nodes");
     for node in &nodes {

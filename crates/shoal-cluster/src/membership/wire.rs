@@ -534,6 +534,67 @@ mod tests {
         Sealer::new(ring, cluster, 42).expect("sealer")
     }
 
+    fn fuzz_ring() -> &'static GossipKeyring {
+        static RING: std::sync::OnceLock<GossipKeyring> = std::sync::OnceLock::new();
+        RING.get_or_init(|| GossipKeyring::generate(1, 0))
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all, and any sealed datagram of the ring with one
+        /// byte changed, cut short or grown: dropped with a reason, never
+        /// opened, never a panic; the datagram as sealed opens to exactly
+        /// its packet, once.
+        #[test]
+        fn the_gossip_frame_opens_only_what_the_ring_sealed(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..1500),
+            packet in proptest::collection::vec(proptest::num::u8::ANY, 1..1200),
+            at in 0usize..2000,
+            flip in 1u8..=255,
+            cut in 0usize..2000,
+            sequence in 0u64..1 << 40,
+        ) {
+            let a = sealer(fuzz_ring(), "x");
+            let now = 1_000_000;
+            let mut seen = Replays::default();
+            // Noise, and noise that starts like a sealed datagram.
+            let mut bytes = noise.clone();
+            proptest::prop_assert!(a.open(&mut bytes, now, &mut seen).is_err());
+            let mut framed = MAGIC.to_vec();
+            framed.push(WIRE_SEALED);
+            framed.extend_from_slice(&1u32.to_be_bytes());
+            framed.extend_from_slice(&noise);
+            proptest::prop_assert!(a.open(&mut framed, now, &mut seen).is_err());
+            // The plaintext envelope takes only its own prefix.
+            let x = prefix("x");
+            if let Ok(inner) = open(&x, &noise) {
+                proptest::prop_assert!(noise.starts_with(&x));
+                proptest::prop_assert_eq!(inner, &noise[x.len()..]);
+            }
+            let mut sealed = Vec::new();
+            a.seal(sequence, now, &packet, &mut sealed).expect("seal");
+            proptest::prop_assert_eq!(sealed.len(), packet.len() + OVERHEAD);
+            // One byte changed anywhere.
+            let mut bent = sealed.clone();
+            let at = at % bent.len();
+            bent[at] ^= flip;
+            proptest::prop_assert!(a.open(&mut bent, now, &mut Replays::default()).is_err());
+            // Cut short, or with bytes after it.
+            let mut short = sealed[..cut % sealed.len()].to_vec();
+            proptest::prop_assert!(a.open(&mut short, now, &mut Replays::default()).is_err());
+            let mut long = sealed.clone();
+            long.extend_from_slice(&noise[..noise.len().min(1 + cut % 64)]);
+            if long.len() > sealed.len() {
+                proptest::prop_assert!(a.open(&mut long, now, &mut Replays::default()).is_err());
+            }
+            // As sealed: its packet, once.
+            let mut good = sealed.clone();
+            let range = a.open(&mut good, now, &mut seen).expect("opens");
+            proptest::prop_assert_eq!(&good[range], &packet[..]);
+            let mut again = sealed.clone();
+            proptest::prop_assert_eq!(a.open(&mut again, now, &mut seen), Err(Reject::Replayed));
+        }
+    }
+
     #[test]
     fn opens_what_the_ring_sealed_once() {
         let ring = GossipKeyring::generate(1, 0);

@@ -231,12 +231,27 @@ pub fn check_target(target: &str) -> Result<(), String> {
             "`{target}` must name a file by a plain absolute path (no `.`, `..`, `//` or trailing `/`)"
         ));
     }
+    check_path(target)
+}
+
+/// Files the node itself puts in a task: its network's.
+const NODE_FILES: [&str; 2] = ["/etc/hosts", "/etc/resolv.conf"];
+
+/// Checks where a file lands in the container (a target as resolved):
+/// not in or at the kernel's and the runtime's directories, not on a file
+/// the node puts there itself.
+pub fn check_path(path: &str) -> Result<(), String> {
     if let Some(dir) = FORBIDDEN_DIRS
         .iter()
-        .find(|dir| target.starts_with(&format!("{dir}/")))
+        .find(|dir| path == **dir || path.starts_with(&format!("{dir}/")))
     {
         return Err(format!(
-            "`{target}` is under {dir}, which the kernel and the runtime own; choose another path"
+            "`{path}` is {dir} or under it, which the kernel and the runtime own; choose another path"
+        ));
+    }
+    if NODE_FILES.contains(&path) {
+        return Err(format!(
+            "`{path}` is made by the node for the task's network; choose another path"
         ));
     }
     Ok(())
@@ -290,6 +305,9 @@ mod tests {
             "/proc/x",
             "/sys/fs/x",
             "/dev/shm/x",
+            "/proc",
+            "/etc/hosts",
+            "/etc/resolv.conf",
         ] {
             assert!(check_target(bad).is_err(), "{bad}");
         }

@@ -353,6 +353,15 @@ mod tests {
                 "configs: [{name: c, owner: root}]",
                 "services[0].configs[0]",
             ),
+            ("configs: [{name: proc}]", "services[0].configs[0].target"),
+            (
+                "configs: [{name: c, target: /etc/hosts}]",
+                "services[0].configs[0].target",
+            ),
+            (
+                "secrets: [{name: a, target: /etc/app}, {name: b, target: /etc/app/key}]",
+                "services[0].secrets[1].target",
+            ),
         ] {
             let error = parse(files).expect_err(files);
             assert!(error.errors[0].path.starts_with(path), "{files}: {error}");

@@ -252,6 +252,10 @@ fn validate_files(
             }
         }
         let path = file.target_path(kind);
+        if let Err(message) = super::files::check_path(&path) {
+            fail(at(&format!("{here}.target")), message);
+            continue;
+        }
         if let Some(first) = targets.insert(path.clone(), here.clone()) {
             fail(
                 at(&format!("{here}.target")),
@@ -259,6 +263,22 @@ fn validate_files(
                     "`{path}` is already the file of {first}; give one of them another `target`"
                 ),
             );
+        }
+    }
+    // A file cannot sit inside another file.
+    for (path, here) in &targets {
+        let mut parent = path.as_str();
+        while let Some((up, _)) = parent.rsplit_once('/') {
+            if let Some(outer) = targets.get(up) {
+                fail(
+                    at(&format!("{here}.target")),
+                    format!(
+                        "`{path}` would be inside `{up}`, the file of {outer}; choose another path"
+                    ),
+                );
+                break;
+            }
+            parent = up;
         }
     }
 }

@@ -19,6 +19,13 @@ const VALUE_BYTES_MAX: u64 = shoal_state::files::FILE_BYTES_MAX as u64;
 
 pub async fn run(kind: FileKind, command: FileCommand) -> anyhow::Result<ExitCode> {
     let route = kind.field();
+    // Checked here too: the name goes into the URL.
+    if let FileCommand::Create { name, .. }
+    | FileCommand::Update { name, .. }
+    | FileCommand::Rm { name, .. } = &command
+    {
+        shoal_types::check_object_name(name).map_err(|why| anyhow::anyhow!("NAME: {why}"))?;
+    }
     match command {
         FileCommand::Create {
             name,

@@ -11,7 +11,7 @@
 //! trusted with nothing; a home that does not answer, refuses or runs an
 //! older release leaves the asker to the registry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -471,10 +471,25 @@ impl<L: ReplicatedLog> ClusterBlobs<L> {
             .into_iter()
             .collect();
         holders.sort_by_key(|(name, _)| std::cmp::Reverse(rank(digest, name)));
-        let mut ahead: Vec<(String, String)> = super::prepull::duties(&state, None)
+        // The nodes holding it ahead, worked out for these services only.
+        let mut running: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+        for task in state.tasks.values() {
+            let key = (task.app.as_str(), task.service.as_str());
+            if task.desired == shoal_types::DesiredState::Running && services.contains(&key) {
+                running.entry(key).or_default().insert(task.node.as_str());
+            }
+        }
+        let none = BTreeSet::new();
+        let mut ahead: Vec<(String, String)> = services
             .iter()
-            .filter(|duty| services.contains(&(duty.app, duty.service.name.as_str())))
-            .flat_map(|duty| duty.nodes.iter().filter_map(|node| alive(node)))
+            .filter_map(|&(app, name)| {
+                let spec = state.apps.get(app)?;
+                let service = spec.spec.services.iter().find(|s| s.name == name)?;
+                let on = running.get(&(app, name)).unwrap_or(&none);
+                Some(shoal_sched::prepull_nodes(&state, app, service, on))
+            })
+            .flatten()
+            .filter_map(alive)
             .filter(|node| !holders.contains(node))
             .collect::<BTreeSet<_>>()
             .into_iter()

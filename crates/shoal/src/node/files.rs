@@ -62,10 +62,11 @@ fn kind_of(secret: bool) -> FileKind {
     }
 }
 
-/// What a sealed secret is bound to: its purpose, name and version, so it
-/// cannot be moved to another secret, or back to an older version.
-pub fn secret_aad(name: &str, version: u64) -> Vec<u8> {
-    format!("shoal secret {name} {version}").into_bytes()
+/// What a sealed secret is bound to: its purpose, name, version and
+/// creation, so it cannot be moved to another secret, back to an older
+/// version, or to a secret made again under its name.
+pub fn secret_aad(name: &str, version: u64, created_at_ms: u64) -> Vec<u8> {
+    format!("shoal secret {name} {version} {created_at_ms}").into_bytes()
 }
 
 /// Opens a secret's value with the data key.
@@ -75,7 +76,7 @@ pub fn open_secret(key: &DataKey, record: &FileRecord) -> Option<Zeroizing<Vec<u
         .ok()?;
     shoal_pki::seal::open(
         |id| (id == DATA_KEY_ID).then_some(key),
-        &secret_aad(&record.name, record.version),
+        &secret_aad(&record.name, record.version, record.created_at_ms),
         &sealed,
     )
     .ok()
@@ -192,7 +193,7 @@ async fn create<R, const SECRET: bool>(
     let kind = kind_of(SECRET);
     check_object_name(&request.name)
         .map_err(|why| ApiError::bad_request(format!("name: {why}")))?;
-    put(&shared, kind, request.name, &request.data, 1).await
+    put(&shared, kind, request.name, &request.data, 1, now_ms()).await
 }
 
 async fn update<R, const SECRET: bool>(
@@ -206,28 +207,37 @@ async fn update<R, const SECRET: bool>(
         .linearizable_read()
         .await
         .map_err(|error| ApiError::unavailable(error.to_string()))?;
-    let Some(version) = shared
+    let Some((version, created_at_ms)) = shared
         .raft
         .read()
         .files(kind)
         .get(&name)
-        .map(|record| record.version)
+        .map(|record| (record.version, record.created_at_ms))
     else {
         return Err(ApiError::not_found(format!(
             "no {kind} {name:?}; create it with `shoal {kind} create NAME -f FILE` (see `shoal {kind} ls`)"
         )));
     };
-    put(&shared, kind, name, &request.data, version + 1).await
+    put(
+        &shared,
+        kind,
+        name,
+        &request.data,
+        version + 1,
+        created_at_ms,
+    )
+    .await
 }
 
 /// Decodes, checks and (a secret) seals a value, and proposes it as
-/// `version` of `name`.
+/// `version` of `name`, created at `created_at_ms`.
 async fn put<R>(
     shared: &Shared<R>,
     kind: FileKind,
     name: String,
     data: &str,
     version: u64,
+    created_at_ms: u64,
 ) -> Result<(axum::Extension<Audited>, Json<FileView>), ApiError> {
     let value = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
@@ -252,9 +262,13 @@ async fn put<R>(
                     "this node holds no data key to seal the secret with (workers never do): send the request to a voter node",
                 ));
             };
-            let sealed =
-                shoal_pki::seal::seal(key, DATA_KEY_ID, &secret_aad(&name, version), &value)
-                    .map_err(|error| ApiError::internal(format!("sealing the secret: {error}")))?;
+            let sealed = shoal_pki::seal::seal(
+                key,
+                DATA_KEY_ID,
+                &secret_aad(&name, version, created_at_ms),
+                &value,
+            )
+            .map_err(|error| ApiError::internal(format!("sealing the secret: {error}")))?;
             base64::engine::general_purpose::STANDARD.encode(sealed)
         }
     };
@@ -264,7 +278,7 @@ async fn put<R>(
         version,
         data: stored,
         bytes: value.len() as u64,
-        created_at_ms: now,
+        created_at_ms,
         updated_at_ms: now,
     };
     let command = match kind {

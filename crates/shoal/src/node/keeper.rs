@@ -34,8 +34,8 @@ const RESULTS_QUEUE_MAX: usize = 1024;
 const REPORT_BATCH_MAX: usize = 1024;
 /// How often task networks that nothing owns any more are looked for.
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the files of tasks whose container no longer runs are
-/// looked for (a task's secrets go within 5 s of it stopping).
+/// How often the files of tasks that stopped are looked for (a task's
+/// secrets go within 5 s of it stopping).
 const FILES_GARBAGE_INTERVAL: Duration = Duration::from_secs(2);
 /// A pull says how far it is after this long, then this often.
 const PULL_PROGRESS_FIRST: Duration = Duration::from_secs(2);
@@ -139,8 +139,11 @@ where
         }
         if std::time::Instant::now() >= files_garbage_at {
             files_garbage_at = std::time::Instant::now() + FILES_GARBAGE_INTERVAL;
-            // Files stay while their container runs, or while a task meant
-            // to run has none yet (it is being started).
+            // Files stay while their container runs, and while their task is
+            // meant to run here and not done for good, whatever its
+            // container does: a task restarted after a crash takes them
+            // again when no voter answers (this node keeps its promises
+            // when cut off).
             let live: BTreeSet<String> = observed
                 .iter()
                 .filter(|(_, observed)| matches!(observed, Observed::Running))
@@ -149,7 +152,7 @@ where
                     desired
                         .iter()
                         .filter(|task| task.desired == DesiredState::Running)
-                        .filter(|task| !observed.contains_key(&task.id))
+                        .filter(|task| !task.finished_for_good())
                         .map(|task| task.id.clone()),
                 )
                 .collect();

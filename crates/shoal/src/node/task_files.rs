@@ -133,7 +133,27 @@ impl TaskFiles {
         let secrets = if task.spec.secrets.is_empty() {
             Vec::new()
         } else {
-            self.secrets(log, task).await?
+            match self.secrets(log, task).await {
+                Ok(secrets) => secrets,
+                // Cut off from the voters: a restart takes the files its
+                // task had (kept while the task is meant to run).
+                Err(error) => {
+                    let dir = self.task_dir(&task.id);
+                    let targets: Vec<String> = task
+                        .spec
+                        .files()
+                        .map(|(kind, file)| file.target_path(kind))
+                        .collect();
+                    return tokio::task::spawn_blocking(move || kept_files(&dir, &targets))
+                        .await
+                        .ok()
+                        .flatten()
+                        .inspect(|_| {
+                            tracing::info!(task = %task.id, %error, "no voter gave the task's secrets: it runs with the files it had");
+                        })
+                        .ok_or(error);
+                }
+            }
         };
         let files = {
             let state = log.read();
@@ -261,6 +281,23 @@ impl TaskFiles {
         }
         removed
     }
+}
+
+/// The mounts of the files a task was given before, when each of them is
+/// still there.
+fn kept_files(dir: &Path, targets: &[String]) -> Option<Vec<BindMount>> {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(index, target)| {
+            let source = dir.join(format!("{index}"));
+            source.is_file().then(|| BindMount {
+                source,
+                destination: target.into(),
+                read_only: true,
+            })
+        })
+        .collect()
 }
 
 /// Whether `path` is on a tmpfs.

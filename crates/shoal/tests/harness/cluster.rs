@@ -270,6 +270,19 @@ impl Cluster {
         indexes
     }
 
+    /// A single-use worker join token, made through node 0.
+    pub fn worker_token(&self) -> String {
+        self.shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
+            .trim()
+            .to_string()
+    }
+
+    /// A new member joined as a worker (with [`Cluster::worker_token`]).
+    pub fn join_worker(&mut self) -> usize {
+        let token = self.worker_token();
+        self.join_with_token(&token)
+    }
+
     /// A new node (127.X.Y.N) joins through node 0 with `token`.
     pub fn join_with_token(&mut self, token: &str) -> usize {
         let index = self.add_member(&[]);

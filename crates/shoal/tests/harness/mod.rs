@@ -559,9 +559,27 @@ pub fn curl(
     }
 }
 
-/// Panics when `secret` is in the clear in any file under `dir` (each read
-/// whole); how many files were read.
+/// The forms a secret would take if it leaked: as it is, and in base64
+/// (how values travel in JSON), from its first byte on (the encoding of
+/// its first ⌊len/3⌋·3 bytes, which every base64 of it starts with).
+pub fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine;
+    let whole = secret.len() / 3 * 3;
+    vec![
+        secret.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(&secret.as_bytes()[..whole]),
+    ]
+}
+
+/// Whether `text` holds `secret` in any of its [`secret_forms`].
+pub fn holds_secret(text: &str, secret: &str) -> bool {
+    secret_forms(secret).iter().any(|form| text.contains(form))
+}
+
+/// Panics when `secret` is in the clear, or in base64, in any file under
+/// `dir` (each read whole); how many files were read.
 pub fn assert_secret_in_no_file(dir: &Path, secret: &str) -> usize {
+    let forms = secret_forms(secret);
     let mut files = vec![dir.to_path_buf()];
     let mut seen = 0;
     while let Some(path) = files.pop() {
@@ -571,11 +589,13 @@ pub fn assert_secret_in_no_file(dir: &Path, secret: &str) -> usize {
             }
         } else if let Ok(bytes) = std::fs::read(&path) {
             seen += 1;
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "the secret is in the clear in {}",
-                path.display()
-            );
+            for form in &forms {
+                assert!(
+                    !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+                    "the secret is in {} as {form:?}",
+                    path.display()
+                );
+            }
         }
     }
     seen
