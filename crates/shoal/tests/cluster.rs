@@ -2594,3 +2594,272 @@ services:
         );
     }
 }
+
+/// Who may call a route, written from the rules the security issue sets
+/// (not read from the access table): the health check and the join
+/// routes are open (a join's token is in its body); Raft's own RPCs and
+/// the membership changes take a node that may vote; other node-to-node
+/// routes any admitted node; tokens and join tokens an admin only; other
+/// reads any token or node; apps, plans, images, secrets and configs a
+/// deployer or an admin; everything else an admin.
+fn matrix_allowed(method: &reqwest::Method, path: &str) -> &'static [&'static str] {
+    const EVERYONE: &[&str] = &["nothing", "reader", "deployer", "admin", "worker", "voter"];
+    const NODES: &[&str] = &["worker", "voter"];
+    const READERS: &[&str] = &["reader", "deployer", "admin", "worker", "voter"];
+    const DEPLOYERS: &[&str] = &["deployer", "admin"];
+    const ADMINS: &[&str] = &["admin"];
+    let read = method == reqwest::Method::GET;
+    let deployed = [
+        "/v1/apps",
+        "/v1/plan",
+        "/v1/images",
+        "/v1/images/pull",
+        "/v1/secrets",
+        "/v1/configs",
+    ];
+    match path {
+        "/v1/health" | "/v1/join" | "/v1/join/ca" => EVERYONE,
+        "/v1/raft/append"
+        | "/v1/raft/vote"
+        | "/v1/raft/snapshot"
+        | "/v1/raft/add-learner"
+        | "/v1/raft/change-voters"
+        | "/v1/raft/remove-nodes" => &["voter"],
+        p if p.starts_with("/v1/raft/") || p.starts_with("/v1/internal/") => NODES,
+        p if p.starts_with("/v1/tokens") || p.starts_with("/v1/cluster/join-tokens") => ADMINS,
+        _ if read => READERS,
+        p if deployed.contains(&p) && method == reqwest::Method::POST => DEPLOYERS,
+        "/v1/images" if method == reqwest::Method::DELETE => DEPLOYERS,
+        "/v1/apps/nosuch" if method == reqwest::Method::DELETE => DEPLOYERS,
+        "/v1/secrets/nosuch" | "/v1/configs/nosuch"
+            if method == reqwest::Method::PUT || method == reqwest::Method::DELETE =>
+        {
+            DEPLOYERS
+        }
+        _ => ADMINS,
+    }
+}
+
+/// The route × credential matrix on a real cluster over real TLS: every
+/// operation of the OpenAPI document and every Raft route, called with no
+/// credential, each API role's token, an expired and a revoked admin
+/// token, a real worker's and the voter's own certificate, the
+/// certificate of a node removed with `shoal node rm`, and a certificate
+/// of another CA with this cluster's id. A cell the rules allow gets past
+/// the gate (whatever the handler then says of the empty body); every
+/// other is refused at the handshake or by the gate (401, or 403 saying
+/// who may not).
+#[test]
+fn every_route_takes_only_the_credentials_the_rules_allow_over_real_tls() {
+    let Some(mut cluster) = Cluster::start_or_skip("matrix", &[&[]]) else {
+        return;
+    };
+    wait_voters(&cluster, 0, 1);
+    let worker = cluster.join_worker();
+    let gone = cluster.join_worker();
+    let own = |cluster: &Cluster, index: usize| {
+        let pki = cluster.members[index].data_dir.join("pki");
+        let read = |file: &str| std::fs::read_to_string(pki.join(file)).expect("read");
+        (read("node.pem"), read("node.key"))
+    };
+    let gone_cert = own(&cluster, gone);
+    let gone_name = cluster.members[gone].name.clone();
+    cluster.stop(gone);
+    cluster.shoal_ok(0, &["node", "rm", &gone_name]);
+    // The worker's facts (what it reads) have arrived: tokens can be made.
+    cluster.wait_for("the cluster to write this release's log format", || {
+        let info = cluster.shoal_json(0, &["cluster", "info"])?;
+        (info["log_version"] == shoal_state::LOG_VERSION).then_some(())
+    });
+    let token = |name: &str, role: &str, ttl: Option<&str>| {
+        let mut args = vec!["token", "create", "--name", name, "--role", role];
+        if let Some(ttl) = ttl {
+            args.extend(["--ttl", ttl]);
+        }
+        args.extend(["-o", "json"]);
+        let output = cluster.shoal(0, &args);
+        assert!(output.status.success(), "{output:?}");
+        let created: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("token JSON");
+        (
+            created["token"].as_str().expect("token").to_string(),
+            created["id"].as_str().expect("id").to_string(),
+        )
+    };
+    let (reader, _) = token("r", "reader", None);
+    let (deployer, _) = token("d", "deployer", None);
+    let (admin, _) = token("a", "admin", None);
+    let (expired, _) = token("expired", "admin", Some("1s"));
+    let (revoked, revoked_id) = token("revoked", "admin", None);
+    cluster.shoal_ok(0, &["token", "rm", &revoked_id]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ca_pem, _) = harness::credential_parts(&cluster.credential());
+    let cluster_id = cluster.shoal_json(0, &["cluster", "info"]).expect("info")["cluster_id"]
+        .as_str()
+        .expect("cluster id")
+        .to_string();
+    let foreign = {
+        let ca =
+            shoal_pki::ca::Ca::generate(&cluster_id, 1, std::time::SystemTime::now()).expect("CA");
+        let identity = shoal_pki::identity::Identity {
+            cluster_id: cluster_id.clone(),
+            role: shoal_pki::identity::Role::Voter,
+            name: cluster.members[0].name.clone(),
+            admission: "00000000000000a1".into(),
+        };
+        let (chain, key) = ca
+            .issue_new_key(
+                &identity,
+                Duration::from_secs(600),
+                std::time::SystemTime::now(),
+            )
+            .expect("certificate");
+        (chain, key.to_string())
+    };
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let client = |token: Option<&str>, cert: Option<(&str, &str)>| {
+        let credentials = shoal_pki::tls::Credentials::new(&ca_pem).expect("roots");
+        if let Some((chain, key)) = cert {
+            credentials.set_identity(chain, key).expect("identity");
+        }
+        let tls = shoal_pki::tls::client_config(credentials).expect("TLS");
+        let _guard = runtime.enter();
+        shoal_http::client_with_token(shoal_http::ClientOptions::default(), &tls, token)
+            .expect("client")
+    };
+    let (worker_cert, voter_cert) = (own(&cluster, worker), own(&cluster, 0));
+    // (label, client, the class the rules know it as: a certificate that
+    // does not chain to the cluster's CA is "no one", refused at the
+    // handshake, even where no credential is needed).
+    let callers: Vec<(&str, reqwest::Client, &str)> = vec![
+        ("no credential", client(None, None), "nothing"),
+        ("reader token", client(Some(&reader), None), "reader"),
+        ("deployer token", client(Some(&deployer), None), "deployer"),
+        ("admin token", client(Some(&admin), None), "admin"),
+        (
+            "expired admin token",
+            client(Some(&expired), None),
+            "nothing",
+        ),
+        (
+            "revoked admin token",
+            client(Some(&revoked), None),
+            "nothing",
+        ),
+        (
+            "worker certificate",
+            client(None, Some((&worker_cert.0, &worker_cert.1))),
+            "worker",
+        ),
+        (
+            "voter certificate",
+            client(None, Some((&voter_cert.0, &voter_cert.1))),
+            "voter",
+        ),
+        (
+            "removed node's certificate",
+            client(None, Some((&gone_cert.0, &gone_cert.1))),
+            "nothing",
+        ),
+        (
+            "another CA's certificate with this cluster's id",
+            client(None, Some((&foreign.0, &foreign.1))),
+            "no one",
+        ),
+    ];
+
+    let document = shoal_api::openapi::document();
+    let mut routes: Vec<(reqwest::Method, String)> = Vec::new();
+    for (path, operations) in document["paths"].as_object().expect("paths") {
+        for method in operations.as_object().expect("operations").keys() {
+            let Ok(method) = method.to_uppercase().parse::<reqwest::Method>() else {
+                continue;
+            };
+            if !["GET", "PUT", "POST", "DELETE", "PATCH"].contains(&method.as_str()) {
+                continue;
+            }
+            let mut path = path.clone();
+            for (param, value) in [
+                ("{name}", "nosuch"),
+                ("{host}", "r.example"),
+                ("{id}", "00000000000000aa"),
+                ("{key}", "gpu"),
+                ("{target}", "nosuch.a"),
+                (
+                    "{digest}",
+                    "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                ),
+            ] {
+                path = path.replace(param, value);
+            }
+            assert!(
+                !path.contains('{'),
+                "a path parameter this test does not fill: {path}"
+            );
+            routes.push((method, path));
+        }
+    }
+    for path in shoal_cluster::raft::ROUTER_PATHS {
+        routes.push((reqwest::Method::POST, path.to_string()));
+    }
+    assert!(routes.len() >= 40, "{} routes", routes.len());
+    let endpoint =
+        shoal_http::Endpoint::parse(&format!("{}:7950", cluster.members[0].ip)).expect("endpoint");
+    let mut wrong = Vec::new();
+    let mut cells = 0;
+    for (method, path) in &routes {
+        let allowed = matrix_allowed(method, path);
+        for (label, client, class) in &callers {
+            let should = allowed.contains(class);
+            // Leaving would end the node: its allowed cell is not called.
+            if path == "/v1/node/leave" && should {
+                continue;
+            }
+            cells += 1;
+            let answer = runtime.block_on(async {
+                client
+                    .request(method.clone(), endpoint.url(path))
+                    .header("content-type", "application/json")
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+            });
+            let (passed, said) = match answer {
+                Err(error) if error.is_connect() || error.is_request() => {
+                    (false, format!("no connection: {error}"))
+                }
+                Err(error) => (true, format!("{error}")),
+                Ok(response) => {
+                    let status = response.status();
+                    let body = runtime.block_on(response.text()).unwrap_or_default();
+                    let by_gate = status == reqwest::StatusCode::UNAUTHORIZED
+                        || (status == reqwest::StatusCode::FORBIDDEN && body.contains(" may not "));
+                    (!by_gate, format!("{status} {body}"))
+                }
+            };
+            if passed != should {
+                wrong.push(format!(
+                    "{method} {path} with {label}: {} ({})",
+                    if passed {
+                        "got past the gate"
+                    } else {
+                        "refused"
+                    },
+                    said.chars().take(160).collect::<String>()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {cells} cells wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    eprintln!(
+        "{cells} cells of {} routes × {} credentials as the rules say",
+        routes.len(),
+        callers.len()
+    );
+}

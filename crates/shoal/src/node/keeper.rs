@@ -37,6 +37,10 @@ const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the files of tasks that stopped are looked for (a task's
 /// secrets go within 5 s of it stopping).
 const FILES_GARBAGE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a networked task waits for the node's own network to come up
+/// (a node that has just joined sets it up from the subnet the cluster
+/// gave it) before its attempt fails.
+const NETWORK_READY_WAIT_MAX: Duration = Duration::from_secs(30);
 /// A pull says how far it is after this long, then this often.
 const PULL_PROGRESS_FIRST: Duration = Duration::from_secs(2);
 const PULL_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -68,6 +72,9 @@ pub struct Keeper<L, R, N, C> {
 /// runs, released once the container is gone, and leftovers collected.
 /// Blocking calls (the keeper runs them off the async workers).
 pub trait TaskNetwork: Send + Sync + 'static {
+    /// Whether the node's own network (its bridge, from the subnet the
+    /// cluster gave it) is up, so that a networked task can be attached.
+    fn is_ready(&self) -> bool;
     fn attach(&self, task: &Task, zone: &str) -> anyhow::Result<Attached>;
     fn detach(&self, task_id: &str) -> anyhow::Result<()>;
     /// Releases task networks of tasks not in `live`; returns how many.
@@ -75,6 +82,9 @@ pub trait TaskNetwork: Send + Sync + 'static {
 }
 
 impl TaskNetwork for NodeNetwork {
+    fn is_ready(&self) -> bool {
+        NodeNetwork::is_ready(self)
+    }
     fn attach(&self, task: &Task, zone: &str) -> anyhow::Result<Attached> {
         NodeNetwork::attach(self, task, zone)
     }
@@ -323,6 +333,14 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
             allowance.flag()
         ));
     }
+    // A node that has only just joined sets up its network: a task placed
+    // on it at once waits for that instead of failing its first attempt.
+    if task.spec.network {
+        let waited = std::time::Instant::now();
+        while !shared.network.is_ready() && waited.elapsed() < NETWORK_READY_WAIT_MAX {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let zone = shared.log.read().settings.dns_zone.clone();
     let (network, owned) = (shared.network.clone(), task.clone());
     let attached = tokio::task::spawn_blocking(move || network.attach(&owned, &zone))
@@ -523,10 +541,16 @@ mod tests {
     #[derive(Default)]
     struct FakeNetwork {
         attached: Mutex<BTreeSet<String>>,
+        /// The node's network is not up yet (a node that has just joined).
+        unready: std::sync::atomic::AtomicBool,
     }
 
     impl TaskNetwork for FakeNetwork {
+        fn is_ready(&self) -> bool {
+            !self.unready.load(std::sync::atomic::Ordering::SeqCst)
+        }
         fn attach(&self, task: &Task, _zone: &str) -> anyhow::Result<Attached> {
+            assert!(self.is_ready(), "attached before the node's network was up");
             self.attached.lock().expect("lock").insert(task.id.clone());
             Ok(Attached {
                 network: NetworkMode::Isolated,
@@ -657,6 +681,33 @@ mod tests {
             "stamped by the keeper's clock"
         );
         assert!(network.attached.lock().expect("lock").contains(&task));
+        running.abort();
+    }
+
+    /// A task placed on a node whose own network is not up yet (it has
+    /// just joined) waits for it: its first attempt runs, nothing fails.
+    #[tokio::test]
+    async fn a_task_waits_for_the_node_s_network_instead_of_failing() {
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        let keeper = keeper(&log, &runtime, SystemClock);
+        keeper
+            .network
+            .unready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let network = keeper.network.clone();
+        let running = tokio::spawn(run(keeper));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            containers(&runtime).await.is_empty(),
+            "ran without a network"
+        );
+        network
+            .unready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let ran = reported(&log, &task, TaskState::Running).await;
+        assert_eq!((ran.attempt, ran.restarts), (1, 0), "{ran:?}");
         running.abort();
     }
 

@@ -119,6 +119,14 @@ impl NodeNetwork {
         self.ready.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether the node's network (bridge and subnet) is up.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Takes down what the node set up for the cluster once it has left:
     /// its routes, its masquerade chain and (when no task network is left
     /// on it) its bridge. Blocking.
