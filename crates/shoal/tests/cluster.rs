@@ -1994,40 +1994,9 @@ services:
     runs(&cluster, "privw2");
 
     // Who gets them, asked straight with node certificates.
-    let (ca_pem, admin) = harness::credential_parts(&cluster.credential());
-    let ca_file = cluster
-        .scratch
-        .path()
-        .join("ca-for-registry-credentials.pem");
-    std::fs::write(&ca_file, ca_pem).expect("write CA");
-    let as_node = |index: usize| {
-        let pki = cluster.members[index].data_dir.join("pki");
-        [
-            "--cert".to_string(),
-            pki.join("node.pem").to_str().expect("path").to_string(),
-            "--key".to_string(),
-            pki.join("node.key").to_str().expect("path").to_string(),
-        ]
-    };
-    let ask = |asker: usize, body: String| {
-        let mut args: Vec<String> = as_node(asker).to_vec();
-        args.extend([
-            "-X".into(),
-            "POST".into(),
-            "-H".into(),
-            "content-type: application/json".into(),
-            "--data".into(),
-            body,
-        ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        harness::curl(
-            &cluster.members[0].ip,
-            7950,
-            "/v1/internal/registry-credentials",
-            &ca_file,
-            &args,
-        )
-    };
+    let (_, admin) = harness::credential_parts(&cluster.credential());
+    let path = "/v1/internal/registry-credentials";
+    let ask = |asker: usize, body: String| cluster.post_to_node_0(path, &body, Some(asker), None);
     let plain = serde_json::json!({ "host": host }).to_string();
     let (status, body) = ask(worker, plain.clone());
     assert_eq!(status, 200, "the worker runs the registry's images: {body}");
@@ -2050,22 +2019,11 @@ services:
     );
     assert_eq!(status, 200, "an operator who may deploy: {body}");
     // No node certificate, an admin's bearer token: not a node.
-    let bearer = format!("authorization: Bearer {admin}");
-    let (status, body) = harness::curl(
-        &cluster.members[0].ip,
-        7950,
-        "/v1/internal/registry-credentials",
-        &ca_file,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "-H",
-            "content-type: application/json",
-            "--data",
-            &serde_json::json!({ "host": host }).to_string(),
-        ],
+    let (status, body) = cluster.post_to_node_0(
+        path,
+        &serde_json::json!({ "host": host }).to_string(),
+        None,
+        Some(&admin),
     );
     assert_eq!(status, 403, "an API token is no node: {body}");
 
@@ -2531,55 +2489,17 @@ services:
         .to_string();
 
     // Asked straight with node certificates and a token.
-    let (ca_pem, admin) = harness::credential_parts(&cluster.credential());
-    let ca_file = cluster.scratch.path().join("ca-for-task-secrets.pem");
-    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let (_, admin) = harness::credential_parts(&cluster.credential());
     let body = serde_json::json!({ "task": task }).to_string();
-    let ask = |asker: usize| {
-        let pki = cluster.members[asker].data_dir.join("pki");
-        let (cert, key) = (pki.join("node.pem"), pki.join("node.key"));
-        harness::curl(
-            &cluster.members[0].ip,
-            7950,
-            "/v1/internal/task-secrets",
-            &ca_file,
-            &[
-                "--cert",
-                cert.to_str().expect("path"),
-                "--key",
-                key.to_str().expect("path"),
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/json",
-                "--data",
-                &body,
-            ],
-        )
-    };
+    let path = "/v1/internal/task-secrets";
+    let ask = |asker: usize| cluster.post_to_node_0(path, &body, Some(asker), None);
     let (status, answer) = ask(worker);
     assert_eq!(status, 200, "the task is placed on the worker: {answer}");
     assert!(answer.contains("\"canary\""), "{answer}");
     let (status, answer) = ask(0);
     assert_eq!(status, 403, "the task is not placed on node 0: {answer}");
     assert!(!answer.contains("data"), "{answer}");
-    let bearer = format!("authorization: Bearer {admin}");
-    let (status, answer) = harness::curl(
-        &cluster.members[0].ip,
-        7950,
-        "/v1/internal/task-secrets",
-        &ca_file,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "-H",
-            "content-type: application/json",
-            "--data",
-            &body,
-        ],
-    );
+    let (status, answer) = cluster.post_to_node_0(path, &body, None, Some(&admin));
     assert_eq!(status, 403, "an API token is no node: {answer}");
 
     // In memory only, on the node running the task.

@@ -1018,13 +1018,9 @@ mod tests {
                     attempt: 1,
                     state: shoal_types::TaskState::Running,
                     promise: shoal_types::Promise::Kept,
-                    message: String::new(),
                     container_id: Some(task.id.clone()),
-                    exit_code: None,
-                    restarts: 0,
                     started_at_ms: Some(1),
-                    updated_at_ms: 1,
-                    address: None,
+                    ..shoal_types::TaskStatus::pending(1)
                 },
             )],
         });

@@ -120,23 +120,12 @@ async fn task_secrets<R>(
     Extension(caller): Extension<Caller>,
     Json(request): Json<TaskSecretsRequest>,
 ) -> Result<Json<TaskSecrets>, ApiError> {
-    let Some(key) = &shared.trust.data_key else {
-        return Err(ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "this node holds no data key; ask a voter-capable node",
-        ));
-    };
-    let Caller::Node { name, .. } = &caller else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "a task's secrets go to the node that runs it only",
-        ));
-    };
-    shared
-        .raft
-        .linearizable_read()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    let (key, name) = super::gate::node_asking_a_voter(
+        &shared,
+        &caller,
+        "a task's secrets go to the node that runs it only",
+    )
+    .await?;
     let state = shared.raft.read();
     let task = state
         .tasks

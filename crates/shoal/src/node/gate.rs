@@ -704,6 +704,36 @@ pub async fn check<L: ReplicatedLog>(
     response
 }
 
+/// The start of a route that hands a node something only the data key
+/// opens (a registry's credentials, a task's secrets): this node's data
+/// key (a node without one answers 421, naming where to ask), the asking
+/// node's name (any other caller is refused, `who` saying what goes to
+/// whom), after a linearizable read, so that the decision sees every
+/// write the asking node may have seen (the task placed on it), not this
+/// node's lagging copy.
+pub async fn node_asking_a_voter<'a, R>(
+    shared: &'a super::Shared<R>,
+    caller: &'a Caller,
+    who: &str,
+) -> Result<(&'a shoal_pki::seal::DataKey, &'a str), shoal_api::server::ApiError> {
+    use shoal_api::server::ApiError;
+    let Some(key) = &shared.trust.data_key else {
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this node holds no data key; ask a voter-capable node",
+        ));
+    };
+    let Caller::Node { name, .. } = caller else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, who.to_string()));
+    };
+    shared
+        .raft
+        .linearizable_read()
+        .await
+        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    Ok((key, name))
+}
+
 #[cfg(test)]
 mod audit_tests {
     use super::*;

@@ -458,25 +458,9 @@ async fn credentials_route<R>(
     Extension(caller): Extension<Caller>,
     Json(request): Json<RegistryCredentialsRequest>,
 ) -> Result<Json<RegistryCredentials>, ApiError> {
-    let Some(key) = &shared.trust.data_key else {
-        return Err(ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "this node holds no data key; ask a voter-capable node",
-        ));
-    };
-    let Caller::Node { name, .. } = &caller else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "registry credentials go to nodes only",
-        ));
-    };
-    // Decided on a state that holds every write the asking node may have
-    // seen (the task placed on it), not on this voter's lagging copy.
-    shared
-        .raft
-        .linearizable_read()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    let (key, name) =
+        super::gate::node_asking_a_voter(&shared, &caller, "registry credentials go to nodes only")
+            .await?;
     let (record, reason) = {
         let state = shared.raft.read();
         let Some(record) = state.registries.get(&request.host).cloned() else {

@@ -270,6 +270,45 @@ impl Cluster {
         indexes
     }
 
+    /// POSTs `body` (JSON) to node 0's `path` over TLS, with the
+    /// certificate of node `asker` (`Some`) or the bearer `token`; the
+    /// status and the answer's body.
+    pub fn post_to_node_0(
+        &self,
+        path: &str,
+        body: &str,
+        asker: Option<usize>,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let (ca_pem, _) = super::credential_parts(&self.credential());
+        let ca_file = self.scratch.path().join("ca-of-the-cluster.pem");
+        std::fs::write(&ca_file, ca_pem).expect("write CA");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(asker) = asker {
+            let pki = self.members[asker].data_dir.join("pki");
+            for (flag, file) in [("--cert", "node.pem"), ("--key", "node.key")] {
+                args.push(flag.into());
+                args.push(pki.join(file).to_str().expect("path").into());
+            }
+        }
+        if let Some(token) = token {
+            args.push("-H".into());
+            args.push(format!("authorization: Bearer {token}"));
+        }
+        for arg in [
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            body,
+        ] {
+            args.push(arg.into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        super::curl(&self.members[0].ip, 7950, path, &ca_file, &args)
+    }
+
     /// A single-use worker join token, made through node 0.
     pub fn worker_token(&self) -> String {
         self.shoal_ok(0, &["cluster", "token", "create", "--role", "worker"])
