@@ -1242,6 +1242,30 @@ fn the_api_is_tls_only_and_needs_a_credential() {
         !listed.contains(&reader) && !listed.contains(&admin),
         "a secret is listed"
     );
+    // The last admin token is not revoked: no one could make another.
+    let tokens = node.shoal_json(&["token", "ls"]);
+    let admins: Vec<&str> = tokens
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter(|token| token["role"] == "admin")
+        .filter_map(|token| token["id"].as_str())
+        .collect();
+    assert_eq!(admins.len(), 1, "{tokens}");
+    let last = node.shoal(&["token", "rm", admins[0]]);
+    assert!(!last.status.success(), "{last:?}");
+    assert!(
+        String::from_utf8_lossy(&last.stderr).contains("the last admin token"),
+        "{last:?}"
+    );
+    assert_eq!(
+        get(
+            "/v1/nodes",
+            &["-H", &format!("authorization: Bearer {admin}")]
+        )
+        .0,
+        200
+    );
 
     // An accepted mutation names what it changed.
     node.apply_ok(

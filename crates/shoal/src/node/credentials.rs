@@ -336,10 +336,38 @@ async fn create_token<R>(
     ))
 }
 
+/// Why revoking token `id` is refused: it is the last admin token that
+/// has not expired, and with it the cluster would have no operator who
+/// can make tokens, join nodes or change settings again.
+fn last_admin_refusal(state: &shoal_state::State, id: &str, now_ms: u64) -> Option<String> {
+    let live_admin = |token: &ApiTokenRecord| {
+        token.role == ApiRole::Admin && token.expires_at_ms.is_none_or(|at| now_ms < at)
+    };
+    let tokens = &state.security.api_tokens;
+    let this = tokens.get(id).filter(|token| live_admin(token))?;
+    let others = tokens
+        .values()
+        .filter(|token| token.id != this.id && live_admin(token))
+        .count();
+    (others == 0).then(|| {
+        format!(
+            "API token {id} is the last admin token: without it no one could make tokens, join nodes or change settings again; create another one first (`shoal token create --name NAME --role admin`)"
+        )
+    })
+}
+
 async fn remove_token<R>(
     State(shared): State<Arc<Shared<R>>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    shared
+        .raft
+        .linearizable_read()
+        .await
+        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    if let Some(why) = last_admin_refusal(&shared.raft.read(), &id, now_ms()) {
+        return Err(ApiError::new(StatusCode::CONFLICT, why));
+    }
     shared
         .raft
         .propose(now_ms(), Command::RevokeApiToken { id })
@@ -469,4 +497,54 @@ async fn remove_node<R>(
         .await
         .map_err(proposal_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_tokens(tokens: &[(&str, ApiRole, Option<u64>)]) -> shoal_state::State {
+        let mut state = shoal_state::State::default();
+        for (id, role, expires_at_ms) in tokens {
+            state.security.api_tokens.insert(
+                id.to_string(),
+                ApiTokenRecord {
+                    id: id.to_string(),
+                    name: id.to_string(),
+                    role: *role,
+                    hash: "0".repeat(64),
+                    created_at_ms: 1,
+                    expires_at_ms: *expires_at_ms,
+                    created_by: "test".into(),
+                },
+            );
+        }
+        state
+    }
+
+    #[test]
+    fn the_last_admin_token_is_not_revoked() {
+        let now = 1_000;
+        // The only admin token, beside a deployer's and an expired admin's.
+        let state = with_tokens(&[
+            ("a", ApiRole::Admin, None),
+            ("d", ApiRole::Deployer, None),
+            ("old", ApiRole::Admin, Some(now)),
+        ]);
+        let why = last_admin_refusal(&state, "a", now).expect("refused");
+        assert!(
+            why.contains("last admin token") && why.contains("--role admin"),
+            "{why}"
+        );
+        for other in ["d", "old", "nosuch"] {
+            assert_eq!(last_admin_refusal(&state, other, now), None, "{other}");
+        }
+        // With a second live admin token, either may go.
+        let state = with_tokens(&[
+            ("a", ApiRole::Admin, None),
+            ("b", ApiRole::Admin, Some(now + 1)),
+        ]);
+        assert_eq!(last_admin_refusal(&state, "a", now), None);
+        assert_eq!(last_admin_refusal(&state, "b", now), None);
+    }
 }
