@@ -516,8 +516,13 @@ pub struct GossipView {
     /// Datagrams dropped, by reason: `malformed`, `other_cluster`,
     /// `unsealed` (plaintext where only sealed ones are taken),
     /// `truncated`, `unknown_key`, `forged`, `replayed`, `stale`,
-    /// `oversize`, `members_full`.
+    /// `oversize`, `members_full`; and facts broadcasts about a node that
+    /// its facts key did not sign, `facts_unsigned`.
     pub dropped: std::collections::BTreeMap<String, u64>,
+    /// The nodes whose gossip facts this node takes only when signed by
+    /// their facts key (those that recorded one).
+    #[serde(default)]
+    pub facts_keys: u64,
 }
 
 /// `GET /v1/internal/gossip-keys` (node certificates only; answered by

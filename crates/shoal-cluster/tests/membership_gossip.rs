@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_cluster::membership::{
-    GossipKey, GossipKeyring, GossipSealing, Member, MemberStatus, Membership, MembershipConfig,
-    MembershipError, MembershipStats, NodeFacts,
+    parse_facts_key, FactsKeys, FactsSigner, GossipKey, GossipKeyring, GossipSealing, Member,
+    MemberStatus, Membership, MembershipConfig, MembershipError, MembershipStats, NodeFacts,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -750,4 +751,114 @@ async fn forged_replayed_cut_and_plaintext_datagrams_are_dropped_and_counted() {
     );
     assert_eq!(names(&x), ["x1"], "a dropped datagram changed the members");
     shutdown_all(&[&x]).await;
+}
+
+fn facts_signer() -> Arc<FactsSigner> {
+    let pkcs8 = FactsSigner::generate_pkcs8().unwrap();
+    Arc::new(FactsSigner::from_pkcs8(&pkcs8).unwrap())
+}
+
+/// A member that holds the keyring (any node does) speaks only for itself
+/// once the nodes' facts keys are known: another member announcing itself
+/// under a node's name, with newer facts signed by a key of its own,
+/// changes nothing a member that knows the keys lists about that node, and
+/// when it stops, that node is not listed dead. A member that does not
+/// know the keys yet (as before they are recorded) takes the made-up facts,
+/// which shows what the keys prevent.
+#[tokio::test]
+async fn a_keyring_holder_cannot_speak_for_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = GossipKeyring::generate(1, 0);
+    let (key_a, key_b) = (facts_signer(), facts_signer());
+    let mut config_a = sealed("a", 1, addr(22, 1), dir.path(), &ring);
+    config_a.facts_signer = Some(key_a.clone());
+    let mut config_b = sealed("b", 2, addr(22, 2), dir.path(), &ring);
+    config_b.facts_signer = Some(key_b.clone());
+    let a = Membership::start(config_a, vec![]).await.unwrap();
+    let keys: FactsKeys = [("a", &key_a), ("b", &key_b)]
+        .into_iter()
+        .map(|(name, key)| {
+            (
+                name.to_string(),
+                parse_facts_key(&key.public_hex()).unwrap(),
+            )
+        })
+        .collect();
+    a.set_facts_keys(keys.clone());
+    let b = Membership::start(config_b, vec![a.advertise()])
+        .await
+        .unwrap();
+    b.set_facts_keys(keys.clone());
+    // c knows no keys.
+    let c = Membership::start(
+        sealed("c", 3, addr(22, 3), dir.path(), &ring),
+        vec![a.advertise()],
+    )
+    .await
+    .unwrap();
+    wait_for("a, b and c to see each other", CONVERGE, || {
+        [&a, &b, &c].iter().all(|node| {
+            ["a", "b", "c"]
+                .iter()
+                .all(|name| status(node, name) == Some(MemberStatus::Alive))
+        })
+    })
+    .await;
+    assert!(member(&a, "b").is_some_and(|m| m.facts == facts("b", 2)));
+
+    // The intruder holds the ring, calls itself b, started later (so its
+    // facts are newer) and signs with its own key.
+    let mut config_x = sealed("b", 99, addr(22, 9), dir.path(), &ring);
+    config_x.facts_signer = Some(facts_signer());
+    let intruder = Membership::start(config_x, vec![a.advertise(), c.advertise()])
+        .await
+        .unwrap();
+    wait_for(
+        "c, which knows no keys, to take the made-up facts",
+        CONVERGE,
+        || member(&c, "b").is_some_and(|m| m.facts.cpus == 99),
+    )
+    .await;
+    wait_for("a to refuse the made-up facts", CONVERGE, || {
+        a.stats().facts_unsigned > 0
+    })
+    .await;
+    // Several probe rounds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = member(&a, "b").expect("a lists b");
+    assert_eq!(seen.facts, facts("b", 2), "a took facts b did not sign");
+    assert_eq!(seen.gossip_addr, addr(22, 2));
+    assert_eq!(seen.status, MemberStatus::Alive);
+
+    // The intruder stops without a word: its identity is found dead, but
+    // it never spoke for b, so b stays alive on a.
+    intruder.shutdown().await;
+    wait_for("c to find the intruder's identity dead", CONVERGE, || {
+        status(&c, "b") == Some(MemberStatus::Dead)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(status(&a, "b"), Some(MemberStatus::Alive));
+    assert_eq!(member(&a, "b").map(|m| m.facts), Some(facts("b", 2)));
+
+    // b itself restarts at its address (a newer identity there, whose new
+    // facts follow its announce): a lists it all along, alive once more,
+    // then with its new facts.
+    b.shutdown().await;
+    let mut config_b = sealed("b", 2, addr(22, 2), dir.path(), &ring);
+    config_b.facts_signer = Some(key_b.clone());
+    config_b.facts.cpus = 7;
+    let b = Membership::start(config_b, vec![a.advertise()])
+        .await
+        .unwrap();
+    b.set_facts_keys(keys);
+    let mut unlisted = 0;
+    wait_for("a to take b's new facts", CONVERGE, || {
+        let seen = member(&a, "b");
+        unlisted += usize::from(seen.is_none());
+        seen.is_some_and(|m| m.facts.cpus == 7 && m.status == MemberStatus::Alive)
+    })
+    .await;
+    assert_eq!(unlisted, 0, "a stopped listing b while it restarted");
+    shutdown_all(&[&a, &b, &c]).await;
 }

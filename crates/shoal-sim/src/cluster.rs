@@ -70,6 +70,7 @@ pub fn describe(command: &Command) -> String {
         }
         Command::RemoveNode { name } => format!("remove node {name}"),
         Command::AdmitNode { node, .. } => format!("admit node {node}"),
+        Command::SetFactsKey { node, .. } => format!("set the facts key of node {node}"),
         Command::SetCa { .. }
         | Command::CreateJoinToken { .. }
         | Command::RevokeJoinToken { .. }

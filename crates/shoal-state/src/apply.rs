@@ -101,6 +101,11 @@ impl State {
             Command::CreateApiToken { token } => self.create_api_token(token),
             Command::RevokeApiToken { id } => self.revoke_api_token(id),
             Command::SetGossipKeys { keys } => self.set_gossip_keys(keys),
+            Command::SetFactsKey {
+                node,
+                admission,
+                key,
+            } => self.set_facts_key(node, admission, key),
             Command::RemoveNode { name } => self.remove_node(name, now_ms),
         }
     }

@@ -143,6 +143,14 @@ pub enum Command {
     SetGossipKeys {
         keys: GossipKeysRecord,
     },
+    /// The public key a node signs its gossip facts with, for its current
+    /// admission (format 9; by the node itself).
+    SetFactsKey {
+        node: String,
+        admission: String,
+        /// Ed25519, 64 lowercase hex digits.
+        key: String,
+    },
     /// Remove a node for good: no node accepts its certificate any more,
     /// and its tasks are placed again (format 3).
     RemoveNode {
@@ -351,6 +359,7 @@ impl Command {
         match self {
             Command::RegisterNode { node } => Authority::Node(&node.name),
             Command::ReportTasks { node, .. } => Authority::Node(node),
+            Command::SetFactsKey { node, .. } => Authority::Node(node),
             Command::SetNodeStatus { name, status } if *status == NodeStatus::Left => {
                 Authority::Node(name)
             }
@@ -416,6 +425,7 @@ impl Command {
             Command::CreateApiToken { .. } => "create_api_token",
             Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::SetGossipKeys { .. } => "set_gossip_keys",
+            Command::SetFactsKey { .. } => "set_facts_key",
             Command::RemoveNode { .. } => "remove_node",
         }
     }
@@ -426,6 +436,7 @@ impl Command {
         match self {
             Command::RegisterNode { node } => Some(&node.name),
             Command::ReportTasks { node, .. } => Some(node),
+            Command::SetFactsKey { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -435,6 +446,8 @@ impl Command {
     /// every node reads that format.
     pub fn version_needed(&self) -> u32 {
         match self {
+            // A node's facts key came with format 9.
+            Command::SetFactsKey { .. } => format::FACTS_KEYS,
             // Secrets and configs, and services that list them, came with
             // format 8.
             Command::PutSecret { .. }
@@ -584,6 +597,24 @@ mod tests {
             // Deployers create what their apps use.
             assert_eq!(command.authority(), Authority::Deployer);
         }
+    }
+
+    #[test]
+    fn a_facts_key_is_format_9_and_its_node_is_its_one_writer() {
+        let command = Command::SetFactsKey {
+            node: "n2".into(),
+            admission: "00000000000000b2".into(),
+            key: "ab".repeat(32),
+        };
+        assert_eq!(command.version_needed(), 9);
+        assert_eq!(command.authority(), Authority::Node("n2"));
+        assert_eq!(command.writer(), Some("n2"));
+        assert_eq!(command.name(), "set_facts_key");
+        let json = serde_json::to_string(&command).expect("serializes");
+        assert!(
+            json.starts_with(r#"{"type":"set_facts_key","node":"n2""#),
+            "{json}"
+        );
     }
 
     #[test]

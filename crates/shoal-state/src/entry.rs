@@ -41,7 +41,10 @@ use crate::{ApplyError, Command};
 /// - 8 (shoal 0.8): secrets and configs (`PutSecret`, `RemoveSecret`,
 ///   `PutConfig`, `RemoveConfig`, `State::secrets` and `State::configs`)
 ///   and a service's `secrets` and `configs`, written only when listed.
-pub const LOG_VERSION: u32 = format::FILES;
+/// - 9 (shoal 0.9): a node's facts key (`SetFactsKey`,
+///   `Admission::facts_key`): the public key its gossip facts are signed
+///   with, so that no other member can speak for it.
+pub const LOG_VERSION: u32 = format::FACTS_KEYS;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
 
@@ -65,6 +68,8 @@ pub mod format {
     pub const SEALED_GOSSIP: u32 = 7;
     /// Secrets and configs, and the services that list them.
     pub const FILES: u32 = 8;
+    /// A node's facts key: gossip facts signed by the node they are about.
+    pub const FACTS_KEYS: u32 = 9;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

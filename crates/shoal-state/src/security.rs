@@ -186,6 +186,10 @@ pub struct Admission {
     /// The join token it came with (empty for the node that formed the cluster).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
+    /// The Ed25519 public key the node signs its gossip facts with (64
+    /// hex digits; format 9, set by the node itself, empty until then).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub facts_key: String,
 }
 
 /// A node identity no node accepts any more.
@@ -441,6 +445,7 @@ impl State {
                 role,
                 admitted_at_ms: now_ms,
                 token: token_id.to_string(),
+                facts_key: String::new(),
             },
         );
         Ok(Outcome::SecurityChanged)
@@ -503,6 +508,39 @@ impl State {
             }
         }
         self.security.gossip = Some(keys.clone());
+        Ok(Outcome::SecurityChanged)
+    }
+
+    /// Records the key `node` signs its gossip facts with, for its current
+    /// admission (a key for an older admission is refused: the node joined
+    /// again since).
+    pub(crate) fn set_facts_key(
+        &mut self,
+        node: &str,
+        admission: &str,
+        key: &str,
+    ) -> Result<Outcome, ApplyError> {
+        if key.len() != 64
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(ApplyError::Refused(
+                "key: an Ed25519 public key is 64 lowercase hex digits".to_string(),
+            ));
+        }
+        let known = self
+            .security
+            .admissions
+            .get_mut(node)
+            .ok_or_else(|| ApplyError::Refused(format!("node `{node}` is not admitted")))?;
+        if known.admission != admission {
+            return Err(ApplyError::Refused(format!(
+                "admission {} is not node `{node}`'s current one",
+                admission.chars().take(40).collect::<String>()
+            )));
+        }
+        known.facts_key = key.to_string();
         Ok(Outcome::SecurityChanged)
     }
 

@@ -1090,12 +1090,19 @@ fn dns_record_latency() {
 /// and speaks plaintext SWIM to every node, under a new name and under a
 /// node's own, is neither heard nor admitted: no node lists it, no learner
 /// is added, no node's facts or status change; each node counts what it
-/// dropped. The keyring goes only to node certificates, from a node that
-/// holds the data key; a worker that lost its copy fetches it again. A
-/// removed worker's key is retired at once, and it leaves the consensus.
+/// dropped. A process that holds the keyring too (taken here from a node's
+/// data dir, as any node holds it) and gossips under a node's name, with
+/// newer facts signed by a key of its own, changes no node's facts, and
+/// when it stops no node is found dead: every node records its facts key
+/// and takes its facts only when signed by it. The keyring goes only to
+/// node certificates, from a node that holds the data key; a worker that
+/// lost its copy fetches it again. A removed worker's key is retired at
+/// once, and it leaves the consensus.
 #[test]
 fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
-    use shoal_cluster::membership::{Membership, MembershipConfig, NodeFacts};
+    use shoal_cluster::membership::{
+        FactsSigner, GossipKeyring, GossipSealing, Membership, MembershipConfig, NodeFacts,
+    };
 
     let Some(mut cluster) = Cluster::start_or_skip("sealed", &[&["zone=a"], &["zone=b"], &[]])
     else {
@@ -1220,6 +1227,91 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
             intruder.shutdown().await;
         }
     });
+
+    // Every node records its facts key and checks the others' facts.
+    for index in 0..3 {
+        cluster.wait_for("every node to know every facts key", || {
+            let info = cluster.shoal_json(index, &["cluster", "info"])?;
+            (info["gossip"]["facts_keys"] == 3).then_some(())
+        });
+    }
+    // A keyring holder gossips as node 1, newer, signing with its own key.
+    let held: Value = serde_json::from_slice(
+        &std::fs::read(cluster.members[2].data_dir.join("pki/gossip.json")).expect("ring file"),
+    )
+    .expect("ring json");
+    let ring: GossipKeyring = serde_json::from_value(held["keyring"].clone()).expect("ring");
+    let pkcs8 = FactsSigner::generate_pkcs8().expect("key");
+    let impostor = {
+        let facts = NodeFacts {
+            name: victim.clone(),
+            api_addr: "127.0.0.1:1".into(),
+            raft_id: 1,
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            cpus: 512,
+            memory_total_bytes: 1 << 40,
+            memory_used_bytes: 0,
+            labels: BTreeMap::from([("zone".to_string(), "forged".to_string())]),
+            started_at_ms: u64::MAX / 2,
+            release: "9.9.9".into(),
+            log_version: 1,
+            gossip_keys: 0,
+        };
+        let bind: std::net::SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+            .parse()
+            .expect("address");
+        let mut config = MembershipConfig::new(
+            victim.as_str(),
+            bind,
+            cluster_id,
+            facts,
+            cluster.scratch.path().join("impostor.peers.json"),
+        );
+        config.sealing = GossipSealing::sealed(ring);
+        config.facts_signer = Some(std::sync::Arc::new(
+            FactsSigner::from_pkcs8(&pkcs8).expect("key"),
+        ));
+        runtime
+            .block_on(Membership::start(config, gossip_addrs.clone()))
+            .expect("the impostor starts")
+    };
+    cluster.wait_for("the impostor to be heard (it holds the ring)", || {
+        (impostor.members().len() > 1).then_some(())
+    });
+    // Several probe rounds, facts broadcasts and leader duty passes.
+    std::thread::sleep(Duration::from_secs(5));
+    let still = |cluster: &Cluster| {
+        for index in 0..3 {
+            let nodes = cluster.nodes(index).expect("nodes");
+            let node = nodes
+                .iter()
+                .find(|node| node["name"] == victim.as_str())
+                .expect("victim listed");
+            assert_eq!(node["status"], "alive", "{node}");
+            assert_eq!(node["release"], env!("CARGO_PKG_VERSION"), "{node}");
+            assert_eq!(node["log_version"], shoal_state::LOG_VERSION, "{node}");
+            let info = cluster
+                .shoal_json(index, &["cluster", "info"])
+                .expect("info");
+            assert_eq!(info["log_version"], shoal_state::LOG_VERSION, "{info}");
+        }
+    };
+    still(&cluster);
+    cluster.wait_for("every node to count the impostor's facts refused", || {
+        (0..3)
+            .all(|index| {
+                cluster
+                    .shoal_json(index, &["cluster", "info"])
+                    .and_then(|info| info["gossip"]["dropped"]["facts_unsigned"].as_u64())
+                    > Some(0)
+            })
+            .then_some(())
+    });
+    // It stops without a word: its identity is found dead, not node 1.
+    runtime.block_on(impostor.shutdown());
+    std::thread::sleep(Duration::from_secs(6));
+    still(&cluster);
 
     // A worker gets the keyring with its certificate and seals at once.
     let worker = cluster.join_worker();

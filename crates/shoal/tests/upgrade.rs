@@ -262,6 +262,13 @@ fn a_running_cluster_upgrades_node_by_node() {
             (info["gossip"]["mode"] == "sealed").then_some(())
         });
     }
+    // Every node records its facts key once the cluster writes format 9,
+    // and every node then takes each node's facts only when signed by it.
+    for index in 0..3 {
+        cluster.wait_for("every node to know every node's facts key", || {
+            (cluster_info(&cluster, index)?["gossip"]["facts_keys"] == 3).then_some(())
+        });
+    }
     for index in 0..3 {
         write(&cluster, index, &empty_app(&format!("after-{index}")));
     }
@@ -293,6 +300,8 @@ fn a_running_cluster_upgrades_node_by_node() {
         // sealed with a key another did not hold.
         assert_eq!(gossip["dropped"]["unsealed"], 0, "{info}");
         assert_eq!(gossip["dropped"]["unknown_key"], 0, "{info}");
+        // No node's own facts were refused: each signed what it sent.
+        assert_eq!(gossip["dropped"]["facts_unsigned"], 0, "{info}");
     }
 
     assert_eq!(container_pids(&cluster), before, "no container restarted");

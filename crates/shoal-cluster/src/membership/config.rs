@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::facts::FactsMsg;
+use super::facts::{FactsMsg, SIGNATURE_WIRE_BYTES};
+use super::signing::FactsSigner;
 use super::wire::GossipKeyring;
 use super::{MembershipError, NodeFacts, CLUSTER_ID_MAX_BYTES, FACTS_MAX_BYTES, NAME_MAX_BYTES};
 
@@ -35,6 +37,9 @@ pub struct MembershipConfig {
     /// Which envelopes are sent and taken; plaintext until the cluster
     /// seals (see [`GossipSealing`]).
     pub sealing: GossipSealing,
+    /// The key this node signs its facts with (none: unsigned, as before
+    /// shoal 0.9).
+    pub facts_signer: Option<Arc<FactsSigner>>,
 }
 
 /// Which envelopes a member sends and takes. A cluster speaks plaintext
@@ -119,6 +124,7 @@ impl MembershipConfig {
             probe_rtt: Duration::from_millis(200),
             suspect_to_down_after: Duration::from_secs(2),
             sealing: GossipSealing::default(),
+            facts_signer: None,
         }
     }
 
@@ -160,27 +166,34 @@ impl MembershipConfig {
         if let Err(message) = self.sealing.check() {
             return invalid(format!("sealing: {message}"));
         }
-        check_facts(&self.name, &self.facts)
+        check_facts(&self.name, &self.facts, self.advertise)
     }
 }
 
-pub(super) fn check_facts(name: &str, facts: &NodeFacts) -> Result<(), MembershipError> {
+pub(super) fn check_facts(
+    name: &str,
+    facts: &NodeFacts,
+    advertise: SocketAddr,
+) -> Result<(), MembershipError> {
     if facts.name != name {
         return Err(MembershipError::FactsName {
             facts: facts.name.clone(),
             node: name.to_owned(),
         });
     }
-    // The largest the broadcast can be: the biggest varints.
+    // The largest the broadcast can be: the biggest varints, this node's
+    // gossip address and a signature.
     let size = FactsMsg {
         boot: u64::MAX,
         seq: u64::MAX,
         left: true,
         facts: facts.clone(),
+        addr: Some(advertise),
     }
     .encode()
     .map_err(|err| MembershipError::Encode(err.to_string()))?
-    .len();
+    .len()
+        + SIGNATURE_WIRE_BYTES;
     if size > FACTS_MAX_BYTES {
         return Err(MembershipError::FactsTooLarge {
             size,

@@ -5,15 +5,28 @@
 //! older version), `seq` counts re-broadcasts within one boot. Every member
 //! keeps the highest version per node name and passes on only what was news
 //! to it, so foca stops disseminating stale copies.
+//!
+//! From shoal 0.9 a broadcast also carries the node's gossip address and a
+//! signature by the node's facts key (see `signing`). The facts of a node
+//! whose key the state holds are taken only when that key signed them;
+//! other facts are taken as before (a node that has not recorded its key
+//! yet, a release before 0.9); when a node's key arrives, what is known of
+//! it that the key did not sign is dropped, so facts made up by another
+//! member (however high their version) do not outlive it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::identity::NodeId;
+use super::signing::{self, FactsKeys, FactsSigner, FACTS_SIGNATURE_BYTES};
 use super::{NodeFacts, FACTS_MAX_BYTES, MEMBERS_MAX, NAME_MAX_BYTES};
+
+/// Bytes a signature adds to a broadcast (its length, then itself).
+pub(crate) const SIGNATURE_WIRE_BYTES: usize = 1 + FACTS_SIGNATURE_BYTES;
 
 /// What travels in one broadcast.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +36,16 @@ pub(crate) struct FactsMsg {
     /// The node left the cluster on purpose (set in its last broadcast).
     pub(crate) left: bool,
     pub(crate) facts: NodeFacts,
+    /// The node's gossip address (shoal 0.9 on): with a signature, only
+    /// the identity at this address speaks for the node.
+    pub(crate) addr: Option<SocketAddr>,
+}
+
+/// The signed bytes of a broadcast and their signature.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Proof {
+    body: Vec<u8>,
+    signature: [u8; FACTS_SIGNATURE_BYTES],
 }
 
 /// The wire form of a broadcast. The first part is shoal 0.1's positional
@@ -55,11 +78,29 @@ struct WireMore {
     log_version: u32,
     /// From shoal 0.7 on.
     gossip_keys: u64,
+    /// From shoal 0.9 on.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    gossip_addr: String,
 }
 
 impl FactsMsg {
     pub(crate) fn version(&self) -> (u64, u64) {
         (self.boot, self.seq)
+    }
+
+    /// The broadcast, signed when there is a signer: the body every
+    /// release reads, then the signature of (cluster id, body).
+    pub(crate) fn encode_signed(
+        &self,
+        signer: Option<&FactsSigner>,
+        cluster_id: &str,
+    ) -> Result<Vec<u8>, postcard::Error> {
+        let mut bytes = self.encode()?;
+        if let Some(signer) = signer {
+            let signature = signer.sign(cluster_id, &bytes);
+            bytes.extend(postcard::to_allocvec(&signature.to_vec())?);
+        }
+        Ok(bytes)
     }
 
     pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
@@ -83,6 +124,7 @@ impl FactsMsg {
             release: facts.release,
             log_version: facts.log_version,
             gossip_keys: facts.gossip_keys,
+            gossip_addr: self.addr.map(|addr| addr.to_string()).unwrap_or_default(),
         })
         .expect("facts serialize: strings and numbers");
         let mut bytes = postcard::to_allocvec(&first)?;
@@ -90,19 +132,32 @@ impl FactsMsg {
         Ok(bytes)
     }
 
-    fn decode(data: &[u8]) -> Result<FactsMsg, FactsError> {
+    /// The message, and its proof when it is signed. What follows a
+    /// signature is ignored, as a newer release may add to it.
+    fn decode(data: &[u8]) -> Result<(FactsMsg, Option<Proof>), FactsError> {
         if data.len() > FACTS_MAX_BYTES {
             return Err(FactsError::TooLarge(data.len()));
         }
         let (first, rest): (WireFirst, &[u8]) =
             postcard::take_from_bytes(data).map_err(FactsError::Decode)?;
+        let mut proof = None;
         let more = if rest.is_empty() {
             WireMore::default()
         } else {
-            let (json, _): (Vec<u8>, &[u8]) =
+            let (json, after): (Vec<u8>, &[u8]) =
                 postcard::take_from_bytes(rest).map_err(FactsError::Decode)?;
+            if let Ok((signature, _)) = postcard::take_from_bytes::<Vec<u8>>(after) {
+                if let Ok(signature) = <[u8; FACTS_SIGNATURE_BYTES]>::try_from(signature) {
+                    let body = data.get(..data.len() - after.len()).unwrap_or_default();
+                    proof = Some(Proof {
+                        body: body.to_vec(),
+                        signature,
+                    });
+                }
+            }
             serde_json::from_slice(&json).map_err(|error| FactsError::Json(error.to_string()))?
         };
+        let addr = more.gossip_addr.parse().ok();
         let msg = FactsMsg {
             boot: first.boot,
             seq: first.seq,
@@ -122,12 +177,13 @@ impl FactsMsg {
                 log_version: more.log_version,
                 gossip_keys: more.gossip_keys,
             },
+            addr,
         };
         let name = &msg.facts.name;
         if name.is_empty() || name.len() > NAME_MAX_BYTES {
             return Err(FactsError::BadName(name.len()));
         }
-        Ok(msg)
+        Ok((msg, proof))
     }
 }
 
@@ -162,6 +218,10 @@ pub(crate) struct FactsEntry {
     /// Last time the node was in foca's member list (or the entry changed);
     /// entries of nodes foca forgot are dropped some time after.
     pub(crate) seen: Instant,
+    /// Signed by the key the state holds for the node.
+    pub(crate) verified: bool,
+    /// The signature it came with, checked again when keys change.
+    proof: Option<Proof>,
 }
 
 /// Facts by node name, shared by the broadcast handler (inside foca) and
@@ -173,27 +233,109 @@ pub(crate) struct FactsTable {
     pub(crate) generation: u64,
     /// Broadcasts refused because the table was full.
     pub(crate) refused_full: u64,
+    /// Broadcasts refused because the node's key did not sign them.
+    pub(crate) refused_unsigned: u64,
+    /// The keys facts are checked with, by node name.
+    keys: FactsKeys,
+    /// What signatures are bound to.
+    cluster_id: String,
 }
 
 impl FactsTable {
-    /// Keeps `msg` if it is newer than what is known; true if it was.
-    fn offer(&mut self, msg: FactsMsg, now: Instant) -> bool {
+    pub(crate) fn new(cluster_id: &str) -> FactsTable {
+        FactsTable {
+            cluster_id: cluster_id.to_owned(),
+            ..FactsTable::default()
+        }
+    }
+
+    /// Whether `proof` is `name`'s key's signature: `None` when no key is
+    /// known for `name`.
+    fn check(&self, name: &str, proof: Option<&Proof>) -> Option<bool> {
+        let key = self.keys.get(name)?;
+        Some(proof.is_some_and(|proof| {
+            signing::verify(key, &self.cluster_id, &proof.body, &proof.signature)
+        }))
+    }
+
+    /// Keeps `msg` if it is newer than what is known; true if it was. The
+    /// facts of a node whose key is known are refused unless that key
+    /// signed them (and when its key arrives, what is known of it unsigned
+    /// goes: `set_keys`).
+    fn offer(&mut self, msg: FactsMsg, proof: Option<Proof>, now: Instant) -> bool {
+        let verified = match self.check(&msg.facts.name, proof.as_ref()) {
+            Some(true) => true,
+            Some(false) => {
+                self.refused_unsigned = self.refused_unsigned.saturating_add(1);
+                return false;
+            }
+            None => false,
+        };
         if let Some(known) = self.entries.get_mut(&msg.facts.name) {
             if msg.version() <= known.msg.version() {
                 return false;
             }
-            known.msg = msg;
-            known.seen = now;
+            *known = FactsEntry {
+                msg,
+                seen: now,
+                verified,
+                proof,
+            };
         } else {
             if self.entries.len() >= MEMBERS_MAX {
                 self.refused_full = self.refused_full.saturating_add(1);
                 return false;
             }
-            self.entries
-                .insert(msg.facts.name.clone(), FactsEntry { msg, seen: now });
+            self.entries.insert(
+                msg.facts.name.clone(),
+                FactsEntry {
+                    msg,
+                    seen: now,
+                    verified,
+                    proof,
+                },
+            );
         }
         self.generation = self.generation.wrapping_add(1);
         true
+    }
+
+    pub(crate) fn keys_len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Checks facts with `keys` from now on: what is known of a node whose
+    /// key is now known stays only if that key signed it (its next signed
+    /// broadcast brings it back), except `keep` (this node).
+    pub(crate) fn set_keys(&mut self, keys: FactsKeys, keep: &str) {
+        if keys == self.keys {
+            return;
+        }
+        self.keys = keys;
+        let mut changed = false;
+        let checked: Vec<(String, Option<bool>)> = self
+            .entries
+            .iter()
+            .map(|(name, entry)| (name.clone(), self.check(name, entry.proof.as_ref())))
+            .collect();
+        for (name, check) in checked {
+            match check {
+                Some(false) if name != keep => {
+                    self.entries.remove(&name);
+                    changed = true;
+                }
+                check => {
+                    if let Some(entry) = self.entries.get_mut(&name) {
+                        let verified = check == Some(true);
+                        changed |= entry.verified != verified;
+                        entry.verified = verified;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.generation = self.generation.wrapping_add(1);
+        }
     }
 
     /// Drops the facts of nodes not seen in the member list since `before`,
@@ -230,12 +372,12 @@ impl foca::BroadcastHandler<NodeId> for FactsHandler {
         data: &[u8],
         _sender: Option<&NodeId>,
     ) -> Result<Option<FactsKey>, FactsError> {
-        let msg = FactsMsg::decode(data)?;
+        let (msg, proof) = FactsMsg::decode(data)?;
         let key = FactsKey {
             name: msg.facts.name.clone(),
             version: msg.version(),
         };
-        let news = lock(&self.table).offer(msg, Instant::now());
+        let news = lock(&self.table).offer(msg, proof, Instant::now());
         Ok(news.then_some(key))
     }
 }
@@ -255,6 +397,7 @@ mod tests {
                 cpus,
                 ..NodeFacts::default()
             },
+            addr: None,
         }
     }
 
@@ -292,22 +435,149 @@ mod tests {
         assert_eq!((first.name.as_str(), first.boot, first.cpus), ("a", 3, 2));
         // What shoal 0.1 sent: the first part alone.
         let old = postcard::to_allocvec(&first).unwrap();
-        let read = FactsMsg::decode(&old).unwrap();
+        let (read, _) = FactsMsg::decode(&old).unwrap();
         assert_eq!(read.facts.release, "");
         assert_eq!(
             read.facts.log_version_read(),
             shoal_state::LOG_VERSION_FIRST
         );
-        assert_eq!(FactsMsg::decode(&bytes).unwrap(), new);
+        assert_eq!(FactsMsg::decode(&bytes).unwrap(), (new, None));
         // A newer node's facts: fields this build does not know are ignored.
         let mut newer = old.clone();
         let json = br#"{"release":"9.0.0","log_version":9,"gpus":4}"#.to_vec();
         newer.extend(postcard::to_allocvec(&json).unwrap());
-        let read = FactsMsg::decode(&newer).unwrap();
+        let (read, _) = FactsMsg::decode(&newer).unwrap();
         assert_eq!(
             (read.facts.release.as_str(), read.facts.log_version),
             ("9.0.0", 9)
         );
+    }
+
+    fn signer() -> FactsSigner {
+        FactsSigner::from_pkcs8(&FactsSigner::generate_pkcs8().unwrap()).unwrap()
+    }
+
+    fn key_of(signer: &FactsSigner) -> [u8; 32] {
+        signing::parse_facts_key(&signer.public_hex()).unwrap()
+    }
+
+    #[test]
+    fn a_signed_broadcast_is_read_by_every_release_and_keeps_its_proof() {
+        let a = signer();
+        let mut signed = msg("a", 3, 4, 2);
+        signed.addr = Some("10.0.0.1:7946".parse().unwrap());
+        signed.facts.release = "0.9.0".into();
+        let bytes = signed.encode_signed(Some(&a), "c1").unwrap();
+        let plain = signed.encode().unwrap();
+        assert_eq!(bytes.len(), plain.len() + SIGNATURE_WIRE_BYTES);
+        // shoal 0.1 reads the first part; 0.2 to 0.8 read the JSON part and
+        // ignore what follows it (as `decode` did before signatures).
+        let first: WireFirst = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((first.name.as_str(), first.boot), ("a", 3));
+        let (_, rest): (WireFirst, &[u8]) = postcard::take_from_bytes(&bytes).unwrap();
+        let (json, _): (Vec<u8>, &[u8]) = postcard::take_from_bytes(rest).unwrap();
+        let more: WireMore = serde_json::from_slice(&json).unwrap();
+        assert_eq!(more.gossip_addr, "10.0.0.1:7946");
+        let (read, proof) = FactsMsg::decode(&bytes).unwrap();
+        assert_eq!(read, signed);
+        let proof = proof.expect("signed");
+        assert_eq!(proof.body, plain);
+        assert!(signing::verify(
+            &key_of(&a),
+            "c1",
+            &proof.body,
+            &proof.signature
+        ));
+        // Bytes after the signature (a newer release's) are ignored.
+        let mut longer = bytes.clone();
+        longer.extend(postcard::to_allocvec(&b"more".to_vec()).unwrap());
+        assert_eq!(FactsMsg::decode(&longer).unwrap().1, Some(proof));
+    }
+
+    fn offer(table: &SharedFacts, m: &FactsMsg, signer: Option<&FactsSigner>) -> bool {
+        let mut handler = FactsHandler {
+            table: table.clone(),
+        };
+        handler
+            .receive_item(&m.encode_signed(signer, "c1").unwrap(), None)
+            .unwrap()
+            .is_some()
+    }
+
+    #[test]
+    fn a_known_key_takes_only_what_it_signed() {
+        let (a, intruder) = (signer(), signer());
+        let table: SharedFacts = Arc::new(Mutex::new(FactsTable::new("c1")));
+        lock(&table).set_keys(FactsKeys::from([("a".to_string(), key_of(&a))]), "self");
+
+        assert!(offer(&table, &msg("a", 5, 1, 1), Some(&a)));
+        // Another member speaking for `a`: signed with its own key, unsigned,
+        // or signed for another cluster, and newer in every case.
+        assert!(!offer(&table, &msg("a", u64::MAX, 0, 99), Some(&intruder)));
+        assert!(!offer(&table, &msg("a", u64::MAX, 0, 99), None));
+        let other_cluster = msg("a", u64::MAX, 0, 99)
+            .encode_signed(Some(&a), "c2")
+            .unwrap();
+        let mut handler = FactsHandler {
+            table: table.clone(),
+        };
+        assert!(handler
+            .receive_item(&other_cluster, None)
+            .unwrap()
+            .is_none());
+        // A signature moved onto other facts.
+        let real = msg("a", 6, 1, 1).encode_signed(Some(&a), "c1").unwrap();
+        let mut moved = msg("a", 6, 1, 99).encode().unwrap();
+        moved.extend_from_slice(&real[real.len() - SIGNATURE_WIRE_BYTES..]);
+        assert!(handler.receive_item(&moved, None).unwrap().is_none());
+        {
+            let table = lock(&table);
+            assert_eq!(table.entries["a"].msg.facts.cpus, 1);
+            assert!(table.entries["a"].verified);
+            assert_eq!(table.refused_unsigned, 4);
+        }
+        // The node itself goes on as before.
+        assert!(offer(&table, &msg("a", 5, 2, 3), Some(&a)));
+        assert_eq!(lock(&table).entries["a"].msg.facts.cpus, 3);
+        // A node whose key is not known: taken as before, signed or not.
+        assert!(offer(&table, &msg("b", 1, 1, 1), None));
+        assert!(offer(&table, &msg("b", 1, 2, 1), Some(&intruder)));
+        assert!(!lock(&table).entries["b"].verified);
+    }
+
+    #[test]
+    fn a_key_that_arrives_drops_what_it_did_not_sign_whatever_its_version() {
+        let (b, intruder) = (signer(), signer());
+        let table: SharedFacts = Arc::new(Mutex::new(FactsTable::new("c1")));
+        // Before `b`'s key is known, a member makes up facts for it with
+        // the highest version there is.
+        assert!(offer(
+            &table,
+            &msg("b", u64::MAX, u64::MAX, 99),
+            Some(&intruder)
+        ));
+        // The key arrives: what it did not sign goes.
+        lock(&table).set_keys(FactsKeys::from([("b".to_string(), key_of(&b))]), "self");
+        assert!(!lock(&table).entries.contains_key("b"));
+        // Made up again while no key is known: the node's own broadcast,
+        // of a lower version, cannot be told from it yet; once its key is
+        // known the made-up facts go and the next signed broadcast is taken.
+        lock(&table).set_keys(FactsKeys::new(), "self");
+        assert!(offer(&table, &msg("b", u64::MAX, u64::MAX, 99), None));
+        assert!(!offer(&table, &msg("b", 7, 1, 2), Some(&b)), "no key yet");
+        lock(&table).set_keys(FactsKeys::from([("b".to_string(), key_of(&b))]), "self");
+        assert!(!lock(&table).entries.contains_key("b"));
+        assert!(offer(&table, &msg("b", 7, 1, 2), Some(&b)));
+        let generation = lock(&table).generation;
+        // Facts already signed stay, and are marked checked.
+        lock(&table).set_keys(
+            FactsKeys::from([("b".to_string(), key_of(&b)), ("c".to_string(), key_of(&b))]),
+            "self",
+        );
+        let table = lock(&table);
+        assert!(table.entries["b"].verified);
+        assert_eq!(table.entries["b"].msg.facts.cpus, 2);
+        assert_eq!(table.generation, generation, "nothing changed");
     }
 
     #[test]

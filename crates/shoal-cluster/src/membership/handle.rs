@@ -10,7 +10,9 @@ use tokio::task::JoinHandle;
 
 use super::config::check_facts;
 use super::driver::{Command, Driver};
+use super::facts::{self, FactsTable, SharedFacts};
 use super::identity::NodeId;
+use super::signing::FactsKeys;
 use super::stats::Counters;
 use super::wire::Envelope;
 use super::{
@@ -34,6 +36,9 @@ pub(super) struct Shared {
     /// Random per start: with a sequence number, it lets receivers drop
     /// replayed sealed datagrams.
     pub(super) session: u64,
+    /// Facts by node name: written by foca's broadcast handler, read by
+    /// the gossip task, given keys by the handle.
+    pub(super) facts: SharedFacts,
 }
 
 impl Shared {
@@ -131,6 +136,7 @@ impl Membership {
             sealing: RwLock::new(config.sealing.clone()),
             cluster_id: config.cluster_id.clone(),
             session,
+            facts: Arc::new(Mutex::new(FactsTable::new(&config.cluster_id))),
         });
         let (commands, command_rx) = mpsc::channel(COMMANDS_MAX);
         let (stop, stop_rx) = watch::channel(false);
@@ -215,13 +221,30 @@ impl Membership {
 
     /// Counters of datagrams and drops.
     pub fn stats(&self) -> MembershipStats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        stats.facts_unsigned = facts::lock(&self.shared.facts).refused_unsigned;
+        stats
+    }
+
+    /// How many nodes' facts are checked against a key.
+    pub fn facts_keys(&self) -> usize {
+        facts::lock(&self.shared.facts).keys_len()
+    }
+
+    /// The keys the facts of other nodes are checked with from now on, by
+    /// node name (the state's facts keys): a node's facts are taken only
+    /// when its key signed them, and what is known of it unsigned is
+    /// dropped.
+    pub fn set_facts_keys(&self, keys: FactsKeys) {
+        facts::lock(&self.shared.facts).set_keys(keys, &self.name);
+        // The gossip task rebuilds the member list at its next event.
+        self.shared.facts_wakeup.notify_one();
     }
 
     /// Replaces this node's facts and spreads them. Successive updates
     /// coalesce: the newest wins.
     pub fn update_facts(&self, facts: NodeFacts) -> Result<(), MembershipError> {
-        check_facts(&self.name, &facts)?;
+        check_facts(&self.name, &facts, self.advertise)?;
         if self.commands.is_closed() {
             return Err(MembershipError::Stopped);
         }

@@ -15,6 +15,12 @@
 //!   [`FACTS_REFRESH_INTERVAL`]. A member whose facts are not known yet is
 //!   left out of [`Membership::members`] until they arrive (usually within
 //!   the same round trip as the join).
+//! - **Signed facts** (`signing`): each node signs its facts with a key of
+//!   its own; given the state's keys ([`Membership::set_facts_keys`]), a
+//!   member takes a node's facts only when that node's key signed them, and
+//!   lists for the node only the identity at the address its signed facts
+//!   name, so no other member (every member holds the keyring) speaks for
+//!   it.
 //! - **Left vs dead**: foca only knows "down". A node that leaves
 //!   ([`Membership::leave`]) first broadcasts its facts marked `left`, so the
 //!   others list it as [`MemberStatus::Left`] rather than `Dead`.
@@ -40,8 +46,9 @@
 //!   updates, join, leave, shutdown.
 //! - `driver`: the gossip task, one loop over the socket and foca's timers.
 //! - `stats`: the counters behind [`MembershipStats`].
-//! - `facts`, `identity`, `wire`, `peer_cache`: what is gossiped, who it is
-//!   about, the datagram envelope, the peers file.
+//! - `facts`, `signing`, `identity`, `wire`, `peer_cache`: what is
+//!   gossiped and who vouches for it, who it is about, the datagram
+//!   envelope, the peers file.
 
 mod config;
 mod driver;
@@ -49,6 +56,7 @@ mod facts;
 mod handle;
 mod identity;
 mod peer_cache;
+mod signing;
 mod stats;
 mod wire;
 
@@ -60,6 +68,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{GossipSealing, MembershipConfig};
 pub use handle::Membership;
+pub use signing::{parse_facts_key, FactsKeyError, FactsKeys, FactsSigner, FACTS_KEY_BYTES};
 pub use stats::MembershipStats;
 pub use wire::{GossipKey, GossipKeyring, KEYS_MAX as GOSSIP_KEYS_MAX, SKEW_MAX_MS};
 

@@ -35,6 +35,9 @@ pub struct MembershipStats {
     /// Packets foca refused (undecodable, from a dead member, ...).
     pub protocol_errors: u64,
     pub send_errors: u64,
+    /// Facts broadcasts about a node whose facts key the state holds that
+    /// the key did not sign (forged by another member, or unsigned).
+    pub facts_unsigned: u64,
 }
 
 #[derive(Default)]
@@ -81,6 +84,7 @@ impl Counters {
             dropped_members_full: get(&self.dropped_members_full),
             protocol_errors: get(&self.protocol_errors),
             send_errors: get(&self.send_errors),
+            facts_unsigned: 0,
         }
     }
 }

@@ -130,6 +130,10 @@ pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
                 dropped.join(", ")
             }
         );
+        println!(
+            "Facts keys:  {} node(s) speak for themselves only (their facts signed)",
+            gossip.facts_keys
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -155,6 +155,7 @@ pub fn view(membership: &Membership, generation: u64) -> GossipView {
         ("stale", stats.dropped_stale),
         ("oversize", stats.dropped_oversize),
         ("members_full", stats.dropped_members_full),
+        ("facts_unsigned", stats.facts_unsigned),
     ]
     .into_iter()
     .map(|(reason, count)| (reason.to_string(), count))
@@ -173,6 +174,7 @@ pub fn view(membership: &Membership, generation: u64) -> GossipView {
         sealed_received: stats.sealed_received,
         sealed_sent: stats.sealed_sent,
         dropped,
+        facts_keys: u64::try_from(membership.facts_keys()).unwrap_or(u64::MAX),
     }
 }
 

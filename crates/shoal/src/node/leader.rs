@@ -222,6 +222,7 @@ mod tests {
                     admission: format!("adm-{name}"),
                     admitted_at_ms: 1,
                     token: String::new(),
+                    facts_key: String::new(),
                 },
             );
         }

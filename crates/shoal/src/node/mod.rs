@@ -6,6 +6,7 @@ mod backend;
 mod blobs;
 mod cluster;
 mod credentials;
+mod facts_key;
 mod files;
 mod forwards;
 pub mod gate;
@@ -169,12 +170,16 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     )));
     let started_at_ms = now_ms();
     let gossip = gossip_keys::Held::at_start(trust.dir(), &raft.read(), trust.data_key.as_ref());
-    let membership = Membership::start(
-        cluster::membership_config(&config, &cluster_id, started_at_ms, &gossip),
-        gossip_peers,
-    )
-    .await
-    .context("starting gossip")?;
+    let facts_signer = facts_key::load_or_make(trust.dir())?;
+    let mut membership_config =
+        cluster::membership_config(&config, &cluster_id, started_at_ms, &gossip);
+    membership_config.facts_signer = Some(facts_signer.clone());
+    let membership = Membership::start(membership_config, gossip_peers)
+        .await
+        .context("starting gossip")?;
+    // The state's facts keys from the first datagram on, not only once the
+    // follower loop first runs.
+    membership.set_facts_keys(facts_key::keys(&raft.read()));
     let (leaving, _) = tokio::sync::watch::channel(false);
     let network = Arc::new(network::NodeNetwork::new(
         config.network.clone(),
@@ -280,6 +285,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let renewals = tokio::spawn(cluster::renew_certificates(shared.clone()));
     let duties = tokio::spawn(leader::run(shared.clone()));
     let gossip_keys = tokio::spawn(gossip_keys::run(shared.clone(), gossip));
+    let facts_keys = tokio::spawn(facts_key::run(shared.clone(), facts_signer));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
     let task_files = Arc::new(task_files::TaskFiles::new(
@@ -337,6 +343,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     };
     registration.abort();
     gossip_keys.abort();
+    facts_keys.abort();
     renewals.abort();
     facts.abort();
     image_gc.abort();

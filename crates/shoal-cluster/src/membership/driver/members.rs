@@ -68,10 +68,21 @@ impl Driver {
         let own = self.foca.identity();
         // The newest identity per name; a node restarted on another address
         // leaves its old identity behind until the old one is forgotten.
+        // Where the node's signed facts name its address, only an identity
+        // at that address speaks for it: another member announcing itself
+        // under the node's name elsewhere does not. (A newer identity at
+        // that address is the node restarted or rejoined, whose new facts
+        // follow its announce; it is listed with the signed facts it had.)
         let mut newest: HashMap<&str, (&NodeId, State)> = HashMap::new();
         for member in self.foca.iter_membership_state() {
             let id = member.id();
             if id.addr == own.addr || id.name == own.name {
+                continue;
+            }
+            let vouched = table.entries.get(&id.name).is_none_or(|entry| {
+                !entry.verified || entry.msg.addr.is_none_or(|addr| addr == id.addr)
+            });
+            if !vouched {
                 continue;
             }
             let slot = newest

@@ -29,6 +29,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::facts::{FactsHandler, FactsMsg, SharedFacts};
 use super::handle::Shared;
 use super::identity::NodeId;
+use super::signing::FactsSigner;
 use super::stats::Counters;
 use super::wire::{Replays, OVERHEAD};
 use super::{MemberStatus, MembershipConfig, NodeFacts, PACKET_MAX_BYTES, PEERS_MAX, TIMERS_MAX};
@@ -77,6 +78,8 @@ pub(crate) struct Driver {
     name: String,
     shared: Arc<Shared>,
     facts: SharedFacts,
+    facts_signer: Option<Arc<FactsSigner>>,
+    advertise: SocketAddr,
     own_facts: NodeFacts,
     own_seq: u64,
     own_status: MemberStatus,
@@ -133,7 +136,7 @@ impl Driver {
         foca_config.max_packet_size =
             NonZeroUsize::new(PACKET_MAX_BYTES - OVERHEAD).unwrap_or(NonZeroUsize::MIN);
 
-        let facts = SharedFacts::default();
+        let facts = shared.facts.clone();
         let handler = FactsHandler {
             table: facts.clone(),
         };
@@ -161,6 +164,8 @@ impl Driver {
             name: config.name,
             shared,
             facts,
+            facts_signer: config.facts_signer,
+            advertise: config.advertise,
             own_facts: config.facts,
             own_seq: 0,
             own_status: MemberStatus::Alive,
@@ -279,9 +284,10 @@ impl Driver {
             seq: self.own_seq,
             left,
             facts: self.own_facts.clone(),
+            addr: Some(self.advertise),
         };
         let result = msg
-            .encode()
+            .encode_signed(self.facts_signer.as_deref(), &self.cluster_id)
             .map_err(|err| err.to_string())
             .and_then(|bytes| {
                 self.foca
