@@ -31,6 +31,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+/// Reads when a certificate (DER) ends.
+pub type CertEnd = fn(&[u8]) -> Option<std::time::SystemTime>;
+
 /// How a server bounds its connections.
 #[derive(Clone, Copy, Debug)]
 pub struct ServeOptions {
@@ -54,6 +57,13 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Once told to stop, how long requests in flight may finish.
     pub grace: Duration,
+    /// Reads when a client certificate (DER) ends; `None`: ends are not
+    /// looked at. A connection whose certificate had already ended when it
+    /// was shown (the TLS config may take one, for its node to renew it)
+    /// is closed after `expired_client_lifetime`, so that its node comes
+    /// back on a new connection with the renewed one.
+    pub client_cert_end: Option<CertEnd>,
+    pub expired_client_lifetime: Duration,
 }
 
 impl Default for ServeOptions {
@@ -67,6 +77,8 @@ impl Default for ServeOptions {
             body_stall_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(3),
+            client_cert_end: None,
+            expired_client_lifetime: Duration::from_secs(5),
         }
     }
 }
@@ -268,6 +280,10 @@ pub struct Peer {
     /// The client's certificate chain (leaf first) as TLS verified it
     /// against the trusted roots; empty when the client showed none.
     pub certificates: Arc<Vec<CertificateDer<'static>>>,
+    /// When the handshake that verified them ended: a certificate that
+    /// expires while its connection is open still speaks for its client
+    /// there (it was valid when shown); one shown expired did not.
+    pub handshake_at: std::time::SystemTime,
 }
 
 /// Serves `router` on `listener` over TLS until `shutdown` completes, then
@@ -367,9 +383,16 @@ pub async fn serve(
                 tracing::debug!(%addr, "closed: as many connections of its kind are open as may be");
                 return;
             };
+            let handshake_at = std::time::SystemTime::now();
+            let shown_expired = options
+                .client_cert_end
+                .zip(certificates.first())
+                .and_then(|(end, leaf)| end(leaf.as_ref()))
+                .is_some_and(|end| end <= handshake_at);
             let peer = Peer {
                 addr,
                 certificates: Arc::new(certificates),
+                handshake_at,
             };
             let activity = Activity::new();
             let counted = activity.clone();
@@ -416,6 +439,8 @@ pub async fn serve(
             // shutdown's ping would hold it forever).
             let cut = tokio::time::sleep(Duration::from_secs(86_400 * 365));
             tokio::pin!(cut);
+            let expired = tokio::time::sleep(options.expired_client_lifetime);
+            tokio::pin!(expired);
             loop {
                 tokio::select! {
                     ended = connection.as_mut() => {
@@ -427,6 +452,12 @@ pub async fn serve(
                     () = &mut cut, if closing => {
                         tracing::debug!(%addr, "cut: it did not close within the grace");
                         break;
+                    }
+                    () = &mut expired, if shown_expired && !closing => {
+                        tracing::debug!(%addr, "closing a connection shown an expired certificate");
+                        closing = true;
+                        cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
+                        connection.as_mut().graceful_shutdown();
                     }
                     _ = stopping.changed(), if !closing => {
                         closing = true;

@@ -7,12 +7,21 @@
 //! certificate or a new root takes effect on the next connection without
 //! rebuilding any client or server.
 //!
+//! A server takes a client certificate that has expired, within
+//! [`EXPIRED_RENEWAL_GRACE`], when it verifies as of just before its end:
+//! a node that was off longer than its certificate lived comes back and
+//! renews it by itself. The chain, the key and the roots are checked as for
+//! any other; what such a certificate may ask for is the HTTP layer's to
+//! decide (shoal's gate: a renewal, and only for the node's current
+//! admission).
+//!
 //! A server's chain to the roots says only that it is some node of the
 //! cluster. A process that knows more sets a [`ServerCheck`]: a node, that
 //! the server is the node it dialled and is not removed; a joiner, that the
 //! server may take its token (a voter).
 
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
@@ -23,11 +32,15 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 
 use crate::identity::Identity;
+
+/// How long after its end a client certificate still passes the handshake
+/// (for its node to renew it, and nothing else).
+pub const EXPIRED_RENEWAL_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -201,10 +214,18 @@ impl ClientCertVerifier for LiveClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .current_trust()
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        let verifier = self.0.current_trust().client_verifier.clone();
+        let verified = verifier.verify_client_cert(end_entity, intermediates, now);
+        let expired = matches!(
+            verified,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            ))
+        );
+        match just_before_end(end_entity, now) {
+            Some(then) if expired => verifier.verify_client_cert(end_entity, intermediates, then),
+            _ => verified,
+        }
     }
     fn verify_tls12_signature(
         &self,
@@ -233,6 +254,18 @@ impl ClientCertVerifier for LiveClientVerifier {
             .client_verifier
             .supported_verify_schemes()
     }
+}
+
+/// A second before `cert`'s end, if it ended at most
+/// [`EXPIRED_RENEWAL_GRACE`] before `now`.
+fn just_before_end(cert: &CertificateDer<'_>, now: UnixTime) -> Option<UnixTime> {
+    let end = crate::identity::not_after(cert)
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?;
+    let now = Duration::from_secs(now.as_secs());
+    (now <= end.saturating_add(EXPIRED_RENEWAL_GRACE) && end > Duration::from_secs(1))
+        .then(|| UnixTime::since_unix_epoch(end - Duration::from_secs(1)))
 }
 
 #[derive(Debug)]

@@ -122,8 +122,14 @@ async fn nodes_speak_mutual_tls_and_see_each_others_identity() {
 }
 
 #[tokio::test]
-async fn foreign_and_expired_certificates_are_refused() {
-    let ca = Ca::generate(CLUSTER, 1, SystemTime::now()).unwrap();
+async fn foreign_and_long_expired_certificates_are_refused() {
+    // Made long ago, so that a leaf of then chains to it as of then.
+    let ca = Ca::generate(
+        CLUSTER,
+        1,
+        SystemTime::now() - Duration::from_secs(30 * 86_400),
+    )
+    .unwrap();
     let other = Ca::generate("other", 1, SystemTime::now()).unwrap();
     let server = credentials(&ca, Some("n1"));
 
@@ -141,14 +147,48 @@ async fn foreign_and_expired_certificates_are_refused() {
         .await
         .is_err());
 
-    // An expired one too.
+    // One that expired longer ago than the grace for renewals.
     let stale = Credentials::new(ca.cert_pem()).unwrap();
-    let long_ago = SystemTime::now() - Duration::from_secs(3600);
+    let long_ago = SystemTime::now() - tls::EXPIRED_RENEWAL_GRACE - Duration::from_secs(3600);
     let (chain, key) = node(&ca, "old", Role::Voter, Duration::from_secs(120), long_ago);
     stale.set_identity(&chain, &key).unwrap();
     assert!(handshake(&server, tls::client_config(stale).unwrap())
         .await
         .is_err());
+
+    // One that expired within the grace passes the handshake (the node
+    // renews it; what else it may do is the gate's to say), with its
+    // identity; another CA's, expired as long, does not.
+    let lately = SystemTime::now() - Duration::from_secs(3600);
+    let expired = Credentials::new(ca.cert_pem()).unwrap();
+    let (chain, key) = node(&ca, "away", Role::Worker, Duration::from_secs(120), lately);
+    expired.set_identity(&chain, &key).unwrap();
+    let seen = handshake(&server, tls::client_config(expired).unwrap())
+        .await
+        .expect("an expired certificate within the grace")
+        .expect("its identity");
+    assert_eq!((seen.name.as_str(), seen.role), ("away", Role::Worker));
+    let foreign = Credentials::new(ca.cert_pem()).unwrap();
+    let other_then =
+        Ca::generate("other", 1, SystemTime::now() - Duration::from_secs(86_400)).unwrap();
+    let (chain, key) = node(
+        &other_then,
+        "away",
+        Role::Worker,
+        Duration::from_secs(120),
+        lately,
+    );
+    foreign.set_identity(&chain, &key).unwrap();
+    assert!(handshake(&server, tls::client_config(foreign).unwrap())
+        .await
+        .is_err());
+    // A server is taken on no expired certificate, however lately it ended.
+    let expired_server = Credentials::new(ca.cert_pem()).unwrap();
+    let (chain, key) = node(&ca, "n9", Role::Voter, Duration::from_secs(120), lately);
+    expired_server.set_identity(&chain, &key).unwrap();
+    let client = credentials(&ca, Some("n2"));
+    let refused = handshake(&expired_server, tls::client_config(client).unwrap()).await;
+    assert!(refused.is_err(), "{refused:?}");
 
     // A server of another CA is refused by the client.
     let rogue_server = credentials(&other, Some("n1"));

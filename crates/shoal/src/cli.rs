@@ -496,9 +496,10 @@ pub struct DevArgs {
 
 #[derive(Args, Clone)]
 pub struct PkiArgs {
-    /// How long the node certificates this node signs last (1m to 30d);
-    /// each renews itself at a random 50–80 % of it.
-    #[arg(long, default_value = "7d", value_parser = parse_duration, hide = true)]
+    /// How long the node certificates this node signs last (1m to 23d);
+    /// each renews itself at a random 50–80 % of it, and a node that was
+    /// off longer renews it as it starts (up to 7 days after its end).
+    #[arg(long, default_value = "12h", value_parser = parse_duration, hide = true)]
     pub cert_lifetime: std::time::Duration,
     /// How old the gossip keyring's key gets before the leader (when this
     /// node leads) rotates it (1s to 90d); removing a node rotates it at once.

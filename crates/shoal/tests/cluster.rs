@@ -1144,34 +1144,39 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
         .collect();
     assert_eq!(gossip_addrs.len(), 3, "{infos:?}");
     let victim = cluster.members[1].name.clone();
+    // What an intruder gossips: facts made up under `name`, and a member
+    // of its own on a free port.
+    let intruder_config = |name: &str, raft_id: u64| {
+        let facts = NodeFacts {
+            name: name.into(),
+            api_addr: "127.0.0.1:1".into(),
+            raft_id,
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            cpus: 512,
+            memory_total_bytes: 1 << 40,
+            memory_used_bytes: 0,
+            labels: BTreeMap::from([("zone".to_string(), "forged".to_string())]),
+            started_at_ms: u64::MAX / 2,
+            release: "9.9.9".into(),
+            log_version: 1,
+            gossip_keys: 0,
+        };
+        let bind: std::net::SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+            .parse()
+            .expect("address");
+        MembershipConfig::new(
+            name,
+            bind,
+            cluster_id,
+            facts,
+            cluster.scratch.path().join(format!("{name}.peers.json")),
+        )
+    };
     let intruders: Vec<Membership> = [("intruder", 4_242), (victim.as_str(), 1)]
         .into_iter()
         .map(|(name, raft_id)| {
-            let facts = NodeFacts {
-                name: name.into(),
-                api_addr: "127.0.0.1:1".into(),
-                raft_id,
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                cpus: 512,
-                memory_total_bytes: 1 << 40,
-                memory_used_bytes: 0,
-                labels: BTreeMap::from([("zone".to_string(), "forged".to_string())]),
-                started_at_ms: u64::MAX / 2,
-                release: "9.9.9".into(),
-                log_version: 1,
-                gossip_keys: 0,
-            };
-            let bind: std::net::SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-                .parse()
-                .expect("address");
-            let config = MembershipConfig::new(
-                name,
-                bind,
-                cluster_id,
-                facts,
-                cluster.scratch.path().join(format!("{name}.peers.json")),
-            );
+            let config = intruder_config(name, raft_id);
             runtime
                 .block_on(Membership::start(config, gossip_addrs.clone()))
                 .expect("the plaintext member starts")
@@ -1243,31 +1248,7 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
     let ring: GossipKeyring = serde_json::from_value(held["keyring"].clone()).expect("ring");
     let pkcs8 = FactsSigner::generate_pkcs8().expect("key");
     let impostor = {
-        let facts = NodeFacts {
-            name: victim.clone(),
-            api_addr: "127.0.0.1:1".into(),
-            raft_id: 1,
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            cpus: 512,
-            memory_total_bytes: 1 << 40,
-            memory_used_bytes: 0,
-            labels: BTreeMap::from([("zone".to_string(), "forged".to_string())]),
-            started_at_ms: u64::MAX / 2,
-            release: "9.9.9".into(),
-            log_version: 1,
-            gossip_keys: 0,
-        };
-        let bind: std::net::SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-            .parse()
-            .expect("address");
-        let mut config = MembershipConfig::new(
-            victim.as_str(),
-            bind,
-            cluster_id,
-            facts,
-            cluster.scratch.path().join("impostor.peers.json"),
-        );
+        let mut config = intruder_config(&victim, 1);
         config.sealing = GossipSealing::sealed(ring);
         config.facts_signer = Some(std::sync::Arc::new(
             FactsSigner::from_pkcs8(&pkcs8).expect("key"),
@@ -1602,12 +1583,17 @@ fn nodes_join_only_with_a_valid_token_that_pins_the_ca() {
 
 /// Certificates of one minute renew themselves at 50-80 % of their life
 /// while the cluster takes reads and writes through every node: 30
-/// renewals across the nodes, not one failed request.
+/// renewals across the nodes, not one failed request. Then the whole
+/// cluster, a worker too, is switched off until every certificate has
+/// expired, and comes back by itself: each voter issues itself a new one
+/// from its replica's CA, the worker renews its own with a voter showing
+/// the expired one, and writes go through every node again; with an
+/// expired certificate nothing but a renewal is taken.
 #[test]
 fn short_lived_certificates_renew_without_a_failed_request() {
     const RENEWALS_WANTED: usize = 30;
     const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-    let Some(cluster) =
+    let Some(mut cluster) =
         Cluster::start_with_args_or_skip("renew", &[&[], &[], &[]], &["--cert-lifetime", "1m"])
     else {
         return;
@@ -1655,6 +1641,108 @@ fn short_lived_certificates_renew_without_a_failed_request() {
         failures.len(),
         failures.join("\n")
     );
+
+    let worker = cluster.join_worker();
+    // The node that answers an apply pins the image it names.
+    cluster.import_busybox(worker);
+    let ends = |cluster: &Cluster, index: usize| {
+        let pem =
+            std::fs::read(cluster.members[index].data_dir.join("pki/node.pem")).expect("node.pem");
+        let der = <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(&pem)
+            .expect("a certificate");
+        shoal_pki::identity::not_after(&der).expect("not after")
+    };
+    let leaf_pem = cluster.members[worker].data_dir.join("pki/node.pem");
+    let worker_key = cluster.members[worker].data_dir.join("pki/node.key");
+    for index in (0..=worker).rev() {
+        cluster.stop(index);
+    }
+    let last_end = (0..=worker)
+        .map(|index| ends(&cluster, index))
+        .max()
+        .expect("nodes");
+    if let Ok(left) = last_end.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left + std::time::Duration::from_secs(2));
+    }
+    let expired_worker = (
+        std::fs::read(&leaf_pem).expect("pem"),
+        std::fs::read(&worker_key).expect("key"),
+    );
+    for index in 0..=worker {
+        cluster.start(index, &[]);
+    }
+    let now = std::time::SystemTime::now();
+    for index in 0..=worker {
+        assert!(
+            ends(&cluster, index) > now,
+            "node {index} holds an expired certificate"
+        );
+    }
+    let renewed_here = (0..3)
+        .filter(|&index| {
+            cluster
+                .agent_log(index)
+                .contains("renewed this node's expired certificate from its own replica")
+        })
+        .count();
+    assert_eq!(renewed_here, 3, "each voter renews its own");
+    for index in 0..=worker {
+        let app = format!("name: back{index}\nservices:\n  - name: a\n    image: shoal.test/busybox:latest\n    replicas: 0\n");
+        let path = cluster.members[index].data_dir.join("back-app.yaml");
+        std::fs::write(&path, app).expect("write spec");
+        let started = std::time::Instant::now();
+        loop {
+            let output = cluster.shoal(
+                index,
+                &["apply", "--detach", "-f", path.to_str().expect("path")],
+            );
+            if output.status.success() {
+                break;
+            }
+            assert!(
+                started.elapsed() < harness::WAIT_MAX,
+                "no write through node {index} after the restart: {}",
+                text(&output)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    // The worker's expired certificate, shown again: the gate takes it for
+    // a renewal only (here one whose CSR does not read), nothing else.
+    let scratch = cluster.scratch.path();
+    let (pem, key) = (scratch.join("expired.pem"), scratch.join("expired.key"));
+    std::fs::write(&pem, &expired_worker.0).expect("pem");
+    std::fs::write(&key, &expired_worker.1).expect("key");
+    let ca = cluster.members[0].data_dir.join("pki/roots.pem");
+    let (pem, key) = (pem.to_str().expect("path"), key.to_str().expect("path"));
+    let ask = |method: &str, path: &str| {
+        harness::curl(
+            &cluster.members[0].ip,
+            7950,
+            path,
+            &ca,
+            &[
+                "--cert",
+                pem,
+                "--key",
+                key,
+                "-X",
+                method,
+                "-H",
+                "content-type: application/json",
+                "--data",
+                r#"{"csr_pem":"x"}"#,
+            ],
+        )
+    };
+    let (status, body) = ask("GET", "/v1/nodes");
+    assert_eq!(status, 401, "an expired certificate reads: {body}");
+    assert!(body.contains("expired"), "{body}");
+    let (status, body) = ask("POST", "/v1/raft/propose");
+    assert_eq!(status, 401, "an expired certificate proposes: {body}");
+    // Taken to the renewal handler, which refuses the CSR itself.
+    let (status, body) = ask("POST", "/v1/internal/renew");
+    assert_eq!(status, 400, "{body}");
 }
 
 /// Five nodes that start the same registry image at once fetch each of

@@ -73,10 +73,14 @@ fn image_gc(args: &RuntimeArgs) -> anyhow::Result<crate::node::image_gc::ImageGc
 }
 
 fn cert_lifetime(args: &crate::cli::PkiArgs) -> anyhow::Result<std::time::Duration> {
-    let range = shoal_pki::ca::LEAF_LIFETIME_MIN..=shoal_pki::ca::LEAF_LIFETIME_MAX;
+    // A removed node is remembered as long as any certificate it held can
+    // still be renewed: its lifetime and the grace after its end.
+    let longest = shoal_pki::ca::LEAF_LIFETIME_MAX - shoal_pki::tls::EXPIRED_RENEWAL_GRACE;
+    let range = shoal_pki::ca::LEAF_LIFETIME_MIN..=longest;
     anyhow::ensure!(
         range.contains(&args.cert_lifetime),
-        "--cert-lifetime: 1m to 30d, not {}",
+        "--cert-lifetime: 1m to {}, not {}",
+        humantime::format_duration(longest),
         humantime::format_duration(args.cert_lifetime)
     );
     Ok(args.cert_lifetime)

@@ -368,7 +368,15 @@ pub async fn found(
 /// from any node that holds the data key (itself, if it does).
 pub async fn renew_certificates<R>(shared: Arc<Shared<R>>) {
     loop {
-        let wait = renewal_wait(&shared.trust);
+        let wait = match (shared.trust.not_before(), shared.trust.not_after()) {
+            (Ok(not_before), Ok(not_after)) => renewal_wait(
+                not_before,
+                not_after,
+                std::time::SystemTime::now(),
+                rand::random::<f64>(),
+            ),
+            _ => Duration::from_secs(1),
+        };
         tokio::time::sleep(wait).await;
         let mut attempt = 0u32;
         loop {
@@ -393,20 +401,70 @@ pub async fn renew_certificates<R>(shared: Arc<Shared<R>>) {
     }
 }
 
-fn renewal_wait(trust: &Trust) -> Duration {
-    let now = std::time::SystemTime::now();
-    let (Ok(not_before), Ok(not_after)) = (trust.not_before(), trust.not_after()) else {
-        return Duration::from_secs(1);
-    };
+/// How long until a certificate valid from `not_before` to `not_after`
+/// is renewed, at `now`: at 50–80 % of its life (`draw`, in [0, 1), picks
+/// where), so that nodes made at once do not renew at once; at least a
+/// second, also when that moment, or the end, has passed.
+fn renewal_wait(
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+    now: std::time::SystemTime,
+    draw: f64,
+) -> Duration {
     // Certificates start a little before they are made (for clocks behind).
     let issued = not_before + shoal_pki::ca::LEAF_BACKDATE;
     let lifetime = not_after.duration_since(issued).unwrap_or_default();
-    let fraction = 0.5 + 0.3 * rand::random::<f64>();
+    let fraction = 0.5 + 0.3 * draw.clamp(0.0, 1.0);
     let renew_at = issued + lifetime.mul_f64(fraction);
     renew_at
         .duration_since(now)
         .unwrap_or_default()
         .max(Duration::from_secs(1))
+}
+
+/// A node that holds the data key and whose certificate has expired (it
+/// was off longer than the certificate lived) issues itself a new one
+/// from the CA its replica holds, as it starts: a whole cluster switched
+/// off for a while comes back without anyone to renew with. Only for the
+/// admission its replica holds as current. Whether it renewed.
+pub fn renew_expired_here(
+    trust: &Trust,
+    state: &shoal_state::State,
+    lifetime: Duration,
+) -> anyhow::Result<bool> {
+    if trust.not_after()? > std::time::SystemTime::now() {
+        return Ok(false);
+    }
+    let (Some(record), Some(_)) = (&state.security.ca, &trust.data_key) else {
+        return Ok(false);
+    };
+    let identity = &trust.identity;
+    let current = state
+        .security
+        .admissions
+        .get(&identity.name)
+        .is_some_and(|known| known.admission == identity.admission);
+    if !current {
+        anyhow::bail!(
+            "this node's certificate expired and its replica no longer holds its admission (removed, or joined again elsewhere)"
+        );
+    }
+    let ca = trust
+        .signer(record)?
+        .context("this node's data key does not open the cluster's CA")?;
+    let key = NodeKey::generate()?;
+    let issued = ca.issue(&shoal_pki::ca::IssueRequest {
+        csr_pem: &key.csr_pem(&identity.name)?,
+        identity,
+        lifetime,
+        now: std::time::SystemTime::now(),
+    })?;
+    trust.renewed(
+        &trust.credentials.roots_pem(),
+        &format!("{}{}", issued.cert_pem, record.chain_pem),
+        &key.key_pem(),
+    )?;
+    Ok(true)
 }
 
 async fn renew_once<R>(shared: &Shared<R>) -> anyhow::Result<()> {
@@ -710,4 +768,50 @@ pub async fn leave<R, L: ReplicatedLog>(shared: Arc<Shared<R, L>>) {
     }
     shared.membership.leave().await;
     shared.leaving.send_replace(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::renewal_wait;
+
+    #[test]
+    fn a_certificate_renews_at_half_to_four_fifths_of_its_life() {
+        let backdate = shoal_pki::ca::LEAF_BACKDATE;
+        let issued = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let not_before = issued - backdate;
+        let life = Duration::from_secs(12 * 3600);
+        let not_after = issued + life;
+        let at = |seconds: u64| issued + Duration::from_secs(seconds);
+        // (now, draw) -> wait
+        for (now, draw, wait) in [
+            (at(0), 0.0, life / 2),
+            (at(0), 1.0, life.mul_f64(0.8)),
+            (at(0), 0.5, life.mul_f64(0.65)),
+            // Later on, less is left to wait.
+            (at(3600), 0.0, life / 2 - Duration::from_secs(3600)),
+            // A draw out of range counts as its nearest end.
+            (at(0), 7.0, life.mul_f64(0.8)),
+            (at(0), -1.0, life / 2),
+        ] {
+            assert_eq!(
+                renewal_wait(not_before, not_after, now, draw),
+                wait,
+                "{now:?} {draw}"
+            );
+        }
+        // Past the moment, past the end, or a clock before the start: a
+        // second, never nothing (the loop retries from there).
+        for now in [at(43_000), not_after + Duration::from_secs(86_400)] {
+            assert_eq!(
+                renewal_wait(not_before, not_after, now, 1.0),
+                Duration::from_secs(1)
+            );
+        }
+        assert_eq!(
+            renewal_wait(not_before, not_after, SystemTime::UNIX_EPOCH, 0.0),
+            at(0).duration_since(UNIX_EPOCH).unwrap() + life / 2
+        );
+    }
 }

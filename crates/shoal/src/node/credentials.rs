@@ -42,7 +42,7 @@ pub fn router<R: Send + Sync + 'static>(shared: Arc<Shared<R>>) -> Router {
     Router::new()
         .route("/v1/join/ca", get(join_ca::<R>))
         .route("/v1/join", post(join::<R>))
-        .route("/v1/internal/renew", post(renew::<R>))
+        .route(super::gate::RENEW_PATH, post(renew::<R>))
         .route("/v1/tokens", get(tokens::<R>).post(create_token::<R>))
         .route("/v1/tokens/{id}", delete(remove_token::<R>))
         .route(
@@ -360,11 +360,7 @@ async fn remove_token<R>(
     State(shared): State<Arc<Shared<R>>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    shared
-        .raft
-        .linearizable_read()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    super::gate::caught_up(&shared.raft).await?;
     if let Some(why) = last_admin_refusal(&shared.raft.read(), &id, now_ms()) {
         return Err(ApiError::new(StatusCode::CONFLICT, why));
     }

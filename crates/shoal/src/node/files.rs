@@ -160,11 +160,7 @@ async fn list<R, const SECRET: bool>(
     State(shared): State<Arc<Shared<R>>>,
 ) -> Result<Json<Vec<FileView>>, ApiError> {
     let kind = kind_of(SECRET);
-    shared
-        .raft
-        .linearizable_read()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    super::gate::caught_up(&shared.raft).await?;
     let state = shared.raft.read();
     Ok(Json(
         state
@@ -191,11 +187,7 @@ async fn update<R, const SECRET: bool>(
     Json(request): Json<FileUpdate>,
 ) -> Result<(axum::Extension<Audited>, Json<FileView>), ApiError> {
     let kind = kind_of(SECRET);
-    shared
-        .raft
-        .linearizable_read()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    super::gate::caught_up(&shared.raft).await?;
     let Some((version, created_at_ms)) = shared
         .raft
         .read()

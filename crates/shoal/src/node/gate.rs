@@ -60,13 +60,23 @@ impl Caller {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);
 
+/// The one route a node certificate that has expired may take (TLS takes
+/// one within `shoal_pki::tls::EXPIRED_RENEWAL_GRACE` of its end).
+pub const RENEW_PATH: &str = "/v1/internal/renew";
+
 /// Who the credentials of a request speak for, against the node's replica.
+/// A node certificate that had expired when its connection's handshake
+/// verified it speaks for its node only when `renewal` (the request is a
+/// renewal) and its admission is the node's current one. (One that expires
+/// while its connection is open goes on speaking there, as before: the
+/// removed list, checked on every request, is what ends a node's say.)
 pub fn identify(
     state: &ClusterState,
     cluster_id: &str,
     peer: Option<&shoal_http::Peer>,
     authorization: Option<&str>,
     now_ms: u64,
+    renewal: bool,
 ) -> Result<Caller, Refusal> {
     if let Some(value) = authorization {
         let Some(text) = value.strip_prefix("Bearer ") else {
@@ -118,6 +128,22 @@ pub fn identify(
             "node {} was removed from the cluster; it may join again only with a new join token",
             identity.name
         )));
+    }
+    let ends = shoal_pki::identity::not_after(leaf)
+        .map_err(|error| Refusal(format!("client certificate: {error}")))?;
+    if peer.is_some_and(|peer| ends <= peer.handshake_at) {
+        let current = state
+            .security
+            .admissions
+            .get(&identity.name)
+            .is_some_and(|known| known.admission == identity.admission);
+        if !(renewal && current) {
+            return Err(Refusal(format!(
+                "the certificate of node {} expired at {}; with it a node may only renew it (POST {RENEW_PATH}) under its current admission",
+                identity.name,
+                humantime::format_rfc3339_seconds(ends)
+            )));
+        }
     }
     Ok(Caller::Node {
         name: identity.name,
@@ -228,6 +254,7 @@ pub fn operator_may(
         None,
         Some(&format!("Bearer {secret}")),
         now_ms,
+        false,
     )
     .map_err(OperatorRefusal::Credential)?;
     if matches!(caller, Caller::Token { .. }) && allowed(access, &caller) {
@@ -606,6 +633,7 @@ pub async fn check<L: ReplicatedLog>(
             peer.as_ref(),
             authorization.as_deref(),
             now_ms(),
+            method == axum::http::Method::POST && path == RENEW_PATH,
         )
     };
     let (caller, refusal) = match identified {
@@ -726,12 +754,17 @@ pub async fn node_asking_a_voter<'a, R>(
     let Caller::Node { name, .. } = caller else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, who.to_string()));
     };
-    shared
-        .raft
-        .linearizable_read()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    caught_up(&shared.raft).await?;
     Ok((key, name))
+}
+
+/// Returns once this node's replica holds every write acknowledged before
+/// (a linearizable read), so that what a handler reads next is not a
+/// lagging copy; 503 when no leader confirms it.
+pub async fn caught_up<L: ReplicatedLog>(log: &L) -> Result<(), shoal_api::server::ApiError> {
+    log.linearizable_read()
+        .await
+        .map_err(|error| shoal_api::server::ApiError::unavailable(error.to_string()))
 }
 
 #[cfg(test)]

@@ -337,6 +337,7 @@ async fn only_the_allowed_cells_of_the_route_credential_matrix_pass() {
                         .map(|der| rustls::pki_types::CertificateDer::from(der.clone()))
                         .collect(),
                 ),
+                handshake_at: SystemTime::now(),
             });
             let status = router
                 .clone()
@@ -457,4 +458,71 @@ fn a_server_is_the_node_dialled_and_not_removed() {
     assert!(why.contains("removed"), "{why}");
     // A stale admission of b (b joined again since) is refused too.
     assert!(refusal(&identity("b", "00000000000000bb", CLUSTER), &ip("10.0.0.2")).is_some());
+}
+
+/// A node certificate shown expired (TLS takes one within its grace)
+/// speaks for its node only for a renewal, and only under the node's
+/// current admission: every other request is refused naming the expiry,
+/// and so is a renewal by an admission the node no longer holds.
+#[test]
+fn an_expired_certificate_may_only_renew_under_the_current_admission() {
+    let ca = Ca::generate(CLUSTER, 1, SystemTime::now() - Duration::from_secs(86_400)).unwrap();
+    let log = MemoryLog::new("n1", State::default());
+    admit(&log, "n1", NodeRole::Voter, "00000000000000a1", true);
+    admit(&log, "w1", NodeRole::Worker, "00000000000000b1", false);
+    let issued = |admission: &str, ends_in_past: bool| {
+        let identity = Identity {
+            cluster_id: CLUSTER.into(),
+            role: Role::Worker,
+            name: "w1".into(),
+            admission: admission.into(),
+        };
+        let now = if ends_in_past {
+            SystemTime::now() - Duration::from_secs(3600)
+        } else {
+            SystemTime::now()
+        };
+        let (chain, _) = ca
+            .issue_new_key(&identity, Duration::from_secs(600), now)
+            .expect("certificate");
+        let der: rustls::pki_types::CertificateDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_slice(chain.as_bytes()).expect("PEM");
+        shoal_http::Peer {
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], 1)),
+            certificates: Arc::new(vec![der]),
+            handshake_at: SystemTime::now(),
+        }
+    };
+    let now_ms = u64::try_from(
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let state = log.read();
+    let ask = |peer: &shoal_http::Peer, renewal: bool| {
+        gate::identify(&state, CLUSTER, Some(peer), None, now_ms, renewal)
+    };
+    let worker = gate::Caller::Node {
+        name: "w1".into(),
+        role: Role::Worker,
+    };
+    let expired = issued("00000000000000b1", true);
+    assert_eq!(ask(&expired, true), Ok(worker.clone()));
+    let refused = ask(&expired, false).expect_err("an expired certificate reads");
+    assert!(refused.0.contains("expired at"), "{refused:?}");
+    assert!(refused.0.contains(gate::RENEW_PATH), "{refused:?}");
+    // Expired, of an admission that is not the node's current one.
+    let other = issued("00000000000000c1", true);
+    assert!(ask(&other, true).is_err());
+    // A certificate that has not expired is as before, renewal or not.
+    let fresh = issued("00000000000000b1", false);
+    assert_eq!(ask(&fresh, false), Ok(worker.clone()));
+    assert_eq!(ask(&fresh, true), Ok(worker.clone()));
+    // One that expired after its connection's handshake goes on speaking
+    // on that connection (its node renews and reconnects).
+    let mut kept = issued("00000000000000b1", true);
+    kept.handshake_at = SystemTime::now() - Duration::from_secs(7200);
+    assert_eq!(ask(&kept, false), Ok(worker));
 }

@@ -22,9 +22,21 @@ const DUTIES_INTERVAL: Duration = Duration::from_millis(500);
 pub async fn run<R: Send + Sync + 'static>(shared: std::sync::Arc<Shared<R>>) {
     let mut changes = shared.membership.subscribe();
     loop {
-        shared
-            .raft
-            .set_cluster_log_version(cluster_log_version(&shared));
+        let format = {
+            let state = shared.raft.read();
+            cluster_log_version(
+                &state,
+                &shared.membership.members(),
+                shared.raft.status().nodes.keys().copied(),
+                (
+                    consensus_id(&shared.config.name),
+                    super::gossip_keys::log_version_read(
+                        shared.membership.sealing().keyring.is_some(),
+                    ),
+                ),
+            )
+        };
+        shared.raft.set_cluster_log_version(format);
         if shared.is_leader() {
             if let Err(error) = pass(&shared).await {
                 tracing::debug!(%error, "leader duties");
@@ -41,20 +53,21 @@ pub async fn run<R: Send + Sync + 'static>(shared: std::sync::Arc<Shared<R>>) {
 /// that has just started may see the consensus without them for a moment
 /// (its metrics not loaded, a membership change in flight), and an entry
 /// appended in a format they cannot read would halt them.
-fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
-    let state = shared.raft.read();
+/// `consensus`: the ids of the consensus's members; `own`: this node's id
+/// and the format it reads.
+fn cluster_log_version(
+    state: &shoal_state::State,
+    members: &[Member],
+    consensus: impl Iterator<Item = u64>,
+    own: (u64, u32),
+) -> u32 {
     // Only a node the cluster admitted, under its own consensus id, speaks
     // for the format it reads.
-    let facts: BTreeMap<u64, u32> = shared
-        .membership
-        .members()
+    let facts: BTreeMap<u64, u32> = members
         .iter()
         .filter(|member| admitted(&state.security, &member.facts.name, member.facts.raft_id))
         .map(|member| (member.facts.raft_id, member.facts.log_version_read()))
-        .chain(std::iter::once((
-            consensus_id(&shared.config.name),
-            super::gossip_keys::log_version_read(shared.membership.sealing().keyring.is_some()),
-        )))
+        .chain(std::iter::once(own))
         .collect();
     let registered: Vec<u64> = state
         .nodes
@@ -62,12 +75,7 @@ fn cluster_log_version<R>(shared: &Shared<R>) -> u32 {
         .filter(|node| matches!(node.status, NodeStatus::Alive | NodeStatus::Suspect))
         .map(|node| consensus_id(&node.name))
         .collect();
-    shared
-        .raft
-        .status()
-        .nodes
-        .keys()
-        .copied()
+    consensus
         .chain(registered)
         .map(|id| {
             facts
@@ -227,6 +235,76 @@ mod tests {
             );
         }
         security
+    }
+
+    fn member(name: &str, raft_id: u64, log_version: u32) -> Member {
+        Member {
+            facts: shoal_cluster::membership::NodeFacts {
+                name: name.into(),
+                raft_id,
+                log_version,
+                ..Default::default()
+            },
+            gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+            status: MemberStatus::Alive,
+            since_ms: 0,
+        }
+    }
+
+    /// The format every member of the consensus and every node the state
+    /// holds alive or suspect reads, by what each gossips, counting only
+    /// admitted members under their own ids, and a node not heard from as
+    /// one of the first release.
+    #[test]
+    fn the_clusters_format_is_the_oldest_any_node_that_counts_reads() {
+        let mut state = shoal_state::State {
+            security: security(&["a", "b", "c"]),
+            ..Default::default()
+        };
+        let (a, b, c) = (consensus_id("a"), consensus_id("b"), consensus_id("c"));
+        let own = (a, 9);
+        let format = |state: &shoal_state::State, members: &[Member], consensus: &[u64]| {
+            cluster_log_version(state, members, consensus.iter().copied(), own)
+        };
+        let both = [member("b", b, 9), member("c", c, 8)];
+        // (members heard, consensus) -> format
+        for (members, consensus, wanted) in [
+            (&both[..], &[a, b][..], 9),
+            (&both[..], &[a, b, c][..], 8),
+            // A member of the consensus not heard from counts as format 1.
+            (&both[..1], &[a, b, c][..], 1),
+            // Alone.
+            (&[][..], &[a][..], 9),
+        ] {
+            assert_eq!(format(&state, members, consensus), wanted, "{consensus:?}");
+        }
+        // Gossip under another's id, or from a node not admitted, does not
+        // speak: b's seat is counted as unheard.
+        let impostor = [member("b", c, 9), member("x", b, 9)];
+        assert_eq!(format(&state, &impostor, &[a, b]), 1);
+        // A node the state holds alive counts even outside the consensus;
+        // a dead one does not.
+        let node = |name: &str, status| shoal_types::Node {
+            name: name.into(),
+            addr: String::new(),
+            os: String::new(),
+            arch: String::new(),
+            cpus: 1,
+            memory_total_bytes: 1,
+            cpu_allocatable_millis: 1,
+            memory_allocatable_bytes: 1,
+            labels: BTreeMap::new(),
+            started_at_ms: 0,
+            status,
+            taints: Vec::new(),
+            drain: false,
+            subnet: None,
+            allows: shoal_types::Allows::default(),
+        };
+        state.nodes.insert("c".into(), node("c", NodeStatus::Alive));
+        assert_eq!(format(&state, &both, &[a, b]), 8);
+        state.nodes.insert("c".into(), node("c", NodeStatus::Dead));
+        assert_eq!(format(&state, &both, &[a, b]), 9);
     }
 
     #[test]

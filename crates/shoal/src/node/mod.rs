@@ -168,6 +168,14 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         cluster_id.clone(),
         audit.clone(),
     )));
+    // Off longer than its certificate lived: a node that holds the data
+    // key issues itself a new one now; any other renews it with a voter
+    // (its renewal loop, at once), showing the expired one.
+    if cluster::renew_expired_here(&trust, &raft.read(), config.cert_lifetime)
+        .context("renewing this node's expired certificate")?
+    {
+        tracing::info!("renewed this node's expired certificate from its own replica");
+    }
     let started_at_ms = now_ms();
     let gossip = gossip_keys::Held::at_start(trust.dir(), &raft.read(), trust.data_key.as_ref());
     let facts_signer = facts_key::load_or_make(trust.dir())?;
@@ -266,6 +274,9 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         router,
         shoal_http::ServeOptions {
             grace: SHUTDOWN_GRACE,
+            // A node that shows an expired certificate (to renew it) comes
+            // back on a new connection: the gate judges the one shown.
+            client_cert_end: Some(|der| shoal_pki::identity::not_after(der).ok()),
             ..shoal_http::ServeOptions::default()
         },
         async {

@@ -108,11 +108,7 @@ pub fn view(record: &RegistryRecord) -> RegistryView {
 async fn list<R>(
     State(shared): State<Arc<Shared<R>>>,
 ) -> Result<Json<Vec<RegistryView>>, ApiError> {
-    shared
-        .raft
-        .linearizable_read()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    super::gate::caught_up(&shared.raft).await?;
     Ok(Json(
         shared.raft.read().registries.values().map(view).collect(),
     ))

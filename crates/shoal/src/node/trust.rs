@@ -126,11 +126,14 @@ impl Trust {
         };
         let trust = Trust::build(dir, &roots, &chain, &key, data_key)
             .with_context(|| format!("reading the node's certificate in {}", dir.display()))?;
+        // Expired lately (the node was off longer than its certificate
+        // lived): it renews it as it starts. Longer ago: not by itself.
         let not_after = trust.not_after()?;
-        if not_after <= SystemTime::now() {
+        if not_after + shoal_pki::tls::EXPIRED_RENEWAL_GRACE <= SystemTime::now() {
             anyhow::bail!(
-                "this node's certificate expired at {}; it cannot rejoin by itself: move {} away and join again with a new token (`shoal cluster token create`, then `--peer … --token …`)",
+                "this node's certificate expired at {}, more than {} ago; it cannot come back by itself: move {} away and join again with a new token (`shoal cluster token create`, then `--peer … --token …`)",
                 humantime::format_rfc3339_seconds(not_after),
+                humantime::format_duration(shoal_pki::tls::EXPIRED_RENEWAL_GRACE),
                 dir.display()
             );
         }
