@@ -127,7 +127,7 @@ struct NodeInfo<'a> {
 struct Scheduler<'a> {
     state: &'a State,
     options: &'a Options,
-    rng: SplitMix,
+    rng: shoal_types::stable::SplitMix64,
     nodes: Vec<NodeInfo<'a>>,
     index: HashMap<&'a str, u32>,
     /// Slots held by tasks the plan keeps.
@@ -190,7 +190,9 @@ impl<'a> Scheduler<'a> {
         Scheduler {
             state,
             options,
-            rng: SplitMix(options.seed ^ state.applied_index.rotate_left(32)),
+            rng: shoal_types::stable::SplitMix64::new(
+                options.seed ^ state.applied_index.rotate_left(32),
+            ),
             nodes,
             index,
             filled: HashSet::default(),
@@ -231,25 +233,6 @@ fn services_of(state: &State) -> impl Iterator<Item = (&str, u64, &ServiceSpec)>
             .iter()
             .map(move |service| (app.spec.name.as_str(), app.version, service))
     })
-}
-
-/// A small seeded generator (SplitMix64): the scheduler needs only
-/// well-spread start points, and no clock or OS randomness.
-struct SplitMix(u64);
-
-/// SplitMix64's increment: 2^64 over the golden ratio, rounded to odd, so
-/// that the state runs through every value before it repeats.
-const SPLITMIX_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(SPLITMIX_GAMMA);
-        // SplitMix64's finaliser (Stafford's Mix13), its constants as published.
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]

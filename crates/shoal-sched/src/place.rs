@@ -250,7 +250,7 @@ impl<'a> Scheduler<'a> {
         } else {
             self.options.candidates.max(1)
         };
-        let start = (self.rng.next() % admitting.len() as u64) as usize;
+        let start = (self.rng.next_u64() % admitting.len() as u64) as usize;
         // Ties go to the node that ranks first for the service: among the
         // nodes that run none of it, that is its standby, which every node
         // names alike and which pulls the service's image ahead

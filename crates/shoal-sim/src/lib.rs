@@ -31,10 +31,8 @@ pub enum SimError {
     Config(String),
 }
 
-/// 64-bit FNV-1a: a hash that is the same in every process and release,
-/// unlike std's hashers, so a summary line can carry it.
+/// A hash that is the same in every process and release, unlike std's
+/// hashers, so a summary line can carry it.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    shoal_types::stable::fnv1a64(bytes.iter().copied())
 }

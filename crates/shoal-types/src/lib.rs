@@ -8,6 +8,7 @@ pub mod node;
 pub mod placement;
 pub mod quantity;
 pub mod spec;
+pub mod stable;
 mod stellar;
 pub mod subnet;
 pub mod task;

@@ -193,21 +193,15 @@ impl NodeStatus {
 /// ranks the same from the same names, and a node joining or leaving moves
 /// only the keys it ranks first for.
 pub fn rendezvous_rank(key: &str, node: &str) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for byte in key.bytes().chain([0]).chain(node.bytes()) {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    hash ^ (hash >> 31)
+    crate::stable::mix64(crate::stable::fnv1a64(
+        key.bytes().chain([0]).chain(node.bytes()),
+    ))
 }
 
 /// The node's id in the cluster's consensus, derived from its unique name
 /// (64-bit FNV-1a), so that every node computes the same id for a name.
 pub fn consensus_id(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    crate::stable::fnv1a64(name.bytes())
 }
 
 #[cfg(test)]
@@ -217,5 +211,19 @@ mod tests {
         assert_eq!(super::consensus_id(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(super::consensus_id("a"), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(super::consensus_id("n1"), super::consensus_id("n2"));
+    }
+
+    /// Ranks are stored nowhere but every node must compute the same, in
+    /// every release (a standby moves when its rank changes): pinned.
+    #[test]
+    fn rendezvous_ranks_are_stable() {
+        assert_eq!(
+            super::rendezvous_rank("web/api", "n1"),
+            0xbe8c_6ebf_5057_7349
+        );
+        assert_ne!(
+            super::rendezvous_rank("web/api", "n1"),
+            super::rendezvous_rank("web/api", "n2")
+        );
     }
 }

@@ -381,6 +381,8 @@ pub struct AgentArgs {
     pub gossip_port: u16,
     /// How long a dead or departed node stays listed before the cluster
     /// forgets it (and the tasks it had).
+    // The default is `shoal_cluster::membership::DEFAULT_FORGET_DEAD_AFTER`
+    // (a test holds them equal).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub forget_dead_after: std::time::Duration,
     /// A node of the cluster to join, HOST or HOST:API_PORT; repeat for more.
@@ -724,4 +726,27 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text)
         .map_err(|error| format!("`{text}` is not a duration ({error}); write e.g. 90s or 5m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_agents_defaults_are_the_named_ones() {
+        let cli = Cli::try_parse_from(["shoal", "agent", "--name", "n1"]).expect("parses");
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent");
+        };
+        assert_eq!(
+            args.forget_dead_after,
+            shoal_cluster::membership::DEFAULT_FORGET_DEAD_AFTER
+        );
+        assert_eq!(
+            args.gossip_port,
+            shoal_cluster::membership::DEFAULT_GOSSIP_PORT
+        );
+    }
 }

@@ -45,19 +45,9 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
         .join("\n")
 }
 
+/// "512 B", "64 MiB", "1.5 GiB": as the scheduler's reasons say them.
 pub fn bytes(value: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut amount = value as f64;
-    let mut unit = 0;
-    while amount >= 1024.0 && unit < UNITS.len() - 1 {
-        amount /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{value} B")
-    } else {
-        format!("{amount:.1} {}", UNITS[unit])
-    }
+    shoal_state::fit::format_bytes(value)
 }
 
 /// "13 seconds", "2 minutes", "3 hours", "4 days".
@@ -88,7 +78,8 @@ mod tests {
     #[test]
     fn quantities_read_well() {
         assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(64 << 20), "64.0 MiB");
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
         assert_eq!(age(13), "13 seconds");
         assert_eq!(age(150), "2 minutes");
         assert_eq!(age(60), "60 seconds");

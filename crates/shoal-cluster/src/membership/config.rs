@@ -119,7 +119,7 @@ impl MembershipConfig {
             cluster_id: cluster_id.into(),
             facts,
             peer_cache: peer_cache.into(),
-            dead_forget_after: Duration::from_secs(5 * 60),
+            dead_forget_after: super::DEFAULT_FORGET_DEAD_AFTER,
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(200),
             suspect_to_down_after: Duration::from_secs(2),

@@ -491,14 +491,12 @@ impl Window {
 /// FNV-1a, 64 bits, over a domain tag and the cluster id: stable across
 /// builds and platforms (unlike std's hasher), which is all this needs.
 fn cluster_hash(cluster_id: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    b"shoal-gossip-cluster\0"
-        .iter()
-        .chain(cluster_id.as_bytes())
-        .fold(OFFSET, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
-        })
+    shoal_types::stable::fnv1a64(
+        b"shoal-gossip-cluster\0"
+            .iter()
+            .copied()
+            .chain(cluster_id.bytes()),
+    )
 }
 
 #[cfg(test)]

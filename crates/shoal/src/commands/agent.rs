@@ -108,7 +108,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         gossip_bind: gossip,
         gossip_advertise: gossip,
         peers: Vec::new(),
-        forget_dead_after: std::time::Duration::from_secs(300),
+        forget_dead_after: shoal_cluster::membership::DEFAULT_FORGET_DEAD_AFTER,
         labels: Default::default(),
         reserve_cpu_millis: args.reserve.reserve_cpu,
         reserve_memory_bytes: args.reserve.reserve_memory,
