@@ -222,9 +222,11 @@ impl ClientCertVerifier for LiveClientVerifier {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. }
             ))
         );
-        match just_before_end(end_entity, now) {
-            Some(then) if expired => verifier.verify_client_cert(end_entity, intermediates, then),
-            _ => verified,
+        // Only an expired certificate is read again (every handshake of a
+        // node passes here).
+        match expired.then(|| just_before_end(end_entity, now)).flatten() {
+            Some(then) => verifier.verify_client_cert(end_entity, intermediates, then),
+            None => verified,
         }
     }
     fn verify_tls12_signature(

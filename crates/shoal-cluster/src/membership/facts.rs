@@ -263,6 +263,15 @@ impl FactsTable {
     /// signed them (and when its key arrives, what is known of it unsigned
     /// goes: `set_keys`).
     fn offer(&mut self, msg: FactsMsg, proof: Option<Proof>, now: Instant) -> bool {
+        // Copies of what is known arrive several times each: they are not
+        // news, and their signatures are not checked again.
+        if self
+            .entries
+            .get(&msg.facts.name)
+            .is_some_and(|known| msg.version() <= known.msg.version())
+        {
+            return false;
+        }
         let verified = match self.check(&msg.facts.name, proof.as_ref()) {
             Some(true) => true,
             Some(false) => {
@@ -272,9 +281,6 @@ impl FactsTable {
             None => false,
         };
         if let Some(known) = self.entries.get_mut(&msg.facts.name) {
-            if msg.version() <= known.msg.version() {
-                return false;
-            }
             *known = FactsEntry {
                 msg,
                 seen: now,

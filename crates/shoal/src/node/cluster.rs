@@ -453,17 +453,14 @@ pub fn renew_expired_here(
         .signer(record)?
         .context("this node's data key does not open the cluster's CA")?;
     let key = NodeKey::generate()?;
-    let issued = ca.issue(&shoal_pki::ca::IssueRequest {
-        csr_pem: &key.csr_pem(&identity.name)?,
+    let chain = super::credentials::chain_for(
+        &ca,
+        record,
+        &key.csr_pem(&identity.name)?,
         identity,
         lifetime,
-        now: std::time::SystemTime::now(),
-    })?;
-    trust.renewed(
-        &trust.credentials.roots_pem(),
-        &format!("{}{}", issued.cert_pem, record.chain_pem),
-        &key.key_pem(),
     )?;
+    trust.renewed(&trust.credentials.roots_pem(), &chain, &key.key_pem())?;
     Ok(true)
 }
 

@@ -101,14 +101,26 @@ fn sign<R>(shared: &Shared<R>, csr_pem: &str, identity: &Identity) -> Result<Str
                 "this node does not hold the data key; ask a voter-capable node",
             )
         })?;
-    let issued = ca
-        .issue(&IssueRequest {
-            csr_pem,
-            identity,
-            lifetime: shared.config.cert_lifetime,
-            now: SystemTime::now(),
-        })
-        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    chain_for(&ca, &record, csr_pem, identity, shared.config.cert_lifetime)
+        .map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+/// A node certificate for `identity` on the key of `csr_pem`, signed by
+/// the cluster's CA now, with what the CA record says a chain carries above
+/// it (the cross-signed signer during a rotation): what a node presents.
+pub fn chain_for(
+    ca: &shoal_pki::ca::Ca,
+    record: &shoal_state::security::CaRecord,
+    csr_pem: &str,
+    identity: &Identity,
+    lifetime: std::time::Duration,
+) -> Result<String, shoal_pki::ca::CaError> {
+    let issued = ca.issue(&IssueRequest {
+        csr_pem,
+        identity,
+        lifetime,
+        now: SystemTime::now(),
+    })?;
     Ok(format!("{}{}", issued.cert_pem, record.chain_pem))
 }
 

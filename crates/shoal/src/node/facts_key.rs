@@ -30,6 +30,9 @@ use crate::clock::now_ms;
 pub const FILE: &str = "facts.key";
 /// How often the state is looked at without a change.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+/// The least time between two looks: the log may apply thousands of
+/// entries a second, and the keys are rebuilt from every admission.
+const FOLLOW_GAP: Duration = Duration::from_millis(500);
 /// The first and the longest wait after recording the key failed.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -124,7 +127,8 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>, signer: Arc<F
                 }
             }
         }
-        let _ = tokio::time::timeout(FOLLOW_INTERVAL, changes.changed()).await;
+        tokio::time::sleep(FOLLOW_GAP).await;
+        let _ = tokio::time::timeout(FOLLOW_INTERVAL - FOLLOW_GAP, changes.changed()).await;
     }
 }
 
