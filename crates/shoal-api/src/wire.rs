@@ -324,6 +324,12 @@ pub struct RegistryAdd {
     /// Sealed with the cluster's data key as it arrives; never shown again.
     #[serde(default)]
     pub password: Option<String>,
+    /// The secret (`shoal secret create`) whose value is the password,
+    /// instead of `password`: each new version of it is used from then on,
+    /// and it cannot be removed while the registry names it. One line
+    /// ending at the end of the value is not part of the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
 }
 
 impl std::fmt::Debug for RegistryAdd {
@@ -333,6 +339,7 @@ impl std::fmt::Debug for RegistryAdd {
             .field("insecure", &self.insecure)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("password_secret", &self.password_secret)
             .finish_non_exhaustive()
     }
 }
@@ -345,8 +352,11 @@ pub struct RegistryView {
     /// Whether a CA of its own is trusted for it.
     pub ca: bool,
     pub username: Option<String>,
-    /// Whether a password is kept (sealed).
+    /// Whether a password is kept (sealed, or as a secret).
     pub password: bool,
+    /// The secret whose value is the password, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
     pub updated_at_ms: u64,
 }
 

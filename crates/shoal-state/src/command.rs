@@ -501,6 +501,10 @@ impl Command {
             {
                 format::PREPULL
             }
+            // A registry's password in the secrets store came with format 10.
+            Command::SetRegistry { registry } if registry.password_secret.is_some() => {
+                format::REGISTRY_SECRETS
+            }
             Command::PutAppPinned { .. }
             | Command::SetRegistry { .. }
             | Command::RemoveRegistry { .. } => format::PINS,
@@ -597,6 +601,30 @@ mod tests {
             // Deployers create what their apps use.
             assert_eq!(command.authority(), Authority::Deployer);
         }
+    }
+
+    #[test]
+    fn a_registry_password_in_the_secrets_store_is_format_10() {
+        let record = |secret: Option<&str>| crate::registries::RegistryRecord {
+            host: "r.example".into(),
+            insecure: false,
+            ca_pem: None,
+            username: Some("ci".into()),
+            password_sealed: secret.is_none().then(|| "v1.sealed".into()),
+            password_secret: secret.map(str::to_string),
+            updated_at_ms: 1,
+        };
+        let sealed = Command::SetRegistry {
+            registry: record(None),
+        };
+        assert_eq!(sealed.version_needed(), 4);
+        let json = serde_json::to_string(&sealed).expect("serializes");
+        assert!(!json.contains("password_secret"), "{json}");
+        let named = Command::SetRegistry {
+            registry: record(Some("regpw")),
+        };
+        assert_eq!(named.version_needed(), 10);
+        assert_eq!(named.authority(), sealed.authority());
     }
 
     #[test]

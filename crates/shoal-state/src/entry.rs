@@ -44,7 +44,9 @@ use crate::{ApplyError, Command};
 /// - 9 (shoal 0.9): a node's facts key (`SetFactsKey`,
 ///   `Admission::facts_key`): the public key its gossip facts are signed
 ///   with, so that no other member can speak for it.
-pub const LOG_VERSION: u32 = format::FACTS_KEYS;
+/// - 10 (shoal 0.10): a registry's password kept in the secrets store
+///   (`RegistryRecord::password_secret`), written only when named.
+pub const LOG_VERSION: u32 = format::REGISTRY_SECRETS;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
 
@@ -70,6 +72,8 @@ pub mod format {
     pub const FILES: u32 = 8;
     /// A node's facts key: gossip facts signed by the node they are about.
     pub const FACTS_KEYS: u32 = 9;
+    /// A registry's password named as a secret of the secrets store.
+    pub const REGISTRY_SECRETS: u32 = 10;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

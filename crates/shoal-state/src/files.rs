@@ -58,7 +58,9 @@ impl State {
         }
     }
 
-    /// The services (`APP/SERVICE`) that list the secret or config `name`.
+    /// The services (`APP/SERVICE`) that list the secret or config `name`,
+    /// and for a secret the registries whose password it is (`registry
+    /// HOST`).
     pub fn users_of(&self, kind: FileKind, name: &str) -> Vec<String> {
         let mut users = Vec::new();
         for app in self.apps.values() {
@@ -71,7 +73,20 @@ impl State {
                 }
             }
         }
+        if kind == FileKind::Secret {
+            users.extend(self.registries_with_password_in(name));
+        }
         users
+    }
+
+    /// The registries whose password is the secret `name`, as `registry
+    /// HOST`.
+    fn registries_with_password_in(&self, name: &str) -> Vec<String> {
+        self.registries
+            .values()
+            .filter(|record| record.password_secret.as_deref() == Some(name))
+            .map(|record| format!("registry {}", record.host))
+            .collect()
     }
 
     /// Creates a secret or config (version 1) or gives it a new value (the
@@ -153,6 +168,13 @@ impl State {
             return Err(ApplyError::Refused(format!(
                 "no {kind} {name}; see `shoal {kind} ls`"
             )));
+        }
+        if kind == FileKind::Secret {
+            if let Some(registry) = self.registries_with_password_in(name).first() {
+                return Err(ApplyError::Refused(format!(
+                    "secret {name} is the password of {registry}: give the registry another password (`shoal registry add`) or remove it (`shoal registry rm`) first"
+                )));
+            }
         }
         let users = self.users_of(kind, name);
         if !users.is_empty() {

@@ -1,7 +1,10 @@
 //! Registry settings the cluster keeps (format 4): how to reach each
 //! registry host and who to be there. The password arrives sealed with the
 //! cluster's data key (as the CA key does) and is stored as it came: the
-//! state machine never sees it in the clear.
+//! state machine never sees it in the clear. From format 10 a record may
+//! name a secret of the secrets store instead (`password_secret`), which
+//! then cannot be removed while the record names it, and whose every new
+//! version is the password from then on.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +37,10 @@ pub struct RegistryRecord {
     /// The password sealed with the data key, bound to `host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_sealed: Option<String>,
+    /// The secret whose value is the password (format 10), where
+    /// `password_sealed` is not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
     pub updated_at_ms: u64,
 }
 
@@ -103,10 +110,24 @@ impl State {
                 "username: 1 to {USERNAME_CHARS_MAX} characters, no control characters"
             )));
         }
-        if record.username.is_some() != record.password_sealed.is_some() {
+        if record.password_sealed.is_some() && record.password_secret.is_some() {
+            return Err(ApplyError::Refused(
+                "password_secret: a registry's password is sealed in its record or named as a secret, not both".to_string(),
+            ));
+        }
+        if record.username.is_some()
+            != (record.password_sealed.is_some() || record.password_secret.is_some())
+        {
             return Err(ApplyError::Refused(
                 "username and password come together".to_string(),
             ));
+        }
+        if let Some(name) = &record.password_secret {
+            if !self.secrets.contains_key(name) {
+                return Err(ApplyError::Refused(format!(
+                    "password_secret: no secret {name}; create it first with `shoal secret create {name} -f -`"
+                )));
+            }
         }
         if !self.registries.contains_key(&record.host) && self.registries.len() >= REGISTRIES_MAX {
             return Err(ApplyError::TooLarge(format!(

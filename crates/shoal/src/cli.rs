@@ -276,8 +276,9 @@ pub enum FileCommand {
 #[derive(Subcommand)]
 pub enum RegistryCommand {
     /// Set how to reach HOST[:PORT] (replacing what was set): plain HTTP
-    /// with --insecure, a CA of its own, credentials (the password read
-    /// from stdin, sealed with the cluster's data key, never shown again).
+    /// with --insecure, a CA of its own, credentials (the password a
+    /// secret of `shoal secret create`, or read from stdin and sealed with
+    /// the cluster's data key; never shown again).
     Add {
         /// `HOST[:PORT]` as image references name it, e.g. `registry.example:5000`.
         host: String,
@@ -287,10 +288,14 @@ pub enum RegistryCommand {
         /// A CA certificate (PEM) to trust for this registry.
         #[arg(long)]
         ca_file: Option<PathBuf>,
-        #[arg(long, requires = "password_stdin")]
+        #[arg(long, requires = "password")]
         username: Option<String>,
+        /// The secret whose value is the password (one line ending at its
+        /// end is dropped): a new version of it is used from then on.
+        #[arg(long, value_name = "SECRET", group = "password", requires = "username")]
+        password_secret: Option<String>,
         /// Read the password from stdin (one line).
-        #[arg(long, requires = "username")]
+        #[arg(long, group = "password", requires = "username")]
         password_stdin: bool,
         #[command(flatten)]
         output: Output,

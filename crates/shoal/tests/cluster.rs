@@ -2102,9 +2102,10 @@ fn prepull_view(cluster: &Cluster, index: usize, app: &str) -> Value {
 /// A worker holds no data key, yet pulls from a private registry: a voter
 /// gives it the registry's credentials over mTLS because it is to run a
 /// task of that registry's image, and, answering an operator's apply, on
-/// the operator's token. A node with no reason to pull from the registry
-/// and no operator's token is refused them, and the password is in no
-/// file of the worker's and not in its log.
+/// the operator's token. The password is a secret of the secrets store,
+/// which the voter opens for it. A node with no reason to pull from the
+/// registry and no operator's token is refused them, and the password is
+/// in no file of the worker's and not in any node's log.
 #[test]
 fn a_worker_pulls_from_a_private_registry_with_credentials_a_voter_gives_it() {
     let Some(mut cluster) = Cluster::start_or_skip("privw", &[&[], &[], &[]]) else {
@@ -2125,6 +2126,12 @@ fn a_worker_pulls_from_a_private_registry_with_credentials_a_voter_gives_it() {
     let ca = ca.to_str().expect("utf-8").to_string();
     let output = cluster.shoal_with_stdin(
         0,
+        &["secret", "create", "regpw", "-f", "-"],
+        &format!("{password}\n"),
+    );
+    assert!(output.status.success(), "{output:?}");
+    cluster.shoal_ok(
+        0,
         &[
             "registry",
             "add",
@@ -2133,11 +2140,10 @@ fn a_worker_pulls_from_a_private_registry_with_credentials_a_voter_gives_it() {
             &ca,
             "--username",
             "docker",
-            "--password-stdin",
+            "--password-secret",
+            "regpw",
         ],
-        &format!("{password}\n"),
     );
-    assert!(output.status.success(), "{output:?}");
     let worker = cluster.join_worker();
     let worker_name = cluster.members[worker].name.clone();
     let app = |name: &str, repository: &str| {

@@ -673,6 +673,10 @@ fn apply_on_a_terminal_draws_a_bar_while_the_image_is_pulled() {
     assert!(text.contains("KiB/s") || text.contains("MiB/s"), "{text}");
 }
 
+/// A private registry's settings: its CA, and a password sealed in them
+/// or kept as a secret of the secrets store (each new version of which is
+/// the password from then on, and which cannot be removed while the
+/// registry names it); the password is in the clear nowhere.
 #[test]
 fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
     let Some(node) = Node::start_or_skip("private") else {
@@ -682,6 +686,7 @@ fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
     let (ca, password) = registry.tls.clone().expect("tls");
     let rootfs = node.busybox_rootfs(&[("etc/motd", "private\n")]);
     registry.push_rootfs(&rootfs, "team/app", "v1");
+    registry.push_rootfs(&rootfs, "team/second", "v1");
     let host = registry.host();
     let spec = HELLO
         .replace("shoal.test/busybox:latest", &format!("{host}/team/app:v1"))
@@ -727,10 +732,66 @@ fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
             .then_some(())
     });
 
+    // The password as a secret: a wrong one first (an image not pulled
+    // yet is refused), then its next version, which is used at once.
+    let second = spec
+        .replace("team/app:v1", "team/second:v1")
+        .replace("name: demo", "name: second");
+    let secret = |verb: &str, value: &str| {
+        let output = node.shoal_with_stdin(&["secret", verb, "regpw", "-f", "-"], value);
+        assert!(output.status.success(), "{output:?}");
+    };
+    secret("create", "not-the-password\n");
+    node.shoal_ok(&[
+        "registry",
+        "add",
+        &host,
+        "--ca-file",
+        ca,
+        "--username",
+        "docker",
+        "--password-secret",
+        "regpw",
+    ]);
+    let error = node.apply_err(&second);
+    assert!(error.contains("refused"), "{error}");
+    secret("update", &format!("{password}\n"));
+    node.apply_ok(&second);
+    node.wait_for("the second private image's file in the logs", || {
+        node.shoal_ok(&["logs", "second.hello"])
+            .contains("private")
+            .then_some(())
+    });
+    let in_use = node.shoal_err(&["secret", "rm", "regpw"]);
+    assert!(
+        in_use.contains("password of registry") && in_use.contains(&host),
+        "{in_use}"
+    );
+    let secrets = node.shoal_json(&["secret", "ls"]);
+    assert_eq!(secrets[0]["version"], 2, "{secrets}");
+    let used_by = secrets[0]["used_by"].to_string();
+    assert!(used_by.contains(&format!("registry {host}")), "{secrets}");
+    // Naming a secret that does not exist is refused, naming the field,
+    // and leaves the settings as they were.
+    let error = node.shoal_err(&[
+        "registry",
+        "add",
+        &host,
+        "--username",
+        "docker",
+        "--password-secret",
+        "absent",
+    ]);
+    assert!(
+        error.contains("password_secret") && error.contains("shoal secret create absent"),
+        "{error}"
+    );
+
     // Listed without the password; in the clear nowhere on disk or in logs.
     let listed = node.shoal_json(&["registry", "ls"]);
     assert_eq!(listed[0]["host"], host.as_str(), "{listed}");
     assert_eq!(listed[0]["password"], true, "{listed}");
+    assert_eq!(listed[0]["password_secret"], "regpw", "{listed}");
     assert!(!listed.to_string().contains(&password), "{listed}");
     let seen = harness::assert_secret_in_no_file(node.data_dir.path(), &password);
     assert!(seen > 3, "looked at {seen} files");
@@ -742,6 +803,8 @@ fn a_private_registry_takes_its_settings_and_the_password_stays_sealed() {
     node.shoal_ok(&["registry", "rm", &host]);
     let listed = node.shoal_json(&["registry", "ls"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    // No registry names it any more: it can go once no task uses it.
+    node.shoal_ok(&["secret", "rm", "regpw"]);
 }
 
 /// A secret and a config reach a task as files: the secret only in

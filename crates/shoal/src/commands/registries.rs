@@ -22,6 +22,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             ca_file,
             username,
             password_stdin,
+            password_secret,
             output,
             target,
         } => {
@@ -43,6 +44,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
                 ca_pem,
                 username,
                 password: password.as_ref().map(|p| p.to_string()),
+                password_secret,
             };
             let view = super::client(&target)?.add_registry(&request).await?;
             print(output.format, &[view])
@@ -90,8 +92,11 @@ fn print(format: Format, registries: &[RegistryView]) -> anyhow::Result<ExitCode
                 r.host.clone(),
                 if r.insecure { "http allowed" } else { "https" }.to_string(),
                 if r.ca { "own CA" } else { "" }.to_string(),
-                match (&r.username, r.password) {
-                    (Some(user), true) => format!("{user} (password sealed)"),
+                match (&r.username, r.password, &r.password_secret) {
+                    (Some(user), true, Some(secret)) => {
+                        format!("{user} (password: secret {secret})")
+                    }
+                    (Some(user), true, None) => format!("{user} (password sealed)"),
                     _ => String::new(),
                 },
                 since(r.updated_at_ms),

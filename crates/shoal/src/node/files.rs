@@ -307,7 +307,8 @@ fn proposal_error(error: ProposeError) -> ApiError {
         ProposeError::Rejected(ApplyError::Refused(why))
             if why.contains(" exists ")
                 || why.contains("changed meanwhile")
-                || why.contains("is used by") =>
+                || why.contains("is used by")
+                || why.contains("is the password of") =>
         {
             ApiError::new(StatusCode::CONFLICT, why)
         }

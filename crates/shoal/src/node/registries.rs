@@ -1,6 +1,7 @@
 //! Registry settings: the routes that set, list and remove them (the
 //! password sealed here with the data key, as the CA key is, before it is
-//! proposed), and what a pull of a reference uses, built from the state.
+//! proposed, or named as a secret of the secrets store), and what a pull
+//! of a reference uses, built from the state.
 //!
 //! A node that holds the data key opens the password itself. A worker
 //! holds none: it asks a voter (`POST /v1/internal/registry-credentials`
@@ -26,6 +27,7 @@ use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::raft::ProposeError;
 use shoal_pki::seal::DataKey;
 use shoal_runtime::registry::{ImageRef, RegistryAccess};
+use shoal_state::files::FileRecord;
 use shoal_state::registries::{check_host, RegistryRecord};
 use shoal_state::{ApplyError, Command};
 use shoal_types::{DesiredState, PinnedImage, Workload};
@@ -100,7 +102,8 @@ pub fn view(record: &RegistryRecord) -> RegistryView {
         insecure: record.insecure,
         ca: record.ca_pem.is_some(),
         username: record.username.clone(),
-        password: record.password_sealed.is_some(),
+        password: record.password_sealed.is_some() || record.password_secret.is_some(),
+        password_secret: record.password_secret.clone(),
         updated_at_ms: record.updated_at_ms,
     }
 }
@@ -131,8 +134,32 @@ async fn add<R>(
         shoal_runtime::registry::check_ca_pem(pem)
             .map_err(|why| ApiError::bad_request(format!("ca_pem: {why}")))?;
     }
+    if request.password.is_some() && request.password_secret.is_some() {
+        return Err(ApiError::bad_request(
+            "password_secret: give the password or the secret that holds it, not both",
+        ));
+    }
+    if let Some(name) = &request.password_secret {
+        if request.username.is_none() {
+            return Err(ApiError::bad_request(
+                "username: a password comes with a user name (--username U --password-secret NAME)",
+            ));
+        }
+        let bytes = shared
+            .raft
+            .read()
+            .secrets
+            .get(name)
+            .map(|secret| secret.bytes);
+        if bytes.is_some_and(|bytes| bytes == 0 || bytes > PASSWORD_BYTES_MAX as u64 + 2) {
+            return Err(ApiError::bad_request(format!(
+                "password_secret: secret {name} is not a password (1 to {PASSWORD_BYTES_MAX} bytes); give it one with `shoal secret update {name} -f -`"
+            )));
+        }
+    }
     let password_sealed = match (&request.username, &request.password) {
         (None, None) => None,
+        (Some(_), None) if request.password_secret.is_some() => None,
         (Some(_), Some(password)) => {
             let password = Zeroizing::new(password.clone());
             if password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
@@ -166,6 +193,7 @@ async fn add<R>(
         ca_pem: request.ca_pem.clone(),
         username: request.username.clone(),
         password_sealed,
+        password_secret: request.password_secret.clone(),
         updated_at_ms: now_ms(),
     };
     shared
@@ -205,11 +233,104 @@ fn proposal_error(error: ProposeError) -> ApiError {
     }
 }
 
+/// Where a registry's password is kept, as the state holds it now.
+enum Stored {
+    /// Sealed in the registry's record (hex), bound to its host.
+    InRecord(String),
+    /// A secret of the secrets store, at the version the state holds.
+    Secret(FileRecord),
+}
+
+impl Stored {
+    /// What changes whenever the password may have: a worker checks the
+    /// password it keeps against it.
+    fn stamp(&self) -> String {
+        match self {
+            Stored::InRecord(sealed) => sealed.clone(),
+            Stored::Secret(secret) => format!(
+                "secret {} {} {}",
+                secret.name, secret.version, secret.created_at_ms
+            ),
+        }
+    }
+
+    /// The password, opened with the data key (a secret's value without
+    /// one line ending at its end), or nothing and a line in the log
+    /// that names the registry, never the value.
+    fn open(&self, key: &DataKey, host: &str) -> Option<String> {
+        let password = match self {
+            Stored::InRecord(sealed) => hex::decode(sealed)
+                .ok()
+                .and_then(|sealed| {
+                    shoal_pki::seal::open(
+                        |id| (id == DATA_KEY_ID).then_some(key),
+                        &password_aad(host),
+                        &sealed,
+                    )
+                    .ok()
+                })
+                .and_then(|plain| String::from_utf8(plain.to_vec()).ok()),
+            Stored::Secret(secret) => {
+                super::files::open_secret(key, secret).and_then(|value| password_of_secret(&value))
+            }
+        };
+        if password.is_none() {
+            let kept = match self {
+                Stored::InRecord(_) => "sealed in its settings".to_string(),
+                Stored::Secret(secret) => format!(
+                    "in secret {} (version {}), which must be 1 to {PASSWORD_BYTES_MAX} bytes of UTF-8",
+                    secret.name, secret.version
+                ),
+            };
+            tracing::warn!(
+                registry = %host,
+                "the registry's password {kept} does not open with this node's data key: pulling without the credentials"
+            );
+        }
+        password
+    }
+}
+
+/// A registry password from a secret's value: UTF-8, one line ending at
+/// its end dropped (`echo "$PASSWORD" | shoal secret create …` leaves
+/// one), 1 to `PASSWORD_BYTES_MAX` bytes.
+fn password_of_secret(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?;
+    let text = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(text);
+    (!text.is_empty() && text.len() <= PASSWORD_BYTES_MAX).then(|| text.to_string())
+}
+
+/// A registry's settings with where its password is kept.
+struct Settings {
+    record: RegistryRecord,
+    password: Option<Stored>,
+}
+
+impl Settings {
+    fn of(state: &shoal_state::State, record: &RegistryRecord) -> Settings {
+        let password = match (&record.password_sealed, &record.password_secret) {
+            (Some(sealed), _) => Some(Stored::InRecord(sealed.clone())),
+            // The state keeps a secret a registry names.
+            (None, Some(name)) => state.secrets.get(name).cloned().map(Stored::Secret),
+            (None, None) => None,
+        };
+        Settings {
+            record: record.clone(),
+            password,
+        }
+    }
+}
+
 /// The registry settings `reference` is pulled under, when the state
 /// holds some for its host.
-fn record_for<L: ReplicatedLog>(log: &L, reference: &str) -> Option<RegistryRecord> {
+fn settings_for<L: ReplicatedLog>(log: &L, reference: &str) -> Option<Settings> {
     let image = ImageRef::parse(reference).ok()?;
-    log.read().registries.get(image.registry()).cloned()
+    let state = log.read();
+    let record = state.registries.get(image.registry())?;
+    Some(Settings::of(&state, record))
 }
 
 fn access(record: &RegistryRecord, password: Option<String>) -> RegistryAccess {
@@ -231,11 +352,11 @@ pub async fn access_for<L: ReplicatedLog>(
     credentials: &PullCredentials,
     reference: &str,
 ) -> RegistryAccess {
-    let Some(record) = record_for(log, reference) else {
+    let Some(settings) = settings_for(log, reference) else {
         return RegistryAccess::default();
     };
-    let password = credentials.password(&record).await;
-    access(&record, password)
+    let password = credentials.password(&settings).await;
+    access(&settings.record, password)
 }
 
 /// What pulling `reference` uses on this node without asking anyone: the
@@ -246,33 +367,11 @@ pub fn access_held<L: ReplicatedLog>(
     credentials: &PullCredentials,
     reference: &str,
 ) -> RegistryAccess {
-    let Some(record) = record_for(log, reference) else {
+    let Some(settings) = settings_for(log, reference) else {
         return RegistryAccess::default();
     };
-    let password = credentials.held(&record);
-    access(&record, password)
-}
-
-/// Opens a sealed registry password with the data key.
-fn open_password(key: &DataKey, record: &RegistryRecord, sealed: &str) -> Option<String> {
-    hex::decode(sealed)
-        .ok()
-        .and_then(|sealed| {
-            shoal_pki::seal::open(
-                |id| (id == DATA_KEY_ID).then_some(key),
-                &password_aad(&record.host),
-                &sealed,
-            )
-            .ok()
-        })
-        .and_then(|plain| String::from_utf8(plain.to_vec()).ok())
-        .or_else(|| {
-            tracing::warn!(
-                registry = %record.host,
-                "the registry's password does not open with this node's data key: pulling without the credentials"
-            );
-            None
-        })
+    let password = credentials.held(&settings);
+    access(&settings.record, password)
 }
 
 /// How a node without the data key reaches the voters.
@@ -284,9 +383,9 @@ pub struct AskVoters {
 
 /// A password a voter gave, while it is kept.
 struct Kept {
-    /// The sealed value it was opened from: a password changed in the
-    /// state is asked for again.
-    sealed: String,
+    /// The stamp of what it was opened from (`Stored::stamp`): a
+    /// password changed in the state is asked for again.
+    stamp: String,
     password: Zeroizing<String>,
     at: Instant,
 }
@@ -325,20 +424,22 @@ impl PullCredentials {
         }
     }
 
-    fn held(&self, record: &RegistryRecord) -> Option<String> {
-        let sealed = record.password_sealed.as_ref()?;
+    fn held(&self, settings: &Settings) -> Option<String> {
+        let stored = settings.password.as_ref()?;
         if let Some(key) = &self.data_key {
-            return open_password(key, record, sealed);
+            return stored.open(key, &settings.record.host);
         }
+        let stamp = stored.stamp();
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        kept.get(&record.host)
-            .filter(|kept| kept.sealed == *sealed && kept.at.elapsed() < KEPT_FOR)
+        kept.get(&settings.record.host)
+            .filter(|kept| kept.stamp == stamp && kept.at.elapsed() < KEPT_FOR)
             .map(|kept| kept.password.to_string())
     }
 
-    async fn password(&self, record: &RegistryRecord) -> Option<String> {
-        let sealed = record.password_sealed.as_ref()?;
-        if let Some(password) = self.held(record) {
+    async fn password(&self, settings: &Settings) -> Option<String> {
+        let record = &settings.record;
+        let stamp = settings.password.as_ref()?.stamp();
+        if let Some(password) = self.held(settings) {
             return Some(password);
         }
         if self.data_key.is_some() {
@@ -357,7 +458,7 @@ impl PullCredentials {
             .flatten();
         let _turn = self.asking.lock().await;
         // Another caller may have been given them while this one waited.
-        if let Some(password) = self.held(record) {
+        if let Some(password) = self.held(settings) {
             return Some(password);
         }
         if operator.is_none() {
@@ -389,7 +490,7 @@ impl PullCredentials {
                     kept.insert(
                         record.host.clone(),
                         Kept {
-                            sealed: sealed.clone(),
+                            stamp: stamp.clone(),
                             password: password.clone(),
                             at: Instant::now(),
                         },
@@ -457,14 +558,15 @@ async fn credentials_route<R>(
     let (key, name) =
         super::gate::node_asking_a_voter(&shared, &caller, "registry credentials go to nodes only")
             .await?;
-    let (record, reason) = {
+    let (settings, reason) = {
         let state = shared.raft.read();
-        let Some(record) = state.registries.get(&request.host).cloned() else {
+        let Some(record) = state.registries.get(&request.host) else {
             return Err(ApiError::not_found(format!(
                 "no registry {:?} is set (shoal registry ls)",
                 request.host
             )));
         };
+        let settings = Settings::of(&state, record);
         let reason = if pulls_from(&state, name, &record.host) {
             Some("it pulls from it".to_string())
         } else {
@@ -480,8 +582,9 @@ async fn credentials_route<R>(
                 .map(|operator| format!("for {}", operator.label()))
             })
         };
-        (record, reason)
+        (settings, reason)
     };
+    let record = &settings.record;
     let Some(reason) = reason else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -491,13 +594,13 @@ async fn credentials_route<R>(
             ),
         ));
     };
-    let (Some(username), Some(sealed)) = (&record.username, &record.password_sealed) else {
+    let (Some(username), Some(stored)) = (&record.username, &settings.password) else {
         return Err(ApiError::not_found(format!(
             "registry {} has no credentials set",
             record.host
         )));
     };
-    let Some(password) = open_password(key, &record, sealed) else {
+    let Some(password) = stored.open(key, &record.host) else {
         return Err(ApiError::internal(
             "the registry's password cannot be opened here",
         ));
@@ -588,5 +691,80 @@ mod tests {
         }
         // The tainted node neither runs nor stands by for anything.
         assert!(!pulls_from(&state, "n4", "private.example:5000"));
+    }
+
+    fn secret(key: &DataKey, name: &str, version: u64, value: &[u8]) -> FileRecord {
+        let sealed = shoal_pki::seal::seal(
+            key,
+            DATA_KEY_ID,
+            &super::super::files::secret_aad(name, version, 7),
+            value,
+        )
+        .expect("seals");
+        FileRecord {
+            name: name.into(),
+            version,
+            data: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sealed),
+            bytes: value.len() as u64,
+            created_at_ms: 7,
+            updated_at_ms: 7,
+        }
+    }
+
+    /// A password named as a secret is the secret's value at the version
+    /// the state holds, opened with the data key, without one line ending;
+    /// a new version changes the stamp a worker's kept copy is checked
+    /// against; one that is not a password, or sealed under another key,
+    /// gives none.
+    #[test]
+    fn a_registry_password_comes_from_the_secret_it_names() {
+        let key = DataKey::generate();
+        let log = MemoryLog::new("n1", State::default());
+        log.apply(Command::PutSecret {
+            secret: secret(&key, "regpw", 1, b"s3cret\n"),
+        });
+        let record = RegistryRecord {
+            host: "private.example:5000".into(),
+            insecure: false,
+            ca_pem: None,
+            username: Some("ci".into()),
+            password_sealed: None,
+            password_secret: Some("regpw".into()),
+            updated_at_ms: 1,
+        };
+        log.apply(Command::SetRegistry {
+            registry: record.clone(),
+        });
+        let credentials = PullCredentials::local(Some(key.clone()));
+        let reference = "private.example:5000/web:1";
+        let first = settings_for(&log, reference).expect("settings");
+        let access = access_held(&log, &credentials, reference);
+        assert_eq!(access.username.as_deref(), Some("ci"));
+        assert_eq!(access.password.as_deref(), Some("s3cret"));
+
+        log.apply(Command::PutSecret {
+            secret: secret(&key, "regpw", 2, b"n3w\r\n"),
+        });
+        let second = settings_for(&log, reference).expect("settings");
+        let stamp = |settings: &Settings| settings.password.as_ref().expect("stored").stamp();
+        assert_ne!(stamp(&first), stamp(&second));
+        let access = access_held(&log, &credentials, reference);
+        assert_eq!(access.password.as_deref(), Some("n3w"));
+
+        for value in [
+            &b"\n"[..],
+            &b"\xff\xfe"[..],
+            &[b'x'; PASSWORD_BYTES_MAX + 1][..],
+        ] {
+            assert_eq!(password_of_secret(value), None, "{value:?}");
+        }
+        assert_eq!(password_of_secret(b"a\nb\n").as_deref(), Some("a\nb"));
+        let other = PullCredentials::local(Some(DataKey::generate()));
+        let access = access_held(&log, &other, reference);
+        assert_eq!((access.username, access.password), (None, None));
+        // The view names the secret, never a value.
+        let listed = view(&log.read().registries[&record.host]);
+        assert!(listed.password);
+        assert_eq!(listed.password_secret.as_deref(), Some("regpw"));
     }
 }
