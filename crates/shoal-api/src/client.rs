@@ -7,12 +7,12 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    FileCreate, FileUpdate, FileView, GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest,
-    JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView,
-    PullView, RegistryAdd, RegistryCredentials, RegistryCredentialsRequest, RegistryView,
-    RenewRequest, RenewResponse, TaintRequest, TaskSecrets, TaskSecretsRequest, TaskView,
-    TokenCreate, TokenCreated, TokenView, VersionInfo,
+    AppView, ApplyResponse, CaView, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest,
+    ErrorBody, FileCreate, FileUpdate, FileView, GossipKeys, ImageDiskView, ImagePull, ImageView,
+    JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, NodeUpdate,
+    NodeView, PlanView, PullView, RegistryAdd, RegistryCredentials, RegistryCredentialsRequest,
+    RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskSecrets, TaskSecretsRequest,
+    TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +140,19 @@ impl Client {
             self.http
                 .post(self.url("/v1/registries"))
                 .json(request)
+                .timeout(WRITE_TIMEOUT),
+        )
+        .await
+    }
+    /// The cluster's CA and how far a rotation is.
+    pub async fn ca(&self) -> Result<CaView> {
+        self.get("/v1/cluster/ca").await
+    }
+    /// Starts a rotation of the cluster's CA onto a new root.
+    pub async fn rotate_ca(&self) -> Result<CaView> {
+        self.send(
+            self.http
+                .post(self.url("/v1/cluster/ca/rotate"))
                 .timeout(WRITE_TIMEOUT),
         )
         .await

@@ -7,12 +7,12 @@ use serde_json::{json, Value};
 use shoal_types::AppSpec;
 
 use crate::wire::{
-    AppView, ApplyResponse, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest, ErrorBody,
-    FileCreate, FileUpdate, FileView, GossipKeys, ImageDiskView, ImagePull, ImageView, JoinRequest,
-    JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, NodeUpdate, NodeView, PlanView,
-    PullView, RegistryAdd, RegistryCredentials, RegistryCredentialsRequest, RegistryView,
-    RenewRequest, RenewResponse, TaintRequest, TaskSecrets, TaskSecretsRequest, TaskView,
-    TokenCreate, TokenCreated, TokenView, VersionInfo,
+    AppView, ApplyResponse, CaView, ClusterInfo, ClusterSettings, DnsRecordView, DrainRequest,
+    ErrorBody, FileCreate, FileUpdate, FileView, GossipKeys, ImageDiskView, ImagePull, ImageView,
+    JoinRequest, JoinResponse, JoinTokenCreate, JoinTokenCreated, JoinTokenView, NodeUpdate,
+    NodeView, PlanView, PullView, RegistryAdd, RegistryCredentials, RegistryCredentialsRequest,
+    RegistryView, RenewRequest, RenewResponse, TaintRequest, TaskSecrets, TaskSecretsRequest,
+    TaskView, TokenCreate, TokenCreated, TokenView, VersionInfo,
 };
 
 pub fn document() -> Value {
@@ -74,6 +74,7 @@ pub fn document() -> Value {
         "RegistryCredentials",
         generator.subschema_for::<RegistryCredentials>(),
     );
+    add("CaView", generator.subschema_for::<CaView>());
     add("RegistryAdd", generator.subschema_for::<RegistryAdd>());
     add("RegistryView", generator.subschema_for::<RegistryView>());
     add(
@@ -128,6 +129,10 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "the blob", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                     "206": {"description": "the blob from the offset asked", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                     "default": error.clone()}}},
+        "/v1/cluster/ca": {"get": {"summary": "The cluster's CA: its roots, the signer, and the generation each node has taken (how far a rotation is)",
+            "responses": {"200": ok("the CA", "CaView"), "default": error.clone()}}},
+        "/v1/cluster/ca/rotate": {"post": {"summary": "Start a rotation onto a new root, cross-signed by the current one (admin; send it to a voter node): nodes trust both roots and renew onto the new one, and it ends by itself once every node has; 409 while one is under way",
+            "responses": {"200": ok("the CA, rotating", "CaView"), "default": error.clone()}}},
         "/v1/registries": {
             "get": {"summary": "Registry settings (never their passwords)", "responses": {"200": ok("registries", "RegistryList"), "default": error.clone()}},
             "post": {"summary": "Set how to reach a registry and who to be there; the password is sealed with the cluster's data key (send it to a voter node)", "requestBody": json_body("RegistryAdd"),

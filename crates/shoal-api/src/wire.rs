@@ -344,6 +344,40 @@ impl std::fmt::Debug for RegistryAdd {
     }
 }
 
+/// `GET /v1/cluster/ca`, and what `POST /v1/cluster/ca/rotate` answers:
+/// the cluster's CA and how far a rotation is.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CaView {
+    /// Grows with every change of the CA record: two per rotation (its
+    /// start, then its end).
+    pub generation: u32,
+    /// A rotation is under way: every node trusts both roots and renews
+    /// onto the new one; it ends by itself once every node has.
+    pub rotating: bool,
+    /// The roots every node trusts, the oldest first.
+    pub roots: Vec<CaCertView>,
+    /// The CA that signs node certificates now.
+    pub signer: CaCertView,
+    /// Every node the cluster holds, with the generation of the CA record
+    /// it has taken in full (trusting its roots, its certificate of its
+    /// signer; 0: none yet). During a rotation, one behind holds its end.
+    pub nodes: Vec<CaNodeView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CaCertView {
+    pub subject: String,
+    /// SHA-256 of the certificate's DER, hex: what a join token pins.
+    pub sha256: String,
+    pub not_after_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CaNodeView {
+    pub name: String,
+    pub generation: u32,
+}
+
 /// A registry's settings as listed: never its password.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct RegistryView {

@@ -36,6 +36,7 @@ fn facts(name: &str, n: u32) -> NodeFacts {
         release: "0.2.0".into(),
         log_version: 2,
         gossip_keys: 0,
+        ca_generation: 0,
     }
 }
 

@@ -238,6 +238,114 @@ pub fn bundle_hash(bundle_pem: &str) -> Result<String, CaError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const PEM_END: &str = "-----END CERTIFICATE-----";
+
+/// The certificates of `bundle_pem`, each as a PEM block of its own, in
+/// order. Text outside the blocks is dropped; a block that does not read
+/// as a certificate is an error.
+pub fn bundle_certificates(bundle_pem: &str) -> Result<Vec<String>, CaError> {
+    let mut blocks = Vec::new();
+    let mut rest = bundle_pem;
+    while let Some(start) = rest.find(PEM_BEGIN) {
+        let Some(length) = rest[start..].find(PEM_END) else {
+            return Err(CaError::BadCa("a certificate block has no end".into()));
+        };
+        let end = start + length + PEM_END.len();
+        let block = format!("{}\n", &rest[start..end]);
+        CertificateDer::from_pem_slice(block.as_bytes())
+            .map_err(|e| CaError::BadCa(e.to_string()))?;
+        blocks.push(block);
+        rest = &rest[end..];
+    }
+    if blocks.is_empty() {
+        return Err(CaError::BadCa("the bundle holds no certificate".into()));
+    }
+    Ok(blocks)
+}
+
+/// What a join token that pins `pin` trusts of the bundle a node shows:
+/// the whole bundle when its hash is the pin, or else the one certificate
+/// of it whose hash is (a token made before a rotation pins the root of
+/// its moment, which the bundle holds beside the new one while the
+/// rotation is under way). Nothing when neither: no root is ever taken
+/// that the pin does not name.
+pub fn pinned(bundle_pem: &str, pin: &str) -> Option<String> {
+    if bundle_hash(bundle_pem).ok()? == pin {
+        return Some(bundle_pem.to_string());
+    }
+    bundle_certificates(bundle_pem)
+        .ok()?
+        .into_iter()
+        .find(|cert| bundle_hash(cert).is_ok_and(|hash| hash == pin))
+}
+
+/// Whether the first certificate of `chain_pem` was issued by the CA
+/// certificate `ca_pem`: its issuer is the CA's subject and, where both
+/// carry them, its authority key id is the CA's subject key id. (Each root
+/// of a cluster has a name of its own, with its generation.)
+pub fn issued_by(chain_pem: &str, ca_pem: &str) -> bool {
+    let (Ok(leaf), Ok(ca)) = (
+        CertificateDer::from_pem_slice(chain_pem.as_bytes()),
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()),
+    ) else {
+        return false;
+    };
+    let (Ok((_, leaf)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(&leaf),
+        x509_parser::parse_x509_certificate(&ca),
+    ) else {
+        return false;
+    };
+    if leaf.issuer().as_raw() != ca.subject().as_raw() {
+        return false;
+    }
+    let authority = leaf
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+            }
+            _ => None,
+        });
+    let subject = ca
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                Some(id.0.to_vec())
+            }
+            _ => None,
+        });
+    match (authority, subject) {
+        (Some(authority), Some(subject)) => authority == subject,
+        _ => true,
+    }
+}
+
+/// A CA certificate as listed: its subject, the SHA-256 of its DER (as a
+/// join token pins it) and its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaSummary {
+    pub subject: String,
+    pub sha256: String,
+    pub not_after: SystemTime,
+}
+
+pub fn summary(cert_pem: &str) -> Result<CaSummary, CaError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| CaError::BadCa(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::BadCa(e.to_string()))?;
+    let not_after = crate::identity::not_after(&der).map_err(|e| CaError::BadCa(e.to_string()))?;
+    Ok(CaSummary {
+        subject: cert.subject().to_string(),
+        sha256: hex::encode(Sha256::digest(der.as_ref())),
+        not_after,
+    })
+}
+
 /// Whether `role` may be issued by a token of `token_role` (a voter token
 /// admits workers too).
 pub fn role_allowed(token_role: Role, role: Role) -> bool {

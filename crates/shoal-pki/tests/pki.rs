@@ -262,6 +262,120 @@ async fn renewed_certificates_and_new_roots_apply_without_rebuilding() {
         .is_ok());
 }
 
+/// After a rotation ends the nodes trust the new root alone while the
+/// chains they show keep the cross-signed certificate: the new root takes
+/// such a chain, a client that still trusts only the old root verifies
+/// the server by it, and a certificate of the old root is taken no more.
+#[tokio::test]
+async fn after_a_rotation_the_new_root_alone_takes_the_chains_and_not_the_old_root() {
+    let old = Ca::generate(CLUSTER, 1, SystemTime::now()).unwrap();
+    let new = Ca::generate(CLUSTER, 2, SystemTime::now()).unwrap();
+    let cross = old.cross_sign(&new, CLUSTER, 2, SystemTime::now()).unwrap();
+    let (leaf, key) = node(
+        &new,
+        "n1",
+        Role::Voter,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    );
+    let server = Credentials::new(new.cert_pem()).unwrap();
+    server
+        .set_identity(&format!("{leaf}{cross}"), &key)
+        .unwrap();
+    // A node of the new root, its chain with the cross-signed root.
+    let peer = Credentials::new(new.cert_pem()).unwrap();
+    let (chain, key) = node(
+        &new,
+        "n2",
+        Role::Voter,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    );
+    peer.set_identity(&format!("{chain}{cross}"), &key).unwrap();
+    let seen = handshake(&server, tls::client_config(peer).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.name, "n2");
+    // A CLI that trusts only the old root still verifies the server.
+    let cli = Credentials::new(old.cert_pem()).unwrap();
+    assert!(handshake(&server, tls::client_config(cli).unwrap())
+        .await
+        .is_ok());
+    // A node certificate of the old root (a node off during the whole
+    // rotation, or one made with a leaked old key) is refused.
+    let stale = credentials(&old, Some("n3"));
+    stale.set_roots(new.cert_pem()).unwrap();
+    assert!(handshake(&server, tls::client_config(stale).unwrap())
+        .await
+        .is_err());
+}
+
+/// What a join token's pin trusts of a bundle, and who issued a chain.
+#[test]
+fn a_pin_takes_the_bundle_or_the_one_root_it_names_and_nothing_else() {
+    let old = Ca::generate(CLUSTER, 1, SystemTime::now()).unwrap();
+    let new = Ca::generate(CLUSTER, 2, SystemTime::now()).unwrap();
+    let rogue = Ca::generate(CLUSTER, 1, SystemTime::now()).unwrap();
+    let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+    let certs = shoal_pki::ca::bundle_certificates(&both).unwrap();
+    assert_eq!(certs.len(), 2);
+    assert_eq!(
+        bundle_hash(&certs[0]).unwrap(),
+        bundle_hash(old.cert_pem()).unwrap()
+    );
+    assert_eq!(
+        bundle_hash(&certs.concat()).unwrap(),
+        bundle_hash(&both).unwrap()
+    );
+    // The whole bundle, or the one root a token made before the rotation
+    // pins; a root added by someone in the middle is never taken.
+    let pin_both = bundle_hash(&both).unwrap();
+    assert_eq!(
+        shoal_pki::ca::pinned(&both, &pin_both).as_deref(),
+        Some(&*both)
+    );
+    let pin_old = bundle_hash(old.cert_pem()).unwrap();
+    let added = format!("{both}{}", rogue.cert_pem());
+    let taken = shoal_pki::ca::pinned(&added, &pin_old).unwrap();
+    assert_eq!(bundle_hash(&taken).unwrap(), pin_old);
+    assert_eq!(shoal_pki::ca::bundle_certificates(&taken).unwrap().len(), 1);
+    assert_eq!(shoal_pki::ca::pinned(&added, &pin_both), None);
+    assert_eq!(shoal_pki::ca::pinned(new.cert_pem(), &pin_old), None);
+    assert!(shoal_pki::ca::bundle_certificates("no pem here").is_err());
+    assert!(shoal_pki::ca::bundle_certificates("-----BEGIN CERTIFICATE-----\nAAAA").is_err());
+
+    // Issued by: the leaf's issuer and key id, not its chain.
+    let cross = old.cross_sign(&new, CLUSTER, 2, SystemTime::now()).unwrap();
+    let (leaf, _) = node(
+        &new,
+        "n1",
+        Role::Worker,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    );
+    let chain = format!("{leaf}{cross}");
+    assert!(shoal_pki::ca::issued_by(&chain, new.cert_pem()));
+    assert!(!shoal_pki::ca::issued_by(&chain, old.cert_pem()));
+    let (leaf, _) = node(
+        &old,
+        "n1",
+        Role::Worker,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    );
+    assert!(shoal_pki::ca::issued_by(&leaf, old.cert_pem()));
+    // Another CA of the same name and generation did not issue it.
+    assert!(!shoal_pki::ca::issued_by(&leaf, rogue.cert_pem()));
+    assert!(!shoal_pki::ca::issued_by("garbage", old.cert_pem()));
+    let summary = shoal_pki::ca::summary(new.cert_pem()).unwrap();
+    assert!(
+        summary.subject.contains("shoal cluster CA 2"),
+        "{summary:?}"
+    );
+    assert_eq!(summary.sha256, bundle_hash(new.cert_pem()).unwrap());
+}
+
 #[test]
 fn the_ca_decides_everything_but_the_key() {
     let ca = Ca::generate(CLUSTER, 1, SystemTime::now()).unwrap();

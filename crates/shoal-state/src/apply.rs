@@ -388,6 +388,9 @@ fn check_writer(meta: &Meta<'_>, command: &Command) -> Result<(), ApplyError> {
         Command::ForgetNode { .. } if meta.proposer != meta.leader => {
             refused(format!("only the leader (`{}`) forgets nodes", meta.leader))
         }
+        // A rotation (format 11) is an operator's, proposed by the voter
+        // that made the new root; the leader took the operator's token.
+        Command::SetCa { ca } if ca.generation > 1 => Ok(()),
         Command::SetCa { .. } | Command::AdmitNode { .. } | Command::SetGossipKeys { .. }
             if meta.proposer != meta.leader =>
         {

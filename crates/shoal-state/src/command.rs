@@ -363,6 +363,8 @@ impl Command {
             Command::SetNodeStatus { name, status } if *status == NodeStatus::Left => {
                 Authority::Node(name)
             }
+            // A rotation is an operator's (the leader's own duty ends it).
+            Command::SetCa { ca } if ca.generation > 1 => Authority::Admin,
             Command::SetNodeStatus { .. }
             | Command::ApplyPlan { .. }
             | Command::ForgetNode { .. }
@@ -482,6 +484,8 @@ impl Command {
             Command::ApplyPlan { plan } if plan.unplaced.iter().any(|u| u.why.is_some()) => {
                 format::REASONS
             }
+            // A CA record after the first, a rotation, came with format 11.
+            Command::SetCa { ca } if ca.generation > 1 => format::CA_ROTATION,
             // Security came with format 3.
             Command::SetCa { .. }
             | Command::CreateJoinToken { .. }
@@ -625,6 +629,25 @@ mod tests {
         };
         assert_eq!(named.version_needed(), 10);
         assert_eq!(named.authority(), sealed.authority());
+    }
+
+    #[test]
+    fn a_rotated_ca_is_format_11() {
+        let ca = |generation| Command::SetCa {
+            ca: CaRecord {
+                roots_pem: "roots".into(),
+                signer_pem: "signer".into(),
+                chain_pem: String::new(),
+                key_sealed: "sealed".into(),
+                generation,
+            },
+        };
+        assert_eq!(ca(1).version_needed(), 3);
+        assert_eq!(ca(2).version_needed(), 11);
+        assert_eq!(ca(3).version_needed(), 11);
+        // The first CA is the forming leader's; a rotation an admin's.
+        assert_eq!(ca(1).authority(), Authority::Leader);
+        assert_eq!(ca(2).authority(), Authority::Admin);
     }
 
     #[test]

@@ -46,7 +46,10 @@ use crate::{ApplyError, Command};
 ///   with, so that no other member can speak for it.
 /// - 10 (shoal 0.10): a registry's password kept in the secrets store
 ///   (`RegistryRecord::password_secret`), written only when named.
-pub const LOG_VERSION: u32 = format::REGISTRY_SECRETS;
+/// - 11 (shoal 0.11): the CA rotated (`SetCa` of a generation after the
+///   first): every node follows the roots the state holds and renews onto
+///   the signer it names, which a node of an older release does not.
+pub const LOG_VERSION: u32 = format::CA_ROTATION;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
 
@@ -74,6 +77,8 @@ pub mod format {
     pub const FACTS_KEYS: u32 = 9;
     /// A registry's password named as a secret of the secrets store.
     pub const REGISTRY_SECRETS: u32 = 10;
+    /// The cluster's CA rotated: a CA record after the first generation.
+    pub const CA_ROTATION: u32 = 11;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

@@ -139,6 +139,11 @@ pub enum ClusterCommand {
         #[command(subcommand)]
         command: JoinTokenCommand,
     },
+    /// The cluster's CA: its roots, and moving to a new one.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Change cluster-wide settings.
     Set {
         /// Voters the cluster aims for: 1, 3, 5 or 7 (default 5).
@@ -154,6 +159,35 @@ pub enum ClusterCommand {
         /// The DNS zone of service names, SERVICE.APP.ZONE (default shoal).
         #[arg(long)]
         dns_zone: Option<String>,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// The roots every node trusts, the CA that signs, and the generation
+    /// of the CA each node has taken (how far a rotation is).
+    Info {
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move the cluster to a new root, cross-signed by the current one:
+    /// every node trusts both and renews onto the new one, then the old
+    /// one is trusted no more. No node joins again and no request fails;
+    /// join tokens made before it work until it ends. Waits until it has
+    /// ended, then this CLI's credential trusts the new root.
+    Rotate {
+        /// Return once the rotation has started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long (the rotation goes on).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
         #[command(flatten)]
         output: Output,
         #[command(flatten)]

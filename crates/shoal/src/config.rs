@@ -108,6 +108,11 @@ pub fn save_file(path: &Path, file: &ConfigFile) -> anyhow::Result<()> {
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     let body = Zeroizing::new(serde_json::to_vec_pretty(file)?);
+    write_private(path, &body)
+}
+
+/// Writes `body` to `path` (mode 0600) through a file beside it, renamed.
+fn write_private(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     let temporary = path.with_extension("tmp");
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -116,10 +121,38 @@ pub fn save_file(path: &Path, file: &ConfigFile) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&temporary)
         .with_context(|| format!("writing {}", temporary.display()))?;
-    out.write_all(&body)
+    out.write_all(body)
         .and_then(|()| out.sync_all())
         .with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Makes the credential the CLI uses (a single credential, or the current
+/// context of a config) trust `ca_pem`; the file it changed.
+pub fn replace_ca(explicit: Option<&Path>, ca_pem: &str) -> anyhow::Result<PathBuf> {
+    let path = path(explicit);
+    let bytes = read(&path)?.ok_or_else(|| anyhow::anyhow!("{} is gone", path.display()))?;
+    if let Ok(mut credential) = serde_json::from_slice::<Credential>(&bytes) {
+        credential.ca_pem = ca_pem.to_string();
+        let body = Zeroizing::new(serde_json::to_vec_pretty(&credential)?);
+        write_private(&path, &body)?;
+        return Ok(path);
+    }
+    let mut file: ConfigFile = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a shoal config", path.display()))?;
+    let current = file
+        .current
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{}: no current context", path.display()))?;
+    let context = file.contexts.get_mut(&current).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the current context `{current}` is not in the file",
+            path.display()
+        )
+    })?;
+    context.ca_pem = ca_pem.to_string();
+    save_file(&path, &file)?;
+    Ok(path)
 }
 
 /// Adds or replaces context `name` in the default config and makes it current.

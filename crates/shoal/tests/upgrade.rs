@@ -239,6 +239,12 @@ fn a_running_cluster_upgrades_node_by_node() {
             assert!(!refused.status.success(), "{refused:?}");
             let said = String::from_utf8_lossy(&refused.stderr);
             assert!(said.contains("upgrade every node"), "{said}");
+            // So does a rotation of the CA: an older node would not follow
+            // the new roots.
+            let refused = cluster.shoal(index, &["cluster", "ca", "rotate", "--no-wait"]);
+            assert!(!refused.status.success(), "{refused:?}");
+            let said = String::from_utf8_lossy(&refused.stderr);
+            assert!(said.contains("upgrade every node"), "{said}");
             // An older node reads no sealed gossip: the upgraded node
             // speaks plaintext, or it would not be heard.
             let info = cluster_info(&cluster, index).expect("cluster info");
@@ -269,6 +275,10 @@ fn a_running_cluster_upgrades_node_by_node() {
             (cluster_info(&cluster, index)?["gossip"]["facts_keys"] == 3).then_some(())
         });
     }
+    // The CA the old release made rotates to a new root, every node
+    // renewing onto it; the writes below go through the new certificates.
+    let rotated = cluster.shoal_ok(0, &["cluster", "ca", "rotate", "--timeout", "2m"]);
+    assert!(rotated.contains("rotation ended"), "{rotated}");
     for index in 0..3 {
         write(&cluster, index, &empty_app(&format!("after-{index}")));
     }

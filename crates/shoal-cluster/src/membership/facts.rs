@@ -81,6 +81,13 @@ struct WireMore {
     /// From shoal 0.9 on.
     #[serde(skip_serializing_if = "String::is_empty")]
     gossip_addr: String,
+    /// From shoal 0.11 on.
+    #[serde(skip_serializing_if = "is_zero")]
+    ca_generation: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 impl FactsMsg {
@@ -125,6 +132,7 @@ impl FactsMsg {
             log_version: facts.log_version,
             gossip_keys: facts.gossip_keys,
             gossip_addr: self.addr.map(|addr| addr.to_string()).unwrap_or_default(),
+            ca_generation: facts.ca_generation,
         })
         .expect("facts serialize: strings and numbers");
         let mut bytes = postcard::to_allocvec(&first)?;
@@ -176,6 +184,7 @@ impl FactsMsg {
                 release: more.release,
                 log_version: more.log_version,
                 gossip_keys: more.gossip_keys,
+                ca_generation: more.ca_generation,
             },
             addr,
         };

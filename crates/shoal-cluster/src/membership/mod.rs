@@ -128,6 +128,12 @@ pub struct NodeFacts {
     /// rotation only once every member holds the last.
     #[serde(default)]
     pub gossip_keys: u64,
+    /// The generation of the cluster's CA record the node has taken in
+    /// full: it trusts that record's roots and its certificate is of the
+    /// signer it names (0: not yet, or a release before 0.11). The leader
+    /// ends a CA rotation only once every node has taken it.
+    #[serde(default)]
+    pub ca_generation: u32,
 }
 
 impl NodeFacts {

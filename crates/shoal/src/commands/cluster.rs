@@ -1,16 +1,21 @@
-//! `shoal cluster info|set`: the cluster's identity, voters, log format and settings.
+//! `shoal cluster info|set|ca`: the cluster's identity, voters, log
+//! format, settings and CA.
 
 use std::process::ExitCode;
 
-use shoal_api::wire::ClusterInfo;
+use shoal_api::wire::{CaView, ClusterInfo};
 
-use crate::cli::{ClusterCommand, Format};
-use crate::output::print_json;
+use crate::cli::{CaCommand, ClusterCommand, Format};
+use crate::output::{print_json, print_list};
 
-/// `shoal cluster info|set`.
+/// How often `shoal cluster ca rotate` looks at how far the rotation is.
+const ROTATION_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `shoal cluster info|set|ca`.
 pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
     match command {
         ClusterCommand::Token { command } => super::tokens::join(command).await,
+        ClusterCommand::Ca { command } => ca(command).await,
         ClusterCommand::Info { output, target } => {
             show(super::client(&target)?.cluster().await?, output.format)
         }
@@ -135,5 +140,113 @@ pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
             gossip.facts_keys
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CaCommand::Info { output, target } => {
+            show_ca(&super::client(&target)?.ca().await?, output.format)
+        }
+        CaCommand::Rotate {
+            no_wait,
+            timeout,
+            output,
+            target,
+        } => {
+            let client = super::client(&target)?;
+            let started = client.rotate_ca().await?;
+            if output.format == Format::Table {
+                println!(
+                    "rotation started: nodes trust {} beside the old root and renew onto it",
+                    started.signer.subject
+                );
+            }
+            if no_wait {
+                return show_ca(&started, output.format);
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut last_behind = Vec::new();
+            let ended = loop {
+                let view = client.ca().await?;
+                if view.generation > started.generation && !view.rotating {
+                    break view;
+                }
+                let behind: Vec<String> = view
+                    .nodes
+                    .iter()
+                    .filter(|node| node.generation < started.generation)
+                    .map(|node| node.name.clone())
+                    .collect();
+                if behind != last_behind && output.format == Format::Table {
+                    println!(
+                        "waiting for {} node(s) to renew: {}",
+                        behind.len(),
+                        behind.join(", ")
+                    );
+                    last_behind = behind.clone();
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "the rotation has not ended after {}: {} node(s) still renew onto the new root ({}); it goes on by itself, see `shoal cluster ca info` (a node that is gone for good: `shoal node rm NAME`)",
+                        humantime::format_duration(timeout),
+                        behind.len(),
+                        behind.join(", ")
+                    );
+                }
+                tokio::time::sleep(ROTATION_POLL).await;
+            };
+            // This CLI's credential trusts the roots of now, read over a
+            // connection its old roots verified.
+            let roots = client.join_ca().await?;
+            let path = crate::config::replace_ca(target.config.as_deref(), &roots)?;
+            if output.format == Format::Table {
+                println!(
+                    "rotation ended: every node holds a certificate of the new root, the old one is trusted no more; {} trusts the new root",
+                    path.display()
+                );
+            }
+            show_ca(&ended, output.format)
+        }
+    }
+}
+
+fn show_ca(view: &CaView, format: Format) -> anyhow::Result<ExitCode> {
+    if format == Format::Json {
+        print_json(view)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "Generation:  {}{}",
+        view.generation,
+        if view.rotating { " (rotating)" } else { "" }
+    );
+    for root in &view.roots {
+        println!("Root:        {} sha256:{}", root.subject, root.sha256);
+    }
+    println!("Signer:      {}", view.signer.subject);
+    let rows = view
+        .nodes
+        .iter()
+        .map(|node| {
+            vec![
+                node.name.clone(),
+                node.generation.to_string(),
+                if node.generation >= view.generation {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
+            ]
+        })
+        .collect();
+    println!();
+    print_list(
+        format,
+        &view.nodes,
+        &["NODE", "GENERATION", "CURRENT"],
+        rows,
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -157,13 +157,16 @@ async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::
         };
         let hash = shoal_pki::ca::bundle_hash(&roots)
             .with_context(|| format!("{peer} answered with no CA certificate"))?;
-        anyhow::ensure!(
-            hash == token.ca_hash,
-            "{peer} shows a CA whose hash ({}…) is not the one the token pins ({}…): it is not the cluster the token is of (or someone is in between); nothing secret was sent",
-            &hash[..12],
-            &token.ca_hash[..12]
-        );
-        let credentials = shoal_pki::tls::Credentials::new(&roots)?;
+        // The bundle, or the one root of it the token pins (one made
+        // before a rotation that is under way): nothing else is trusted.
+        let Some(pinned) = shoal_pki::ca::pinned(&roots, &token.ca_hash) else {
+            anyhow::bail!(
+                "{peer} shows a CA whose hash ({}…) is not the one the token pins ({}…), nor holds that root: it is not the cluster the token is of, the cluster's CA rotated since the token was made (make a new one with `shoal cluster token create`), or someone is in between; nothing secret was sent",
+                &hash[..12],
+                &token.ca_hash[..12]
+            );
+        };
+        let credentials = shoal_pki::tls::Credentials::new(&pinned)?;
         // The token goes only to a node that may admit: a voter. A worker
         // (or a removed node, whose certificate still chains) in the path
         // gets nothing.
@@ -251,7 +254,7 @@ async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::
                     .filter(|identity| identity.role != shoal_pki::identity::Role::Voter);
                 if worker.is_some() {
                     if let Some(leader) =
-                        leader_named_by(&peer, &roots, &token.ca_hash, config).await
+                        leader_named_by(&peer, &pinned, &token.ca_hash, config).await
                     {
                         if !queue.contains(&leader) {
                             queue.push_front(leader);
@@ -364,8 +367,13 @@ pub async fn found(
     Ok(())
 }
 
+/// A node whose certificate is not of the CA that signs now renews within
+/// this.
+const RENEW_SPREAD: Duration = Duration::from_secs(10);
+
 /// Renews the node's certificate at a random 50–80 % of its lifetime,
-/// from any node that holds the data key (itself, if it does).
+/// from any node that holds the data key (itself, if it does), and soon
+/// when the CA that signs changed.
 pub async fn renew_certificates<R>(shared: Arc<Shared<R>>) {
     loop {
         let wait = match (shared.trust.not_before(), shared.trust.not_after()) {
@@ -377,7 +385,14 @@ pub async fn renew_certificates<R>(shared: Arc<Shared<R>>) {
             ),
             _ => Duration::from_secs(1),
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            // The CA that signs changed: soon, at a moment drawn so that
+            // the nodes do not all ask at once.
+            () = shared.renew_now.notified() => {
+                tokio::time::sleep(RENEW_SPREAD.mul_f64(rand::random::<f64>())).await;
+            }
+        }
         let mut attempt = 0u32;
         loop {
             match renew_once(&shared).await {
@@ -460,7 +475,7 @@ pub fn renew_expired_here(
         identity,
         lifetime,
     )?;
-    trust.renewed(&trust.credentials.roots_pem(), &chain, &key.key_pem())?;
+    trust.renewed(&record.roots_pem, &chain, &key.key_pem())?;
     Ok(true)
 }
 
@@ -547,6 +562,7 @@ pub fn facts(config: &NodeConfig, started_at_ms: u64) -> NodeFacts {
         release: shoal_state::RELEASE.to_string(),
         log_version: shoal_state::LOG_VERSION,
         gossip_keys: 0,
+        ca_generation: 0,
     }
 }
 
@@ -558,6 +574,9 @@ fn gossiped_facts<R, L>(shared: &Shared<R, L>) -> NodeFacts {
         super::gossip_keys::log_version_read(shared.membership.sealing().keyring.is_some());
     facts.gossip_keys = shared
         .gossip_generation
+        .load(std::sync::atomic::Ordering::Relaxed);
+    facts.ca_generation = shared
+        .ca_generation
         .load(std::sync::atomic::Ordering::Relaxed);
     facts
 }

@@ -77,9 +77,9 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
     ApiError::internal(error.to_string())
 }
 
-/// The roots a joiner pins against the hash in its token.
+/// The roots a joiner pins against the hash in its token: the state's.
 async fn join_ca<R>(State(shared): State<Arc<Shared<R>>>) -> Response {
-    shared.trust.credentials.roots_pem().into_response()
+    super::ca::roots_now(&shared).into_response()
 }
 
 /// Signs a certificate for `identity` with the cluster's CA.
@@ -141,11 +141,12 @@ async fn join<R: Send + Sync + 'static>(
     };
     shoal_types::check_dns_label(&request.name)
         .map_err(|message| ApiError::bad_request(format!("name: {message}")))?;
-    let roots = shared.trust.credentials.roots_pem();
-    let ca_hash = shoal_pki::ca::bundle_hash(&roots).map_err(internal)?;
-    if token.ca_hash != ca_hash {
+    // The token pins the roots, or the one root of them it was made under
+    // (before a rotation that is under way).
+    let roots = super::ca::roots_now(&shared);
+    if shoal_pki::ca::pinned(&roots, &token.ca_hash).is_none() {
         return Err(forbidden(
-            "the join token pins another CA than this cluster's; it is of another cluster, or of this one before a CA rotation",
+            "the join token pins another CA than this cluster's; it is of another cluster, or of this one before a CA rotation ended: make a new one with `shoal cluster token create`",
         ));
     }
     if !shared.is_leader() {
@@ -256,6 +257,9 @@ async fn renew<R>(
     let Caller::Node { name, .. } = caller else {
         return Err(forbidden("only a node renews its certificate"));
     };
+    // The admission and the CA as the cluster holds them now: a voter
+    // behind would renew a node removed meanwhile, or onto the old CA.
+    super::gate::caught_up(&shared.raft).await?;
     let admission = shared
         .raft
         .read()
@@ -273,7 +277,7 @@ async fn renew<R>(
     let chain_pem = sign(&shared, &request.csr_pem, &identity)?;
     Ok(Json(RenewResponse {
         chain_pem,
-        roots_pem: shared.trust.credentials.roots_pem(),
+        roots_pem: super::ca::roots_now(&shared),
     }))
 }
 
@@ -447,8 +451,7 @@ async fn create_join_token<R>(
             "uses: 1 to {JOIN_USES_MAX} nodes"
         )));
     }
-    let ca_hash =
-        shoal_pki::ca::bundle_hash(&shared.trust.credentials.roots_pem()).map_err(internal)?;
+    let ca_hash = super::ca::pin_now(&shared).map_err(internal)?;
     let token = JoinToken::generate(&ca_hash);
     let now = now_ms();
     let record = JoinTokenRecord {

@@ -4,6 +4,7 @@
 
 mod backend;
 mod blobs;
+mod ca;
 mod cluster;
 mod credentials;
 mod facts_key;
@@ -95,6 +96,12 @@ pub struct Shared<R, L = RaftNode> {
     pub leaving: tokio::sync::watch::Sender<bool>,
     /// The generation of the gossip keyring this node holds (0: none).
     pub gossip_generation: std::sync::atomic::AtomicU64,
+    /// The generation of the CA record this node has taken in full (its
+    /// roots trusted, its certificate of the signer; 0: none yet).
+    pub ca_generation: std::sync::atomic::AtomicU32,
+    /// Wakes the renewal loop to renew soon (its certificate is not of the
+    /// CA that signs now).
+    pub renew_now: tokio::sync::Notify,
     /// The registry passwords this node pulls with.
     pub pull_credentials: Arc<registries::PullCredentials>,
 }
@@ -217,6 +224,8 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         trust,
         leaving,
         gossip_generation: std::sync::atomic::AtomicU64::new(gossip.generation),
+        ca_generation: std::sync::atomic::AtomicU32::new(0),
+        renew_now: tokio::sync::Notify::new(),
     });
 
     // Blobs: asked of their home node before the registry, and served to
@@ -259,6 +268,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let router = shoal_api::server::router(backend)
         .merge(shared.raft.router())
         .merge(credentials::router(shared.clone()))
+        .merge(ca::router(shared.clone()))
         .merge(gossip_keys::router(shared.clone()))
         .merge(registries::router(shared.clone()))
         .merge(files::router(shared.clone()))
@@ -297,6 +307,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let duties = tokio::spawn(leader::run(shared.clone()));
     let gossip_keys = tokio::spawn(gossip_keys::run(shared.clone(), gossip));
     let facts_keys = tokio::spawn(facts_key::run(shared.clone(), facts_signer));
+    let ca_follower = tokio::spawn(ca::run(shared.clone()));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
     let scheduler = tokio::spawn(scheduler::run(shared.clone()));
     let task_files = Arc::new(task_files::TaskFiles::new(
@@ -355,6 +366,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     registration.abort();
     gossip_keys.abort();
     facts_keys.abort();
+    ca_follower.abort();
     renewals.abort();
     facts.abort();
     image_gc.abort();

@@ -259,6 +259,18 @@ impl Trust {
         Ok(Some(Ca::from_pem(&record.signer_pem, &key)?))
     }
 
+    /// Trusts `roots_pem` from the next handshake on, and keeps it in
+    /// `roots.pem` for the next start.
+    pub fn adopt_roots(&self, roots_pem: &str) -> anyhow::Result<()> {
+        self.credentials.set_roots(roots_pem)?;
+        write_private(&self.dir.join("roots.pem"), roots_pem.as_bytes())
+    }
+
+    /// The node's certificate chain as `node.pem` holds it.
+    pub fn chain_pem(&self) -> anyhow::Result<String> {
+        Ok(read(&self.dir.join("node.pem"))?.unwrap_or_default())
+    }
+
     /// Installs a renewed certificate (and the roots of the moment).
     pub fn renewed(&self, roots_pem: &str, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
         self.credentials.set_roots(roots_pem)?;

@@ -79,6 +79,8 @@ async fn fixture() -> Fixture {
         network,
         leaving: tokio::sync::watch::channel(false).0,
         gossip_generation: Default::default(),
+        ca_generation: Default::default(),
+        renew_now: Default::default(),
         pull_credentials: Arc::new(crate::node::registries::PullCredentials::local(None)),
     });
     Fixture {
