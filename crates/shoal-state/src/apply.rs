@@ -89,7 +89,7 @@ impl State {
             Command::RemoveConfig { name } => self.remove_file(FileKind::Config, name),
             Command::ApplyPlan { plan } => self.apply_plan(plan, now_ms),
             Command::ReportTasks { node, statuses } => self.report_tasks(node, statuses),
-            Command::SetCa { ca } => self.set_ca(ca),
+            Command::SetCa { ca } => self.set_ca(ca, meta.proposer == meta.leader),
             Command::CreateJoinToken { token } => self.create_join_token(token, now_ms),
             Command::RevokeJoinToken { id } => self.revoke_join_token(id),
             Command::AdmitNode {
@@ -388,8 +388,9 @@ fn check_writer(meta: &Meta<'_>, command: &Command) -> Result<(), ApplyError> {
         Command::ForgetNode { .. } if meta.proposer != meta.leader => {
             refused(format!("only the leader (`{}`) forgets nodes", meta.leader))
         }
-        // A rotation (format 11) is an operator's, proposed by the voter
-        // that made the new root; the leader took the operator's token.
+        // A rotation (format 11) is started by an operator, through the
+        // voter that made the new root (the leader took the operator's
+        // token); `set_ca` lets only the leader end one.
         Command::SetCa { ca } if ca.generation > 1 => Ok(()),
         Command::SetCa { .. } | Command::AdmitNode { .. } | Command::SetGossipKeys { .. }
             if meta.proposer != meta.leader =>

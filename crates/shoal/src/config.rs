@@ -113,7 +113,8 @@ pub fn save_file(path: &Path, file: &ConfigFile) -> anyhow::Result<()> {
 
 /// Writes `body` to `path` (mode 0600) through a file beside it, renamed.
 fn write_private(path: &Path, body: &[u8]) -> anyhow::Result<()> {
-    let temporary = path.with_extension("tmp");
+    // Of this process: a node may write the same file (its `admin.json`).
+    let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -128,11 +129,26 @@ fn write_private(path: &Path, body: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Makes the credential the CLI uses (a single credential, or the current
-/// context of a config) trust `ca_pem`; the file it changed.
-pub fn replace_ca(explicit: Option<&Path>, ca_pem: &str) -> anyhow::Result<PathBuf> {
+/// context of a config) trust `ca_pem` where it trusted `was` (one that
+/// changed meanwhile, another context made current, is left alone); the
+/// file it changed.
+pub fn replace_ca(explicit: Option<&Path>, was: &str, ca_pem: &str) -> anyhow::Result<PathBuf> {
     let path = path(explicit);
     let bytes = read(&path)?.ok_or_else(|| anyhow::anyhow!("{} is gone", path.display()))?;
+    let changed = || {
+        anyhow::anyhow!(
+            "{}: the credential changed meanwhile (another context?); it was left as it is: its CA is to be the cluster's new root (`shoal context add NAME --from DATA_DIR/admin.json` of a node)",
+            path.display()
+        )
+    };
     if let Ok(mut credential) = serde_json::from_slice::<Credential>(&bytes) {
+        // The node that formed the cluster rewrites its own `admin.json`.
+        if credential.ca_pem == ca_pem {
+            return Ok(path);
+        }
+        if credential.ca_pem != was {
+            return Err(changed());
+        }
         credential.ca_pem = ca_pem.to_string();
         let body = Zeroizing::new(serde_json::to_vec_pretty(&credential)?);
         write_private(&path, &body)?;
@@ -150,6 +166,12 @@ pub fn replace_ca(explicit: Option<&Path>, ca_pem: &str) -> anyhow::Result<PathB
             path.display()
         )
     })?;
+    if context.ca_pem == ca_pem {
+        return Ok(path);
+    }
+    if context.ca_pem != was {
+        return Err(changed());
+    }
     context.ca_pem = ca_pem.to_string();
     save_file(&path, &file)?;
     Ok(path)

@@ -1747,13 +1747,15 @@ fn short_lived_certificates_renew_without_a_failed_request() {
 }
 
 /// `shoal cluster ca rotate` moves a cluster of three voters and a worker
-/// to a new root: requests through every node keep succeeding while it
-/// runs (writes through each voter and the worker, reads with a copy of
-/// the admin credential made before it), no node joins again (each keeps
-/// its admission), and once it has ended every node trusts the new root
-/// alone and shows a certificate of it; a node certificate of the old
-/// root, which passed before, is refused; a join token made before the
-/// rotation no longer joins, one made after does.
+/// to a new root: requests through every voter keep succeeding while it
+/// runs (writes, and reads with a copy of the admin credential made before
+/// it); the worker, frozen when it starts, holds the rotation's end until
+/// it is back and has renewed onto the new root; no node joins again (each
+/// keeps its admission), and once it has ended every node trusts the new
+/// root alone and shows a certificate of it, and writes go through the
+/// worker; a node certificate of the old root, which passed before, is
+/// refused; a join token made before the rotation no longer joins, one
+/// made after does.
 #[test]
 fn the_ca_rotates_to_a_new_root_without_a_failed_request_or_a_rejoin() {
     let Some(mut cluster) = Cluster::start_or_skip("carot", &[&[], &[], &[]]) else {
@@ -1807,13 +1809,23 @@ fn the_ca_rotates_to_a_new_root_without_a_failed_request_or_a_rejoin() {
     let (status, body) = with_old_leaf(&cluster, &old_roots_file);
     assert_eq!(status, 200, "the worker's certificate reads before: {body}");
 
-    // Requests through every node while the rotation runs.
+    // The worker is frozen (down, as gossip sees it) before the rotation
+    // starts; requests go through every voter while it runs.
+    let signal = |what: &str| {
+        let pid = cluster.agent_pid(worker).expect("the worker runs");
+        let status = std::process::Command::new("kill")
+            .args([what, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {what} {pid}");
+    };
+    signal("-STOP");
     let running = std::sync::atomic::AtomicBool::new(true);
     let (rotation, requests, failures) = std::thread::scope(|scope| {
         let load = scope.spawn(|| {
             let (mut requests, mut failures) = (0usize, Vec::new());
             while running.load(std::sync::atomic::Ordering::Relaxed) {
-                for &index in &nodes {
+                for &index in &nodes[..3] {
                     let app = format!("name: rot{requests}\nservices:\n  - name: a\n    image: shoal.test/busybox:latest\n    replicas: 0\n");
                     let path = scratch.join(format!("rot-{index}.yaml"));
                     std::fs::write(&path, app).expect("write spec");
@@ -1838,7 +1850,32 @@ fn the_ca_rotates_to_a_new_root_without_a_failed_request_or_a_rejoin() {
             }
             (requests, failures)
         });
-        let rotation = cluster.shoal(0, &["cluster", "ca", "rotate", "--timeout", "3m"]);
+        let rotate =
+            scope.spawn(|| cluster.shoal(0, &["cluster", "ca", "rotate", "--timeout", "3m"]));
+        // The voters renew onto the new root; the frozen worker holds the
+        // end.
+        let behind = cluster.wait_for("the voters on the new root, the worker behind", || {
+            let view = cluster.shoal_json(0, &["cluster", "ca", "info"])?;
+            let generation = |name: &str| {
+                view["nodes"]
+                    .as_array()?
+                    .iter()
+                    .find(|node| node["name"] == name)?["generation"]
+                    .as_u64()
+            };
+            let voters = (0..3).all(|index| generation(&cluster.members[index].name) == Some(2));
+            (view["rotating"] == true && voters).then_some(view.clone())
+        });
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let still = cluster
+            .shoal_json(0, &["cluster", "ca", "info"])
+            .expect("ca");
+        assert_eq!(
+            still["rotating"], true,
+            "ended without the worker: {still}\n{behind}"
+        );
+        signal("-CONT");
+        let rotation = rotate.join().expect("rotate");
         // A little more load after the end, on the certificates of the
         // new root alone.
         std::thread::sleep(std::time::Duration::from_secs(3));
@@ -1874,6 +1911,13 @@ fn the_ca_rotates_to_a_new_root_without_a_failed_request_or_a_rejoin() {
     assert_ne!(
         shoal_pki::ca::bundle_hash(&new_root).unwrap(),
         shoal_pki::ca::bundle_hash(&old_roots).unwrap()
+    );
+    let app = "name: through-worker\nservices:\n  - name: a\n    image: shoal.test/busybox:latest\n    replicas: 0\n";
+    let path = scratch.join("through-worker.yaml");
+    std::fs::write(&path, app).expect("write spec");
+    cluster.shoal_ok(
+        worker,
+        &["apply", "--detach", "-f", path.to_str().expect("path")],
     );
     for (at, &index) in nodes.iter().enumerate() {
         let roots = pki(&cluster, index, "roots.pem");

@@ -154,6 +154,8 @@ async fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
             output,
             target,
         } => {
+            let credential =
+                crate::config::credential(target.config.as_deref(), target.addr.as_deref())?;
             let client = super::client(&target)?;
             let started = client.rotate_ca().await?;
             if output.format == Format::Table {
@@ -167,17 +169,26 @@ async fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
             }
             let deadline = tokio::time::Instant::now() + timeout;
             let mut last_behind = Vec::new();
+            let mut behind = Vec::new();
             let ended = loop {
-                let view = client.ca().await?;
-                if view.generation > started.generation && !view.rotating {
-                    break view;
+                // A moment without an answer (a leader election) is waited out.
+                match client.ca().await {
+                    Ok(view) if view.generation > started.generation && !view.rotating => {
+                        break view
+                    }
+                    Ok(view) => {
+                        behind = view
+                            .nodes
+                            .iter()
+                            .filter(|node| node.generation < started.generation)
+                            .map(|node| node.name.clone())
+                            .collect();
+                    }
+                    Err(error) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(%error, "asking how far the rotation is");
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                let behind: Vec<String> = view
-                    .nodes
-                    .iter()
-                    .filter(|node| node.generation < started.generation)
-                    .map(|node| node.name.clone())
-                    .collect();
                 if behind != last_behind && output.format == Format::Table {
                     println!(
                         "waiting for {} node(s) to renew: {}",
@@ -199,12 +210,20 @@ async fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
             // This CLI's credential trusts the roots of now, read over a
             // connection its old roots verified.
             let roots = client.join_ca().await?;
-            let path = crate::config::replace_ca(target.config.as_deref(), &roots)?;
+            let trusted =
+                crate::config::replace_ca(target.config.as_deref(), &credential.ca_pem, &roots);
             if output.format == Format::Table {
                 println!(
-                    "rotation ended: every node holds a certificate of the new root, the old one is trusted no more; {} trusts the new root",
-                    path.display()
+                    "rotation ended: every node holds a certificate of the new root, the old one is trusted no more"
                 );
+            }
+            match trusted {
+                Ok(path) if output.format == Format::Table => {
+                    println!("{} trusts the new root", path.display())
+                }
+                Ok(_) => {}
+                // The rotation itself went through.
+                Err(error) => eprintln!("warning: {error:#}"),
             }
             show_ca(&ended, output.format)
         }

@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -75,7 +76,10 @@ pub fn started(
     cluster_id: &str,
     now: SystemTime,
 ) -> anyhow::Result<CaRecord> {
-    let generation = record.generation + 1;
+    let generation = record
+        .generation
+        .checked_add(1)
+        .context("the CA's generation is at its end")?;
     let next = Ca::generate(cluster_id, generation, now)?;
     let cross = current.cross_sign(&next, cluster_id, generation, now)?;
     let key_sealed =
@@ -92,12 +96,12 @@ pub fn started(
 /// The record that ends the rotation `record` is in: the signer's root
 /// alone, the chain kept (a client that trusts only the old root still
 /// verifies the nodes by it), the next generation.
-pub fn ended(record: &CaRecord) -> CaRecord {
-    CaRecord {
+pub fn ended(record: &CaRecord) -> Option<CaRecord> {
+    Some(CaRecord {
         roots_pem: record.signer_pem.clone(),
-        generation: record.generation + 1,
+        generation: record.generation.checked_add(1)?,
         ..record.clone()
-    }
+    })
 }
 
 /// Whether a node that trusts `roots_pem` and shows `chain_pem` has taken
@@ -115,9 +119,11 @@ fn same_bundle(a: &str, b: &str) -> bool {
 }
 
 /// The nodes whose word counts for a rotation: every node the cluster
-/// admitted and holds (alive, suspect or dead and not yet forgotten; not
-/// one that left), with the generation each gossips it has taken (0 when
-/// not heard). A member counts only under its own consensus id.
+/// admitted and has not removed (`shoal node rm`), whether the state holds
+/// its record or has forgotten it (a node down for a while comes back
+/// with its certificate and must be able to renew it), but not one whose
+/// record says it left; with the generation each gossips it has taken (0
+/// when not heard). A member counts only under its own consensus id.
 pub fn held_by_nodes(
     state: &shoal_state::State,
     members: &[Member],
@@ -130,16 +136,16 @@ pub fn held_by_nodes(
         .chain(std::iter::once(own))
         .collect();
     state
-        .nodes
-        .values()
-        .filter(|node| node.status != NodeStatus::Left)
-        .filter(|node| state.security.admissions.contains_key(&node.name))
-        .map(|node| {
-            (
-                node.name.clone(),
-                heard.get(node.name.as_str()).copied().unwrap_or(0),
-            )
+        .security
+        .admissions
+        .keys()
+        .filter(|name| {
+            state
+                .nodes
+                .get(*name)
+                .is_none_or(|node| node.status != NodeStatus::Left)
         })
+        .map(|name| (name.clone(), heard.get(name.as_str()).copied().unwrap_or(0)))
         .collect()
 }
 
@@ -190,8 +196,16 @@ async fn follow<R>(shared: &Shared<R>, asked: &mut Option<(u32, Instant)>) -> an
     let Some(record) = shared.raft.read().security.ca.clone() else {
         return Ok(());
     };
+    // A replica that has not caught up yet (at start, its snapshot before
+    // the log is applied again) may hold an older record: roots never go
+    // back to an older generation.
+    if record.generation < shared.trust.roots_generation() {
+        return Ok(());
+    }
     if !same_bundle(&record.roots_pem, &shared.trust.credentials.roots_pem()) {
-        shared.trust.adopt_roots(&record.roots_pem)?;
+        shared
+            .trust
+            .adopt_roots(&record.roots_pem, record.generation)?;
         rewrite_admin_credential(&shared.config.data_dir, &record.roots_pem)?;
         tracing::info!(
             generation = record.generation,
@@ -238,7 +252,7 @@ async fn follow<R>(shared: &Shared<R>, asked: &mut Option<(u32, Instant)>) -> an
             );
             return Ok(());
         }
-        let end = ended(&record);
+        let end = ended(&record).context("the CA's generation is at its end")?;
         shared
             .raft
             .propose(now_ms(), Command::SetCa { ca: end.clone() })
@@ -456,20 +470,27 @@ mod tests {
         assert!(!taken(&next, &next.roots_pem, &old_leaf), "old leaf");
         assert!(taken(&next, &next.roots_pem, &new_chain));
 
-        let end = ended(&next);
+        let end = ended(&next).expect("a generation left");
         assert_eq!(end.generation, 3);
         assert!(!rotating(&end));
         assert!(same_bundle(&end.roots_pem, &next.signer_pem));
         assert_eq!(end.chain_pem, next.chain_pem);
         assert_eq!(end.key_sealed, next.key_sealed);
         assert!(taken(&end, &end.roots_pem, &new_chain));
+        let last = CaRecord {
+            generation: u32::MAX,
+            ..end
+        };
+        assert_eq!(ended(&last), None);
+        assert!(started(&last, &signer, &data_key, "c1", now).is_err());
     }
 
-    /// Who holds a rotation from ending: every admitted node the state
-    /// holds that has not gossiped the generation (not heard: 0), under its
-    /// own consensus id; not a node that left, not one never admitted.
+    /// Who holds a rotation from ending: every admitted node that has not
+    /// gossiped the generation (not heard: 0), under its own consensus id,
+    /// also one the state has forgotten (down a while); not a node that
+    /// left, not one never admitted.
     #[test]
-    fn a_rotation_waits_for_every_admitted_node_the_cluster_holds() {
+    fn a_rotation_waits_for_every_admitted_node() {
         let mut state = shoal_state::State::default();
         for (name, status) in [
             ("a", NodeStatus::Alive),
@@ -477,10 +498,14 @@ mod tests {
             ("c", NodeStatus::Alive),
             ("d", NodeStatus::Left),
             ("e", NodeStatus::Alive),
+            ("f", NodeStatus::Dead),
         ] {
             let mut node = Node::sample(name, &format!("{name}:7950"));
             node.status = status;
-            state.nodes.insert(name.into(), node);
+            // f was down long enough to be forgotten.
+            if name != "f" {
+                state.nodes.insert(name.into(), node);
+            }
             if name != "e" {
                 state.security.admissions.insert(
                     name.into(),
@@ -503,13 +528,19 @@ mod tests {
         let held = held_by_nodes(&state, &members, ("a", 2));
         assert_eq!(
             held,
-            BTreeMap::from([("a".into(), 2), ("b".into(), 2), ("c".into(), 0)])
+            BTreeMap::from([
+                ("a".into(), 2),
+                ("b".into(), 2),
+                ("c".into(), 0),
+                ("f".into(), 0)
+            ])
         );
-        assert_eq!(behind(&held, 2), vec!["c".to_string()]);
-        assert_eq!(behind(&held, 1), vec!["c".to_string()]);
+        assert_eq!(behind(&held, 2), vec!["c".to_string(), "f".to_string()]);
+        assert_eq!(behind(&held, 1), vec!["c".to_string(), "f".to_string()]);
         let members = [
             member("b", consensus_id("b"), 2),
             member("c", consensus_id("c"), 2),
+            member("f", consensus_id("f"), 2),
         ];
         assert!(behind(&held_by_nodes(&state, &members, ("a", 2)), 2).is_empty());
         assert_eq!(

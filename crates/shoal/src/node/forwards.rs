@@ -5,8 +5,11 @@
 //!   entry that names another is refused.
 //! - What a node writes about itself (its registration, its tasks, its
 //!   leave) only that node may forward.
-//! - What only the leader decides (plans, verdicts on nodes, the CA,
-//!   admissions, gossip keys) is never taken from another node.
+//! - What only the leader decides (plans, verdicts on nodes, the first
+//!   CA and the end of a rotation, admissions, gossip keys) is never taken
+//!   from another node. The start of a CA rotation is an operator's (the
+//!   state machine takes from another node than the leader only a record
+//!   that starts one).
 //! - An operator's command (apps, tokens, settings, registries, nodes)
 //!   carries the bearer token of the API call the forwarding node
 //!   answered, and the leader checks that token's role itself. A voter

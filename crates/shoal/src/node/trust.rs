@@ -5,6 +5,8 @@
 //!
 //! Files (all mode 0600, in a 0700 directory):
 //! - `roots.pem`: the roots the node trusts;
+//! - `roots.generation`: the generation of the CA record they came from,
+//!   once the node followed one (roots never go back to an older one);
 //! - `node.pem`, `node.key`: its certificate chain and private key;
 //! - `data.key`: the data key the CA's key (and later secrets) are sealed
 //!   with; voter-capable nodes only.
@@ -37,6 +39,8 @@ pub struct Trust {
     pub data_key: Option<DataKey>,
     pub identity: Identity,
     dir: PathBuf,
+    /// The generation of the CA record the roots came from (0: not known).
+    roots_generation: std::sync::atomic::AtomicU32,
 }
 
 /// What the node that forms a cluster proposes once its log runs.
@@ -61,7 +65,8 @@ pub fn pki_role(role: NodeRole) -> Role {
 }
 
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let temporary = path.with_extension("tmp");
+    // Of this process: the CLI may write the same file (`admin.json`).
+    let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -100,6 +105,13 @@ impl Trust {
             data_key,
             identity,
             dir: dir.to_path_buf(),
+            roots_generation: std::sync::atomic::AtomicU32::new(
+                read(&dir.join("roots.generation"))
+                    .ok()
+                    .flatten()
+                    .and_then(|text| text.trim().parse().ok())
+                    .unwrap_or(0),
+            ),
         })
     }
 
@@ -259,11 +271,24 @@ impl Trust {
         Ok(Some(Ca::from_pem(&record.signer_pem, &key)?))
     }
 
-    /// Trusts `roots_pem` from the next handshake on, and keeps it in
-    /// `roots.pem` for the next start.
-    pub fn adopt_roots(&self, roots_pem: &str) -> anyhow::Result<()> {
+    /// Trusts `roots_pem`, the roots of the CA record of `generation`,
+    /// from the next handshake on, and keeps them for the next start.
+    pub fn adopt_roots(&self, roots_pem: &str, generation: u32) -> anyhow::Result<()> {
         self.credentials.set_roots(roots_pem)?;
-        write_private(&self.dir.join("roots.pem"), roots_pem.as_bytes())
+        write_private(&self.dir.join("roots.pem"), roots_pem.as_bytes())?;
+        write_private(
+            &self.dir.join("roots.generation"),
+            generation.to_string().as_bytes(),
+        )?;
+        self.roots_generation
+            .store(generation, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The generation of the CA record the roots came from (0: not known).
+    pub fn roots_generation(&self) -> u32 {
+        self.roots_generation
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node's certificate chain as `node.pem` holds it.

@@ -571,6 +571,14 @@ impl Cluster {
         self.members[index].agent.is_some()
     }
 
+    /// The process id of node `index`'s agent, while it runs.
+    pub fn agent_pid(&self, index: usize) -> Option<u32> {
+        self.members[index]
+            .agent
+            .as_ref()
+            .map(std::process::Child::id)
+    }
+
     pub fn shoal(&self, index: usize, args: &[&str]) -> Output {
         Command::new(binary())
             .args(args)
