@@ -30,6 +30,7 @@ const REPLICAS_LOW: u64 = 100;
 const REPLICAS_HIGH: u64 = 1000;
 /// The benchmark's sizes at most, so that a typo does not eat the machine.
 pub const NODES_MAX: usize = 1_000_000;
+/// Tasks (replicas over all apps) a benchmark run places at most.
 pub const TASKS_MAX: u64 = 20_000_000;
 const TAINT: &str = "dedicated=batch:NoSchedule";
 

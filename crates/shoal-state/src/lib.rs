@@ -12,6 +12,7 @@
 //! - [`security`]: the CA, tokens, admitted and removed nodes, gossip keys.
 
 mod apply;
+mod ca;
 pub mod command;
 pub mod entry;
 pub mod files;

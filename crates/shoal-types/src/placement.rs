@@ -20,13 +20,22 @@ pub const LABEL_NODE_ARCH: &str = "node.arch";
 /// The label voters and replicas are spread over by convention.
 pub const LABEL_ZONE: &str = "zone";
 
+/// Constraints of one service's placement, at most.
 pub const CONSTRAINTS_MAX: usize = 32;
+/// Affinities of one service's placement, at most.
 pub const AFFINITIES_MAX: usize = 32;
+/// Spread rules of one service's placement, at most.
 pub const SPREADS_MAX: usize = 4;
+/// Tolerations of one service, at most.
 pub const TOLERATIONS_MAX: usize = 32;
+/// Taints of one node, at most.
 pub const TAINTS_MAX: usize = 64;
+/// Values of one `in (…)` constraint, at most.
 pub const IN_VALUES_MAX: usize = 64;
+/// The highest priority a service may have (a plain number, 0 the lowest).
 pub const PRIORITY_MAX: u32 = 1000;
+/// The largest weight of one affinity (a plain number; the lowest is its
+/// negative).
 pub const AFFINITY_WEIGHT_MAX: i32 = 100;
 
 /// A view of one node's labels, the built-in ones included.

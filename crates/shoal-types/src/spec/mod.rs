@@ -41,12 +41,18 @@ pub use workload::{ContainerSpec, UserSpec, Workload};
 
 /// Largest spec body accepted, in bytes (API and CLI alike).
 pub const SPEC_BYTES_MAX: usize = 1 << 20;
+/// Services of one app, at most.
 pub const SERVICES_MAX: usize = 64;
+/// Replicas of one service, at most.
 pub const REPLICAS_MAX: u32 = 10_000;
+/// Labels of one service or node, at most.
 pub const LABELS_MAX: usize = 64;
+/// Environment variables of one service, at most.
 pub const ENV_MAX: usize = 1024;
+/// Arguments of one command, at most.
 pub const ARGS_MAX: usize = 4096;
 pub const ARG_BYTES_MAX: usize = 128 << 10;
+/// Named ports of one service, at most.
 pub const PORTS_MAX: usize = 64;
 pub const CPU_MILLIS_MAX: u64 = 1024 * 1000;
 pub const MEMORY_BYTES_MIN: u64 = 4 << 20;

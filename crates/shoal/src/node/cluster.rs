@@ -27,6 +27,8 @@ use crate::clock::now_ms;
 const JOIN_ATTEMPTS_MAX: u32 = 60;
 /// How often the node re-announces its facts (memory used changes).
 const FACTS_INTERVAL: Duration = Duration::from_secs(5);
+/// Attempts to register the node in the state before the node gives up
+/// (one every half second or so: about five minutes).
 const REGISTER_ATTEMPTS_MAX: u32 = 600;
 
 #[derive(Serialize, Deserialize)]

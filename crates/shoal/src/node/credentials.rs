@@ -33,6 +33,7 @@ const JOIN_TTL_DEFAULT: Duration = Duration::from_secs(3600);
 /// Held by the join being decided on this node, the leader.
 static JOINING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const JOIN_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Nodes one join token may admit, at most.
 const JOIN_USES_MAX: u32 = 1000;
 const TOKEN_NAME_CHARS_MAX: usize = 100;
 /// Largest body of these routes.
