@@ -357,6 +357,34 @@ impl CommandRunner for FakeRunner {
 }
 
 /// Turns string slices into the owned argument list the runners take.
+/// A program that could not run, or ran and failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+/// Runs `program args…` with `runner`, a non-zero exit an error that names
+/// the whole command and what it said on stderr: the one way shoal runs
+/// `ip`, `iptables` and the like when it needs them to succeed.
+pub fn run_checked<R: CommandRunner + ?Sized>(
+    runner: &R,
+    program: &str,
+    args: &[String],
+) -> Result<CommandOutput, RunError> {
+    let output = runner.run(program, args)?;
+    if output.success() {
+        Ok(output)
+    } else {
+        Err(RunError::Failed {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: output.stderr_text().trim().to_string(),
+        })
+    }
+}
+
 pub fn args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -447,5 +475,26 @@ mod tests {
         assert!(!fake.run("ip", &args(&["route", "show"])).unwrap().success());
         assert!(fake.run("ip", &args(&["route", "show"])).unwrap().success());
         assert_eq!(fake.log(), vec!["ip route show", "ip route show"]);
+    }
+
+    #[test]
+    fn a_checked_run_takes_a_failure_as_an_error_naming_the_command() {
+        let fake = FakeRunner::new();
+        fake.answer_once(
+            "ip link",
+            CommandOutput::failed(1, "Cannot find device \"x\"\n"),
+        );
+        let error = run_checked(&fake, "ip", &args(&["link", "del", "x"])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "`ip link del x` failed: Cannot find device \"x\""
+        );
+        assert!(run_checked(&fake, "ip", &args(&["link", "del", "x"])).is_ok());
+        // A program that does not start is the runner's error, as it was.
+        let error = run_checked(&SystemRunner::default(), "/nonexistent/ip", &[]).unwrap_err();
+        assert!(
+            matches!(error, RunError::Exec(ExecError::Spawn { .. })),
+            "{error}"
+        );
     }
 }

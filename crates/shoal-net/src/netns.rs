@@ -110,14 +110,12 @@ impl<R: CommandRunner> NetnsManager<R> {
     }
 
     fn ip(&self, parts: &[&str]) -> Result<(), NetnsError> {
-        let output = self.runner.run("ip", &args(parts))?;
-        if output.success() {
-            Ok(())
-        } else {
-            Err(NetnsError::Command {
-                command: format!("ip {}", parts.join(" ")),
-                stderr: output.stderr_text(),
-            })
+        match crate::exec::run_checked(&self.runner, "ip", &args(parts)) {
+            Ok(_) => Ok(()),
+            Err(crate::exec::RunError::Failed { command, stderr }) => {
+                Err(NetnsError::Command { command, stderr })
+            }
+            Err(crate::exec::RunError::Exec(error)) => Err(NetnsError::Exec(error)),
         }
     }
 }

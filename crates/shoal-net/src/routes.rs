@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
-use crate::exec::{args, CommandOutput, CommandRunner, ExecError};
+use crate::exec::{args, run_checked, CommandOutput, CommandRunner, ExecError, RunError};
 use crate::subnet::Ipv4Cidr;
 
 /// The routing protocol number that marks our routes (unassigned in
@@ -151,7 +151,7 @@ impl<R: CommandRunner> HostRoutes<R> {
     pub fn current(&self) -> Result<Vec<KernelRoute>, RouteError> {
         let proto = self.proto.to_string();
         let parts = ["-j", "-4", "route", "show", "proto", &proto];
-        let output = run_checked(&self.runner, "ip", &parts)?;
+        let output = run_checked(&self.runner, "ip", &args(&parts))?;
         let routes = parse_routes(&output.stdout_text()).map_err(|reason| RouteError::Parse {
             command: format!("ip {}", parts.join(" ")),
             reason,
@@ -196,7 +196,7 @@ impl<R: CommandRunner> HostRoutes<R> {
                 run_checked(
                     &self.runner,
                     "ip",
-                    &["-4", "route", "replace", &dst, "via", &via, "proto", &proto],
+                    &args(&["-4", "route", "replace", &dst, "via", &via, "proto", &proto]),
                 )?;
             }
             RouteChange::Delete { dst } => {
@@ -204,7 +204,7 @@ impl<R: CommandRunner> HostRoutes<R> {
                 run_checked(
                     &self.runner,
                     "ip",
-                    &["-4", "route", "del", &dst, "proto", &proto],
+                    &args(&["-4", "route", "del", &dst, "proto", &proto]),
                 )?;
             }
         }
@@ -272,10 +272,7 @@ impl<R: CommandRunner> Masquerade<R> {
             self.iptables_checked(&["-F", chain])?;
             let mut append = args(&["-A", chain]);
             append.extend(self.rule());
-            let output = self.iptables_owned(&append)?;
-            if !output.success() {
-                return Err(command_error("iptables", &append, &output));
-            }
+            run_checked(&self.runner, "iptables", &self.nat(&append))?;
             changed = true;
         }
         let jumps = self.jumps()?;
@@ -319,18 +316,22 @@ impl<R: CommandRunner> Masquerade<R> {
     }
 
     fn iptables_owned(&self, parts: &[String]) -> Result<CommandOutput, RouteError> {
-        let mut full = args(&["-w", XTABLES_WAIT_S, "-t", "nat"]);
-        full.extend(parts.iter().cloned());
-        Ok(self.runner.run("iptables", &full)?)
+        Ok(self.runner.run("iptables", &self.nat(parts))?)
     }
 
     fn iptables_checked(&self, parts: &[&str]) -> Result<CommandOutput, RouteError> {
-        let output = self.iptables(parts)?;
-        if output.success() {
-            Ok(output)
-        } else {
-            Err(command_error("iptables -t nat", &args(parts), &output))
-        }
+        Ok(run_checked(
+            &self.runner,
+            "iptables",
+            &self.nat(&args(parts)),
+        )?)
+    }
+
+    /// `iptables` arguments for the nat table, waiting for the lock.
+    fn nat(&self, parts: &[String]) -> Vec<String> {
+        let mut full = args(&["-w", XTABLES_WAIT_S, "-t", "nat"]);
+        full.extend(parts.iter().cloned());
+        full
     }
 }
 
@@ -339,23 +340,12 @@ fn count_rules(listing: &str, chain: &str) -> usize {
     listing.lines().filter(|l| l.starts_with(&prefix)).count()
 }
 
-fn run_checked<R: CommandRunner>(
-    runner: &R,
-    program: &str,
-    parts: &[&str],
-) -> Result<CommandOutput, RouteError> {
-    let output = runner.run(program, &args(parts))?;
-    if output.success() {
-        Ok(output)
-    } else {
-        Err(command_error(program, &args(parts), &output))
-    }
-}
-
-fn command_error(program: &str, parts: &[String], output: &CommandOutput) -> RouteError {
-    RouteError::Command {
-        command: format!("{program} {}", parts.join(" ")),
-        stderr: output.stderr_text(),
+impl From<RunError> for RouteError {
+    fn from(error: RunError) -> Self {
+        match error {
+            RunError::Failed { command, stderr } => RouteError::Command { command, stderr },
+            RunError::Exec(error) => RouteError::Exec(error),
+        }
     }
 }
 

@@ -68,13 +68,7 @@ impl NodeNetwork {
     }
 
     pub(super) fn ip(&self, parts: &[&str]) -> anyhow::Result<()> {
-        let output = self.runner.run("ip", &args(parts))?;
-        anyhow::ensure!(
-            output.success(),
-            "`ip {}` failed: {}",
-            parts.join(" "),
-            output.stderr_text().trim()
-        );
+        shoal_net::exec::run_checked(&self.runner, "ip", &args(parts))?;
         Ok(())
     }
 }
