@@ -125,6 +125,55 @@ pub fn chain_for(
     Ok(format!("{}{}", issued.cert_pem, record.chain_pem))
 }
 
+/// What a join with `token` under `name`, asking for `asked` (else what
+/// the token allows), gets from the cluster's `state` at `now_ms`: the
+/// role it is admitted as, or the status and reason of its refusal. The
+/// handler checks the CA pin and the leader before, and carries it out.
+fn join_verdict(
+    state: &shoal_state::State,
+    token: &JoinToken,
+    asked: Option<Role>,
+    name: &str,
+    now_ms: u64,
+) -> Result<Role, (StatusCode, String)> {
+    let forbidden = |why: String| (StatusCode::FORBIDDEN, why);
+    let record = state.security.join_tokens.get(&token.id).ok_or_else(|| {
+        forbidden(format!(
+            "join token {} is not known to the cluster (never made, or removed)",
+            token.id
+        ))
+    })?;
+    let secret_ok = SecretHash::from_hex(&record.hash)
+        .is_some_and(|hash| hash.matches(JOIN_DOMAIN, token.secret().as_bytes()));
+    if !secret_ok {
+        return Err(forbidden(format!(
+            "join token {}: the secret is wrong",
+            token.id
+        )));
+    }
+    let role = asked.unwrap_or(pki_role(record.role));
+    if let Some(why) = record.refusal(now_ms, node_role(role)) {
+        return Err(forbidden(why));
+    }
+    // A name is the node's as long as the cluster knows it: another join
+    // under it (a worker token under a voter's name that is down) would
+    // end that node's identity. Only `shoal node rm` frees it.
+    let alive = state
+        .nodes
+        .get(name)
+        .is_some_and(|node| node.status == shoal_types::NodeStatus::Alive);
+    if alive || state.security.admissions.contains_key(name) {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "a node named `{name}` is {} the cluster; give this one another --name, or if that node is gone for good, remove it first with `shoal node rm {name}`",
+                if alive { "alive in" } else { "known to" },
+            ),
+        ));
+    }
+    Ok(role)
+}
+
 async fn join<R: Send + Sync + 'static>(
     State(shared): State<Arc<Shared<R>>>,
     Json(request): Json<JoinRequest>,
@@ -166,46 +215,8 @@ async fn join<R: Send + Sync + 'static>(
     // One join at a time from the name check to its `AdmitNode`: two
     // joins under one new name would otherwise both pass the check.
     let _joining = JOINING.lock().await;
-    let role = {
-        let state = shared.raft.read();
-        let record = state.security.join_tokens.get(&token.id).ok_or_else(|| {
-            forbidden(format!(
-                "join token {} is not known to the cluster (never made, or removed)",
-                token.id
-            ))
-        })?;
-        let secret_ok = SecretHash::from_hex(&record.hash)
-            .is_some_and(|hash| hash.matches(JOIN_DOMAIN, token.secret().as_bytes()));
-        if !secret_ok {
-            return Err(forbidden(format!(
-                "join token {}: the secret is wrong",
-                token.id
-            )));
-        }
-        let role = asked.unwrap_or(pki_role(record.role));
-        if let Some(why) = record.refusal(now_ms(), node_role(role)) {
-            return Err(forbidden(why));
-        }
-        // A name is the node's as long as the cluster knows it: another
-        // join under it (a worker token under a voter's name that is down)
-        // would end that node's identity. Only `shoal node rm` frees it.
-        let alive = state
-            .nodes
-            .get(&request.name)
-            .is_some_and(|node| node.status == shoal_types::NodeStatus::Alive);
-        if alive || state.security.admissions.contains_key(&request.name) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "a node named `{}` is {} the cluster; give this one another --name, or if that node is gone for good, remove it first with `shoal node rm {}`",
-                    request.name,
-                    if alive { "alive in" } else { "known to" },
-                    request.name
-                ),
-            ));
-        }
-        role
-    };
+    let role = join_verdict(&shared.raft.read(), &token, asked, &request.name, now_ms())
+        .map_err(|(status, why)| ApiError::new(status, why))?;
     let identity = Identity {
         cluster_id: shared.cluster_id.clone(),
         role,
@@ -514,6 +525,112 @@ async fn remove_node<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a join request gets, by the token it shows, the role it asks
+    /// for and the name it takes, from the state alone.
+    #[test]
+    fn a_join_gets_the_verdict_of_its_token_role_and_name() {
+        let mut state = shoal_state::State::default();
+        let token = |role: NodeRole, uses: u32, expires_at_ms: u64, revoked: bool| {
+            let token = JoinToken::generate(&"ab".repeat(32));
+            let record = JoinTokenRecord {
+                id: token.id.clone(),
+                role,
+                hash: token.hash().to_hex(),
+                created_at_ms: 1,
+                expires_at_ms,
+                uses_max: 1,
+                uses,
+                revoked,
+                created_by: "test".into(),
+            };
+            (token, record)
+        };
+        let (voter, record) = token(NodeRole::Voter, 0, 1_000, false);
+        state.security.join_tokens.insert(record.id.clone(), record);
+        let (worker, record) = token(NodeRole::Worker, 0, 1_000, false);
+        state.security.join_tokens.insert(record.id.clone(), record);
+        let (used, record) = token(NodeRole::Voter, 1, 1_000, false);
+        state.security.join_tokens.insert(record.id.clone(), record);
+        let (revoked, record) = token(NodeRole::Voter, 0, 1_000, true);
+        state.security.join_tokens.insert(record.id.clone(), record);
+        let (unknown, _) = token(NodeRole::Voter, 0, 1_000, false);
+        // The secret of another token under a known id.
+        let wrong = JoinToken::parse(&voter.to_string().replace(voter.secret(), worker.secret()))
+            .expect("a token");
+        let mut alive = shoal_types::Node::sample("up", "up:7950");
+        alive.status = shoal_types::NodeStatus::Alive;
+        state.nodes.insert("up".into(), alive);
+        let mut down = shoal_types::Node::sample("down", "down:7950");
+        down.status = shoal_types::NodeStatus::Dead;
+        state.nodes.insert("down".into(), down);
+        state.security.admissions.insert(
+            "down".into(),
+            shoal_state::security::Admission {
+                admission: "00000000000000d1".into(),
+                role: NodeRole::Voter,
+                admitted_at_ms: 1,
+                token: String::new(),
+                facts_key: String::new(),
+            },
+        );
+        type Case<'a> = (
+            &'a JoinToken,
+            Option<Role>,
+            &'a str,
+            u64,
+            Result<Role, (u16, &'a str)>,
+        );
+        let cases: &[Case] = &[
+            (&voter, None, "new", 10, Ok(Role::Voter)),
+            (&voter, Some(Role::Worker), "new", 10, Ok(Role::Worker)),
+            (&worker, None, "new", 10, Ok(Role::Worker)),
+            (
+                &worker,
+                Some(Role::Voter),
+                "new",
+                10,
+                Err((403, "is a worker token and cannot admit a voter")),
+            ),
+            (&voter, None, "new", 1_000, Err((403, "expired"))),
+            (&used, None, "new", 10, Err((403, "already used 1 time(s)"))),
+            (&revoked, None, "new", 10, Err((403, "was revoked"))),
+            (
+                &unknown,
+                None,
+                "new",
+                10,
+                Err((403, "is not known to the cluster")),
+            ),
+            (&wrong, None, "new", 10, Err((403, "the secret is wrong"))),
+            (
+                &voter,
+                None,
+                "up",
+                10,
+                Err((409, "a node named `up` is alive in the cluster")),
+            ),
+            (
+                &worker,
+                None,
+                "down",
+                10,
+                Err((409, "`shoal node rm down`")),
+            ),
+        ];
+        for (token, asked, name, now, want) in cases {
+            let got = join_verdict(&state, token, *asked, name, *now)
+                .map_err(|(status, why)| (status.as_u16(), why));
+            match (want, &got) {
+                (Ok(role), Ok(got_role)) => assert_eq!(role, got_role, "{name} at {now}"),
+                (Err((status, words)), Err((got_status, why))) => {
+                    assert_eq!(status, got_status, "{why}");
+                    assert!(why.contains(words), "{why}");
+                }
+                _ => panic!("{name} at {now} with {asked:?}: wanted {want:?}, got {got:?}"),
+            }
+        }
+    }
 
     fn with_tokens(tokens: &[(&str, ApiRole, Option<u64>)]) -> shoal_state::State {
         let mut state = shoal_state::State::default();
