@@ -356,7 +356,6 @@ impl CommandRunner for FakeRunner {
     }
 }
 
-/// Turns string slices into the owned argument list the runners take.
 /// A program that could not run, or ran and failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -385,6 +384,7 @@ pub fn run_checked<R: CommandRunner + ?Sized>(
     }
 }
 
+/// Turns string slices into the owned argument list the runners take.
 pub fn args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| (*s).to_owned()).collect()
 }

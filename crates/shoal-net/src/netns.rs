@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::exec::{args, CommandRunner, ExecError};
+use crate::exec::{args, CommandRunner};
 
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -35,10 +35,9 @@ pub enum NetnsError {
         "network namespace `{0}` already exists; delete it first (`ip netns del {0}`) or reuse it"
     )]
     AlreadyExists(String),
-    #[error("`{command}` failed: {stderr}")]
-    Command { command: String, stderr: String },
+    /// `ip` could not run, or failed.
     #[error(transparent)]
-    Exec(#[from] ExecError),
+    Run(#[from] crate::exec::RunError),
     #[error("listing {dir}: {source}")]
     List {
         dir: PathBuf,
@@ -110,13 +109,8 @@ impl<R: CommandRunner> NetnsManager<R> {
     }
 
     fn ip(&self, parts: &[&str]) -> Result<(), NetnsError> {
-        match crate::exec::run_checked(&self.runner, "ip", &args(parts)) {
-            Ok(_) => Ok(()),
-            Err(crate::exec::RunError::Failed { command, stderr }) => {
-                Err(NetnsError::Command { command, stderr })
-            }
-            Err(crate::exec::RunError::Exec(error)) => Err(NetnsError::Exec(error)),
-        }
+        crate::exec::run_checked(&self.runner, "ip", &args(parts))?;
+        Ok(())
     }
 }
 

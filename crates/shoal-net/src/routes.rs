@@ -38,10 +38,9 @@ const MASQUERADE_COMMENT: &str = "shoal: masquerade cluster traffic leaving the 
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("`{command}` failed: {stderr}")]
-    Command { command: String, stderr: String },
+    /// `ip` or `iptables` could not run, or failed.
     #[error(transparent)]
-    Exec(#[from] ExecError),
+    Run(#[from] RunError),
     #[error(
         "cannot read the output of `{command}` ({reason}); is iproute2 recent enough for `ip -j`?"
     )]
@@ -340,12 +339,9 @@ fn count_rules(listing: &str, chain: &str) -> usize {
     listing.lines().filter(|l| l.starts_with(&prefix)).count()
 }
 
-impl From<RunError> for RouteError {
-    fn from(error: RunError) -> Self {
-        match error {
-            RunError::Failed { command, stderr } => RouteError::Command { command, stderr },
-            RunError::Exec(error) => RouteError::Exec(error),
-        }
+impl From<ExecError> for RouteError {
+    fn from(error: ExecError) -> Self {
+        RouteError::Run(RunError::Exec(error))
     }
 }
 

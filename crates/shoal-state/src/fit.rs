@@ -3,7 +3,6 @@
 //! One definition for both, so a plan the scheduler thinks valid is only
 //! refused when the state moved on, never because the two disagree.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use shoal_types::{
@@ -204,8 +203,8 @@ pub fn release_host_ports(taken: &mut Vec<HostPort>, spec: &ServiceSpec) {
 }
 
 /// The requests of the tasks the cluster wants running, per node.
-pub fn usage_by_node(tasks: &[&Task]) -> HashMap<String, Request> {
-    let mut usage: HashMap<String, Request> = HashMap::new();
+pub fn usage_by_node(tasks: &[&Task]) -> crate::FastMap<String, Request> {
+    let mut usage: crate::FastMap<String, Request> = crate::FastMap::default();
     for task in tasks {
         if task.desired == DesiredState::Running {
             usage
