@@ -12,9 +12,12 @@
 //! request body that a handler waits on sends its next bytes within
 //! [`ServeOptions::body_stall_timeout`] or the read fails (a request held
 //! in flight by a client that never finishes its body would keep the
-//! connection from ever being idle), and a connection with no request in
-//! flight for [`ServeOptions::idle_timeout`] is closed, whatever its
-//! protocol.
+//! connection from ever being idle), a response whose next bytes the peer
+//! has not taken for [`ServeOptions::send_stall_timeout`] cuts its
+//! connection (a peer that stops reading, or over HTTP/2 opens no window
+//! for it, would hold it in flight for good), and a connection with no
+//! request in flight for [`ServeOptions::idle_timeout`] is closed, whatever
+//! its protocol.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +33,10 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+use bodies::{Activity, BodyPace, InFlight, InFlightBody, StallBody};
+
+mod bodies;
 
 /// Reads when a certificate (DER) ends.
 pub type CertEnd = fn(&[u8]) -> Option<std::time::SystemTime>;
@@ -53,6 +60,16 @@ pub struct ServeOptions {
     /// A handler that waits this long for the next bytes of a request's
     /// body gets an error instead.
     pub body_stall_timeout: Duration,
+    /// A handler whose waits for a request's body add up to more than
+    /// `body_stall_timeout` and a second for every this many bytes that
+    /// came gets an error instead (a body trickled a byte at a time);
+    /// 0 asks for no pace.
+    pub body_min_bytes_per_s: u64,
+    /// A response whose body has a frame ready that the connection has not
+    /// taken for this long (the peer stopped reading, or over HTTP/2 gives
+    /// the stream no window) cuts its connection. A body that waits for
+    /// its own next bytes (a log followed) is not stalled.
+    pub send_stall_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// Once told to stop, how long requests in flight may finish.
@@ -75,6 +92,8 @@ impl Default for ServeOptions {
             client_connections_max: 3072,
             header_read_timeout: Duration::from_secs(10),
             body_stall_timeout: Duration::from_secs(30),
+            body_min_bytes_per_s: 1024,
+            send_stall_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(3),
             client_cert_end: None,
@@ -86,7 +105,8 @@ impl Default for ServeOptions {
 /// TLS handshakes under way from one source address at once.
 const HANDSHAKES_PER_SOURCE_MAX: usize = 64;
 
-/// How often a connection looks whether it has been idle too long.
+/// How often a connection looks whether it has been idle, or a response
+/// stalled, too long.
 const IDLE_CHECK_INTERVAL_MAX: Duration = Duration::from_secs(5);
 
 /// Connections open per source address.
@@ -126,150 +146,6 @@ impl Drop for SourceSlot {
                 open.remove(&self.ip);
             }
         }
-    }
-}
-
-/// Requests in flight on one connection, and when the last one ended.
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    /// Milliseconds since the connection was accepted.
-    last_ms: std::sync::atomic::AtomicU64,
-    started: std::time::Instant,
-}
-
-impl Activity {
-    fn new() -> Arc<Activity> {
-        Arc::new(Activity {
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-            started: std::time::Instant::now(),
-        })
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How long no request has been in flight (zero while one is).
-    fn idle(&self) -> Duration {
-        if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
-    }
-}
-
-/// Counts a request in flight until dropped (its response sent, or the
-/// request abandoned).
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn start(activity: &Arc<Activity>) -> InFlight {
-        activity
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        activity.touch();
-        InFlight(activity.clone())
-    }
-}
-
-/// A response's body that keeps its request counted in flight until it
-/// is sent (or dropped).
-struct InFlightBody {
-    body: Body,
-    _in_flight: InFlight,
-}
-
-impl hyper::body::Body for InFlightBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A request's body whose reader gets an error once it has waited
-/// `stall` for the next frame: the wait counts only while the reader is
-/// waiting, so a handler that reads late loses nothing the client sent.
-struct StallBody {
-    inner: Incoming,
-    stall: Duration,
-    /// Set while the reader waits: when the wait gives up.
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// The error a stalled body's reader gets.
-#[derive(Debug)]
-struct BodyStalled(Duration);
-
-impl std::fmt::Display for BodyStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no byte of the request body arrived for {:?}", self.0)
-    }
-}
-
-impl std::error::Error for BodyStalled {}
-
-impl hyper::body::Body for StallBody {
-    type Data = axum::body::Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        use std::task::Poll;
-        let this = self.get_mut();
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.deadline = None;
-                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let stall = this.stall;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.deadline = None;
-                        Poll::Ready(Some(Err(Box::new(BodyStalled(stall)))))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -399,25 +275,19 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(peer.clone());
                 let in_flight = InFlight::start(&counted);
-                let stall = options.body_stall_timeout;
-                let answer = router.clone().oneshot(request.map(|inner| {
-                    Body::new(StallBody {
-                        inner,
-                        stall,
-                        deadline: None,
-                    })
-                }));
+                let pace = BodyPace {
+                    stall: options.body_stall_timeout,
+                    min_bytes_per_s: options.body_min_bytes_per_s,
+                };
+                let answer = router
+                    .clone()
+                    .oneshot(request.map(|inner| Body::new(StallBody::new(inner, pace))));
                 async move {
                     let response = answer.await;
                     // Until the response's body is sent: the request is in
                     // flight as long as the body is.
                     response.map(|response| {
-                        response.map(|body| {
-                            Body::new(InFlightBody {
-                                body,
-                                _in_flight: in_flight,
-                            })
-                        })
+                        response.map(|body| Body::new(InFlightBody::new(body, in_flight)))
                     })
                 }
             });
@@ -432,6 +302,7 @@ pub async fn serve(
             tokio::pin!(connection);
             let check = options
                 .idle_timeout
+                .min(options.send_stall_timeout)
                 .clamp(Duration::from_millis(10), IDLE_CHECK_INTERVAL_MAX);
             let mut closing = false;
             // Once closing, the peer has the grace to let go; then the
@@ -465,6 +336,12 @@ pub async fn serve(
                         connection.as_mut().graceful_shutdown();
                     }
                     () = tokio::time::sleep(check), if !closing => {
+                        // A peer that takes no bytes would not take a
+                        // graceful close either.
+                        if activity.send_stalled() >= options.send_stall_timeout {
+                            tracing::debug!(%addr, "cut: a response's bytes were not taken for the send stall timeout");
+                            break;
+                        }
                         if activity.idle() >= options.idle_timeout {
                             tracing::debug!(%addr, "closing an idle connection");
                             closing = true;

@@ -1,6 +1,7 @@
 //! The server loop against real TLS clients on loopback: one source
-//! address cannot hoard connections, idle ones are closed, and clients
-//! cannot take the nodes' share.
+//! address cannot hoard connections, idle ones are closed, clients cannot
+//! take the nodes' share, and neither a stalled request body nor a
+//! response the peer does not take holds a connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -46,6 +47,18 @@ async fn start(options: ServeOptions) -> (SocketAddr, tokio::sync::oneshot::Send
         .route(
             "/echo",
             axum::routing::post(|body: axum::body::Bytes| async move { body }),
+        )
+        .route(
+            "/big",
+            axum::routing::get(|| async { axum::body::Body::new(Chunks(BIG_CHUNKS)) }),
+        )
+        .route(
+            "/late",
+            axum::routing::get(|| async {
+                axum::body::Body::new(Late(Some(Box::pin(tokio::time::sleep(
+                    Duration::from_secs(1),
+                )))))
+            }),
         );
     let tls = shoal_pki::tls::server_config(credentials(Some("server"))).expect("TLS");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -55,19 +68,74 @@ async fn start(options: ServeOptions) -> (SocketAddr, tokio::sync::oneshot::Send
     (addr, stop)
 }
 
+/// 64 KiB frames of a response body, as many as asked.
+struct Chunks(usize);
+
+const BIG_CHUNKS: usize = 1024;
+
+impl hyper::body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from(
+            vec![b'x'; 64 * 1024],
+        )))))
+    }
+}
+
+/// A body that has its one frame only after a while (a log followed).
+struct Late(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl hyper::body::Body for Late {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        let Some(sleep) = self.0.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(
+            bytes::Bytes::from_static(b"late"),
+        ))))
+    }
+}
+
 /// A TLS connection to `addr` from `source`, handshaken and left idle.
 async fn connect(
     addr: SocketAddr,
     source: &str,
     node: Option<&str>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    connect_alpn(addr, source, node, b"http/1.1").await
+}
+
+/// [`connect`], offering one application protocol.
+async fn connect_alpn(
+    addr: SocketAddr,
+    source: &str,
+    node: Option<&str>,
+    alpn: &[u8],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let source: IpAddr = source.parse().expect("source address");
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let tcp = socket.connect(addr).await?;
-    // HTTP/1 only: `served` speaks it by hand.
     let mut tls = (*shoal_pki::tls::client_config(credentials(node)).expect("client TLS")).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let tls = Arc::new(tls);
     let name = rustls::pki_types::ServerName::try_from("shoal-node").expect("name");
     tokio::time::timeout(
@@ -258,6 +326,139 @@ async fn a_request_whose_body_stalls_does_not_hold_its_connection() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.ends_with("abcdef"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_response_the_peer_does_not_take_does_not_hold_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _stop) = start(ServeOptions {
+        connections_per_source_max: 1,
+        send_stall_timeout: Duration::from_millis(300),
+        // Longer than anything below waits: only the stall can free it.
+        idle_timeout: Duration::from_secs(30),
+        ..ServeOptions::default()
+    })
+    .await;
+    // HTTP/1: 64 MiB asked for and never read; the socket's buffers fill
+    // and the server has a frame it cannot send.
+    let mut stalled = connect(addr, "127.0.0.5", None).await.expect("connect");
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nhost: shoal-node\r\n\r\n")
+        .await
+        .expect("write");
+    let freed = async {
+        loop {
+            if served(addr, "127.0.0.5").await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), freed)
+            .await
+            .is_ok(),
+        "a response nobody read held the address's one connection"
+    );
+    drop(stalled);
+    // A body that waits for its own bytes longer than the stall timeout
+    // is not stalled: the peer takes what there is.
+    let mut stream = connect(addr, "127.0.0.5", None).await.expect("connect");
+    stream
+        .write_all(b"GET /late HTTP/1.1\r\nhost: shoal-node\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("late"),
+        "{answer}"
+    );
+    drop(stream);
+    // HTTP/2: a client that opens no window for the stream, so the
+    // server cannot send a byte of the body; it answers pings all along.
+    let tls = connect_alpn(addr, "127.0.0.5", None, b"h2")
+        .await
+        .expect("connect");
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get("https://shoal-node/hello")
+        .body(())
+        .expect("request");
+    let (response, _) = client.send_request(request, true).expect("send");
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the answer's head")
+        .expect("the answer's head");
+    assert_eq!(response.status(), 200);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .is_ok(),
+        "a stream without window held its connection"
+    );
+    assert!(
+        served(addr, "127.0.0.5").await,
+        "the address was not served after the HTTP/2 connection was cut"
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_trickled_within_the_stall_time_does_not_hold_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _stop) = start(ServeOptions {
+        body_stall_timeout: Duration::from_millis(400),
+        body_min_bytes_per_s: 100,
+        idle_timeout: Duration::from_secs(30),
+        ..ServeOptions::default()
+    })
+    .await;
+    // One byte every 200 ms: each within the stall time, 5 bytes/s in all.
+    let stream = connect(addr, "127.0.0.6", None).await.expect("connect");
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    writer
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: shoal-node\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .expect("write");
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), reader.read_to_end(&mut answer)).await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok() && answer.starts_with("HTTP/1.1 400"),
+        "a trickled body was still read after 8 s: {answer}"
+    );
+    // A body at the pace asked for is read whole: 100 bytes in 5 pieces,
+    // 150 ms apart.
+    let mut stream = connect(addr, "127.0.0.6", None).await.expect("connect");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: shoal-node\r\nconnection: close\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .expect("write");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stream.write_all(&[b'y'; 20]).await.expect("write");
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with(&"y".repeat(100)),
         "{answer}"
     );
 }

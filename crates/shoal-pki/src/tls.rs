@@ -72,10 +72,18 @@ struct Trust {
 /// the server is not taken (the handshake fails with it).
 pub type ServerCheck = dyn Fn(&Identity, &ServerName<'_>) -> Result<(), String> + Send + Sync;
 
+/// The certificate a process shows: as rustls takes it, who it says the
+/// process is, and its chain as it was given (PEM).
+struct Shown {
+    certified: Arc<CertifiedKey>,
+    identity: Identity,
+    chain_pem: String,
+}
+
 /// What a process trusts and who it is; shared by its configs.
 pub struct Credentials {
     trust: RwLock<Arc<Trust>>,
-    identity: RwLock<Option<(Arc<CertifiedKey>, Identity)>>,
+    identity: RwLock<Option<Shown>>,
     server_check: RwLock<Option<Arc<ServerCheck>>>,
 }
 
@@ -168,8 +176,11 @@ impl Credentials {
         certified
             .keys_match()
             .map_err(|e| TlsError::Identity(e.to_string()))?;
-        *self.identity.write().unwrap_or_else(|p| p.into_inner()) =
-            Some((Arc::new(certified), identity.clone()));
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Some(Shown {
+            certified: Arc::new(certified),
+            identity: identity.clone(),
+            chain_pem: chain_pem.to_string(),
+        });
         Ok(identity)
     }
 
@@ -179,7 +190,16 @@ impl Credentials {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|(_, identity)| identity.clone())
+            .map(|shown| shown.identity.clone())
+    }
+
+    /// The chain (PEM, leaf first) this process shows, once it has one.
+    pub fn chain_pem(&self) -> Option<String> {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|shown| shown.chain_pem.clone())
     }
 
     fn certified(&self) -> Option<Arc<CertifiedKey>> {
@@ -187,7 +207,7 @@ impl Credentials {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|(key, _)| key.clone())
+            .map(|shown| shown.certified.clone())
     }
 
     fn current_trust(&self) -> Arc<Trust> {

@@ -31,6 +31,13 @@ pub const DATA_KEY_ID: u32 = 1;
 /// Additional data the CA's key is sealed with.
 pub const CA_KEY_AAD: &[u8] = b"shoal ca key";
 
+/// `ca`'s key sealed with the data key, as a CA record keeps it (hex);
+/// [`Trust::signer`] opens it.
+pub fn seal_ca_key(data_key: &DataKey, ca: &Ca) -> anyhow::Result<String> {
+    let sealed = shoal_pki::seal::seal(data_key, DATA_KEY_ID, CA_KEY_AAD, ca.key_pem().as_bytes())?;
+    Ok(hex::encode(sealed))
+}
+
 pub struct Trust {
     pub credentials: Arc<Credentials>,
     pub server_tls: Arc<rustls::ServerConfig>,
@@ -188,13 +195,12 @@ impl Trust {
             admission: Identity::new_admission(),
         };
         let (chain, key) = ca.issue_new_key(&identity, lifetime, now)?;
-        let key_sealed =
-            shoal_pki::seal::seal(&data_key, DATA_KEY_ID, CA_KEY_AAD, ca.key_pem().as_bytes())?;
+        let key_sealed = seal_ca_key(&data_key, &ca)?;
         let record = CaRecord {
             roots_pem: ca.cert_pem().to_string(),
             signer_pem: ca.cert_pem().to_string(),
             chain_pem: String::new(),
-            key_sealed: hex::encode(key_sealed),
+            key_sealed,
             generation: 1,
         };
         let admin_token = ApiToken::generate();
@@ -291,9 +297,9 @@ impl Trust {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The node's certificate chain as `node.pem` holds it.
-    pub fn chain_pem(&self) -> anyhow::Result<String> {
-        Ok(read(&self.dir.join("node.pem"))?.unwrap_or_default())
+    /// The node's certificate chain, as it shows it.
+    pub fn chain_pem(&self) -> String {
+        self.credentials.chain_pem().unwrap_or_default()
     }
 
     /// Installs a renewed certificate (and the roots of the moment).

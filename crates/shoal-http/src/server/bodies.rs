@@ -1,0 +1,290 @@
+//! What a connection knows of its requests: how many are in flight and
+//! since when none is (for the idle timeout), which response has a frame
+//! the peer has not taken (for the send stall timeout), and request bodies
+//! that must come at a pace.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+
+/// Requests in flight on one connection, and when the last one ended.
+pub(super) struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since the connection was accepted.
+    last_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+    /// Response bodies with a frame ready that the connection has not
+    /// taken yet, by body, since when (at most one entry per request in
+    /// flight, which the protocol bounds).
+    unsent: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    next_body: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            unsent: std::sync::Mutex::default(),
+            next_body: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Body `id` has a frame ready for the connection to take, or not.
+    fn set_unsent(&self, id: u64, ready: bool) {
+        let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        if ready {
+            unsent.insert(id, std::time::Instant::now());
+        } else {
+            unsent.remove(&id);
+        }
+    }
+
+    /// How long the oldest frame ready has waited to be taken (zero: none).
+    pub(super) fn send_stalled(&self) -> Duration {
+        let unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        unsent
+            .values()
+            .map(std::time::Instant::elapsed)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    pub(super) fn idle(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Counts a request in flight until dropped (its response sent, or the
+/// request abandoned).
+pub(super) struct InFlight(pub(super) Arc<Activity>);
+
+impl InFlight {
+    pub(super) fn start(activity: &Arc<Activity>) -> InFlight {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        activity.touch();
+        InFlight(activity.clone())
+    }
+}
+
+/// A response's body that keeps its request counted in flight until it
+/// is sent (or dropped), and tells its connection while a frame of it is
+/// ready and not sent: from when the handler answered until the first
+/// poll, and from each frame handed over until the next poll or the
+/// body's drop (a protocol drops a body once all of it is sent; one that
+/// answers a poll with "not yet" waits for itself, not for the peer).
+pub(super) struct InFlightBody {
+    body: Body,
+    in_flight: InFlight,
+    id: u64,
+}
+
+impl InFlightBody {
+    pub(super) fn new(body: Body, in_flight: InFlight) -> InFlightBody {
+        let activity = &in_flight.0;
+        let id = activity
+            .next_body
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        activity.set_unsent(id, !hyper::body::Body::is_end_stream(&body));
+        InFlightBody {
+            body,
+            in_flight,
+            id,
+        }
+    }
+}
+
+impl Drop for InFlightBody {
+    fn drop(&mut self) {
+        self.in_flight.0.set_unsent(self.id, false);
+    }
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        // A frame handed over may wait in the connection's buffers (HTTP/2
+        // holds the last one until the stream has window): taken once the
+        // body is polled again, or dropped.
+        let handed = matches!(polled, std::task::Poll::Ready(Some(Ok(_))));
+        this.in_flight.0.set_unsent(this.id, handed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A request's body whose reader gets an error once it has waited
+/// `pace.stall` for the next frame, or once its waits add up to more than
+/// `pace.stall` plus a second for every `pace.min_bytes_per_s` bytes that
+/// came (a body trickled a byte at a time, each within the stall time).
+/// Only the reader's waits count, so a handler that reads late loses
+/// nothing the client sent.
+pub(super) struct StallBody {
+    inner: Incoming,
+    pace: BodyPace,
+    /// Set while the reader waits: when the wait gives up.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// When the wait under way began, and how long it may last.
+    waiting: Option<(tokio::time::Instant, Duration)>,
+    /// The reader's earlier waits, added up.
+    waited: Duration,
+    received: u64,
+}
+
+/// How fast a request body must come.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BodyPace {
+    pub(super) stall: Duration,
+    pub(super) min_bytes_per_s: u64,
+}
+
+impl StallBody {
+    pub(super) fn new(inner: Incoming, pace: BodyPace) -> StallBody {
+        StallBody {
+            inner,
+            pace,
+            deadline: None,
+            waiting: None,
+            waited: Duration::ZERO,
+            received: 0,
+        }
+    }
+
+    /// What the waits may add up to, given what came.
+    fn allowance(&self) -> Duration {
+        let earned_ms = self
+            .received
+            .saturating_mul(1000)
+            .checked_div(self.pace.min_bytes_per_s)
+            .unwrap_or(u64::MAX);
+        self.pace
+            .stall
+            .saturating_add(Duration::from_millis(earned_ms))
+    }
+}
+
+/// The error a stalled or trickled body's reader gets.
+#[derive(Debug)]
+enum BodyTooSlow {
+    Stalled(Duration),
+    Trickled { min_bytes_per_s: u64 },
+}
+
+impl std::fmt::Display for BodyTooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyTooSlow::Stalled(stall) => {
+                write!(f, "no byte of the request body arrived for {stall:?}")
+            }
+            BodyTooSlow::Trickled { min_bytes_per_s } => write!(
+                f,
+                "the request body came slower than {min_bytes_per_s} bytes/s"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BodyTooSlow {}
+
+impl hyper::body::Body for StallBody {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline = None;
+                if let Some((since, _)) = this.waiting.take() {
+                    this.waited = this.waited.saturating_add(since.elapsed());
+                }
+                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                    let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    this.received = this.received.saturating_add(len);
+                }
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if this.deadline.is_none() {
+                    let left = this.allowance().saturating_sub(this.waited);
+                    let wait = this.pace.stall.min(left);
+                    this.waiting = Some((tokio::time::Instant::now(), wait));
+                    this.deadline = Some(Box::pin(tokio::time::sleep(wait)));
+                }
+                let Some(deadline) = this.deadline.as_mut() else {
+                    return Poll::Pending;
+                };
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.deadline = None;
+                        let stalled = this
+                            .waiting
+                            .take()
+                            .is_none_or(|(_, wait)| wait >= this.pace.stall);
+                        let error = if stalled {
+                            BodyTooSlow::Stalled(this.pace.stall)
+                        } else {
+                            BodyTooSlow::Trickled {
+                                min_bytes_per_s: this.pace.min_bytes_per_s,
+                            }
+                        };
+                        Poll::Ready(Some(Err(Box::new(error))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
