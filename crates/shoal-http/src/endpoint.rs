@@ -52,6 +52,22 @@ impl Endpoint {
         &self.authority
     }
 
+    /// The host, without the brackets of an IPv6 address.
+    pub fn host(&self) -> &str {
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(host, _)| host);
+        host.strip_prefix('[')
+            .and_then(|host| host.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// The host as an IP address, when it is one (not a name).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.host().parse().ok()
+    }
+
     /// The URL of `path` (which starts with `/`) on this endpoint.
     pub fn url(&self, path: &str) -> String {
         debug_assert!(path.starts_with('/'), "path `{path}` must start with /");
@@ -79,7 +95,14 @@ mod tests {
             let endpoint = Endpoint::parse(text).expect(text);
             assert_eq!(endpoint.authority(), "10.0.1.33:7950");
             assert_eq!(endpoint.url("/v1/nodes"), "https://10.0.1.33:7950/v1/nodes");
+            assert_eq!(endpoint.host(), "10.0.1.33");
+            assert_eq!(endpoint.ip(), Some([10, 0, 1, 33].into()));
         }
+        let v6 = Endpoint::parse("[2001:db8::1]:7950").expect("v6");
+        assert_eq!(v6.host(), "2001:db8::1");
+        assert_eq!(v6.ip(), "2001:db8::1".parse().ok());
+        let named = Endpoint::parse("node-1.example:7950").expect("name");
+        assert_eq!((named.host(), named.ip()), ("node-1.example", None));
         assert_eq!(
             Endpoint::parse("[::1]:7950").expect("v6").url("/x"),
             "https://[::1]:7950/x"

@@ -11,4 +11,4 @@ mod server;
 
 pub use client::{client, client_with_token, ClientOptions};
 pub use endpoint::{Endpoint, EndpointError, AUTHORITY_BYTES_MAX};
-pub use server::{serve, Peer, ServeOptions};
+pub use server::{serve, NodeSources, Peer, ServeOptions};

@@ -41,12 +41,32 @@ mod bodies;
 /// Reads when a certificate (DER) ends.
 pub type CertEnd = fn(&[u8]) -> Option<std::time::SystemTime>;
 
+/// Which source addresses are nodes' (known to the caller, from its
+/// state): their handshakes draw on a share of their own.
+#[derive(Clone)]
+pub struct NodeSources(pub Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for NodeSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSources(..)")
+    }
+}
+
 /// How a server bounds its connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// A client that has not finished its TLS handshake by then is dropped.
     pub handshake_timeout: Duration,
-    /// Connections open at once; `accept` waits for one to close beyond it.
+    /// TLS handshakes under way at once from addresses that are not
+    /// nodes'; a connection beyond them is closed as it comes, so that a
+    /// flood of handshakes takes neither the handshaken connections'
+    /// share nor the nodes' handshakes.
+    pub handshakes_max: usize,
+    /// The same from addresses `node_sources` says are nodes'.
+    pub node_handshakes_max: usize,
+    /// Which source addresses are nodes' (`None`: none known).
+    pub node_sources: Option<NodeSources>,
+    /// Handshaken connections open at once.
     pub connections_max: usize,
     /// Connections open at once from one source address; more are closed
     /// as they come.
@@ -87,6 +107,9 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             handshake_timeout: Duration::from_secs(10),
+            handshakes_max: 1024,
+            node_handshakes_max: 256,
+            node_sources: None,
             connections_max: 4096,
             connections_per_source_max: 256,
             client_connections_max: 3072,
@@ -172,7 +195,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(options.connections_max.max(1)));
+    // Every connection open, handshaken or not: what `accept` waits for
+    // (never, while the shares below hold) and what stopping waits to
+    // come back.
+    let open_max = options
+        .connections_max
+        .max(1)
+        .saturating_add(options.handshakes_max.max(1))
+        .saturating_add(options.node_handshakes_max.max(1))
+        .min(Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(open_max));
+    let handshaking_clients = Arc::new(Semaphore::new(options.handshakes_max.max(1)));
+    let handshaking_nodes = Arc::new(Semaphore::new(options.node_handshakes_max.max(1)));
     let clients = Arc::new(Semaphore::new(
         options
             .client_connections_max
@@ -216,11 +250,27 @@ pub async fn serve(
             tracing::debug!(%addr, "closed: its address has as many handshakes under way as one may");
             continue;
         };
+        // Handshakes from nodes' addresses and from any other draw on
+        // shares of their own, neither on the handshaken connections'.
+        let node_source = options
+            .node_sources
+            .as_ref()
+            .is_some_and(|sources| (sources.0)(addr.ip()));
+        let share = if node_source {
+            &handshaking_nodes
+        } else {
+            &handshaking_clients
+        };
+        let Ok(handshake_permit) = share.clone().try_acquire_owned() else {
+            tracing::debug!(%addr, node_source, "closed: as many handshakes are under way as may be");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let mut stopping = stopping.clone();
         let (clients, nodes, sources) = (clients.clone(), nodes.clone(), sources.clone());
+        let options = options.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let stream =
@@ -242,7 +292,7 @@ pub async fn serve(
                 .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
             // Nodes and clients each draw on their own share.
-            drop(handshaking);
+            drop((handshaking, handshake_permit));
             let client = certificates.is_empty();
             let _slot = if client {
                 let Some(slot) = sources.take(addr.ip(), options.connections_per_source_max.max(1))
@@ -272,13 +322,13 @@ pub async fn serve(
             };
             let activity = Activity::new();
             let counted = activity.clone();
+            let pace = BodyPace {
+                stall: options.body_stall_timeout,
+                min_bytes_per_s: options.body_min_bytes_per_s,
+            };
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(peer.clone());
                 let in_flight = InFlight::start(&counted);
-                let pace = BodyPace {
-                    stall: options.body_stall_timeout,
-                    min_bytes_per_s: options.body_min_bytes_per_s,
-                };
                 let answer = router
                     .clone()
                     .oneshot(request.map(|inner| Body::new(StallBody::new(inner, pace))));
@@ -356,7 +406,7 @@ pub async fn serve(
     drop(listener);
     let _ = stop.send(true);
     // Every connection gives its permit back when it has closed.
-    let all = u32::try_from(options.connections_max.max(1)).unwrap_or(u32::MAX);
+    let all = u32::try_from(open_max).unwrap_or(u32::MAX);
     if tokio::time::timeout(options.grace, permits.acquire_many(all))
         .await
         .is_err()

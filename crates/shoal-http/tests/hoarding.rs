@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use shoal_http::{serve, ServeOptions};
+use shoal_http::{serve, NodeSources, ServeOptions};
 use shoal_pki::ca::Ca;
 use shoal_pki::identity::{Identity, Role};
 use shoal_pki::tls::Credentials;
@@ -157,8 +157,13 @@ async fn closed_within(stream: &mut TlsStream<TcpStream>, wait: Duration) -> boo
 
 /// Whether a connection from `source` is taken and served: HTTP/1 by hand.
 async fn served(addr: SocketAddr, source: &str) -> bool {
+    served_as(addr, source, None).await
+}
+
+/// [`served`], showing the certificate of node `node` (`None`: none).
+async fn served_as(addr: SocketAddr, source: &str, node: Option<&str>) -> bool {
     use tokio::io::AsyncWriteExt;
-    let Ok(mut stream) = connect(addr, source, None).await else {
+    let Ok(mut stream) = connect(addr, source, node).await else {
         return false;
     };
     let request = b"GET /hello HTTP/1.1\r\nhost: shoal-node\r\nconnection: close\r\n\r\n";
@@ -460,5 +465,51 @@ async fn a_request_body_trickled_within_the_stall_time_does_not_hold_its_connect
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.ends_with(&"y".repeat(100)),
         "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_handshakes_from_many_addresses_leaves_the_nodes_theirs() {
+    let node_address: IpAddr = "127.0.0.8".parse().expect("address");
+    let (addr, _stop) = start(ServeOptions {
+        connections_max: 8,
+        client_connections_max: 4,
+        handshakes_max: 4,
+        node_handshakes_max: 4,
+        node_sources: Some(NodeSources(Arc::new(move |ip| ip == node_address))),
+        // Longer than the test: the flood's handshakes stay under way.
+        handshake_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    })
+    .await;
+    // As many silent connections as connections may be open, one from
+    // each of 8 addresses: each sends no byte of a handshake.
+    let mut flood = Vec::new();
+    for i in 1..=8 {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(
+                format!("127.0.1.{i}").parse().expect("address"),
+                0,
+            ))
+            .expect("bind");
+        flood.push(socket.connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A node's address still gets its handshake, and is served.
+    assert!(
+        served_as(addr, "127.0.0.8", Some("node-b")).await,
+        "a node was not served during a flood of handshakes"
+    );
+    // Another address shares the flood's lot: refused while it lasts.
+    assert!(
+        !served(addr, "127.0.0.9").await,
+        "a client's handshake got past a full share"
+    );
+    drop(flood);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        served(addr, "127.0.0.9").await,
+        "clients were not served once the flood was gone"
     );
 }

@@ -287,4 +287,3 @@ impl hyper::body::Body for StallBody {
         self.inner.size_hint()
     }
 }
-

@@ -191,15 +191,8 @@ pub fn server_refusal(
         .nodes
         .values()
         .filter(|node| {
-            shoal_http::Endpoint::parse(&node.addr).is_ok_and(|endpoint| {
-                let authority = endpoint.authority();
-                let node_host = authority
-                    .rsplit_once(':')
-                    .map_or(authority, |(host, _)| host)
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                same(node_host, &host)
-            })
+            shoal_http::Endpoint::parse(&node.addr)
+                .is_ok_and(|endpoint| same(endpoint.host(), &host))
         })
         .map(|node| node.name.as_str())
         .collect();

@@ -23,6 +23,7 @@ pub mod network;
 mod prepull;
 mod registries;
 mod scheduler;
+mod sources;
 mod task_files;
 pub mod trust;
 
@@ -287,6 +288,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
             // A node that shows an expired certificate (to renew it) comes
             // back on a new connection: the gate judges the one shown.
             client_cert_end: Some(|der| shoal_pki::identity::not_after(der).ok()),
+            node_sources: Some(sources::node_sources(shared.raft.clone())),
             ..shoal_http::ServeOptions::default()
         },
         async {
