@@ -44,13 +44,55 @@ pub enum ActionResult {
         task_id: String,
         attempt: u32,
         /// The task's address on the cluster network, when it has one.
-        result: Result<Option<Ipv4Addr>, String>,
+        result: Result<Option<Ipv4Addr>, RunFailure>,
     },
     Destroyed {
         container_id: String,
         result: Result<Option<i32>, String>,
     },
 }
+
+/// Why a container did not start, and whether the same attempt may start
+/// if it is only tried again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFailure {
+    /// The reason, in the words the task's status shows.
+    pub message: String,
+    /// Something the task needs was not there for a moment (the runtime
+    /// restarting, a registry or a voter out of reach): the attempt is
+    /// tried again after a short wait, its promise kept pending and no
+    /// restart counted, up to [`TRANSIENT_TRIES_MAX`] times in a row; then
+    /// it fails as any other.
+    pub transient: bool,
+}
+
+impl RunFailure {
+    /// A failure that trying again may mend by itself.
+    pub fn transient(message: impl Into<String>) -> RunFailure {
+        RunFailure {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// A failure that breaks the promise at once (a spec the node cannot
+    /// run, an image the registry does not have).
+    pub fn broken(message: impl Into<String>) -> RunFailure {
+        RunFailure {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+/// Tries of one attempt in a row that fail transiently before the attempt
+/// fails: with the waits between them (1 s doubling to 30 s), about a
+/// minute and a half.
+pub const TRANSIENT_TRIES_MAX: u32 = 8;
+/// The wait before the first try again, doubled for each next one.
+const TRANSIENT_WAIT_FIRST_MS: u64 = 1_000;
+/// The longest wait between two tries.
+const TRANSIENT_WAIT_LAST_MS: u64 = 30_000;
 
 /// What one step decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,6 +121,10 @@ struct Local {
     in_flight: bool,
     /// A failure to start still waits for its restart decision.
     undecided_failure: bool,
+    /// Tries of the current attempt that failed transiently, in a row.
+    transient_failures: u32,
+    /// Set while a transient failure waits: when the attempt is tried again.
+    retry_at_ms: Option<u64>,
     reported: Option<TaskStatus>,
 }
 
@@ -120,7 +166,10 @@ impl Reconciler {
                 DesiredState::Running => keep_running(task, local, container, now_ms, &mut step),
                 DesiredState::Stopped => keep_stopped(task, local, container, &mut step),
             }
-            if let Some(at) = local.restart_at_ms {
+            for at in [local.restart_at_ms, local.retry_at_ms]
+                .into_iter()
+                .flatten()
+            {
                 step.wake_at_ms = Some(step.wake_at_ms.map_or(at, |wake| wake.min(at)));
             }
         }
@@ -151,7 +200,23 @@ impl Reconciler {
                     if local.attempt == attempt {
                         local.in_flight = false;
                         match result {
+                            Err(failure)
+                                if failure.transient
+                                    && local.transient_failures + 1 < TRANSIENT_TRIES_MAX =>
+                            {
+                                local.transient_failures += 1;
+                                let wait = transient_wait_ms(local.transient_failures);
+                                local.retry_at_ms = Some(now_ms.saturating_add(wait));
+                                local.promise = Promise::Pending;
+                                local.message = format!(
+                                    "{}; trying again in {} (try {} of {TRANSIENT_TRIES_MAX})",
+                                    failure.message,
+                                    format_ms(wait),
+                                    local.transient_failures + 1
+                                );
+                            }
                             Ok(address) => {
+                                local.transient_failures = 0;
                                 local.address = address;
                                 local.state = TaskState::Running;
                                 local.promise = Promise::Kept;
@@ -159,10 +224,18 @@ impl Reconciler {
                                 local.started_at_ms = Some(now_ms);
                                 local.exit_code = None;
                             }
-                            Err(error) => {
+                            Err(failure) => {
                                 local.state = TaskState::Failed;
                                 local.promise = Promise::Broken;
-                                local.message = format!("could not start: {error}");
+                                local.message = if failure.transient {
+                                    format!(
+                                        "could not start: {} (tried {TRANSIENT_TRIES_MAX} times)",
+                                        failure.message
+                                    )
+                                } else {
+                                    format!("could not start: {}", failure.message)
+                                };
+                                local.transient_failures = 0;
                                 local.undecided_failure = true;
                                 local.exit_code = None;
                                 local.started_at_ms = None;
@@ -256,6 +329,8 @@ impl Local {
             restart_at_ms: None,
             in_flight: false,
             undecided_failure: false,
+            transient_failures: 0,
+            retry_at_ms: None,
             reported: Some(status.clone()),
         };
         // A container that runs is adopted as it is, never restarted.
@@ -283,6 +358,15 @@ fn keep_running(
     now_ms: u64,
     step: &mut Step,
 ) {
+    // An attempt that failed transiently is tried again, as it is, when
+    // its wait is over.
+    if let Some(at) = local.retry_at_ms {
+        if at <= now_ms {
+            local.retry_at_ms = None;
+            try_again(task, local, container.is_some(), step);
+        }
+        return;
+    }
     match (local.state, container) {
         (TaskState::Running, Some(Observed::Running)) => {}
         (state, Some(Observed::Running)) if !state.is_terminal() => {
@@ -391,8 +475,24 @@ fn restart_delay_ms(task: &Task, local: &Local) -> Option<u64> {
     })
 }
 
+/// The wait before try `failures + 1` of an attempt.
+fn transient_wait_ms(failures: u32) -> u64 {
+    let doubling = 1_u64
+        .checked_shl(failures.saturating_sub(1).min(32))
+        .unwrap_or(u64::MAX);
+    TRANSIENT_WAIT_FIRST_MS
+        .saturating_mul(doubling)
+        .min(TRANSIENT_WAIT_LAST_MS)
+}
+
 fn start(task: &Task, local: &mut Local, replace: bool, step: &mut Step) {
     local.attempt += 1;
+    local.transient_failures = 0;
+    try_again(task, local, replace, step);
+}
+
+/// Asks for the container of the current attempt.
+fn try_again(task: &Task, local: &mut Local, replace: bool, step: &mut Step) {
     local.state = TaskState::Preparing;
     local.promise = Promise::Pending;
     local.message = "creating the container".into();
@@ -408,6 +508,7 @@ fn start(task: &Task, local: &mut Local, replace: bool, step: &mut Step) {
 
 fn keep_stopped(task: &Task, local: &mut Local, container: Option<Observed>, step: &mut Step) {
     local.restart_at_ms = None;
+    local.retry_at_ms = None;
     match container {
         Some(_) => {
             local.in_flight = true;

@@ -191,7 +191,9 @@ fn never_leaves_a_failed_task_failed_and_says_why() {
         ActionResult::Ran {
             task_id: task.id.clone(),
             attempt: 1,
-            result: Err("image docker.io/library/nope:latest is not on this node".into()),
+            result: Err(RunFailure::broken(
+                "image docker.io/library/nope:latest is not on this node",
+            )),
         },
         5,
     );
@@ -371,4 +373,127 @@ fn attempts_max_bounds_the_retries_of_a_failing_task() {
         .step(&[&task], &failed, 999_999)
         .actions
         .is_empty());
+}
+
+/// The result of attempt `attempt` failing transiently.
+fn failed_transiently(
+    reconciler: &mut Reconciler,
+    attempt: u32,
+    now_ms: u64,
+) -> Vec<(String, TaskStatus)> {
+    reconciler.on_result(
+        ActionResult::Ran {
+            task_id: "web.hello.0.1".into(),
+            attempt,
+            result: Err(RunFailure::transient("containerd did not answer")),
+        },
+        now_ms,
+    )
+}
+
+#[test]
+fn a_transient_failure_tries_the_same_attempt_again_without_breaking_the_promise() {
+    // `never`: a failure that broke the promise would leave the task failed.
+    let task = task(RestartPolicy::Never);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    let reports = failed_transiently(&mut reconciler, 1, 100);
+    let status = &reports[0].1;
+    assert_eq!(
+        (
+            status.state,
+            status.promise,
+            status.attempt,
+            status.restarts
+        ),
+        (TaskState::Preparing, Promise::Pending, 1, 0)
+    );
+    assert!(
+        status.message.contains("containerd did not answer")
+            && status.message.contains("trying again in 1s (try 2 of 8)"),
+        "{}",
+        status.message
+    );
+    // Nothing before the wait is over; the step asks to be woken for it.
+    let step = reconciler.step(&[&task], &observed(None), 600);
+    assert!(step.actions.is_empty(), "{:?}", step.actions);
+    assert_eq!(step.wake_at_ms, Some(1100));
+    // Then the same attempt, once.
+    let step = reconciler.step(&[&task], &observed(None), 1100);
+    assert_eq!(
+        step.actions,
+        vec![Action::Run {
+            task_id: task.id.clone(),
+            attempt: 1,
+            replace: false
+        }]
+    );
+    assert!(reconciler
+        .step(&[&task], &observed(None), 1200)
+        .actions
+        .is_empty());
+    // It starts: kept, no restart counted; a later transient failure
+    // starts its count afresh.
+    let reports = ran(&mut reconciler, 1, 1300);
+    let status = &reports[0].1;
+    assert_eq!(
+        (
+            status.state,
+            status.promise,
+            status.attempt,
+            status.restarts
+        ),
+        (TaskState::Running, Promise::Kept, 1, 0)
+    );
+}
+
+#[test]
+fn transient_failures_in_a_row_end_as_a_failure_with_the_reason() {
+    let task = task(RestartPolicy::Never);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    let mut now = 0;
+    let mut waits = Vec::new();
+    for _ in 1..TRANSIENT_TRIES_MAX {
+        failed_transiently(&mut reconciler, 1, now);
+        let step = reconciler.step(&[&task], &observed(None), now);
+        let wake = step.wake_at_ms.expect("a wait");
+        waits.push(wake - now);
+        now = wake;
+        let step = reconciler.step(&[&task], &observed(None), now);
+        assert_eq!(step.actions.len(), 1, "try again at {now}");
+    }
+    assert_eq!(
+        waits,
+        vec![1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]
+    );
+    let reports = failed_transiently(&mut reconciler, 1, now);
+    let status = &reports[0].1;
+    assert_eq!(
+        (status.state, status.promise),
+        (TaskState::Failed, Promise::Broken)
+    );
+    assert!(
+        status
+            .message
+            .contains("could not start: containerd did not answer (tried 8 times)"),
+        "{}",
+        status.message
+    );
+    // The restart policy decides from there: `never` leaves it failed.
+    let step = reconciler.step(&[&task], &observed(None), now + 100_000);
+    assert!(step.actions.is_empty());
+}
+
+#[test]
+fn a_task_stopped_while_it_waits_to_try_again_is_not_tried() {
+    let mut task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    failed_transiently(&mut reconciler, 1, 0);
+    task.desired = DesiredState::Stopped;
+    let step = reconciler.step(&[&task], &observed(None), 5_000);
+    assert!(step.actions.is_empty(), "{:?}", step.actions);
+    assert_eq!(step.reports[0].1.state, TaskState::Stopped);
+    assert_eq!(step.wake_at_ms, None);
 }

@@ -185,6 +185,27 @@ pub struct Peer {
     pub handshake_at: std::time::SystemTime,
 }
 
+/// What every connection of one server shares.
+struct Server {
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    options: ServeOptions,
+    /// Handshaken connections without a client certificate, and with one.
+    clients: Arc<Semaphore>,
+    nodes: Arc<Semaphore>,
+    /// Client connections open per source address.
+    sources: Arc<Sources>,
+}
+
+/// What an accepted connection holds until its handshake ends, and its
+/// place among the open connections until it closes.
+struct Accepted {
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    open: tokio::sync::OwnedSemaphorePermit,
+    handshaking: (SourceSlot, tokio::sync::OwnedSemaphorePermit),
+}
+
 /// Serves `router` on `listener` over TLS until `shutdown` completes, then
 /// lets requests in flight finish for [`ServeOptions::grace`].
 pub async fn serve(
@@ -194,7 +215,6 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     // Every connection open, handshaken or not: what `accept` waits for
     // (never, while the shares below hold) and what stopping waits to
     // come back.
@@ -207,24 +227,30 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(open_max));
     let handshaking_clients = Arc::new(Semaphore::new(options.handshakes_max.max(1)));
     let handshaking_nodes = Arc::new(Semaphore::new(options.node_handshakes_max.max(1)));
-    let clients = Arc::new(Semaphore::new(
-        options
-            .client_connections_max
-            .clamp(1, options.connections_max.max(1)),
-    ));
-    let nodes = Arc::new(Semaphore::new(
-        options
-            .connections_max
-            .saturating_sub(options.client_connections_max)
-            .max(1),
-    ));
-    let sources = Arc::new(Sources::default());
+    let server = Arc::new(Server {
+        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        router,
+        clients: Arc::new(Semaphore::new(
+            options
+                .client_connections_max
+                .clamp(1, options.connections_max.max(1)),
+        )),
+        nodes: Arc::new(Semaphore::new(
+            options
+                .connections_max
+                .saturating_sub(options.client_connections_max)
+                .max(1),
+        )),
+        sources: Arc::new(Sources::default()),
+        options,
+    });
+    let options = &server.options;
     let handshakes = Arc::new(Sources::default());
     // Told to stop: every connection finishes what is in flight and closes.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
+        let open = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
@@ -246,7 +272,7 @@ pub async fn serve(
         // Handshakes under way from one address are bounded here; its
         // clients' connections once they are known to be clients (a node's
         // own traffic may share an address with its workloads, masqueraded).
-        let Some(handshaking) = handshakes.take(addr.ip(), HANDSHAKES_PER_SOURCE_MAX) else {
+        let Some(per_source) = handshakes.take(addr.ip(), HANDSHAKES_PER_SOURCE_MAX) else {
             tracing::debug!(%addr, "closed: its address has as many handshakes under way as one may");
             continue;
         };
@@ -261,157 +287,204 @@ pub async fn serve(
         } else {
             &handshaking_clients
         };
-        let Ok(handshake_permit) = share.clone().try_acquire_owned() else {
+        let Ok(handshake) = share.clone().try_acquire_owned() else {
             tracing::debug!(%addr, node_source, "closed: as many handshakes are under way as may be");
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let mut stopping = stopping.clone();
-        let (clients, nodes, sources) = (clients.clone(), nodes.clone(), sources.clone());
-        let options = options.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let stream =
-                match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%addr, %error, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let certificates: Vec<CertificateDer<'static>> = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default();
-            // Nodes and clients each draw on their own share.
-            drop((handshaking, handshake_permit));
-            let client = certificates.is_empty();
-            let _slot = if client {
-                let Some(slot) = sources.take(addr.ip(), options.connections_per_source_max.max(1))
-                else {
-                    tracing::debug!(%addr, "closed: its address holds as many connections as one may");
-                    return;
-                };
-                Some(slot)
-            } else {
-                None
-            };
-            let class = if client { clients } else { nodes };
-            let Ok(_class_permit) = class.try_acquire_owned() else {
-                tracing::debug!(%addr, "closed: as many connections of its kind are open as may be");
-                return;
-            };
-            let handshake_at = std::time::SystemTime::now();
-            let shown_expired = options
-                .client_cert_end
-                .zip(certificates.first())
-                .and_then(|(end, leaf)| end(leaf.as_ref()))
-                .is_some_and(|end| end <= handshake_at);
-            let peer = Peer {
-                addr,
-                certificates: Arc::new(certificates),
-                handshake_at,
-            };
-            let activity = Activity::new();
-            let counted = activity.clone();
-            let pace = BodyPace {
-                stall: options.body_stall_timeout,
-                min_bytes_per_s: options.body_min_bytes_per_s,
-            };
-            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(peer.clone());
-                let in_flight = InFlight::start(&counted);
-                let answer = router
-                    .clone()
-                    .oneshot(request.map(|inner| Body::new(StallBody::new(inner, pace))));
-                async move {
-                    let response = answer.await;
-                    // Until the response's body is sent: the request is in
-                    // flight as long as the body is.
-                    response.map(|response| {
-                        response.map(|body| Body::new(InFlightBody::new(body, in_flight)))
-                    })
-                }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Some(options.header_read_timeout));
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            tokio::pin!(connection);
-            let check = options
-                .idle_timeout
-                .min(options.send_stall_timeout)
-                .clamp(Duration::from_millis(10), IDLE_CHECK_INTERVAL_MAX);
-            let mut closing = false;
-            // Once closing, the peer has the grace to let go; then the
-            // connection is dropped (an HTTP/2 peer that never answers the
-            // shutdown's ping would hold it forever).
-            let cut = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-            tokio::pin!(cut);
-            let expired = tokio::time::sleep(options.expired_client_lifetime);
-            tokio::pin!(expired);
-            loop {
-                tokio::select! {
-                    ended = connection.as_mut() => {
-                        if let Err(error) = ended {
-                            tracing::debug!(%addr, %error, "connection ended");
-                        }
-                        break;
-                    }
-                    () = &mut cut, if closing => {
-                        tracing::debug!(%addr, "cut: it did not close within the grace");
-                        break;
-                    }
-                    () = &mut expired, if shown_expired && !closing => {
-                        tracing::debug!(%addr, "closing a connection shown an expired certificate");
-                        closing = true;
-                        cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = stopping.changed(), if !closing => {
-                        closing = true;
-                        cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    () = tokio::time::sleep(check), if !closing => {
-                        // A peer that takes no bytes would not take a
-                        // graceful close either.
-                        if activity.send_stalled() >= options.send_stall_timeout {
-                            tracing::debug!(%addr, "cut: a response's bytes were not taken for the send stall timeout");
-                            break;
-                        }
-                        if activity.idle() >= options.idle_timeout {
-                            tracing::debug!(%addr, "closing an idle connection");
-                            closing = true;
-                            cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
-                            connection.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
-            }
-        });
+        let accepted = Accepted {
+            tcp,
+            addr,
+            open,
+            handshaking: (per_source, handshake),
+        };
+        tokio::spawn(connection(server.clone(), accepted, stopping.clone()));
     }
     drop(listener);
     let _ = stop.send(true);
     // Every connection gives its permit back when it has closed.
     let all = u32::try_from(open_max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(options.grace, permits.acquire_many(all))
+    if tokio::time::timeout(server.options.grace, permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::debug!("requests still in flight when the grace ended");
     }
     Ok(())
+}
+
+/// One connection: its handshake, its share, then its requests until it
+/// closes, idles, stalls or the server stops.
+async fn connection(
+    server: Arc<Server>,
+    accepted: Accepted,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let Accepted {
+        tcp,
+        addr,
+        open: _open,
+        handshaking,
+    } = accepted;
+    let options = &server.options;
+    let stream =
+        match tokio::time::timeout(options.handshake_timeout, server.acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%addr, %error, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%addr, "TLS handshake timed out");
+                return;
+            }
+        };
+    let certificates: Vec<CertificateDer<'static>> = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    // Nodes and clients each draw on their own share.
+    drop(handshaking);
+    let client = certificates.is_empty();
+    let _slot = if client {
+        let Some(slot) = server
+            .sources
+            .take(addr.ip(), options.connections_per_source_max.max(1))
+        else {
+            tracing::debug!(%addr, "closed: its address holds as many connections as one may");
+            return;
+        };
+        Some(slot)
+    } else {
+        None
+    };
+    let class = if client {
+        &server.clients
+    } else {
+        &server.nodes
+    };
+    let Ok(_class_permit) = class.clone().try_acquire_owned() else {
+        tracing::debug!(%addr, "closed: as many connections of its kind are open as may be");
+        return;
+    };
+    let handshake_at = std::time::SystemTime::now();
+    let shown_expired = options
+        .client_cert_end
+        .zip(certificates.first())
+        .and_then(|(end, leaf)| end(leaf.as_ref()))
+        .is_some_and(|end| end <= handshake_at);
+    let peer = Peer {
+        addr,
+        certificates: Arc::new(certificates),
+        handshake_at,
+    };
+    let activity = Activity::new();
+    let counted = activity.clone();
+    let router = server.router.clone();
+    let pace = BodyPace {
+        stall: options.body_stall_timeout,
+        min_bytes_per_s: options.body_min_bytes_per_s,
+    };
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(peer.clone());
+        let in_flight = InFlight::start(&counted);
+        let answer = router
+            .clone()
+            .oneshot(request.map(|inner| Body::new(StallBody::new(inner, pace))));
+        async move {
+            let response = answer.await;
+            // Until the response's body is sent: the request is in flight
+            // as long as the body is.
+            response
+                .map(|response| response.map(|body| Body::new(InFlightBody::new(body, in_flight))))
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Some(options.header_read_timeout));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    drive(
+        connection,
+        options,
+        &activity,
+        addr,
+        shown_expired,
+        stopping,
+    )
+    .await;
+}
+
+/// Serves `connection` until it ends; closes it gracefully when it idles,
+/// when the server stops or when its certificate was shown expired, and
+/// cuts it when a response stalls or a close takes longer than the grace.
+async fn drive<C>(
+    connection: C,
+    options: &ServeOptions,
+    activity: &Activity,
+    addr: SocketAddr,
+    shown_expired: bool,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection<
+        Error = Box<dyn std::error::Error + Send + Sync>,
+    >,
+{
+    tokio::pin!(connection);
+    let check = options
+        .idle_timeout
+        .min(options.send_stall_timeout)
+        .clamp(Duration::from_millis(10), IDLE_CHECK_INTERVAL_MAX);
+    let mut closing = false;
+    // Once closing, the peer has the grace to let go; then the connection
+    // is dropped (an HTTP/2 peer that never answers the shutdown's ping
+    // would hold it forever).
+    let cut = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(cut);
+    let expired = tokio::time::sleep(options.expired_client_lifetime);
+    tokio::pin!(expired);
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%addr, %error, "connection ended");
+                }
+                break;
+            }
+            () = &mut cut, if closing => {
+                tracing::debug!(%addr, "cut: it did not close within the grace");
+                break;
+            }
+            () = &mut expired, if shown_expired && !closing => {
+                tracing::debug!(%addr, "closing a connection shown an expired certificate");
+                closing = true;
+                cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = stopping.changed(), if !closing => {
+                closing = true;
+                cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(check), if !closing => {
+                // A peer that takes no bytes would not take a graceful
+                // close either.
+                if activity.send_stalled() >= options.send_stall_timeout {
+                    tracing::debug!(%addr, "cut: a response's bytes were not taken for the send stall timeout");
+                    break;
+                }
+                if activity.idle() >= options.idle_timeout {
+                    tracing::debug!(%addr, "closing an idle connection");
+                    closing = true;
+                    cut.as_mut().reset(tokio::time::Instant::now() + options.grace);
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use shoal_agent::{Action, ActionResult, Observed, Reconciler};
+use shoal_agent::{Action, ActionResult, Observed, Reconciler, RunFailure};
 use shoal_sched::duties::{Liveness, Member};
 use shoal_types::{Kind, Node, Task, TaskStatus};
 
@@ -235,17 +235,19 @@ impl SimNode {
                 // As the keeper does, the task is read from the node's
                 // replica when the action runs.
                 let result = match tasks.get(&task_id) {
-                    None => Err("the task is gone".to_string()),
+                    None => Err(RunFailure::broken("the task is gone")),
                     Some(task) => {
                         if replace {
                             self.containers.remove(&task_id);
                         }
                         if !runtime.quiet && rng.chance(START_FAILURE_PER_MILLE) {
                             summary.start_failures += 1;
-                            Err(format!(
+                            // A registry out of reach, as the keeper
+                            // takes it: tried again without a restart.
+                            Err(RunFailure::transient(format!(
                                 "pulling image {}: simulated registry failure",
                                 task.spec.image()
-                            ))
+                            )))
                         } else {
                             // A container left in the way is removed and
                             // the run tried again, as on a conflict.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_agent::{Action, ActionResult, Observed, Reconciler};
+use shoal_agent::{Action, ActionResult, Observed, Reconciler, RunFailure};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_runtime::{
     ContainerConfig, ContainerStatus, ErrorKind, ImageStore, Privileges, Runtime, RuntimeError,
@@ -109,9 +109,7 @@ where
     let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
     let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
     let mut runtime_failing = false;
-    // The first pass looks for leftovers of a crash at once.
-    let mut garbage_at = std::time::Instant::now();
-    let mut files_garbage_at = garbage_at;
+    let mut garbage = Garbage::new();
     loop {
         changes.borrow_and_update();
         let observed = match shared.runtime.list().await {
@@ -132,43 +130,7 @@ where
             }
         };
         let desired: Vec<Task> = shared.log.read().tasks_on(&shared.node).cloned().collect();
-        if std::time::Instant::now() >= garbage_at {
-            garbage_at = std::time::Instant::now() + GARBAGE_INTERVAL;
-            let live: BTreeSet<String> = observed
-                .keys()
-                .cloned()
-                .chain(
-                    desired
-                        .iter()
-                        .filter(|task| task.desired == DesiredState::Running)
-                        .map(|task| task.id.clone()),
-                )
-                .collect();
-            let network = shared.network.clone();
-            let _ = tokio::task::spawn_blocking(move || network.collect_garbage(&live)).await;
-        }
-        if std::time::Instant::now() >= files_garbage_at {
-            files_garbage_at = std::time::Instant::now() + FILES_GARBAGE_INTERVAL;
-            // Files stay while their container runs, and while their task is
-            // meant to run here and not done for good, whatever its
-            // container does: a task restarted after a crash takes them
-            // again when no voter answers (this node keeps its promises
-            // when cut off).
-            let live: BTreeSet<String> = observed
-                .iter()
-                .filter(|(_, observed)| matches!(observed, Observed::Running))
-                .map(|(id, _)| id.clone())
-                .chain(
-                    desired
-                        .iter()
-                        .filter(|task| task.desired == DesiredState::Running)
-                        .filter(|task| !task.finished_for_good())
-                        .map(|task| task.id.clone()),
-                )
-                .collect();
-            let files = shared.files.clone();
-            let _ = tokio::task::spawn_blocking(move || files.collect_garbage(&live)).await;
-        }
+        garbage.collect(&shared, &observed, &desired).await;
         let now = shared.clock.now_ms();
         let step = reconciler.step(&desired.iter().collect::<Vec<_>>(), &observed, now);
         if !step.actions.is_empty() || !step.reports.is_empty() {
@@ -223,6 +185,72 @@ where
     }
 }
 
+/// When the passes that collect what tasks left behind run next.
+struct Garbage {
+    network_at: std::time::Instant,
+    files_at: std::time::Instant,
+}
+
+impl Garbage {
+    /// The first passes look for leftovers of a crash at once.
+    fn new() -> Garbage {
+        let now = std::time::Instant::now();
+        Garbage {
+            network_at: now,
+            files_at: now,
+        }
+    }
+
+    /// The passes whose time has come: network attachments of containers
+    /// gone, files of tasks no longer meant to run here.
+    async fn collect<L, R, N, C>(
+        &mut self,
+        shared: &Keeper<L, R, N, C>,
+        observed: &BTreeMap<String, Observed>,
+        desired: &[Task],
+    ) where
+        N: TaskNetwork,
+    {
+        if std::time::Instant::now() >= self.network_at {
+            self.network_at = std::time::Instant::now() + GARBAGE_INTERVAL;
+            let live: BTreeSet<String> = observed
+                .keys()
+                .cloned()
+                .chain(
+                    desired
+                        .iter()
+                        .filter(|task| task.desired == DesiredState::Running)
+                        .map(|task| task.id.clone()),
+                )
+                .collect();
+            let network = shared.network.clone();
+            let _ = tokio::task::spawn_blocking(move || network.collect_garbage(&live)).await;
+        }
+        if std::time::Instant::now() >= self.files_at {
+            self.files_at = std::time::Instant::now() + FILES_GARBAGE_INTERVAL;
+            // Files stay while their container runs, and while their task is
+            // meant to run here and not done for good, whatever its
+            // container does: a task restarted after a crash takes them
+            // again when no voter answers (this node keeps its promises
+            // when cut off).
+            let live: BTreeSet<String> = observed
+                .iter()
+                .filter(|(_, observed)| matches!(observed, Observed::Running))
+                .map(|(id, _)| id.clone())
+                .chain(
+                    desired
+                        .iter()
+                        .filter(|task| task.desired == DesiredState::Running)
+                        .filter(|task| !task.finished_for_good())
+                        .map(|task| task.id.clone()),
+                )
+                .collect();
+            let files = shared.files.clone();
+            let _ = tokio::task::spawn_blocking(move || files.collect_garbage(&live)).await;
+        }
+    }
+}
+
 fn observe(containers: Vec<shoal_runtime::ContainerInfo>) -> BTreeMap<String, Observed> {
     containers
         .into_iter()
@@ -269,7 +297,7 @@ async fn execute<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: C
             let task = shared.log.read().tasks.get(&task_id).cloned();
             let result = match task {
                 Some(task) => run_task(shared, &task, attempt, replace).await,
-                None => Err("the task is gone".to_string()),
+                None => Err(RunFailure::broken("the task is gone")),
             };
             ActionResult::Ran {
                 task_id,
@@ -290,7 +318,7 @@ async fn execute<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: C
                 Ok::<_, RuntimeError>(exit_code)
             }
             .await
-            .map_err(|error| failure(&container_id, "stopping", error));
+            .map_err(|error| failure(&container_id, "stopping", error).message);
             // The address is freed once the container is gone, and its
             // files go.
             let result = match result {
@@ -324,14 +352,14 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
     task: &Task,
     attempt: u32,
     replace: bool,
-) -> Result<Option<Ipv4Addr>, String> {
+) -> Result<Option<Ipv4Addr>, RunFailure> {
     // The node's own promise: nothing beyond what its operator allows.
     if let Some(allowance) = shared.allows.lacks(task.spec.needs()) {
-        return Err(format!(
+        return Err(RunFailure::broken(format!(
             "this node does not allow {} (its agent runs without {})",
             allowance.what(),
             allowance.flag()
-        ));
+        )));
     }
     // A node that has only just joined sets up its network: a task placed
     // on it at once waits for that instead of failing its first attempt.
@@ -343,10 +371,12 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
     }
     let zone = shared.log.read().settings.dns_zone.clone();
     let (network, owned) = (shared.network.clone(), task.clone());
+    // The network and the files wait on the node's own setup and the
+    // voters (a task's secrets): tried again, as a runtime out of reach is.
     let attached = tokio::task::spawn_blocking(move || network.attach(&owned, &zone))
         .await
-        .map_err(|error| error.to_string())?
-        .map_err(|error| format!("setting up its network: {error:#}"))?;
+        .map_err(|error| RunFailure::broken(error.to_string()))?
+        .map_err(|error| RunFailure::transient(format!("setting up its network: {error:#}")))?;
     let address = attached.address;
     // Its files stay until its container runs (or failed to).
     let _starting = shared.files.starting(&task.id);
@@ -354,7 +384,7 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
         .files
         .prepare(&shared.log, task)
         .await
-        .map_err(|error| format!("its secrets and configs: {error}"))?;
+        .map_err(|error| RunFailure::transient(format!("its secrets and configs: {error}")))?;
     let mut config = container_config(shared, task, attempt, attached);
     config.mounts.extend(files);
     let removing = |error| failure(&task.id, "removing", error);
@@ -459,11 +489,34 @@ fn pulling_message(progress: &shoal_runtime::PullProgress) -> String {
     )
 }
 
-/// The message the task's status carries (the error's own words); its kind
-/// goes to the node's log beside it.
-fn failure(id: &str, doing: &str, error: RuntimeError) -> String {
+/// What the task's status carries (the error's own words) and whether the
+/// attempt is tried again ([`transient`]); the kind goes to the node's log
+/// beside it.
+fn failure(id: &str, doing: &str, error: RuntimeError) -> RunFailure {
     tracing::warn!(id, doing, kind = %error.kind(), %error, "container runtime call failed");
-    error.to_string()
+    RunFailure {
+        message: error.to_string(),
+        transient: transient(error.kind()),
+    }
+}
+
+/// Whether a runtime error of this kind leaves the attempt to be tried
+/// again as it is (the runtime or a registry out of reach for a moment:
+/// the promise stays pending), or fails it with the reason (the restart
+/// policy decides from there). Every kind states its answer, so a new
+/// kind does not compile until it does.
+fn transient(kind: ErrorKind) -> bool {
+    match kind {
+        ErrorKind::Transient => true,
+        // A config the runtime cannot run, or an image its registry does
+        // not have (the pull was made): the same call fails the same way.
+        ErrorKind::Invalid | ErrorKind::ImageMissing => false,
+        // A container that vanished under the call, an id still taken
+        // after it was cleared (the keeper clears it once), or a runtime
+        // broken in a way not known to mend: a failed attempt, which the
+        // restart policy and its back-off take from there.
+        ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Internal => false,
+    }
 }
 
 fn container_config<L, R, N, C>(
@@ -527,7 +580,7 @@ mod tests {
 
     use shoal_cluster::log::MemoryLog;
     use shoal_cluster::raft::ProposeError;
-    use shoal_runtime::fake::FakeRuntime;
+    use shoal_runtime::fake::{FakeOp, FakeRuntime};
     use shoal_runtime::{ContainerInfo, NetworkMode};
     use shoal_state::{Placement, Plan, State};
     use shoal_types::{Node, TaskState};
@@ -749,6 +802,70 @@ mod tests {
         assert!(
             privileges.privileged && privileges.read_only_root,
             "{privileges:?}"
+        );
+        running.abort();
+    }
+
+    #[test]
+    fn each_runtime_error_kind_is_tried_again_or_fails_the_attempt() {
+        use shoal_runtime::ErrorKind::*;
+        for (kind, again) in [
+            (Transient, true),
+            (Invalid, false),
+            (ImageMissing, false),
+            (NotFound, false),
+            (Conflict, false),
+            (Internal, false),
+        ] {
+            assert_eq!(transient(kind), again, "{kind}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_runtime_or_registry_out_of_reach_for_a_moment_does_not_fail_the_attempt() {
+        // containerd does not answer the first run.
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        runtime.fail_next(FakeOp::Run, "connection refused");
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        let status = reported(&log, &task, TaskState::Running).await;
+        assert_eq!(
+            (status.attempt, status.restarts, status.promise),
+            (1, 0, shoal_types::Promise::Kept),
+            "{status:?}"
+        );
+        running.abort();
+
+        // The registry is out of reach for the first pull.
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_registry_image("busybox");
+        runtime.fail_next_with(
+            FakeOp::Pull,
+            RuntimeError::Registry {
+                kind: ErrorKind::Transient,
+                message: "docker.io: connection timed out".into(),
+            },
+        );
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        let status = reported(&log, &task, TaskState::Running).await;
+        assert_eq!((status.attempt, status.restarts), (1, 0), "{status:?}");
+        running.abort();
+
+        // A config the runtime refuses fails the attempt at once.
+        let (log, task) = placed();
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("busybox");
+        runtime.fail_next_with(
+            FakeOp::Run,
+            RuntimeError::InvalidConfig("no command".into()),
+        );
+        let running = tokio::spawn(run(keeper(&log, &runtime, SystemClock)));
+        let failed = reported(&log, &task, TaskState::Failed).await;
+        assert!(
+            failed.attempt == 1 && failed.message.contains("no command"),
+            "{failed:?}"
         );
         running.abort();
     }
