@@ -2,7 +2,9 @@
 //! the applied state, hear of each apply. [`RaftNode`] is the real one;
 //! [`MemoryLog`] applies at once in memory, for tests of those loops.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use shoal_state::{Command, Entry, Outcome, State, LOG_VERSION};
@@ -28,6 +30,66 @@ pub trait ReplicatedLog: Send + Sync + 'static {
     fn status(&self) -> RaftStatus;
     /// The newest log format every node of the cluster reads.
     fn cluster_log_version(&self) -> u32;
+
+    /// Whether this node leads the cluster now.
+    fn leads(&self) -> bool {
+        let status = self.status();
+        status.leader == Some(status.node_id)
+    }
+}
+
+/// What the leader's duties change in the consensus itself, beside the
+/// entries they append: its learners and voters, and the log format the
+/// cluster writes.
+pub trait ConsensusChanges: ReplicatedLog {
+    /// Adds a node as a learner (it gets the log, does not vote).
+    fn add_learner(
+        &self,
+        id: u64,
+        name: String,
+        api_addr: String,
+    ) -> impl Future<Output = Result<(), ProposeError>> + Send;
+    /// Makes `voters` the voters; each must be a member already.
+    fn change_voters(
+        &self,
+        voters: BTreeSet<u64>,
+    ) -> impl Future<Output = Result<(), ProposeError>> + Send;
+    /// Drops nodes from the consensus, voters or learners.
+    fn remove_nodes(
+        &self,
+        ids: BTreeSet<u64>,
+    ) -> impl Future<Output = Result<(), ProposeError>> + Send;
+    /// The newest format every node reads, as the duties learned it from
+    /// the members' facts; entries are written in it from now on.
+    fn set_cluster_log_version(&self, format: u32);
+}
+
+impl ConsensusChanges for RaftNode {
+    async fn add_learner(
+        &self,
+        id: u64,
+        name: String,
+        api_addr: String,
+    ) -> Result<(), ProposeError> {
+        RaftNode::add_learner(self, id, name, api_addr).await
+    }
+    async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), ProposeError> {
+        RaftNode::change_voters(self, voters).await
+    }
+    async fn remove_nodes(&self, ids: BTreeSet<u64>) -> Result<(), ProposeError> {
+        RaftNode::remove_nodes(self, ids).await
+    }
+    fn set_cluster_log_version(&self, format: u32) {
+        RaftNode::set_cluster_log_version(self, format);
+    }
+}
+
+/// A change of the consensus a [`MemoryLog`] was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsensusChange {
+    AddLearner { id: u64, name: String },
+    ChangeVoters(BTreeSet<u64>),
+    RemoveNodes(BTreeSet<u64>),
 }
 
 impl ReplicatedLog for RaftNode {
@@ -67,6 +129,10 @@ struct MemoryInner {
     refuse: Mutex<Option<ProposeError>>,
     /// Every command proposed and applied, in order.
     commands: Mutex<Vec<Command>>,
+    /// Every change of the consensus asked for, in order.
+    changes: Mutex<Vec<ConsensusChange>>,
+    /// The format the cluster reads, as last set.
+    format: AtomicU32,
 }
 
 impl MemoryLog {
@@ -80,6 +146,8 @@ impl MemoryLog {
                 applied,
                 refuse: Mutex::new(None),
                 commands: Mutex::new(Vec::new()),
+                changes: Mutex::new(Vec::new()),
+                format: AtomicU32::new(LOG_VERSION),
             }),
         }
     }
@@ -100,6 +168,28 @@ impl MemoryLog {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// The changes of the consensus asked for so far (none is made: the
+    /// log stays one node that leads).
+    pub fn consensus_changes(&self) -> Vec<ConsensusChange> {
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn change(&self, change: ConsensusChange) -> Result<(), ProposeError> {
+        if let Some(error) = self.refused() {
+            return Err(error);
+        }
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(change);
+        Ok(())
     }
 
     /// Applies `command` as if another node (or the leader) proposed it.
@@ -188,7 +278,30 @@ impl ReplicatedLog for MemoryLog {
         }
     }
     fn cluster_log_version(&self) -> u32 {
-        LOG_VERSION
+        self.inner.format.load(Ordering::Relaxed)
+    }
+}
+
+impl ConsensusChanges for MemoryLog {
+    async fn add_learner(
+        &self,
+        id: u64,
+        name: String,
+        _api_addr: String,
+    ) -> Result<(), ProposeError> {
+        self.change(ConsensusChange::AddLearner { id, name })
+    }
+    async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), ProposeError> {
+        self.change(ConsensusChange::ChangeVoters(voters))
+    }
+    async fn remove_nodes(&self, ids: BTreeSet<u64>) -> Result<(), ProposeError> {
+        self.change(ConsensusChange::RemoveNodes(ids))
+    }
+    fn set_cluster_log_version(&self, format: u32) {
+        self.inner.format.store(
+            format.clamp(shoal_state::LOG_VERSION_FIRST, LOG_VERSION),
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! The nodes that admit a service (alive, not drained, constraints hold,
-//! taints tolerated), computed once per run for each distinct set of
-//! constraints and tolerations, with the label index that narrows them.
+//! taints tolerated, what it needs allowed), computed once per run for
+//! each distinct set of constraints, tolerations and needs, with the label
+//! index that narrows them.
 
 use shoal_state::fit;
 use shoal_state::FastMap as HashMap;
@@ -14,6 +15,7 @@ impl<'a> Scheduler<'a> {
         let key = (
             service.placement.constraints.as_slice(),
             service.tolerations.as_slice(),
+            service.needs(),
         );
         if let Some(list) = self.admitting.get(&key) {
             return list.clone();

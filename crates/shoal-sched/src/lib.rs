@@ -104,8 +104,9 @@ pub fn reconcile_with(state: &State, options: &Options) -> Plan {
     scheduler.plan
 }
 
-/// A service's constraints and tolerations: what decides where it may run.
-type Rules<'a> = (&'a [Constraint], &'a [Toleration]);
+/// A service's constraints, tolerations and what its nodes must allow:
+/// what decides where it may run.
+type Rules<'a> = (&'a [Constraint], &'a [Toleration], shoal_types::Needs);
 
 type LastService<'a> = Option<(&'a str, &'a str, Option<(&'a ServiceSpec, u64, u32)>)>;
 

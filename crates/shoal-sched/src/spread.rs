@@ -120,6 +120,7 @@ impl<'a> Scheduler<'a> {
             (
                 service.placement.constraints.as_slice(),
                 service.tolerations.as_slice(),
+                service.needs(),
             ),
             over,
         );

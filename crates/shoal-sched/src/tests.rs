@@ -530,3 +530,23 @@ fn a_service_that_loosens_the_defaults_runs_only_where_the_operator_allows_it() 
         .iter()
         .all(|why| *why == StopReason::NotAllowed));
 }
+
+#[test]
+fn what_a_service_needs_allowed_is_looked_at_even_after_a_service_with_the_same_rules() {
+    // Same constraints and tolerations (none), planned in one run: the
+    // first, which needs nothing, must not lend its nodes to the second.
+    const PLAIN: &str = "name: aaa\nservices: [{name: s, image: busybox, replicas: 1}]\n";
+    const ROOT: &str = "name: ops\nservices: [{name: root, image: busybox, replicas: 1, security: {privileged: true}}]\n";
+    let mut cluster = Cluster::with_nodes(&["a", "b"]);
+    cluster.put(PLAIN);
+    cluster.put(ROOT);
+    let plan = reconcile(&cluster.state);
+    assert_eq!(plan.place.len(), 1, "{:?}", plan.place);
+    assert_eq!(plan.place[0].app, "aaa");
+    assert_eq!(plan.unplaced.len(), 1, "{:?}", plan.unplaced);
+    assert!(
+        plan.unplaced[0].words().contains("--allow-privileged"),
+        "{}",
+        plan.unplaced[0].words()
+    );
+}

@@ -1,17 +1,20 @@
 //! What the leader does besides scheduling: it carries out the duties
 //! that `shoal_sched::duties` derives from gossip, the consensus and the
 //! state. Every node also learns here the newest log format every member
-//! of the consensus reads.
+//! of the consensus reads. The loop runs over any [`ConsensusChanges`]
+//! and a [`Gossip`] view, so its tests drive it over a `MemoryLog`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use shoal_cluster::log::ConsensusChanges;
 use shoal_cluster::membership::{Member, MemberStatus};
 use shoal_cluster::raft::RaftStatus;
 use shoal_sched::duties::{self, Consensus, Duty, DutyBounds, Liveness};
 use shoal_state::security::Security;
 use shoal_state::Command;
 use shoal_types::{consensus_id, NodeStatus};
+use tokio::sync::watch;
 
 use super::Shared;
 use crate::clock::now_ms;
@@ -19,30 +22,66 @@ use crate::clock::now_ms;
 /// How often the leader looks at membership when nothing changes.
 const DUTIES_INTERVAL: Duration = Duration::from_millis(500);
 
+/// What the duties loop hears from gossip.
+pub struct Gossip<M, F> {
+    /// The members as gossip knows them now.
+    pub members: M,
+    /// The log format this node reads (it rises with its keyring).
+    pub own_format: F,
+    /// Changes whenever membership does.
+    pub changes: watch::Receiver<u64>,
+}
+
+/// This node's own settings the duties use.
+pub struct Settings {
+    pub name: String,
+    /// A node dead or gone this long is forgotten.
+    pub forget_after: Duration,
+    /// When this node's gossip started (ms since the epoch).
+    pub gossip_started_ms: u64,
+}
+
 pub async fn run<R: Send + Sync + 'static>(shared: std::sync::Arc<Shared<R>>) {
-    let mut changes = shared.membership.subscribe();
+    let (members, sealing) = (shared.clone(), shared.clone());
+    let gossip = Gossip {
+        members: move || members.membership.members(),
+        own_format: move || {
+            super::gossip_keys::log_version_read(sealing.membership.sealing().keyring.is_some())
+        },
+        changes: shared.membership.subscribe(),
+    };
+    let settings = Settings {
+        name: shared.config.name.clone(),
+        forget_after: shared.config.forget_dead_after,
+        gossip_started_ms: shared.started_at_ms,
+    };
+    duties_loop(shared.raft.clone(), gossip, settings).await;
+}
+
+/// Learns the cluster's format, and carries out the duties while this
+/// node leads, for good.
+pub async fn duties_loop<L, M, F>(log: L, mut gossip: Gossip<M, F>, settings: Settings)
+where
+    L: ConsensusChanges,
+    M: Fn() -> Vec<Member>,
+    F: Fn() -> u32,
+{
     loop {
-        let format = {
-            let state = shared.raft.read();
-            cluster_log_version(
-                &state,
-                &shared.membership.members(),
-                shared.raft.status().nodes.keys().copied(),
-                (
-                    consensus_id(&shared.config.name),
-                    super::gossip_keys::log_version_read(
-                        shared.membership.sealing().keyring.is_some(),
-                    ),
-                ),
-            )
-        };
-        shared.raft.set_cluster_log_version(format);
-        if shared.is_leader() {
-            if let Err(error) = pass(&shared).await {
+        let members = (gossip.members)();
+        let consensus: Vec<u64> = log.status().nodes.keys().copied().collect();
+        let format = cluster_log_version(
+            &log.read(),
+            &members,
+            consensus.into_iter(),
+            (consensus_id(&settings.name), (gossip.own_format)()),
+        );
+        log.set_cluster_log_version(format);
+        if log.leads() {
+            if let Err(error) = pass(&log, &members, &settings).await {
                 tracing::debug!(%error, "leader duties");
             }
         }
-        let _ = tokio::time::timeout(DUTIES_INTERVAL, changes.changed()).await;
+        let _ = tokio::time::timeout(DUTIES_INTERVAL, gossip.changes.changed()).await;
     }
 }
 
@@ -135,30 +174,29 @@ fn member(member: &Member, security: &shoal_state::security::Security) -> duties
 
 /// Carries out this moment's duties, in order; the first that fails ends
 /// the pass (the next pass derives them again).
-async fn pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
+async fn pass<L: ConsensusChanges>(
+    log: &L,
+    members: &[Member],
+    settings: &Settings,
+) -> anyhow::Result<()> {
     let now = now_ms();
     let members: Vec<duties::Member> = {
-        let state = shared.raft.read();
-        shared
-            .membership
-            .members()
-            .iter()
-            .map(|m| member(m, &state.security))
-            .collect()
+        let state = log.read();
+        members.iter().map(|m| member(m, &state.security)).collect()
     };
-    let status = shared.raft.status();
+    let status = log.status();
     let consensus = Consensus {
-        leader: shared.node_id(),
+        leader: consensus_id(&settings.name),
         voters: status.voters.clone(),
         members: status.nodes.keys().copied().collect(),
     };
     let bounds = DutyBounds {
-        forget_after_ms: shared.config.forget_dead_after.as_millis() as u64,
-        gossip_started_ms: shared.started_at_ms,
+        forget_after_ms: u64::try_from(settings.forget_after.as_millis()).unwrap_or(u64::MAX),
+        gossip_started_ms: settings.gossip_started_ms,
         ..DutyBounds::default()
     };
     let (duties, removed) = {
-        let state = shared.raft.read();
+        let state = log.read();
         let mut duties = duties::leader_duties(&state, &members, &consensus, &bounds, now);
         duties.retain(|duty| match duty {
             Duty::AddLearner { id, name, .. } => {
@@ -174,38 +212,33 @@ async fn pass<R>(shared: &Shared<R>) -> anyhow::Result<()> {
     };
     if !removed.is_empty() {
         tracing::info!(learners = ?removed, "removed nodes leave the consensus");
-        shared.raft.remove_nodes(removed).await?;
+        log.remove_nodes(removed).await?;
     }
     for duty in duties {
         match duty {
             Duty::AddLearner { id, name, api_addr } => {
                 tracing::info!(node = %name, "admitting a new node as a learner");
-                shared.raft.add_learner(id, name, api_addr).await?;
+                log.add_learner(id, name, api_addr).await?;
             }
             Duty::SetNodeStatus { name, status } => {
                 tracing::info!(node = %name, status = status.as_str(), "node status");
-                shared
-                    .raft
-                    .propose(now, Command::SetNodeStatus { name, status })
+                log.propose(now, Command::SetNodeStatus { name, status })
                     .await?;
             }
             Duty::Forget {
                 name,
                 leave_consensus,
             } => {
-                shared
-                    .raft
-                    .propose(now, Command::ForgetNode { name })
-                    .await?;
+                log.propose(now, Command::ForgetNode { name }).await?;
                 if let Some(id) = leave_consensus {
-                    shared.raft.remove_nodes(BTreeSet::from([id])).await?;
+                    log.remove_nodes(BTreeSet::from([id])).await?;
                 }
             }
             Duty::ChangeVoters { voters, remove } => {
                 tracing::info!(wanted = ?voters, current = ?consensus.voters, "changing voters");
-                shared.raft.change_voters(voters).await?;
+                log.change_voters(voters).await?;
                 if !remove.is_empty() {
-                    shared.raft.remove_nodes(remove).await?;
+                    log.remove_nodes(remove).await?;
                 }
             }
         }
@@ -340,5 +373,82 @@ mod tests {
             BTreeSet::from([consensus_id("c")])
         );
         assert!(removed_learners(&status, &self::security(&["a", "b", "c"])).is_empty());
+    }
+
+    /// The loop over a one-node `MemoryLog`: it learns the format from the
+    /// members that count, admits as learners only admitted members, and
+    /// declares a member gossip holds dead.
+    #[tokio::test]
+    async fn the_duties_loop_runs_over_a_memory_log() {
+        use shoal_cluster::log::{ConsensusChange, MemoryLog, ReplicatedLog};
+        let mut state = shoal_state::State {
+            security: security(&["n2", "n3"]),
+            ..Default::default()
+        };
+        state.security.admissions.insert(
+            "n1".into(),
+            Admission {
+                role: NodeRole::Voter,
+                admission: "adm-n1".into(),
+                admitted_at_ms: 1,
+                token: String::new(),
+                facts_key: String::new(),
+            },
+        );
+        for name in ["n1", "n2"] {
+            state.nodes.insert(
+                name.into(),
+                shoal_types::Node::sample(name, &format!("{name}:7950")),
+            );
+        }
+        let log = MemoryLog::new("n1", state);
+        let now = now_ms();
+        let mut dead = member("n2", consensus_id("n2"), shoal_state::LOG_VERSION);
+        dead.status = MemberStatus::Dead;
+        dead.since_ms = now.saturating_sub(60_000);
+        let members = vec![
+            member("n1", consensus_id("n1"), shoal_state::LOG_VERSION),
+            dead,
+            member("n3", consensus_id("n3"), shoal_state::LOG_VERSION),
+            // Gossip's word only: not admitted.
+            member("n4", consensus_id("n4"), shoal_state::LOG_VERSION),
+        ];
+        let (_tell, changes) = watch::channel(0u64);
+        let gossip = Gossip {
+            members: move || members.clone(),
+            own_format: || shoal_state::LOG_VERSION - 1,
+            changes,
+        };
+        let settings = Settings {
+            name: "n1".into(),
+            forget_after: Duration::from_secs(3600),
+            gossip_started_ms: now.saturating_sub(120_000),
+        };
+        let running = tokio::spawn(duties_loop(log.clone(), gossip, settings));
+        let started = std::time::Instant::now();
+        loop {
+            let dead = log.read().nodes["n2"].status == NodeStatus::Dead;
+            let learners: Vec<String> = log
+                .consensus_changes()
+                .into_iter()
+                .filter_map(|change| match change {
+                    ConsensusChange::AddLearner { name, .. } => Some(name),
+                    _ => None,
+                })
+                .collect();
+            if dead && !learners.is_empty() {
+                assert_eq!(learners, ["n3"], "{:?}", log.consensus_changes());
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "n2 dead: {dead}; changes: {:?}",
+                log.consensus_changes()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // This node reads one format less than the newest: the cluster's.
+        assert_eq!(log.cluster_log_version(), shoal_state::LOG_VERSION - 1);
+        running.abort();
     }
 }

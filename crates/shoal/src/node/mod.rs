@@ -311,7 +311,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let facts_keys = tokio::spawn(facts_key::run(shared.clone(), facts_signer));
     let ca_follower = tokio::spawn(ca::run(shared.clone()));
     let facts = tokio::spawn(cluster::refresh_facts(shared.clone()));
-    let scheduler = tokio::spawn(scheduler::run(shared.clone()));
+    let scheduler = tokio::spawn(scheduler::run(shared.raft.clone()));
     let task_files = Arc::new(task_files::TaskFiles::new(
         task_files::node_dir(&task_files::files_root(), &shared.config.data_dir),
         shared.trust.data_key.clone(),
