@@ -271,6 +271,8 @@ fi
 # shellcheck disable=SC1091
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
+if [ -n "${BENCH_BEFORE_BIN:-}" ] && [ ! -x "$BENCH_BEFORE_BIN" ]; then die "BENCH_BEFORE_BIN: $BENCH_BEFORE_BIN is not an executable"; fi
+if [ -n "${SHOAL_BIN:-}" ] && [ ! -x "$SHOAL_BIN" ]; then die "SHOAL_BIN: $SHOAL_BIN is not an executable"; fi
 BEFORE_COMMIT=$(git -C "$ROOT" rev-parse --verify "$BEFORE_REV^{commit}") || die "BENCH_BEFORE: no commit $BEFORE_REV in $ROOT"
 BEFORE_DIR=$ROOT/target/bench-before/$BEFORE_COMMIT
 BEFORE_SRC=${BENCH_BEFORE_BIN:-$BEFORE_DIR/src/target/release/shoal}

@@ -347,6 +347,15 @@ impl Local {
         if local.state.is_terminal() && task.desired == DesiredState::Running {
             local.restart_at_ms = restart_delay_ms(task, &local).map(|delay| now_ms + delay);
         }
+        // Preparing, without a container: the agent stopped while the
+        // attempt was under way or waited to be tried again; it is tried
+        // again as it is, not taken for a container that vanished.
+        if local.state == TaskState::Preparing
+            && container.is_none()
+            && task.desired == DesiredState::Running
+        {
+            local.retry_at_ms = Some(now_ms);
+        }
         local
     }
 }
@@ -359,9 +368,17 @@ fn keep_running(
     step: &mut Step,
 ) {
     // An attempt that failed transiently is tried again, as it is, when
-    // its wait is over.
+    // its wait is over; unless its container runs after all (a call that
+    // timed out may have been carried out): then it is adopted.
     if let Some(at) = local.retry_at_ms {
-        if at <= now_ms {
+        if container == Some(Observed::Running) {
+            local.retry_at_ms = None;
+            local.transient_failures = 0;
+            local.state = TaskState::Running;
+            local.promise = Promise::Kept;
+            local.message = "running".into();
+            local.started_at_ms = Some(now_ms);
+        } else if at <= now_ms {
             local.retry_at_ms = None;
             try_again(task, local, container.is_some(), step);
         }
@@ -464,25 +481,27 @@ fn restart_delay_ms(task: &Task, local: &Local) -> Option<u64> {
     let restart = task.spec.restart;
     let attempts_left = restart.attempts_max.is_none_or(|most| local.attempt < most);
     (restart_wanted(task, local) && attempts_left).then(|| {
-        let doubling = 1_u64
-            .checked_shl(local.restarts.min(32))
-            .unwrap_or(u64::MAX);
-        restart
-            .backoff_initial
-            .0
-            .saturating_mul(doubling)
-            .min(restart.backoff_max.0)
+        doubled_ms(
+            restart.backoff_initial.0,
+            local.restarts,
+            restart.backoff_max.0,
+        )
     })
+}
+
+/// `first` doubled `times` times, at most `last`.
+fn doubled_ms(first: u64, times: u32, last: u64) -> u64 {
+    let doubling = 1_u64.checked_shl(times.min(32)).unwrap_or(u64::MAX);
+    first.saturating_mul(doubling).min(last)
 }
 
 /// The wait before try `failures + 1` of an attempt.
 fn transient_wait_ms(failures: u32) -> u64 {
-    let doubling = 1_u64
-        .checked_shl(failures.saturating_sub(1).min(32))
-        .unwrap_or(u64::MAX);
-    TRANSIENT_WAIT_FIRST_MS
-        .saturating_mul(doubling)
-        .min(TRANSIENT_WAIT_LAST_MS)
+    doubled_ms(
+        TRANSIENT_WAIT_FIRST_MS,
+        failures.saturating_sub(1),
+        TRANSIENT_WAIT_LAST_MS,
+    )
 }
 
 fn start(task: &Task, local: &mut Local, replace: bool, step: &mut Step) {

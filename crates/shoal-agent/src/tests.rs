@@ -497,3 +497,59 @@ fn a_task_stopped_while_it_waits_to_try_again_is_not_tried() {
     assert_eq!(step.reports[0].1.state, TaskState::Stopped);
     assert_eq!(step.wake_at_ms, None);
 }
+
+#[test]
+fn a_restarted_agent_tries_a_preparing_attempt_again_instead_of_failing_it() {
+    let mut task = task(RestartPolicy::Never);
+    task.status = TaskStatus {
+        address: None,
+        attempt: 2,
+        state: TaskState::Preparing,
+        promise: Promise::Pending,
+        message: "containerd did not answer; trying again in 4s (try 3 of 8)".into(),
+        container_id: Some(task.id.clone()),
+        exit_code: None,
+        restarts: 1,
+        started_at_ms: None,
+        updated_at_ms: 5,
+    };
+    let mut reconciler = Reconciler::new();
+    let step = reconciler.step(&[&task], &observed(None), 1000);
+    assert_eq!(
+        step.actions,
+        vec![Action::Run {
+            task_id: task.id.clone(),
+            attempt: 2,
+            replace: false
+        }]
+    );
+    let status = &step.reports[0].1;
+    assert_eq!(
+        (status.state, status.promise, status.restarts),
+        (TaskState::Preparing, Promise::Pending, 1)
+    );
+}
+
+#[test]
+fn a_container_that_started_after_all_while_its_attempt_waits_is_adopted() {
+    let task = task(RestartPolicy::Always);
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[&task], &observed(None), 0);
+    // The run timed out, but containerd carried it out.
+    failed_transiently(&mut reconciler, 1, 0);
+    let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 500);
+    assert!(step.actions.is_empty(), "{:?}", step.actions);
+    let status = &step.reports[0].1;
+    assert_eq!(
+        (
+            status.state,
+            status.promise,
+            status.attempt,
+            status.restarts
+        ),
+        (TaskState::Running, Promise::Kept, 1, 0)
+    );
+    // And never run again when the wait would have ended.
+    let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 5_000);
+    assert!(step.actions.is_empty(), "{:?}", step.actions);
+}

@@ -13,9 +13,10 @@
 //! [`ServeOptions::body_stall_timeout`] or the read fails (a request held
 //! in flight by a client that never finishes its body would keep the
 //! connection from ever being idle), a response whose next bytes the peer
-//! has not taken for [`ServeOptions::send_stall_timeout`] cuts its
-//! connection (a peer that stops reading, or over HTTP/2 opens no window
-//! for it, would hold it in flight for good), and a connection with no
+//! has not taken for [`ServeOptions::send_stall_timeout`], while the
+//! connection wrote nothing, cuts the connection (a peer that stops
+//! reading, or over HTTP/2 opens no window for it, would hold it in flight
+//! for good), and a connection with no
 //! request in flight for [`ServeOptions::idle_timeout`] is closed, whatever
 //! its protocol.
 
@@ -34,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use bodies::{Activity, BodyPace, InFlight, InFlightBody, StallBody};
+use bodies::{Activity, BodyPace, InFlight, InFlightBody, StallBody, Written};
 
 mod bodies;
 
@@ -86,9 +87,10 @@ pub struct ServeOptions {
     /// 0 asks for no pace.
     pub body_min_bytes_per_s: u64,
     /// A response whose body has a frame ready that the connection has not
-    /// taken for this long (the peer stopped reading, or over HTTP/2 gives
-    /// the stream no window) cuts its connection. A body that waits for
-    /// its own next bytes (a log followed) is not stalled.
+    /// taken for this long, while the connection wrote no byte, cuts it
+    /// (the peer stopped reading, or over HTTP/2 gives the stream no window
+    /// and nothing else flows). A body that waits for its own next bytes
+    /// (a log followed) is not stalled.
     pub send_stall_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
@@ -407,7 +409,13 @@ async fn connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Some(options.header_read_timeout));
     let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(
+            TokioIo::new(Written {
+                inner: stream,
+                activity: activity.clone(),
+            }),
+            service,
+        )
         .into_owned();
     drive(
         connection,

@@ -403,6 +403,25 @@ async fn a_response_the_peer_does_not_take_does_not_hold_its_connection() {
         .expect("the answer's head")
         .expect("the answer's head");
     assert_eq!(response.status(), 200);
+    // While other streams on the connection flow, the one stalled stream
+    // cuts nothing: 1.5 s of requests, five times the stall timeout.
+    for _ in 0..15 {
+        let request = hyper::Request::get("https://shoal-node/nowhere")
+            .body(())
+            .expect("request");
+        let (answer, _) = client.send_request(request, true).expect("send");
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("an answer while the other stream stalls")
+            .expect("an answer while the other stream stalls");
+        assert_eq!(answer.status(), 404);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !connection.is_finished(),
+        "the connection was cut while streams flowed"
+    );
+    // Then nothing flows: cut.
     assert!(
         tokio::time::timeout(Duration::from_secs(10), connection)
             .await

@@ -21,6 +21,9 @@ pub(super) struct Activity {
     /// flight, which the protocol bounds).
     unsent: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     next_body: std::sync::atomic::AtomicU64,
+    /// Milliseconds since the connection was accepted, when it last wrote
+    /// bytes to the peer.
+    wrote_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
@@ -31,7 +34,18 @@ impl Activity {
             started: std::time::Instant::now(),
             unsent: std::sync::Mutex::default(),
             next_body: std::sync::atomic::AtomicU64::new(0),
+            wrote_ms: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn ms_now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The connection wrote bytes to the peer.
+    fn wrote(&self) {
+        self.wrote_ms
+            .store(self.ms_now(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Body `id` has a frame ready for the connection to take, or not.
@@ -44,19 +58,27 @@ impl Activity {
         }
     }
 
-    /// How long the oldest frame ready has waited to be taken (zero: none).
+    /// How long a frame ready has waited to be taken while the connection
+    /// wrote nothing (zero: none waits, or bytes went out since). One
+    /// stream an HTTP/2 peer reads slowly while the others flow stalls
+    /// nothing; a peer that takes no byte at all does.
     pub(super) fn send_stalled(&self) -> Duration {
-        let unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
-        unsent
-            .values()
-            .map(std::time::Instant::elapsed)
-            .max()
-            .unwrap_or(Duration::ZERO)
+        let oldest = {
+            let unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+            unsent
+                .values()
+                .map(std::time::Instant::elapsed)
+                .max()
+                .unwrap_or(Duration::ZERO)
+        };
+        let wrote = self.wrote_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let since_write = Duration::from_millis(self.ms_now().saturating_sub(wrote));
+        oldest.min(since_write)
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.last_ms
+            .store(self.ms_now(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long no request has been in flight (zero while one is).
@@ -66,6 +88,68 @@ impl Activity {
         }
         let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// A connection's stream that tells its [`Activity`] when bytes went out.
+pub(super) struct Written<S> {
+    pub(super) inner: S,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Written<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Written<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.wrote();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.wrote();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -260,10 +344,13 @@ impl hyper::body::Body for StallBody {
                 match deadline.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.deadline = None;
-                        let stalled = this
-                            .waiting
-                            .take()
-                            .is_none_or(|(_, wait)| wait >= this.pace.stall);
+                        // The failed wait counts too: a reader that asks
+                        // again gets no fresh allowance.
+                        let waiting = this.waiting.take();
+                        if let Some((since, _)) = waiting {
+                            this.waited = this.waited.saturating_add(since.elapsed());
+                        }
+                        let stalled = waiting.is_none_or(|(_, wait)| wait >= this.pace.stall);
                         let error = if stalled {
                             BodyTooSlow::Stalled(this.pace.stall)
                         } else {

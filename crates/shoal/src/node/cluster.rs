@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use shoal_api::client::{Client, ClientError};
-use shoal_api::wire::{ClusterInfo, JoinRequest, RenewRequest};
+use shoal_api::client::Client;
+use shoal_api::wire::ClusterInfo;
 use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::membership::{MembershipConfig, NodeFacts};
 use shoal_cluster::raft::{ProposeError, RaftNode};
-use shoal_pki::key::NodeKey;
-use shoal_pki::seal::DataKey;
-use shoal_pki::token::JoinToken;
 use shoal_state::Command;
 use shoal_types::{consensus_id, Node, NodeStatus};
 
@@ -24,7 +21,7 @@ use super::{host, NodeConfig, Shared};
 use crate::clock::now_ms;
 
 /// How long a joining node keeps asking its peers for the cluster.
-const JOIN_ATTEMPTS_MAX: u32 = 60;
+pub(super) const JOIN_ATTEMPTS_MAX: u32 = 60;
 /// How often the node re-announces its facts (memory used changes).
 const FACTS_INTERVAL: Duration = Duration::from_secs(5);
 /// Attempts to register the node in the state before the node gives up
@@ -102,7 +99,7 @@ pub async fn stand(config: &NodeConfig) -> anyhow::Result<Standing> {
                 "joining through --peer needs a join token: run `shoal cluster token create` against the cluster and give the token with --token (or SHOAL_JOIN_TOKEN)"
             );
         };
-        let joined = join(config, token, &pki_dir).await?;
+        let joined = super::joining::join(config, token, &pki_dir).await?;
         write_cluster_file(&path, &joined.cluster_id)?;
         return Ok(joined);
     }
@@ -126,178 +123,6 @@ pub async fn stand(config: &NodeConfig) -> anyhow::Result<Standing> {
         gossip_peers: Vec::new(),
         formation: Some(formation),
     })
-}
-
-/// The joiner's side of a join token: fetch each peer's CA bundle with a
-/// client that trusts anything, compare its hash with the token's, and
-/// only then, over a connection that verifies the peer against that CA,
-/// send the token and a CSR.
-async fn join(config: &NodeConfig, token_text: &str, pki_dir: &Path) -> anyhow::Result<Standing> {
-    let token =
-        JoinToken::parse(token_text).map_err(|error| anyhow::anyhow!("--token: {error}"))?;
-    let fetch = shoal_pki::tls::pinning_fetch_config()?;
-    let key = NodeKey::generate()?;
-    let csr_pem = key.csr_pem(&config.name)?;
-    let mut queue: std::collections::VecDeque<String> = config.peers.iter().cloned().collect();
-    let mut last_error = String::new();
-    for _ in 0..JOIN_ATTEMPTS_MAX {
-        let Some(peer) = queue.pop_front() else {
-            break;
-        };
-        queue.push_back(peer.clone());
-        let roots = match Client::new(&peer, &fetch, None)
-            .with_context(|| format!("--peer {peer}"))?
-            .join_ca()
-            .await
-        {
-            Ok(roots) => roots,
-            Err(error) => {
-                last_error = format!("{peer}: {error}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let hash = shoal_pki::ca::bundle_hash(&roots)
-            .with_context(|| format!("{peer} answered with no CA certificate"))?;
-        // The bundle, or the one root of it the token pins (one made
-        // before a rotation that is under way): nothing else is trusted.
-        let Some(pinned) = shoal_pki::ca::pinned(&roots, &token.ca_hash) else {
-            anyhow::bail!(
-                "{peer} shows a CA whose hash ({}…) is not the one the token pins ({}…), nor holds that root: it is not the cluster the token is of, the cluster's CA rotated since the token was made (make a new one with `shoal cluster token create`), or someone is in between; nothing secret was sent",
-                &hash[..12],
-                &token.ca_hash[..12]
-            );
-        };
-        let credentials = shoal_pki::tls::Credentials::new(&pinned)?;
-        // The token goes only to a node that may admit: a voter. A worker
-        // (or a removed node, whose certificate still chains) in the path
-        // gets nothing.
-        let shown: Arc<std::sync::Mutex<Option<shoal_pki::identity::Identity>>> = Arc::default();
-        credentials.set_server_check(Some(Arc::new({
-            let shown = shown.clone();
-            move |identity: &shoal_pki::identity::Identity,
-                  _: &rustls::pki_types::ServerName<'_>| {
-                *shown.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.clone());
-                if identity.role == shoal_pki::identity::Role::Voter {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "the server is node {} with a {} certificate: a join token goes only to a voter",
-                        identity.name,
-                        identity.role.as_str()
-                    ))
-                }
-            }
-        })));
-        let verified = shoal_pki::tls::client_config(credentials)?;
-        let request = JoinRequest {
-            token: token.to_string(),
-            name: config.name.clone(),
-            role: config.role.clone(),
-            csr_pem: csr_pem.clone(),
-        };
-        match Client::new(&peer, &verified, None)?.join(&request).await {
-            Ok(answer) => {
-                let data_key = match &answer.data_key {
-                    Some(hex) => Some(DataKey::from_hex(hex)?),
-                    None => None,
-                };
-                let trust = Trust::joined(
-                    pki_dir,
-                    &answer.roots_pem,
-                    &answer.chain_pem,
-                    &key.key_pem(),
-                    data_key,
-                )?;
-                // The gossip keyring (absent from a leader older than 0.7):
-                // kept before gossip starts, so that a node joining a
-                // cluster that seals speaks sealed from its first datagram.
-                if let Some(keys) = &answer.gossip_keys {
-                    let held = super::gossip_keys::from_delivery(keys)?;
-                    super::gossip_keys::save(pki_dir, &held)?;
-                }
-                tracing::info!(cluster = %answer.cluster_id, role = trust.identity.role.as_str(), "joined with a token");
-                let mut gossip_peers = Vec::new();
-                if let Ok(mut addrs) = answer.gossip_addr.to_socket_addrs() {
-                    gossip_peers.extend(addrs.next());
-                }
-                return Ok(Standing {
-                    trust,
-                    cluster_id: answer.cluster_id,
-                    gossip_peers,
-                    formation: None,
-                });
-            }
-            Err(ClientError::Api {
-                status: 421,
-                message,
-                ..
-            }) => {
-                if let Some(leader) = message.strip_prefix("join through the leader: ") {
-                    queue.push_front(leader.trim().to_string());
-                }
-                last_error = format!("{peer}: {message}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(ClientError::Api {
-                status, message, ..
-            }) if status != 503 => {
-                anyhow::bail!("{peer} refused the join: {message}")
-            }
-            Err(error) => {
-                last_error = format!("{peer}: {error}");
-                // A worker of this cluster: it may say where the leader
-                // is, asked with a decoy token that carries nothing of
-                // this node's.
-                let worker = shown
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .filter(|identity| identity.role != shoal_pki::identity::Role::Voter);
-                if worker.is_some() {
-                    if let Some(leader) =
-                        leader_named_by(&peer, &pinned, &token.ca_hash, config).await
-                    {
-                        if !queue.contains(&leader) {
-                            queue.push_front(leader);
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    anyhow::bail!("no peer admitted this node ({last_error}); check --peer and that the peer runs")
-}
-
-/// The leader's address, as `peer` (a node of the cluster whose CA hashes
-/// to `ca_hash`, but no voter) names it when asked to admit this node with
-/// a decoy token: a fresh one of no use to anyone, so that nothing of the
-/// real token reaches a node that may not take it.
-async fn leader_named_by(
-    peer: &str,
-    roots: &str,
-    ca_hash: &str,
-    config: &NodeConfig,
-) -> Option<String> {
-    let credentials = shoal_pki::tls::Credentials::new(roots).ok()?;
-    let tls = shoal_pki::tls::client_config(credentials).ok()?;
-    let decoy = JoinRequest {
-        token: JoinToken::generate(ca_hash).to_string(),
-        name: config.name.clone(),
-        role: config.role.clone(),
-        csr_pem: String::new(),
-    };
-    match Client::new(peer, &tls, None).ok()?.join(&decoy).await {
-        Err(ClientError::Api {
-            status: 421,
-            message,
-            ..
-        }) => message
-            .strip_prefix("join through the leader: ")
-            .map(|leader| leader.trim().to_string()),
-        _ => None,
-    }
 }
 
 async fn ask_peers(peers: &[String], trust: &Trust) -> anyhow::Result<ClusterInfo> {
@@ -367,156 +192,6 @@ pub async fn found(
     )?;
     tracing::info!(credential = %path.display(), "wrote the first admin credential (shown nowhere else)");
     Ok(())
-}
-
-/// A node whose certificate is not of the CA that signs now renews within
-/// this.
-const RENEW_SPREAD: Duration = Duration::from_secs(10);
-
-/// Renews the node's certificate at a random 50–80 % of its lifetime,
-/// from any node that holds the data key (itself, if it does), and soon
-/// when the CA that signs changed.
-pub async fn renew_certificates<R>(shared: Arc<Shared<R>>) {
-    loop {
-        let wait = match (shared.trust.not_before(), shared.trust.not_after()) {
-            (Ok(not_before), Ok(not_after)) => renewal_wait(
-                not_before,
-                not_after,
-                std::time::SystemTime::now(),
-                rand::random::<f64>(),
-            ),
-            _ => Duration::from_secs(1),
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            // The CA that signs changed: soon, at a moment drawn so that
-            // the nodes do not all ask at once.
-            () = shared.renew_now.notified() => {
-                tokio::time::sleep(RENEW_SPREAD.mul_f64(rand::random::<f64>())).await;
-            }
-        }
-        let mut attempt = 0u32;
-        loop {
-            match renew_once(&shared).await {
-                Ok(()) => break,
-                Err(error) => {
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(%error, attempt, "renewing this node's certificate");
-                    let expires_in = shared
-                        .trust
-                        .not_after()
-                        .ok()
-                        .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
-                        .unwrap_or_default();
-                    // Try again soon, never later than a tenth of what is left.
-                    let retry = (expires_in / 10)
-                        .clamp(Duration::from_millis(500), Duration::from_secs(30));
-                    tokio::time::sleep(retry).await;
-                }
-            }
-        }
-    }
-}
-
-/// How long until a certificate valid from `not_before` to `not_after`
-/// is renewed, at `now`: at 50–80 % of its life (`draw`, in [0, 1), picks
-/// where), so that nodes made at once do not renew at once; at least a
-/// second, also when that moment, or the end, has passed.
-fn renewal_wait(
-    not_before: std::time::SystemTime,
-    not_after: std::time::SystemTime,
-    now: std::time::SystemTime,
-    draw: f64,
-) -> Duration {
-    // Certificates start a little before they are made (for clocks behind).
-    let issued = not_before + shoal_pki::ca::LEAF_BACKDATE;
-    let lifetime = not_after.duration_since(issued).unwrap_or_default();
-    let fraction = 0.5 + 0.3 * draw.clamp(0.0, 1.0);
-    let renew_at = issued + lifetime.mul_f64(fraction);
-    renew_at
-        .duration_since(now)
-        .unwrap_or_default()
-        .max(Duration::from_secs(1))
-}
-
-/// A node that holds the data key and whose certificate has expired (it
-/// was off longer than the certificate lived) issues itself a new one
-/// from the CA its replica holds, as it starts: a whole cluster switched
-/// off for a while comes back without anyone to renew with. Only for the
-/// admission its replica holds as current. Whether it renewed.
-pub fn renew_expired_here(
-    trust: &Trust,
-    state: &shoal_state::State,
-    lifetime: Duration,
-) -> anyhow::Result<bool> {
-    if trust.not_after()? > std::time::SystemTime::now() {
-        return Ok(false);
-    }
-    let (Some(record), Some(_)) = (&state.security.ca, &trust.data_key) else {
-        return Ok(false);
-    };
-    let identity = &trust.identity;
-    let current = state
-        .security
-        .admissions
-        .get(&identity.name)
-        .is_some_and(|known| known.admission == identity.admission);
-    if !current {
-        anyhow::bail!(
-            "this node's certificate expired and its replica no longer holds its admission (removed, or joined again elsewhere)"
-        );
-    }
-    let ca = trust
-        .signer(record)?
-        .context("this node's data key does not open the cluster's CA")?;
-    let key = NodeKey::generate()?;
-    let chain = super::credentials::chain_for(
-        &ca,
-        record,
-        &key.csr_pem(&identity.name)?,
-        identity,
-        lifetime,
-    )?;
-    trust.renewed(&record.roots_pem, &chain, &key.key_pem())?;
-    Ok(true)
-}
-
-async fn renew_once<R>(shared: &Shared<R>) -> anyhow::Result<()> {
-    let key = NodeKey::generate()?;
-    let request = RenewRequest {
-        csr_pem: key.csr_pem(&shared.config.name)?,
-    };
-    // Ask a node that holds the data key: the leader always does.
-    let status = shared.raft.status();
-    let mut addrs: Vec<String> = status
-        .leader
-        .and_then(|id| status.nodes.get(&id).map(|node| node.api_addr.clone()))
-        .into_iter()
-        .collect();
-    addrs.extend(
-        status
-            .voters
-            .iter()
-            .filter_map(|id| status.nodes.get(id).map(|node| node.api_addr.clone())),
-    );
-    addrs.dedup();
-    let mut last_error = anyhow::anyhow!("the cluster has no leader or voter to renew with");
-    for addr in addrs.iter().take(8) {
-        match Client::new(addr, &shared.trust.client_tls, None)?
-            .renew(&request)
-            .await
-        {
-            Ok(answer) => {
-                shared
-                    .trust
-                    .renewed(&answer.roots_pem, &answer.chain_pem, &key.key_pem())?;
-                tracing::info!(from = %addr, "renewed this node's certificate");
-                return Ok(());
-            }
-            Err(error) => last_error = anyhow::anyhow!("{addr}: {error}"),
-        }
-    }
-    Err(last_error)
 }
 
 fn read_cluster_file(path: &Path) -> anyhow::Result<Option<String>> {
@@ -786,50 +461,4 @@ pub async fn leave<R, L: ReplicatedLog>(shared: Arc<Shared<R, L>>) {
     }
     shared.membership.leave().await;
     shared.leaving.send_replace(true);
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use super::renewal_wait;
-
-    #[test]
-    fn a_certificate_renews_at_half_to_four_fifths_of_its_life() {
-        let backdate = shoal_pki::ca::LEAF_BACKDATE;
-        let issued = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let not_before = issued - backdate;
-        let life = Duration::from_secs(12 * 3600);
-        let not_after = issued + life;
-        let at = |seconds: u64| issued + Duration::from_secs(seconds);
-        // (now, draw) -> wait
-        for (now, draw, wait) in [
-            (at(0), 0.0, life / 2),
-            (at(0), 1.0, life.mul_f64(0.8)),
-            (at(0), 0.5, life.mul_f64(0.65)),
-            // Later on, less is left to wait.
-            (at(3600), 0.0, life / 2 - Duration::from_secs(3600)),
-            // A draw out of range counts as its nearest end.
-            (at(0), 7.0, life.mul_f64(0.8)),
-            (at(0), -1.0, life / 2),
-        ] {
-            assert_eq!(
-                renewal_wait(not_before, not_after, now, draw),
-                wait,
-                "{now:?} {draw}"
-            );
-        }
-        // Past the moment, past the end, or a clock before the start: a
-        // second, never nothing (the loop retries from there).
-        for now in [at(43_000), not_after + Duration::from_secs(86_400)] {
-            assert_eq!(
-                renewal_wait(not_before, not_after, now, 1.0),
-                Duration::from_secs(1)
-            );
-        }
-        assert_eq!(
-            renewal_wait(not_before, not_after, SystemTime::UNIX_EPOCH, 0.0),
-            at(0).duration_since(UNIX_EPOCH).unwrap() + life / 2
-        );
-    }
 }

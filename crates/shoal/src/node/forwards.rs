@@ -26,7 +26,8 @@ use shoal_api::access::Access;
 use shoal_cluster::raft::{ForwardPolicy, Forwarded};
 use shoal_state::{Authority, State};
 
-use super::gate::{operator_may, token_needed, Audit, LineRate, OperatorRefusal, Refusal};
+use super::audit::{Audit, LineRate};
+use super::gate::{operator_may, token_needed, OperatorRefusal, Refusal};
 use crate::clock::now_ms;
 
 /// Refused forwards written to the audit log one by one per second at

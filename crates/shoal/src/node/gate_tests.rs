@@ -19,7 +19,8 @@ use shoal_state::security::{ApiRole, ApiTokenRecord, NodeRole};
 use shoal_state::{Command, State};
 use tower::ServiceExt;
 
-use super::gate::{self, Audit, Gate};
+use super::audit::Audit;
+use super::gate::{self, Gate};
 
 const CLUSTER: &str = "test-cluster";
 

@@ -2,6 +2,7 @@
 //! keeper (the node-side reconciler driving the runtime) and the API server,
 //! all in one process that every node runs.
 
+mod audit;
 mod backend;
 mod blobs;
 mod ca;
@@ -14,14 +15,17 @@ pub mod gate;
 #[cfg(test)]
 mod gate_tests;
 mod gossip_keys;
+mod gossip_rotation;
 mod host;
 pub mod image_gc;
+mod joining;
 mod keeper;
 mod leader;
 mod logs;
 pub mod network;
 mod prepull;
 mod registries;
+mod renewal;
 mod scheduler;
 mod sources;
 mod task_files;
@@ -167,7 +171,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         &standing.trust.client_tls,
     )
     .map_err(anyhow::Error::msg)?;
-    let audit = Arc::new(gate::Audit::open(&config.data_dir)?);
+    let audit = Arc::new(audit::Audit::open(&config.data_dir)?);
     let (cluster_id, gossip_peers, trust) =
         (standing.cluster_id, standing.gossip_peers, standing.trust);
     // Before the server takes a forwarded proposal: who may have which
@@ -179,7 +183,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     // Off longer than its certificate lived: a node that holds the data
     // key issues itself a new one now; any other renews it with a voter
     // (its renewal loop, at once), showing the expired one.
-    if cluster::renew_expired_here(&trust, &raft.read(), config.cert_lifetime)
+    if renewal::renew_expired_here(&trust, &raft.read(), config.cert_lifetime)
         .context("renewing this node's expired certificate")?
     {
         tracing::info!("renewed this node's expired certificate from its own replica");
@@ -305,7 +309,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     );
 
     let registration = tokio::spawn(cluster::register(shared.clone()));
-    let renewals = tokio::spawn(cluster::renew_certificates(shared.clone()));
+    let renewals = tokio::spawn(renewal::renew_certificates(shared.clone()));
     let duties = tokio::spawn(leader::run(shared.clone()));
     let gossip_keys = tokio::spawn(gossip_keys::run(shared.clone(), gossip));
     let facts_keys = tokio::spawn(facts_key::run(shared.clone(), facts_signer));

@@ -41,7 +41,8 @@ pub fn node_sources(raft: RaftNode) -> shoal_http::NodeSources {
         }
         known
             .as_ref()
-            .is_some_and(|(_, addresses)| addresses.contains(&ip))
+            // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`.
+            .is_some_and(|(_, addresses)| addresses.contains(&ip.to_canonical()))
     }))
 }
 
@@ -57,26 +58,9 @@ mod tests {
             ("b", "https://[2001:db8::7]:7950"),
             ("c", "node-c.example:7950"),
         ] {
-            state.nodes.insert(
-                name.to_string(),
-                shoal_types::Node {
-                    name: name.to_string(),
-                    addr: addr.to_string(),
-                    os: String::new(),
-                    arch: String::new(),
-                    cpus: 1,
-                    memory_total_bytes: 1,
-                    cpu_allocatable_millis: 1,
-                    memory_allocatable_bytes: 1,
-                    labels: Default::default(),
-                    started_at_ms: 0,
-                    status: shoal_types::NodeStatus::Alive,
-                    taints: Vec::new(),
-                    drain: false,
-                    subnet: None,
-                    allows: shoal_types::Allows::default(),
-                },
-            );
+            state
+                .nodes
+                .insert(name.to_string(), shoal_types::Node::sample(name, addr));
         }
         let addresses = node_addresses(&state);
         assert_eq!(addresses.len(), 2, "{addresses:?}");
