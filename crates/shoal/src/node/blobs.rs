@@ -342,7 +342,7 @@ pub struct ClusterBlobs<L> {
     pub log: L,
     /// The registry passwords this node holds (never asked of a voter
     /// for another node's fetch).
-    pub credentials: Arc<super::registries::PullCredentials>,
+    pub credentials: Arc<super::pull_credentials::PullCredentials>,
     /// Node certificates, no overall timeout (bodies are long).
     pub client: reqwest::Client,
     pub spool: Arc<Spool>,
@@ -382,8 +382,11 @@ impl<L: ReplicatedLog> ClusterBlobs<L> {
         if !host_named {
             return Err(Refused::UnknownRegistry);
         }
-        let mut access =
-            super::registries::access_held(&self.log, &self.credentials, &reference.to_string());
+        let mut access = super::pull_credentials::access_held(
+            &self.log,
+            &self.credentials,
+            &reference.to_string(),
+        );
         if !repository_named {
             access.username = None;
             access.password = None;
@@ -1036,7 +1039,7 @@ mod tests {
         let blobs = ClusterBlobs {
             node: asker.to_string(),
             log: log.clone(),
-            credentials: Arc::new(super::super::registries::PullCredentials::local(None)),
+            credentials: Arc::new(super::super::pull_credentials::PullCredentials::local(None)),
             // Never used to send: the holders are only listed.
             client: shoal_http::client(Default::default(), &{
                 let provider = shoal_pki::tls::provider();

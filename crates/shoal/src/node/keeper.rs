@@ -60,7 +60,7 @@ pub struct Keeper<L, R, N, C> {
     pub clock: C,
     /// Opens registry passwords (voter-capable nodes only).
     /// The registry passwords pulls use.
-    pub credentials: Arc<super::registries::PullCredentials>,
+    pub credentials: Arc<super::pull_credentials::PullCredentials>,
     /// What this node's operator lets tasks do beyond the hardened
     /// defaults: a task that needs more is not run, whatever the state says.
     pub allows: shoal_types::Allows,
@@ -397,9 +397,12 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
         // more; a pull that fails is the attempt's failure, and the
         // restart back-off spaces the next.
         Err(error) if error.kind() == ErrorKind::ImageMissing => {
-            let access =
-                super::registries::access_for(&shared.log, &shared.credentials, &config.image)
-                    .await;
+            let access = super::pull_credentials::access_for(
+                &shared.log,
+                &shared.credentials,
+                &config.image,
+            )
+            .await;
             // A long pull says how far it is in the task's message.
             let pull = shared.runtime.pull(&config.image, &access);
             tokio::pin!(pull);
@@ -671,7 +674,7 @@ mod tests {
             runtime: runtime.clone(),
             network: Arc::new(FakeNetwork::default()),
             clock,
-            credentials: Arc::new(crate::node::registries::PullCredentials::local(None)),
+            credentials: Arc::new(crate::node::pull_credentials::PullCredentials::local(None)),
             allows: Default::default(),
             // These tasks list no secrets or configs: nothing is written.
             files: Arc::new(crate::node::task_files::TaskFiles::new(

@@ -24,6 +24,7 @@ mod leader;
 mod logs;
 pub mod network;
 mod prepull;
+mod pull_credentials;
 mod registries;
 mod renewal;
 mod scheduler;
@@ -108,7 +109,7 @@ pub struct Shared<R, L = RaftNode> {
     /// CA that signs now).
     pub renew_now: tokio::sync::Notify,
     /// The registry passwords this node pulls with.
-    pub pull_credentials: Arc<registries::PullCredentials>,
+    pub pull_credentials: Arc<pull_credentials::PullCredentials>,
 }
 
 impl<R, L: ReplicatedLog> Shared<R, L> {
@@ -205,9 +206,9 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
         config.network.clone(),
         &config.data_dir,
     ));
-    let pull_credentials = Arc::new(registries::PullCredentials::asking(
+    let pull_credentials = Arc::new(pull_credentials::PullCredentials::asking(
         trust.data_key.clone(),
-        registries::AskVoters {
+        pull_credentials::AskVoters {
             addrs: Box::new({
                 let raft = raft.clone();
                 let me = consensus_id(&config.name);
@@ -319,7 +320,7 @@ pub async fn run<R: Runtime + ImageStore>(config: NodeConfig, runtime: R) -> any
     let task_files = Arc::new(task_files::TaskFiles::new(
         task_files::node_dir(&task_files::files_root(), &shared.config.data_dir),
         shared.trust.data_key.clone(),
-        Some(registries::AskVoters {
+        Some(pull_credentials::AskVoters {
             addrs: Box::new({
                 let raft = shared.raft.clone();
                 let me = consensus_id(&shared.config.name);

@@ -98,7 +98,7 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
     node: String,
     log: L,
     runtime: Arc<R>,
-    credentials: Arc<super::registries::PullCredentials>,
+    credentials: Arc<super::pull_credentials::PullCredentials>,
     gc: super::image_gc::ImageGcConfig,
 ) {
     // Reference → when it last failed, and the wait before the next try.
@@ -149,7 +149,7 @@ pub async fn run<L: ReplicatedLog, R: ImageStore>(
             if !standby_images(&log.read(), &node).contains(&reference) {
                 continue;
             }
-            let access = super::registries::access_for(&log, &credentials, &reference).await;
+            let access = super::pull_credentials::access_for(&log, &credentials, &reference).await;
             match runtime.pull(&reference, &access).await {
                 Ok(image) => {
                     failed.remove(&reference);

@@ -26,7 +26,7 @@ use shoal_runtime::BindMount;
 use shoal_types::{FileKind, Task, Workload};
 use zeroize::Zeroizing;
 
-use super::registries::AskVoters;
+use super::pull_credentials::AskVoters;
 
 /// Where the nodes of this host keep their tasks' files: `/run/shoal/files`
 /// where `/run` is a tmpfs (systemd hosts), else `/dev/shm/shoal/files`

@@ -120,7 +120,7 @@ fn propose_error(error: ProposeError) -> ApiError {
 impl<R: Runtime + ImageStore, L: ReplicatedLog> NodeBackend<R, L> {
     /// The settings and credentials a pull of `reference` uses here.
     pub(super) async fn registry_access(&self, reference: &str) -> RegistryAccess {
-        super::registries::access_for(&self.0.raft, &self.0.pull_credentials, reference).await
+        super::pull_credentials::access_for(&self.0.raft, &self.0.pull_credentials, reference).await
     }
 
     async fn node_update(&self, name: &str, command: Command) -> ApiResult<NodeUpdate> {

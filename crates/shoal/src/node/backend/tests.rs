@@ -81,7 +81,7 @@ async fn fixture() -> Fixture {
         gossip_generation: Default::default(),
         ca_generation: Default::default(),
         renew_now: Default::default(),
-        pull_credentials: Arc::new(crate::node::registries::PullCredentials::local(None)),
+        pull_credentials: Arc::new(crate::node::pull_credentials::PullCredentials::local(None)),
     });
     Fixture {
         log,
