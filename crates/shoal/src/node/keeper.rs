@@ -211,8 +211,9 @@ impl Garbage {
     ) where
         N: TaskNetwork,
     {
-        if std::time::Instant::now() >= self.network_at {
-            self.network_at = std::time::Instant::now() + GARBAGE_INTERVAL;
+        let now = std::time::Instant::now();
+        if now >= self.network_at {
+            self.network_at = now + GARBAGE_INTERVAL;
             let live: BTreeSet<String> = observed
                 .keys()
                 .cloned()
@@ -226,8 +227,8 @@ impl Garbage {
             let network = shared.network.clone();
             let _ = tokio::task::spawn_blocking(move || network.collect_garbage(&live)).await;
         }
-        if std::time::Instant::now() >= self.files_at {
-            self.files_at = std::time::Instant::now() + FILES_GARBAGE_INTERVAL;
+        if now >= self.files_at {
+            self.files_at = now + FILES_GARBAGE_INTERVAL;
             // Files stay while their container runs, and while their task is
             // meant to run here and not done for good, whatever its
             // container does: a task restarted after a crash takes them

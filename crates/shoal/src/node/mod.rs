@@ -122,7 +122,7 @@ impl<R, L: ReplicatedLog> Shared<R, L> {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.status().leader == Some(self.node_id())
+        shoal_cluster::log::ReplicatedLog::leads(&self.raft)
     }
 }
 

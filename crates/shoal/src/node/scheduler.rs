@@ -20,7 +20,7 @@ pub async fn run<L: ReplicatedLog>(log: L) {
     loop {
         changes.borrow_and_update();
         // Only the leader schedules: one writer of placements.
-        if !leads(&log) {
+        if !log.leads() {
             let _ = tokio::time::timeout(IDLE_INTERVAL, changes.changed()).await;
             continue;
         }
@@ -52,11 +52,6 @@ pub async fn run<L: ReplicatedLog>(log: L) {
         }
         let _ = tokio::time::timeout(IDLE_INTERVAL, changes.changed()).await;
     }
-}
-
-fn leads<L: ReplicatedLog>(log: &L) -> bool {
-    let status = log.status();
-    status.leader == Some(status.node_id)
 }
 
 /// What the leader proposes for `state` in a cluster whose oldest node
