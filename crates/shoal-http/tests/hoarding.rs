@@ -45,6 +45,10 @@ async fn start(options: ServeOptions) -> (SocketAddr, tokio::sync::oneshot::Send
     let router = axum::Router::new()
         .route("/hello", axum::routing::get(|| async { "hi" }))
         .route(
+            "/refuse",
+            axum::routing::post(|| async { axum::http::StatusCode::UNAUTHORIZED }),
+        )
+        .route(
             "/echo",
             axum::routing::post(|body: axum::body::Bytes| async move { body }),
         )
@@ -531,4 +535,56 @@ async fn a_flood_of_handshakes_from_many_addresses_leaves_the_nodes_theirs() {
         served(addr, "127.0.0.9").await,
         "clients were not served once the flood was gone"
     );
+}
+
+#[tokio::test]
+async fn an_answer_given_before_the_body_came_keeps_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _stop) = start(ServeOptions::default()).await;
+    let mut stream = connect(addr, "127.0.0.9", None).await.expect("connect");
+    // The headers first, and the body only once the answer is read (as a
+    // client that writes them apart, refused before its body arrives).
+    stream
+        .write_all(b"POST /refuse HTTP/1.1\r\nhost: shoal-node\r\ncontent-length: 2000\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    stream
+        .write_all(&[b'x'; 2000])
+        .await
+        .expect("write the body");
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: shoal-node\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write the next request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("hi"),
+        "the connection was closed under the late body: {answer:?}"
+    );
+    // A body too large to wait for is not read: its connection closes.
+    let mut stream = connect(addr, "127.0.0.9", None).await.expect("connect");
+    stream
+        .write_all(b"POST /refuse HTTP/1.1\r\nhost: shoal-node\r\ncontent-length: 10000000\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
+}
+
+/// A response's head (up to its blank line), read a byte at a time.
+async fn read_head(stream: &mut TlsStream<TcpStream>) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 /// Requests in flight on one connection, and when the last one ended.
 pub(super) struct Activity {
@@ -243,7 +243,10 @@ impl Drop for InFlight {
 /// Only the reader's waits count, so a handler that reads late loses
 /// nothing the client sent.
 pub(super) struct StallBody {
-    inner: Incoming,
+    /// Taken on drop, to be drained (see [`drain`]).
+    inner: Option<Incoming>,
+    /// The body failed (stalled, trickled, or broken): nothing to drain.
+    failed: bool,
     pace: BodyPace,
     /// Set while the reader waits: when the wait gives up.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -264,7 +267,8 @@ pub(super) struct BodyPace {
 impl StallBody {
     pub(super) fn new(inner: Incoming, pace: BodyPace) -> StallBody {
         StallBody {
-            inner,
+            inner: Some(inner),
+            failed: false,
             pace,
             deadline: None,
             waiting: None,
@@ -319,8 +323,14 @@ impl hyper::body::Body for StallBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         use std::task::Poll;
         let this = self.get_mut();
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::pin::Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                if matches!(frame, Some(Err(_))) {
+                    this.failed = true;
+                }
                 this.deadline = None;
                 if let Some((since, _)) = this.waiting.take() {
                     this.waited = this.waited.saturating_add(since.elapsed());
@@ -358,6 +368,7 @@ impl hyper::body::Body for StallBody {
                                 min_bytes_per_s: this.pace.min_bytes_per_s,
                             }
                         };
+                        this.failed = true;
                         Poll::Ready(Some(Err(Box::new(error))))
                     }
                     Poll::Pending => Poll::Pending,
@@ -367,10 +378,58 @@ impl hyper::body::Body for StallBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), Incoming::size_hint)
     }
+}
+
+/// The most of a request body left unread by its handler that is read
+/// after the answer, and for how long at most (see [`drain`]).
+const DRAIN_BYTES_MAX: u64 = 64 * 1024;
+const DRAIN_TIME_MAX: Duration = Duration::from_secs(2);
+
+impl Drop for StallBody {
+    /// A handler that answers without reading the body (a request refused
+    /// by the gate) leaves the rest of it on its way. hyper then reads what
+    /// has already come and, if the body is not whole, closes the
+    /// connection once the answer is written: a client still writing the
+    /// body (one that writes headers and body apart, as Python's urllib3
+    /// does) finds the connection broken under it and never reads the
+    /// answer. So a small rest is read and dropped, within a bound of bytes
+    /// and time, and the connection is kept; a large or failed one is not.
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if self.failed || inner.is_end_stream() || inner.size_hint().lower() > DRAIN_BYTES_MAX {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(inner));
+        }
+    }
+}
+
+/// Reads `body` to its end and drops it, up to [`DRAIN_BYTES_MAX`] and
+/// [`DRAIN_TIME_MAX`]; beyond them it is dropped unread (hyper closes the
+/// connection).
+async fn drain(mut body: Incoming) {
+    let read_all = async {
+        let mut read: u64 = 0;
+        while let Some(Ok(frame)) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let len = frame.data_ref().map_or(0, |data| data.len());
+            read = read.saturating_add(u64::try_from(len).unwrap_or(u64::MAX));
+            if read > DRAIN_BYTES_MAX {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME_MAX, read_all).await;
 }
