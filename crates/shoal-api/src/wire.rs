@@ -561,7 +561,9 @@ pub struct GossipView {
     /// `unsealed` (plaintext where only sealed ones are taken),
     /// `truncated`, `unknown_key`, `forged`, `replayed`, `stale`,
     /// `oversize`, `members_full`; and facts broadcasts about a node that
-    /// its facts key did not sign, `facts_unsigned`.
+    /// its facts key did not sign, `facts_unsigned`; and identities that
+    /// claimed another node's gossip address (a datagram sent under one is
+    /// dropped, an update about one taken out), `identities_foreign`.
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// The nodes whose gossip facts this node takes only when signed by
     /// their facts key (those that recorded one).

@@ -863,3 +863,69 @@ async fn a_keyring_holder_cannot_speak_for_another_node() {
     assert_eq!(unlisted, 0, "a stopped listing b while it restarted");
     shutdown_all(&[&a, &b, &c]).await;
 }
+
+/// A member that holds the keyring cannot take another node's gossip
+/// address under a name of its own: foca knows members by address, and a
+/// newer identity there would replace the node, which then, its place
+/// held by an identity that does not answer, would be found dead. A member
+/// that knows the node's signed facts refuses the identity (and counts
+/// it), so the node stays alive and listed throughout, and after the
+/// intruder stops.
+#[tokio::test]
+async fn a_keyring_holder_cannot_take_another_nodes_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = GossipKeyring::generate(1, 0);
+    let (key_a, key_b) = (facts_signer(), facts_signer());
+    let mut config_a = sealed("a", 1, addr(23, 1), dir.path(), &ring);
+    config_a.facts_signer = Some(key_a.clone());
+    let mut config_b = sealed("b", 2, addr(23, 2), dir.path(), &ring);
+    config_b.facts_signer = Some(key_b.clone());
+    let keys: FactsKeys = [("a", &key_a), ("b", &key_b)]
+        .into_iter()
+        .map(|(name, key)| {
+            (
+                name.to_string(),
+                parse_facts_key(&key.public_hex()).unwrap(),
+            )
+        })
+        .collect();
+    let a = Membership::start(config_a, vec![]).await.unwrap();
+    a.set_facts_keys(keys.clone());
+    let b = Membership::start(config_b, vec![a.advertise()])
+        .await
+        .unwrap();
+    b.set_facts_keys(keys);
+    wait_for("a and b to see each other", CONVERGE, || {
+        status(&a, "b") == Some(MemberStatus::Alive) && status(&b, "a") == Some(MemberStatus::Alive)
+    })
+    .await;
+
+    // The intruder holds the ring, listens at an address of its own and
+    // says it is at b's, under its own name, started later than b.
+    let mut config_x = sealed("x", 9, addr(23, 2), dir.path(), &ring);
+    config_x.bind = addr(23, 9);
+    config_x.facts_signer = Some(facts_signer());
+    let intruder = Membership::start(config_x, vec![a.advertise()])
+        .await
+        .unwrap();
+    // Several probe rounds with the intruder speaking, then after it stops.
+    let mut b_not_alive = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b_not_alive += usize::from(status(&a, "b") != Some(MemberStatus::Alive));
+    }
+    intruder.shutdown().await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b_not_alive += usize::from(status(&a, "b") != Some(MemberStatus::Alive));
+    }
+    assert_eq!(b_not_alive, 0, "a saw b other than alive");
+    assert!(a.stats().identities_foreign > 0, "{:?}", a.stats());
+    assert_eq!(
+        member(&a, "b").map(|m| m.gossip_addr),
+        Some(addr(23, 2)),
+        "a lists b at its address"
+    );
+    assert!(status(&a, "x").is_none(), "a took the intruder in");
+    shutdown_all(&[&a, &b]).await;
+}

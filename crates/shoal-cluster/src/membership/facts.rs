@@ -315,6 +315,16 @@ impl FactsTable {
         true
     }
 
+    /// The name of the node whose facts, signed by its own key, name
+    /// `addr` as its gossip address (none for a node that left): no other
+    /// identity speaks from there.
+    pub(crate) fn owner_of(&self, addr: SocketAddr) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(_, entry)| entry.verified && !entry.msg.left && entry.msg.addr == Some(addr))
+            .map(|(name, _)| name.as_str())
+    }
+
     pub(crate) fn keys_len(&self) -> usize {
         self.keys.len()
     }

@@ -38,6 +38,10 @@ pub struct MembershipStats {
     /// Facts broadcasts about a node whose facts key the state holds that
     /// the key did not sign (forged by another member, or unsigned).
     pub facts_unsigned: u64,
+    /// Identities refused for claiming the gossip address of another node
+    /// (one whose facts its own key signed): a datagram sent under one is
+    /// dropped, an update about one is taken out of its datagram.
+    pub identities_foreign: u64,
 }
 
 #[derive(Default)]
@@ -58,6 +62,7 @@ pub(super) struct Counters {
     pub(super) dropped_members_full: AtomicU64,
     pub(super) protocol_errors: AtomicU64,
     pub(super) send_errors: AtomicU64,
+    pub(super) identities_foreign: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +90,7 @@ impl Counters {
             protocol_errors: get(&self.protocol_errors),
             send_errors: get(&self.send_errors),
             facts_unsigned: 0,
+            identities_foreign: get(&self.identities_foreign),
         }
     }
 }

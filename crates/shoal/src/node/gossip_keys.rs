@@ -154,6 +154,7 @@ pub fn view(membership: &Membership, generation: u64) -> GossipView {
         ("oversize", stats.dropped_oversize),
         ("members_full", stats.dropped_members_full),
         ("facts_unsigned", stats.facts_unsigned),
+        ("identities_foreign", stats.identities_foreign),
     ]
     .into_iter()
     .map(|(reason, count)| (reason.to_string(), count))
