@@ -392,9 +392,14 @@ async fn connection(
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(peer.clone());
         let in_flight = InFlight::start(&counted);
-        let answer = router
-            .clone()
-            .oneshot(request.map(|inner| Body::new(StallBody::new(inner, pace))));
+        let answer = router.clone().oneshot({
+            // Only HTTP/1 closes a connection under a body left
+            // unread; a client that asked whether to send its body
+            // (`Expect: 100-continue`) is not made to send it.
+            let drain = request.version() <= hyper::Version::HTTP_11
+                && !request.headers().contains_key(hyper::header::EXPECT);
+            request.map(|inner| Body::new(StallBody::new(inner, pace, drain)))
+        });
         async move {
             let response = answer.await;
             // Until the response's body is sent: the request is in flight

@@ -576,6 +576,22 @@ async fn an_answer_given_before_the_body_came_keeps_the_connection() {
     assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
 }
 
+#[tokio::test]
+async fn a_body_the_client_waits_to_be_asked_for_is_not_asked_for_after_a_refusal() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _stop) = start(ServeOptions::default()).await;
+    let mut stream = connect(addr, "127.0.0.10", None).await.expect("connect");
+    stream
+        .write_all(b"POST /refuse HTTP/1.1\r\nhost: shoal-node\r\nexpect: 100-continue\r\ncontent-length: 2000\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    // Not asked for the body, the client sends none, and the connection
+    // (whose next bytes would be that body) closes.
+    assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
+}
+
 /// A response's head (up to its blank line), read a byte at a time.
 async fn read_head(stream: &mut TlsStream<TcpStream>) -> String {
     let mut head = Vec::new();

@@ -246,6 +246,9 @@ pub(crate) struct FactsTable {
     pub(crate) refused_unsigned: u64,
     /// The keys facts are checked with, by node name.
     keys: FactsKeys,
+    /// The nodes whose verified facts (not `left`) name each gossip
+    /// address; made again whenever an entry changes.
+    owners: HashMap<SocketAddr, Vec<String>>,
     /// What signatures are bound to.
     cluster_id: String,
 }
@@ -312,17 +315,28 @@ impl FactsTable {
             );
         }
         self.generation = self.generation.wrapping_add(1);
+        self.index_owners();
         true
     }
 
-    /// The name of the node whose facts, signed by its own key, name
-    /// `addr` as its gossip address (none for a node that left): no other
-    /// identity speaks from there.
-    pub(crate) fn owner_of(&self, addr: SocketAddr) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(_, entry)| entry.verified && !entry.msg.left && entry.msg.addr == Some(addr))
-            .map(|(name, _)| name.as_str())
+    /// Whether an identity named `name` at `addr` claims another node's
+    /// address: one that the facts of other nodes, signed by their own
+    /// keys, name as their gossip address, and none of them `name`'s (a
+    /// node that left gives its address up).
+    pub(crate) fn claims_foreign_addr(&self, addr: SocketAddr, name: &str) -> bool {
+        self.owners
+            .get(&addr)
+            .is_some_and(|owners| !owners.iter().any(|owner| owner == name))
+    }
+
+    /// Makes [`FactsTable::owners`] again from the entries.
+    fn index_owners(&mut self) {
+        self.owners.clear();
+        for (name, entry) in &self.entries {
+            if let (true, false, Some(addr)) = (entry.verified, entry.msg.left, entry.msg.addr) {
+                self.owners.entry(addr).or_default().push(name.clone());
+            }
+        }
     }
 
     pub(crate) fn keys_len(&self) -> usize {
@@ -360,6 +374,7 @@ impl FactsTable {
         }
         if changed {
             self.generation = self.generation.wrapping_add(1);
+            self.index_owners();
         }
     }
 
@@ -371,6 +386,7 @@ impl FactsTable {
             .retain(|name, entry| name == keep || entry.seen >= before);
         if self.entries.len() != len {
             self.generation = self.generation.wrapping_add(1);
+            self.index_owners();
         }
     }
 }
@@ -527,6 +543,52 @@ mod tests {
             .receive_item(&m.encode_signed(signer, "c1").unwrap(), None)
             .unwrap()
             .is_some()
+    }
+
+    /// An address is the node's whose own key signed facts naming it; two
+    /// such nodes (one dead, one come in its place) share it; a node that
+    /// left or whose key left the state gives it up.
+    #[test]
+    fn an_address_belongs_to_the_nodes_whose_signed_facts_name_it() {
+        let (b, d) = (signer(), signer());
+        let table: SharedFacts = Arc::new(Mutex::new(FactsTable::new("c1")));
+        let keys = FactsKeys::from([("b".to_string(), key_of(&b)), ("d".to_string(), key_of(&d))]);
+        lock(&table).set_keys(keys.clone(), "self");
+        let at: SocketAddr = "10.0.0.2:7946".parse().unwrap();
+        let at_addr = |name: &str, boot: u64, left: bool| FactsMsg {
+            addr: Some(at),
+            left,
+            ..msg(name, boot, 1, 1)
+        };
+        // Unsigned facts, or none, give no address.
+        assert!(offer(
+            &table,
+            &FactsMsg {
+                addr: Some(at),
+                ..msg("u", 1, 1, 1)
+            },
+            None
+        ));
+        assert!(!lock(&table).claims_foreign_addr(at, "x"));
+        assert!(offer(&table, &at_addr("b", 1, false), Some(&b)));
+        let foreign = |name: &str| lock(&table).claims_foreign_addr(at, name);
+        assert!(foreign("x") && foreign("u") && !foreign("b"));
+        assert!(!lock(&table).claims_foreign_addr("10.0.0.2:7947".parse().unwrap(), "x"));
+        assert!(offer(&table, &at_addr("d", 1, false), Some(&d)));
+        assert!(foreign("x") && !foreign("b") && !foreign("d"));
+        // b leaves: the address is d's alone.
+        assert!(offer(
+            &table,
+            &FactsMsg {
+                seq: 2,
+                ..at_addr("b", 1, true)
+            },
+            Some(&b)
+        ));
+        assert!(foreign("b") && !foreign("d"));
+        // d's key leaves the state (removed): nobody's.
+        lock(&table).set_keys(FactsKeys::from([("b".to_string(), key_of(&b))]), "self");
+        assert!(!foreign("x"));
     }
 
     #[test]

@@ -247,6 +247,8 @@ pub(super) struct StallBody {
     inner: Option<Incoming>,
     /// The body failed (stalled, trickled, or broken): nothing to drain.
     failed: bool,
+    /// Whether a rest left unread is drained (HTTP/1 without `Expect`).
+    drain: bool,
     pace: BodyPace,
     /// Set while the reader waits: when the wait gives up.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -265,10 +267,11 @@ pub(super) struct BodyPace {
 }
 
 impl StallBody {
-    pub(super) fn new(inner: Incoming, pace: BodyPace) -> StallBody {
+    pub(super) fn new(inner: Incoming, pace: BodyPace, drain: bool) -> StallBody {
         StallBody {
             inner: Some(inner),
             failed: false,
+            drain,
             pace,
             deadline: None,
             waiting: None,
@@ -402,11 +405,18 @@ impl Drop for StallBody {
     /// does) finds the connection broken under it and never reads the
     /// answer. So a small rest is read and dropped, within a bound of bytes
     /// and time, and the connection is kept; a large or failed one is not.
+    /// HTTP/2 resets the one stream and keeps the connection, so its
+    /// bodies are not drained, nor is one whose client waits to be asked
+    /// for it (`Expect: 100-continue`: hyper would ask).
     fn drop(&mut self) {
         let Some(inner) = self.inner.take() else {
             return;
         };
-        if self.failed || inner.is_end_stream() || inner.size_hint().lower() > DRAIN_BYTES_MAX {
+        if !self.drain
+            || self.failed
+            || inner.is_end_stream()
+            || inner.size_hint().lower() > DRAIN_BYTES_MAX
+        {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -64,12 +64,6 @@ impl Driver {
             Counters::bump(&counters.dropped_truncated);
             return;
         }
-        if self.foca.iter_membership_state().len() >= MEMBERS_MAX && self.would_add_members(packet)
-        {
-            Counters::bump(&counters.dropped_members_full);
-            tracing::debug!("member list full ({MEMBERS_MAX}): dropped a datagram");
-            return;
-        }
         let screened = match self.screen(packet) {
             Screened::Taken => None,
             Screened::Rewritten(packet) => Some(packet),
@@ -79,6 +73,12 @@ impl Driver {
             }
         };
         let packet = screened.as_deref().unwrap_or(packet);
+        if self.foca.iter_membership_state().len() >= MEMBERS_MAX && self.would_add_members(packet)
+        {
+            Counters::bump(&counters.dropped_members_full);
+            tracing::debug!("member list full ({MEMBERS_MAX}): dropped a datagram");
+            return;
+        }
         if let Err(err) = self.foca.handle_data(packet, &mut self.runtime) {
             Counters::bump(&self.shared.counters.protocol_errors);
             tracing::debug!("gossip packet refused: {err}");
@@ -114,11 +114,7 @@ impl Driver {
     /// rest of what it says is still heard).
     fn screen(&self, packet: &[u8]) -> Screened {
         let facts = facts::lock(&self.shared.facts);
-        let (screened, refused) = screen(packet, |id| {
-            facts
-                .owner_of(id.addr)
-                .is_some_and(|owner| owner != id.name)
-        });
+        let (screened, refused) = screen(packet, |id| facts.claims_foreign_addr(id.addr, &id.name));
         for _ in 0..refused {
             Counters::bump(&self.shared.counters.identities_foreign);
         }
