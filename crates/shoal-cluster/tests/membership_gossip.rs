@@ -754,6 +754,19 @@ async fn forged_replayed_cut_and_plaintext_datagrams_are_dropped_and_counted() {
     shutdown_all(&[&x]).await;
 }
 
+/// The state's facts keys for these nodes' signers.
+fn facts_keys(signers: &[(&str, &Arc<FactsSigner>)]) -> FactsKeys {
+    signers
+        .iter()
+        .map(|(name, key)| {
+            (
+                name.to_string(),
+                parse_facts_key(&key.public_hex()).unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn facts_signer() -> Arc<FactsSigner> {
     let pkcs8 = FactsSigner::generate_pkcs8().unwrap();
     Arc::new(FactsSigner::from_pkcs8(&pkcs8).unwrap())
@@ -776,15 +789,7 @@ async fn a_keyring_holder_cannot_speak_for_another_node() {
     let mut config_b = sealed("b", 2, addr(22, 2), dir.path(), &ring);
     config_b.facts_signer = Some(key_b.clone());
     let a = Membership::start(config_a, vec![]).await.unwrap();
-    let keys: FactsKeys = [("a", &key_a), ("b", &key_b)]
-        .into_iter()
-        .map(|(name, key)| {
-            (
-                name.to_string(),
-                parse_facts_key(&key.public_hex()).unwrap(),
-            )
-        })
-        .collect();
+    let keys = facts_keys(&[("a", &key_a), ("b", &key_b)]);
     a.set_facts_keys(keys.clone());
     let b = Membership::start(config_b, vec![a.advertise()])
         .await
@@ -880,15 +885,7 @@ async fn a_keyring_holder_cannot_take_another_nodes_address() {
     config_a.facts_signer = Some(key_a.clone());
     let mut config_b = sealed("b", 2, addr(23, 2), dir.path(), &ring);
     config_b.facts_signer = Some(key_b.clone());
-    let keys: FactsKeys = [("a", &key_a), ("b", &key_b)]
-        .into_iter()
-        .map(|(name, key)| {
-            (
-                name.to_string(),
-                parse_facts_key(&key.public_hex()).unwrap(),
-            )
-        })
-        .collect();
+    let keys = facts_keys(&[("a", &key_a), ("b", &key_b)]);
     let a = Membership::start(config_a, vec![]).await.unwrap();
     a.set_facts_keys(keys.clone());
     let b = Membership::start(config_b, vec![a.advertise()])

@@ -68,7 +68,7 @@ impl Default for DutyBounds {
         DutyBounds {
             dead_confirm_ms: 500,
             voter_dead_grace_ms: 2_000,
-            forget_after_ms: 24 * 3600 * 1000,
+            forget_after_ms: shoal_types::node::FORGET_DEAD_AFTER_DEFAULT_MS,
             gossip_started_ms: 0,
             unknown_voter_grace_ms: 30_000,
         }

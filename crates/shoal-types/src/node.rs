@@ -188,6 +188,12 @@ impl NodeStatus {
     }
 }
 
+/// How long a node that is dead or gone stays listed before it is
+/// forgotten with its tasks, unless told otherwise (`--forget-dead-after`):
+/// long enough for a reboot, short enough that its tasks do not wait on it
+/// for long. Gossip forgets its member, and the leader the node, after it.
+pub const FORGET_DEAD_AFTER_DEFAULT_MS: u64 = 5 * 60 * 1000;
+
 /// A node's rank for `key` (rendezvous hashing): FNV-1a over both,
 /// finished by SplitMix64's mixer so that close names spread. Every node
 /// ranks the same from the same names, and a node joining or leaving moves

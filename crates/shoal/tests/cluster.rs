@@ -2019,7 +2019,7 @@ services:
         })
     });
     assert!(
-        progress.contains(" % (") && progress.contains(" MiB at "),
+        progress.contains(" % (") && progress.contains(" of ") && progress.ends_with("/s)"),
         "{progress}"
     );
     let tasks = cluster.wait_for("the image running on all five nodes", || {

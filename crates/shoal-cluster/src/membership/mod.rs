@@ -75,9 +75,10 @@ pub use wire::{GossipKey, GossipKeyring, KEYS_MAX as GOSSIP_KEYS_MAX, SKEW_MAX_M
 /// Where gossip listens unless told otherwise (the memberlist/Serf port).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
 /// How long a dead or departed node stays listed before it is forgotten,
-/// unless told otherwise (`--forget-dead-after`): long enough for a reboot,
-/// short enough that its tasks do not wait on it for long.
-pub const DEFAULT_FORGET_DEAD_AFTER: Duration = Duration::from_secs(5 * 60);
+/// unless told otherwise: the cluster's one default,
+/// [`shoal_types::node::FORGET_DEAD_AFTER_DEFAULT_MS`].
+pub const DEFAULT_FORGET_DEAD_AFTER: Duration =
+    Duration::from_millis(shoal_types::node::FORGET_DEAD_AFTER_DEFAULT_MS);
 /// Members tracked at most (foca's list, dead ones included, and the facts
 /// table). At the limit, datagrams that would add a member are dropped.
 pub const MEMBERS_MAX: usize = 1024;

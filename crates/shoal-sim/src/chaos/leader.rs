@@ -17,8 +17,9 @@ use crate::check;
 /// How long gossip suspects a member that does not answer before it
 /// declares it dead (`suspect_to_down_after`).
 pub(super) const SUSPECT_TO_DEAD_MS: u64 = 1_500;
-/// The leader forgets a node dead or gone this long (the real default is
-/// an hour; runs here last minutes).
+/// The leader forgets a node dead or gone this long (the real default,
+/// `FORGET_DEAD_AFTER_DEFAULT_MS`, is 5 minutes; runs here last minutes,
+/// so a minute).
 const FORGET_AFTER_MS: u64 = 60_000;
 
 /// The bounds the simulated leader waits by.

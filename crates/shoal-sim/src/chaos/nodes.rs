@@ -184,7 +184,7 @@ impl Chaos {
     /// Gossip forgets a member that is down and that the leader has
     /// declared dead or gone (as foca does after `remove_down_after`); the
     /// leader then forgets the node. It never comes back. Never a voter:
-    /// gossip forgets a member an hour after it went down, long after the
+    /// gossip forgets a member minutes after it went down, long after the
     /// leader replaced it as a voter (`voter_dead_grace_ms`), and
     /// `choose_voters` never replaces a voter that gossip does not know.
     pub(super) fn forget_node(&mut self) -> Result<(), String> {

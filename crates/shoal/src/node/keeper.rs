@@ -481,15 +481,16 @@ async fn report_pull_progress<L: ReplicatedLog, R: ImageStore, N, C: Clock>(
     }
 }
 
-/// `pulling 43 % (12.1/28.0 MiB at 5.2 MiB/s)`.
+/// `pulling 43 % (12.1 MiB of 28 MiB at 5.2 MiB/s)`, in the one byte
+/// format (`shoal_state::fit::format_bytes`).
 fn pulling_message(progress: &shoal_runtime::PullProgress) -> String {
-    const MIB: f64 = (1u64 << 20) as f64;
+    use shoal_state::fit::format_bytes;
     let percent = progress.done_bytes.saturating_mul(100) / progress.total_bytes.max(1);
     format!(
-        "pulling {percent} % ({:.1}/{:.1} MiB at {:.1} MiB/s)",
-        progress.done_bytes as f64 / MIB,
-        progress.total_bytes as f64 / MIB,
-        progress.bytes_per_s as f64 / MIB
+        "pulling {percent} % ({} of {} at {}/s)",
+        format_bytes(progress.done_bytes),
+        format_bytes(progress.total_bytes),
+        format_bytes(progress.bytes_per_s)
     )
 }
 
@@ -920,7 +921,7 @@ mod tests {
         assert_eq!(preparing.state, TaskState::Preparing);
         assert_eq!(
             preparing.message,
-            "pulling 42 % (12.0/28.0 MiB at 5.0 MiB/s)"
+            "pulling 42 % (12 MiB of 28 MiB at 5 MiB/s)"
         );
         runtime.release_pull(&name);
         wait_for("the task running once pulled", || {
