@@ -265,6 +265,33 @@ fn code_map_violations(
                 ));
             }
         }
+        // A bare name given its description, `name` (what it does), is a
+        // module of the crate (a file or directory of that name).
+        let parts: Vec<&str> = row.job.split('`').collect();
+        for (token, after) in parts
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .zip(parts.iter().skip(2).step_by(2))
+        {
+            let bare = !token.is_empty()
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !bare || !after.starts_with(" (") {
+                continue;
+            }
+            let exists = files.iter().any(|file| {
+                module_of(file).as_deref() == Some(*token)
+                    || file.starts_with(&format!("src/{token}/"))
+                    || file.contains(&format!("/{token}/"))
+            });
+            if !exists {
+                wrong.push(format!(
+                    "ARCHITECTURE.md: the code map's row for `{name}` describes a module `{token}`, which the crate does not have: name what is there"
+                ));
+            }
+        }
         // Every module of the crate is named in its row.
         let words: BTreeSet<&str> = named
             .iter()
@@ -793,6 +820,11 @@ fn a_planted_code_map_violation_fails() {
     pure.remove("src/c/mod.rs");
     crates.get_mut("edge").expect("edge").remove("src/e.rs");
     crates.insert("new".into(), files(&["src/lib.rs"]));
+    // A module described by its bare name that is not there.
+    map.get_mut("edge")
+        .expect("edge")
+        .job
+        .push_str(", `h` (a module that went)");
     map.insert(
         "gone".into(),
         Row {
@@ -801,7 +833,11 @@ fn a_planted_code_map_violation_fails() {
         },
     );
     let wrong = code_map_violations(&map, &crates);
-    assert_eq!(wrong.len(), 7, "{wrong:#?}");
+    assert_eq!(wrong.len(), 8, "{wrong:#?}");
+    assert!(
+        wrong.iter().any(|w| w.contains("describes a module `h`")),
+        "{wrong:#?}"
+    );
     assert!(
         wrong
             .iter()
