@@ -586,6 +586,11 @@ impl<'ast> Visit<'ast> for Walk {
         syn::visit::visit_item_const(self, item);
     }
 
+    fn visit_item_static(&mut self, item: &'ast syn::ItemStatic) {
+        self.bound(&item.ident, &item.ty, &item.attrs);
+        syn::visit::visit_item_static(self, item);
+    }
+
     fn visit_impl_item_const(&mut self, item: &'ast syn::ImplItemConst) {
         self.bound(&item.ident, &item.ty, &item.attrs);
         syn::visit::visit_impl_item_const(self, item);
@@ -936,10 +941,13 @@ fn a_planted_allow_list_that_grew_or_shrank_unpinned_fails() {
 fn a_planted_long_function_long_file_or_unitless_bound_fails() {
     let body = "    let x = 1;\n".repeat(FN_LINES_MAX);
     let source = format!(
-        "/// Items kept.\nconst ITEMS_KEPT_MAX: usize = 3;\nconst WAIT_MAX: std::time::Duration = std::time::Duration::ZERO;\nconst BODY_BYTES_MAX: usize = 1;\nconst PEERS_MAX: usize = 8;\n\nfn short() {{}}\n\nfn long() {{\n{body}}}\n\nstruct S;\nimpl S {{\n    fn method(&self) {{\n{body}    }}\n}}\n\n#[cfg(test)]\nmod tests {{\n    fn long_test() {{\n{body}    }}\n    const UNITLESS_MAX: usize = 1;\n}}\n\n#[cfg(test)]\nmod more_tests;\n"
+        "/// Items kept.\nconst ITEMS_KEPT_MAX: usize = 3;\nconst WAIT_MAX: std::time::Duration = std::time::Duration::ZERO;\nconst BODY_BYTES_MAX: usize = 1;\nconst PEERS_MAX: usize = 8;\nstatic SLOTS_MAX: usize = 2;\n\nfn short() {{}}\n\nfn long() {{\n{body}}}\n\nstruct S;\nimpl S {{\n    fn method(&self) {{\n{body}    }}\n}}\n\n#[cfg(test)]\nmod tests {{\n    fn long_test() {{\n{body}    }}\n    const UNITLESS_MAX: usize = 1;\n}}\n\n#[cfg(test)]\nmod more_tests;\n"
     );
     let measured = measure(&source).expect("parses");
-    assert_eq!(measured.unitless_bounds, vec!["PEERS_MAX".to_string()]);
+    assert_eq!(
+        measured.unitless_bounds,
+        vec!["PEERS_MAX".to_string(), "SLOTS_MAX".to_string()]
+    );
     assert_eq!(measured.test_modules, vec!["more_tests".to_string()]);
     let long: Vec<&str> = measured
         .functions
