@@ -265,30 +265,23 @@ fn code_map_violations(
                 ));
             }
         }
-        // A bare name given its description, `name` (what it does), is a
-        // module of the crate (a file or directory of that name).
-        let parts: Vec<&str> = row.job.split('`').collect();
-        for (token, after) in parts
+        // A bare name (`keeper`) is a module of the crate: a file or a
+        // directory of that name. Anything else is written so that it is
+        // not one: a field `Type::field`, a function `f()`, a spec key
+        // `key:`, a program `ip(8)`.
+        let modules: BTreeSet<&str> = files
             .iter()
-            .skip(1)
-            .step_by(2)
-            .zip(parts.iter().skip(2).step_by(2))
-        {
-            let bare = !token.is_empty()
+            .flat_map(|file| file.split('/'))
+            .map(|part| part.trim_end_matches(".rs"))
+            .collect();
+        for token in &named {
+            let bare = token.starts_with(|c: char| c.is_ascii_lowercase())
                 && token
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !bare || !after.starts_with(" (") {
-                continue;
-            }
-            let exists = files.iter().any(|file| {
-                module_of(file).as_deref() == Some(*token)
-                    || file.starts_with(&format!("src/{token}/"))
-                    || file.contains(&format!("/{token}/"))
-            });
-            if !exists {
+            if bare && !modules.contains(token) {
                 wrong.push(format!(
-                    "ARCHITECTURE.md: the code map's row for `{name}` describes a module `{token}`, which the crate does not have: name what is there"
+                    "ARCHITECTURE.md: the code map's row for `{name}` names `{token}`, which is no module of the crate: name what is there, or write a field as `Type::field`, a function as `f()`, a spec key as `key:`"
                 ));
             }
         }
@@ -825,11 +818,11 @@ fn a_planted_code_map_violation_fails() {
     pure.remove("src/c/mod.rs");
     crates.get_mut("edge").expect("edge").remove("src/e.rs");
     crates.insert("new".into(), files(&["src/lib.rs"]));
-    // A module described by its bare name that is not there.
+    // A bare name that is no module (one that went).
     map.get_mut("edge")
         .expect("edge")
         .job
-        .push_str(", `h` (a module that went)");
+        .push_str(", `h` the module that went");
     map.insert(
         "gone".into(),
         Row {
@@ -840,7 +833,9 @@ fn a_planted_code_map_violation_fails() {
     let wrong = code_map_violations(&map, &crates);
     assert_eq!(wrong.len(), 8, "{wrong:#?}");
     assert!(
-        wrong.iter().any(|w| w.contains("describes a module `h`")),
+        wrong
+            .iter()
+            .any(|w| w.contains("names `h`, which is no module")),
         "{wrong:#?}"
     );
     assert!(
