@@ -287,11 +287,26 @@ pub fn choose_voters(
         };
         chosen.remove(&extra);
     }
-    // Spread: a learner in a zone without a voter takes the place of a
-    // voter from the zone that has the most (never the leader).
+    spread_over_zones(&mut chosen, &mut candidates, leader, voters_max, &zone);
+    if chosen.is_empty() {
+        chosen.insert(leader);
+    }
+    chosen
+}
+
+/// Spread: a learner in a zone without a voter takes the place of a voter
+/// from the zone that has the most (never the leader), at most
+/// `voters_max` times.
+fn spread_over_zones(
+    chosen: &mut BTreeSet<u64>,
+    candidates: &mut Vec<u64>,
+    leader: u64,
+    voters_max: usize,
+    zone: &dyn Fn(&u64) -> String,
+) {
     for _ in 0..voters_max {
         let mut zones: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for id in &chosen {
+        for id in chosen.iter() {
             zones.entry(zone(id)).or_default().push(*id);
         }
         let newcomer = candidates
@@ -312,10 +327,6 @@ pub fn choose_voters(
             _ => break,
         }
     }
-    if chosen.is_empty() {
-        chosen.insert(leader);
-    }
-    chosen
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ const FN_LINES_MAX: usize = 120;
 const FILE_LINES_MAX: usize = 600;
 /// Entries of `tidy-allow.txt`: the list may only shrink, so one added
 /// fails until this number is raised too, in review.
-const ALLOW_ENTRIES: usize = 9;
+const ALLOW_ENTRIES: usize = 8;
 /// The crates that are pure whatever the code map says.
 const PURE_AT_LEAST: &[&str] = &["shoal-types", "shoal-state", "shoal-sched", "shoal-agent"];
 
