@@ -49,7 +49,11 @@ use crate::{ApplyError, Command};
 /// - 11 (shoal 0.11): the CA rotated (`SetCa` of a generation after the
 ///   first): every node follows the roots the state holds and renews onto
 ///   the signer it names, which a node of an older release does not.
-pub const LOG_VERSION: u32 = format::CA_ROTATION;
+/// - 12 (shoal 0.12): gossip identities are proven. No entry changes: that
+///   an entry of format 12 was applied tells every node that every node
+///   reads a proof after each SWIM identity, so it sends them (sealed
+///   datagrams of version 3) and soon takes no datagram without them.
+pub const LOG_VERSION: u32 = format::PROVEN_IDENTITIES;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
 
@@ -79,6 +83,8 @@ pub mod format {
     pub const REGISTRY_SECRETS: u32 = 10;
     /// The cluster's CA rotated: a CA record after the first generation.
     pub const CA_ROTATION: u32 = 11;
+    /// Each SWIM identity in gossip proven by its node's facts key.
+    pub const PROVEN_IDENTITIES: u32 = 12;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

@@ -1111,9 +1111,10 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
     wait_voters(&cluster, 0, 3);
     let infos: Vec<Value> = (0..3)
         .map(|index| {
-            cluster.wait_for("gossip sealed on every node", || {
+            cluster.wait_for("gossip sealed and proven on every node", || {
                 let info = cluster.shoal_json(index, &["cluster", "info"])?;
-                (info["gossip"]["mode"] == "sealed").then_some(info)
+                (info["gossip"]["mode"] == "sealed" && info["gossip"]["identities"] == "proven")
+                    .then_some(info)
             })
         })
         .collect();
@@ -1241,7 +1242,10 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
             (info["gossip"]["facts_keys"] == 3).then_some(())
         });
     }
-    // A keyring holder gossips as node 1, newer, signing with its own key.
+    // A keyring holder gossips as node 1 at node 1's own gossip address,
+    // newer (it starts later), proving that identity and signing its facts
+    // with a key of its own: were it taken, node 1 would be replaced by an
+    // identity it does not answer for.
     let held: Value = serde_json::from_slice(
         &std::fs::read(cluster.members[2].data_dir.join("pki/gossip.json")).expect("ring file"),
     )
@@ -1250,7 +1254,8 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
     let pkcs8 = FactsSigner::generate_pkcs8().expect("key");
     let impostor = {
         let mut config = intruder_config(&victim, 1);
-        config.sealing = GossipSealing::sealed(ring);
+        config.advertise = gossip_addrs[1];
+        config.sealing = GossipSealing::proven(ring);
         config.facts_signer = Some(std::sync::Arc::new(
             FactsSigner::from_pkcs8(&pkcs8).expect("key"),
         ));
@@ -1258,11 +1263,21 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
             .block_on(Membership::start(config, gossip_addrs.clone()))
             .expect("the impostor starts")
     };
-    cluster.wait_for("the impostor to be heard (it holds the ring)", || {
-        (impostor.members().len() > 1).then_some(())
+    // It holds the ring, so every node opens what it sends; and drops it,
+    // because node 1's key did not prove the identity it is sent under.
+    cluster.wait_for("every node to refuse the impostor's identity", || {
+        (0..3)
+            .all(|index| {
+                cluster
+                    .shoal_json(index, &["cluster", "info"])
+                    .and_then(|info| info["gossip"]["dropped"]["identities_unproven"].as_u64())
+                    > Some(0)
+            })
+            .then_some(())
     });
     // Several probe rounds, facts broadcasts and leader duty passes.
     std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(impostor.members().len(), 1, "a node answered the impostor");
     let still = |cluster: &Cluster| {
         for index in 0..3 {
             let nodes = cluster.nodes(index).expect("nodes");
@@ -1280,16 +1295,6 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
         }
     };
     still(&cluster);
-    cluster.wait_for("every node to count the impostor's facts refused", || {
-        (0..3)
-            .all(|index| {
-                cluster
-                    .shoal_json(index, &["cluster", "info"])
-                    .and_then(|info| info["gossip"]["dropped"]["facts_unsigned"].as_u64())
-                    > Some(0)
-            })
-            .then_some(())
-    });
     // It stops without a word: its identity is found dead, not node 1.
     runtime.block_on(impostor.shutdown());
     std::thread::sleep(Duration::from_secs(6));
@@ -1304,7 +1309,10 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
                 .nodes(0)?
                 .iter()
                 .all(|node| node["status"] == "alive");
-            (info["gossip"]["mode"] == "sealed" && alive).then_some(info)
+            (info["gossip"]["mode"] == "sealed"
+                && info["gossip"]["identities"] == "proven"
+                && alive)
+                .then_some(info)
         })
     };
     let info = sealed_on(&cluster, worker);
@@ -1331,6 +1339,7 @@ fn gossip_is_sealed_and_a_plaintext_member_is_not_heard() {
     let keys: Value = serde_json::from_str(&body).expect("json");
     assert!(keys["generation"].as_u64() >= Some(1), "{keys}");
     assert_eq!(keys["sealed"], true, "{keys}");
+    assert_eq!(keys["proven"], true, "{keys}");
     assert!(keys["keyring"]
         .as_str()
         .is_some_and(|ring| ring.contains("primary")));

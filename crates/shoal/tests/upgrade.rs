@@ -261,11 +261,13 @@ fn a_running_cluster_upgrades_node_by_node() {
         });
     }
     // Every node holds the keyring and seals its gossip; once the moment
-    // for the others to switch too has passed, it takes no plaintext.
+    // for the others to switch too has passed, it takes no plaintext. The
+    // same for proven identities, which the old release does not send.
     for index in 0..3 {
-        cluster.wait_for("the node to take sealed gossip only", || {
+        cluster.wait_for("the node to take sealed, proven gossip only", || {
             let info = cluster_info(&cluster, index)?;
-            (info["gossip"]["mode"] == "sealed").then_some(())
+            (info["gossip"]["mode"] == "sealed" && info["gossip"]["identities"] == "proven")
+                .then_some(())
         });
     }
     // Every node records its facts key once the cluster writes format 9,

@@ -121,6 +121,12 @@ pub struct GossipView {
     /// `plaintext` (the cluster has a node that reads no sealed gossip, or
     /// this node holds no keyring yet).
     pub mode: String,
+    /// `proven` (each gossip identity sent and taken only with its node's
+    /// proof), `proving` (proofs sent, datagrams without them still taken
+    /// for a moment after the switch), `unproven` (the cluster has a node
+    /// that reads no proofs, or does not seal yet).
+    #[serde(default)]
+    pub identities: String,
     /// The generation of the keyring this node holds (0: none).
     pub keyring_generation: u64,
     pub key_ids: Vec<u32>,
@@ -137,7 +143,10 @@ pub struct GossipView {
     /// `oversize`, `members_full`; and facts broadcasts about a node that
     /// its facts key did not sign, `facts_unsigned`; and identities that
     /// claimed another node's gossip address (a datagram sent under one is
-    /// dropped, an update about one taken out), `identities_foreign`.
+    /// dropped, an update about one taken out), `identities_foreign`;
+    /// datagrams without proven identities where only those are taken,
+    /// `unproven`; and identities whose proof their node's facts key did
+    /// not sign (dropped or taken out the same way), `identities_unproven`.
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// The nodes whose gossip facts this node takes only when signed by
     /// their facts key (those that recorded one).

@@ -104,6 +104,11 @@ pub struct GossipKeys {
     /// format 7): a node that joins then speaks sealed from the start.
     #[serde(default)]
     pub sealed: bool,
+    /// Whether the cluster proves its gossip identities already (every
+    /// node reads format 12): a node that joins then sends proofs from the
+    /// start.
+    #[serde(default)]
+    pub proven: bool,
 }
 
 impl std::fmt::Debug for GossipKeys {

@@ -45,7 +45,9 @@ pub struct MembershipConfig {
 /// Which envelopes a member sends and takes. A cluster speaks plaintext
 /// until every node reads sealed gossip; it then seals with the cluster's
 /// keyring, taking plaintext a little longer so that nodes that switch a
-/// moment later are still heard, and then only sealed datagrams.
+/// moment later are still heard, and then only sealed datagrams. Once
+/// every node reads proven identities, it sends those (version 3) the same
+/// way: taking datagrams without them a little longer, then only those.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GossipSealing {
     /// The keys datagrams are sealed and opened with. With a ring and
@@ -55,6 +57,12 @@ pub struct GossipSealing {
     pub send_sealed: bool,
     /// Take plaintext datagrams (the cluster id's hash, not a secret).
     pub accept_plaintext: bool,
+    /// Send each identity with its proof (sealed datagrams only).
+    pub send_proofs: bool,
+    /// Take datagrams whose identities come without proofs (versions 1
+    /// and 2). With proofs sent, sealed datagrams of both kinds are taken
+    /// until this is off.
+    pub accept_unproven: bool,
 }
 
 impl GossipSealing {
@@ -64,15 +72,26 @@ impl GossipSealing {
             keyring,
             send_sealed: false,
             accept_plaintext: true,
+            send_proofs: false,
+            accept_unproven: true,
         }
     }
 
-    /// Sealed datagrams only.
+    /// Sealed datagrams only, their identities proven or not.
     pub fn sealed(keyring: GossipKeyring) -> GossipSealing {
         GossipSealing {
-            keyring: Some(keyring),
-            send_sealed: true,
             accept_plaintext: false,
+            send_sealed: true,
+            ..GossipSealing::plaintext(Some(keyring))
+        }
+    }
+
+    /// Sealed datagrams with proven identities only.
+    pub fn proven(keyring: GossipKeyring) -> GossipSealing {
+        GossipSealing {
+            send_proofs: true,
+            accept_unproven: false,
+            ..GossipSealing::sealed(keyring)
         }
     }
 
@@ -81,7 +100,26 @@ impl GossipSealing {
         self.send_sealed && !self.accept_plaintext
     }
 
+    /// Whether nothing but proven identities is sent and taken.
+    pub fn is_proven(&self) -> bool {
+        self.send_proofs && !self.accept_unproven
+    }
+
     pub(super) fn check(&self) -> Result<(), String> {
+        if self.send_proofs && !self.send_sealed {
+            return Err("proofs are sent in sealed datagrams only: set send_sealed".into());
+        }
+        if !self.accept_unproven && !self.send_proofs {
+            return Err(
+                "a member that takes only proven identities must send them: set send_proofs".into(),
+            );
+        }
+        if !self.accept_unproven && self.accept_plaintext {
+            return Err(
+                "plaintext datagrams carry no proofs: a member that takes them takes unproven identities"
+                    .into(),
+            );
+        }
         match &self.keyring {
             Some(ring) => ring
                 .check()

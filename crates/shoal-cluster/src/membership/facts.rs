@@ -339,6 +339,11 @@ impl FactsTable {
         }
     }
 
+    /// The facts key the state holds for `name`.
+    pub(crate) fn key_of(&self, name: &str) -> Option<&[u8; super::signing::FACTS_KEY_BYTES]> {
+        self.keys.get(name)
+    }
+
     pub(crate) fn keys_len(&self) -> usize {
         self.keys.len()
     }

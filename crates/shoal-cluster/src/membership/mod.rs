@@ -20,7 +20,8 @@
 //!   member takes a node's facts only when that node's key signed them, and
 //!   lists for the node only the identity at the address its signed facts
 //!   name, so no other member (every member holds the keyring) speaks for
-//!   it.
+//!   it. The same key proves each of the node's SWIM identities (`codec`),
+//!   so no other member can announce a newer one in its name.
 //! - **Left vs dead**: foca only knows "down". A node that leaves
 //!   ([`Membership::leave`]) first broadcasts its facts marked `left`, so the
 //!   others list it as [`MemberStatus::Left`] rather than `Dead`.
@@ -49,7 +50,10 @@
 //! - `facts`, `signing`, `identity`, `wire`, `peer_cache`: what is
 //!   gossiped and who vouches for it, who it is about, the datagram
 //!   envelope, the peers file.
+//! - `codec`: foca's codec, which writes each identity with its proof, and
+//!   packets read and rewritten the way it writes them.
 
+mod codec;
 mod config;
 mod driver;
 mod facts;

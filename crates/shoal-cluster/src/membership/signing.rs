@@ -25,6 +25,8 @@ pub const FACTS_SIGNATURE_BYTES: usize = 64;
 
 /// What signs, before the cluster id and the facts.
 const CONTEXT: &[u8] = b"shoal gossip facts v1\0";
+/// What signs, before the cluster id and a SWIM identity (`codec`).
+const IDENTITY_CONTEXT: &[u8] = b"shoal gossip identity v1\0";
 
 /// The public keys facts are checked with, by node name.
 pub type FactsKeys = HashMap<String, [u8; FACTS_KEY_BYTES]>;
@@ -63,7 +65,21 @@ impl FactsSigner {
     }
 
     pub(crate) fn sign(&self, cluster_id: &str, facts: &[u8]) -> [u8; FACTS_SIGNATURE_BYTES] {
-        let signature = self.pair.sign(&message(cluster_id, facts));
+        self.sign_message(&message(CONTEXT, cluster_id, facts))
+    }
+
+    /// The proof of one of this node's SWIM identities, given as the bytes
+    /// it travels as.
+    pub(crate) fn sign_identity(
+        &self,
+        cluster_id: &str,
+        identity: &[u8],
+    ) -> [u8; FACTS_SIGNATURE_BYTES] {
+        self.sign_message(&message(IDENTITY_CONTEXT, cluster_id, identity))
+    }
+
+    fn sign_message(&self, message: &[u8]) -> [u8; FACTS_SIGNATURE_BYTES] {
+        let signature = self.pair.sign(message);
         let mut out = [0u8; FACTS_SIGNATURE_BYTES];
         out.copy_from_slice(signature.as_ref());
         out
@@ -89,16 +105,31 @@ pub(crate) fn verify(
     signature: &[u8; FACTS_SIGNATURE_BYTES],
 ) -> bool {
     UnparsedPublicKey::new(&ED25519, key)
-        .verify(&message(cluster_id, facts), signature)
+        .verify(&message(CONTEXT, cluster_id, facts), signature)
         .is_ok()
 }
 
-fn message(cluster_id: &str, facts: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(CONTEXT.len() + cluster_id.len() + 1 + facts.len());
-    message.extend_from_slice(CONTEXT);
+/// Whether `signature` is `key`'s proof of the SWIM identity whose bytes
+/// are `identity`.
+pub(crate) fn verify_identity(
+    key: &[u8; FACTS_KEY_BYTES],
+    cluster_id: &str,
+    identity: &[u8],
+    signature: &[u8; FACTS_SIGNATURE_BYTES],
+) -> bool {
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&message(IDENTITY_CONTEXT, cluster_id, identity), signature)
+        .is_ok()
+}
+
+/// The context says what is signed, so a facts signature is never taken
+/// for an identity's proof or the other way round.
+fn message(context: &[u8], cluster_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(context.len() + cluster_id.len() + 1 + body.len());
+    message.extend_from_slice(context);
     message.extend_from_slice(cluster_id.as_bytes());
     message.push(0);
-    message.extend_from_slice(facts);
+    message.extend_from_slice(body);
     message
 }
 
@@ -126,6 +157,18 @@ mod tests {
         let mut bent = signature;
         bent[10] ^= 1;
         assert!(!verify(&key, "c1", b"facts", &bent));
+    }
+
+    #[test]
+    fn an_identity_proof_is_not_a_facts_signature() {
+        let a = signer();
+        let key = parse_facts_key(&a.public_hex()).unwrap();
+        let proof = a.sign_identity("c1", b"id");
+        assert!(verify_identity(&key, "c1", b"id", &proof));
+        assert_eq!(proof, a.sign_identity("c1", b"id"), "deterministic");
+        assert!(!verify_identity(&key, "c2", b"id", &proof));
+        assert!(!verify(&key, "c1", b"id", &proof), "taken as facts");
+        assert!(!verify_identity(&key, "c1", b"id", &a.sign("c1", b"id")));
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub struct MembershipStats {
     /// (one whose facts its own key signed): a datagram sent under one is
     /// dropped, an update about one is taken out of its datagram.
     pub identities_foreign: u64,
+    /// Sealed datagrams with proven identities (version 3) sent and opened.
+    pub proven_sent: u64,
+    pub proven_received: u64,
+    /// Datagrams without proven identities where only proven ones are
+    /// taken.
+    pub dropped_unproven: u64,
+    /// Identities refused for a proof that their node's facts key did not
+    /// sign (a datagram sent under one is dropped, an update about one is
+    /// taken out of its datagram).
+    pub identities_unproven: u64,
 }
 
 #[derive(Default)]
@@ -63,6 +73,10 @@ pub(super) struct Counters {
     pub(super) protocol_errors: AtomicU64,
     pub(super) send_errors: AtomicU64,
     pub(super) identities_foreign: AtomicU64,
+    pub(super) proven_sent: AtomicU64,
+    pub(super) proven_received: AtomicU64,
+    pub(super) dropped_unproven: AtomicU64,
+    pub(super) identities_unproven: AtomicU64,
 }
 
 impl Counters {
@@ -91,6 +105,10 @@ impl Counters {
             send_errors: get(&self.send_errors),
             facts_unsigned: 0,
             identities_foreign: get(&self.identities_foreign),
+            proven_sent: get(&self.proven_sent),
+            proven_received: get(&self.proven_received),
+            dropped_unproven: get(&self.dropped_unproven),
+            identities_unproven: get(&self.identities_unproven),
         }
     }
 }

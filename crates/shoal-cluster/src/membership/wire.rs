@@ -25,9 +25,15 @@
 //! (session, sequence) it has seen, is dropped. Nothing but the key id is
 //! in clear: no name, address or label.
 //!
+//! Version 3 is version 2 with proven identities inside: the foca packet
+//! carries a proof after its sender and after each update (see `codec`).
+//! The version byte is part of the additional data, so no one can pass a
+//! packet of one version off as the other.
+//!
 //! Which versions a member sends and takes is its [`GossipSealing`]: a
 //! cluster speaks version 1 until every node reads sealed gossip, then
-//! version 2 only (see ARCHITECTURE.md, "Versions").
+//! version 2 only until every node reads proven identities, then version 3
+//! only (see ARCHITECTURE.md, "Versions").
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,6 +51,8 @@ pub(crate) const MAGIC: [u8; 4] = *b"SHGS";
 pub(crate) const WIRE_PLAIN: u8 = 1;
 /// The sealed envelope.
 pub(crate) const WIRE_SEALED: u8 = 2;
+/// The sealed envelope around a packet with proven identities.
+pub(crate) const WIRE_PROVEN: u8 = 3;
 /// Bytes in front of the foca packet in a plaintext datagram.
 pub(crate) const PREFIX_LEN: usize = MAGIC.len() + 1 + 8;
 /// Bytes in front of the ciphertext of a sealed one.
@@ -96,6 +104,9 @@ pub(crate) enum Reject {
     Replayed,
     /// Sent too long ago, or from too far in the future.
     Stale,
+    /// A datagram without proven identities (version 1 or 2) where only
+    /// version 3 is taken.
+    Unproven,
 }
 
 /// The version of the envelope `datagram` claims, if it is one of ours.
@@ -131,6 +142,17 @@ pub(crate) struct Envelope {
     sealer: Option<Sealer>,
     send_sealed: bool,
     accept_plaintext: bool,
+    send_proofs: bool,
+    accept_unproven: bool,
+}
+
+/// A datagram opened: where its foca packet is, and how it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Opened {
+    pub(crate) range: std::ops::Range<usize>,
+    /// Its envelope's version: [`WIRE_PLAIN`], [`WIRE_SEALED`] or
+    /// [`WIRE_PROVEN`].
+    pub(crate) version: u8,
 }
 
 impl Envelope {
@@ -149,39 +171,51 @@ impl Envelope {
             sealer,
             send_sealed: sealing.send_sealed,
             accept_plaintext: sealing.accept_plaintext,
+            send_proofs: sealing.send_proofs,
+            accept_unproven: sealing.accept_unproven,
         })
     }
 
-    /// Wraps `packet` into `out` (cleared first); whether it is sealed.
+    /// Whether what is sent keeps its proofs (version 3); if not, the
+    /// caller takes them out of the packet before [`Envelope::wrap`].
+    pub(crate) fn sends_proofs(&self) -> bool {
+        self.send_proofs
+    }
+
+    /// Wraps `packet` into `out` (cleared first); the version it used.
     pub(crate) fn wrap(
         &self,
         sequence: u64,
         now_ms: u64,
         packet: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<bool, String> {
+    ) -> Result<u8, String> {
         match &self.sealer {
             Some(sealer) if self.send_sealed => {
-                sealer.seal(sequence, now_ms, packet, out)?;
-                Ok(true)
+                let version = if self.send_proofs {
+                    WIRE_PROVEN
+                } else {
+                    WIRE_SEALED
+                };
+                sealer.seal(version, sequence, now_ms, packet, out)?;
+                Ok(version)
             }
             _ => {
                 out.clear();
                 out.extend_from_slice(&self.prefix);
                 out.extend_from_slice(packet);
-                Ok(false)
+                Ok(WIRE_PLAIN)
             }
         }
     }
 
-    /// The range of the foca packet inside `datagram` (opened in place),
-    /// and whether it came sealed.
+    /// The foca packet inside `datagram` (opened in place).
     pub(crate) fn unwrap(
         &self,
         datagram: &mut [u8],
         now_ms: u64,
         seen: &mut Replays,
-    ) -> Result<(std::ops::Range<usize>, bool), Reject> {
+    ) -> Result<Opened, Reject> {
         match version(datagram) {
             Some(WIRE_PLAIN) if !self.accept_plaintext => {
                 // Say so only for this cluster's plaintext.
@@ -190,12 +224,19 @@ impl Envelope {
             }
             Some(WIRE_PLAIN) => {
                 let len = open(&self.prefix, datagram)?.len();
-                Ok((datagram.len() - len..datagram.len(), false))
+                Ok(Opened {
+                    range: datagram.len() - len..datagram.len(),
+                    version: WIRE_PLAIN,
+                })
             }
-            Some(WIRE_SEALED) => {
+            Some(version @ (WIRE_SEALED | WIRE_PROVEN)) => {
                 let sealer = self.sealer.as_ref().ok_or(Reject::UnknownKey)?;
                 let range = sealer.open(datagram, now_ms, seen)?;
-                Ok((range, true))
+                // Only once it opened: the version byte is authenticated.
+                if version == WIRE_SEALED && !self.accept_unproven {
+                    return Err(Reject::Unproven);
+                }
+                Ok(Opened { range, version })
             }
             _ => Err(Reject::Malformed),
         }
@@ -326,9 +367,11 @@ impl Sealer {
         aad
     }
 
-    /// Seals `packet` into `out` (cleared first).
+    /// Seals `packet` into `out` (cleared first), in envelope `version`
+    /// ([`WIRE_SEALED`] or [`WIRE_PROVEN`]).
     pub(crate) fn seal(
         &self,
+        version: u8,
         sequence: u64,
         now_ms: u64,
         packet: &[u8],
@@ -343,7 +386,7 @@ impl Sealer {
         rand::fill(&mut nonce[..]);
         out.clear();
         out.extend_from_slice(&MAGIC);
-        out.push(WIRE_SEALED);
+        out.push(version);
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&nonce);
         let aad = self.aad(&out[..HEADER_LEN]);
@@ -369,7 +412,9 @@ impl Sealer {
         now_ms: u64,
         seen: &mut Replays,
     ) -> Result<std::ops::Range<usize>, Reject> {
-        if datagram.len() < MAGIC.len() + 1 || datagram[..4] != MAGIC || datagram[4] != WIRE_SEALED
+        if datagram.len() < MAGIC.len() + 1
+            || datagram[..4] != MAGIC
+            || !matches!(datagram[4], WIRE_SEALED | WIRE_PROVEN)
         {
             return Err(Reject::Malformed);
         }
@@ -514,7 +559,7 @@ mod tests {
         assert_eq!(open(&x, &packet[..5]), Err(Reject::Malformed));
         assert_eq!(open(&x, &x), Err(Reject::Malformed));
         let mut other_version = packet.clone();
-        other_version[4] = WIRE_SEALED + 1;
+        other_version[4] = WIRE_PROVEN + 1;
         assert_eq!(open(&x, &other_version), Err(Reject::Malformed));
         assert_eq!(open(&x, b"GET / HTTP/1.1\r\n\r\n"), Err(Reject::Malformed));
     }
@@ -569,7 +614,7 @@ mod tests {
                 proptest::prop_assert_eq!(inner, &noise[x.len()..]);
             }
             let mut sealed = Vec::new();
-            a.seal(sequence, now, &packet, &mut sealed).expect("seal");
+            a.seal(WIRE_SEALED, sequence, now, &packet, &mut sealed).expect("seal");
             proptest::prop_assert_eq!(sealed.len(), packet.len() + OVERHEAD);
             // One byte changed anywhere.
             let mut bent = sealed.clone();
@@ -598,7 +643,8 @@ mod tests {
         let ring = GossipKeyring::generate(1, 0);
         let a = sealer(&ring, "x");
         let mut out = Vec::new();
-        a.seal(1, 1_000, b"data", &mut out).expect("seal");
+        a.seal(WIRE_SEALED, 1, 1_000, b"data", &mut out)
+            .expect("seal");
         let mut seen = Replays::default();
         let mut copy = out.clone();
         let range = a.open(&mut copy, 1_000, &mut seen).expect("open");
@@ -690,37 +736,45 @@ mod tests {
         let old = envelope(GossipSealing::plaintext(None));
         let keyed = envelope(GossipSealing::plaintext(Some(ring.clone())));
         let grace = envelope(GossipSealing {
-            keyring: Some(ring.clone()),
             send_sealed: true,
-            accept_plaintext: true,
+            ..GossipSealing::plaintext(Some(ring.clone()))
         });
         let sealed = envelope(GossipSealing::sealed(ring.clone()));
+        let proving = envelope(GossipSealing {
+            send_proofs: true,
+            ..GossipSealing::sealed(ring.clone())
+        });
+        let proven = envelope(GossipSealing::proven(ring.clone()));
         let wrap = |envelope: &Envelope, sequence: u64| {
             let mut out = Vec::new();
-            let was_sealed = envelope
+            let version = envelope
                 .wrap(sequence, 1_000, b"data", &mut out)
                 .expect("wrap");
-            (out, was_sealed)
+            (out, version)
         };
         let unwrap = |envelope: &Envelope, datagram: &[u8]| {
             let mut copy = datagram.to_vec();
             envelope
                 .unwrap(&mut copy, 1_000, &mut Replays::default())
-                .map(|(range, was_sealed)| (copy[range].to_vec(), was_sealed))
+                .map(|opened| (copy[opened.range].to_vec(), opened.version))
         };
-        let (plain, was_sealed) = wrap(&keyed, 1);
-        assert!(!was_sealed);
+        let (plain, version) = wrap(&keyed, 1);
+        assert_eq!(version, WIRE_PLAIN);
         assert_eq!(&plain[..PREFIX_LEN], &prefix("x"));
-        let (sealed_bytes, was_sealed) = wrap(&grace, 2);
-        assert!(was_sealed);
+        let (sealed_bytes, version) = wrap(&grace, 2);
+        assert_eq!(version, WIRE_SEALED);
         assert_eq!(wrap(&sealed, 3).0[4], WIRE_SEALED);
         assert_eq!(
             wrap(&old, 4).0,
             plain,
             "plaintext does not depend on the ring"
         );
-        let data = (b"data".to_vec(), false);
-        let opened = (b"data".to_vec(), true);
+        let (proven_bytes, version) = wrap(&proving, 5);
+        assert_eq!((version, proven_bytes[4]), (WIRE_PROVEN, WIRE_PROVEN));
+        assert!(!sealed.sends_proofs() && proving.sends_proofs() && proven.sends_proofs());
+        let data = (b"data".to_vec(), WIRE_PLAIN);
+        let opened = (b"data".to_vec(), WIRE_SEALED);
+        let opened_proven = (b"data".to_vec(), WIRE_PROVEN);
         // A node without the ring hears plaintext only.
         assert_eq!(unwrap(&old, &plain), Ok(data.clone()));
         assert_eq!(unwrap(&old, &sealed_bytes), Err(Reject::UnknownKey));
@@ -728,23 +782,51 @@ mod tests {
         assert_eq!(unwrap(&keyed, &plain), Ok(data.clone()));
         assert_eq!(unwrap(&keyed, &sealed_bytes), Ok(opened.clone()));
         assert_eq!(unwrap(&grace, &plain), Ok(data));
-        assert_eq!(unwrap(&sealed, &sealed_bytes), Ok(opened));
+        assert_eq!(unwrap(&sealed, &sealed_bytes), Ok(opened.clone()));
         assert_eq!(unwrap(&sealed, &plain), Err(Reject::Unsealed));
+        // Proven identities are taken by every node with the ring; the
+        // others until the node takes only those.
+        assert_eq!(unwrap(&keyed, &proven_bytes), Ok(opened_proven.clone()));
+        assert_eq!(unwrap(&sealed, &proven_bytes), Ok(opened_proven.clone()));
+        assert_eq!(unwrap(&proving, &sealed_bytes), Ok(opened));
+        assert_eq!(unwrap(&proven, &proven_bytes), Ok(opened_proven));
+        assert_eq!(unwrap(&proven, &sealed_bytes), Err(Reject::Unproven));
+        assert_eq!(unwrap(&proven, &plain), Err(Reject::Unsealed));
+        // The version byte cannot be changed on the way.
+        let mut passed_off = proven_bytes.clone();
+        passed_off[4] = WIRE_SEALED;
+        assert_eq!(unwrap(&sealed, &passed_off), Err(Reject::Forged));
+        let mut passed_off = sealed_bytes.clone();
+        passed_off[4] = WIRE_PROVEN;
+        assert_eq!(unwrap(&proven, &passed_off), Err(Reject::Forged));
         // Another cluster's plaintext stays that, and garbage is garbage.
         let mut foreign = prefix("y").to_vec();
         foreign.extend_from_slice(b"data");
         assert_eq!(unwrap(&sealed, &foreign), Err(Reject::OtherCluster));
-        assert_eq!(unwrap(&sealed, b"SHGS\x03data"), Err(Reject::Malformed));
+        assert_eq!(unwrap(&sealed, b"SHGS\x04data"), Err(Reject::Malformed));
         assert_eq!(unwrap(&keyed, b"GET /"), Err(Reject::Malformed));
         assert!(Envelope::new(
             &GossipSealing {
-                keyring: None,
-                send_sealed: false,
                 accept_plaintext: false,
+                ..GossipSealing::plaintext(None)
             },
             "x",
             7
         )
         .is_err());
+        // Proofs go only in sealed datagrams, and a node that takes
+        // plaintext cannot refuse what is not proven.
+        for bent in [
+            GossipSealing {
+                send_sealed: false,
+                ..GossipSealing::proven(ring.clone())
+            },
+            GossipSealing {
+                accept_plaintext: true,
+                ..GossipSealing::proven(ring.clone())
+            },
+        ] {
+            assert!(Envelope::new(&bent, "x", 7).is_err(), "{bent:?}");
+        }
     }
 }

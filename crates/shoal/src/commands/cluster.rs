@@ -97,8 +97,14 @@ pub fn show(info: ClusterInfo, format: Format) -> anyhow::Result<ExitCode> {
     );
     if let Some(gossip) = &info.gossip {
         println!(
-            "Gossip:      {} (keyring generation {}, keys {}), {} sent ({} sealed), {} received ({} sealed)",
+            "Gossip:      {}, identities {} (keyring generation {}, keys {}), {} sent ({} sealed), {} received ({} sealed)",
             gossip.mode,
+            // A node of a release before 0.12 proves none.
+            if gossip.identities.is_empty() {
+                "unproven"
+            } else {
+                &gossip.identities
+            },
             gossip.keyring_generation,
             if gossip.key_ids.is_empty() {
                 "none".to_string()

@@ -283,7 +283,11 @@ pub fn membership_config(
     );
     membership.advertise = config.gossip_advertise;
     membership.dead_forget_after = config.forget_dead_after;
-    membership.sealing = super::gossip_keys::sealing(gossip, None, std::time::Instant::now());
+    membership.sealing = super::gossip_keys::sealing(
+        gossip,
+        super::gossip_keys::Graces::default(),
+        std::time::Instant::now(),
+    );
     membership
 }
 

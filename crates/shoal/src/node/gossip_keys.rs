@@ -16,6 +16,12 @@
 //! that has applied a format-7 entry (`State::log_version`) seals what it
 //! sends. It still takes plaintext for [`PLAINTEXT_GRACE`], as the others
 //! apply that entry a moment later, and then only sealed datagrams.
+//!
+//! Proven identities (each SWIM identity with its node's proof, sealed
+//! datagrams of version 3) follow the same way one format later: a node
+//! that has applied a format-12 entry, or opened a datagram of version 3,
+//! sends them, and takes datagrams without them for [`PLAINTEXT_GRACE`]
+//! more.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -34,7 +40,7 @@ use shoal_api::wire::{GossipKeys, GossipView};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_cluster::membership::{GossipKeyring, GossipSealing, MemberStatus, Membership};
 use shoal_pki::seal::DataKey;
-use shoal_state::format::SEALED_GOSSIP;
+use shoal_state::format::{PROVEN_IDENTITIES, SEALED_GOSSIP};
 use shoal_state::security::GossipKeysRecord;
 use zeroize::Zeroizing;
 
@@ -62,6 +68,10 @@ pub struct Held {
     /// The cluster seals its gossip (learnt from the state or at join).
     #[serde(default)]
     pub sealed: bool,
+    /// The cluster proves its gossip identities (learnt from the state or
+    /// at join).
+    #[serde(default)]
+    pub proven: bool,
 }
 
 impl Held {
@@ -92,6 +102,7 @@ impl Held {
             }
         }
         held.sealed |= state.log_version >= SEALED_GOSSIP;
+        held.proven |= state.log_version >= PROVEN_IDENTITIES;
         held
     }
 
@@ -111,21 +122,36 @@ pub fn log_version_read(holds_ring: bool) -> u32 {
     }
 }
 
+/// When a node that switched still takes what it sent before.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Graces {
+    /// Plaintext, after the switch to sealed datagrams.
+    pub plaintext_until: Option<Instant>,
+    /// Datagrams without proofs, after the switch to proven identities.
+    pub unproven_until: Option<Instant>,
+}
+
 /// How a node gossips: plaintext (opening sealed datagrams once it holds
 /// the ring) until its cluster seals; then sealed, still taking plaintext
-/// until `grace_until`.
-pub fn sealing(held: &Held, grace_until: Option<Instant>, now: Instant) -> GossipSealing {
+/// for a grace; and once its cluster proves identities, with proofs, still
+/// taking datagrams without them for a grace.
+pub fn sealing(held: &Held, graces: Graces, now: Instant) -> GossipSealing {
+    let open = |until: Option<Instant>| until.is_some_and(|until| now < until);
     match &held.keyring {
         Some(ring) if held.sealed => {
-            if grace_until.is_some_and(|until| now < until) {
+            let mut sealing = if open(graces.plaintext_until) {
                 GossipSealing {
-                    keyring: Some(ring.clone()),
                     send_sealed: true,
-                    accept_plaintext: true,
+                    ..GossipSealing::plaintext(Some(ring.clone()))
                 }
             } else {
                 GossipSealing::sealed(ring.clone())
+            };
+            if held.proven {
+                sealing.send_proofs = true;
+                sealing.accept_unproven = sealing.accept_plaintext || open(graces.unproven_until);
             }
+            sealing
         }
         keyring => GossipSealing::plaintext(keyring.clone()),
     }
@@ -142,6 +168,13 @@ pub fn view(membership: &Membership, generation: u64) -> GossipView {
     } else {
         "plaintext"
     };
+    let identities = if sealing.is_proven() {
+        "proven"
+    } else if sealing.send_proofs {
+        "proving"
+    } else {
+        "unproven"
+    };
     let dropped = [
         ("malformed", stats.dropped_malformed),
         ("other_cluster", stats.dropped_other_cluster),
@@ -155,12 +188,15 @@ pub fn view(membership: &Membership, generation: u64) -> GossipView {
         ("members_full", stats.dropped_members_full),
         ("facts_unsigned", stats.facts_unsigned),
         ("identities_foreign", stats.identities_foreign),
+        ("unproven", stats.dropped_unproven),
+        ("identities_unproven", stats.identities_unproven),
     ]
     .into_iter()
     .map(|(reason, count)| (reason.to_string(), count))
     .collect();
     GossipView {
         mode: mode.to_string(),
+        identities: identities.to_string(),
         keyring_generation: generation,
         key_ids: sealing
             .keyring
@@ -234,11 +270,13 @@ pub fn delivery(
     generation: u64,
     keyring: &GossipKeyring,
     sealed: bool,
+    proven: bool,
 ) -> anyhow::Result<GossipKeys> {
     Ok(GossipKeys {
         generation,
         keyring: serde_json::to_string(keyring)?,
         sealed,
+        proven,
     })
 }
 
@@ -252,6 +290,7 @@ pub fn from_delivery(keys: &GossipKeys) -> anyhow::Result<Held> {
         generation: keys.generation,
         keyring: Some(keyring),
         sealed: keys.sealed,
+        proven: keys.proven,
     })
 }
 
@@ -264,11 +303,12 @@ pub fn answer<R, L: ReplicatedLog>(shared: &Shared<R, L>) -> anyhow::Result<Opti
         .data_key
         .as_ref()
         .context("this node holds no data key; ask a voter")?;
-    let (record, sealed) = {
+    let (record, sealed, proven) = {
         let state = shared.raft.read();
         (
             state.security.gossip.clone(),
             state.log_version >= SEALED_GOSSIP,
+            state.log_version >= PROVEN_IDENTITIES,
         )
     };
     match record {
@@ -276,6 +316,7 @@ pub fn answer<R, L: ReplicatedLog>(shared: &Shared<R, L>) -> anyhow::Result<Opti
             record.generation,
             &open_record(data_key, &record)?,
             sealed,
+            proven,
         )?)),
         None => Ok(None),
     }
@@ -315,7 +356,7 @@ async fn keys_route<R>(State(shared): State<Arc<Shared<R>>>) -> Result<Json<Goss
 /// again in format 7 once every node reads that, and rotates it.
 pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>, mut held: Held) {
     let mut changes = shared.raft.subscribe();
-    let mut grace_until = None;
+    let mut graces = Graces::default();
     let mut fetching = Fetching::default();
     loop {
         if shared.is_leader() {
@@ -327,20 +368,40 @@ pub async fn run<R: Send + Sync + 'static>(shared: Arc<Shared<R>>, mut held: Hel
         // The cluster seals once this node has applied a format-7 entry,
         // or (a node that lags, or that was away) once it opens a sealed
         // datagram, which only a node that applied one sends.
-        let sealed_heard = held.keyring.is_some() && shared.membership.stats().sealed_received > 0;
-        if !held.sealed && (shared.raft.read().log_version >= SEALED_GOSSIP || sealed_heard) {
+        let stats = shared.membership.stats();
+        let sealed_heard = held.keyring.is_some() && stats.sealed_received > 0;
+        let applied = shared.raft.read().log_version;
+        let mut switched = false;
+        if !held.sealed && (applied >= SEALED_GOSSIP || sealed_heard) {
             held.sealed = true;
-            grace_until = Some(Instant::now() + PLAINTEXT_GRACE);
+            graces.plaintext_until = Some(Instant::now() + PLAINTEXT_GRACE);
+            switched = true;
+        }
+        // The same for proven identities, which only a node that applied a
+        // format-12 entry sends; heard, they count only once every node
+        // reads them (any keyring holder can send a datagram of version 3,
+        // and a node that switched would soon not hear an older one).
+        let proven_heard = held.keyring.is_some()
+            && stats.proven_received > 0
+            && shared.raft.cluster_log_version() >= PROVEN_IDENTITIES;
+        if held.sealed && !held.proven && (applied >= PROVEN_IDENTITIES || proven_heard) {
+            held.proven = true;
+            graces.unproven_until = Some(Instant::now() + PLAINTEXT_GRACE);
+            switched = true;
+        }
+        if switched {
             if let Err(error) = save(shared.trust.dir(), &held) {
                 tracing::warn!(%error, "keeping the gossip keyring");
             }
         }
-        let want = sealing(&held, grace_until, Instant::now());
+        let want = sealing(&held, graces, Instant::now());
         if want != shared.membership.sealing() {
             match shared.membership.set_sealing(&want) {
                 Ok(()) => tracing::info!(
                     sealed = want.send_sealed,
                     plaintext_taken = want.accept_plaintext,
+                    proven = want.send_proofs,
+                    unproven_taken = want.accept_unproven,
                     generation = held.generation,
                     "gossip sealing changed"
                 ),
@@ -421,6 +482,7 @@ async fn follow<R>(shared: &Shared<R>, held: &mut Held, fetching: &mut Fetching)
             generation: record.generation,
             keyring: Some(ring),
             sealed: held.sealed,
+            proven: held.proven,
         }),
         _ if Instant::now() < fetching.next_at => return false,
         _ => {
@@ -444,7 +506,8 @@ async fn follow<R>(shared: &Shared<R>, held: &mut Held, fetching: &mut Fetching)
     };
     let news = held.keyring.is_none()
         || taken.generation > held.generation
-        || (taken.sealed && !held.sealed);
+        || (taken.sealed && !held.sealed)
+        || (taken.proven && !held.proven);
     if !news {
         // Asked because nobody is heard, and nothing new: ask again later.
         fetching.next_at = Instant::now() + FETCH_BACKOFF_MAX;
@@ -458,6 +521,7 @@ async fn follow<R>(shared: &Shared<R>, held: &mut Held, fetching: &mut Fetching)
     held.generation = taken.generation;
     held.keyring = taken.keyring;
     held.sealed |= taken.sealed;
+    held.proven |= taken.proven;
     if let Err(error) = save(shared.trust.dir(), held) {
         tracing::warn!(%error, "keeping the gossip keyring");
     }
@@ -513,8 +577,12 @@ mod tests {
     fn a_node_seals_only_once_it_holds_the_ring_and_its_cluster_seals() {
         let ring = GossipKeyring::generate(1, 0);
         let now = Instant::now();
+        let no_grace = Graces::default();
         let none = Held::default();
-        assert_eq!(sealing(&none, None, now), GossipSealing::plaintext(None));
+        assert_eq!(
+            sealing(&none, no_grace, now),
+            GossipSealing::plaintext(None)
+        );
         assert_eq!(none.log_version(), SEALED_GOSSIP - 1);
         // A cluster that seals, and a node that has no ring yet: it can
         // only speak plaintext (nobody hears it until it fetches the ring).
@@ -523,16 +591,17 @@ mod tests {
             ..Held::default()
         };
         assert_eq!(
-            sealing(&sealed_without, None, now),
+            sealing(&sealed_without, no_grace, now),
             GossipSealing::plaintext(None)
         );
         let keyed = Held {
             generation: 1,
             keyring: Some(ring.clone()),
             sealed: false,
+            proven: false,
         };
         assert_eq!(
-            sealing(&keyed, None, now),
+            sealing(&keyed, no_grace, now),
             GossipSealing::plaintext(Some(ring.clone()))
         );
         assert_eq!(keyed.log_version(), shoal_state::LOG_VERSION);
@@ -540,13 +609,103 @@ mod tests {
             sealed: true,
             ..keyed
         };
-        let grace = sealing(&sealed, Some(now + PLAINTEXT_GRACE), now);
-        assert!(grace.send_sealed && grace.accept_plaintext);
+        let grace = sealing(
+            &sealed,
+            Graces {
+                plaintext_until: Some(now + PLAINTEXT_GRACE),
+                ..no_grace
+            },
+            now,
+        );
+        assert!(grace.send_sealed && grace.accept_plaintext && !grace.send_proofs);
         assert_eq!(
-            sealing(&sealed, Some(now), now + Duration::from_millis(1)),
+            sealing(
+                &sealed,
+                Graces {
+                    plaintext_until: Some(now),
+                    ..no_grace
+                },
+                now + Duration::from_millis(1)
+            ),
             GossipSealing::sealed(ring.clone())
         );
-        assert_eq!(sealing(&sealed, None, now), GossipSealing::sealed(ring));
+        assert_eq!(
+            sealing(&sealed, no_grace, now),
+            GossipSealing::sealed(ring.clone())
+        );
+    }
+
+    #[test]
+    fn a_node_proves_its_identities_only_once_its_cluster_seals_and_proves() {
+        let ring = GossipKeyring::generate(1, 0);
+        let now = Instant::now();
+        let later = now + PLAINTEXT_GRACE;
+        // A proving cluster that does not seal yet cannot be: proofs go in
+        // sealed datagrams only.
+        let not_sealed = Held {
+            generation: 1,
+            keyring: Some(ring.clone()),
+            sealed: false,
+            proven: true,
+        };
+        assert_eq!(
+            sealing(&not_sealed, Graces::default(), now),
+            GossipSealing::plaintext(Some(ring.clone()))
+        );
+        let proven = Held {
+            sealed: true,
+            ..not_sealed
+        };
+        assert_eq!(
+            sealing(&proven, Graces::default(), now),
+            GossipSealing::proven(ring.clone())
+        );
+        // Both switches at once (a new cluster): both graces.
+        let both = sealing(
+            &proven,
+            Graces {
+                plaintext_until: Some(later),
+                unproven_until: Some(later),
+            },
+            now,
+        );
+        assert!(both.send_proofs && both.accept_unproven && both.accept_plaintext);
+        // Taking plaintext means taking what is not proven.
+        let plaintext_only = sealing(
+            &proven,
+            Graces {
+                plaintext_until: Some(later),
+                unproven_until: None,
+            },
+            now,
+        );
+        assert!(plaintext_only.accept_plaintext && plaintext_only.accept_unproven);
+        let unproven_grace = sealing(
+            &proven,
+            Graces {
+                plaintext_until: None,
+                unproven_until: Some(later),
+            },
+            now,
+        );
+        assert_eq!(
+            unproven_grace,
+            GossipSealing {
+                send_proofs: true,
+                ..GossipSealing::sealed(ring.clone())
+            }
+        );
+        assert_eq!(
+            sealing(
+                &proven,
+                Graces {
+                    plaintext_until: None,
+                    unproven_until: Some(now),
+                },
+                now + Duration::from_millis(1)
+            ),
+            GossipSealing::proven(ring)
+        );
     }
 
     #[test]
@@ -569,6 +728,7 @@ mod tests {
             generation: 4,
             keyring: Some(ring.clone()),
             sealed: true,
+            proven: false,
         };
         save(dir.path(), &held).expect("save");
         let mode = std::fs::metadata(dir.path().join(FILE))
@@ -593,10 +753,20 @@ mod tests {
         assert_eq!((worker.generation, worker.keyring), (4, Some(ring)));
 
         // Delivered and read back.
-        let keys = delivery(2, &GossipKeyring::generate(1, 0), true).expect("delivery");
+        let keys = delivery(2, &GossipKeyring::generate(1, 0), true, true).expect("delivery");
         assert!(!format!("{keys:?}").contains(&keys.keyring));
         let taken = from_delivery(&keys).expect("taken");
-        assert_eq!((taken.generation, taken.sealed), (2, true));
+        assert_eq!(
+            (taken.generation, taken.sealed, taken.proven),
+            (2, true, true)
+        );
+        // What a voter of an older release sends has no `proven`.
+        let old: GossipKeys = serde_json::from_str(
+            &serde_json::json!({"generation": 2, "keyring": keys.keyring, "sealed": true})
+                .to_string(),
+        )
+        .expect("old delivery");
+        assert!(!from_delivery(&old).expect("taken").proven);
         let bent = GossipKeys {
             keyring: "{\"keys\":[],\"primary\":1}".into(),
             ..keys

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_cluster::membership::{GossipKeyring, MemberStatus};
-use shoal_state::format::SEALED_GOSSIP;
+use shoal_state::format::{PROVEN_IDENTITIES, SEALED_GOSSIP};
 use shoal_state::security::GossipKeysRecord;
 use shoal_state::Command;
 
@@ -16,10 +16,12 @@ use super::Shared;
 use crate::clock::now_ms;
 
 /// The leader's part: a ring when the state holds none (a cluster formed
-/// before shoal 0.7); the ring again once the cluster's format is 7, so
-/// that an entry of that format is applied everywhere even when nothing
-/// else is written; and, in a cluster that seals, the next step of a key
-/// rotation once every live member holds the ring as it is.
+/// before shoal 0.7); the ring again once the cluster's format is 7, and
+/// again once it is 12, so that an entry of that format is applied
+/// everywhere even when nothing else is written (nodes seal, and then
+/// prove their identities, once they have applied one); and, in a cluster
+/// that seals, the next step of a key rotation once every live member
+/// holds the ring as it is.
 pub async fn lead<R>(shared: &Shared<R>, held: &Held) -> anyhow::Result<()> {
     let Some(data_key) = &shared.trust.data_key else {
         return Ok(());
@@ -44,11 +46,11 @@ pub async fn lead<R>(shared: &Shared<R>, held: &Held) -> anyhow::Result<()> {
         Some(ring) if held.generation == record.generation => Ok(ring.clone()),
         _ => open_record(data_key, record),
     };
+    let cluster = shared.raft.cluster_log_version();
+    let passed = |format: u32| applied < format && cluster >= format;
     let keys = match record {
         None => seal_record(data_key, 1, &GossipKeyring::generate(1, now), now)?,
-        Some(record)
-            if applied < SEALED_GOSSIP && shared.raft.cluster_log_version() >= SEALED_GOSSIP =>
-        {
+        Some(record) if passed(SEALED_GOSSIP) || passed(PROVEN_IDENTITIES) => {
             seal_record(data_key, record.generation + 1, &ring_of(&record)?, now)?
         }
         Some(_) if applied < SEALED_GOSSIP => return Ok(()),

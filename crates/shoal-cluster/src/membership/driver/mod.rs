@@ -20,18 +20,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Config, Foca, PeriodicParams, PostcardCodec, Timer};
+use foca::{AccumulatingRuntime, Config, Foca, PeriodicParams, Timer};
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::codec::{self, IdentityCodec, Proofs, SharedProofs};
 use super::facts::{FactsHandler, FactsMsg, SharedFacts};
 use super::handle::Shared;
 use super::identity::NodeId;
 use super::signing::FactsSigner;
 use super::stats::Counters;
-use super::wire::{Replays, OVERHEAD};
+use super::wire::{Replays, OVERHEAD, WIRE_PLAIN, WIRE_PROVEN};
 use super::{MemberStatus, MembershipConfig, NodeFacts, PACKET_MAX_BYTES, PEERS_MAX, TIMERS_MAX};
 
 /// Housekeeping period: join retries, facts refresh, peer cache writes.
@@ -54,7 +55,7 @@ pub(crate) enum Command {
     Leave(oneshot::Sender<()>),
 }
 
-type Swim = Foca<NodeId, PostcardCodec, StdRng, FactsHandler>;
+type Swim = Foca<NodeId, IdentityCodec, StdRng, FactsHandler>;
 
 /// What the status of a member was and since when, by name.
 struct Tracked {
@@ -79,6 +80,11 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     facts: SharedFacts,
     facts_signer: Option<Arc<FactsSigner>>,
+    /// The proofs of identities, written by foca's codec and checked by
+    /// the screen.
+    proofs: SharedProofs,
+    /// Whether the packet foca decodes next carries proofs.
+    layout: Arc<std::sync::atomic::AtomicBool>,
     advertise: SocketAddr,
     own_facts: NodeFacts,
     own_seq: u64,
@@ -141,7 +147,15 @@ impl Driver {
             table: facts.clone(),
         };
         let rng: StdRng = rand::make_rng();
-        let foca = Foca::with_custom_broadcast(identity, foca_config, rng, PostcardCodec, handler);
+        let proofs: SharedProofs = Arc::new(std::sync::Mutex::new(Proofs::new(
+            &config.cluster_id,
+            &config.name,
+            config.advertise,
+            config.facts_signer.clone(),
+        )));
+        let codec = IdentityCodec::new(proofs.clone());
+        let layout = codec.layout();
+        let foca = Foca::with_custom_broadcast(identity, foca_config, rng, codec, handler);
 
         let own_addrs = [config.advertise, config.bind];
         let mut seeds: Vec<SocketAddr> = seeds
@@ -165,6 +179,8 @@ impl Driver {
             shared,
             facts,
             facts_signer: config.facts_signer,
+            proofs,
+            layout,
             advertise: config.advertise,
             own_facts: config.facts,
             own_seq: 0,
@@ -312,18 +328,44 @@ impl Driver {
             }
             while let Some((dst, data)) = self.runtime.to_send() {
                 let envelope = self.shared.envelope();
+                // foca writes every identity with its proof; a node that
+                // may still hear from an older release sends without.
+                let stripped;
+                let packet = if envelope.sends_proofs() {
+                    &data[..]
+                } else if let Some(bytes) = codec::strip(&data) {
+                    stripped = bytes;
+                    &stripped[..]
+                } else {
+                    Counters::bump(&self.shared.counters.send_errors);
+                    tracing::warn!("a gossip packet foca wrote does not read back: not sent");
+                    continue;
+                };
                 self.sequence = self.sequence.wrapping_add(1);
-                match envelope.wrap(self.sequence, super::wall_ms(), &data, &mut self.send_buf) {
-                    Ok(true) => Counters::bump(&self.shared.counters.sealed_sent),
-                    Ok(false) => {}
+                let version = match envelope.wrap(
+                    self.sequence,
+                    super::wall_ms(),
+                    packet,
+                    &mut self.send_buf,
+                ) {
+                    Ok(version) => version,
                     Err(error) => {
                         Counters::bump(&self.shared.counters.send_errors);
                         tracing::warn!(%error, "sealing a gossip datagram");
                         continue;
                     }
-                }
+                };
                 match self.socket.send_to(&self.send_buf, dst.addr).await {
-                    Ok(_) => Counters::bump(&self.shared.counters.datagrams_sent),
+                    Ok(_) => {
+                        let counters = &self.shared.counters;
+                        Counters::bump(&counters.datagrams_sent);
+                        if version != WIRE_PLAIN {
+                            Counters::bump(&counters.sealed_sent);
+                        }
+                        if version == WIRE_PROVEN {
+                            Counters::bump(&counters.proven_sent);
+                        }
+                    }
                     Err(err) => {
                         Counters::bump(&self.shared.counters.send_errors);
                         tracing::debug!(to = %dst.addr, "gossip send failed: {err}");

@@ -59,5 +59,7 @@ impl Driver {
         if let Some(before) = now.checked_sub(FACTS_ORPHAN_TTL) {
             table.evict_unseen(before, &self.name);
         }
+        drop(table);
+        self.forget_proofs();
     }
 }
