@@ -13,6 +13,11 @@ use std::net::Ipv4Addr;
 
 use shoal_types::{DesiredState, Promise, RestartPolicy, Task, TaskState, TaskStatus};
 
+mod health;
+
+pub use health::CheckDue;
+use health::{keep_healthy, Checked};
+
 /// A container as the runtime shows it, keyed by container id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Observed {
@@ -125,6 +130,8 @@ struct Local {
     transient_failures: u32,
     /// Set while a transient failure waits: when the attempt is tried again.
     retry_at_ms: Option<u64>,
+    /// What its checks found, while it runs and its service has a check.
+    health: Option<Checked>,
     reported: Option<TaskStatus>,
 }
 
@@ -166,8 +173,10 @@ impl Reconciler {
                 DesiredState::Running => keep_running(task, local, container, now_ms, &mut step),
                 DesiredState::Stopped => keep_stopped(task, local, container, &mut step),
             }
+            let checks = local.health.as_ref().map(Checked::wakes);
             for at in [local.restart_at_ms, local.retry_at_ms]
                 .into_iter()
+                .chain(checks.into_iter().flatten())
                 .flatten()
             {
                 step.wake_at_ms = Some(step.wake_at_ms.map_or(at, |wake| wake.min(at)));
@@ -298,6 +307,11 @@ impl Reconciler {
                 restarts: local.restarts,
                 started_at_ms: local.started_at_ms,
                 updated_at_ms: now_ms,
+                health: local
+                    .health
+                    .as_ref()
+                    .filter(|_| local.state == TaskState::Running)
+                    .map(|checked| checked.health),
             };
             let changed = local.reported.as_ref().is_none_or(|reported| {
                 TaskStatus {
@@ -331,6 +345,7 @@ impl Local {
             undecided_failure: false,
             transient_failures: 0,
             retry_at_ms: None,
+            health: None,
             reported: Some(status.clone()),
         };
         // A container that runs is adopted as it is, never restarted.
@@ -343,6 +358,13 @@ impl Local {
             local.promise = Promise::Kept;
             local.message = "running".into();
             local.started_at_ms = local.started_at_ms.or(Some(now_ms));
+            // Its health as the cluster last heard it; checked again at once.
+            if let (Some(spec), Some(health)) = (&task.spec.health, status.health) {
+                local.health = Checked::new(spec, task, health, now_ms);
+                if let Some(checked) = local.health.as_mut() {
+                    checked.started_ms = local.started_at_ms.unwrap_or(now_ms);
+                }
+            }
         }
         if local.state.is_terminal() && task.desired == DesiredState::Running {
             local.restart_at_ms = restart_delay_ms(task, &local).map(|delay| now_ms + delay);
@@ -384,8 +406,11 @@ fn keep_running(
         }
         return;
     }
+    if local.state != TaskState::Running {
+        local.health = None;
+    }
     match (local.state, container) {
-        (TaskState::Running, Some(Observed::Running)) => {}
+        (TaskState::Running, Some(Observed::Running)) => keep_healthy(task, local, now_ms),
         (state, Some(Observed::Running)) if !state.is_terminal() => {
             local.state = TaskState::Running;
             local.promise = Promise::Kept;

@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
-use shoal_types::{parse_app, DesiredState, Promise, RestartPolicy, Task, TaskState, TaskStatus};
+use shoal_types::{
+    parse_app, DesiredState, Health, Probe, Promise, RestartPolicy, Task, TaskState, TaskStatus,
+};
 
 use super::*;
 
@@ -214,6 +216,7 @@ fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
     let mut task = task(RestartPolicy::Always);
     task.status = TaskStatus {
         address: None,
+        health: None,
         attempt: 3,
         state: TaskState::Running,
         promise: Promise::Kept,
@@ -503,6 +506,7 @@ fn a_restarted_agent_tries_a_preparing_attempt_again_instead_of_failing_it() {
     let mut task = task(RestartPolicy::Never);
     task.status = TaskStatus {
         address: None,
+        health: None,
         attempt: 2,
         state: TaskState::Preparing,
         promise: Promise::Pending,
@@ -552,4 +556,198 @@ fn a_container_that_started_after_all_while_its_attempt_waits_is_adopted() {
     // And never run again when the wait would have ended.
     let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 5_000);
     assert!(step.actions.is_empty(), "{:?}", step.actions);
+}
+
+fn checked_task(health: &str) -> Task {
+    let yaml = format!(
+        "name: web\nservices:\n  - name: hello\n    image: busybox\n    restart: {{backoff_initial: 1s, backoff_max: 8s}}\n    ports: [{{name: http, container_port: 8080}}]\n    health: {health}\n"
+    );
+    let spec = parse_app(yaml.as_bytes()).expect("valid spec");
+    Task {
+        spec: std::sync::Arc::new(spec.services[0].clone()),
+        ..task(RestartPolicy::Always)
+    }
+}
+
+/// Runs the task to running at 0 and returns the reconciler.
+fn running(task: &Task) -> Reconciler {
+    let mut reconciler = Reconciler::new();
+    reconciler.step(&[task], &observed(None), 0);
+    ran(&mut reconciler, 1, 0);
+    reconciler
+}
+
+fn health_of(reports: &[(String, TaskStatus)]) -> Vec<Option<Health>> {
+    reports.iter().map(|(_, status)| status.health).collect()
+}
+
+#[test]
+fn a_checked_task_starts_starting_and_turns_healthy_then_unhealthy_by_its_checks() {
+    let task =
+        checked_task("{http: {path: /ready, port: http}, interval: 2s, timeout: 1s, retries: 2}");
+    let mut reconciler = running(&task);
+    let up = observed(Some(Observed::Running));
+    // Its first step while running: starting, and a check due at once, of
+    // the named port at the task's address.
+    let step = reconciler.step(&[&task], &up, 10);
+    assert_eq!(health_of(&step.reports), [Some(Health::Starting)]);
+    let due = reconciler.checks_due(10);
+    assert_eq!(
+        due,
+        [CheckDue {
+            task_id: task.id.clone(),
+            attempt: 1,
+            probe: Probe::Http {
+                path: "/ready".into(),
+                port: 8080
+            },
+            address: Some(ADDRESS),
+            timeout_ms: 1_000,
+        }]
+    );
+    assert!(reconciler.checks_due(10).is_empty(), "one check at a time");
+    // Passed: healthy, reported once; the next check an interval later.
+    assert_eq!(
+        health_of(&reconciler.on_check(&task.id, 1, true, 20)),
+        [Some(Health::Healthy)]
+    );
+    assert!(reconciler.checks_due(2_019).is_empty());
+    assert_eq!(reconciler.checks_due(2_020).len(), 1);
+    // One failure is not enough (retries: 2); two in a row are.
+    assert!(reconciler.on_check(&task.id, 1, false, 2_030).is_empty());
+    assert_eq!(reconciler.checks_due(4_030).len(), 1);
+    assert_eq!(
+        health_of(&reconciler.on_check(&task.id, 1, false, 4_040)),
+        [Some(Health::Unhealthy)]
+    );
+    // A result for another run of the task changes nothing.
+    assert_eq!(reconciler.checks_due(6_040).len(), 1);
+    assert!(reconciler.on_check(&task.id, 7, true, 6_050).is_empty());
+    // Passing again: healthy.
+    assert_eq!(
+        reconciler.checks_due(8_050).len(),
+        0,
+        "the check of run 1 still runs"
+    );
+    assert_eq!(
+        health_of(&reconciler.on_check(&task.id, 1, true, 8_060)),
+        [Some(Health::Healthy)]
+    );
+    // A task without a check reports no health at all.
+    let plain = task_without_check();
+    let mut reconciler = running(&plain);
+    let step = reconciler.step(&[&plain], &up, 10);
+    assert!(step
+        .reports
+        .iter()
+        .all(|(_, status)| status.health.is_none()));
+    assert!(reconciler.checks_due(10).is_empty());
+}
+
+fn task_without_check() -> Task {
+    task(RestartPolicy::Always)
+}
+
+#[test]
+fn failed_checks_in_the_start_period_do_not_count_and_the_start_interval_applies() {
+    let task = checked_task(
+        "{tcp: {port: 9000}, interval: 10s, start_interval: 1s, retries: 1, start_period: 5s}",
+    );
+    let mut reconciler = running(&task);
+    let up = observed(Some(Observed::Running));
+    reconciler.step(&[&task], &up, 0);
+    let mut now = 0;
+    // Failing all through the start period: still starting, checked every
+    // second (the start interval).
+    while now < 5_000 {
+        let due = reconciler.checks_due(now);
+        assert_eq!(due.len(), 1, "at {now}");
+        assert_eq!(due[0].probe, Probe::Tcp { port: 9000 });
+        assert!(
+            reconciler.on_check(&task.id, 1, false, now).is_empty(),
+            "at {now}"
+        );
+        now += 1_000;
+    }
+    // After it, one failure (retries: 1) makes it unhealthy.
+    assert_eq!(reconciler.checks_due(now).len(), 1);
+    assert_eq!(
+        health_of(&reconciler.on_check(&task.id, 1, false, now)),
+        [Some(Health::Unhealthy)]
+    );
+    // Unhealthy, it is checked at the interval, not the start interval.
+    assert!(reconciler.checks_due(now + 9_999).is_empty());
+}
+
+#[test]
+fn a_task_unhealthy_for_restart_after_is_restarted_with_the_back_off() {
+    let task = checked_task("{tcp: {port: 80}, interval: 1s, retries: 1, restart_after: 3s}");
+    let mut reconciler = running(&task);
+    let up = observed(Some(Observed::Running));
+    reconciler.step(&[&task], &up, 0);
+    reconciler.checks_due(0);
+    reconciler.on_check(&task.id, 1, false, 100);
+    // Unhealthy since 100: nothing until 3.1 s, and the step wakes then.
+    let step = reconciler.step(&[&task], &up, 3_000);
+    assert!(step.actions.is_empty());
+    assert!(step.wake_at_ms.is_some_and(|at| at <= 3_100), "{step:?}");
+    // Then it fails as if it had exited: restarted after the back-off
+    // (1 s), replacing the container that still runs.
+    let step = reconciler.step(&[&task], &up, 3_100);
+    let status = &step.reports[0].1;
+    assert_eq!(status.state, TaskState::Failed);
+    assert_eq!(status.health, None);
+    assert!(
+        status.message.starts_with("unhealthy for 3s"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.contains("restarting in 1s"),
+        "{}",
+        status.message
+    );
+    let step = reconciler.step(&[&task], &up, 4_100);
+    assert_eq!(
+        step.actions,
+        [Action::Run {
+            task_id: task.id.clone(),
+            attempt: 2,
+            replace: true
+        }]
+    );
+    // `never`: it stays, unhealthy.
+    let task = checked_task("{tcp: {port: 80}, interval: 1s, retries: 1, restart_after: never}");
+    let mut reconciler = running(&task);
+    reconciler.step(&[&task], &up, 0);
+    reconciler.checks_due(0);
+    reconciler.on_check(&task.id, 1, false, 100);
+    let step = reconciler.step(&[&task], &up, 1_000_000);
+    assert!(
+        step.actions.is_empty() && step.reports.is_empty(),
+        "{step:?}"
+    );
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_health_the_cluster_knows() {
+    let mut task = checked_task("{tcp: {port: 80}, interval: 1s}");
+    task.status = TaskStatus {
+        attempt: 1,
+        state: TaskState::Running,
+        promise: Promise::Kept,
+        started_at_ms: Some(0),
+        address: Some(ADDRESS),
+        health: Some(Health::Healthy),
+        message: "running".into(),
+        container_id: Some(task.id.clone()),
+        ..TaskStatus::pending(0)
+    };
+    let mut reconciler = Reconciler::new();
+    let step = reconciler.step(&[&task], &observed(Some(Observed::Running)), 50_000);
+    assert!(step.actions.is_empty());
+    assert!(step.reports.is_empty(), "nothing new to say: {step:?}");
+    // Checked again at once; a pass changes nothing.
+    assert_eq!(reconciler.checks_due(50_000).len(), 1);
+    assert!(reconciler.on_check(&task.id, 1, true, 50_010).is_empty());
 }

@@ -64,3 +64,34 @@ pub fn client_with_token(
         .build()
         .map_err(|error| format!("building an HTTP client: {error}"))
 }
+
+/// The client a node checks its tasks' health with: plain HTTP to a task's
+/// address on the cluster network (an app serves its own port; no
+/// credential goes out), no proxy, no redirects followed (a redirect is an
+/// answer), a fresh connection for each check, and `timeout` for the whole
+/// check.
+pub fn probe_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    // Plain HTTP only: the TLS it must be given trusts no root, so an
+    // `https` address fails rather than skipping the check of its server.
+    // ring, the project's one provider (as `shoal_pki::tls::provider`
+    // says, rustls marks it deprecated for its lack of post-quantum key
+    // exchange).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("the health check client's TLS: {error}"))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .tcp_nodelay(true)
+        .user_agent(concat!("shoal-health/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| format!("building the health check client: {error}"))
+}

@@ -9,6 +9,6 @@ mod client;
 mod endpoint;
 mod server;
 
-pub use client::{client, client_with_token, ClientOptions};
+pub use client::{client, client_with_token, probe_client, ClientOptions};
 pub use endpoint::{Endpoint, EndpointError, AUTHORITY_BYTES_MAX};
 pub use server::{serve, NodeSources, Peer, ServeOptions};

@@ -448,6 +448,17 @@ impl Command {
     /// every node reads that format.
     pub fn version_needed(&self) -> u32 {
         match self {
+            // Health checks, and a task's health, came with format 12.
+            Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
+                if spec.services.iter().any(|service| service.health.is_some()) =>
+            {
+                format::HEALTH
+            }
+            Command::ReportTasks { statuses, .. }
+                if statuses.iter().any(|(_, status)| status.health.is_some()) =>
+            {
+                format::HEALTH
+            }
             // A node's facts key came with format 9.
             Command::SetFactsKey { .. } => format::FACTS_KEYS,
             // Secrets and configs, and services that list them, came with
@@ -531,6 +542,36 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_checks_and_a_tasks_health_need_format_12() {
+        let parse = |service: &str| {
+            shoal_types::parse_app(format!("name: a\nservices: [{service}]").as_bytes())
+                .expect("valid")
+        };
+        let checked = parse("{name: web, image: busybox, health: {tcp: {port: 80}}}");
+        let plain = parse("{name: web, image: busybox}");
+        assert_eq!(
+            Command::PutApp { spec: checked }.version_needed(),
+            format::HEALTH
+        );
+        assert!(Command::PutApp { spec: plain }.version_needed() < format::HEALTH);
+        let report = |health| Command::ReportTasks {
+            node: "a".into(),
+            statuses: vec![(
+                "a.web.0.1".into(),
+                shoal_types::TaskStatus {
+                    health,
+                    ..shoal_types::TaskStatus::pending(0)
+                },
+            )],
+        };
+        assert_eq!(
+            report(Some(shoal_types::Health::Healthy)).version_needed(),
+            format::HEALTH
+        );
+        assert_eq!(report(None).version_needed(), format::FIRST);
+    }
 
     #[test]
     fn a_commands_name_is_the_one_the_log_writes() {

@@ -49,10 +49,12 @@ use crate::{ApplyError, Command};
 /// - 11 (shoal 0.11): the CA rotated (`SetCa` of a generation after the
 ///   first): every node follows the roots the state holds and renews onto
 ///   the signer it names, which a node of an older release does not.
-/// - 12 (shoal 0.12): gossip identities are proven. No entry changes: that
-///   an entry of format 12 was applied tells every node that every node
-///   reads a proof after each SWIM identity, so it sends them (sealed
-///   datagrams of version 3) and soon takes no datagram without them.
+/// - 12 (shoal 0.12): gossip identities are proven: that an entry of
+///   format 12 was applied tells every node that every node reads a proof
+///   after each SWIM identity, so it sends them (sealed datagrams of
+///   version 3) and soon takes no datagram without them. And health
+///   checks: a service's `health` and a task's `TaskStatus::health`, each
+///   written only when set.
 pub const LOG_VERSION: u32 = format::PROVEN_IDENTITIES;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
@@ -85,6 +87,9 @@ pub mod format {
     pub const CA_ROTATION: u32 = 11;
     /// Each SWIM identity in gossip proven by its node's facts key.
     pub const PROVEN_IDENTITIES: u32 = 12;
+    /// Health checks: a service's `health` and a task's health (the same
+    /// release as proven identities).
+    pub const HEALTH: u32 = PROVEN_IDENTITIES;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

@@ -18,8 +18,8 @@ pub use placement::{Affinity, Constraint, Labels, Spread, Taint, TaintEffect, To
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
     app_schema, check_dns_label, check_object_name, parse_app, AppSpec, ContainerSpec, FieldError,
-    FileKind, FileMode, FileRef, Kind, Needs, PlacementSpec, Port, Prepull, Protocol,
-    RestartPolicy, RestartSpec, Security, ServiceSpec, SpecError, Strategy, UserSpec, Workload,
-    SPEC_BYTES_MAX,
+    FileKind, FileMode, FileRef, Health, HealthSpec, HttpCheck, Kind, Needs, PlacementSpec, Port,
+    PortRef, Prepull, Probe, Protocol, RestartAfter, RestartPolicy, RestartSpec, Security,
+    ServiceSpec, SpecError, Strategy, TcpCheck, UserSpec, Workload, SPEC_BYTES_MAX,
 };
 pub use task::{DesiredState, PinSource, PinnedImage, Promise, Task, TaskState, TaskStatus};

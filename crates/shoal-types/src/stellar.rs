@@ -179,6 +179,7 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
             prepull: Default::default(),
             secrets: Vec::new(),
             configs: Vec::new(),
+            health: None,
         });
     }
     if !errors.is_empty() {

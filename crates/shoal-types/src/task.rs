@@ -179,6 +179,10 @@ pub struct TaskStatus {
     /// The task's address on the cluster network, while it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// What its service's health check found, while it runs and has one
+    /// (written only then: shoal 0.12, log format 12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::spec::Health>,
 }
 
 impl Task {
@@ -214,6 +218,7 @@ impl TaskStatus {
             restarts: 0,
             started_at_ms: None,
             updated_at_ms: now_ms,
+            health: None,
         }
     }
 

@@ -2258,3 +2258,124 @@ fn schemathesis_finds_no_server_error_and_no_ignored_authentication() {
     let answered = node.shoal(&["nodes"]);
     assert!(answered.status.success(), "the node stopped answering");
 }
+
+/// Health checks against real containers: an HTTP check of a busybox
+/// httpd by its named port, a TCP check, an HTTP check of a path the
+/// server does not have, and one of a server that accepts and never
+/// answers (its timeout must count as a failure). Only the healthy ones
+/// are in DNS; an unhealthy task is restarted after `restart_after`; bad
+/// checks are refused naming the field.
+#[test]
+fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
+    let Some(node) = Node::start_or_skip("health") else {
+        return;
+    };
+    // Each service: busybox serving /tmp/www (with /healthz) on port 80.
+    let service = |name: &str, command: &str, health: &str| {
+        format!(
+            "  - name: {name}\n    image: shoal.test/busybox:latest\n    command: [\"/bin/sh\", \"-c\", \"{command}\"]\n    stop_grace_period: 1s\n    restart: {{backoff_initial: 1s, backoff_max: 2s}}\n    ports: [{{name: http, container_port: 80}}]\n    health: {health}\n"
+        )
+    };
+    let httpd =
+        "mkdir -p /tmp/www && echo ok > /tmp/www/healthz && exec httpd -f -p 80 -h /tmp/www";
+    let silent = "trap 'exit 0' TERM; while true; do nc -l -p 80 > /dev/null; done";
+    let spec = format!(
+        "name: checked\nservices:\n{}{}{}{}{}",
+        service(
+            "web",
+            httpd,
+            "{http: {path: /healthz, port: http}, interval: 1s, timeout: 500ms, retries: 2}"
+        ),
+        service("tcp", httpd, "{tcp: {port: 80}, interval: 1s, retries: 2}"),
+        service(
+            "missing",
+            httpd,
+            "{http: {path: /missing, port: 80}, interval: 1s, retries: 2, restart_after: never}"
+        ),
+        service(
+            "silent",
+            silent,
+            "{http: {path: /, port: http}, interval: 1s, timeout: 300ms, retries: 2, restart_after: never}"
+        ),
+        service(
+            "flaky",
+            httpd,
+            "{http: {path: /missing, port: 80}, interval: 1s, retries: 1, restart_after: 1s}"
+        ),
+    );
+    node.apply_ok(&spec);
+    let health = |service: &str| -> Option<(String, u64)> {
+        node.tasks()
+            .into_iter()
+            .find(|task| task["service"] == service)
+            .map(|task| {
+                (
+                    task["health"].as_str().unwrap_or_default().to_string(),
+                    task["restarts"].as_u64().unwrap_or_default(),
+                )
+            })
+    };
+    for (service, want) in [
+        ("web", "healthy"),
+        ("tcp", "healthy"),
+        ("missing", "unhealthy"),
+        ("silent", "unhealthy"),
+    ] {
+        node.wait_for(&format!("{service} to be {want}"), || {
+            health(service).filter(|(health, _)| health == want)
+        });
+    }
+    // The unhealthy ones stay (restart_after: never); flaky is restarted.
+    node.wait_for("flaky to be restarted for being unhealthy", || {
+        health("flaky").filter(|(_, restarts)| *restarts >= 1)
+    });
+    for service in ["missing", "silent"] {
+        assert_eq!(health(service).map(|(_, r)| r), Some(0), "{service}");
+    }
+    let text = node.shoal_ok(&["ps"]);
+    assert!(
+        text.contains("HEALTH") && text.contains("unhealthy"),
+        "{text}"
+    );
+
+    // DNS serves web and tcp, and neither unhealthy service.
+    let listed = node.shoal_ok(&["dns", "list"]);
+    for (name, served) in [
+        ("web.checked.", true),
+        ("tcp.checked.", true),
+        ("missing.checked.", false),
+        ("silent.checked.", false),
+    ] {
+        assert_eq!(listed.contains(name), served, "{name}:\n{listed}");
+    }
+
+    // What the node cannot check is refused, naming the field.
+    for (health, field) in [
+        ("{http: {port: nope}}", "services[0].health.http.port"),
+        ("{tcp: {port: 80}, http: {port: 80}}", "services[0].health"),
+        ("{exec: [\"true\"]}", "services[0].health.exec"),
+        (
+            "{tcp: {port: 80}, interval: 1s, timeout: 2s}",
+            "services[0].health.timeout",
+        ),
+        (
+            "{tcp: {port: 80}, retries: 0}",
+            "services[0].health.retries",
+        ),
+    ] {
+        let error = node.apply_err(&format!(
+            "name: bad\nservices:\n{}",
+            service("web", httpd, health)
+        ));
+        assert!(error.contains(field), "{health}: {error}");
+    }
+    let error = node.apply_err(&format!(
+        "name: bad\nservices:\n{}    network: false\n",
+        service("web", httpd, "{tcp: {port: 80}}")
+    ));
+    assert!(error.contains("services[0].health.tcp"), "{error}");
+    assert!(
+        node.tasks().iter().all(|task| task["app"] != "bad"),
+        "a refused app left tasks"
+    );
+}

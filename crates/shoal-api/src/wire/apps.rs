@@ -188,6 +188,16 @@ pub struct TaskView {
     /// The task's address on the cluster network, while it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// What its service's health check found: `starting` (no check passed
+    /// since it started), `healthy`, `unhealthy` (`retries` failed in a
+    /// row), or `none` (its service has no check, or it does not run).
+    /// Only healthy tasks, and running ones without a check, are in DNS.
+    #[serde(default = "no_health")]
+    pub health: String,
+}
+
+fn no_health() -> String {
+    "none".into()
 }
 
 impl From<&Task> for TaskView {
@@ -210,6 +220,11 @@ impl From<&Task> for TaskView {
             attempt: task.status.attempt,
             restarts: task.status.restarts,
             address: task.status.address,
+            health: task
+                .status
+                .health
+                .filter(|_| task.status.state == shoal_types::TaskState::Running)
+                .map_or_else(no_health, |health| health.as_str().to_string()),
             created_at_ms: task.created_at_ms,
             started_at_ms: task.status.started_at_ms,
             updated_at_ms: task.status.updated_at_ms,

@@ -16,8 +16,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
-    is_default, is_zero, ContainerSpec, FileRef, Kind, Millis, PlacementSpec, Port, Prepull,
-    Resources, RestartSpec, Security, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
+    is_default, is_zero, ContainerSpec, FileRef, HealthSpec, Kind, Millis, PlacementSpec, Port,
+    Prepull, Resources, RestartSpec, Security, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
 };
 use crate::placement::Toleration;
 
@@ -97,6 +97,11 @@ pub(super) struct FlatService {
     /// Written only when listed (shoal 0.8, log format 8).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     configs: Vec<FileRef>,
+    /// How the node that runs a task checks that it does its job; only
+    /// healthy tasks are in DNS. Written only when set (shoal 0.12, log
+    /// format 12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<HealthSpec>,
 }
 
 impl From<FlatService> for ServiceSpec {
@@ -124,6 +129,7 @@ impl From<FlatService> for ServiceSpec {
             security,
             secrets,
             configs,
+            health,
         } = flat;
         ServiceSpec {
             name,
@@ -150,6 +156,7 @@ impl From<FlatService> for ServiceSpec {
             prepull,
             secrets,
             configs,
+            health,
         }
     }
 }
@@ -173,6 +180,7 @@ impl From<ServiceSpec> for FlatService {
             prepull,
             secrets,
             configs,
+            health,
         } = spec;
         // A new variant stops this compiling: it needs a written form first.
         let Workload::Container(ContainerSpec {
@@ -207,6 +215,7 @@ impl From<ServiceSpec> for FlatService {
             security,
             secrets,
             configs,
+            health,
         }
     }
 }

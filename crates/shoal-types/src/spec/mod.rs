@@ -11,6 +11,7 @@ mod duration;
 mod error;
 mod files;
 mod flat;
+mod health;
 mod placement;
 mod ports;
 mod resources;
@@ -31,6 +32,7 @@ pub use error::{FieldError, SpecError};
 pub use files::{
     check_object_name, check_target, FileKind, FileMode, FileRef, FILES_MAX, OBJECT_NAME_CHARS_MAX,
 };
+pub use health::{Health, HealthSpec, HttpCheck, PortRef, Probe, RestartAfter, TcpCheck};
 pub use placement::{PlacementSpec, Strategy};
 pub use ports::{Port, Protocol};
 pub use resources::{Bytes, Millicores, Resources};
@@ -106,6 +108,8 @@ pub struct ServiceSpec {
     pub secrets: Vec<FileRef>,
     /// Configs its tasks get as files (format 8).
     pub configs: Vec<FileRef>,
+    /// How the node running a task checks it (format 12).
+    pub health: Option<HealthSpec>,
 }
 
 /// Which nodes pull a service's image ahead of need, so that a replica
@@ -174,6 +178,9 @@ impl ServiceSpec {
             prepull: _,
             secrets,
             configs,
+            // A new check is a new task: the node checks what its task
+            // says.
+            health,
         } = self;
         *name == other.name
             && *workload == other.workload
@@ -189,6 +196,7 @@ impl ServiceSpec {
             && *tolerations == other.tolerations
             && *secrets == other.secrets
             && *configs == other.configs
+            && *health == other.health
     }
 
     /// The secrets and configs its tasks get, with their kind.
@@ -393,6 +401,124 @@ mod tests {
             assert!(!changed.same_task_as(&web()), "change {index}");
             assert!(!web().same_task_as(&changed), "change {index}");
         }
+    }
+
+    #[test]
+    fn health_is_read_with_its_defaults_checked_and_written_only_when_set() {
+        let parse = |service: &str| parse_app(format!("name: a\nservices: [{service}]").as_bytes());
+        let app = parse(
+            "{name: web, image: busybox, ports: [{name: http, container_port: 8080}], health: {http: {port: http}}}",
+        )
+        .expect("valid");
+        let health = app.services[0].health.as_ref().expect("health");
+        assert_eq!(health.interval, Millis(10_000));
+        assert_eq!(health.timeout, Millis(1_000));
+        assert_eq!(health.retries, 3);
+        assert_eq!(health.start_period, Millis(0));
+        assert_eq!(health.start_interval(), Millis(10_000));
+        assert_eq!(health.restart_after(), Some(Millis(30_000)));
+        assert_eq!(
+            health.probe(&app.services[0].ports),
+            Some(Probe::Http {
+                path: "/".into(),
+                port: 8080
+            })
+        );
+        // Written last, only when set; read back the same.
+        let json = serde_json::to_string(&app).expect("serializes");
+        assert!(
+            json.contains(r#""health":{"http":{"path":"/","port":"http"}"#),
+            "{json}"
+        );
+        let back: AppSpec = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(back, app);
+        let plain = parse("{name: web, image: busybox}").expect("valid");
+        let json = serde_json::to_string(&plain).expect("serializes");
+        assert!(!json.contains("health"), "{json}");
+        // A new check is a new task.
+        let mut other = app.services[0].clone();
+        other.health = None;
+        assert!(!other.same_task_as(&app.services[0]));
+        let never = parse(
+            "{name: web, image: busybox, health: {tcp: {port: 80}, restart_after: never, start_interval: 500ms}}",
+        )
+        .expect("valid");
+        let health = never.services[0].health.as_ref().expect("health");
+        assert_eq!(health.restart_after(), None);
+        assert_eq!(health.start_interval(), Millis(500));
+        let json = serde_json::to_string(&never).expect("serializes");
+        assert!(json.contains(r#""restart_after":"never""#), "{json}");
+
+        for (service, path, words) in [
+            ("{health: {}}", "services[0].health", "names no check"),
+            (
+                "{health: {tcp: {port: 80}, http: {port: 80}}}",
+                "services[0].health",
+                "more than one",
+            ),
+            (
+                "{health: {tcp: {port: 0}}}",
+                "services[0].health.tcp.port",
+                "1 to 65535",
+            ),
+            (
+                "{health: {tcp: {port: web}}}",
+                "services[0].health.tcp.port",
+                "named `web`",
+            ),
+            (
+                "{health: {http: {port: 80, path: healthz}}}",
+                "services[0].health.http.path",
+                "start with `/`",
+            ),
+            (
+                "{health: {tcp: {port: 80}, interval: 10ms}}",
+                "services[0].health.interval",
+                "100ms",
+            ),
+            (
+                "{health: {tcp: {port: 80}, interval: 1s, timeout: 2s}}",
+                "services[0].health.timeout",
+                "interval",
+            ),
+            (
+                "{health: {tcp: {port: 80}, retries: 0}}",
+                "services[0].health.retries",
+                "1 to 100",
+            ),
+            (
+                "{health: {tcp: {port: 80}, restart_after: 2d}}",
+                "services[0].health.restart_after",
+                "24h",
+            ),
+            (
+                "{health: {tcp: {port: 80}}, network: false}",
+                "services[0].health.tcp",
+                "network: true",
+            ),
+            (
+                "{health: {exec: [\"true\"]}}",
+                "services[0].health.exec",
+                "not supported yet",
+            ),
+        ] {
+            let error = parse(&format!(
+                "{{name: web, image: busybox, {}",
+                service.trim_start_matches('{')
+            ))
+            .expect_err(service);
+            assert!(
+                error
+                    .errors
+                    .iter()
+                    .any(|e| e.path == path && e.message.contains(words)),
+                "{service}: {error}"
+            );
+        }
+        let error =
+            parse("{name: web, image: busybox, health: {tcp: {port: 80}, restart_after: soon}}")
+                .expect_err("not a duration");
+        assert!(error.to_string().contains("never"), "{error}");
     }
 
     #[test]

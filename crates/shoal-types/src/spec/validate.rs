@@ -104,6 +104,9 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
             );
         }
         validate_files(service, &at, &mut fail);
+        if let Some(health) = &service.health {
+            super::health::validate_health(health, service, &at, &mut fail);
+        }
         let restart = service.restart;
         match (service.kind, restart.policy) {
             (Kind::Batch, Some(RestartPolicy::Always)) => fail(

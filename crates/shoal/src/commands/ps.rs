@@ -28,7 +28,7 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub const HEADER: &[&str] = &[
-    "TASK", "NODE", "ADDRESS", "STATE", "PROMISE", "RESTARTS", "AGE", "MESSAGE",
+    "TASK", "NODE", "ADDRESS", "STATE", "HEALTH", "PROMISE", "RESTARTS", "AGE", "MESSAGE",
 ];
 
 /// One line for `app inspect` and `plan`: `APP.SERVICE: N task(s): REASON`.
@@ -45,6 +45,7 @@ pub fn unplaced_row(unplaced: &UnplacedView) -> Vec<String> {
         "-".into(),
         "-".into(),
         "pending".into(),
+        "-".into(),
         "pending".into(),
         "0".into(),
         "-".into(),
@@ -65,6 +66,11 @@ pub fn row(task: &TaskView) -> Vec<String> {
         task.address
             .map_or("-".into(), |address| address.to_string()),
         state,
+        if task.health == "none" {
+            "-".into()
+        } else {
+            task.health.clone()
+        },
         format!("{:?}", task.promise).to_lowercase(),
         task.restarts.to_string(),
         since(task.started_at_ms.unwrap_or(task.created_at_ms)),

@@ -463,6 +463,7 @@ mod tests {
                 started_at_ms: Some(1),
                 updated_at_ms: 1,
                 address: None,
+                health: None,
             };
             log.apply(Command::ReportTasks {
                 node: task.node.clone(),

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_agent::{Action, ActionResult, Observed, Reconciler, RunFailure};
+use shoal_agent::{Action, ActionResult, CheckDue, Observed, Reconciler, RunFailure};
 use shoal_cluster::log::ReplicatedLog;
 use shoal_runtime::{
     ContainerConfig, ContainerStatus, ErrorKind, ImageStore, Privileges, Runtime, RuntimeError,
     LABEL_ATTEMPT, LABEL_TASK,
 };
 use shoal_state::Command;
-use shoal_types::{DesiredState, PinnedImage, Task, TaskState, TaskStatus, Workload};
+use shoal_types::{PinnedImage, Task, TaskState, TaskStatus, Workload};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::network::{Attached, NodeNetwork};
@@ -30,13 +30,17 @@ const RUNS_IN_FLIGHT_MAX: usize = 16;
 const DESTROYS_IN_FLIGHT_MAX: usize = 512;
 /// Results waiting to be folded in.
 const RESULTS_QUEUE_MAX: usize = 1024;
+/// Health checks running at once (each task has at most one running).
+const CHECKS_IN_FLIGHT_MAX: usize = 256;
+/// Check results waiting to be folded in.
+const CHECKS_QUEUE_MAX: usize = 1024;
 /// Statuses in one report command.
 const REPORT_BATCH_MAX: usize = 1024;
 /// How often task networks that nothing owns any more are looked for.
-const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const GARBAGE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the files of tasks that stopped are looked for (a task's
 /// secrets go within 5 s of it stopping).
-const FILES_GARBAGE_INTERVAL: Duration = Duration::from_secs(2);
+pub(super) const FILES_GARBAGE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a networked task waits for the node's own network to come up
 /// (a node that has just joined sets it up from the subnet the cluster
 /// gave it) before its attempt fails.
@@ -108,8 +112,16 @@ where
     let (results_tx, mut results_rx) = mpsc::channel::<ActionResult>(RESULTS_QUEUE_MAX);
     let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
     let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
+    let (checks_tx, mut checks_rx) = mpsc::channel::<(CheckDue, bool)>(CHECKS_QUEUE_MAX);
+    let checks = match super::health::Checks::new(CHECKS_IN_FLIGHT_MAX, checks_tx) {
+        Ok(checks) => checks,
+        Err(error) => {
+            tracing::error!(%error, "no health checks can run on this node");
+            return;
+        }
+    };
     let mut runtime_failing = false;
-    let mut garbage = Garbage::new();
+    let mut garbage = super::leftovers::Garbage::new();
     loop {
         changes.borrow_and_update();
         let observed = match shared.runtime.list().await {
@@ -162,6 +174,7 @@ where
         if let Some(lost) = report(&shared, step.reports).await {
             reconciler.unreport(lost);
         }
+        checks.start(reconciler.checks_due(shared.clock.now_ms()));
 
         let wake = step
             .wake_at_ms
@@ -179,75 +192,15 @@ where
                     reconciler.unreport(lost);
                 }
             }
+            Some(checked) = checks_rx.recv() => {
+                let now = || shared.clock.now_ms();
+                let reports = super::health::take(&mut reconciler, checked, &mut checks_rx, now);
+                if let Some(lost) = report(&shared, reports).await {
+                    reconciler.unreport(lost);
+                }
+            }
             _ = changes.changed() => {}
             _ = tokio::time::sleep(wake) => {}
-        }
-    }
-}
-
-/// When the passes that collect what tasks left behind run next.
-struct Garbage {
-    network_at: std::time::Instant,
-    files_at: std::time::Instant,
-}
-
-impl Garbage {
-    /// The first passes look for leftovers of a crash at once.
-    fn new() -> Garbage {
-        let now = std::time::Instant::now();
-        Garbage {
-            network_at: now,
-            files_at: now,
-        }
-    }
-
-    /// The passes whose time has come: network attachments of containers
-    /// gone, files of tasks no longer meant to run here.
-    async fn collect<L, R, N, C>(
-        &mut self,
-        shared: &Keeper<L, R, N, C>,
-        observed: &BTreeMap<String, Observed>,
-        desired: &[Task],
-    ) where
-        N: TaskNetwork,
-    {
-        let now = std::time::Instant::now();
-        if now >= self.network_at {
-            self.network_at = now + GARBAGE_INTERVAL;
-            let live: BTreeSet<String> = observed
-                .keys()
-                .cloned()
-                .chain(
-                    desired
-                        .iter()
-                        .filter(|task| task.desired == DesiredState::Running)
-                        .map(|task| task.id.clone()),
-                )
-                .collect();
-            let network = shared.network.clone();
-            let _ = tokio::task::spawn_blocking(move || network.collect_garbage(&live)).await;
-        }
-        if now >= self.files_at {
-            self.files_at = now + FILES_GARBAGE_INTERVAL;
-            // Files stay while their container runs, and while their task is
-            // meant to run here and not done for good, whatever its
-            // container does: a task restarted after a crash takes them
-            // again when no voter answers (this node keeps its promises
-            // when cut off).
-            let live: BTreeSet<String> = observed
-                .iter()
-                .filter(|(_, observed)| matches!(observed, Observed::Running))
-                .map(|(id, _)| id.clone())
-                .chain(
-                    desired
-                        .iter()
-                        .filter(|task| task.desired == DesiredState::Running)
-                        .filter(|task| !task.finished_for_good())
-                        .map(|task| task.id.clone()),
-                )
-                .collect();
-            let files = shared.files.clone();
-            let _ = tokio::task::spawn_blocking(move || files.collect_garbage(&live)).await;
         }
     }
 }
@@ -272,6 +225,15 @@ async fn report<L: ReplicatedLog, R, N, C: Clock>(
     reports: Vec<(String, TaskStatus)>,
 ) -> Option<Vec<String>> {
     let mut lost = Vec::new();
+    // A task's health is news to a node of a release before 0.12: it is
+    // left out until every node reads it (the task then counts as healthy
+    // while it runs, as before).
+    let mut reports = reports;
+    if shared.log.cluster_log_version() < shoal_state::format::HEALTH {
+        for (_, status) in &mut reports {
+            status.health = None;
+        }
+    }
     for batch in reports.chunks(REPORT_BATCH_MAX) {
         let command = Command::ReportTasks {
             node: shared.node.clone(),

@@ -356,6 +356,7 @@ async fn dns_records_follow_a_task_running_with_an_address() {
             started_at_ms: Some(1),
             updated_at_ms: 1,
             address: Some(Ipv4Addr::new(10, 42, 0, 2)),
+            health: None,
         };
         log.apply(Command::ReportTasks {
             node: "n1".into(),

@@ -62,6 +62,7 @@ fn report(state: &mut State, task_id: &str, task_state: TaskState, address: Opti
         started_at_ms: Some(1),
         updated_at_ms: 1,
         address,
+        health: None,
     };
     apply(
         state,
@@ -164,6 +165,26 @@ fn records_name_running_networked_tasks_with_an_address() {
             .all(|row| !row.value.contains("10.42.1.2") && !row.value.contains(&l1)),
         "{rows:?}"
     );
+
+    // A task whose check has not passed, or failed, has no record; a
+    // healthy one has its records.
+    let listed = |state: &shoal_state::State| {
+        records_from_state(state)
+            .rows("shoal")
+            .iter()
+            .any(|row| row.value.contains("10.42.0.2"))
+    };
+    for (health, served) in [
+        (Some(shoal_types::Health::Starting), false),
+        (Some(shoal_types::Health::Unhealthy), false),
+        (Some(shoal_types::Health::Healthy), true),
+        (None, true),
+    ] {
+        if let Some(task) = state.tasks.get_mut(&web[0]) {
+            task.status.health = health;
+        }
+        assert_eq!(listed(&state), served, "{health:?}");
+    }
 }
 
 #[test]
