@@ -20,9 +20,12 @@ pub(crate) struct Checked {
     pub(crate) started_ms: u64,
     /// Failed checks in a row.
     failures: u32,
-    /// When it last turned unhealthy.
+    /// When it last turned unhealthy; `None` once a restart for it was
+    /// declined (by the restart policy), so none is weighed again.
     unhealthy_since_ms: Option<u64>,
-    /// When the next check is due.
+    /// When the last failed check that counted ended.
+    failed_at_ms: Option<u64>,
+    /// When the next check is due (while one runs: when it was due).
     next_ms: u64,
     /// A check runs now; its result comes through [`Reconciler::on_check`].
     checking: bool,
@@ -55,12 +58,15 @@ impl Checked {
             started_ms: now_ms,
             failures: 0,
             unhealthy_since_ms: (health == Health::Unhealthy).then_some(now_ms),
+            failed_at_ms: None,
             next_ms: now_ms,
             checking: false,
         })
     }
 
-    /// Takes a check's result at `now_ms`; when the next one is due.
+    /// Takes a check's result at `now_ms`. The next check is due one
+    /// interval after this one was (not after it ended, so a check that
+    /// takes its whole timeout does not stretch the interval).
     pub(crate) fn record(&mut self, passed: bool, now_ms: u64) {
         self.checking = false;
         if passed {
@@ -69,6 +75,7 @@ impl Checked {
             self.unhealthy_since_ms = None;
         } else if now_ms.saturating_sub(self.started_ms) >= self.spec.start_period.0 {
             self.failures = self.failures.saturating_add(1);
+            self.failed_at_ms = Some(now_ms);
             if self.failures >= self.spec.retries && self.health != Health::Unhealthy {
                 self.health = Health::Unhealthy;
                 self.unhealthy_since_ms = Some(now_ms);
@@ -79,22 +86,28 @@ impl Checked {
         } else {
             self.spec.interval
         };
-        self.next_ms = now_ms.saturating_add(every.0);
+        self.next_ms = self.next_ms.saturating_add(every.0).max(now_ms);
     }
 
-    /// When the reconciler must look again: the next check (unless one
-    /// runs) and the restart of an unhealthy task.
-    pub(crate) fn wakes(&self) -> [Option<u64>; 2] {
-        [
-            (!self.checking).then_some(self.next_ms),
-            self.restart_due_ms(),
-        ]
+    /// When the reconciler must look again: the next check, unless one
+    /// runs (a restart is decided on a check's result).
+    pub(crate) fn wake_ms(&self) -> Option<u64> {
+        (!self.checking).then_some(self.next_ms)
     }
 
-    /// When an unhealthy task is due for a restart, if it is.
-    pub(crate) fn restart_due_ms(&self) -> Option<u64> {
-        let since = self.unhealthy_since_ms?;
-        Some(since.saturating_add(self.spec.restart_after()?.0))
+    /// Whether an unhealthy task is due for a restart: unhealthy for
+    /// `restart_after`, and a check at or after that time failed too (so
+    /// a task is never restarted without a check between its turning
+    /// unhealthy and its restart).
+    fn restart_due(&self) -> bool {
+        let Some(since) = self.unhealthy_since_ms else {
+            return false;
+        };
+        let Some(after) = self.spec.restart_after() else {
+            return false;
+        };
+        let due = since.saturating_add(after.0);
+        self.failed_at_ms.is_some_and(|failed| failed >= due)
     }
 }
 
@@ -135,6 +148,10 @@ impl Reconciler {
             if local.attempt == attempt {
                 if let Some(checked) = local.health.as_mut() {
                     checked.record(passed, now_ms);
+                    // Healthy again after a restart it was refused.
+                    if checked.health == Health::Healthy && local.state == TaskState::Running {
+                        "running".clone_into(&mut local.message);
+                    }
                 }
             }
         }
@@ -152,23 +169,43 @@ pub(crate) fn keep_healthy(task: &Task, local: &mut Local, now_ms: u64) {
         local.health = None;
         return;
     };
-    let Some(checked) = &local.health else {
+    let Some(checked) = local.health.as_mut() else {
         local.health = Checked::new(spec, task, Health::Starting, now_ms);
         return;
     };
-    let Some(due) = checked.restart_due_ms() else {
-        return;
-    };
-    if due > now_ms {
+    if !checked.restart_due() {
         return;
     }
     let unhealthy_ms = now_ms.saturating_sub(checked.unhealthy_since_ms.unwrap_or(now_ms));
+    // Restarted like a process that failed, if its policy restarts one.
     let mut failed = local.clone();
     failed.exit_code = None;
     failed.state = TaskState::Failed;
     if restart_delay_ms(task, &failed).is_none() {
-        // The policy keeps it: it stays, unhealthy, out of DNS.
+        // Kept, unhealthy and out of DNS, until a check passes; weighed
+        // no more until it turns unhealthy again.
+        if let Some(checked) = local.health.as_mut() {
+            checked.unhealthy_since_ms = None;
+        }
+        local.message = format!(
+            "unhealthy for {}; not restarted (restart policy {}{})",
+            format_ms(unhealthy_ms),
+            task.spec.restart.policy().as_str(),
+            task.spec
+                .restart
+                .attempts_max
+                .map(|most| format!(", at most {most} attempts"))
+                .unwrap_or_default()
+        );
         return;
+    }
+    // A run longer than the back-off's cap starts the back-off over, as
+    // for a process that exits.
+    let ran_ms = local
+        .started_at_ms
+        .map_or(0, |start| now_ms.saturating_sub(start));
+    if ran_ms > task.spec.restart.backoff_max.0 {
+        local.restarts = 0;
     }
     local.state = TaskState::Failed;
     local.exit_code = None;

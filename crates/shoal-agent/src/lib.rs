@@ -173,10 +173,9 @@ impl Reconciler {
                 DesiredState::Running => keep_running(task, local, container, now_ms, &mut step),
                 DesiredState::Stopped => keep_stopped(task, local, container, &mut step),
             }
-            let checks = local.health.as_ref().map(Checked::wakes);
-            for at in [local.restart_at_ms, local.retry_at_ms]
+            let check = local.health.as_ref().and_then(Checked::wake_ms);
+            for at in [local.restart_at_ms, local.retry_at_ms, check]
                 .into_iter()
-                .chain(checks.into_iter().flatten())
                 .flatten()
             {
                 step.wake_at_ms = Some(step.wake_at_ms.map_or(at, |wake| wake.min(at)));
@@ -553,6 +552,8 @@ fn try_again(task: &Task, local: &mut Local, replace: bool, step: &mut Step) {
 fn keep_stopped(task: &Task, local: &mut Local, container: Option<Observed>, step: &mut Step) {
     local.restart_at_ms = None;
     local.retry_at_ms = None;
+    // A task meant to stop is not checked any more.
+    local.health = None;
     match container {
         Some(_) => {
             local.in_flight = true;

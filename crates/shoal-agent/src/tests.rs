@@ -606,22 +606,25 @@ fn a_checked_task_starts_starting_and_turns_healthy_then_unhealthy_by_its_checks
         }]
     );
     assert!(reconciler.checks_due(10).is_empty(), "one check at a time");
-    // Passed: healthy, reported once; the next check an interval later.
+    // Passed: healthy, reported once; the next check an interval after
+    // this one was due (not after it ended).
     assert_eq!(
         health_of(&reconciler.on_check(&task.id, 1, true, 20)),
         [Some(Health::Healthy)]
     );
-    assert!(reconciler.checks_due(2_019).is_empty());
-    assert_eq!(reconciler.checks_due(2_020).len(), 1);
+    let step = reconciler.step(&[&task], &up, 30);
+    assert_eq!(step.wake_at_ms, Some(2_010));
+    assert!(reconciler.checks_due(2_009).is_empty());
+    assert_eq!(reconciler.checks_due(2_010).len(), 1);
     // One failure is not enough (retries: 2); two in a row are.
     assert!(reconciler.on_check(&task.id, 1, false, 2_030).is_empty());
-    assert_eq!(reconciler.checks_due(4_030).len(), 1);
+    assert_eq!(reconciler.checks_due(4_010).len(), 1);
     assert_eq!(
         health_of(&reconciler.on_check(&task.id, 1, false, 4_040)),
         [Some(Health::Unhealthy)]
     );
     // A result for another run of the task changes nothing.
-    assert_eq!(reconciler.checks_due(6_040).len(), 1);
+    assert_eq!(reconciler.checks_due(6_010).len(), 1);
     assert!(reconciler.on_check(&task.id, 7, true, 6_050).is_empty());
     // Passing again: healthy.
     assert_eq!(
@@ -679,26 +682,51 @@ fn failed_checks_in_the_start_period_do_not_count_and_the_start_interval_applies
     assert!(reconciler.checks_due(now + 9_999).is_empty());
 }
 
+/// Fails every check of run `attempt` from `from` to `to` (each at its due
+/// time, ending 10 ms later), stepping after each; the last step, with
+/// what the last check's result reported first.
+fn fail_checks(
+    reconciler: &mut Reconciler,
+    task: &Task,
+    attempt: u32,
+    from: u64,
+    to: u64,
+    every: u64,
+) -> Step {
+    let up = observed(Some(Observed::Running));
+    let mut now = from;
+    let mut last = Step::default();
+    while now <= to {
+        let due = reconciler.checks_due(now);
+        assert_eq!(due.len(), 1, "a check due at {now}");
+        let checked = reconciler.on_check(&task.id, attempt, false, now + 10);
+        last = reconciler.step(&[task], &up, now + 20);
+        last.reports.splice(0..0, checked);
+        now += every;
+    }
+    last
+}
+
 #[test]
 fn a_task_unhealthy_for_restart_after_is_restarted_with_the_back_off() {
-    let task = checked_task("{tcp: {port: 80}, interval: 1s, retries: 1, restart_after: 3s}");
+    let task = checked_task("{tcp: {port: 80}, interval: 1s, retries: 1, restart_after: 3500ms}");
     let mut reconciler = running(&task);
     let up = observed(Some(Observed::Running));
     reconciler.step(&[&task], &up, 0);
-    reconciler.checks_due(0);
-    reconciler.on_check(&task.id, 1, false, 100);
-    // Unhealthy since 100: nothing until 3.1 s, and the step wakes then.
-    let step = reconciler.step(&[&task], &up, 3_000);
-    assert!(step.actions.is_empty());
-    assert!(step.wake_at_ms.is_some_and(|at| at <= 3_100), "{step:?}");
-    // Then it fails as if it had exited: restarted after the back-off
-    // (1 s), replacing the container that still runs.
-    let step = reconciler.step(&[&task], &up, 3_100);
+    // Unhealthy from its first check (at 0, ended at 10); checked on every
+    // second, and not restarted by a check that ended before 3.51 s.
+    let step = fail_checks(&mut reconciler, &task, 1, 0, 3_000, 1_000);
+    assert!(step.actions.is_empty(), "{step:?}");
+    assert_eq!(step.wake_at_ms, Some(4_000), "the next check, not sooner");
+    // The first check after it failed too: it fails as if it had exited,
+    // and is restarted after the back-off (1 s), replacing the container
+    // that still runs.
+    let step = fail_checks(&mut reconciler, &task, 1, 4_000, 4_000, 1_000);
     let status = &step.reports[0].1;
     assert_eq!(status.state, TaskState::Failed);
     assert_eq!(status.health, None);
     assert!(
-        status.message.starts_with("unhealthy for 3s"),
+        status.message.starts_with("unhealthy for 4.0s"),
         "{}",
         status.message
     );
@@ -707,7 +735,11 @@ fn a_task_unhealthy_for_restart_after_is_restarted_with_the_back_off() {
         "{}",
         status.message
     );
-    let step = reconciler.step(&[&task], &up, 4_100);
+    assert!(
+        reconciler.checks_due(5_000).is_empty(),
+        "not checked while it waits"
+    );
+    let step = reconciler.step(&[&task], &up, 5_020);
     assert_eq!(
         step.actions,
         [Action::Run {
@@ -720,13 +752,56 @@ fn a_task_unhealthy_for_restart_after_is_restarted_with_the_back_off() {
     let task = checked_task("{tcp: {port: 80}, interval: 1s, retries: 1, restart_after: never}");
     let mut reconciler = running(&task);
     reconciler.step(&[&task], &up, 0);
-    reconciler.checks_due(0);
-    reconciler.on_check(&task.id, 1, false, 100);
-    let step = reconciler.step(&[&task], &up, 1_000_000);
+    let step = fail_checks(&mut reconciler, &task, 1, 0, 100_000, 1_000);
     assert!(
         step.actions.is_empty() && step.reports.is_empty(),
         "{step:?}"
     );
+}
+
+#[test]
+fn a_restart_its_policy_declines_leaves_the_task_unhealthy_and_the_keeper_idle() {
+    let mut task = checked_task("{tcp: {port: 80}, interval: 1s, retries: 1, restart_after: 1s}");
+    std::sync::Arc::make_mut(&mut task.spec).restart.policy = Some(RestartPolicy::Never);
+    let mut reconciler = running(&task);
+    let up = observed(Some(Observed::Running));
+    reconciler.step(&[&task], &up, 0);
+    let step = fail_checks(&mut reconciler, &task, 1, 0, 0, 1_000);
+    assert_eq!(health_of(&step.reports), [Some(Health::Unhealthy)]);
+    // Due for a restart at 1.01 s, which its policy declines.
+    let step = fail_checks(&mut reconciler, &task, 1, 1_000, 1_000, 1_000);
+    assert!(step.actions.is_empty());
+    let status = &step.reports[0].1;
+    assert_eq!(
+        (status.state, status.health),
+        (TaskState::Running, Some(Health::Unhealthy))
+    );
+    assert!(
+        status
+            .message
+            .contains("not restarted (restart policy never)"),
+        "{}",
+        status.message
+    );
+    // Nothing more to weigh: it wakes for its next check only, and says
+    // nothing new while it stays unhealthy.
+    let step = reconciler.step(&[&task], &up, 1_500);
+    assert_eq!(step.wake_at_ms, Some(2_000));
+    let step = fail_checks(&mut reconciler, &task, 1, 2_000, 6_000, 1_000);
+    assert!(
+        step.actions.is_empty() && step.reports.is_empty(),
+        "{step:?}"
+    );
+    // Healthy again: running, as before.
+    assert_eq!(reconciler.checks_due(7_000).len(), 1);
+    let reports = reconciler.on_check(&task.id, 1, true, 7_010);
+    assert_eq!(health_of(&reports), [Some(Health::Healthy)]);
+    assert_eq!(reports[0].1.message, "running");
+    // A task meant to stop is not checked any more.
+    let mut stopping = task.clone();
+    stopping.desired = DesiredState::Stopped;
+    reconciler.step(&[&stopping], &up, 8_000);
+    assert!(reconciler.checks_due(100_000).is_empty());
 }
 
 #[test]

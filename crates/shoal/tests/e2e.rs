@@ -2325,7 +2325,8 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
             health(service).filter(|(health, _)| health == want)
         });
     }
-    // The unhealthy ones stay (restart_after: never); flaky is restarted.
+    // The unhealthy ones stay (restart_after: never); flaky is restarted
+    // (its httpd never exits: only its health restarts it).
     node.wait_for("flaky to be restarted for being unhealthy", || {
         health("flaky").filter(|(_, restarts)| *restarts >= 1)
     });

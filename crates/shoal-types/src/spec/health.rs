@@ -37,8 +37,9 @@ pub struct HealthSpec {
     /// 0s): for a task that needs a while to come up.
     #[serde(default = "no_time", skip_serializing_if = "is_zero")]
     pub start_period: Millis,
-    /// Time between checks until the task passed one (default:
-    /// `interval`).
+    /// Time between checks until the task passed one (default: 1s, or
+    /// `interval` if shorter), so a new task is in DNS soon after it is
+    /// ready. The first check runs as soon as the task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_interval: Option<Millis>,
     /// How long a task stays unhealthy before it is restarted (with the
@@ -173,7 +174,8 @@ impl HealthSpec {
 
     /// Time between checks while the task is starting.
     pub fn start_interval(&self) -> Millis {
-        self.start_interval.unwrap_or(self.interval)
+        self.start_interval
+            .unwrap_or(Millis(START_INTERVAL_DEFAULT_MS.min(self.interval.0)))
     }
 
     /// How long a task stays unhealthy before it is restarted; `None`:
@@ -188,6 +190,9 @@ impl HealthSpec {
         }
     }
 }
+
+/// Time between checks of a starting task when the spec does not say.
+const START_INTERVAL_DEFAULT_MS: u64 = 1_000;
 
 fn default_interval() -> Millis {
     Millis(10_000)
@@ -270,11 +275,19 @@ pub(super) fn validate_health(
             fail(at("health.tcp.port"), message);
         }
     }
+    let host_network = match &service.workload {
+        super::Workload::Container(container) => container.security.host_network,
+    };
     for (set, field) in [
         (health.http.is_some(), "health.http"),
         (health.tcp.is_some(), "health.tcp"),
     ] {
-        if set && !service.network {
+        if set && host_network {
+            fail(
+                at(field),
+                "cannot check a task on the node's network yet: it has no address of its own; remove `health` or `security.host_network`".into(),
+            );
+        } else if set && !service.network {
             fail(
                 at(field),
                 "needs `network: true`: the node checks the task at its address on the cluster network, which a task without it does not have".into(),

@@ -63,24 +63,33 @@ impl Prober {
 /// The checks a keeper runs: each in a task of its own, at most so many
 /// at once, its result sent back to the keeper's loop.
 pub struct Checks {
-    prober: Arc<Prober>,
+    /// `None`: no check can run on this node (said once, at start), and
+    /// every checked task stays starting, out of DNS.
+    prober: Option<Arc<Prober>>,
     permits: Arc<Semaphore>,
     results: mpsc::Sender<(CheckDue, bool)>,
 }
 
 impl Checks {
-    pub fn new(at_once: usize, results: mpsc::Sender<(CheckDue, bool)>) -> Result<Checks, String> {
-        Ok(Checks {
-            prober: Arc::new(Prober::new()?),
+    pub fn new(at_once: usize, results: mpsc::Sender<(CheckDue, bool)>) -> Checks {
+        let prober = Prober::new()
+            .map_err(|error| tracing::error!(%error, "no health check can run on this node"))
+            .ok()
+            .map(Arc::new);
+        Checks {
+            prober,
             permits: Arc::new(Semaphore::new(at_once)),
             results,
-        })
+        }
     }
 
     /// Starts `due`.
     pub fn start(&self, due: Vec<CheckDue>) {
+        let Some(prober) = &self.prober else {
+            return;
+        };
         for due in due {
-            let (prober, permits) = (self.prober.clone(), self.permits.clone());
+            let (prober, permits) = (prober.clone(), self.permits.clone());
             let results = self.results.clone();
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {

@@ -113,34 +113,16 @@ where
     let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
     let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
     let (checks_tx, mut checks_rx) = mpsc::channel::<(CheckDue, bool)>(CHECKS_QUEUE_MAX);
-    let checks = match super::health::Checks::new(CHECKS_IN_FLIGHT_MAX, checks_tx) {
-        Ok(checks) => checks,
-        Err(error) => {
-            tracing::error!(%error, "no health checks can run on this node");
-            return;
-        }
-    };
-    let mut runtime_failing = false;
+    let checks = super::health::Checks::new(CHECKS_IN_FLIGHT_MAX, checks_tx);
+    let mut looking = Looking::default();
     let mut garbage = super::leftovers::Garbage::new();
     loop {
         changes.borrow_and_update();
-        let observed = match shared.runtime.list().await {
-            Ok(containers) => {
-                if runtime_failing {
-                    tracing::info!("container runtime reachable again");
-                    runtime_failing = false;
-                }
-                observe(containers)
-            }
-            Err(error) => {
-                if !runtime_failing {
-                    tracing::warn!(%error, "cannot list containers; keeping promises as they are");
-                    runtime_failing = true;
-                }
-                tokio::time::sleep(POLL_INTERVAL).await;
-                continue;
-            }
+        let Some(observed) = looking.look(&*shared.runtime).await else {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            continue;
         };
+        let observed = observed.clone();
         let desired: Vec<Task> = shared.log.read().tasks_on(&shared.node).cloned().collect();
         garbage.collect(&shared, &observed, &desired).await;
         let now = shared.clock.now_ms();
@@ -184,6 +166,8 @@ where
         tokio::select! {
             Some(result) = results_rx.recv() => {
                 tracing::debug!(?result, "runtime action done");
+                // A container started or went: look at the runtime again.
+                looking.stale = true;
                 let mut reports = reconciler.on_result(result, shared.clock.now_ms());
                 while let Ok(more) = results_rx.try_recv() {
                     reports.extend(reconciler.on_result(more, shared.clock.now_ms()));
@@ -202,6 +186,48 @@ where
             _ = changes.changed() => {}
             _ = tokio::time::sleep(wake) => {}
         }
+    }
+}
+
+/// The containers the runtime showed last, looked at again once they are
+/// [`POLL_INTERVAL`] old or an action changed them (not for every health
+/// check's result, which only the reconciler needs).
+#[derive(Default)]
+struct Looking {
+    observed: BTreeMap<String, Observed>,
+    at: Option<std::time::Instant>,
+    stale: bool,
+    failing: bool,
+}
+
+impl Looking {
+    /// What the runtime shows, fresh enough; `None` while it cannot be
+    /// listed.
+    async fn look<R: Runtime>(&mut self, runtime: &R) -> Option<&BTreeMap<String, Observed>> {
+        let fresh = self
+            .at
+            .is_some_and(|at| !self.stale && at.elapsed() < POLL_INTERVAL);
+        if !fresh {
+            match runtime.list().await {
+                Ok(containers) => {
+                    if self.failing {
+                        tracing::info!("container runtime reachable again");
+                        self.failing = false;
+                    }
+                    self.observed = observe(containers);
+                    self.at = Some(std::time::Instant::now());
+                    self.stale = false;
+                }
+                Err(error) => {
+                    if !self.failing {
+                        tracing::warn!(%error, "cannot list containers; keeping promises as they are");
+                        self.failing = true;
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(&self.observed)
     }
 }
 
@@ -225,15 +251,9 @@ async fn report<L: ReplicatedLog, R, N, C: Clock>(
     reports: Vec<(String, TaskStatus)>,
 ) -> Option<Vec<String>> {
     let mut lost = Vec::new();
-    // A task's health is news to a node of a release before 0.12: it is
-    // left out until every node reads it (the task then counts as healthy
-    // while it runs, as before).
-    let mut reports = reports;
-    if shared.log.cluster_log_version() < shoal_state::format::HEALTH {
-        for (_, status) in &mut reports {
-            status.health = None;
-        }
-    }
+    // A task's health is only reported for a service with a check, which
+    // only a cluster whose every node reads format 12 takes; a report the
+    // cluster refuses is sent again.
     for batch in reports.chunks(REPORT_BATCH_MAX) {
         let command = Command::ReportTasks {
             node: shared.node.clone(),
@@ -352,6 +372,12 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
     config.mounts.extend(files);
     let removing = |error| failure(&task.id, "removing", error);
     if replace {
+        // The container of the attempt before may still run (one found
+        // unhealthy): it is stopped as any task is, then removed.
+        let grace = task.spec.stop_grace_period.as_duration();
+        if let Err(error) = shared.runtime.stop(&task.id, grace).await {
+            tracing::debug!(task = %task.id, %error, "stopping the container it replaces");
+        }
         shared.runtime.remove(&task.id).await.map_err(removing)?;
     }
     match shared.runtime.run(&config).await {

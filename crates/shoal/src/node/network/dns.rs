@@ -30,8 +30,8 @@ impl NodeNetwork {
 
 /// The DNS records of every task that runs with an address and is meant
 /// to: `SERVICE.APP`, `N-SERIAL.SERVICE.APP` and SRV for named ports. A
-/// task whose check has not passed yet, or failed, has none: only healthy
-/// tasks (and those of services without a check) get traffic.
+/// task of a service with a check has records only while its node says it
+/// is healthy (not before its first check, nor once checks fail).
 pub fn records_from_state(state: &State) -> DnsRecords {
     let mut records = DnsRecords::new();
     for task in state.tasks.values() {
@@ -41,10 +41,8 @@ pub fn records_from_state(state: &State) -> DnsRecords {
         if task.desired != DesiredState::Running
             || task.status.state != TaskState::Running
             || !task.spec.network
-            || task
-                .status
-                .health
-                .is_some_and(|health| health != shoal_types::Health::Healthy)
+            || (task.spec.health.is_some()
+                && task.status.health != Some(shoal_types::Health::Healthy))
         {
             continue;
         }

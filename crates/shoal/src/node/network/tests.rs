@@ -166,19 +166,25 @@ fn records_name_running_networked_tasks_with_an_address() {
         "{rows:?}"
     );
 
-    // A task whose check has not passed, or failed, has no record; a
-    // healthy one has its records.
+    // A task of a service with a check has a record only while its node
+    // says it is healthy: not before its first check, nor once it failed.
     let listed = |state: &shoal_state::State| {
         records_from_state(state)
             .rows("shoal")
             .iter()
             .any(|row| row.value.contains("10.42.0.2"))
     };
+    assert!(listed(&state), "no check: listed while it runs");
+    if let Some(task) = state.tasks.get_mut(&web[0]) {
+        let check: shoal_types::HealthSpec =
+            serde_json::from_str(r#"{"tcp": {"port": 80}}"#).expect("a check");
+        std::sync::Arc::make_mut(&mut task.spec).health = Some(check);
+    }
     for (health, served) in [
+        (None, false),
         (Some(shoal_types::Health::Starting), false),
         (Some(shoal_types::Health::Unhealthy), false),
         (Some(shoal_types::Health::Healthy), true),
-        (None, true),
     ] {
         if let Some(task) = state.tasks.get_mut(&web[0]) {
             task.status.health = health;
