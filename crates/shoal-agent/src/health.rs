@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use shoal_types::{Health, HealthSpec, Probe, Task, TaskState, TaskStatus};
 
-use super::{after_exit, format_ms, restart_delay_ms, Local, Reconciler, Step};
+use super::{after_exit, format_ms, restart_delay_ms, Action, Local, Reconciler, Step};
 
 /// A running task's health, as its checks found it.
 #[derive(Clone, Debug)]
@@ -164,7 +164,7 @@ impl Reconciler {
 /// A running task of a service with a check: checked from its start on,
 /// and restarted (with the service's back-off and policy) once it has
 /// been unhealthy for `restart_after`.
-pub(crate) fn keep_healthy(task: &Task, local: &mut Local, now_ms: u64) {
+pub(crate) fn keep_healthy(task: &Task, local: &mut Local, now_ms: u64, step: &mut Step) {
     let Some(spec) = &task.spec.health else {
         local.health = None;
         return;
@@ -199,12 +199,14 @@ pub(crate) fn keep_healthy(task: &Task, local: &mut Local, now_ms: u64) {
         );
         return;
     }
-    // A run longer than the back-off's cap starts the back-off over, as
-    // for a process that exits.
-    let ran_ms = local
+    // Running well (until it turned unhealthy) for longer than the
+    // back-off's cap starts the back-off over, as a long run does for a
+    // process that exits.
+    let turned_ms = now_ms.saturating_sub(unhealthy_ms);
+    let ran_well_ms = local
         .started_at_ms
-        .map_or(0, |start| now_ms.saturating_sub(start));
-    if ran_ms > task.spec.restart.backoff_max.0 {
+        .map_or(0, |start| turned_ms.saturating_sub(start));
+    if ran_well_ms > task.spec.restart.backoff_max.0 {
         local.restarts = 0;
     }
     local.state = TaskState::Failed;
@@ -212,4 +214,11 @@ pub(crate) fn keep_healthy(task: &Task, local: &mut Local, now_ms: u64) {
     local.health = None;
     local.message = format!("unhealthy for {}", format_ms(unhealthy_ms));
     after_exit(task, local, now_ms);
+    // Stopped now, as any task is (SIGTERM, its grace, SIGKILL), and
+    // started again after the back-off.
+    local.in_flight = true;
+    step.actions.push(Action::Destroy {
+        container_id: task.id.clone(),
+        grace_ms: task.spec.stop_grace_period.0,
+    });
 }

@@ -260,6 +260,14 @@ impl Reconciler {
                 if let Some(local) = self.tasks.get_mut(&container_id) {
                     local.in_flight = false;
                     match result {
+                        Ok(_)
+                            if local.state == TaskState::Failed
+                                && local.restart_at_ms.is_some() =>
+                        {
+                            // Stopped for its health: it stays failed, with
+                            // its reason, until its restart.
+                            local.address = None;
+                        }
                         Ok(exit_code) => {
                             local.state = TaskState::Stopped;
                             local.promise = Promise::Kept;
@@ -409,7 +417,7 @@ fn keep_running(
         local.health = None;
     }
     match (local.state, container) {
-        (TaskState::Running, Some(Observed::Running)) => keep_healthy(task, local, now_ms),
+        (TaskState::Running, Some(Observed::Running)) => keep_healthy(task, local, now_ms, step),
         (state, Some(Observed::Running)) if !state.is_terminal() => {
             local.state = TaskState::Running;
             local.promise = Promise::Kept;
@@ -427,6 +435,7 @@ fn keep_running(
                 local.restarts = 0;
             }
             local.exit_code = exit_code;
+            local.health = None;
             local.state = if exit_code == Some(0) {
                 TaskState::Exited
             } else {

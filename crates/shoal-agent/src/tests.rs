@@ -735,17 +735,43 @@ fn a_task_unhealthy_for_restart_after_is_restarted_with_the_back_off() {
         "{}",
         status.message
     );
+    // Its container is stopped now, as any task's is (with its grace),
+    // and the task stays failed, with its reason, through the back-off.
+    assert_eq!(
+        step.actions,
+        [Action::Destroy {
+            container_id: task.id.clone(),
+            grace_ms: task.spec.stop_grace_period.0,
+        }]
+    );
     assert!(
         reconciler.checks_due(5_000).is_empty(),
         "not checked while it waits"
     );
-    let step = reconciler.step(&[&task], &up, 5_020);
+    let reports = reconciler.on_result(
+        ActionResult::Destroyed {
+            container_id: task.id.clone(),
+            result: Ok(Some(143)),
+        },
+        4_500,
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|(_, status)| status.state == TaskState::Failed
+                && status.message.starts_with("unhealthy for")
+                && status.address.is_none()),
+        "{reports:?}"
+    );
+    let step = reconciler.step(&[&task], &observed(None), 4_600);
+    assert!(step.actions.is_empty(), "{step:?}");
+    let step = reconciler.step(&[&task], &observed(None), 5_020);
     assert_eq!(
         step.actions,
         [Action::Run {
             task_id: task.id.clone(),
             attempt: 2,
-            replace: true
+            replace: false
         }]
     );
     // `never`: it stays, unhealthy.
@@ -797,10 +823,19 @@ fn a_restart_its_policy_declines_leaves_the_task_unhealthy_and_the_keeper_idle()
     let reports = reconciler.on_check(&task.id, 1, true, 7_010);
     assert_eq!(health_of(&reports), [Some(Health::Healthy)]);
     assert_eq!(reports[0].1.message, "running");
-    // A task meant to stop is not checked any more.
+    // A task meant to stop is not checked any more, also once its
+    // container is gone.
     let mut stopping = task.clone();
     stopping.desired = DesiredState::Stopped;
     reconciler.step(&[&stopping], &up, 8_000);
+    reconciler.on_result(
+        ActionResult::Destroyed {
+            container_id: task.id.clone(),
+            result: Ok(Some(0)),
+        },
+        8_100,
+    );
+    reconciler.step(&[&stopping], &observed(None), 8_200);
     assert!(reconciler.checks_due(100_000).is_empty());
 }
 

@@ -38,8 +38,9 @@ pub struct HealthSpec {
     #[serde(default = "no_time", skip_serializing_if = "is_zero")]
     pub start_period: Millis,
     /// Time between checks until the task passed one (default: 1s, or
-    /// `interval` if shorter), so a new task is in DNS soon after it is
-    /// ready. The first check runs as soon as the task runs.
+    /// `interval` if shorter, or `timeout` if longer), so a new task is in
+    /// DNS soon after it is ready. The first check runs as soon as the
+    /// task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_interval: Option<Millis>,
     /// How long a task stays unhealthy before it is restarted (with the
@@ -172,10 +173,14 @@ impl HealthSpec {
         }
     }
 
-    /// Time between checks while the task is starting.
+    /// Time between checks while the task is starting: as given, or 1s
+    /// (no more than `interval`, no less than `timeout`).
     pub fn start_interval(&self) -> Millis {
-        self.start_interval
-            .unwrap_or(Millis(START_INTERVAL_DEFAULT_MS.min(self.interval.0)))
+        self.start_interval.unwrap_or(Millis(
+            START_INTERVAL_DEFAULT_MS
+                .min(self.interval.0)
+                .max(self.timeout.0),
+        ))
     }
 
     /// How long a task stays unhealthy before it is restarted; `None`:
@@ -310,6 +315,11 @@ pub(super) fn validate_health(
             fail(
                 at("health.start_interval"),
                 "must be between 100ms and 1h".into(),
+            );
+        } else if start_interval < health.timeout {
+            fail(
+                at("health.start_interval"),
+                "must be at least `timeout` (one check at a time)".into(),
             );
         }
     }

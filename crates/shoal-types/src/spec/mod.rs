@@ -415,7 +415,11 @@ mod tests {
         assert_eq!(health.timeout, Millis(1_000));
         assert_eq!(health.retries, 3);
         assert_eq!(health.start_period, Millis(0));
-        assert_eq!(health.start_interval(), Millis(1_000), "1s, or interval if shorter");
+        assert_eq!(
+            health.start_interval(),
+            Millis(1_000),
+            "1s, or interval if shorter"
+        );
         assert_eq!(health.restart_after(), Some(Millis(30_000)));
         assert_eq!(
             health.probe(&app.services[0].ports),
@@ -440,7 +444,7 @@ mod tests {
         other.health = None;
         assert!(!other.same_task_as(&app.services[0]));
         let never = parse(
-            "{name: web, image: busybox, health: {tcp: {port: 80}, restart_after: never, start_interval: 500ms}}",
+            "{name: web, image: busybox, health: {tcp: {port: 80}, restart_after: never, start_interval: 500ms, timeout: 300ms}}",
         )
         .expect("valid");
         let health = never.services[0].health.as_ref().expect("health");
@@ -482,6 +486,11 @@ mod tests {
                 "interval",
             ),
             (
+                "{health: {tcp: {port: 80}, start_interval: 500ms}}",
+                "services[0].health.start_interval",
+                "at least `timeout`",
+            ),
+            (
                 "{health: {tcp: {port: 80}, retries: 0}}",
                 "services[0].health.retries",
                 "1 to 100",
@@ -515,6 +524,11 @@ mod tests {
                 "{service}: {error}"
             );
         }
+        // A start interval is never shorter than a check may take.
+        let slow = parse("{name: web, image: busybox, health: {tcp: {port: 80}, timeout: 5s}}")
+            .expect("valid");
+        let health = slow.services[0].health.as_ref().expect("health");
+        assert_eq!(health.start_interval(), Millis(5_000));
         let error =
             parse("{name: web, image: busybox, health: {tcp: {port: 80}, restart_after: soon}}")
                 .expect_err("not a duration");

@@ -251,10 +251,28 @@ async fn report<L: ReplicatedLog, R, N, C: Clock>(
     reports: Vec<(String, TaskStatus)>,
 ) -> Option<Vec<String>> {
     let mut lost = Vec::new();
-    // A task's health is only reported for a service with a check, which
-    // only a cluster whose every node reads format 12 takes; a report the
-    // cluster refuses is sent again.
-    for batch in reports.chunks(REPORT_BATCH_MAX) {
+    // A task's health needs format 12, which the cluster takes only once
+    // it knows every node reads it (a node that has just started, or a
+    // leader that has just taken over, may not know yet): statuses with a
+    // health go in batches of their own, kept back while this node does
+    // not know the cluster's format to be 12, so the others never wait
+    // for them.
+    let (checked, plain): (Vec<_>, Vec<_>) = reports
+        .into_iter()
+        .partition(|(_, status)| status.health.is_some());
+    let format_known = shared.log.cluster_log_version() >= shoal_state::format::HEALTH;
+    if !format_known && !checked.is_empty() {
+        tracing::debug!(
+            statuses = checked.len(),
+            "task health kept back until every node is known to read it"
+        );
+        lost.extend(checked.iter().map(|(id, _)| id.clone()));
+    }
+    let sent = if format_known { &checked[..] } else { &[] };
+    for batch in plain
+        .chunks(REPORT_BATCH_MAX)
+        .chain(sent.chunks(REPORT_BATCH_MAX))
+    {
         let command = Command::ReportTasks {
             node: shared.node.clone(),
             statuses: batch.to_vec(),
