@@ -121,7 +121,8 @@ pub struct GossipView {
     /// `plaintext` (the cluster has a node that reads no sealed gossip, or
     /// this node holds no keyring yet).
     pub mode: String,
-    /// `proven` (each gossip identity sent and taken only with its node's
+    /// `proven` (only datagrams with proofs sent and taken; an identity
+    /// whose node's key this node holds is taken only with that key's
     /// proof), `proving` (proofs sent, datagrams without them still taken
     /// for a moment after the switch), `unproven` (the cluster has a node
     /// that reads no proofs, or does not seal yet).
@@ -144,9 +145,10 @@ pub struct GossipView {
     /// its facts key did not sign, `facts_unsigned`; and identities that
     /// claimed another node's gossip address (a datagram sent under one is
     /// dropped, an update about one taken out), `identities_foreign`;
-    /// datagrams without proven identities where only those are taken,
-    /// `unproven`; and identities whose proof their node's facts key did
-    /// not sign (dropped or taken out the same way), `identities_unproven`.
+    /// sealed datagrams without proofs where only those with proofs are
+    /// taken, `unproven`; and identities whose proof their node's facts key
+    /// did not sign, or at this node's address with a newer boot than its
+    /// own (dropped or taken out the same way), `identities_unproven`.
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// The nodes whose gossip facts this node takes only when signed by
     /// their facts key (those that recorded one).

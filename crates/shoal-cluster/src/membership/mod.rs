@@ -21,7 +21,9 @@
 //!   lists for the node only the identity at the address its signed facts
 //!   name, so no other member (every member holds the keyring) speaks for
 //!   it. The same key proves each of the node's SWIM identities (`codec`),
-//!   so no other member can announce a newer one in its name.
+//!   so, where its key is known, no other member can announce a newer one
+//!   in its name (after the 30 s in which a member that switched to proofs
+//!   still takes datagrams without them).
 //! - **Left vs dead**: foca only knows "down". A node that leaves
 //!   ([`Membership::leave`]) first broadcasts its facts marked `left`, so the
 //!   others list it as [`MemberStatus::Left`] rather than `Dead`.

@@ -45,12 +45,13 @@ pub struct MembershipStats {
     /// Sealed datagrams with proven identities (version 3) sent and opened.
     pub proven_sent: u64,
     pub proven_received: u64,
-    /// Datagrams without proven identities where only proven ones are
+    /// Sealed datagrams without proofs (version 2) where only version 3 is
     /// taken.
     pub dropped_unproven: u64,
     /// Identities refused for a proof that their node's facts key did not
-    /// sign (a datagram sent under one is dropped, an update about one is
-    /// taken out of its datagram).
+    /// sign, or at this node's own address with a newer boot than its own
+    /// (a datagram sent under one is dropped, an update about one is taken
+    /// out of its datagram).
     pub identities_unproven: u64,
 }
 

@@ -104,8 +104,8 @@ pub(crate) enum Reject {
     Replayed,
     /// Sent too long ago, or from too far in the future.
     Stale,
-    /// A datagram without proven identities (version 1 or 2) where only
-    /// version 3 is taken.
+    /// A sealed datagram without proofs (version 2) where only version 3
+    /// is taken (plaintext there is `Unsealed`).
     Unproven,
 }
 

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Millis, Port, Protocol, ServiceSpec};
 
-/// A service's health check: exactly one of `http`, `tcp` and `exec`, and
-/// how often and how patiently it runs. The node that runs a task checks
+/// A service's health check: one of `http` and `tcp` (`exec` is refused:
+/// not supported yet), and how often and how patiently it runs. The node that runs a task checks
 /// it; a task is `starting` until a check passes, then `healthy`, and
 /// `unhealthy` after `retries` failures in a row. Only `healthy` tasks
 /// (and tasks of services without a check, once they run) are in DNS.
@@ -20,10 +20,12 @@ pub struct HealthSpec {
     /// A TCP connection to the task's address: accepted passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpCheck>,
-    /// A command run inside the container: exit code 0 passes.
+    /// A command run inside the container, exit code 0 passing: not
+    /// supported yet (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<Vec<String>>,
-    /// Time between checks once the task passed one (default 10s).
+    /// Time between checks once the task is no longer starting (default
+    /// 10s).
     #[serde(default = "default_interval")]
     pub interval: Millis,
     /// How long a check may take before it counts as failed (default 1s).
@@ -37,7 +39,7 @@ pub struct HealthSpec {
     /// 0s): for a task that needs a while to come up.
     #[serde(default = "no_time", skip_serializing_if = "is_zero")]
     pub start_period: Millis,
-    /// Time between checks until the task passed one (default: 1s, or
+    /// Time between checks while the task is starting (default: 1s, or
     /// `interval` if shorter, or `timeout` if longer), so a new task is in
     /// DNS soon after it is ready. The first check runs as soon as the
     /// task runs.

@@ -390,8 +390,9 @@ async fn run_task<L: ReplicatedLog, R: Runtime + ImageStore, N: TaskNetwork, C: 
     config.mounts.extend(files);
     let removing = |error| failure(&task.id, "removing", error);
     if replace {
-        // The container of the attempt before may still run (one found
-        // unhealthy): it is stopped as any task is, then removed.
+        // The container of the attempt before may still run (one whose
+        // stop for its health failed): it is stopped as any task is, then
+        // removed.
         let grace = task.spec.stop_grace_period.as_duration();
         if let Err(error) = shared.runtime.stop(&task.id, grace).await {
             tracing::debug!(task = %task.id, %error, "stopping the container it replaces");
