@@ -186,6 +186,16 @@ pub struct TaskStatus {
 }
 
 impl Task {
+    /// Its health as traffic sees it: while it runs, what its node said of
+    /// it, or `Starting` until the node has said (a service with a check);
+    /// `None` when its service has no check or it does not run.
+    pub fn health(&self) -> Option<crate::spec::Health> {
+        if self.status.state != TaskState::Running || self.spec.health.is_none() {
+            return None;
+        }
+        Some(self.status.health.unwrap_or(crate::spec::Health::Starting))
+    }
+
     /// Whether the task has finished for good: it exited with 0 (a batch
     /// job's success), or it failed and its restart policy runs it no more.
     pub fn finished_for_good(&self) -> bool {

@@ -220,14 +220,9 @@ impl From<&Task> for TaskView {
             attempt: task.status.attempt,
             restarts: task.status.restarts,
             address: task.status.address,
-            health: match (task.status.state, task.status.health) {
-                (shoal_types::TaskState::Running, Some(health)) => health.as_str().to_string(),
-                // Running, and its node has not said yet: not checked yet.
-                (shoal_types::TaskState::Running, None) if task.spec.health.is_some() => {
-                    shoal_types::Health::Starting.as_str().to_string()
-                }
-                _ => no_health(),
-            },
+            health: task
+                .health()
+                .map_or_else(no_health, |health| health.as_str().to_string()),
             created_at_ms: task.created_at_ms,
             started_at_ms: task.status.started_at_ms,
             updated_at_ms: task.status.updated_at_ms,

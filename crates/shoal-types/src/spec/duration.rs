@@ -15,26 +15,34 @@ impl Millis {
     pub fn as_duration(self) -> Duration {
         Duration::from_millis(self.0)
     }
+
+    /// Reads `"500ms"`, `"10s"`, `"1m 30s"`; the error says how to write one.
+    pub fn parse(text: &str) -> Result<Millis, String> {
+        let duration = humantime::parse_duration(text).map_err(|error| {
+            format!("`{text}` is not a duration ({error}); write e.g. \"500ms\", \"10s\", \"1m\"")
+        })?;
+        u64::try_from(duration.as_millis())
+            .map(Millis)
+            .map_err(|_| format!("duration `{text}` is too long"))
+    }
+}
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.as_duration()))
+    }
 }
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let duration = humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({error}); write e.g. \"500ms\", \"10s\", \"1m\""
-            ))
-        })?;
-        u64::try_from(duration.as_millis())
-            .map(Millis)
-            .map_err(|_| serde::de::Error::custom(format!("duration `{text}` is too long")))
+        Millis::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
 impl Serialize for Millis {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = humantime::format_duration(self.as_duration()).to_string();
-        serializer.serialize_str(&text)
+        serializer.serialize_str(&self.to_string())
     }
 }
 

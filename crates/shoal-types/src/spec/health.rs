@@ -98,15 +98,9 @@ impl TryFrom<String> for RestartAfter {
         if text == "never" {
             return Ok(RestartAfter::Never);
         }
-        humantime::parse_duration(&text)
-            .ok()
-            .and_then(|duration| u64::try_from(duration.as_millis()).ok())
-            .map(|ms| RestartAfter::After(Millis(ms)))
-            .ok_or_else(|| {
-                format!(
-                    "`{text}` is neither a duration nor `never`; write e.g. \"30s\" or \"never\""
-                )
-            })
+        Millis::parse(&text).map(RestartAfter::After).map_err(|_| {
+            format!("`{text}` is neither a duration nor `never`; write e.g. \"30s\" or \"never\"")
+        })
     }
 }
 
@@ -114,9 +108,7 @@ impl From<RestartAfter> for String {
     fn from(value: RestartAfter) -> String {
         match value {
             RestartAfter::Never => "never".into(),
-            RestartAfter::After(after) => {
-                humantime::format_duration(after.as_duration()).to_string()
-            }
+            RestartAfter::After(after) => after.to_string(),
         }
     }
 }

@@ -41,8 +41,9 @@ pub fn records_from_state(state: &State) -> DnsRecords {
         if task.desired != DesiredState::Running
             || task.status.state != TaskState::Running
             || !task.spec.network
-            || (task.spec.health.is_some()
-                && task.status.health != Some(shoal_types::Health::Healthy))
+            || task
+                .health()
+                .is_some_and(|health| health != shoal_types::Health::Healthy)
         {
             continue;
         }
