@@ -23,6 +23,7 @@
 //! Where each part lives:
 //!
 //! - `reconcile`: which tasks stay, which stop, which are forgotten.
+//! - `rolling`: a changed service's tasks replaced batch by batch.
 //! - `admitting`: the nodes that admit a service, once per set of rules.
 //! - `place`: a node for each missing slot, from a sample of candidates.
 //! - `score`: how well a candidate suits one more task.
@@ -34,6 +35,7 @@ mod admitting;
 mod place;
 mod preempt;
 mod reconcile;
+mod rolling;
 mod score;
 mod spread;
 mod standby;
@@ -48,8 +50,8 @@ use std::collections::BTreeMap;
 use shoal_state::{FastMap as HashMap, FastSet as HashSet};
 
 use shoal_state::fit::{self, Request};
-use shoal_state::{Plan, State, PLACEMENTS_PER_PLAN_MAX};
-use shoal_types::{Constraint, Node, ServiceSpec, TaintEffect, Toleration};
+use shoal_state::{Plan, State, StopReason, PLACEMENTS_PER_PLAN_MAX};
+use shoal_types::{Constraint, Node, ServiceSpec, TaintEffect, Task, Toleration};
 
 use preempt::Victim;
 use spread::Column;
@@ -76,6 +78,9 @@ pub struct Options {
     pub seed: u64,
     /// Preemptions (tasks stopped to make room) in one plan at most.
     pub preemptions_max: usize,
+    /// The leader's clock as the run starts: when a rolling update's new
+    /// tasks have served for long enough. The state holds no clock.
+    pub now_ms: u64,
 }
 
 impl Default for Options {
@@ -85,13 +90,26 @@ impl Default for Options {
             candidates: CANDIDATES_SCORED_DEFAULT,
             seed: 0,
             preemptions_max: PREEMPTIONS_PER_PLAN_DEFAULT,
+            now_ms: 0,
         }
     }
 }
 
-/// The plan for a state with the default options.
+/// The plan for a state with the default options, at time 0 (a rolling
+/// update then begins its first batch and no more).
 pub fn reconcile(state: &State) -> Plan {
     reconcile_with(state, &Options::default())
+}
+
+/// The plan for a state at `now_ms` with the default options.
+pub fn reconcile_at(state: &State, now_ms: u64) -> Plan {
+    reconcile_with(
+        state,
+        &Options {
+            now_ms,
+            ..Options::default()
+        },
+    )
 }
 
 /// The plan for a state: reconcile, relieve nodes that came back smaller,
@@ -99,6 +117,7 @@ pub fn reconcile(state: &State) -> Plan {
 pub fn reconcile_with(state: &State, options: &Options) -> Plan {
     let mut scheduler = Scheduler::new(state, options);
     scheduler.classify_tasks();
+    scheduler.roll();
     scheduler.relieve_overcommitted_nodes();
     scheduler.place_missing();
     scheduler.plan
@@ -153,6 +172,15 @@ struct Scheduler<'a> {
     /// drained, tainted, shrunk, no longer allowing it): the task is
     /// placed again, on the node holding the image ahead if it can.
     displaced: HashSet<u32>,
+    /// Kept tasks of an older spec, per service, for `rolling` to decide.
+    outdated: HashMap<u32, Vec<(&'a Task, StopReason)>>,
+    /// The outdated task each rolling slot keeps, by (service, slot).
+    rolling_old: HashMap<(u32, u32), (&'a Task, StopReason)>,
+    /// Slots whose new task starts beside the outdated one.
+    beside: HashSet<(u32, u32)>,
+    /// Slots two kept tasks hold (an outdated one and its new one): one of
+    /// them stopping leaves the slot held.
+    doubled: HashSet<(u32, u32)>,
     /// The last (app, service) looked up and what was found.
     last_service: std::cell::Cell<LastService<'a>>,
     preemptions: usize,
@@ -206,6 +234,10 @@ impl<'a> Scheduler<'a> {
             victims: None,
             stopped: HashSet::default(),
             displaced: HashSet::default(),
+            outdated: HashMap::default(),
+            rolling_old: HashMap::default(),
+            beside: HashSet::default(),
+            doubled: HashSet::default(),
             last_service: std::cell::Cell::new(None),
             preemptions: 0,
             most_tasks: 0,

@@ -36,6 +36,13 @@ impl<'a> Scheduler<'a> {
             if self.plan.place.len() >= self.options.placements_max {
                 break;
             }
+            // An app this plan rolls back gets its tasks from the version
+            // it goes back to, in the next run.
+            if self.plan.rollouts.iter().any(|step| {
+                step.app == app && step.action == shoal_state::history::RolloutAction::Rollback
+            }) {
+                continue;
+            }
             match service.kind {
                 Kind::Service | Kind::Batch => self.place_replicas(app, version, service),
                 Kind::Global => self.place_global(app, version, service),
@@ -59,9 +66,13 @@ impl<'a> Scheduler<'a> {
             if self.plan.place.len() >= self.options.placements_max {
                 return;
             }
-            let chosen = self
-                .choose(app, service, request, &admitting, &context, holder)
-                .or_else(|| self.preempt(service, request, &admitting, &context));
+            let mut chosen = self.choose(app, service, request, &admitting, &context, holder);
+            // No room beside the outdated task: it stops first instead,
+            // where it fits, before a task of a lower priority is preempted.
+            if chosen.is_none() {
+                chosen = self.fall_back_to_stop_first(sid, *slot, service);
+            }
+            let chosen = chosen.or_else(|| self.preempt(service, request, &admitting, &context));
             match chosen {
                 Some(at) => {
                     self.place(app, version, service, *slot, at, request);
@@ -177,12 +188,14 @@ impl<'a> Scheduler<'a> {
         self.most_tasks = self.most_tasks.max(info.tasks);
         self.filled.insert((sid, slot));
         *self.per_node.entry(sid).or_default().entry(at).or_default() += 1;
+        let beside = self.beside.remove(&(sid, slot));
         self.plan.place.push(Placement {
             app: app.to_string(),
             service: service.name.clone(),
             slot,
             app_version: version,
             node: info.node.name.clone(),
+            beside,
         });
     }
 

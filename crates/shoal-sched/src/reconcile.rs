@@ -24,7 +24,12 @@ impl<'a> Scheduler<'a> {
                         info.host_ports.extend(fit::host_ports(&task.spec));
                     }
                     match self.keeps(task, at) {
-                        Ok(sid) => self.keep(sid, task.slot, at),
+                        Ok((sid, outdated)) => {
+                            self.keep(sid, task.slot, at);
+                            if let Some(why) = outdated {
+                                self.outdated.entry(sid).or_default().push((task, why));
+                            }
+                        }
                         Err(why) => self.stop(task, why),
                     }
                 }
@@ -85,10 +90,35 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Whether the plan keeps a desired-running task (on node index `at`):
-    /// its service's number when it does, why it stops when it does not.
-    fn keeps(&self, task: &Task, at: Option<u32>) -> Result<u32, StopReason> {
+    /// its service's number when it does, and whether it runs an older
+    /// spec that a rolling update replaces in turn; why it stops when it
+    /// does not.
+    fn keeps(&self, task: &Task, at: Option<u32>) -> Result<(u32, Option<StopReason>), StopReason> {
         let (service, version, sid) = self.service_of(task).ok_or(StopReason::ServiceGone)?;
-        self.keeps_as(task, at, service, version, sid).map(|()| sid)
+        let outdated = self.outdated_why(task, service, version);
+        // From format 13 a service (not a batch job) rolls: its outdated
+        // tasks stay until `rolling` replaces them, if nothing else stops them.
+        let rolls =
+            self.state.log_version >= shoal_state::format::ROLLOUTS && service.kind != Kind::Batch;
+        match outdated {
+            Some(why) if !rolls => Err(why),
+            _ => self
+                .keeps_as(task, at, service, sid)
+                .map(|()| (sid, outdated)),
+        }
+    }
+
+    /// Why a task no longer runs its service's current spec, if it does not.
+    fn outdated_why(&self, task: &Task, service: &ServiceSpec, version: u64) -> Option<StopReason> {
+        // A task of the current version runs the current spec by
+        // construction; older ones run it when only `replicas` changed.
+        if task.app_version == version {
+            return None;
+        }
+        if !task.spec.same_task_as(service) {
+            return Some(StopReason::SpecChanged);
+        }
+        self.image_changed(task).then_some(StopReason::ImageChanged)
     }
 
     fn keeps_as(
@@ -96,7 +126,6 @@ impl<'a> Scheduler<'a> {
         task: &Task,
         at: Option<u32>,
         service: &'a ServiceSpec,
-        version: u64,
         sid: u32,
     ) -> Result<(), StopReason> {
         let scaled = |slot_kept: bool| {
@@ -106,16 +135,6 @@ impl<'a> Scheduler<'a> {
                 Err(StopReason::ScaledDown)
             }
         };
-        // A task of the current version runs the current spec by
-        // construction; older ones run it when only `replicas` changed.
-        if task.app_version != version {
-            if !task.spec.same_task_as(service) {
-                return Err(StopReason::SpecChanged);
-            }
-            if self.image_changed(task) {
-                return Err(StopReason::ImageChanged);
-            }
-        }
         let node = at.map(|at| self.nodes[at as usize].node);
         // A batch task that is done stays done, whatever became of its node.
         if service.kind == Kind::Batch && task.finished_for_good() {
@@ -234,7 +253,10 @@ impl<'a> Scheduler<'a> {
         else {
             return;
         };
-        self.filled.remove(&(sid, task.slot));
+        // The other task of a slot two hold still holds it.
+        if !self.doubled.remove(&(sid, task.slot)) {
+            self.filled.remove(&(sid, task.slot));
+        }
         if let (Some(counts), Some(at)) = (
             self.per_node.get_mut(&sid),
             self.index.get(task.node.as_str()),

@@ -3,6 +3,8 @@ use shoal_types::{parse_app, Node, NodeStatus, PinSource, PinnedImage, TaskState
 
 use super::reconcile;
 
+mod rolling;
+
 struct Cluster {
     state: State,
     index: u64,
@@ -104,6 +106,8 @@ impl Cluster {
 }
 
 const WEB: &str = "name: web\nservices:\n  - name: hello\n    image: busybox\n    replicas: 3\n";
+/// `WEB`, its tasks replaced at once when the spec changes.
+const ALL_AT_ONCE: &str = "name: web\nservices:\n  - name: hello\n    image: busybox\n    replicas: 3\n    update: {parallelism: 0, order: stop-first}\n";
 
 #[test]
 fn places_every_replica_spread_over_nodes() {
@@ -147,11 +151,11 @@ fn scaling_down_stops_the_highest_slots() {
 }
 
 #[test]
-fn a_changed_spec_replaces_every_task() {
+fn a_changed_spec_replaces_every_task_when_its_update_takes_all_at_once() {
     let mut cluster = Cluster::with_nodes(&["a"]);
-    cluster.put(WEB);
+    cluster.put(ALL_AT_ONCE);
     cluster.schedule();
-    cluster.put(&format!("{WEB}    env: {{COLOR: blue}}\n"));
+    cluster.put(&format!("{ALL_AT_ONCE}    env: {{COLOR: blue}}\n"));
     let plan = cluster.schedule();
     assert_eq!((plan.place.len(), plan.stop.len()), (3, 3));
     assert_eq!(plan.stop_why, vec![StopReason::SpecChanged; 3]);
@@ -163,7 +167,7 @@ fn a_changed_spec_replaces_every_task() {
 #[test]
 fn a_moved_image_replaces_pinned_tasks_and_spares_unpinned_ones() {
     let pinned = |digit: char| {
-        let spec = parse_app(WEB.as_bytes()).expect("valid spec");
+        let spec = parse_app(ALL_AT_ONCE.as_bytes()).expect("valid spec");
         let images = spec
             .services
             .iter()
@@ -179,7 +183,7 @@ fn a_moved_image_replaces_pinned_tasks_and_spares_unpinned_ones() {
     };
     // Tasks from before pins keep running when the app gets pinned.
     let mut cluster = Cluster::with_nodes(&["a"]);
-    cluster.put(WEB);
+    cluster.put(ALL_AT_ONCE);
     cluster.schedule();
     cluster.apply(pinned('1'));
     assert!(reconcile(&cluster.state).changes_nothing(&cluster.state));

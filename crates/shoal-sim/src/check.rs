@@ -161,7 +161,7 @@ pub fn check_healed(state: &State) -> Result<(), String> {
     }
     for (app_name, app) in &state.apps {
         for service in &app.spec.services {
-            let running: Vec<&shoal_types::Task> = state
+            let mut running: Vec<&shoal_types::Task> = state
                 .tasks
                 .values()
                 .filter(|task| {
@@ -176,6 +176,17 @@ pub fn check_healed(state: &State) -> Result<(), String> {
                 .filter(|unplaced| &unplaced.app == app_name && unplaced.service == service.name)
                 .map(|unplaced| u64::from(unplaced.count))
                 .sum();
+            // A paused rolling update keeps an old task beside a new one
+            // in the slots it had begun: slots count, not tasks.
+            let paused = app
+                .rollout_mark()
+                .is_some_and(|mark| mark.state == shoal_state::history::MarkState::Paused);
+            if paused && service.kind == Kind::Service {
+                let mut slots: Vec<u32> = running.iter().map(|task| task.slot).collect();
+                slots.sort_unstable();
+                slots.dedup();
+                running.truncate(slots.len());
+            }
             let wanted = match service.kind {
                 Kind::Service | Kind::Batch => u64::from(service.replicas),
                 Kind::Global => {

@@ -304,11 +304,15 @@ impl State {
         format: u32,
     ) -> Outcome {
         match self.apps.get_mut(&spec.name) {
-            Some(app) if &app.spec == spec && &app.images == images => Outcome::AppPut {
-                version: app.version,
-                changed: false,
-            },
+            Some(app) if &app.spec == spec && &app.images == images => {
+                app.resume(format);
+                Outcome::AppPut {
+                    version: app.version,
+                    changed: false,
+                }
+            }
             Some(app) => {
+                app.keep_history(format);
                 app.spec = spec.clone();
                 app.images = images.clone();
                 app.version += 1;
@@ -341,6 +345,8 @@ impl State {
                         version,
                         created_at_ms: now_ms,
                         updated_at_ms: now_ms,
+                        history: Vec::new(),
+                        rollout: None,
                     },
                 );
                 Outcome::AppPut {

@@ -177,6 +177,9 @@ pub struct Plan {
     /// the log: applying a plan does not depend on it.
     #[serde(skip)]
     pub stop_why: Vec<StopReason>,
+    /// Rolling updates that failed: paused or rolled back (format 13).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<crate::history::RolloutStep>,
 }
 
 impl Plan {
@@ -191,6 +194,7 @@ impl Plan {
         self.place.is_empty()
             && self.stop.is_empty()
             && self.remove.is_empty()
+            && self.rollouts.is_empty()
             && self.unplaced == state.unplaced
     }
 }
@@ -203,6 +207,11 @@ pub struct Placement {
     pub slot: u32,
     pub app_version: u64,
     pub node: String,
+    /// Started beside the older task of its slot, which stops once this
+    /// one has been healthy for the update's `monitor` (a start-first
+    /// rolling update, format 13).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub beside: bool,
 }
 
 /// Why the scheduler stops a task.
@@ -448,6 +457,17 @@ impl Command {
     /// every node reads that format.
     pub fn version_needed(&self) -> u32 {
         match self {
+            // Rolling updates came with format 13.
+            Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
+                if spec.services.iter().any(|service| service.update.is_some()) =>
+            {
+                format::ROLLOUTS
+            }
+            Command::ApplyPlan { plan }
+                if !plan.rollouts.is_empty() || plan.place.iter().any(|p| p.beside) =>
+            {
+                format::ROLLOUTS
+            }
             // Health checks, and a task's health, came with format 12.
             Command::PutApp { spec } | Command::PutAppPinned { spec, .. }
                 if spec.services.iter().any(|service| service.health.is_some()) =>

@@ -55,7 +55,11 @@ use crate::{ApplyError, Command};
 ///   version 3) and soon takes no datagram without them. And health
 ///   checks: a service's `health` and a task's `TaskStatus::health`, each
 ///   written only when set.
-pub const LOG_VERSION: u32 = format::PROVEN_IDENTITIES;
+/// - 13 (shoal 0.13): rolling updates: a service's `update`, a placement
+///   `beside` the older task of its slot, a plan's rollout steps (pause,
+///   rollback), and an app's `history` and `rollout` mark, each written
+///   only when set.
+pub const LOG_VERSION: u32 = format::ROLLOUTS;
 /// The format of entries and snapshots written before formats were named.
 pub const LOG_VERSION_FIRST: u32 = format::FIRST;
 
@@ -90,6 +94,9 @@ pub mod format {
     /// Health checks: a service's `health` and a task's health (the same
     /// release as proven identities).
     pub const HEALTH: u32 = PROVEN_IDENTITIES;
+    /// Rolling updates: `update`, placements beside an older task, rollout
+    /// steps, an app's history and rollout mark.
+    pub const ROLLOUTS: u32 = 13;
 }
 /// This build's release, stamped into the entries its leader appends so
 /// that a node too old to read one can name the release to upgrade to.

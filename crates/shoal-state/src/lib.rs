@@ -9,6 +9,8 @@
 //! - `plan`: a scheduler's plan, checked again as it is applied;
 //! - [`fit`]: the rules a node must meet to take a task;
 //! - [`rollout`]: how far an app's current version has rolled out;
+//! - [`history`]: an app's versions before, and a failed update's pause or
+//!   rollback;
 //! - [`security`]: the CA, tokens, admitted and removed nodes, gossip keys.
 
 mod apply;
@@ -17,6 +19,7 @@ pub mod command;
 pub mod entry;
 pub mod files;
 pub mod fit;
+pub mod history;
 mod plan;
 pub mod registries;
 pub mod rollout;
@@ -53,6 +56,14 @@ pub struct App {
     pub version: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The versions before this one, the newest first, at most
+    /// `history::HISTORY_MAX` (format 13; written only when there are any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<history::AppVersion>,
+    /// What became of a rolling update that failed: paused, or rolled back
+    /// (format 13; written only when there is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<history::RolloutMark>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,7 +276,7 @@ impl State {
     /// it after each step.
     ///
     /// What holds of the state alone: tasks on known nodes, one task per
-    /// slot, serials from the counter, a host port published once per node,
+    /// slot (two of two versions during a rolling update), serials from the counter, a host port published once per node,
     /// distinct node subnets, and derived indexes equal to a rebuild. (No
     /// over-commitment holds only while no node came back smaller: the
     /// simulator checks it once the scheduler settled.)
@@ -277,10 +288,26 @@ impl State {
                 return Err(format!("task {} is on unknown node {}", task.id, task.node));
             }
             if task.desired == DesiredState::Running {
+                // A rolling update starts a new task beside the old one:
+                // two in a slot at most, of two versions (from format 13).
                 let slot = (&task.app, &task.service, task.slot);
-                if let Some(other) = running_slots.insert(slot, &task.id) {
-                    return Err(format!("tasks {other} and {} hold the same slot", task.id));
+                let held: &mut Vec<&Task> = running_slots.entry(slot).or_default();
+                if let Some(other) = held
+                    .iter()
+                    .find(|other| other.app_version == task.app_version)
+                {
+                    return Err(format!(
+                        "tasks {} and {} hold the same slot at one version",
+                        other.id, task.id
+                    ));
                 }
+                if held.len() >= 2 || (self.log_version < format::ROLLOUTS && !held.is_empty()) {
+                    return Err(format!(
+                        "tasks {}, {} and {} hold the same slot",
+                        held[0].id, held[1].id, task.id
+                    ));
+                }
+                held.push(task);
                 for port in fit::host_ports(&task.spec) {
                     if let Some(other) = published.insert((task.node.as_str(), port), &task.id) {
                         return Err(format!(

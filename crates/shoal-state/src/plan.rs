@@ -7,7 +7,7 @@ use shoal_types::{DesiredState, Kind, Node, ServiceSpec, Task, TaskStatus};
 
 use crate::fit::{self, Request};
 use crate::{
-    App, ApplyError, FastMap, FastSet, Outcome, Placement, Plan, State, CHANGES_PER_PLAN_MAX,
+    App, ApplyError, FastMap, Outcome, Placement, Plan, State, CHANGES_PER_PLAN_MAX,
     PLACEMENTS_PER_PLAN_MAX, UNPLACED_MAX,
 };
 
@@ -54,6 +54,21 @@ impl State {
                 }
                 Some(_) => rejected.push(format!("remove {id}: task has not stopped")),
                 None => {}
+            }
+        }
+        // A failed update's pause or rollback, before the placements: a
+        // placement for the failed version no longer names the current one.
+        for step in plan.rollouts.iter().take(PLACEMENTS_PER_PLAN_MAX) {
+            match self.apps.get_mut(&step.app) {
+                Some(app) => {
+                    if !app.take_step(step, now_ms) {
+                        rejected.push(format!(
+                            "{:?} {} version {}: the app moved on or was marked already",
+                            step.action, step.app, step.version
+                        ));
+                    }
+                }
+                None => rejected.push(format!("{:?} {}: app is gone", step.action, step.app)),
             }
         }
         let mut new_tasks = Vec::new();
@@ -113,7 +128,9 @@ impl State {
 /// Keys borrow the names from the state's maps of nodes and apps.
 struct Occupancy<'a> {
     used: FastMap<&'a str, Request>,
-    slots: FastSet<(&'a str, &'a str, u32)>,
+    /// Desired-running tasks per slot of a current service, and whether
+    /// one of them is of the app's current version.
+    slots: FastMap<(&'a str, &'a str, u32), Slot>,
     /// Tasks per node of global services (at most one each).
     per_node: FastMap<(&'a str, &'a str), FastMap<&'a str, u32>>,
     /// Tasks per (service, index of a `max_per` spread, label value).
@@ -124,8 +141,17 @@ struct Occupancy<'a> {
     host_ports: FastMap<&'a str, Vec<fit::HostPort>>,
 }
 
+/// What a slot holds, for checking placements.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    /// Desired-running tasks.
+    tasks: u32,
+    /// Whether one of them is of the app's current version.
+    current: bool,
+}
+
 /// An app's name and one of its services, when they still exist.
-type Found<'a> = Option<(&'a str, &'a ServiceSpec)>;
+type Found<'a> = Option<(&'a str, &'a ServiceSpec, u64)>;
 
 type PerNode<'a> = FastMap<(&'a str, &'a str), FastMap<&'a str, u32>>;
 type PerValue<'a> = FastMap<(&'a str, &'a str, usize, &'a str), u32>;
@@ -163,7 +189,7 @@ impl<'a> Occupancy<'a> {
     ) -> Self {
         let mut occupancy = Occupancy {
             used: FastMap::default(),
-            slots: FastSet::default(),
+            slots: FastMap::default(),
             per_node: FastMap::default(),
             per_value: FastMap::default(),
             nodes: FastMap::default(),
@@ -202,18 +228,21 @@ impl<'a> Occupancy<'a> {
                 _ => {
                     let found = apps.get_key_value(&task.app).and_then(|(name, app)| {
                         let service = app.spec.services.iter().find(|s| s.name == task.service)?;
-                        Some((name.as_str(), service))
+                        Some((name.as_str(), service, app.version))
                     });
                     last = Some((task.app.as_str(), task.service.as_str(), found));
                     found
                 }
             };
-            let Some((app, service)) = found else {
+            let Some((app, service, version)) = found else {
                 continue;
             };
-            occupancy
+            let slot = occupancy
                 .slots
-                .insert((app, service.name.as_str(), task.slot));
+                .entry((app, service.name.as_str(), task.slot))
+                .or_default();
+            slot.tasks += 1;
+            slot.current |= version == task.app_version;
             count_task(
                 &mut occupancy.per_node,
                 &mut occupancy.per_value,
@@ -231,7 +260,12 @@ impl<'a> Occupancy<'a> {
             .entry(node.name.as_str())
             .or_default()
             .add(Request::of(service));
-        self.slots.insert((app, service.name.as_str(), slot));
+        let slot = self
+            .slots
+            .entry((app, service.name.as_str(), slot))
+            .or_default();
+        slot.tasks += 1;
+        slot.current = true;
         count_task(&mut self.per_node, &mut self.per_value, app, service, node);
         if service.ports.iter().any(|port| port.host_port.is_some()) {
             self.host_ports
@@ -296,7 +330,20 @@ fn check_placement<'a>(
         .ok_or_else(|| format!("{}: no such node", what()))?;
     fit::admits(node, spec).map_err(|reject| format!("{}: node is {reject}", what()))?;
     let key = (app_name.as_str(), spec.name.as_str());
-    if occupancy.slots.contains(&(key.0, key.1, placement.slot)) {
+    let slot = occupancy
+        .slots
+        .get(&(key.0, key.1, placement.slot))
+        .copied()
+        .unwrap_or_default();
+    if placement.beside {
+        // Beside the one older task of a slot, never a second new one.
+        if slot.current || slot.tasks > 1 {
+            return Err(format!(
+                "{}: the slot already has a task of this version or two tasks",
+                what()
+            ));
+        }
+    } else if slot.tasks > 0 {
         return Err(format!("{}: the slot already has a task", what()));
     }
     let per_node = occupancy.per_node.get(&key);

@@ -1,9 +1,10 @@
 //! How far an app's current version has rolled out: computed here once,
 //! from the state alone, for the API to serve and `shoal apply` to follow.
 
-use shoal_types::{DesiredState, Kind, Promise, Task, TaskState};
+use shoal_types::{DesiredState, FailureAction, Health, Kind, Promise, Task, TaskState};
 
-use crate::State;
+use crate::history::{MarkState, RolloutMark};
+use crate::{format, State};
 
 /// An app's rollout of its current version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,8 +16,12 @@ pub struct Rollout {
     /// stopping.
     pub done: bool,
     /// The first task whose promise is broken for good: the rollout will
-    /// not finish by itself.
+    /// not finish by itself (while a rolling update would react to it, by
+    /// its `failure_action`, it is not named here).
     pub broken: Option<BrokenTask>,
+    /// What became of the current version's rolling update, when it was
+    /// paused or is a rollback (format 13).
+    pub mark: Option<RolloutMark>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,14 +33,19 @@ pub struct ServiceRollout {
     pub wanted: u32,
     /// Tasks of the current spec that run.
     pub running: u32,
+    /// Of those, the ones that serve: healthy, or without a check.
+    pub healthy: u32,
+    /// Tasks of an older spec meant to run still, until a rolling update
+    /// replaces them.
+    pub outdated: u32,
     /// Batch tasks that exited with 0.
     pub completed: u32,
     /// Batch tasks that failed and will not run again.
     pub failed: u32,
     /// Tasks of this service (of any spec) told to stop that still run.
     pub stopping: u32,
-    /// The service has what it wants: `wanted` running (a batch job:
-    /// completed).
+    /// The service has what it wants: `wanted` healthy and no outdated
+    /// task (a batch job: completed).
     pub done: bool,
     /// Why tasks of it fit on no node, when some do not.
     pub unplaced: Option<String>,
@@ -48,9 +58,15 @@ pub struct BrokenTask {
     pub message: String,
 }
 
-/// Whether a task's spec is the current one of its service.
-fn current(task: &Task, service: &shoal_types::ServiceSpec) -> bool {
-    task.desired == DesiredState::Running && task.spec.same_task_as(service)
+/// Whether a task runs the current spec of its service, and the image its
+/// app pins now (a task from before pins runs what it runs).
+fn current(task: &Task, app: &crate::App, service: &shoal_types::ServiceSpec) -> bool {
+    task.desired == DesiredState::Running
+        && task.spec.same_task_as(service)
+        && task
+            .image
+            .as_ref()
+            .is_none_or(|pin| app.images.get(&service.name) == Some(pin))
 }
 
 impl State {
@@ -66,28 +82,46 @@ impl State {
             .map(|service| {
                 let mine = tasks.iter().filter(|t| t.service == service.name);
                 let (mut running, mut completed, mut failed, mut stopping) = (0, 0, 0, 0);
+                let (mut healthy, mut outdated) = (0, 0);
+                let mut first_broken = None;
+                // A rolling update under way reacts to a failed new task
+                // itself.
+                let rolls = self.log_version >= format::ROLLOUTS
+                    && service.kind != Kind::Batch
+                    && service.update().failure_action != FailureAction::Continue;
                 for task in mine {
                     if task.desired == DesiredState::Stopped && !task.status.state.is_terminal() {
                         stopping += 1;
                     }
-                    if !current(task, service) {
+                    if !current(task, app, service) {
+                        if task.desired == DesiredState::Running {
+                            outdated += 1;
+                        }
                         continue;
                     }
                     match task.status.state {
-                        TaskState::Running => running += 1,
+                        TaskState::Running => {
+                            running += 1;
+                            if matches!(task.health(), None | Some(Health::Healthy)) {
+                                healthy += 1;
+                            }
+                        }
                         TaskState::Exited if task.status.exit_code == Some(0) => completed += 1,
                         _ if task.finished_for_good() => failed += 1,
                         _ => {}
                     }
                     let broken_for_good = task.status.promise == Promise::Broken
                         && matches!(task.status.state, TaskState::Failed | TaskState::Exited);
-                    if broken_for_good && broken.is_none() {
-                        broken = Some(BrokenTask {
+                    if broken_for_good && first_broken.is_none() {
+                        first_broken = Some(BrokenTask {
                             task: task.id.clone(),
                             state: task.status.state,
                             message: task.status.message.clone(),
                         });
                     }
+                }
+                if !(rolls && outdated > 0) && broken.is_none() {
+                    broken = first_broken;
                 }
                 let wanted = match service.kind {
                     Kind::Global => self
@@ -103,13 +137,15 @@ impl State {
                     kind: service.kind,
                     wanted,
                     running,
+                    healthy,
+                    outdated,
                     completed: if batch { completed } else { 0 },
                     failed: if batch { failed } else { 0 },
                     stopping,
                     done: if batch {
                         completed == wanted
                     } else {
-                        running == wanted
+                        healthy == wanted && outdated == 0
                     },
                     unplaced: self
                         .unplaced
@@ -125,15 +161,21 @@ impl State {
                 && !task.status.state.is_terminal()
                 && !app.spec.services.iter().any(|s| s.name == task.service)
         });
+        let mark = app.rollout_mark().cloned();
+        let paused = mark
+            .as_ref()
+            .is_some_and(|mark| mark.state == MarkState::Paused);
         let done = services.iter().all(|s| s.done && s.stopping == 0)
             && !gone_stopping
-            && broken.is_none();
+            && broken.is_none()
+            && !paused;
         Some(Rollout {
             app: name.to_string(),
             version: app.version,
             services,
             done,
             broken,
+            mark,
         })
     }
 }
@@ -190,6 +232,7 @@ mod tests {
                         slot,
                         app_version: version,
                         node: node.into(),
+                        beside: false,
                     }],
                     ..Plan::default()
                 },

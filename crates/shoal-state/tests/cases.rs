@@ -542,7 +542,7 @@ fn malformed_cases_and_unmet_expectations_fail() {
         ),
         (
             step2(
-                "  - entry: {version: 13, at_ms: 20, command: {type: forget_node, name: n1}}
+                "  - entry: {version: 99, at_ms: 20, command: {type: forget_node, name: n1}}
     error: upgrade
 ",
             ),

@@ -17,9 +17,10 @@ pub use node::{consensus_id, rendezvous_rank, Allowance, Allows, Node, NodeStatu
 pub use placement::{Affinity, Constraint, Labels, Spread, Taint, TaintEffect, Toleration};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use spec::{
-    app_schema, check_dns_label, check_object_name, parse_app, AppSpec, ContainerSpec, FieldError,
-    FileKind, FileMode, FileRef, Health, HealthSpec, HttpCheck, Kind, Needs, PlacementSpec, Port,
-    PortRef, Prepull, Probe, Protocol, RestartAfter, RestartPolicy, RestartSpec, Security,
-    ServiceSpec, SpecError, Strategy, TcpCheck, UserSpec, Workload, SPEC_BYTES_MAX,
+    app_schema, check_dns_label, check_object_name, parse_app, AppSpec, ContainerSpec,
+    FailureAction, FieldError, FileKind, FileMode, FileRef, Health, HealthSpec, HttpCheck, Kind,
+    Needs, PlacementSpec, Port, PortRef, Prepull, Probe, Protocol, Ratio, RestartAfter,
+    RestartPolicy, RestartSpec, Security, ServiceSpec, SpecError, Strategy, TcpCheck, Update,
+    UpdateOrder, UpdateSpec, UserSpec, Workload, RATIO_ONE, SPEC_BYTES_MAX,
 };
 pub use task::{DesiredState, PinSource, PinnedImage, Promise, Task, TaskState, TaskStatus};

@@ -180,6 +180,7 @@ pub(crate) fn to_app(value: serde_json::Value) -> Result<AppSpec, SpecError> {
             secrets: Vec::new(),
             configs: Vec::new(),
             health: None,
+            update: None,
         });
     }
     if !errors.is_empty() {

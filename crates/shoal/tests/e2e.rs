@@ -2303,7 +2303,8 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
             "{http: {path: /missing, port: 80}, interval: 1s, retries: 1, restart_after: 1s}"
         ),
     );
-    node.apply_ok(&spec);
+    // Not every task becomes healthy: `apply` would wait for them.
+    node.apply_detached(&spec);
     let health = |service: &str| -> Option<(String, u64)> {
         node.tasks()
             .into_iter()
@@ -2379,4 +2380,114 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
         node.tasks().iter().all(|task| task["app"] != "bad"),
         "a refused app left tasks"
     );
+}
+
+/// A rolling update on real containers: three busybox httpd replicas with
+/// an HTTP check move to a new command one at a time, start-first, and at
+/// every look in between three tasks of the service run healthy and at
+/// most four are meant to run. A version whose check fails is rolled back
+/// by itself (`shoal apply` says so and exits 1); one with `failure_action:
+/// pause` stops after its first batch, and the next apply finishes.
+#[test]
+fn a_rolling_update_keeps_every_replica_serving_and_a_failing_version_is_rolled_back() {
+    let Some(node) = Node::start_or_skip("rolling") else {
+        return;
+    };
+    let spec = |version: &str, path: &str, update: &str| {
+        format!(
+            "name: roll\nservices:\n  - name: web\n    image: shoal.test/busybox:latest\n    replicas: 3\n    command: [\"/bin/sh\", \"-c\", \"mkdir -p /tmp/www && echo {version} > /tmp/www/version && exec httpd -f -p 80 -h /tmp/www\"]\n    stop_grace_period: 1s\n    ports: [{{name: http, container_port: 80}}]\n    health: {{http: {{path: {path}, port: http}}, interval: 1s, retries: 1, restart_after: never}}\n    update: {{monitor: 1s{update}}}\n"
+        )
+    };
+    node.apply_ok(&spec("v1", "/version", ""));
+    // (desired running, running and healthy, versions meant to run)
+    let look = || {
+        let tasks = node.tasks();
+        let meant: Vec<&Value> = tasks
+            .iter()
+            .filter(|task| task["app"] == "roll" && task["desired"] == "running")
+            .collect();
+        let serving = meant
+            .iter()
+            .filter(|task| task["state"] == "running" && task["health"] == "healthy")
+            .count();
+        let mut versions: Vec<u64> = meant
+            .iter()
+            .filter_map(|task| task["app_version"].as_u64())
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        (meant.len(), serving, versions)
+    };
+    assert_eq!(look(), (3, 3, vec![1]));
+
+    // Version 2 rolls out while the test looks.
+    let (output, looks) = std::thread::scope(|scope| {
+        let apply = scope.spawn(|| node.apply(&spec("v2", "/version", "")));
+        let mut looks = Vec::new();
+        while !apply.is_finished() {
+            looks.push(look());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (apply.join().expect("apply thread"), looks)
+    });
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(looks.len() > 10, "the rollout took {} looks", looks.len());
+    for (meant, serving, versions) in &looks {
+        assert!(
+            *serving >= 3 && *meant <= 4,
+            "{meant} meant to run, {serving} serving ({versions:?}), in {looks:?}"
+        );
+    }
+    assert!(
+        looks.iter().any(|(_, _, versions)| versions == &[1, 2]),
+        "never two versions at once: {looks:?}"
+    );
+    assert_eq!(look(), (3, 3, vec![2]));
+
+    // Version 3's check fails: rolled back to version 2's spec (version 4),
+    // which version 2's tasks run: they stay.
+    let output = node.apply(&spec("v3", "/missing", ""));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a failing version rolled out");
+    assert!(
+        stderr.contains("version 3 failed and was rolled back") && stderr.contains("roll.web."),
+        "{stderr}"
+    );
+    let mut last = look();
+    for _ in 0..100 {
+        if last == (3, 3, vec![2]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        last = look();
+    }
+    assert_eq!(last, (3, 3, vec![2]), "{:#?}", node.tasks());
+    let inspect = node.shoal_json(&["app", "inspect", "roll"]);
+    assert_eq!(inspect["version"], 4, "{inspect}");
+    assert_eq!(
+        inspect["rollout"]["rolled_back"]["failed_version"], 3,
+        "{inspect}"
+    );
+    assert!(
+        inspect["spec"].to_string().contains("echo v2"),
+        "version 4 runs version 2's spec: {inspect}"
+    );
+
+    // With `pause`, the failed batch stays beside the old tasks.
+    let output = node.apply(&spec("v5", "/missing", ", failure_action: pause"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("the update paused"),
+        "{stderr}"
+    );
+    let (meant, serving, versions) = look();
+    assert_eq!((meant, serving, versions), (4, 3, vec![2, 5]));
+    // The next apply goes on.
+    node.apply_ok(&spec("v6", "/version", ""));
+    assert_eq!(look(), (3, 3, vec![6]));
 }

@@ -134,6 +134,21 @@ pub struct RolloutView {
     #[serde(default)]
     pub broken: Option<BrokenTaskView>,
     pub services: Vec<ServiceRolloutView>,
+    /// The rolling update paused after new tasks failed; no further batch
+    /// until the app is applied again (absent before shoal 0.13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// This version is the one before `failed_version`, put back after
+    /// that version's new tasks failed (absent before shoal 0.13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBackView>,
+}
+
+/// A rollback: which version failed, and how.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RolledBackView {
+    pub failed_version: u64,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -143,6 +158,14 @@ pub struct ServiceRolloutView {
     pub wanted: u32,
     /// Tasks of the current spec that run.
     pub running: u32,
+    /// Of those, the ones that serve: healthy, or without a check (absent
+    /// before shoal 0.13).
+    #[serde(default)]
+    pub healthy: Option<u32>,
+    /// Tasks of an older spec still meant to run until a rolling update
+    /// replaces them (absent before shoal 0.13).
+    #[serde(default)]
+    pub outdated: Option<u32>,
     /// Batch tasks that exited with 0, and that failed for good.
     pub completed: u32,
     pub failed: u32,

@@ -59,6 +59,31 @@ impl Chaos {
         service["resources"] = resources;
         let priority = [0, 100, 500, 1000][rng.weighted(&[70, 15, 10, 5])];
         service["priority"] = json!(priority);
+        // How its changes roll out: in batches, new tasks beside the old
+        // ones or after them, each watched for a while.
+        if kind != "batch" {
+            // A big service takes bigger batches, so that it rolls out in
+            // a bounded number of rounds.
+            let replicas = service["replicas"].as_u64().unwrap_or(1);
+            let parallelism = [0, 1, 2, 5][rng.weighted(&[30, 30, 25, 15])];
+            let parallelism = if parallelism == 0 {
+                0
+            } else {
+                parallelism.max(replicas / 4)
+            };
+            let order = if kind == "global" || rng.chance(300) {
+                "stop-first"
+            } else {
+                "start-first"
+            };
+            let failure_action = ["rollback", "pause", "continue"][rng.weighted(&[60, 20, 20])];
+            service["update"] = json!({
+                "parallelism": parallelism,
+                "order": order,
+                "monitor": "1s",
+                "failure_action": failure_action,
+            });
+        }
         if kind == "batch" {
             service["command"] = json!(["true"]);
             service["restart"] = json!({"policy": "on-failure"});

@@ -36,13 +36,21 @@ use crate::rng::Rng;
 pub use summary::Summary;
 
 /// Scheduler runs after one step's events at most; a scheduler that still
-/// changes something after this many is reported as not settling.
-pub const SETTLE_ROUNDS_MAX: u32 = 200;
+/// changes something after this many is reported as not settling. A
+/// rolling update takes about three runs a batch, and a service scaled up
+/// after it was made may roll 120 tasks one at a time.
+pub const SETTLE_ROUNDS_MAX: u32 = 600;
 /// Events in one step at most.
 const EVENTS_PER_STEP_MAX: u64 = 3;
 /// Virtual time between steps, and between scheduler rounds in a step.
 const STEP_MS: u64 = 1_000;
 const ROUND_MS: u64 = 50;
+/// Time let pass while a rolling update waits and nothing else happens:
+/// the `monitor` the simulated services roll out with.
+const ROLLING_WAIT_MS: u64 = 1_000;
+/// Such waits in a row at most: a new task serves within one, unless its
+/// node does not work.
+const ROLLING_WAITS_MAX: u32 = 3;
 /// The taint some nodes start with and some services tolerate.
 const INFRA_TAINT: &str = "dedicated=infra:NoSchedule";
 
@@ -316,9 +324,28 @@ impl Chaos {
         }
     }
 
+    /// Whether a rolling update is under way: a task meant to run has an
+    /// older spec than its service's, in an app not paused.
+    fn rolling(&self) -> bool {
+        let state = &self.cluster.state;
+        state.tasks.values().any(|task| {
+            task.desired == shoal_types::DesiredState::Running
+                && state.apps.get(&task.app).is_some_and(|app| {
+                    let paused = app
+                        .rollout_mark()
+                        .is_some_and(|mark| mark.state == shoal_state::history::MarkState::Paused);
+                    !paused
+                        && app.spec.services.iter().any(|service| {
+                            service.name == task.service && !task.spec.same_task_as(service)
+                        })
+                })
+        })
+    }
+
     /// Runs the scheduler and applies its plans until a plan changes
     /// nothing, with the nodes' agents at work in between.
     fn settle(&mut self) -> Result<(), String> {
+        let mut waits = 0;
         for _ in 0..SETTLE_ROUNDS_MAX {
             // Mostly whole plans; sometimes small ones, as a busy leader
             // would cut them, so that work is spread over several plans.
@@ -330,12 +357,23 @@ impl Chaos {
             let options = Options {
                 placements_max,
                 seed: self.config.seed,
+                now_ms: self.cluster.now_ms,
                 ..Options::default()
             };
             let plan = shoal_sched::reconcile_with(&self.cluster.state, &options);
             if plan.changes_nothing(&self.cluster.state) {
-                return Ok(());
+                // A rolling update waits for its new tasks to serve for
+                // their `monitor` (1s here): time goes on for it, unless it
+                // waits for something else (a node that does not work).
+                if waits >= ROLLING_WAITS_MAX || !self.rolling() {
+                    return Ok(());
+                }
+                waits += 1;
+                self.cluster.now_ms += ROLLING_WAIT_MS;
+                self.nodes_work()?;
+                continue;
             }
+            waits = 0;
             self.cluster.now_ms += ROUND_MS;
             let stops = plan.stop.len();
             match self.apply(Command::ApplyPlan { plan })? {

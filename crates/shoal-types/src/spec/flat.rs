@@ -17,7 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
     is_default, is_zero, ContainerSpec, FileRef, HealthSpec, Kind, Millis, PlacementSpec, Port,
-    Prepull, Resources, RestartSpec, Security, ServiceSpec, UserSpec, Workload, REPLICAS_MAX,
+    Prepull, Resources, RestartSpec, Security, ServiceSpec, UpdateSpec, UserSpec, Workload,
+    REPLICAS_MAX,
 };
 use crate::placement::Toleration;
 
@@ -102,6 +103,11 @@ pub(super) struct FlatService {
     /// format 12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     health: Option<HealthSpec>,
+    /// How a change of the spec rolls out: batch by batch, each new task
+    /// healthy for `monitor` before the next batch. Written only when set
+    /// (shoal 0.13, log format 13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    update: Option<UpdateSpec>,
 }
 
 impl From<FlatService> for ServiceSpec {
@@ -130,6 +136,7 @@ impl From<FlatService> for ServiceSpec {
             secrets,
             configs,
             health,
+            update,
         } = flat;
         ServiceSpec {
             name,
@@ -157,6 +164,7 @@ impl From<FlatService> for ServiceSpec {
             secrets,
             configs,
             health,
+            update,
         }
     }
 }
@@ -181,6 +189,7 @@ impl From<ServiceSpec> for FlatService {
             secrets,
             configs,
             health,
+            update,
         } = spec;
         // A new variant stops this compiling: it needs a written form first.
         let Workload::Container(ContainerSpec {
@@ -216,6 +225,7 @@ impl From<ServiceSpec> for FlatService {
             secrets,
             configs,
             health,
+            update,
         }
     }
 }

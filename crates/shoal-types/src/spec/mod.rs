@@ -17,6 +17,7 @@ mod ports;
 mod resources;
 mod restart;
 mod security;
+mod update;
 mod validate;
 mod workload;
 
@@ -38,6 +39,7 @@ pub use ports::{Port, Protocol};
 pub use resources::{Bytes, Millicores, Resources};
 pub use restart::{RestartPolicy, RestartSpec};
 pub use security::{Capabilities, Needs, Security, CAPABILITIES, DEFAULT_CAPABILITIES};
+pub use update::{FailureAction, Ratio, Update, UpdateOrder, UpdateSpec, RATIO_ONE};
 pub use validate::{check_dns_label, validate};
 pub use workload::{ContainerSpec, UserSpec, Workload};
 
@@ -110,6 +112,8 @@ pub struct ServiceSpec {
     pub configs: Vec<FileRef>,
     /// How the node running a task checks it (format 12).
     pub health: Option<HealthSpec>,
+    /// How a change of the service rolls out (format 13).
+    pub update: Option<UpdateSpec>,
 }
 
 /// Which nodes pull a service's image ahead of need, so that a replica
@@ -181,6 +185,8 @@ impl ServiceSpec {
             // A new check is a new task: the node checks what its task
             // says.
             health,
+            // How the next change rolls out changes no task.
+            update: _,
         } = self;
         *name == other.name
             && *workload == other.workload

@@ -107,6 +107,9 @@ pub fn validate(spec: &mut AppSpec) -> Result<(), SpecError> {
         if let Some(health) = &service.health {
             super::health::validate_health(health, service, &at, &mut fail);
         }
+        if let Some(update) = &service.update {
+            super::update::validate_update(update, service, &at, &mut fail);
+        }
         let restart = service.restart;
         match (service.kind, restart.policy) {
             (Kind::Batch, Some(RestartPolicy::Always)) => fail(

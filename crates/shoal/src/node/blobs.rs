@@ -684,6 +684,8 @@ mod tests {
                 version: 1,
                 created_at_ms: 0,
                 updated_at_ms: 0,
+                history: Vec::new(),
+                rollout: None,
             },
         );
         let named = |reference: &str| {

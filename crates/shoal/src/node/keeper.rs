@@ -661,6 +661,7 @@ mod tests {
                     slot: 0,
                     app_version: 1,
                     node: "n1".into(),
+                    beside: false,
                 }],
                 ..Plan::default()
             },

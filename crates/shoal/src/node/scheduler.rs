@@ -24,7 +24,7 @@ pub async fn run<L: ReplicatedLog>(log: L) {
             let _ = tokio::time::timeout(IDLE_INTERVAL, changes.changed()).await;
             continue;
         }
-        let plan = plan(&log.read(), log.cluster_log_version());
+        let plan = plan(&log.read(), log.cluster_log_version(), now_ms());
         if let Some(plan) = plan {
             let progressed = match log.propose(now_ms(), Command::ApplyPlan { plan }).await {
                 Ok(Outcome::PlanApplied {
@@ -54,12 +54,19 @@ pub async fn run<L: ReplicatedLog>(log: L) {
     }
 }
 
-/// What the leader proposes for `state` in a cluster whose oldest node
-/// reads log `format`: the scheduler's plan, its reasons in words where
+/// What the leader proposes for `state` at `now_ms` in a cluster whose
+/// oldest node reads log `format`: the scheduler's plan, its reasons in words where
 /// that node reads no data (format 2 for reasons, 6 for a reason naming a
 /// node's allowance); `None` when it would change nothing.
-pub fn plan(state: &State, format: u32) -> Option<Plan> {
-    let mut plan = shoal_sched::reconcile(state);
+pub fn plan(state: &State, format: u32, now_ms: u64) -> Option<Plan> {
+    let mut plan = shoal_sched::reconcile_at(state, now_ms);
+    // The state rolls once it holds a format-13 entry, but the cluster's
+    // format as this node knows it may be lower for a while (a new
+    // leader): what only format 13 writes waits, the rest goes.
+    if format < shoal_state::format::ROLLOUTS {
+        plan.place.retain(|placement| !placement.beside);
+        plan.rollouts.clear();
+    }
     if format < shoal_state::format::REASONS {
         plan = plan.worded();
     } else if format < shoal_state::format::ALLOWS {
@@ -108,7 +115,7 @@ mod tests {
     #[test]
     fn the_plan_is_worded_for_the_oldest_node_and_none_when_nothing_changes() {
         let log = state(&[WEB, UNPLACEABLE]);
-        let newest = plan(&log.read(), LOG_VERSION).expect("a plan");
+        let newest = plan(&log.read(), LOG_VERSION, 0).expect("a plan");
         assert_eq!(newest.place.len(), 2, "{newest:?}");
         assert_eq!(newest.unplaced.len(), 2, "{:?}", newest.unplaced);
         let allowance = |plan: &Plan| {
@@ -129,18 +136,18 @@ mod tests {
         assert!(allowance(&newest).why.is_some() && other(&newest).why.is_some());
         // A node of format 2 to 5 reads reasons as data, but not one that
         // names an allowance.
-        let middle = plan(&log.read(), ALLOWS - 1).expect("a plan");
+        let middle = plan(&log.read(), ALLOWS - 1, 0).expect("a plan");
         assert!(allowance(&middle).why.is_none() && !allowance(&middle).reason.is_empty());
         assert!(other(&middle).why.is_some());
         // A node of format 1 reads words only.
-        let oldest = plan(&log.read(), REASONS - 1).expect("a plan");
+        let oldest = plan(&log.read(), REASONS - 1, 0).expect("a plan");
         assert!(oldest
             .unplaced
             .iter()
             .all(|unplaced| unplaced.why.is_none() && !unplaced.reason.is_empty()));
         // Applied, the same plan changes nothing more.
         log.apply(Command::ApplyPlan { plan: newest });
-        assert_eq!(plan(&log.read(), LOG_VERSION), None);
+        assert_eq!(plan(&log.read(), LOG_VERSION, 0), None);
     }
 
     #[tokio::test]

@@ -275,19 +275,39 @@ impl Node {
         serde_json::from_str(&self.shoal_ok(&args)).expect("JSON output")
     }
 
-    fn apply(&self, spec: &str) -> Output {
+    /// `shoal apply` of `spec`, following the rollout for 60s at most.
+    pub fn apply(&self, spec: &str) -> Output {
+        self.apply_with(spec, &[])
+    }
+
+    fn apply_with(&self, spec: &str, args: &[&str]) -> Output {
         let path = self.scratch.path().join(format!(
             "spec-{}.yaml",
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&path, spec).expect("write spec");
-        self.shoal(&[
+        let mut all = vec![
             "apply",
             "-f",
             path.to_str().expect("utf-8 path"),
             "--timeout",
             "60s",
-        ])
+        ];
+        all.extend_from_slice(args);
+        self.shoal(&all)
+    }
+
+    /// `shoal apply --detach`: the spec accepted, the rollout not followed
+    /// (for apps whose tasks are not all meant to become healthy).
+    pub fn apply_detached(&self, spec: &str) -> String {
+        let output = self.apply_with(spec, &["--detach"]);
+        assert!(
+            output.status.success(),
+            "apply --detach failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     pub fn apply_ok(&self, spec: &str) -> String {

@@ -347,7 +347,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
                 "unexpected outcome {outcome:?}"
             )));
         };
-        let plan = shoal_sched::reconcile(&state);
+        let plan = shoal_sched::reconcile_at(&state, now_ms());
         let place = plan
             .place
             .iter()

@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 
 use shoal_api::wire::{
-    AppView, BrokenTaskView, ImageView, NodeView, RolloutView, ServiceRolloutView, ServiceView,
-    UnplacedView,
+    AppView, BrokenTaskView, ImageView, NodeView, RolledBackView, RolloutView, ServiceRolloutView,
+    ServiceView, UnplacedView,
 };
 use shoal_cluster::membership::{Member, MemberStatus};
 use shoal_cluster::raft::RaftStatus;
 use shoal_state::fit::Request;
+use shoal_state::history::MarkState;
 use shoal_state::{State, StopReason};
 use shoal_types::{consensus_id, DesiredState, NodeStatus, Taint, TaintEffect};
 
@@ -78,6 +79,8 @@ pub(super) fn rollout_view(rollout: &shoal_state::rollout::Rollout) -> RolloutVi
                 service: service.service.clone(),
                 wanted: service.wanted,
                 running: service.running,
+                healthy: Some(service.healthy),
+                outdated: Some(service.outdated),
                 completed: service.completed,
                 failed: service.failed,
                 stopping: service.stopping,
@@ -85,6 +88,17 @@ pub(super) fn rollout_view(rollout: &shoal_state::rollout::Rollout) -> RolloutVi
                 unplaced: service.unplaced.clone(),
             })
             .collect(),
+        paused: rollout
+            .mark
+            .as_ref()
+            .filter(|mark| mark.state == MarkState::Paused)
+            .map(|mark| mark.reason.clone()),
+        rolled_back: rollout.mark.as_ref().and_then(|mark| {
+            Some(RolledBackView {
+                failed_version: mark.failed_version?,
+                reason: mark.reason.clone(),
+            })
+        }),
     }
 }
 
