@@ -36,6 +36,7 @@ pub enum FakeOp {
     Images,
     Import,
     Pull,
+    Exec,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +54,11 @@ struct FakeContainer {
     status: ContainerStatus,
     /// What the process exits with on SIGTERM; `None`: it ignores SIGTERM.
     sigterm_exit_code: Option<i32>,
+    /// What a command run in it gives: its exit code, or `None`: it runs
+    /// until its time is up. 0 by default.
+    exec_outcome: Option<i32>,
+    /// The commands run in it, in order.
+    execs: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -185,6 +191,27 @@ impl FakeRuntime {
         }
     }
 
+    /// What a command run in the container gives from now on: its exit
+    /// code, or (`None`) it outlives any timeout.
+    pub fn on_exec(&self, id: &str, outcome: Option<i32>) -> bool {
+        match self.state().containers.get_mut(id) {
+            Some(c) => {
+                c.exec_outcome = outcome;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The commands run in the container so far.
+    pub fn execs(&self, id: &str) -> Vec<Vec<String>> {
+        self.state()
+            .containers
+            .get(id)
+            .map(|c| c.execs.clone())
+            .unwrap_or_default()
+    }
+
     /// How the container's process answers SIGTERM: exit with the code, or
     /// (`None`) ignore it until SIGKILL. The default is dying of it (143).
     pub fn on_sigterm(&self, id: &str, exit_code: Option<i32>) -> bool {
@@ -302,6 +329,8 @@ impl Runtime for FakeRuntime {
                 process,
                 status: ContainerStatus::Running { pid },
                 sigterm_exit_code: Some(SIGTERM_EXIT_CODE),
+                exec_outcome: Some(0),
+                execs: Vec::new(),
             },
         );
         Ok(pid)
@@ -348,6 +377,32 @@ impl Runtime for FakeRuntime {
         state.containers.remove(id);
         state.snapshots.remove(id);
         Ok(())
+    }
+
+    async fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<Option<i32>> {
+        self.take_failure(FakeOp::Exec)?;
+        let outcome = {
+            let mut state = self.state();
+            let Some(c) = state.containers.get_mut(id) else {
+                return Err(RuntimeError::containerd(
+                    ErrorKind::NotFound,
+                    format!("container {id} not found"),
+                ));
+            };
+            if !matches!(c.status, ContainerStatus::Running { .. }) {
+                return Err(RuntimeError::containerd(
+                    ErrorKind::Conflict,
+                    format!("container {id} does not run"),
+                ));
+            }
+            c.execs.push(args.to_vec());
+            c.exec_outcome
+        };
+        if outcome.is_none() {
+            // Runs until its time is up, then is killed.
+            tokio::time::sleep(timeout).await;
+        }
+        Ok(outcome)
     }
 
     async fn list(&self) -> Result<Vec<ContainerInfo>> {

@@ -86,6 +86,18 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Every container in this runtime's namespace that carries [`LABEL_TASK`].
     fn list(&self) -> impl Future<Output = Result<Vec<ContainerInfo>>> + Send;
+
+    /// Runs `args` inside running container `id`, as its own process runs
+    /// (user, environment, working directory, privileges), with no input
+    /// or output; returns its exit code, or `None` when it ran longer than
+    /// `timeout` (it is killed then). [`ErrorKind::NotFound`] when there is
+    /// no such container; an error too when it does not run.
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<i32>>> + Send;
 }
 
 /// An image in an [`ImageStore`].

@@ -91,6 +91,9 @@ trait Backend: Send + Sync {
     /// An image present in the runtime.
     fn image(&self) -> &str;
     async fn after_run(&self, id: &str, prog: &Prog);
+    /// What the next command run in container `id` gives, for a backend
+    /// that runs nothing (the fake); a real one runs the command.
+    async fn before_exec(&self, id: &str, outcome: Option<i32>);
     async fn snapshot_exists(&self, id: &str) -> bool;
     /// What talking to this kind of runtime gives when it cannot be reached.
     async fn unreachable(&self) -> RuntimeError;
@@ -292,6 +295,40 @@ async fn missing_ids_are_not_errors<B: Backend>(b: &B) {
         None
     );
     b.rt().remove("never-was").await.unwrap();
+}
+
+/// A command in a running container: its exit code, or none when it
+/// outlives its timeout (killed then, the container still running); a
+/// missing container is `NotFound`.
+async fn exec_runs_a_command_in_the_container<B: Backend>(b: &B) {
+    run(b, &config(b, "execd", &Prog::Sleep), &Prog::Sleep).await;
+    let timeout = Duration::from_millis(500);
+    for (args, outcome) in [
+        (strings(&["test", "-d", "/proc/self"]), Some(0)),
+        (strings(&["sh", "-c", "exit 3"]), Some(3)),
+        (strings(&["sleep", "30"]), None),
+    ] {
+        b.before_exec("execd", outcome).await;
+        let started = Instant::now();
+        let got = b.rt().exec("execd", &args, timeout).await.unwrap();
+        assert_eq!(got, outcome, "{args:?}");
+        let took = started.elapsed();
+        if outcome.is_none() {
+            assert!(took >= timeout, "{args:?} ended after {took:?}");
+        }
+        assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+    }
+    assert!(matches!(
+        status(b, "execd").await,
+        Some(ContainerStatus::Running { .. })
+    ));
+    let missing = b
+        .rt()
+        .exec("never-was", &strings(&["true"]), timeout)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
+    b.rt().remove("execd").await.unwrap();
 }
 
 async fn remove_forgets_everything<B: Backend>(b: &B) {
@@ -577,6 +614,10 @@ impl Backend for FakeBackend {
         &self.image
     }
 
+    async fn before_exec(&self, id: &str, outcome: Option<i32>) {
+        assert!(self.rt.on_exec(id, outcome), "no container {id}");
+    }
+
     async fn after_run(&self, id: &str, prog: &Prog) {
         let process = self.rt.process(id).unwrap();
         let config = self.rt.config(id).unwrap();
@@ -676,6 +717,8 @@ impl Backend for CdBackend {
     }
     async fn after_run(&self, _id: &str, _prog: &Prog) {}
 
+    async fn before_exec(&self, _id: &str, _outcome: Option<i32>) {}
+
     async fn snapshot_exists(&self, id: &str) -> bool {
         let request = StatSnapshotRequest {
             snapshotter: DEFAULT_SNAPSHOTTER.into(),
@@ -734,6 +777,7 @@ suite!(
     stop_returns_exit_code,
     stop_escalates_to_sigkill,
     missing_ids_are_not_errors,
+    exec_runs_a_command_in_the_container,
     remove_forgets_everything,
     process_exits_by_itself,
     env_args_cwd_user_reach_the_process,

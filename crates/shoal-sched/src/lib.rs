@@ -81,6 +81,9 @@ pub struct Options {
     /// The leader's clock as the run starts: when a rolling update's new
     /// tasks have served for long enough. The state holds no clock.
     pub now_ms: u64,
+    /// The log format every node reads, as the leader knows it: below 13
+    /// a changed service is replaced at once, as older releases do.
+    pub format: u32,
 }
 
 impl Default for Options {
@@ -91,6 +94,7 @@ impl Default for Options {
             seed: 0,
             preemptions_max: PREEMPTIONS_PER_PLAN_DEFAULT,
             now_ms: 0,
+            format: shoal_state::LOG_VERSION,
         }
     }
 }
@@ -101,12 +105,14 @@ pub fn reconcile(state: &State) -> Plan {
     reconcile_with(state, &Options::default())
 }
 
-/// The plan for a state at `now_ms` with the default options.
-pub fn reconcile_at(state: &State, now_ms: u64) -> Plan {
+/// The plan for a state at `now_ms` in a cluster of log `format`, with
+/// the default options.
+pub fn reconcile_at(state: &State, now_ms: u64, format: u32) -> Plan {
     reconcile_with(
         state,
         &Options {
             now_ms,
+            format,
             ..Options::default()
         },
     )

@@ -98,8 +98,7 @@ impl<'a> Scheduler<'a> {
         let outdated = self.outdated_why(task, service, version);
         // From format 13 a service (not a batch job) rolls: its outdated
         // tasks stay until `rolling` replaces them, if nothing else stops them.
-        let rolls =
-            self.state.log_version >= shoal_state::format::ROLLOUTS && service.kind != Kind::Batch;
+        let rolls = self.rolls() && service.kind != Kind::Batch;
         match outdated {
             Some(why) if !rolls => Err(why),
             _ => self

@@ -67,19 +67,64 @@ struct Failure<'t> {
 /// those right before it) whose spec of `service` makes the same task.
 fn first_version_of(app: &shoal_state::App, service: &ServiceSpec) -> u64 {
     let mut first = app.version;
+    let pin = app.images.get(&service.name);
     for entry in &app.history {
         let same = entry
             .spec
             .services
             .iter()
             .find(|before| before.name == service.name)
-            .is_some_and(|before| before.same_task_as(service));
+            .is_some_and(|before| before.same_task_as(service))
+            && entry.images.get(&service.name) == pin;
         if !same {
             break;
         }
         first = entry.version;
     }
     first
+}
+
+/// The version a failing update of `service` goes back to: the newest
+/// one the app keeps whose spec of the service, and pinned image, the
+/// outdated tasks it keeps still run; with none kept (stop-first, the last
+/// batch), the version before the update (`base`).
+fn back_to(
+    app: Option<&shoal_state::App>,
+    kept: &[&Task],
+    service: &ServiceSpec,
+    base: u64,
+) -> Option<u64> {
+    let history = &app?.history;
+    let Some(kept) = kept.iter().min_by_key(|task| (task.slot, task.id.as_str())) else {
+        return history
+            .iter()
+            .find(|entry| entry.version < base)
+            .map(|entry| entry.version);
+    };
+    history
+        .iter()
+        .find(|entry| {
+            entry
+                .spec
+                .services
+                .iter()
+                .find(|before| before.name == service.name)
+                .is_some_and(|before| kept.spec.same_task_as(before))
+                && kept
+                    .image
+                    .as_ref()
+                    .is_none_or(|pin| entry.images.get(&service.name) == Some(pin))
+        })
+        .map(|entry| entry.version)
+}
+
+/// Whether an app's current version is an update under way: it replaced
+/// another, and is neither done nor paused.
+fn watched(app: &shoal_state::App) -> bool {
+    !app.history.is_empty()
+        && app
+            .rollout_mark()
+            .is_none_or(|mark| mark.state == MarkState::RolledBack)
 }
 
 /// How a new task failed, for the rollout's mark.
@@ -99,30 +144,65 @@ fn failure_words(task: &Task) -> String {
 }
 
 impl<'a> Scheduler<'a> {
-    /// Rolls every service with outdated tasks one step on.
+    /// Whether this run rolls: the state holds a format-13 entry and the
+    /// cluster's format, as the leader knows it, is 13 too.
+    pub(crate) fn rolls(&self) -> bool {
+        self.state.log_version >= shoal_state::format::ROLLOUTS
+            && self.options.format >= shoal_state::format::ROLLOUTS
+    }
+
+    /// Rolls every service with outdated tasks one step on, watches the
+    /// services of an update that is not done yet, and marks an app's
+    /// update done once all its services are.
     pub(crate) fn roll(&mut self) {
-        if self.outdated.is_empty() {
+        if !self.rolls() {
             return;
         }
         let state = self.state;
-        let rolling: Vec<(&'a str, u64, &'a ServiceSpec, u32)> = services_of(state)
-            .filter_map(|(app, version, service)| {
-                let sid = self.sid(app, service);
-                self.outdated
-                    .contains_key(&sid)
-                    .then_some((app, version, service, sid))
-            })
-            .collect();
-        for (app, version, service, sid) in rolling {
-            self.roll_service(app, version, service, sid);
+        if self.outdated.is_empty() && !state.apps.values().any(watched) {
+            return;
+        }
+        let mut apps: Vec<(&'a str, u64, bool)> = Vec::new();
+        for (app, version, service) in services_of(state) {
+            let sid = self.sid(app, service);
+            let watching = state.apps.get(app).is_some_and(watched);
+            if !watching && !self.outdated.contains_key(&sid) {
+                continue;
+            }
+            let done = self.roll_service(app, version, service, sid);
+            match apps.last_mut() {
+                Some((last, _, all)) if *last == app => *all &= done,
+                _ => apps.push((app, version, done)),
+            }
+        }
+        for (app, version, done) in apps {
+            let stepped = self.plan.rollouts.iter().any(|step| step.app == app);
+            if done && !stepped && state.apps.get(app).is_some_and(watched) {
+                self.plan.rollouts.push(RolloutStep {
+                    app: app.to_string(),
+                    version,
+                    action: RolloutAction::Finish,
+                    reason: String::new(),
+                    to_version: None,
+                });
+            }
         }
     }
 
-    fn roll_service(&mut self, app: &'a str, version: u64, service: &'a ServiceSpec, sid: u32) {
+    /// Rolls one service a step on; whether its update is done (no
+    /// outdated task left, every task of the update served for `monitor`).
+    fn roll_service(
+        &mut self,
+        app: &'a str,
+        version: u64,
+        service: &'a ServiceSpec,
+        sid: u32,
+    ) -> bool {
         let state = self.state;
         let update = service.update();
         let now = self.options.now_ms;
         let outdated = self.outdated.remove(&sid).unwrap_or_default();
+        let had_old = !outdated.is_empty();
         let mut old: HashMap<u32, Vec<(&'a Task, StopReason)>> = HashMap::default();
         for (task, why) in outdated {
             old.entry(task.slot).or_default().push((task, why));
@@ -153,20 +233,23 @@ impl<'a> Scheduler<'a> {
             && failures * u64::from(RATIO_ONE) > ratio * updated.max(1);
         let done = |task: &Task| settled(task) || (!failing && ours(task) && failed(task));
         let mut in_flight = new.values().filter(|task| !done(task)).count();
-        // A slot of a service with no task at all (its new one fits nowhere
-        // yet) is in flight too: no more are begun while it waits.
-        if service.kind == Kind::Service {
+        // Stop-first: a slot with no task at all (its new one fits nowhere
+        // yet) is in flight too, so that no more than `parallelism` slots
+        // are ever empty (as Kubernetes' `maxUnavailable`).
+        if service.kind == Kind::Service && update.order == UpdateOrder::StopFirst {
             let held = (0..service.replicas)
                 .filter(|slot| new.contains_key(slot) || old.contains_key(slot))
                 .count();
             in_flight += (service.replicas as usize).saturating_sub(held);
         }
-        let waiting = self.retire_done(sid, old, &new, &done);
+        let (waiting, kept) = self.retire_done(sid, old, &new, &done);
         let mark = app_state.and_then(|app| app.rollout_mark());
         if failing {
-            // One step per version: a rollback that fails too pauses.
+            // One step per version and app: a rollback that fails too
+            // pauses.
             let rolled_back = mark.is_some_and(|mark| mark.state == MarkState::RolledBack);
-            if mark.is_none() || rolled_back {
+            let stepped = self.plan.rollouts.iter().any(|step| step.app == app);
+            if (mark.is_none() || rolled_back) && !stepped {
                 let failed_task = new
                     .values()
                     .filter(|task| ours(task) && !settled(task) && failed(task))
@@ -176,23 +259,40 @@ impl<'a> Scheduler<'a> {
                     action: update.failure_action,
                     rolled_back,
                     failed_task,
-                    back_to: self.back_to(app, sid, service),
+                    back_to: back_to(app_state, &kept, service, base),
                 };
                 self.take_failure_action(app, version, step);
             }
-            return;
+            return false;
         }
         let paused = mark.is_some_and(|mark| mark.state == MarkState::Paused);
         if paused || (update.delay.0 > 0 && now < last_settled.saturating_add(update.delay.0)) {
-            return;
+            return false;
         }
         let budget = (update.parallelism as usize).saturating_sub(in_flight);
+        self.begin(sid, service, update.order, waiting, budget);
+        !had_old
+            && new
+                .values()
+                .filter(|task| ours(task))
+                .all(|task| settled(task))
+    }
+
+    /// Begins up to `budget` of the `waiting` slots.
+    fn begin(
+        &mut self,
+        sid: u32,
+        service: &ServiceSpec,
+        order: UpdateOrder,
+        waiting: Vec<u32>,
+        budget: usize,
+    ) {
         let mut begun = 0;
         for slot in waiting {
             if begun >= budget {
                 break;
             }
-            match update.order {
+            match order {
                 UpdateOrder::StartFirst => {
                     self.filled.remove(&(sid, slot));
                     self.beside.insert((sid, slot));
@@ -219,15 +319,16 @@ impl<'a> Scheduler<'a> {
 
     /// Stops the outdated task of each slot whose new task is done, keeps
     /// one outdated task in every other slot, and says which slots wait for
-    /// a batch to begin them, lowest first.
+    /// a batch to begin them, lowest first, and which outdated tasks stay.
     fn retire_done(
         &mut self,
         sid: u32,
         mut old: HashMap<u32, Vec<(&'a Task, StopReason)>>,
         new: &HashMap<u32, &'a Task>,
         done: &dyn Fn(&Task) -> bool,
-    ) -> Vec<u32> {
+    ) -> (Vec<u32>, Vec<&'a Task>) {
         let mut waiting: Vec<u32> = Vec::new();
+        let mut kept: Vec<&'a Task> = Vec::new();
         let mut slots: Vec<u32> = old.keys().copied().collect();
         slots.sort_unstable();
         for slot in slots {
@@ -254,9 +355,11 @@ impl<'a> Scheduler<'a> {
                 // Two tasks hold the slot until the new one is done.
                 Some(_) => {
                     self.doubled.insert((sid, slot));
+                    kept.push(outdated);
                 }
                 None => {
                     waiting.push(slot);
+                    kept.push(outdated);
                     self.rolling_old.insert((sid, slot), (outdated, why));
                 }
             }
@@ -264,42 +367,17 @@ impl<'a> Scheduler<'a> {
             // outdated one) until a batch begins it.
             self.filled.insert((sid, slot));
         }
-        waiting
-    }
-
-    /// The version a failing update of `service` goes back to: the newest
-    /// one kept whose spec of the service, and pinned image, the outdated
-    /// tasks still run.
-    fn back_to(&self, app: &str, sid: u32, service: &ServiceSpec) -> Option<u64> {
-        let kept = self
-            .rolling_old
-            .iter()
-            .filter(|((of, _), _)| *of == sid)
-            .map(|(_, (task, _))| *task)
-            .min_by_key(|task| (task.slot, task.id.as_str()))?;
-        let app = self.state.apps.get(app)?;
-        app.history
-            .iter()
-            .find(|entry| {
-                entry
-                    .spec
-                    .services
-                    .iter()
-                    .find(|before| before.name == service.name)
-                    .is_some_and(|before| kept.spec.same_task_as(before))
-                    && kept
-                        .image
-                        .as_ref()
-                        .is_none_or(|pin| entry.images.get(&service.name) == Some(pin))
-            })
-            .map(|entry| entry.version)
+        (waiting, kept)
     }
 
     /// The node a task of `service` would take instead of `outdated`: the
     /// one `outdated` runs on, if it admits the new spec and has room for
     /// it once `outdated` is gone.
     fn fits_instead(&self, outdated: &Task, service: &ServiceSpec) -> Option<u32> {
-        if self.stopped.contains(outdated.id.as_str()) {
+        // Spread limits count the same only if the new spec spreads alike.
+        if self.stopped.contains(outdated.id.as_str())
+            || outdated.spec.placement.spread != service.placement.spread
+        {
             return None;
         }
         let at = *self.index.get(outdated.node.as_str())?;

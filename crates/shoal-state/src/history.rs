@@ -34,6 +34,10 @@ pub enum RolloutAction {
     Pause,
     /// Back to the version before, as a new version.
     Rollback,
+    /// The update is done: every task of the new spec served for its
+    /// `monitor` and none of the old one is left; failures from now on
+    /// are the restart policy's, not the update's.
+    Finish,
 }
 
 /// One such decision, in a plan: taken only if the app is still at
@@ -75,6 +79,9 @@ pub enum MarkState {
     /// `version` is the version before the failed one, put back: it rolls
     /// out as any version does, and pauses if it fails too.
     RolledBack,
+    /// The update of `version` is done (a rollback's too, keeping
+    /// `failed_version`).
+    Done,
 }
 
 impl App {
@@ -123,14 +130,29 @@ impl App {
     pub(crate) fn take_step(&mut self, step: &RolloutStep, now_ms: u64) -> bool {
         let may = match self.rollout_mark() {
             None => true,
+            // A rollback pauses when it fails too, and finishes.
             Some(mark) => {
-                mark.state == MarkState::RolledBack && step.action == RolloutAction::Pause
+                mark.state == MarkState::RolledBack && step.action != RolloutAction::Rollback
             }
         };
         if step.version != self.version || !may {
             return false;
         }
         let failed_version = self.rollout_mark().and_then(|mark| mark.failed_version);
+        if step.action == RolloutAction::Finish {
+            let reason = self
+                .rollout_mark()
+                .map(|mark| mark.reason.clone())
+                .unwrap_or_default();
+            self.rollout = Some(RolloutMark {
+                version: self.version,
+                state: MarkState::Done,
+                failed_version,
+                reason,
+                at_ms: now_ms,
+            });
+            return true;
+        }
         let mut reason = step.reason.clone();
         if reason.len() > ROLLOUT_REASON_BYTES_MAX {
             let mut end = ROLLOUT_REASON_BYTES_MAX;

@@ -301,10 +301,17 @@ impl State {
                         other.id, task.id
                     ));
                 }
-                if held.len() >= 2 || (self.log_version < format::ROLLOUTS && !held.is_empty()) {
+                let most = if self.log_version >= format::ROLLOUTS {
+                    2
+                } else {
+                    1
+                };
+                if held.len() >= most {
+                    let others: Vec<&str> = held.iter().map(|other| other.id.as_str()).collect();
                     return Err(format!(
-                        "tasks {}, {} and {} hold the same slot",
-                        held[0].id, held[1].id, task.id
+                        "tasks {} and {} hold the same slot",
+                        others.join(", "),
+                        task.id
                     ));
                 }
                 held.push(task);

@@ -2262,9 +2262,11 @@ fn schemathesis_finds_no_server_error_and_no_ignored_authentication() {
 /// Health checks against real containers: an HTTP check of a busybox
 /// httpd by its named port, a TCP check, an HTTP check of a path the
 /// server does not have, and one of a server that accepts and never
-/// answers (its timeout must count as a failure). Only the healthy ones
-/// are in DNS; an unhealthy task is restarted after `restart_after`; bad
-/// checks are refused naming the field.
+/// answers (its timeout must count as a failure), and commands run in the
+/// container through containerd: one that passes, one that exits 1, one
+/// that outlives its timeout. Only the healthy ones are in DNS; an
+/// unhealthy task is restarted after `restart_after`; bad checks are
+/// refused naming the field.
 #[test]
 fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
     let Some(node) = Node::start_or_skip("health") else {
@@ -2302,6 +2304,18 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
             httpd,
             "{http: {path: /missing, port: 80}, interval: 1s, retries: 1, restart_after: 1s}"
         ),
+    ) + &service(
+        "execd",
+        httpd,
+        "{exec: [test, -f, /tmp/www/healthz], interval: 1s, retries: 2}",
+    ) + &service(
+        "execfail",
+        httpd,
+        "{exec: [test, -f, /tmp/www/missing], interval: 1s, retries: 2, restart_after: never}",
+    ) + &service(
+        "execslow",
+        httpd,
+        "{exec: [sleep, \"30\"], interval: 1s, timeout: 300ms, retries: 2, restart_after: never}",
     );
     // Not every task becomes healthy: `apply` would wait for them.
     node.apply_detached(&spec);
@@ -2321,6 +2335,9 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
         ("tcp", "healthy"),
         ("missing", "unhealthy"),
         ("silent", "unhealthy"),
+        ("execd", "healthy"),
+        ("execfail", "unhealthy"),
+        ("execslow", "unhealthy"),
     ] {
         node.wait_for(&format!("{service} to be {want}"), || {
             health(service).filter(|(health, _)| health == want)
@@ -2331,7 +2348,7 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
     node.wait_for("flaky to be restarted for being unhealthy", || {
         health("flaky").filter(|(_, restarts)| *restarts >= 1)
     });
-    for service in ["missing", "silent"] {
+    for service in ["missing", "silent", "execfail", "execslow"] {
         assert_eq!(health(service).map(|(_, r)| r), Some(0), "{service}");
     }
     let text = node.shoal_ok(&["ps"]);
@@ -2347,6 +2364,8 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
         ("tcp.checked.", true),
         ("missing.checked.", false),
         ("silent.checked.", false),
+        ("execd.checked.", true),
+        ("execfail.checked.", false),
     ] {
         assert_eq!(listed.contains(name), served, "{name}:\n{listed}");
     }
@@ -2355,7 +2374,7 @@ fn health_checks_decide_what_dns_serves_and_restart_what_stays_unhealthy() {
     for (health, field) in [
         ("{http: {port: nope}}", "services[0].health.http.port"),
         ("{tcp: {port: 80}, http: {port: 80}}", "services[0].health"),
-        ("{exec: [\"true\"]}", "services[0].health.exec"),
+        ("{exec: []}", "services[0].health.exec"),
         (
             "{tcp: {port: 80}, interval: 1s, timeout: 2s}",
             "services[0].health.timeout",
@@ -2395,7 +2414,7 @@ fn a_rolling_update_keeps_every_replica_serving_and_a_failing_version_is_rolled_
     };
     let spec = |version: &str, path: &str, update: &str| {
         format!(
-            "name: roll\nservices:\n  - name: web\n    image: shoal.test/busybox:latest\n    replicas: 3\n    command: [\"/bin/sh\", \"-c\", \"mkdir -p /tmp/www && echo {version} > /tmp/www/version && exec httpd -f -p 80 -h /tmp/www\"]\n    stop_grace_period: 1s\n    ports: [{{name: http, container_port: 80}}]\n    health: {{http: {{path: {path}, port: http}}, interval: 1s, retries: 1, restart_after: never}}\n    update: {{monitor: 1s{update}}}\n"
+            "name: roll\nservices:\n  - name: web\n    image: shoal.test/busybox:latest\n    replicas: 3\n    command: [\"/bin/sh\", \"-c\", \"mkdir -p /tmp/www && echo {version} > /tmp/www/version && exec httpd -f -p 80 -h /tmp/www\"]\n    stop_grace_period: 1s\n    ports: [{{name: http, container_port: 80}}]\n    health: {{http: {{path: {path}, port: http}}, interval: 1s, retries: 1, start_period: 2s, restart_after: never}}\n    update: {{monitor: 1s{update}}}\n"
         )
     };
     node.apply_ok(&spec("v1", "/version", ""));

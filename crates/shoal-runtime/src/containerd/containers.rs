@@ -106,6 +106,10 @@ impl Runtime for Containerd {
         self.remove_snapshot(id).await
     }
 
+    async fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<Option<i32>> {
+        self.exec_in(id, args, timeout).await
+    }
+
     async fn list(&self) -> Result<Vec<ContainerInfo>> {
         let filter = format!("labels.\"{LABEL_TASK}\"");
         let containers = self

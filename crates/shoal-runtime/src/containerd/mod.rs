@@ -12,6 +12,7 @@
 
 mod containers;
 mod content;
+mod exec;
 mod images;
 mod leases;
 mod pull;

@@ -15,7 +15,7 @@ const MONITOR_MS: u64 = 5_000;
 impl Cluster {
     /// Runs the scheduler at `now` and applies its plan.
     fn schedule_at(&mut self, now: u64) -> Plan {
-        let plan = reconcile_at(&self.state, now);
+        let plan = reconcile_at(&self.state, now, shoal_state::LOG_VERSION);
         if let shoal_state::Outcome::PlanApplied { rejected, .. } =
             self.apply(shoal_state::Command::ApplyPlan { plan: plan.clone() })
         {
@@ -81,7 +81,7 @@ impl Cluster {
     /// Whether a run at `now` would place, stop or mark nothing (it may
     /// forget stopped tasks).
     fn quiet_at(&self, now: u64) -> bool {
-        let plan = reconcile_at(&self.state, now);
+        let plan = reconcile_at(&self.state, now, shoal_state::LOG_VERSION);
         plan.place.is_empty() && plan.stop.is_empty() && plan.rollouts.is_empty()
     }
 
@@ -153,6 +153,17 @@ fn start_first_starts_one_new_task_and_stops_the_old_one_once_the_new_served_for
     assert_eq!(cluster.slots(), [(0, 2), (1, 2), (2, 2)]);
     let rollout = cluster.state.rollout("web").expect("rollout");
     assert!(rollout.done, "{rollout:?}");
+    // Done, as the last new task served for `monitor`: marked so, and a
+    // task that fails later is its restart policy's, not the update's.
+    let plan = cluster.schedule_at(now);
+    assert_eq!(plan.rollouts[0].action, RolloutAction::Finish, "{plan:?}");
+    let mark = cluster.state.apps["web"].rollout_mark().expect("mark");
+    assert_eq!(mark.state, MarkState::Done);
+    let task = cluster.task_of(1, 2);
+    cluster.report(&task, |status| {
+        status.attempt = 2;
+        status.state = TaskState::Failed;
+    });
     assert!(cluster.quiet_at(now + 60_000));
 }
 
@@ -374,8 +385,13 @@ fn a_change_mid_update_keeps_two_tasks_a_slot_at_most() {
 #[test]
 fn before_format_13_a_changed_service_is_replaced_at_once() {
     let (mut cluster, now) = rolled_out("{}");
+    // A leader that knows an older node.
+    let plan = reconcile_at(&cluster.state, now, shoal_state::format::ROLLOUTS - 1);
+    assert_eq!((plan.stop.len(), plan.place.len()), (3, 3));
+    assert!(plan.place.iter().all(|p| !p.beside) && plan.rollouts.is_empty());
+    // A state that holds no format-13 entry yet.
     cluster.state.log_version = shoal_state::format::ROLLOUTS - 1;
-    let plan = reconcile_at(&cluster.state, now);
+    let plan = reconcile_at(&cluster.state, now, shoal_state::LOG_VERSION);
     assert_eq!((plan.stop.len(), plan.place.len()), (3, 3));
     assert!(plan.place.iter().all(|p| !p.beside));
 }
@@ -428,4 +444,62 @@ fn a_rollback_goes_back_to_the_version_the_old_tasks_run() {
         app.rollout_mark().and_then(|mark| mark.failed_version),
         Some(3)
     );
+}
+
+#[test]
+fn the_last_batch_failing_rolls_back_too() {
+    // One replica, start-first: the failing batch is the last one.
+    let mut cluster = Cluster::with_nodes(&["a"]);
+    let spec = "name: web\nservices:\n  - name: hello\n    image: busybox\n";
+    cluster.put(spec);
+    cluster.schedule_at(0);
+    cluster.settle_nodes(0);
+    cluster.put(&format!("{spec}{BLUE}"));
+    cluster.schedule_at(60_000);
+    let new = cluster.task_of(0, 2);
+    cluster.report(&new, |status| {
+        status.attempt = 1;
+        status.state = TaskState::Failed;
+    });
+    let plan = cluster.schedule_at(60_100);
+    assert_eq!(
+        (plan.rollouts[0].action, plan.rollouts[0].to_version),
+        (RolloutAction::Rollback, Some(1)),
+        "{plan:?}"
+    );
+
+    // Stop-first, all at once: no old task is left while the new ones run,
+    // and a failing one still rolls the app back.
+    let (mut cluster, now) = rolled_out("{order: stop-first, parallelism: 0}");
+    let plan = cluster.schedule_at(now);
+    assert_eq!((plan.stop.len(), plan.place.len()), (3, 3));
+    cluster.settle_nodes(now);
+    let new = cluster.task_of(2, 2);
+    cluster.report(&new, |status| {
+        status.attempt = 2;
+        status.started_at_ms = Some(now + 500);
+    });
+    let plan = cluster.schedule_at(now + 1_000);
+    assert_eq!(
+        (plan.rollouts[0].action, plan.rollouts[0].to_version),
+        (RolloutAction::Rollback, Some(1)),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn a_slot_that_fits_nowhere_before_the_update_does_not_hold_a_start_first_one_back() {
+    // One task per node on two nodes: the third replica is never placed.
+    let mut cluster = Cluster::with_nodes(&["a", "b"]);
+    let spec = format!("{ROLLING}    placement: {{spread: [{{over: node.name, max_per: 1}}]}}\n");
+    cluster.put(&spec);
+    cluster.schedule_at(0);
+    cluster.settle_nodes(0);
+    assert_eq!(cluster.slots().len(), 2);
+    cluster.put(&format!("{spec}{BLUE}"));
+    // No room beside under the spread limit: each slot stops first, in
+    // place, one at a time.
+    let plan = cluster.schedule_at(60_000);
+    assert_eq!((plan.stop.len(), plan.place.len()), (1, 1), "{plan:?}");
+    assert!(!plan.place[0].beside);
 }

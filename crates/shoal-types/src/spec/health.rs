@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Millis, Port, Protocol, ServiceSpec};
 
-/// A service's health check: one of `http` and `tcp` (`exec` is refused:
-/// not supported yet), and how often and how patiently it runs. The node that runs a task checks
+/// A service's health check: one of `http`, `tcp` and `exec`, and how
+/// often and how patiently it runs. The node that runs a task checks
 /// it; a task is `starting` until a check passes, then `healthy`, and
 /// `unhealthy` after `retries` failures in a row. Only `healthy` tasks
 /// (and tasks of services without a check, once they run) are in DNS.
@@ -20,8 +20,9 @@ pub struct HealthSpec {
     /// A TCP connection to the task's address: accepted passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpCheck>,
-    /// A command run inside the container, exit code 0 passing: not
-    /// supported yet (refused).
+    /// A command and its arguments run inside the container (as its own
+    /// process runs, without a shell): exit code 0 passes. Needs no
+    /// network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<Vec<String>>,
     /// Time between checks once the task is no longer starting (default
@@ -293,12 +294,10 @@ pub(super) fn validate_health(
             );
         }
     }
-    if health.exec.is_some() {
-        fail(
-            at("health.exec"),
-            "checks by a command in the container are not supported yet: use `http` or `tcp`"
-                .into(),
-        );
+    if let Some(args) = &health.exec {
+        if let Some(message) = command_error(args) {
+            fail(at("health.exec"), message);
+        }
     }
     let between = |value: Millis, min: u64, max: u64| (min..=max).contains(&value.0);
     if !between(health.interval, INTERVAL_MS_MIN, INTERVAL_MS_MAX) {
@@ -336,6 +335,27 @@ pub(super) fn validate_health(
                 "must be at most 24h, or `never`".into(),
             );
         }
+    }
+}
+
+/// What is wrong with a check's command, if anything.
+fn command_error(args: &[String]) -> Option<String> {
+    let bytes: usize = args.iter().map(String::len).sum();
+    if args.first().is_none_or(|command| command.is_empty()) {
+        Some(
+            "names no command: give the command and its arguments, e.g. `[\"pg_isready\", \"-q\"]`"
+                .into(),
+        )
+    } else if args.len() > super::ARGS_MAX || bytes > super::ARG_BYTES_MAX {
+        Some(format!(
+            "at most {} arguments and {} bytes in all",
+            super::ARGS_MAX,
+            super::ARG_BYTES_MAX
+        ))
+    } else if args.iter().any(|arg| arg.contains('\0')) {
+        Some("must hold no NUL byte".into())
+    } else {
+        None
     }
 }
 

@@ -512,9 +512,14 @@ mod tests {
                 "network: true",
             ),
             (
-                "{health: {exec: [\"true\"]}}",
+                "{health: {exec: []}}",
                 "services[0].health.exec",
-                "not supported yet",
+                "names no command",
+            ),
+            (
+                "{health: {exec: [\"\"]}}",
+                "services[0].health.exec",
+                "names no command",
             ),
         ] {
             let error = parse(&format!(
@@ -530,6 +535,15 @@ mod tests {
                 "{service}: {error}"
             );
         }
+        // A command needs no network, and no port.
+        let exec =
+            parse("{name: web, image: busybox, network: false, health: {exec: [pg_isready, -q]}}")
+                .expect("valid");
+        let health = exec.services[0].health.as_ref().expect("health");
+        assert_eq!(
+            health.probe(&[]),
+            Some(Probe::Exec(vec!["pg_isready".into(), "-q".into()]))
+        );
         // A start interval is never shorter than a check may take.
         let slow = parse("{name: web, image: busybox, health: {tcp: {port: 80}, timeout: 5s}}")
             .expect("valid");

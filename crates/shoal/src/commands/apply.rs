@@ -272,10 +272,15 @@ fn verdict(
                         ),
                         format!("look closer with `shoal ps {app}`"),
                     ])
-                } else if rollout.done || timed_out.is_some() {
+                } else if rollout.done || rollout.broken.is_some() || timed_out.is_some() {
+                    let how = if rollout.done {
+                        "runs the spec from before"
+                    } else {
+                        "is rolling back to the spec from before"
+                    };
                     Verdict::Failed(vec![
                         format!(
-                            "error: app {app} version {version} failed and was rolled back: version {} runs the spec from before. {}",
+                            "error: app {app} version {version} failed and was rolled back: version {} {how}. {}",
                             view.version, back.reason
                         ),
                         format!("look closer with `shoal ps {app}`"),

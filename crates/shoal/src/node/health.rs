@@ -1,40 +1,57 @@
 //! The checks a node runs of its own tasks' health: what the pure
 //! [`Reconciler`](shoal_agent::Reconciler) says is due, carried out here
 //! (an HTTP GET or a TCP connection to the task's address on the cluster
-//! network, each within its timeout) and handed back. Only a change of a
-//! task's health goes to the cluster.
+//! network, or a command run in its container by the runtime, each within
+//! its timeout) and handed back. Only a change of a task's health goes to
+//! the cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_agent::{CheckDue, Reconciler};
+use shoal_runtime::Runtime;
 use shoal_types::{Probe, TaskStatus};
 use tokio::sync::{mpsc, Semaphore};
 
 /// Checks of one node: one client for every HTTP check (a fresh
-/// connection each time; each request has its own timeout).
-pub struct Prober {
+/// connection each time; each request has its own timeout), and the
+/// runtime that runs a command in a task's container.
+pub struct Prober<R> {
     http: reqwest::Client,
+    runtime: Arc<R>,
 }
 
 /// Longest timeout a check may have (validation allows up to its interval,
 /// at most an hour).
 const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 
-impl Prober {
-    pub fn new() -> Result<Prober, String> {
+impl<R: Runtime> Prober<R> {
+    pub fn new(runtime: Arc<R>) -> Result<Prober<R>, String> {
         Ok(Prober {
             http: shoal_http::probe_client(TIMEOUT_MAX)?,
+            runtime,
         })
     }
 
     /// Whether the task passed the check; a check that cannot reach the
-    /// task (no address) or takes longer than its timeout fails.
+    /// task (no address, for HTTP and TCP) or takes longer than its
+    /// timeout fails, and so does a command that exits with another code
+    /// than 0 or cannot be run.
     pub async fn check(&self, due: &CheckDue) -> bool {
+        let timeout = Duration::from_millis(due.timeout_ms).min(TIMEOUT_MAX);
+        if let Probe::Exec(args) = &due.probe {
+            // The runtime kills the command when its time is up.
+            return match self.runtime.exec(&due.task_id, args, timeout).await {
+                Ok(code) => code == Some(0),
+                Err(error) => {
+                    tracing::debug!(task = %due.task_id, %error, "running a check command");
+                    false
+                }
+            };
+        }
         let Some(address) = due.address else {
             return false;
         };
-        let timeout = Duration::from_millis(due.timeout_ms).min(TIMEOUT_MAX);
         let checked = async {
             match &due.probe {
                 Probe::Tcp { port } => tokio::net::TcpStream::connect((address, *port))
@@ -50,7 +67,6 @@ impl Prober {
                         Err(_) => false,
                     }
                 }
-                // Refused by validation: nothing runs a command yet.
                 Probe::Exec(_) => false,
             }
         };
@@ -62,17 +78,21 @@ impl Prober {
 
 /// The checks a keeper runs: each in a task of its own, at most so many
 /// at once, its result sent back to the keeper's loop.
-pub struct Checks {
+pub struct Checks<R> {
     /// `None`: no check can run on this node (said once, at start), and
     /// every checked task stays starting, out of DNS.
-    prober: Option<Arc<Prober>>,
+    prober: Option<Arc<Prober<R>>>,
     permits: Arc<Semaphore>,
     results: mpsc::Sender<(CheckDue, bool)>,
 }
 
-impl Checks {
-    pub fn new(at_once: usize, results: mpsc::Sender<(CheckDue, bool)>) -> Checks {
-        let prober = Prober::new()
+impl<R: Runtime> Checks<R> {
+    pub fn new(
+        at_once: usize,
+        results: mpsc::Sender<(CheckDue, bool)>,
+        runtime: Arc<R>,
+    ) -> Checks<R> {
+        let prober = Prober::new(runtime)
             .map_err(|error| tracing::error!(%error, "no health check can run on this node"))
             .ok()
             .map(Arc::new);

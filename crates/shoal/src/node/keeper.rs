@@ -113,7 +113,8 @@ where
     let run_permits = Arc::new(Semaphore::new(RUNS_IN_FLIGHT_MAX));
     let destroy_permits = Arc::new(Semaphore::new(DESTROYS_IN_FLIGHT_MAX));
     let (checks_tx, mut checks_rx) = mpsc::channel::<(CheckDue, bool)>(CHECKS_QUEUE_MAX);
-    let checks = super::health::Checks::new(CHECKS_IN_FLIGHT_MAX, checks_tx);
+    let checks =
+        super::health::Checks::new(CHECKS_IN_FLIGHT_MAX, checks_tx, shared.runtime.clone());
     let mut looking = Looking::default();
     let mut garbage = super::leftovers::Garbage::new();
     loop {

@@ -59,14 +59,10 @@ pub async fn run<L: ReplicatedLog>(log: L) {
 /// that node reads no data (format 2 for reasons, 6 for a reason naming a
 /// node's allowance); `None` when it would change nothing.
 pub fn plan(state: &State, format: u32, now_ms: u64) -> Option<Plan> {
-    let mut plan = shoal_sched::reconcile_at(state, now_ms);
     // The state rolls once it holds a format-13 entry, but the cluster's
     // format as this node knows it may be lower for a while (a new
-    // leader): what only format 13 writes waits, the rest goes.
-    if format < shoal_state::format::ROLLOUTS {
-        plan.place.retain(|placement| !placement.beside);
-        plan.rollouts.clear();
-    }
+    // leader): the scheduler replaces at once meanwhile, as 0.12 does.
+    let mut plan = shoal_sched::reconcile_at(state, now_ms, format);
     if format < shoal_state::format::REASONS {
         plan = plan.worded();
     } else if format < shoal_state::format::ALLOWS {

@@ -347,7 +347,7 @@ impl<R: Runtime + ImageStore, L: ReplicatedLog> Backend for NodeBackend<R, L> {
                 "unexpected outcome {outcome:?}"
             )));
         };
-        let plan = shoal_sched::reconcile_at(&state, now_ms());
+        let plan = shoal_sched::reconcile_at(&state, now_ms(), self.0.raft.cluster_log_version());
         let place = plan
             .place
             .iter()

@@ -93,6 +93,7 @@ pub(super) fn rollout_view(rollout: &shoal_state::rollout::Rollout) -> RolloutVi
             .as_ref()
             .filter(|mark| mark.state == MarkState::Paused)
             .map(|mark| mark.reason.clone()),
+        // A rollback's mark keeps the version that failed, also once done.
         rolled_back: rollout.mark.as_ref().and_then(|mark| {
             Some(RolledBackView {
                 failed_version: mark.failed_version?,
