@@ -10,12 +10,15 @@
 //!   and removed, and [`check`] verifies the invariants after every step:
 //!   of the state, of the leader's duties and of every agent's step.
 //! - [`bench`]: places many tasks on many nodes, for the benchmark.
+//! - [`rollouts`]: rolling updates, good and bad versions and health
+//!   flaps, checked round by round.
 
 pub mod bench;
 pub mod chaos;
 pub mod check;
 pub mod cluster;
 pub mod rng;
+pub mod rollouts;
 
 /// What went wrong in the simulator itself (not in what it checks).
 #[derive(Debug, thiserror::Error)]

@@ -527,3 +527,34 @@ fn lowering_voters_max_shrinks_the_voters() {
         "three voters with voters_max 1, and the duties change nothing: {duties:?}"
     );
 }
+
+#[test]
+fn rolling_updates_keep_serving_and_a_bad_version_gets_one_batch() {
+    use shoal_sim::rollouts::{self, RolloutConfig};
+    let mut total = rollouts::RolloutSummary::default();
+    for seed in 1..=6 {
+        let summary = rollouts::run(&RolloutConfig {
+            seed,
+            nodes: 5,
+            apps: 4,
+            rounds: 1_500,
+        })
+        .unwrap_or_else(|broken| panic!("seed {seed}: {broken}"));
+        total.versions += summary.versions;
+        total.bad_versions += summary.bad_versions;
+        total.rollbacks += summary.rollbacks;
+        total.pauses += summary.pauses;
+        total.finished += summary.finished;
+        total.flaps += summary.flaps;
+    }
+    // The runs did what they are for: versions of both kinds, updates
+    // that finished, rolled back and paused, flaps.
+    assert!(
+        total.versions > 50 && total.bad_versions > 10 && total.finished > 10,
+        "{total:?}"
+    );
+    assert!(
+        total.rollbacks > 0 && total.pauses > 0 && total.flaps > 0,
+        "{total:?}"
+    );
+}
