@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use containerd_client::services::v1::{
     DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest,
-    WaitRequest,
 };
 
-use super::tasks::exit_code;
-use super::{cd_err, found, Containerd, RPC_TIMEOUT};
+use super::{cd_err, found, Containerd};
 use crate::{ErrorKind, Result, RuntimeError};
 
 /// The type of an OCI process spec in an `Any`.
@@ -74,7 +72,7 @@ impl Containerd {
             .start(self.req(start))
             .await
             .map_err(cd_err(format!("starting a process in {id}")))?;
-        if let Some(code) = self.wait_process(id, exec_id, timeout).await? {
+        if let Some(code) = self.wait_exit(id, exec_id, timeout).await? {
             return Ok(Some(code));
         }
         let kill = KillRequest {
@@ -85,27 +83,8 @@ impl Containerd {
         };
         found(self.tasks().kill(self.req(kill)).await)
             .map_err(cd_err(format!("killing a process in {id}")))?;
-        self.wait_process(id, exec_id, KILL_WAIT).await?;
+        self.wait_exit(id, exec_id, KILL_WAIT).await?;
         Ok(None)
-    }
-
-    /// The exit code of process `exec_id`, or `None` if it still runs
-    /// after `wait`.
-    async fn wait_process(&self, id: &str, exec_id: &str, wait: Duration) -> Result<Option<i32>> {
-        let mut request = self.req(WaitRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-        });
-        request.set_timeout(wait + RPC_TIMEOUT);
-        match tokio::time::timeout(wait, self.tasks().wait(request)).await {
-            Err(_elapsed) => Ok(None),
-            Ok(reply) => Ok(Some(exit_code(
-                reply
-                    .map_err(cd_err(format!("waiting for a process in {id}")))?
-                    .into_inner()
-                    .exit_status,
-            ))),
-        }
     }
 
     /// The container's process spec with `args` in place of its own, and

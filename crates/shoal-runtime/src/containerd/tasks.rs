@@ -64,16 +64,27 @@ impl Containerd {
         // NotFound: the process is already gone; Wait reports how it ended.
         found(self.tasks().kill(self.req(kill)).await)
             .map_err(cd_err(format!("signalling task {id}")))?;
+        self.wait_exit(id, "", wait).await
+    }
+
+    /// The exit code of container `id`'s task (`exec_id` empty) or of one
+    /// of its other processes, or `None` if it still runs after `wait`.
+    pub(super) async fn wait_exit(
+        &self,
+        id: &str,
+        exec_id: &str,
+        wait: Duration,
+    ) -> Result<Option<i32>> {
         let mut request = self.req(WaitRequest {
             container_id: id.to_string(),
-            exec_id: String::new(),
+            exec_id: exec_id.to_string(),
         });
         request.set_timeout(wait + RPC_TIMEOUT);
         match tokio::time::timeout(wait, self.tasks().wait(request)).await {
             Err(_elapsed) => Ok(None),
             Ok(reply) => Ok(Some(exit_code(
                 reply
-                    .map_err(cd_err(format!("waiting for task {id}")))?
+                    .map_err(cd_err(format!("waiting for a process of {id}")))?
                     .into_inner()
                     .exit_status,
             ))),
