@@ -546,6 +546,8 @@ fn rolling_updates_keep_serving_and_a_bad_version_gets_one_batch() {
         total.pauses += summary.pauses;
         total.finished += summary.finished;
         total.flaps += summary.flaps;
+        total.bad_placed += summary.bad_placed;
+        total.bound_checks += summary.bound_checks;
     }
     // The runs did what they are for: versions of both kinds, updates
     // that finished, rolled back and paused, flaps.
@@ -555,6 +557,11 @@ fn rolling_updates_keep_serving_and_a_bad_version_gets_one_batch() {
     );
     assert!(
         total.rollbacks > 0 && total.pauses > 0 && total.flaps > 0,
+        "{total:?}"
+    );
+    // Both checks had something to check.
+    assert!(
+        total.bad_placed > 10 && total.bound_checks > 1_000,
         "{total:?}"
     );
 }

@@ -42,22 +42,23 @@ impl Containerd {
             }),
             exec_id: exec_id.clone(),
         };
-        self.tasks()
+        // Once asked for, the process may exist whatever the answer: every
+        // outcome ends in the same clean-up.
+        let created = self
+            .tasks()
             .exec(self.req(request))
             .await
-            .map_err(cd_err(format!("creating a process in {id}")))?;
-        let outcome = self.start_and_wait(id, &exec_id, timeout).await;
-        // The process record goes, whatever became of it.
-        let delete = DeleteProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.clone(),
+            .map_err(cd_err(format!("creating a process in {id}")));
+        let outcome = match created {
+            Ok(_) => self.start_and_wait(id, &exec_id, timeout).await,
+            Err(error) => Err(error),
         };
-        if let Err(error) = found(self.tasks().delete_process(self.req(delete)).await) {
-            tracing::debug!(container = id, %error, "deleting a checked process");
-        }
+        let exited = matches!(outcome, Ok(Some(_)));
+        self.clean_up(id, &exec_id, exited).await;
         outcome
     }
 
+    /// Starts process `exec_id` and waits up to `timeout` for its exit.
     async fn start_and_wait(
         &self,
         id: &str,
@@ -72,19 +73,34 @@ impl Containerd {
             .start(self.req(start))
             .await
             .map_err(cd_err(format!("starting a process in {id}")))?;
-        if let Some(code) = self.wait_exit(id, exec_id, timeout).await? {
-            return Ok(Some(code));
+        self.wait_exit(id, exec_id, timeout).await
+    }
+
+    /// Kills process `exec_id` unless it `exited`, waits a little for it,
+    /// and deletes its record; what fails is logged, as the check's answer
+    /// stands.
+    async fn clean_up(&self, id: &str, exec_id: &str, exited: bool) {
+        if !exited {
+            let kill = KillRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                signal: SIGKILL,
+                all: false,
+            };
+            if let Err(error) = found(self.tasks().kill(self.req(kill)).await) {
+                tracing::debug!(container = id, %error, "killing a checked process");
+            }
+            if let Err(error) = self.wait_exit(id, exec_id, KILL_WAIT).await {
+                tracing::debug!(container = id, %error, "waiting for a killed checked process");
+            }
         }
-        let kill = KillRequest {
+        let delete = DeleteProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
-            signal: SIGKILL,
-            all: false,
         };
-        found(self.tasks().kill(self.req(kill)).await)
-            .map_err(cd_err(format!("killing a process in {id}")))?;
-        self.wait_exit(id, exec_id, KILL_WAIT).await?;
-        Ok(None)
+        if let Err(error) = found(self.tasks().delete_process(self.req(delete)).await) {
+            tracing::warn!(container = id, %error, "deleting a checked process");
+        }
     }
 
     /// The container's process spec with `args` in place of its own, and

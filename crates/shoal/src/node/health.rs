@@ -24,6 +24,9 @@ pub struct Prober<R> {
 /// Longest timeout a check may have (validation allows up to its interval,
 /// at most an hour).
 const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// Time a command check's answer may take beyond its timeout (asking the
+/// runtime to create, start and kill it).
+const EXEC_SLACK: Duration = Duration::from_secs(5);
 
 impl<R: Runtime> Prober<R> {
     pub fn new(runtime: Arc<R>) -> Result<Prober<R>, String> {
@@ -40,13 +43,18 @@ impl<R: Runtime> Prober<R> {
     pub async fn check(&self, due: &CheckDue) -> bool {
         let timeout = Duration::from_millis(due.timeout_ms).min(TIMEOUT_MAX);
         if let Probe::Exec(args) = &due.probe {
-            // The runtime kills the command when its time is up.
-            return match self.runtime.exec(&due.task_id, args, timeout).await {
-                Ok(code) => code == Some(0),
-                Err(error) => {
+            // The runtime kills the command when its time is up and cleans
+            // up after it, in a task of its own that nothing cancels; the
+            // answer is waited for a little longer than the timeout.
+            let (runtime, id, args) = (self.runtime.clone(), due.task_id.clone(), args.clone());
+            let exec = tokio::spawn(async move { runtime.exec(&id, &args, timeout).await });
+            return match tokio::time::timeout(timeout + EXEC_SLACK, exec).await {
+                Ok(Ok(Ok(code))) => code == Some(0),
+                Ok(Ok(Err(error))) => {
                     tracing::debug!(task = %due.task_id, %error, "running a check command");
                     false
                 }
+                Ok(Err(_)) | Err(_) => false,
             };
         }
         let Some(address) = due.address else {
