@@ -79,14 +79,10 @@ impl<'a> Scheduler<'a> {
     /// version pins its service to another one. A task from before pins
     /// (none) keeps running what it runs.
     fn image_changed(&self, task: &Task) -> bool {
-        let Some(pin) = &task.image else {
-            return false;
-        };
         self.state
             .apps
             .get(&task.app)
-            .and_then(|app| app.images.get(&task.service))
-            != Some(pin)
+            .is_some_and(|app| app.pin_moved(task))
     }
 
     /// Whether the plan keeps a desired-running task (on node index `at`):

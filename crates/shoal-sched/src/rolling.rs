@@ -12,12 +12,16 @@
 //!   settled, the next outdated slots begin: start-first places a new task
 //!   beside the outdated one (`Placement::beside`), stop-first stops the
 //!   outdated one so that the slot is placed again; a start-first slot
-//!   whose new task fits on no node falls back to stop-first;
+//!   whose new task fits on no node beside falls back to stop-first where
+//!   the new task fits in the outdated one's place;
 //! - a new task that fails, exits, restarts or turns unhealthy before it
 //!   settled has failed; more than `max_failure_ratio` of the new tasks
 //!   failed and the update takes its `failure_action`: `continue` counts
 //!   the slot as done, `pause` and `rollback` go into the plan as a
-//!   [`RolloutStep`] (a rollback that fails pauses) and no batch begins.
+//!   [`RolloutStep`] (a rollback that fails pauses) and no batch begins;
+//! - once no outdated task is left and every task of the update settled,
+//!   a finish step marks the app's update done: failures after that are
+//!   the restart policy's, not the update's.
 //!
 //! An app whose rollout is paused begins no batch until it is applied
 //! again. Two tasks in a slot at most: more outdated tasks than one (the
@@ -69,14 +73,7 @@ fn first_version_of(app: &shoal_state::App, service: &ServiceSpec) -> u64 {
     let mut first = app.version;
     let pin = app.images.get(&service.name);
     for entry in &app.history {
-        let same = entry
-            .spec
-            .services
-            .iter()
-            .find(|before| before.name == service.name)
-            .is_some_and(|before| before.same_task_as(service))
-            && entry.images.get(&service.name) == pin;
-        if !same {
+        if !entry.makes(service, pin) {
             break;
         }
         first = entry.version;
@@ -101,19 +98,12 @@ fn back_to(
             .find(|entry| entry.version < base)
             .map(|entry| entry.version);
     };
+    // A kept task from before pins runs whatever its version pinned.
     history
         .iter()
         .find(|entry| {
-            entry
-                .spec
-                .services
-                .iter()
-                .find(|before| before.name == service.name)
-                .is_some_and(|before| kept.spec.same_task_as(before))
-                && kept
-                    .image
-                    .as_ref()
-                    .is_none_or(|pin| entry.images.get(&service.name) == Some(pin))
+            let pin = kept.image.as_ref().or(entry.images.get(&service.name));
+            entry.makes(&kept.spec, pin)
         })
         .map(|entry| entry.version)
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{AppSpec, PinnedImage};
+use shoal_types::{AppSpec, PinnedImage, ServiceSpec, Task};
 
 use crate::{format, App};
 
@@ -84,7 +84,29 @@ pub enum MarkState {
     Done,
 }
 
+impl AppVersion {
+    /// Whether this version's spec of service `spec.name`, pinned to
+    /// `pin`, makes the same task as `spec` (scaling aside).
+    pub fn makes(&self, spec: &ServiceSpec, pin: Option<&PinnedImage>) -> bool {
+        self.spec
+            .services
+            .iter()
+            .find(|before| before.name == spec.name)
+            .is_some_and(|before| before.same_task_as(spec))
+            && self.images.get(&spec.name) == pin
+    }
+}
+
 impl App {
+    /// Whether `task` was pinned to another digest than the one the
+    /// current version pins its service to (a task from before pins runs
+    /// what it runs).
+    pub fn pin_moved(&self, task: &Task) -> bool {
+        task.image
+            .as_ref()
+            .is_some_and(|pin| self.images.get(&task.service) != Some(pin))
+    }
+
     /// The mark about the current version, if any.
     pub fn rollout_mark(&self) -> Option<&RolloutMark> {
         self.rollout

@@ -23,11 +23,15 @@ impl State {
                 plan.place.len()
             )));
         }
-        if plan.stop.len() > CHANGES_PER_PLAN_MAX || plan.remove.len() > CHANGES_PER_PLAN_MAX {
+        if plan.stop.len() > CHANGES_PER_PLAN_MAX
+            || plan.remove.len() > CHANGES_PER_PLAN_MAX
+            || plan.rollouts.len() > CHANGES_PER_PLAN_MAX
+        {
             return Err(ApplyError::TooLarge(format!(
-                "{} stops and {} removals in one plan, limit {CHANGES_PER_PLAN_MAX} each",
+                "{} stops, {} removals and {} rollout steps in one plan, limit {CHANGES_PER_PLAN_MAX} each",
                 plan.stop.len(),
-                plan.remove.len()
+                plan.remove.len(),
+                plan.rollouts.len()
             )));
         }
         let mut rejected = Vec::new();
@@ -58,7 +62,7 @@ impl State {
         }
         // A failed update's pause or rollback, before the placements: a
         // placement for the failed version no longer names the current one.
-        for step in plan.rollouts.iter().take(PLACEMENTS_PER_PLAN_MAX) {
+        for step in &plan.rollouts {
             match self.apps.get_mut(&step.app) {
                 Some(app) => {
                     if !app.take_step(step, now_ms) {

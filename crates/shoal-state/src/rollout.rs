@@ -61,12 +61,7 @@ pub struct BrokenTask {
 /// Whether a task runs the current spec of its service, and the image its
 /// app pins now (a task from before pins runs what it runs).
 fn current(task: &Task, app: &crate::App, service: &shoal_types::ServiceSpec) -> bool {
-    task.desired == DesiredState::Running
-        && task.spec.same_task_as(service)
-        && task
-            .image
-            .as_ref()
-            .is_none_or(|pin| app.images.get(&service.name) == Some(pin))
+    task.desired == DesiredState::Running && task.spec.same_task_as(service) && !app.pin_moved(task)
 }
 
 impl State {
