@@ -57,8 +57,6 @@ struct FakeContainer {
     /// What a command run in it gives: its exit code, or `None`: it runs
     /// until its time is up. 0 by default.
     exec_outcome: Option<i32>,
-    /// The commands run in it, in order.
-    execs: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -203,15 +201,6 @@ impl FakeRuntime {
         }
     }
 
-    /// The commands run in the container so far.
-    pub fn execs(&self, id: &str) -> Vec<Vec<String>> {
-        self.state()
-            .containers
-            .get(id)
-            .map(|c| c.execs.clone())
-            .unwrap_or_default()
-    }
-
     /// How the container's process answers SIGTERM: exit with the code, or
     /// (`None`) ignore it until SIGKILL. The default is dying of it (143).
     pub fn on_sigterm(&self, id: &str, exit_code: Option<i32>) -> bool {
@@ -330,7 +319,6 @@ impl Runtime for FakeRuntime {
                 status: ContainerStatus::Running { pid },
                 sigterm_exit_code: Some(SIGTERM_EXIT_CODE),
                 exec_outcome: Some(0),
-                execs: Vec::new(),
             },
         );
         Ok(pid)
@@ -379,7 +367,7 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn exec(&self, id: &str, args: &[String], timeout: Duration) -> Result<Option<i32>> {
+    async fn exec(&self, id: &str, _args: &[String], timeout: Duration) -> Result<Option<i32>> {
         self.take_failure(FakeOp::Exec)?;
         let outcome = {
             let mut state = self.state();
@@ -395,7 +383,6 @@ impl Runtime for FakeRuntime {
                     format!("container {id} does not run"),
                 ));
             }
-            c.execs.push(args.to_vec());
             c.exec_outcome
         };
         if outcome.is_none() {
